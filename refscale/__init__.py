@@ -1,0 +1,24 @@
+"""refscale: learned image rescaling with a reference image.
+
+>>> import refscale
+>>> model = refscale.load("bicubic-x2")
+>>> packet = model.encode(hr)                       # hr: [1,3,H,W] float in [0,1], array or path
+>>> data = packet.to_bytes(codec="png")             # the .rsc container
+>>> hr_hat = model.decode(refscale.Packet.from_bytes(data))
+"""
+from refscale.errors import ContainerError, InputError, ModelError, RefScaleError
+from refscale.models.base import Rescaler
+from refscale.zoo import catalogue, load
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):  # lazy: the container module pulls in codecs
+    if name == "Packet":
+        from refscale.container import Packet
+
+        return Packet
+    raise AttributeError(name)
+
+
+__all__ = ["RefScaleError", "ContainerError", "InputError", "ModelError", "Rescaler", "Packet", "load", "catalogue", "__version__"]

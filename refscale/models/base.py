@@ -1,0 +1,118 @@
+"""The rescaler protocol (DESIGN.md, "Python API").
+
+Every model (bicubic, IRN, RefScale, FGRN, TADM) is a :class:`Rescaler`:
+
+* ``downscale(hr, ref=None) -> (lr, side)``
+* ``upscale(lr, side=None, ref=None, *, temperature=1.0, generator=None) -> hr``
+
+plus ``scale``, ``needs_reference`` and ``name``. Encoding to a ``.rsc`` container,
+evaluation, tiling and the CLI are written once against this protocol
+(``refscale.pipeline``, ``refscale.evaluate``), never per model.
+
+Conventions (DESIGN.md, "Conventions"):
+
+* images are float32 tensors ``[N,3,H,W]`` in [0,1];
+* ``downscale`` receives ``H, W`` that are multiples of :attr:`Rescaler.alignment`
+  (the pipeline pads and crops back) and returns ``lr`` of size ``H/scale, W/scale``
+  in [0,1]; the pipeline rounds it to 8 bits before storing it;
+* ``side`` maps a name to an integer-valued tensor ``[N,C,h,w]`` whose spatial size
+  divides the HR size exactly (e.g. RefScale's quantized similarity map); ``{}`` for
+  models without side information. The container stores it losslessly;
+* ``upscale`` must accept the 8-bit-rounded LR (and a lossily coded one) and the side
+  information exactly as ``downscale`` produced it; randomness only through
+  ``generator`` so that equal seeds give equal pixels.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import torch
+from torch import nn
+
+from refscale.errors import ModelError
+
+Side = dict[str, torch.Tensor]
+
+
+class Rescaler(nn.Module):
+    """Base class of every rescaler. Subclasses set ``arch`` and implement the two maps."""
+
+    #: architecture family, e.g. ``"irn"``; the catalogue name is ``f"{arch}-x{scale}"``
+    arch: str = ""
+    #: True when downscale and upscale need the reference image
+    needs_reference: bool = False
+    #: True when ``upscale`` samples randomness (evaluation then averages several draws)
+    stochastic: bool = False
+
+    def __init__(self, scale: int, **config: Any):
+        super().__init__()
+        self.scale = int(scale)
+        #: the constructor arguments, JSON-serialisable; saved with weights so a
+        #: ``.safetensors`` file alone rebuilds the model
+        self.config: dict[str, Any] = {"scale": self.scale, **config}
+        #: catalogue or weights name (``irn-x2``, ``irn-x2-oscd``); set by ``refscale.load``
+        self.name: str = f"{self.arch}-x{self.scale}"
+
+    # ------------------------------------------------------------------ protocol
+    @property
+    def alignment(self) -> int:
+        """HR height and width given to ``downscale`` are multiples of this."""
+        return self.scale
+
+    def downscale(self, hr: torch.Tensor, ref: torch.Tensor | None = None) -> tuple[torch.Tensor, Side]:
+        raise NotImplementedError
+
+    def upscale(
+        self,
+        lr: torch.Tensor,
+        side: Side | None = None,
+        ref: torch.Tensor | None = None,
+        *,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_losses(self, hr: torch.Tensor, ref: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Loss terms for one training batch; must contain ``"total"`` (what is minimised)."""
+        raise ModelError(f"{self.name} has nothing to train")
+
+    # ------------------------------------------------------------------ helpers
+    def check_reference(self, ref: torch.Tensor | None) -> None:
+        """Raise a clear error when a reference model gets no reference."""
+        if self.needs_reference and ref is None:
+            raise ModelError(f"model {self.name} needs a reference image (--ref)")
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def weights_hash(self) -> str:
+        """SHA-256 (hex) of the state dict: names, dtypes, shapes and bytes, in name order.
+
+        Recorded in every container so that decoding with other weights is refused.
+        """
+        h = hashlib.sha256(self.arch.encode() + str(self.scale).encode())
+        for key, value in sorted(self.state_dict().items()):
+            t = value.detach().to("cpu").contiguous()
+            h.update(key.encode())
+            h.update(str(t.dtype).encode())
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()
+
+    # ------------------------------------------------------------------ product API
+    def encode(self, hr, ref=None, **kwargs):
+        """Downscale one image into a :class:`refscale.Packet` (see ``refscale.pipeline.encode``)."""
+        from refscale import pipeline
+
+        return pipeline.encode(self, hr, ref, **kwargs)
+
+    def decode(self, packet, ref=None, **kwargs):
+        """Rebuild the HR image ``[1,3,H,W]`` from a packet (see ``refscale.pipeline.decode``)."""
+        from refscale import pipeline
+
+        return pipeline.decode(self, packet, ref, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, scale={self.scale}, needs_reference={self.needs_reference}"

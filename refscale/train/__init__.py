@@ -1,0 +1,1 @@
+"""Model-agnostic training engine (`refscale train CONFIG.yaml`)."""
