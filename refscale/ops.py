@@ -1,0 +1,240 @@
+"""Image operations shared by every model, metric and the pipeline.
+
+All functions take and return float tensors ``[N,C,H,W]`` (RGB in [0,1] unless stated),
+work on batches and are differentiable unless stated otherwise:
+
+* :func:`imresize` — MATLAB-compatible bicubic resize (``imresize(..., 'bicubic')``: cubic
+  a = -0.5, kernel widened by 1/scale when shrinking, symmetric border), the "bicubic" of
+  IRN, BasicSR and every rescaling paper; :func:`bicubic_down` / :func:`bicubic_up`.
+* :func:`rgb_to_ycbcr` / :func:`ycbcr_to_rgb` — BT.601 as MATLAB ``rgb2ycbcr``.
+* :func:`gaussian_kernel1d` / :func:`gaussian_blur` — separable, reflect padding.
+* :func:`haar_forward` / :func:`haar_inverse` — IRN's Haar transform and its exact inverse.
+* :func:`round_ste` / :func:`quantize_8bit` — rounding with a straight-through gradient.
+* :func:`pad_to_multiple` / :func:`crop_to` / :func:`mod_crop` — size handling.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+# --------------------------------------------------------------------------- bicubic resize
+
+
+def _cubic(x: torch.Tensor) -> torch.Tensor:
+    """Keys' cubic convolution kernel with a = -0.5 (MATLAB's ``cubic``)."""
+    ax = x.abs()
+    ax2, ax3 = ax * ax, ax * ax * ax
+    return (1.5 * ax3 - 2.5 * ax2 + 1) * (ax <= 1) + (-0.5 * ax3 + 2.5 * ax2 - 4 * ax + 2) * ((ax > 1) & (ax <= 2))
+
+
+@lru_cache(maxsize=128)
+def _resize_weights(in_len: int, out_len: int, scale: float, antialias: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices ``[out, P]`` into the input axis and weights ``[out, P]`` (float64), as MATLAB's
+    ``contributions``: output pixel ``i`` (1-based) maps to ``u = i/scale + (1 - 1/scale)/2``;
+    the kernel is stretched by ``1/scale`` when shrinking with antialiasing; out-of-range
+    taps are mirrored (symmetric padding); each row of weights sums to one."""
+    kernel_width = 4.0
+    shrink_aa = antialias and scale < 1
+    if shrink_aa:
+        kernel_width /= scale
+    x = torch.arange(1, out_len + 1, dtype=torch.float64)
+    u = x / scale + 0.5 * (1 - 1 / scale)
+    left = torch.floor(u - kernel_width / 2)
+    taps = int(math.ceil(kernel_width)) + 2
+    idx = left[:, None] + torch.arange(taps, dtype=torch.float64)[None, :]  # 1-based
+    dist = u[:, None] - idx
+    w = scale * _cubic(dist * scale) if shrink_aa else _cubic(dist)
+    w = w / w.sum(dim=1, keepdim=True)
+    # drop tap columns that are zero for every output (MATLAB does the same; saves work)
+    keep = (w != 0).any(dim=0)
+    w, idx = w[:, keep], idx[:, keep]
+    # symmetric border: ... 2 1 | 1 2 ... n | n n-1 ...
+    period = 2 * in_len
+    i0 = torch.remainder(idx.long() - 1, period)
+    i0 = torch.where(i0 >= in_len, period - 1 - i0, i0)
+    return i0, w
+
+
+def _resize_axis(x: torch.Tensor, dim: int, out_len: int, scale: float, antialias: bool) -> torch.Tensor:
+    in_len = x.shape[dim]
+    idx, w = _resize_weights(in_len, out_len, float(scale), bool(antialias))
+    idx = idx.to(x.device)
+    w = w.to(device=x.device, dtype=x.dtype)
+    taps = idx.shape[1]
+    g = x.index_select(dim, idx.reshape(-1))  # [..., out*P, ...]
+    shape = list(x.shape)
+    shape[dim : dim + 1] = [out_len, taps]
+    g = g.reshape(shape)
+    wshape = [1] * g.dim()
+    wshape[dim], wshape[dim + 1] = out_len, taps
+    return (g * w.reshape(wshape)).sum(dim=dim + 1)
+
+
+def imresize(x: torch.Tensor, scale: float | None = None, size: tuple[int, int] | None = None, antialias: bool = True) -> torch.Tensor:
+    """MATLAB ``imresize(x, scale, 'bicubic')`` (or ``imresize(x, [H W])``) on a batch ``[N,C,H,W]``.
+
+    Exactly one of ``scale`` (e.g. 0.5 or 4) and ``size`` ``(H, W)``. With ``scale`` the output
+    size is ``ceil(H*scale)`` as in MATLAB. Like MATLAB, the axis with the smaller scale is
+    resized first. Float in, float out: no clamping and no rounding (callers quantize).
+    """
+    if (scale is None) == (size is None):
+        raise ValueError("imresize needs exactly one of scale and size")
+    if x.dim() != 4:
+        raise ValueError(f"imresize expects [N,C,H,W], got shape {tuple(x.shape)}")
+    h, w = x.shape[-2:]
+    if scale is not None:
+        scales = (float(scale), float(scale))
+        out = (int(math.ceil(h * scale - 1e-9)), int(math.ceil(w * scale - 1e-9)))
+    else:
+        out = (int(size[0]), int(size[1]))
+        scales = (out[0] / h, out[1] / w)
+    if not x.is_floating_point():
+        x = x.float()
+    order = (0, 1) if scales[0] <= scales[1] else (1, 0)
+    for axis in order:
+        if out[axis] == x.shape[2 + axis] and scales[axis] == 1.0:
+            continue  # identity (the cubic kernel interpolates)
+        x = _resize_axis(x, 2 + axis, out[axis], scales[axis], antialias)
+    return x
+
+
+def bicubic_down(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """MATLAB bicubic downscale by an integer factor (antialiased)."""
+    return imresize(x, scale=1.0 / factor)
+
+
+def bicubic_up(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """MATLAB bicubic upscale by an integer factor."""
+    return imresize(x, scale=float(factor))
+
+
+# --------------------------------------------------------------------------- colour
+
+# MATLAB rgb2ycbcr for double input in [0,1]: offset + M @ rgb, M in units of 1/255
+_YCBCR_M = torch.tensor([
+    [65.481, 128.553, 24.966],
+    [-37.797, -74.203, 112.0],
+    [112.0, -93.786, -18.214],
+], dtype=torch.float64) / 255.0
+_YCBCR_OFFSET = torch.tensor([16.0, 128.0, 128.0], dtype=torch.float64) / 255.0
+
+
+def rgb_to_ycbcr(x: torch.Tensor, y_only: bool = False) -> torch.Tensor:
+    """BT.601 RGB -> YCbCr, MATLAB ``rgb2ycbcr`` convention on [0,1] values:
+    Y in [16/255, 235/255], Cb/Cr in [16/255, 240/255]. ``y_only`` returns ``[N,1,H,W]``."""
+    m = _YCBCR_M.to(device=x.device, dtype=x.dtype)
+    off = _YCBCR_OFFSET.to(device=x.device, dtype=x.dtype)
+    if y_only:
+        m, off = m[:1], off[:1]
+    return torch.einsum("oc,nchw->nohw", m, x) + off.view(1, -1, 1, 1)
+
+
+def ycbcr_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`rgb_to_ycbcr` (MATLAB ``ycbcr2rgb``)."""
+    m_inv = torch.linalg.inv(_YCBCR_M).to(device=x.device, dtype=x.dtype)
+    off = _YCBCR_OFFSET.to(device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    return torch.einsum("oc,nchw->nohw", m_inv, x - off)
+
+
+# --------------------------------------------------------------------------- blur
+
+
+def gaussian_kernel1d(sigma: float, size: int | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Normalised 1-D Gaussian; default size ``2*ceil(3*sigma)+1`` (odd)."""
+    if size is None:
+        size = 2 * int(math.ceil(3 * sigma)) + 1
+    r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    k = torch.exp(-0.5 * (r / sigma) ** 2)
+    return (k / k.sum()).to(dtype)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float, kernel_size: int | None = None) -> torch.Tensor:
+    """Separable Gaussian blur of each channel with reflect padding (replicate when the
+    image is too small to reflect)."""
+    k = gaussian_kernel1d(sigma, kernel_size, dtype=x.dtype).to(x.device)
+    size = k.numel()
+    n, c, h, w = x.shape
+    lo, hi = (size - 1) // 2, size // 2
+    mode = "reflect" if max(lo, hi) < min(h, w) else "replicate"
+    y = F.pad(x.reshape(n * c, 1, h, w), (lo, hi, lo, hi), mode=mode)
+    y = F.conv2d(y, k.view(1, 1, 1, size))
+    y = F.conv2d(y, k.view(1, 1, size, 1))
+    return y.reshape(n, c, h, w)
+
+
+# --------------------------------------------------------------------------- Haar
+
+#: log|det| of the Haar transform per 2x2 block of one channel (IRN: H/4, |det H| = 16)
+HAAR_LOGDET_PER_BLOCK = math.log(1 / 16.0)
+
+
+def haar_forward(x: torch.Tensor) -> torch.Tensor:
+    """IRN's Haar downsampling: ``[N,C,H,W] -> [N,4C,H/2,W/2]``.
+
+    For each 2x2 block ``[[a, b], [c, d]]``: band0 = (a+b+c+d)/4 (the block mean, LL),
+    band1 = (a-b+c-d)/4, band2 = (a+b-c-d)/4, band3 = (a-b-c+d)/4. Channel order as IRN:
+    ``[band0 of all C, band1 of all C, band2 of all C, band3 of all C]``. H and W must be even.
+    """
+    if x.shape[-1] % 2 or x.shape[-2] % 2:
+        raise ValueError(f"haar_forward needs even H and W, got {tuple(x.shape[-2:])}")
+    a, b = x[..., 0::2, 0::2], x[..., 0::2, 1::2]
+    c, d = x[..., 1::2, 0::2], x[..., 1::2, 1::2]
+    return torch.cat([a + b + c + d, a - b + c - d, a + b - c - d, a - b - c + d], dim=1) / 4
+
+
+def haar_inverse(y: torch.Tensor) -> torch.Tensor:
+    """Exact inverse of :func:`haar_forward`: ``[N,4C,h,w] -> [N,C,2h,2w]``."""
+    y0, y1, y2, y3 = y.chunk(4, dim=1)
+    a = y0 + y1 + y2 + y3
+    b = y0 - y1 + y2 - y3
+    c = y0 + y1 - y2 - y3
+    d = y0 - y1 - y2 + y3
+    n, ch, h, w = a.shape
+    top = torch.stack([a, b], dim=-1).reshape(n, ch, h, 2 * w)
+    bottom = torch.stack([c, d], dim=-1).reshape(n, ch, h, 2 * w)
+    return torch.stack([top, bottom], dim=-2).reshape(n, ch, 2 * h, 2 * w)
+
+
+# --------------------------------------------------------------------------- quantization
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round to the nearest integer; the gradient passes straight through (identity)."""
+    return x + (torch.round(x) - x).detach()
+
+
+def quantize_8bit(x: torch.Tensor) -> torch.Tensor:
+    """IRN's ``Quantization``: clamp to [0,1] and round to k/255 in the forward pass; the
+    backward pass is the identity (straight-through, also outside [0,1], as IRN)."""
+    q = torch.round(x.clamp(0, 1) * 255) / 255
+    return x + (q - x).detach()
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "reflect") -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad bottom/right so H and W are multiples of ``multiple``; returns ``(padded, (H, W))``
+    with the original size, for :func:`crop_to`. Reflect falls back to replicate when the
+    padding is not smaller than the image side."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x, (h, w)
+    if mode == "reflect" and (ph >= h or pw >= w):
+        mode = "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode), (h, w)
+
+
+def crop_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Keep the top-left ``size`` = (H, W) (undoes :func:`pad_to_multiple`)."""
+    return x[..., : size[0], : size[1]]
+
+
+def mod_crop(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Crop bottom/right to multiples of ``multiple`` (the field's evaluation convention)."""
+    h, w = x.shape[-2:]
+    return x[..., : h - h % multiple, : w - w % multiple]
