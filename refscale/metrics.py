@@ -1,0 +1,105 @@
+"""Image quality metrics with the field's (BasicSR / IRN) conventions.
+
+Inputs are float RGB tensors ``[N,3,H,W]`` in [0,1]; every metric returns one value per
+image (``Tensor[N]``, float64).
+
+* :func:`psnr`, :func:`ssim` — BasicSR's ``calculate_psnr`` / ``calculate_ssim``: both images
+  rounded to 8 bits, ``crop_border`` pixels removed on every side, then either the Y channel
+  (BT.601, MATLAB ``rgb2ycbcr``, in 0-255 units, not rounded) or the three RGB channels, as
+  float64 in 0-255. SSIM uses an 11x11 Gaussian window (sigma 1.5) over the *valid* region
+  only (no padding), C1 = (0.01*255)^2, C2 = (0.03*255)^2; RGB SSIM is the mean over channels.
+  (BasicSR keeps Y in float32; we stay in float64 — differences are below 1e-4 dB.)
+* :func:`spatial_information` — SI of RefScale eq. (15): the Sobel magnitude
+  ``sqrt(s_h^2 + s_v^2)`` of the Y channel in [0,1] (MATLAB ``rgb2ycbcr`` scale), unnormalised
+  3x3 Sobel kernels, valid region only (the 1-pixel border is excluded), averaged over pixels
+  ("mean", the default, which gives RefScale Table 1's 0.17-0.57 range) or its standard
+  deviation ("std", the ITU-T P.910 form).
+* :func:`bits_per_pixel` — real encoded bytes * 8 / (H * W) of the original image.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from refscale.ops import gaussian_kernel1d, rgb_to_ycbcr
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """``round(clamp(x, 0, 1) * 255)`` as uint8 (BasicSR ``tensor2img``)."""
+    return torch.round(x.detach().clamp(0, 1) * 255).to(torch.uint8)
+
+
+def _prepare(x: torch.Tensor, crop_border: int, y_channel: bool) -> torch.Tensor:
+    """8-bit round, crop the border, optionally Y; float64 in 0-255."""
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    v = to_uint8(x).to(torch.float64)
+    if crop_border:
+        v = v[..., crop_border:-crop_border, crop_border:-crop_border]
+    if y_channel and v.shape[1] == 3:
+        v = rgb_to_ycbcr(v / 255.0, y_only=True) * 255.0
+    return v
+
+
+def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"images differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, crop_border: int = 0, y_channel: bool = True) -> torch.Tensor:
+    """PSNR in dB per image (``inf`` for identical images), BasicSR ``calculate_psnr``."""
+    _check_pair(a, b)
+    x, y = _prepare(a, crop_border, y_channel), _prepare(b, crop_border, y_channel)
+    mse = ((x - y) ** 2).flatten(1).mean(dim=1)
+    return 10.0 * torch.log10(255.0**2 / mse)  # mse == 0 -> inf
+
+
+def _ssim_map_mean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM over the valid region, per image and channel: ``[N,C]``."""
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    k = gaussian_kernel1d(1.5, 11, dtype=torch.float64).to(x.device)
+    n, c, h, w = x.shape
+    if h < 11 or w < 11:
+        raise ValueError(f"SSIM needs at least 11x11 pixels after cropping, got {h}x{w}")
+
+    def filt(t: torch.Tensor) -> torch.Tensor:
+        t = F.conv2d(t.reshape(n * c, 1, *t.shape[-2:]), k.view(1, 1, 1, 11))
+        return F.conv2d(t, k.view(1, 1, 11, 1))
+
+    mu_x, mu_y = filt(x), filt(y)
+    sxx = filt(x * x) - mu_x**2
+    syy = filt(y * y) - mu_y**2
+    sxy = filt(x * y) - mu_x * mu_y
+    m = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
+    return m.flatten(1).mean(dim=1).reshape(n, c)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, crop_border: int = 0, y_channel: bool = True) -> torch.Tensor:
+    """SSIM per image, BasicSR ``calculate_ssim`` (11x11 Gaussian, sigma 1.5; RGB: channel mean)."""
+    _check_pair(a, b)
+    x, y = _prepare(a, crop_border, y_channel), _prepare(b, crop_border, y_channel)
+    return _ssim_map_mean(x, y).mean(dim=1)
+
+
+_SOBEL_H = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=torch.float64)
+
+
+def spatial_information(x: torch.Tensor, variant: str = "mean") -> torch.Tensor:
+    """SI (RefScale eq. 15) per image: Sobel magnitude of Y in [0,1], border excluded;
+    ``variant`` "mean" (default) or "std". A 1-channel input is taken as Y already."""
+    if variant not in ("mean", "std"):
+        raise ValueError(f"unknown SI variant {variant!r} (mean or std)")
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    x = x.detach().to(torch.float64)
+    y = rgb_to_ycbcr(x, y_only=True) if x.shape[1] == 3 else x
+    kh = _SOBEL_H.to(y.device)
+    k = torch.stack([kh, kh.T]).unsqueeze(1)  # [2,1,3,3]: horizontal and vertical gradient
+    g = F.conv2d(y, k)
+    mag = torch.sqrt((g**2).sum(dim=1)).flatten(1)
+    return mag.mean(dim=1) if variant == "mean" else mag.std(dim=1, unbiased=False)
+
+
+def bits_per_pixel(num_bytes: int, height: int, width: int) -> float:
+    """``num_bytes * 8 / (height * width)``: bits per pixel of the original image."""
+    return float(num_bytes) * 8.0 / (int(height) * int(width))
