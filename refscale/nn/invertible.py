@@ -1,0 +1,275 @@
+"""Invertible building blocks, written once and shared by IRN, RefScale, FGRN and TADM.
+
+Every block is an :class:`InvertibleModule` (FrEIA-like, composable):
+
+* ``forward(x, cond=None) -> (y, logdet)`` with ``logdet`` of shape ``[N]``: ``log|det dy/dx|``
+  of each sample;
+* ``inverse(y, cond=None) -> x``, the exact inverse (up to floating point).
+
+Blocks: :class:`HaarSqueeze` (IRN's Haar downsampling, ``refscale.ops.haar_forward``),
+:class:`InvConv1x1` (Glow's LU-parameterised invertible 1x1 convolution), :class:`ActNorm`
+(Glow's activation normalisation, data-dependent init saved as state), :class:`AffineCoupling`
+(IRN's ``InvBlockExp``), :class:`ConditionalAffineCoupling` (RefScale eq. 10-11) and
+:class:`FlowSequence` (composition).
+
+Precision: under ``torch.autocast`` only the coupling *subnets* run in reduced precision;
+their outputs are cast back to the flow's dtype and every invertible operation (the affine
+update, the 1x1 convolution, ActNorm, Haar) runs in the flow's dtype (float32), so forward and
+inverse stay consistent to float32 rounding.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from refscale import ops
+from refscale.nn.layers import DenseBlock
+
+Subnet = Callable[[int, int], nn.Module]
+
+
+def dense_subnet(gc: int = 32) -> Subnet:
+    """IRN's subnet constructor: ``(cin, cout) -> DenseBlock(cin, cout, gc)`` (Xavier x0.1, last conv zero)."""
+
+    def make(cin: int, cout: int) -> nn.Module:
+        return DenseBlock(cin, cout, gc=gc, init="xavier", init_scale=0.1, zero_last=True)
+
+    return make
+
+
+def exact(x: torch.Tensor):
+    """A context in which autocast is off (for the invertible linear maps)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.autocast(device_type=x.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def soft_clamp(s: torch.Tensor, clamp: float) -> torch.Tensor:
+    """IRN's bounded log-scale ``clamp * (2 * sigmoid(s) - 1)`` (values in (-clamp, clamp))."""
+    return clamp * (torch.sigmoid(s) * 2 - 1)
+
+
+class InvertibleModule(nn.Module):
+    """Base class: ``forward(x, cond=None) -> (y, logdet[N])``, ``inverse(y, cond=None) -> x``."""
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class HaarSqueeze(InvertibleModule):
+    """IRN's ``HaarDownsampling``: ``[N,C,H,W] -> [N,4C,H/2,W/2]``; channels ``[LL, b1, b2, b3]`` x C.
+
+    With IRN's 1/4 normalisation each 2x2 block of one channel has ``|det| = 1/16``.
+    """
+
+    def forward(self, x, cond=None):
+        y = ops.haar_forward(x)
+        blocks = x[0].numel() / 4
+        return y, x.new_full((x.shape[0],), blocks * ops.HAAR_LOGDET_PER_BLOCK)
+
+    def inverse(self, y, cond=None):
+        return ops.haar_inverse(y)
+
+
+class InvConv1x1(InvertibleModule):
+    """Glow's invertible 1x1 convolution, LU-parameterised: ``W = P L (U + diag(sign * exp(log_s)))``.
+
+    ``P`` (a permutation) and the signs are fixed buffers; the strictly triangular entries of
+    ``L`` and ``U`` and ``log_s`` are learned, so ``log|det| = H * W * sum(log_s)`` is cheap.
+    ``init="random"`` starts from a random rotation (Glow), ``"identity"`` from ``W = I``.
+    """
+
+    def __init__(self, channels: int, init: str = "random"):
+        super().__init__()
+        c = channels
+        if init == "random":
+            w = torch.linalg.qr(torch.randn(c, c, dtype=torch.float64))[0]
+        elif init == "identity":
+            w = torch.eye(c, dtype=torch.float64)
+        else:
+            raise ValueError(f"unknown init {init!r}")
+        p, lower, upper = torch.linalg.lu(w)
+        s = torch.diagonal(upper)
+        self.channels = c
+        self.register_buffer("perm", p.float())
+        self.register_buffer("sign_s", torch.sign(s).float())
+        li, ui = torch.tril_indices(c, c, -1), torch.triu_indices(c, c, 1)
+        self.register_buffer("l_idx", li, persistent=False)
+        self.register_buffer("u_idx", ui, persistent=False)
+        self.lower = nn.Parameter(lower[li[0], li[1]].float())
+        self.upper = nn.Parameter(upper[ui[0], ui[1]].float())
+        self.log_s = nn.Parameter(s.abs().log().float())
+
+    def weight(self) -> torch.Tensor:
+        c = self.channels
+        eye = torch.eye(c, dtype=self.log_s.dtype, device=self.log_s.device)
+        lower = eye.index_put((self.l_idx[0], self.l_idx[1]), self.lower)
+        upper = torch.diag(self.sign_s * torch.exp(self.log_s)).index_put((self.u_idx[0], self.u_idx[1]), self.upper)
+        return self.perm @ lower @ upper
+
+    def forward(self, x, cond=None):
+        with exact(x):
+            w = self.weight().to(x.dtype)
+            y = F.conv2d(x, w.view(self.channels, self.channels, 1, 1))
+        logdet = self.log_s.sum().to(x.dtype) * (x.shape[2] * x.shape[3])
+        return y, logdet.expand(x.shape[0])
+
+    def inverse(self, y, cond=None):
+        with exact(y):
+            w_inv = torch.linalg.inv(self.weight().double()).to(y.dtype)
+            return F.conv2d(y, w_inv.view(self.channels, self.channels, 1, 1))
+
+
+class ActNorm(InvertibleModule):
+    """Glow's ActNorm: ``y = (x + b) * exp(log_scale)`` per channel.
+
+    Data-dependent init: the first forward pass in training mode sets ``b = -mean`` and
+    ``log_scale = -log(std)`` of that batch (per channel), so the output starts with zero mean
+    and unit variance. The ``initialized`` flag is a buffer, saved and loaded with the weights,
+    so a loaded model never re-initialises. Under ``torch.distributed`` the statistics are
+    averaged over all processes, so every rank starts with the same parameters. An
+    uninitialised ActNorm outside training is the identity.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.log_scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.register_buffer("initialized", torch.zeros(1, dtype=torch.uint8))
+        self.eps = eps
+
+    @torch.no_grad()
+    def _initialize(self, x: torch.Tensor) -> None:
+        x = x.detach().float()
+        stats = torch.stack([x.mean(dim=(0, 2, 3)), (x * x).mean(dim=(0, 2, 3))])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(stats)
+            stats /= torch.distributed.get_world_size()
+        mean, sq = stats
+        std = (sq - mean * mean).clamp_min(0).sqrt()
+        self.bias.copy_(-mean.view_as(self.bias))
+        self.log_scale.copy_(-torch.log(std + self.eps).view_as(self.log_scale))
+        self.initialized.fill_(1)
+
+    def forward(self, x, cond=None):
+        if self.training and not bool(self.initialized):
+            self._initialize(x)
+        y = (x + self.bias.to(x.dtype)) * torch.exp(self.log_scale.to(x.dtype))
+        logdet = self.log_scale.sum().to(x.dtype) * (x.shape[2] * x.shape[3])
+        return y, logdet.expand(x.shape[0])
+
+    def inverse(self, y, cond=None):
+        return y * torch.exp(-self.log_scale.to(y.dtype)) - self.bias.to(y.dtype)
+
+
+class AffineCoupling(InvertibleModule):
+    """IRN's ``InvBlockExp`` (additive + affine coupling with a bounded scale).
+
+    With ``x = [x1, x2]`` split after ``split_len1`` channels (3 = the LR channels in IRN)::
+
+        y1 = x1 + F(x2)
+        s  = clamp * (2 * sigmoid(H(y1)) - 1)
+        y2 = x2 * exp(s) + G(y1)
+
+    ``log|det| = sum(s)``. F, G and H are built by ``subnet(cin, cout)`` (IRN: DenseBlock with
+    a zero-initialised last conv, so the block starts as the identity).
+    """
+
+    def __init__(self, channels: int, split_len1: int = 3, subnet: Subnet | None = None, clamp: float = 1.0):
+        super().__init__()
+        subnet = subnet or dense_subnet()
+        self.split_len1, self.split_len2 = split_len1, channels - split_len1
+        self.clamp = clamp
+        self.F = subnet(self.split_len2, self.split_len1)
+        self.G = subnet(self.split_len1, self.split_len2)
+        self.H = subnet(self.split_len1, self.split_len2)
+
+    def _scale(self, y1: torch.Tensor) -> torch.Tensor:
+        return soft_clamp(self.H(y1).to(y1.dtype), self.clamp)
+
+    def forward(self, x, cond=None):
+        x1, x2 = x.split([self.split_len1, self.split_len2], dim=1)
+        y1 = x1 + self.F(x2).to(x.dtype)
+        s = self._scale(y1)
+        y2 = x2 * torch.exp(s) + self.G(y1).to(x.dtype)
+        return torch.cat([y1, y2], 1), s.sum(dim=(1, 2, 3))
+
+    def inverse(self, y, cond=None):
+        y1, y2 = y.split([self.split_len1, self.split_len2], dim=1)
+        s = self._scale(y1)
+        x2 = (y2 - self.G(y1).to(y.dtype)) * torch.exp(-s)
+        x1 = y1 - self.F(x2).to(y.dtype)
+        return torch.cat([x1, x2], 1)
+
+
+class ConditionalAffineCoupling(InvertibleModule):
+    """RefScale's conditional affine coupling (eq. 10-11).
+
+    ``F_h = [F_ha, F_hb]`` (``F_ha`` = the first ``split_len`` channels, default half)::
+
+        F_ha' = F_ha * exp(psi(F_hb, F_c)) - phi(F_hb, F_c)        (10)
+        F_hb' = F_hb                                               (11)
+
+    Choices the paper leaves open: ``psi`` and ``phi`` are the two halves of the output of
+    *one* subnet (Glow style) fed the concatenation ``[F_hb, F_c]``; ``psi`` is bounded with
+    IRN's soft clamp ``clamp * (2 * sigmoid - 1)`` for stability. With ``cond_channels = 0``
+    the subnet sees ``F_hb`` only (an unconditional Glow coupling; RefScale Table 2, case 1).
+    ``log|det| = sum(psi)``.
+    """
+
+    def __init__(self, channels: int, cond_channels: int, split_len: int | None = None,
+                 subnet: Subnet | None = None, clamp: float = 1.0):
+        super().__init__()
+        subnet = subnet or dense_subnet()
+        self.len_a = channels // 2 if split_len is None else split_len
+        self.len_b = channels - self.len_a
+        self.cond_channels = cond_channels
+        self.clamp = clamp
+        self.net = subnet(self.len_b + cond_channels, 2 * self.len_a)
+
+    def _affine(self, xb: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cond_channels:
+            if cond is None:
+                raise ValueError("ConditionalAffineCoupling needs a condition tensor")
+            h = self.net(torch.cat([xb, cond.to(xb.dtype)], 1))
+        else:
+            h = self.net(xb)
+        h = h.to(xb.dtype)
+        return soft_clamp(h[:, : self.len_a], self.clamp), h[:, self.len_a :]
+
+    def forward(self, x, cond=None):
+        xa, xb = x.split([self.len_a, self.len_b], dim=1)
+        s, t = self._affine(xb, cond)
+        return torch.cat([xa * torch.exp(s) - t, xb], 1), s.sum(dim=(1, 2, 3))
+
+    def inverse(self, y, cond=None):
+        ya, xb = y.split([self.len_a, self.len_b], dim=1)
+        s, t = self._affine(xb, cond)
+        return torch.cat([(ya + t) * torch.exp(-s), xb], 1)
+
+
+class FlowSequence(InvertibleModule):
+    """Composition of invertible modules; the same ``cond`` is handed to each of them."""
+
+    def __init__(self, modules: Iterable[InvertibleModule]):
+        super().__init__()
+        self.blocks = nn.ModuleList(modules)
+
+    def forward(self, x, cond=None):
+        logdet = x.new_zeros(x.shape[0])
+        for block in self.blocks:
+            x, ld = block(x, cond)
+            logdet = logdet + ld
+        return x, logdet
+
+    def inverse(self, y, cond=None):
+        for block in reversed(self.blocks):
+            y = block.inverse(y, cond)
+        return y
