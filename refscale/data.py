@@ -1,0 +1,230 @@
+"""Datasets: discovering the DESIGN.md layouts, training crops, full-image iteration.
+
+* :func:`discover` — a path to a list of :class:`Sample` (name, HR path, reference path or None).
+  Layouts, detected in this order:
+
+  1. a CSV manifest file ``hr,ref[,name]`` (paths relative to the manifest; optional header
+     row starting with ``hr``; an empty ``ref`` means no reference);
+  2. a single image file (one sample, no reference);
+  3. OSCD: ``<city>/img1.png`` (older, the reference) and ``<city>/img2.png`` (newer, the HR);
+  4. pair folders: ``<name>/hr.<ext>`` and ``<name>/ref.<ext>``;
+  5. a folder of single images (no reference).
+
+  A ``split.json`` (``{"train": [names], "test": [names]}``) in the folder selects a split by
+  sample name, for any folder layout; ``split=None`` means all samples.
+* :class:`PairCropDataset` — random co-located ``patch_size`` crops of HR and reference with the
+  *same* flips and 90-degree rotation (RefScale Sec. 4.1); ``both_directions`` adds the swapped
+  pairs (the older image as HR, the newer as reference). Samples without a reference give
+  ``{"hr": ...}`` items, so the same class is the single-image training dataset.
+* :func:`iter_full_images` — deterministic whole images for validation and evaluation.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from refscale.errors import InputError
+from refscale.imageio import IMAGE_SUFFIXES, read_image
+from refscale.ops import mod_crop
+
+
+@dataclass
+class Sample:
+    name: str
+    hr: Path
+    ref: Path | None = None
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+
+
+def _find_image(folder: Path, stem: str) -> Path | None:
+    for suffix in IMAGE_SUFFIXES:
+        for cand in (folder / f"{stem}{suffix}", folder / f"{stem}{suffix.upper()}"):
+            if cand.is_file():
+                return cand
+    return None
+
+
+def _read_manifest(path: Path) -> list[Sample]:
+    base = path.parent
+    samples: list[Sample] = []
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read manifest {path}: {e}") from None
+    for lineno, row in enumerate(rows, start=1):
+        row = [c.strip() for c in row]
+        if not row or not any(row) or row[0].startswith("#"):
+            continue
+        if lineno == 1 and row[0].lower() == "hr":
+            continue  # header
+        hr = base / row[0]
+        ref = base / row[1] if len(row) > 1 and row[1] else None
+        name = row[2] if len(row) > 2 and row[2] else Path(row[0]).stem
+        for p in (hr, ref):
+            if p is not None and not p.is_file():
+                raise InputError(f"{path.name} line {lineno}: file not found: {p}")
+        samples.append(Sample(name, hr, ref))
+    names = [s.name for s in samples]
+    if len(set(names)) != len(names):
+        raise InputError(f"{path.name}: sample names are not unique; add a name column")
+    return samples
+
+
+def _read_split(folder: Path, split: str | None) -> set[str] | None:
+    split_file = folder / "split.json"
+    if split is None:
+        return None
+    if not split_file.is_file():
+        raise InputError(f"split {split!r} requested but {folder} has no split.json")
+    try:
+        splits = json.loads(split_file.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read {split_file}: {e}") from None
+    names = splits.get(split) if isinstance(splits, dict) else None
+    if not isinstance(names, list):
+        choices = [k for k, v in splits.items() if isinstance(v, list)] if isinstance(splits, dict) else []
+        raise InputError(f"split {split!r} not in {split_file} (has: {', '.join(choices) or 'nothing'})")
+    return set(names)
+
+
+def discover(path: str | os.PathLike, split: str | None = None) -> list[Sample]:
+    """Samples of a dataset path (see the module docstring for the layouts), sorted by name."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"dataset path not found: {p}")
+    if p.is_file():
+        if p.suffix.lower() == ".csv":
+            samples = _read_manifest(p)
+            if split is not None:
+                raise InputError("--split needs a folder with split.json, not a manifest")
+        elif _is_image(p):
+            samples = [Sample(p.stem, p, None)]
+            if split is not None:
+                raise InputError("--split needs a folder with split.json, not an image")
+        else:
+            raise InputError(f"{p} is neither a folder, an image nor a .csv manifest")
+        if not samples:
+            raise InputError(f"no images in {p}")
+        return samples
+
+    subdirs = sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
+    oscd = [Sample(d.name, d / "img2.png", d / "img1.png") for d in subdirs if (d / "img1.png").is_file() and (d / "img2.png").is_file()]
+    pairs = []
+    for d in subdirs:
+        hr, ref = _find_image(d, "hr"), _find_image(d, "ref")
+        if hr is not None and ref is not None:
+            pairs.append(Sample(d.name, hr, ref))
+    if oscd:
+        samples = oscd
+    elif pairs:
+        samples = pairs
+    else:
+        samples = [Sample(f.stem, f, None) for f in sorted(p.iterdir()) if _is_image(f)]
+    wanted = _read_split(p, split)
+    if wanted is not None:
+        missing = sorted(wanted - {s.name for s in samples})
+        if missing:
+            raise InputError(f"split {split!r} names samples missing from {p}: {', '.join(missing[:5])}")
+        samples = [s for s in samples if s.name in wanted]
+    if not samples:
+        raise InputError(f"no images found in {p} (expected pair folders, OSCD cities, images or a .csv manifest)")
+    return sorted(samples, key=lambda s: s.name)
+
+
+def _to_uint8_chw(x: torch.Tensor) -> torch.Tensor:
+    return torch.round(x[0].clamp(0, 1) * 255).to(torch.uint8)
+
+
+class PairCropDataset(Dataset):
+    """Random co-located crops of (HR, reference) with identical augmentation.
+
+    Items are ``{"hr": [3,P,P], "ref": [3,P,P]}`` float32 in [0,1] (``{"hr": ...}`` only when the
+    samples have no reference — the single-image training set). All images are decoded once
+    and kept as uint8. Augmentation: horizontal flip, vertical flip and transpose, each with
+    probability 1/2 (the 8 dihedral transforms: flips and 90-degree rotations), applied
+    identically to both images. ``both_directions`` doubles the set with the roles swapped.
+    ``repeats`` makes one epoch visit every sample that many times (small datasets such as
+    OSCD have 14 training scenes). Randomness is drawn from ``seed``, the item index, a
+    per-copy draw counter and, in DataLoader workers, the worker's seed (which torch draws anew
+    each epoch from the main process's seeded generator), so runs are reproducible and
+    epochs differ.
+    """
+
+    def __init__(self, samples: list[Sample], patch_size: int, augment: bool = True, both_directions: bool = False,
+                 scale_multiple: int = 1, seed: int = 0, repeats: int = 1):
+        if not samples:
+            raise InputError("PairCropDataset needs at least one sample")
+        if patch_size % scale_multiple:
+            raise InputError(f"patch size {patch_size} is not a multiple of {scale_multiple}")
+        with_ref = {s.ref is not None for s in samples}
+        if len(with_ref) > 1:
+            raise InputError("dataset mixes samples with and without a reference")
+        self.paired = with_ref == {True}
+        self.patch_size = int(patch_size)
+        self.augment = augment
+        self.both_directions = both_directions and self.paired
+        self.seed = int(seed)
+        self.repeats = int(repeats)
+        self.names: list[str] = []
+        self.images: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        for s in samples:
+            hr = _to_uint8_chw(read_image(s.hr))
+            ref = _to_uint8_chw(read_image(s.ref)) if s.ref is not None else None
+            if ref is not None and ref.shape != hr.shape:
+                raise InputError(f"{s.name}: HR {tuple(hr.shape[1:])} and reference {tuple(ref.shape[1:])} differ in size")
+            if min(hr.shape[1:]) < patch_size:
+                raise InputError(f"{s.name}: image {tuple(hr.shape[1:])} is smaller than the patch size {patch_size}")
+            self.names.append(s.name)
+            self.images.append((hr, ref))
+        self._draws = 0
+
+    def __len__(self) -> int:
+        return len(self.images) * (2 if self.both_directions else 1) * self.repeats
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        n = len(self.images)
+        k = index % (2 * n if self.both_directions else n)
+        hr, ref = self.images[k % n]
+        if k >= n:  # reverse temporal direction
+            hr, ref = ref, hr
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng([self.seed, index, self._draws, info.seed if info else 0])
+        self._draws += 1
+        p = self.patch_size
+        top = int(rng.integers(0, hr.shape[1] - p + 1))
+        left = int(rng.integers(0, hr.shape[2] - p + 1))
+        flips = rng.integers(0, 2, size=3) if self.augment else (0, 0, 0)
+        out = {"hr": hr} if ref is None else {"hr": hr, "ref": ref}
+        for key, img in out.items():
+            img = img[:, top : top + p, left : left + p]
+            if flips[0]:
+                img = img.flip(-1)
+            if flips[1]:
+                img = img.flip(-2)
+            if flips[2]:
+                img = img.transpose(-1, -2)
+            out[key] = img.float().div(255.0).contiguous()
+        return out
+
+
+def iter_full_images(samples: list[Sample], multiple: int = 1) -> Iterator[tuple[str, torch.Tensor, torch.Tensor | None]]:
+    """Yield ``(name, hr [1,3,H,W], ref [1,3,H,W] or None)`` in order, cropped bottom/right to
+    multiples of ``multiple`` (the field's mod-crop), decoding one sample at a time."""
+    for s in samples:
+        hr = read_image(s.hr)
+        ref = read_image(s.ref) if s.ref is not None else None
+        if ref is not None and ref.shape != hr.shape:
+            raise InputError(f"{s.name}: HR {tuple(hr.shape[-2:])} and reference {tuple(ref.shape[-2:])} differ in size")
+        yield s.name, mod_crop(hr, multiple), (mod_crop(ref, multiple) if ref is not None else None)
