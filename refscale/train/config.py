@@ -1,0 +1,181 @@
+"""Training configuration: YAML files as data, defaults, validation and ``--set`` overrides.
+
+A config has these sections (every key optional except ``model.arch``, ``data.path`` and
+``schedule.steps``); :data:`DEFAULTS` gives the values used when a key is missing::
+
+    seed: 0
+    model:     {arch: refscale-x2, config: {...constructor overrides...}, module: null}
+    data:      {path, split, val_names, val_split, patch_size, both_directions, augment, batch_size}
+    optim:     {name: adam, lr, betas, eps, weight_decay, grad_clip}
+    schedule:  {steps, milestones, gamma}           # step halving: lr * gamma ** (#milestones passed)
+    precision: {bf16, channels_last, threads}
+    checkpoint:{every_minutes, every_steps, keep}
+    val:       {every_steps, max_images, crop, seed}
+    log:       {every_steps, tensorboard, progress}
+    guard:     {max_bad_steps}                      # abort after this many non-finite steps in a row
+    ddp:       {backend, find_unused_parameters}
+    device: auto                                    # auto | cpu | cuda
+
+``data.batch_size`` is the *total* batch over all processes (``torchrun``), so one config means
+the same training at any process count. ``model.module`` names a Python module imported before
+the model is built (to register architectures that are not built in).
+
+Relative ``data.path`` values are looked up in the current directory, then beside the config
+file, then in the config file's parent directory (the repository root for ``configs/*.yaml``).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from refscale.errors import RefScaleError
+
+
+class ConfigError(RefScaleError):
+    """A training config is missing, malformed or inconsistent."""
+
+
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "device": "auto",
+    "model": {"arch": None, "config": {}, "module": None},
+    "data": {
+        "path": None,
+        "split": "train",
+        "val_names": [],
+        "val_split": None,
+        "patch_size": 128,
+        "both_directions": False,
+        "augment": True,
+        "batch_size": 8,
+    },
+    "optim": {"name": "adam", "lr": 2e-4, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "grad_clip": None},
+    "schedule": {"steps": None, "milestones": [], "gamma": 0.5},
+    "precision": {"bf16": False, "channels_last": False, "threads": None},
+    "checkpoint": {"every_minutes": 10.0, "every_steps": None, "keep": 2},
+    "val": {"every_steps": 1000, "max_images": 2, "crop": 256, "seed": 0},
+    "log": {"every_steps": 20, "tensorboard": True, "progress": True},
+    "guard": {"max_bad_steps": 20},
+    "ddp": {"backend": "auto", "find_unused_parameters": False},
+}
+
+_OPEN_SECTIONS = {("model", "config")}  # free-form dictionaries (constructor arguments)
+
+
+def _merge(base: dict, override: dict, where: str = "") -> dict:
+    """``base`` updated by ``override``; unknown keys are errors (typos must not pass silently)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        path = f"{where}{key}"
+        if key not in base:
+            raise ConfigError(f"unknown config key {path!r}; known here: {', '.join(base)}")
+        if isinstance(base[key], dict) and tuple(path.split(".")) not in _OPEN_SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {path!r} must be a mapping, got {type(value).__name__}")
+            out[key] = _merge(base[key], value, path + ".")
+        elif isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {path!r} must be a mapping, got {type(value).__name__}")
+            out[key] = {**base[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def _check(cfg: dict) -> dict:
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(msg)
+
+    need(isinstance(cfg["model"]["arch"], str) and cfg["model"]["arch"], "config needs model.arch (e.g. refscale-x2)")
+    need(cfg["data"]["path"] is not None, "config needs data.path (a dataset folder or manifest)")
+    steps = cfg["schedule"]["steps"]
+    need(isinstance(steps, int) and not isinstance(steps, bool) and steps > 0, f"schedule.steps must be a positive integer, got {steps!r}")
+    for key in ("patch_size", "batch_size"):
+        v = cfg["data"][key]
+        need(isinstance(v, int) and v > 0, f"data.{key} must be a positive integer, got {v!r}")
+    need(isinstance(cfg["data"]["val_names"], list), "data.val_names must be a list of sample names")
+    lr = cfg["optim"]["lr"]
+    need(isinstance(lr, (int, float)) and lr > 0, f"optim.lr must be a positive number, got {lr!r}")
+    need(cfg["optim"]["name"] in ("adam", "adamw"), f"optim.name must be adam or adamw, got {cfg['optim']['name']!r}")
+    betas = cfg["optim"]["betas"]
+    need(isinstance(betas, (list, tuple)) and len(betas) == 2, f"optim.betas must be two numbers, got {betas!r}")
+    ms = cfg["schedule"]["milestones"]
+    need(isinstance(ms, list) and all(isinstance(m, int) and m > 0 for m in ms), f"schedule.milestones must be a list of positive integers, got {ms!r}")
+    need(cfg["device"] in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {cfg['device']!r}")
+    need(isinstance(cfg["guard"]["max_bad_steps"], int) and cfg["guard"]["max_bad_steps"] > 0, "guard.max_bad_steps must be a positive integer")
+    need(isinstance(cfg["seed"], int), f"seed must be an integer, got {cfg['seed']!r}")
+    return cfg
+
+
+def resolve(config: dict | None) -> dict:
+    """Defaults filled in, unknown keys rejected, values checked. Returns a new dict."""
+    if config is None or not isinstance(config, dict):
+        raise ConfigError("a training config must be a mapping (YAML dictionary)")
+    return _check(_merge(DEFAULTS, config))
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """``["optim.lr=1e-4", "data.path=/x"]`` -> nested dict; values are parsed as YAML."""
+    out: dict = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not key=value (e.g. optim.lr=1e-4)")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"override {item!r}: value is not valid YAML") from None
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with another override")
+        node[parts[-1]] = value
+    return out
+
+
+def deep_update(base: dict, override: dict) -> dict:
+    """Nested update without validation (validation happens in :func:`resolve`)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_update(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_file(path: str | Path, overrides: list[str] | None = None) -> dict:
+    """Read a YAML config, apply ``key=value`` overrides, resolve relative data paths."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the config is empty")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a training config must be a YAML mapping")
+    cfg = resolve(deep_update(raw, parse_overrides(overrides)))
+    cfg["data"]["path"] = str(find_path(cfg["data"]["path"], path))
+    return cfg
+
+
+def find_path(value: str, config_file: Path) -> Path:
+    """A relative path: the current directory, then beside the config, then its parent."""
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return p
+    for base in (Path.cwd(), config_file.parent, config_file.parent.parent):
+        if (base / p).exists():
+            return (base / p).resolve()
+    return p  # leave it; the data reader reports the missing path

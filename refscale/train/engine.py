@@ -1,0 +1,482 @@
+"""Model-agnostic training engine (``refscale train CONFIG.yaml``).
+
+The engine knows nothing about a model except the :class:`~refscale.models.base.Rescaler`
+protocol: it builds it with ``refscale.zoo.build(arch, **config)``, minimises
+``model.training_losses(hr, ref)["total"]`` and logs every term of that dict. Validation uses
+the public maps only: ``downscale`` -> LR rounded to 8 bits -> ``upscale`` (temperature 1, fixed
+seed) and PSNR-Y (``refscale.metrics.psnr``, border = scale) on centre crops of held-out pairs.
+
+One training step (the same on 1 or N processes):
+
+1. the global batch ``data.batch_size`` is drawn from an epoch permutation that is a pure function
+   of (seed, epoch) -- the sampler needs no state -- and process ``r`` takes every N-th item;
+2. loss under optional bf16 autocast, backward (always, so that DDP's all-reduce stays in step);
+3. gradient norm, clipped to ``optim.grad_clip`` if set;
+4. NaN/inf guard: a non-finite loss or gradient norm on any process skips the optimizer update on
+   all of them; ``guard.max_bad_steps`` such steps in a row abort with a :class:`TrainingError`;
+5. step-halving learning rate: ``lr * gamma ** (number of milestones <= step)`` (MultiStepLR).
+
+Checkpoints (see :mod:`refscale.train.checkpoint`) hold the weights, the optimizer, the step and
+every process's RNG states, so ``resume=True`` continues exactly where the run stopped.
+
+Several processes: ``torchrun --nproc_per_node N -m refscale.cli train CONFIG.yaml`` (or
+``python -m torch.distributed.run``); gloo on CPU, nccl on GPU; gradients are averaged by
+``DistributedDataParallel``. Models with data-dependent initialisation (ActNorm) get one
+forward pass before DDP is set up, so DDP's start-up broadcast gives every process rank 0's
+initialised weights.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from refscale import zoo
+from refscale.errors import RefScaleError
+from refscale.train import checkpoint as ckpt
+from refscale.train.config import ConfigError, load_file, resolve
+
+
+class TrainingError(RefScaleError):
+    """Training cannot go on (e.g. the loss stayed NaN/inf for too many steps)."""
+
+
+# ---------------------------------------------------------------------------- helpers
+def _lr_at(step: int, cfg: dict) -> float:
+    s = cfg["schedule"]
+    return cfg["optim"]["lr"] * s["gamma"] ** sum(step >= m for m in s["milestones"])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class _Dist:
+    """Process group facts (a single process is world 1, rank 0)."""
+
+    def __init__(self, backend: str, device_kind: str):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.owned = False
+        if self.world > 1 and not torch.distributed.is_initialized():
+            if backend == "auto":
+                backend = "nccl" if device_kind == "cuda" else "gloo"
+            torch.distributed.init_process_group(backend=backend)
+            self.owned = True
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def any(self, flag: bool) -> bool:
+        """True if ``flag`` is true on any process."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0])
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def gather(self, obj: Any) -> list:
+        """Every process's ``obj`` on rank 0 (other ranks get an empty list)."""
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world if self.main else None
+        torch.distributed.gather_object(obj, out, dst=0)
+        return out or []
+
+    def close(self) -> None:
+        if self.owned:
+            torch.distributed.destroy_process_group()
+
+
+class _LossForward(nn.Module):
+    """``forward`` = ``model.training_losses``, so DDP can wrap it."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, hr: torch.Tensor, ref: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        return self.model.training_losses(hr, ref)
+
+
+class _Sampler:
+    """Stateless sampler: the global batch of ``step`` follows from (seed, step) alone."""
+
+    def __init__(self, length: int, batch: int, seed: int, rank: int, world: int):
+        self.length, self.batch, self.seed, self.rank, self.world = length, batch, seed, rank, world
+        self._cache: dict[int, list[int]] = {}
+
+    def _perm(self, epoch: int) -> list[int]:
+        if epoch not in self._cache:
+            g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+            self._cache = {epoch: torch.randperm(self.length, generator=g).tolist()}
+        return self._cache[epoch]
+
+    def indices(self, step: int) -> list[int]:
+        first = step * self.batch
+        flat = [self._perm(i // self.length)[i % self.length] for i in range(first, first + self.batch)]
+        return flat[self.rank :: self.world]
+
+
+def _split_samples(cfg: dict) -> tuple[list, list]:
+    from refscale import data as rdata
+
+    d = cfg["data"]
+    samples = rdata.discover(d["path"], d["split"])
+    if d["val_names"]:
+        names = {s.name for s in samples}
+        missing = [n for n in d["val_names"] if n not in names]
+        if missing:
+            raise ConfigError(f"data.val_names not in {d['path']} (split {d['split']}): {', '.join(missing)}; available: {', '.join(sorted(names))}")
+        val = [s for s in samples if s.name in d["val_names"]]
+        train = [s for s in samples if s.name not in d["val_names"]]
+    elif d["val_split"]:
+        train, val = samples, rdata.discover(d["path"], d["val_split"])
+    else:
+        train, val = samples, []
+    if not train:
+        raise ConfigError(f"no training samples left in {d['path']} after holding out the validation images")
+    return train, val
+
+
+def _val_crops(samples: list, cfg: dict, multiple: int, needs_ref: bool) -> list[tuple[str, torch.Tensor, torch.Tensor | None]]:
+    """Centre crops (``val.crop``, a multiple of the model's alignment) of the first
+    ``val.max_images`` held-out images, decoded once."""
+    from refscale import data as rdata
+
+    v = cfg["val"]
+    out = []
+    for name, hr, ref in rdata.iter_full_images(samples[: v["max_images"]], multiple=multiple):
+        h, w = hr.shape[-2:]
+        ch = min(v["crop"], h) // multiple * multiple
+        cw = min(v["crop"], w) // multiple * multiple
+        if ch == 0 or cw == 0:
+            continue
+        top, left = (h - ch) // 2, (w - cw) // 2
+        crop = (slice(None), slice(None), slice(top, top + ch), slice(left, left + cw))
+        if needs_ref and ref is None:
+            raise ConfigError(f"validation image {name} has no reference but the model needs one")
+        out.append((name, hr[crop].contiguous(), ref[crop].contiguous() if ref is not None else None))
+    return out
+
+
+@torch.no_grad()
+def validate(model, crops, seed: int = 0, channels_last: bool = False) -> dict[str, float]:
+    """Mean PSNR-Y / PSNR-RGB of ``upscale(round8(downscale(hr)))`` (temperature 1, seeded), the
+    PSNR-Y of the LR against the bicubic-downscaled HR, and the bicubic baseline (fp32)."""
+    from refscale import metrics, ops
+
+    if not crops:
+        return {}
+    was_training = model.training
+    model.eval()
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+    sums: dict[str, float] = {}
+    for i, (_, hr, ref) in enumerate(crops):
+        hr = hr.to(dev)
+        ref = ref.to(dev) if (ref is not None and model.needs_reference) else None
+        x_hr = hr.contiguous(memory_format=torch.channels_last) if channels_last else hr
+        x_ref = ref.contiguous(memory_format=torch.channels_last) if (channels_last and ref is not None) else ref
+        lr, side = model.downscale(x_hr, x_ref)
+        lr_q = metrics.to_uint8(lr.float()).float() / 255.0
+        g = torch.Generator(device=dev).manual_seed(seed + i)
+        hr_hat = model.upscale(lr_q, side, x_ref, temperature=1.0, generator=g).float()
+        s = model.scale
+        vals = {
+            "psnr_y": metrics.psnr(hr_hat, hr, crop_border=s, y_channel=True).mean().item(),
+            "psnr_rgb": metrics.psnr(hr_hat, hr, crop_border=s, y_channel=False).mean().item(),
+            "lr_psnr_y": metrics.psnr(lr_q, ops.bicubic_down(hr, s), crop_border=0, y_channel=True).mean().item(),
+            "bicubic_psnr_y": metrics.psnr(ops.bicubic_up(ops.bicubic_down(hr, s), s), hr, crop_border=s).mean().item(),
+        }
+        for k, v in vals.items():
+            sums[k] = sums.get(k, 0.0) + v
+    model.train(was_training)
+    return {k: v / len(crops) for k, v in sums.items()}
+
+
+def _collate(items: list[dict], device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def stack(key):
+        t = torch.stack([it[key] for it in items]).to(device, non_blocking=True)
+        return t.contiguous(memory_format=torch.channels_last) if channels_last else t
+
+    return stack("hr"), (stack("ref") if "ref" in items[0] else None)
+
+
+class _JsonLog:
+    """``metrics.jsonl``: one JSON object per line (``step`` plus scalars)."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        if resume_step is not None and path.is_file():  # drop lines written after the checkpoint
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= resume_step:
+                        kept.append(line)
+                except ValueError:  # a line cut short by the interruption
+                    pass
+            path.write_text("".join(line + "\n" for line in kept))
+        elif resume_step is None:
+            path.write_text("")
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _describe_data(cfg: dict, train, val) -> str:
+    d = cfg["data"]
+    text = f"{Path(d['path']).name} split={d['split']} ({len(train)} images"
+    text += ", both directions)" if d["both_directions"] else ")"
+    if val:
+        text += f"; validation: {', '.join(s.name for s in val)}"
+    return text
+
+
+# ---------------------------------------------------------------------------- main entry points
+def train(config: dict, out_dir, resume: bool = False) -> dict:
+    """Train the model described by ``config`` (see :mod:`refscale.train.config`) into ``out_dir``.
+
+    Returns ``{"steps", "weights", "out_dir", "val", "loss", "skipped_steps", "wall_time_s"}``.
+    """
+    cfg = resolve(config)
+    out = Path(out_dir)
+    ckpt_dir = out / "checkpoints"
+    dev_kind = "cuda" if (cfg["device"] == "cuda" or (cfg["device"] == "auto" and torch.cuda.is_available())) else "cpu"
+    if cfg["device"] == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda was asked for but no CUDA device is available")
+    if not resume and ckpt.latest(ckpt_dir) is not None:
+        raise ConfigError(f"{out} already holds a training run; use --resume to continue it or choose another --out")
+    if resume and ckpt.latest(ckpt_dir) is None:
+        raise ConfigError(f"nothing to resume: no checkpoint in {ckpt_dir}")
+    if resume and (out / "config.yaml").is_file():
+        old = yaml.safe_load((out / "config.yaml").read_text())
+        if old.get("model") != cfg["model"]:
+            raise ConfigError(f"the model section differs from the run in {out}; resume needs the same model")
+
+    dist = _Dist(cfg["ddp"]["backend"], dev_kind)
+    try:
+        return _train(cfg, out, ckpt_dir, resume, dist, dev_kind)
+    finally:
+        dist.close()
+
+
+def _train(cfg: dict, out: Path, ckpt_dir: Path, resume: bool, dist: _Dist, dev_kind: str) -> dict:
+    from refscale import data as rdata
+
+    prec, d = cfg["precision"], cfg["data"]
+    if prec["threads"]:
+        torch.set_num_threads(int(prec["threads"]))
+    device = torch.device(dev_kind, dist.local_rank) if dev_kind == "cuda" else torch.device("cpu")
+    if dev_kind == "cuda":
+        torch.cuda.set_device(device)
+    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if dist.main else (lambda *a: None)
+
+    # -- model (same seed on every process) --
+    if cfg["model"]["module"]:
+        importlib.import_module(cfg["model"]["module"])
+    _seed_everything(cfg["seed"])
+    model = zoo.build(cfg["model"]["arch"], **cfg["model"]["config"]).to(device)
+    if prec["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    if d["patch_size"] % model.alignment:
+        raise ConfigError(f"data.patch_size {d['patch_size']} is not a multiple of the model's alignment {model.alignment}")
+    if d["batch_size"] % dist.world:
+        raise ConfigError(f"data.batch_size {d['batch_size']} is not divisible by the {dist.world} processes")
+
+    # -- data (per-process randomness from here on) --
+    train_samples, val_samples = _split_samples(cfg)
+    use_ref = model.needs_reference
+    if use_ref and any(s.ref is None for s in train_samples):
+        raise ConfigError(f"model {cfg['model']['arch']} needs reference images but {d['path']} has images without one")
+    rank_seed = cfg["seed"] + 7919 * dist.rank
+    dataset = rdata.PairCropDataset(train_samples, d["patch_size"], augment=d["augment"],
+                                    both_directions=d["both_directions"], scale_multiple=model.alignment, seed=rank_seed)
+    _seed_everything(rank_seed)
+    sampler = _Sampler(len(dataset), d["batch_size"], cfg["seed"], dist.rank, dist.world)
+    val_crops = _val_crops(val_samples, cfg, model.alignment, use_ref) if dist.main else []
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    o = cfg["optim"]
+    opt_cls = torch.optim.AdamW if o["name"] == "adamw" else torch.optim.Adam
+    optimizer = opt_cls(params, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"], weight_decay=o["weight_decay"])
+
+    # -- resume --
+    step, wall_before, skipped, bad_streak, last_val = 0, 0.0, 0, 0, {}
+    if resume:
+        weights, state = ckpt.load(ckpt_dir)
+        model.load_state_dict(weights, strict=True)
+        optimizer.load_state_dict(state["optimizer"])
+        step, wall_before = state["step"], state["wall_time_s"]
+        skipped, bad_streak, last_val = state["skipped_steps"], state["bad_streak"], state.get("val", {})
+        rngs = state["rng"]
+        if len(rngs) == dist.world:
+            ckpt.set_rng_state(rngs[dist.rank], dataset)
+        else:  # another process count: exact continuation is impossible; stay deterministic
+            say(f"note: checkpoint was written by {len(rngs)} processes, now {dist.world}; reseeding RNGs")
+            _seed_everything(rank_seed + step)
+        say(f"resuming {out} at step {step}")
+    elif dist.world > 1:  # data-dependent init (ActNorm) on rank 0's batch wins via DDP's broadcast
+        with torch.no_grad():
+            model.training_losses(*_collate([dataset[i] for i in sampler.indices(0)], device, prec["channels_last"]))
+
+    loss_fn: nn.Module = _LossForward(model)
+    if dist.world > 1:
+        loss_fn = nn.parallel.DistributedDataParallel(
+            loss_fn, device_ids=[device.index] if dev_kind == "cuda" else None,
+            find_unused_parameters=cfg["ddp"]["find_unused_parameters"])
+
+    # -- logging --
+    writer = jlog = None
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        jlog = _JsonLog(out / "metrics.jsonl", step if resume else None)
+        if cfg["log"]["tensorboard"]:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(out / "tb"), purge_step=step if resume else None)
+
+    data_text = _describe_data(cfg, train_samples, val_samples)
+    total_steps = cfg["schedule"]["steps"]
+    say(f"training {cfg['model']['arch']} ({model.num_parameters() / 1e6:.3f}M params) on {data_text}; "
+        f"{total_steps} steps, batch {d['batch_size']} x {d['patch_size']} px, {dist.world} process(es), "
+        f"bf16={prec['bf16']} channels_last={prec['channels_last']} threads={torch.get_num_threads()} -> {out}")
+
+    def log(record: dict) -> None:
+        if jlog is not None:
+            jlog.write(record)
+        if writer is not None:
+            for k, v in record.items():
+                if k not in ("step", "time_s") and isinstance(v, (int, float)):
+                    writer.add_scalar(k, v, record["step"])
+
+    def card() -> dict:
+        return {
+            "data": data_text,
+            "needs_reference": model.needs_reference,
+            "params": model.num_parameters(),
+            "iterations": step,
+            "wall_time_s": round(wall_before + time.monotonic() - t_start, 1),
+            "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]) if sys.argv else "",
+            "metrics": {f"val_{k}": round(v, 4) for k, v in last_val.items()},
+            "training_config": cfg,
+        }
+
+    def save_checkpoint() -> None:
+        rngs = dist.gather(ckpt.rng_state(dataset))
+        if dist.main:
+            state = {"optimizer": optimizer.state_dict(), "rng": rngs, "wall_time_s": wall_before + time.monotonic() - t_start,
+                     "skipped_steps": skipped, "bad_streak": bad_streak, "world_size": dist.world, "val": last_val}
+            ckpt.save(ckpt_dir, step, model, card(), state, keep=cfg["checkpoint"]["keep"])
+
+    def run_val() -> None:
+        nonlocal last_val
+        if dist.main and val_crops:
+            last_val = validate(model, val_crops, cfg["val"]["seed"], prec["channels_last"])
+            log({"step": step, **{f"val/{k}": v for k, v in last_val.items()}})
+
+    # -- loop --
+    from tqdm.auto import tqdm
+
+    autocast = (lambda: torch.autocast(dev_kind, dtype=torch.bfloat16)) if prec["bf16"] else nullcontext
+    grad_clip = o["grad_clip"]
+    c, v, lg = cfg["checkpoint"], cfg["val"], cfg["log"]
+    t_start = last_ckpt = time.monotonic()
+    sums: dict[str, float] = {}
+    n_sum = 0
+    last_loss: dict[str, float] = {}
+    bar = tqdm(total=total_steps, initial=step, desc=cfg["model"]["arch"], dynamic_ncols=True,
+               disable=not (dist.main and lg["progress"]), file=sys.stderr)
+    if step == 0:
+        run_val()
+    while step < total_steps:
+        lr = _lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        hr, ref = _collate([dataset[i] for i in sampler.indices(step)], device, prec["channels_last"])
+        with autocast():
+            losses = loss_fn(hr, ref if use_ref else None)
+        total = losses["total"]
+        optimizer.zero_grad(set_to_none=True)
+        total.float().backward()
+        grads = [p.grad for p in params if p.grad is not None]
+        gnorm = torch.nn.utils.get_total_norm(grads) if grads else torch.tensor(0.0)
+        bad = dist.any(not (math.isfinite(total.item()) and math.isfinite(gnorm.item())))
+        if bad:
+            optimizer.zero_grad(set_to_none=True)
+            skipped += 1
+            bad_streak += 1
+            if bad_streak >= cfg["guard"]["max_bad_steps"]:
+                bar.close()
+                raise TrainingError(f"loss or gradient was NaN/inf for {bad_streak} steps in a row (step {step}); "
+                                    "lower optim.lr, set optim.grad_clip or turn precision.bf16 off")
+        else:
+            if grad_clip:
+                torch.nn.utils.clip_grads_with_norm_(grads, grad_clip, gnorm)
+            optimizer.step()
+            bad_streak = 0
+            for k, t in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(t.detach().float())
+            sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(gnorm)
+            n_sum += 1
+        step += 1
+        bar.update(1)
+        if n_sum:
+            bar.set_postfix(loss=f"{sums['total'] / n_sum:.4g}", lr=f"{lr:.2g}", refresh=False)
+
+        if step % lg["every_steps"] == 0 or step == total_steps:
+            record = {"step": step, "time_s": round(wall_before + time.monotonic() - t_start, 2), "lr": lr,
+                      "skipped_steps": skipped, **{f"train/{k}": s / n_sum for k, s in sums.items() if n_sum}}
+            log(record)
+            last_loss = {k[6:]: x for k, x in record.items() if k.startswith("train/")} or last_loss
+            sums, n_sum = {}, 0
+        if v["every_steps"] and step % v["every_steps"] == 0 and step < total_steps:
+            run_val()
+        due = (c["every_steps"] and step % c["every_steps"] == 0) or (
+            c["every_minutes"] and time.monotonic() - last_ckpt >= 60 * c["every_minutes"])
+        if step < total_steps and dist.any(bool(due)):
+            save_checkpoint()
+            last_ckpt = time.monotonic()
+    bar.close()
+
+    # -- the end: final validation, checkpoint and weights --
+    run_val()
+    save_checkpoint()
+    weights = out / "model.safetensors"
+    if dist.main:
+        zoo.save_weights(model, weights, card=card())
+        if writer is not None:
+            writer.close()
+        say(f"done: {step} steps, weights {weights}" + (f", val PSNR-Y {last_val['psnr_y']:.2f} dB" if last_val else ""))
+    return {"steps": step, "weights": str(weights), "out_dir": str(out), "val": last_val,
+            "loss": last_loss,
+            "skipped_steps": skipped, "wall_time_s": wall_before + time.monotonic() - t_start}
+
+
+def train_from_file(path, out_dir=None, resume: bool = False, overrides: list[str] | None = None) -> dict:
+    """``refscale train CONFIG.yaml [--resume] [--out RUN_DIR] [--set key=value ...]``.
+
+    ``out_dir`` defaults to ``runs/<config name>``; ``overrides`` are ``section.key=value``
+    strings (values parsed as YAML), e.g. ``["schedule.steps=100", "data.path=/data/oscd"]``.
+    """
+    path = Path(path)
+    cfg = load_file(path, overrides)
+    return train(cfg, Path(out_dir) if out_dir is not None else Path("runs") / path.stem, resume=resume)

@@ -1,0 +1,256 @@
+"""Training engine: resume equivalence, NaN guard, checkpoint files, overfitting, config errors.
+
+Everything runs on a few 32-48 px synthetic pairs written to ``tmp_path`` and a tiny trainable
+rescaler defined here (``tiny-x2``), so the engine is tested independently of the real models;
+the overfit test also runs IRN at a small width when it is registered.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from refscale import zoo
+from refscale.errors import RefScaleError
+from refscale.models.base import Rescaler
+from refscale.train import engine
+from refscale.train.config import ConfigError
+
+try:
+    from conftest import synthetic_image
+except ImportError:  # imported by the torchrun worker without pytest's path set-up
+    synthetic_image = None
+
+
+class TinyRescaler(Rescaler):
+    """A trainable toy rescaler: LR = box average + learned residual; HR = nearest up + learned
+    residual. Its loss draws noise from the global torch RNG (like IRN's z and RefScale's
+    quantization noise), so resume must restore RNG states to be exact. ``nan_calls`` lists the
+    (1-based) calls of ``training_losses`` whose loss is made NaN (for the guard tests)."""
+
+    arch = "tiny"
+    stochastic = True
+    needs_reference = True
+
+    def __init__(self, scale: int = 2, width: int = 8, nan_calls: list | None = None):
+        super().__init__(scale, width=width, nan_calls=list(nan_calls or []))
+        s = scale
+        self.down = nn.Sequential(nn.Conv2d(6, width, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(width, 3, 3, padding=1))
+        self.up = nn.Sequential(nn.Conv2d(6, width, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(width, 3 * s * s, 3, padding=1), nn.PixelShuffle(s))
+        self.calls = 0
+
+    def _lr(self, hr, ref):
+        return F.avg_pool2d(hr, self.scale) + F.avg_pool2d(self.down(torch.cat([hr, ref], 1)), self.scale)
+
+    def _hr(self, lr, ref):
+        ref_lr = F.avg_pool2d(ref, self.scale)
+        return F.interpolate(lr, scale_factor=self.scale, mode="nearest") + self.up(torch.cat([lr, ref_lr], 1))
+
+    def downscale(self, hr, ref=None):
+        self.check_reference(ref)
+        return self._lr(hr, ref).clamp(0, 1), {}
+
+    def upscale(self, lr, side=None, ref=None, *, temperature=1.0, generator=None):
+        return self._hr(lr, ref).clamp(0, 1)
+
+    def training_losses(self, hr, ref=None):
+        self.calls += 1
+        lr = self._lr(hr, ref)
+        lr_q = lr + (torch.round(lr * 255) / 255 - lr).detach() + 1e-3 * torch.randn_like(lr)
+        terms = {"lr": F.mse_loss(lr, F.avg_pool2d(hr, self.scale)), "hr": F.l1_loss(self._hr(lr_q, ref), hr)}
+        total = terms["hr"] + 0.5 * terms["lr"]
+        if self.calls in self.config["nan_calls"]:
+            total = total * float("nan")
+        return {"total": total, **terms}
+
+
+zoo.register("tiny-x2", TinyRescaler, scale=2)
+
+
+def write_pairs(root, n=3, size=48):
+    """``n`` pair folders (``<name>/hr.png`` + ``ref.png``); the reference is a shifted, re-lit view."""
+    for i in range(n):
+        d = root / f"pair{i}"
+        d.mkdir(parents=True)
+        hr = synthetic_image(size, size, seed=i)
+        ref = (torch.roll(hr, shifts=(1, 2), dims=(2, 3)) * 0.9 + 0.05).clamp(0, 1)
+        for name, img in (("hr", hr), ("ref", ref)):
+            arr = (img[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            Image.fromarray(arr).save(d / f"{name}.png")
+    return root
+
+
+def tiny_config(data_path, steps=4, **sections):
+    cfg = {
+        "seed": 3,
+        "model": {"arch": "tiny-x2", "config": {"width": 8}},
+        "data": {"path": str(data_path), "split": None, "val_names": ["pair0"], "patch_size": 16, "batch_size": 2},
+        "optim": {"lr": 1e-3, "grad_clip": 10.0},
+        "schedule": {"steps": steps, "milestones": [3, 7]},
+        "checkpoint": {"every_minutes": None, "every_steps": None},
+        "val": {"every_steps": 3, "max_images": 1, "crop": 32},
+        "log": {"every_steps": 2, "progress": False, "tensorboard": False},
+    }
+    for k, v in sections.items():
+        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
+    return cfg
+
+
+def read_weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+@pytest.fixture
+def pairs(tmp_path):
+    return write_pairs(tmp_path / "data")
+
+
+def test_resume_equals_straight_run(pairs, tmp_path):
+    straight = engine.train(tiny_config(pairs, steps=10), tmp_path / "straight")
+    engine.train(tiny_config(pairs, steps=5), tmp_path / "resumed")
+    resumed = engine.train(tiny_config(pairs, steps=10), tmp_path / "resumed", resume=True)
+    assert straight["steps"] == resumed["steps"] == 10
+    a, b = read_weights(straight["weights"]), read_weights(resumed["weights"])
+    start = zoo.build("tiny-x2", width=8).state_dict()
+    assert max((a[k] - start[k]).abs().max().item() for k in a) > 1e-4  # training moved the weights
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    # the log of the resumed run continues without duplicated steps
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+             if "train/total" in line]
+    assert steps == [2, 4, 5, 6, 8, 10]
+
+
+def test_checkpoint_files(pairs, tmp_path):
+    from safetensors import safe_open
+
+    out = tmp_path / "run"
+    cfg = tiny_config(pairs, steps=4, checkpoint={"every_steps": 1, "keep": 2}, log={"tensorboard": True})
+    result = engine.train(cfg, out)
+    ck = out / "checkpoints"
+    pointer = json.loads((ck / "latest.json").read_text())
+    assert pointer["step"] == 4
+    assert sorted(p.name for p in ck.glob("*.state.pt")) == ["step_00000003.state.pt", "step_00000004.state.pt"]
+    with safe_open(str(ck / pointer["weights"]), framework="pt") as f:
+        assert f.metadata()["arch"] == "tiny-x2"
+    state = torch.load(ck / pointer["state"], weights_only=True)
+    assert state["step"] == 4 and "state" in state["optimizer"] and len(state["rng"]) == 1
+    assert set(state["rng"][0]) >= {"torch", "numpy", "python", "dataset"}
+    # final weights rebuild through the catalogue, with a model card
+    model = zoo.load_weights_file(result["weights"])
+    assert model.config["width"] == 8
+    card = json.loads((out / "model.json").read_text())
+    assert card["iterations"] == 4 and "val_psnr_y" in card["metrics"] and card["sha256"] == zoo.sha256_file(result["weights"])
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("val/psnr_y" in r for r in records) and any("train/hr" in r for r in records)
+    # a second fresh run into the same folder is refused
+    with pytest.raises(ConfigError, match="--resume"):
+        engine.train(cfg, out)
+
+
+def test_nan_guard_skips_bad_steps(pairs, tmp_path):
+    cfg = tiny_config(pairs, steps=6, model={"config": {"width": 8, "nan_calls": [2, 3]}})
+    result = engine.train(cfg, tmp_path / "run")
+    assert result["skipped_steps"] == 2
+    w = read_weights(result["weights"])
+    assert all(torch.isfinite(t).all() for t in w.values())
+
+
+def test_nan_guard_aborts(pairs, tmp_path):
+    cfg = tiny_config(pairs, steps=10, model={"config": {"width": 8, "nan_calls": list(range(1, 11))}},
+                      guard={"max_bad_steps": 3})
+    with pytest.raises(engine.TrainingError, match="3 steps in a row"):
+        engine.train(cfg, tmp_path / "run")
+
+
+def test_training_reduces_loss(pairs, tmp_path):
+    cfg = tiny_config(pairs, steps=60, optim={"lr": 3e-3}, log={"every_steps": 10}, val={"every_steps": None})
+    engine.train(cfg, tmp_path / "run")
+    losses = [json.loads(line)["train/total"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+              if "train/total" in line]
+    assert len(losses) == 6 and losses[-1] < 0.7 * losses[0], losses
+
+
+def _psnr_vs_bicubic(model, hr, ref):
+    """PSNR-Y of the model's reconstruction from its own 8-bit LR, and of bicubic up-sampling of that LR."""
+    from refscale import metrics, ops
+
+    with torch.no_grad():
+        lr, side = model.downscale(hr, ref)
+        lr_q = metrics.to_uint8(lr).float() / 255
+        rec = model.upscale(lr_q, side, ref, temperature=1.0, generator=torch.Generator().manual_seed(0))
+        bic = ops.bicubic_up(lr_q, model.scale)
+    return metrics.psnr(rec, hr, crop_border=model.scale).item(), metrics.psnr(bic, hr, crop_border=model.scale).item()
+
+
+OVERFIT = []  # (arch, small constructor config, steps, lr); the real models once they are registered
+if "irn-x2" in zoo.architectures():
+    OVERFIT.append(("irn-x2", {"blocks": [2], "gc": 16}, 150, 1e-3))
+
+
+@pytest.mark.skipif(not OVERFIT, reason="no trainable real model registered yet")
+@pytest.mark.parametrize("arch,config,steps,lr", OVERFIT, ids=[o[0] for o in OVERFIT])
+def test_overfit_one_image_beats_bicubic(tmp_path, arch, config, steps, lr):
+    """Train on (augmented) crops of one 32 px image: its reconstruction from its own 8-bit LR
+    must beat bicubic up-sampling of that LR by a clear margin (> 2 dB)."""
+    from refscale.imageio import read_image
+
+    root = write_pairs(tmp_path / "one", n=1, size=32)
+    cfg = tiny_config(root, steps=steps, model={"arch": arch, "config": config}, optim={"lr": lr},
+                      data={"val_names": [], "patch_size": 32, "batch_size": 2},
+                      schedule={"milestones": []}, val={"every_steps": None})
+    result = engine.train(cfg, tmp_path / "run")
+    model = zoo.load_weights_file(result["weights"])
+    hr, ref = read_image(root / "pair0" / "hr.png"), read_image(root / "pair0" / "ref.png")
+    rec, bic = _psnr_vs_bicubic(model, hr, ref if model.needs_reference else None)
+    assert math.isfinite(rec) and rec > bic + 2.0, (rec, bic)
+
+
+def test_config_errors(tmp_path, pairs):
+    with pytest.raises(ConfigError, match="not found"):
+        engine.train_from_file(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        engine.train_from_file(bad)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(f"model: {{arch: tiny-x2}}\ndata: {{path: {pairs}}}\nschedule: {{steps: 2}}\noptim: {{lrr: 0.1}}\n")
+    with pytest.raises(ConfigError, match="'optim.lrr'"):
+        engine.train_from_file(typo)
+    good = tmp_path / "good.yaml"
+    good.write_text(f"model: {{arch: tiny-x2}}\ndata: {{path: {pairs}}}\nschedule: {{steps: 2}}\n")
+    with pytest.raises(ConfigError, match="schedule.steps"):
+        engine.train_from_file(good, overrides=["schedule.steps=-1"])
+    with pytest.raises(ConfigError, match="key=value"):
+        engine.train_from_file(good, overrides=["schedule.steps"])
+    with pytest.raises(ConfigError, match="'data.patch' must be a mapping|unknown config key 'data.patch'"):
+        engine.train_from_file(good, overrides=["data.patch=3"])
+    with pytest.raises(ConfigError, match="model.arch"):
+        engine.train({"data": {"path": str(pairs)}, "schedule": {"steps": 1}}, tmp_path / "x")
+    with pytest.raises(ConfigError, match="val_names.*nowhere"):
+        engine.train(tiny_config(pairs, data={"val_names": ["nowhere"]}), tmp_path / "x")
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        engine.train(tiny_config(pairs), tmp_path / "fresh", resume=True)
+    with pytest.raises(ConfigError, match="patch_size"):
+        engine.train(tiny_config(pairs, data={"patch_size": 15}), tmp_path / "x")
+    with pytest.raises(RefScaleError, match="unknown model"):
+        engine.train(tiny_config(pairs, model={"arch": "nope-x2"}), tmp_path / "x")
+
+
+def test_overrides_and_default_out(tmp_path, pairs, monkeypatch):
+    cfg_file = tmp_path / "cfg.yaml"
+    import yaml
+
+    cfg = tiny_config(pairs, steps=50)
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    monkeypatch.chdir(tmp_path)
+    result = engine.train_from_file(cfg_file, overrides=["schedule.steps=2", "val.every_steps=null"])
+    assert result["steps"] == 2 and (tmp_path / "runs" / "cfg" / "model.safetensors").is_file()
