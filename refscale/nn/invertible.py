@@ -273,3 +273,12 @@ class FlowSequence(InvertibleModule):
         for block in reversed(self.blocks):
             y = block.inverse(y, cond)
         return y
+
+
+def sample_latent(shape, like: torch.Tensor, temperature: float = 1.0,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """``z ~ temperature * N(0, I)`` drawn with ``generator`` (RefScale supplement 2.1; t = 0 gives zeros)."""
+    if temperature == 0:
+        return like.new_zeros(shape, dtype=torch.float32)
+    z = torch.randn(tuple(shape), generator=generator, device=like.device, dtype=torch.float32)
+    return z * float(temperature)
