@@ -111,3 +111,17 @@ def test_spatial_information_step_edge_and_border_excluded():
 def test_bits_per_pixel():
     assert metrics.bits_per_pixel(1000, 100, 80) == pytest.approx(1.0)
     assert metrics.bits_per_pixel(3, 2, 3) == pytest.approx(4.0)
+
+
+def test_greyscale_detection_and_luma():
+    g = torch.rand(1, 1, 12, 12)
+    grey = g.expand(1, 3, 12, 12)
+    colour = synthetic_image(12, 12)
+    assert metrics.is_greyscale(torch.cat([grey, colour])).tolist() == [True, False]
+    assert torch.allclose(metrics.grey_luma(grey), torch.round(g.double() * 255) / 255, atol=1e-12)
+    # luma is full range: white -> 1, black -> 0 (MATLAB Y would be 235/255 and 16/255)
+    assert torch.allclose(metrics.grey_luma(torch.ones(1, 3, 2, 2)), torch.ones(1, 1, 2, 2, dtype=torch.float64))
+    # 1-channel inputs are used as Y as they are: PSNR on the grey values
+    b = (grey + 2 / 255).clamp(0, 1)
+    direct = metrics.psnr(grey[:, :1], b[:, :1], y_channel=False)
+    assert torch.allclose(metrics.psnr(metrics.grey_luma(grey), metrics.grey_luma(b)), direct)

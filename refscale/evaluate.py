@@ -1,0 +1,136 @@
+"""Evaluation of any rescaler on any dataset (``refscale evaluate``), through the real container.
+
+For every sample (HR cropped bottom/right to a multiple of the scale first — the field's
+mod-crop — and its reference if the model needs one):
+
+1. ``packet = model.encode(hr, ref)``; ``data = packet.to_bytes(codec, quality)``: the real
+   ``.rsc`` bytes; ``bpp`` = all bytes * 8 / (H*W), ``bpp_lr`` / ``bpp_side`` from the section
+   sizes (the header counts only in ``bpp``).
+2. ``hr_hat = model.decode(Packet.from_bytes(data), ref, seed=d)`` for ``d < draws``
+   (deterministic models: one draw); PSNR/SSIM on Y and RGB with ``crop_border = scale``
+   (BasicSR, :mod:`refscale.metrics`) averaged over the draws. For a greyscale HR (R = G = B)
+   the Y metrics use the grey value itself (:func:`refscale.metrics.grey_luma`), the
+   convention of the published bicubic tables (Set14's bridge).
+3. ``si_lr``: SI (RefScale eq. 15) of the LR image as stored in the container (after the codec).
+4. ``seconds``: wall time of encode + serialisation + one decode (the mean over draws).
+
+The result is the DESIGN.md JSON: ``model, scale, dataset, split, draws, images[], mean{}``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from refscale import metrics
+from refscale.data import Sample, iter_full_images
+from refscale.models.base import Rescaler
+
+METRIC_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "si_lr", "bpp", "bpp_lr", "bpp_side", "seconds")
+
+
+def _dataset_name(samples: list[Sample]) -> str:
+    """The folder holding every sample: ``Set5`` for single images, ``oscd`` for city folders."""
+    parents = [Path(s.hr).resolve().parent for s in samples]
+    if all(p.name == s.name for p, s in zip(parents, samples)):  # pair / OSCD folders
+        parents = [p.parent for p in parents]
+    try:
+        return Path(os.path.commonpath([str(p) for p in parents])).name
+    except ValueError:
+        return ""
+
+
+def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str = "png", quality: int | None = None,
+             progress: bool = True, *, dataset: str | None = None, split: str | None = None) -> dict:
+    """Evaluate ``model`` on ``samples``; returns the DESIGN.md evaluation dict.
+
+    ``draws`` decodes of different seeds are averaged for stochastic models (``model.stochastic``);
+    deterministic models are decoded once and report ``draws: 1``. ``dataset`` and ``split`` only
+    label the result (default: the samples' common folder name, and None).
+    """
+    from refscale.container import Packet, section_sizes
+
+    model.eval()
+    scale = model.scale
+    draws = max(1, int(draws)) if model.stochastic else 1
+    images = []
+    bar = tqdm(total=len(samples), desc=f"evaluate {model.name}", unit="img", disable=not progress, dynamic_ncols=True)
+    try:
+        for name, hr, ref in iter_full_images(samples, multiple=scale):
+            if not model.needs_reference:
+                ref = None
+            h, w = hr.shape[-2:]
+            start = time.perf_counter()
+            packet = model.encode(hr, ref)
+            data = packet.to_bytes(codec=codec, quality=quality)
+            t_encode = time.perf_counter() - start
+            sizes = section_sizes(data)
+            stored = Packet.from_bytes(data)
+            scores = {k: 0.0 for k in ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")}
+            t_decode = 0.0
+            grey = bool(metrics.is_greyscale(hr)[0])
+            hr_y = metrics.grey_luma(hr) if grey else hr
+            for d in range(draws):
+                start = time.perf_counter()
+                hr_hat = model.decode(Packet.from_bytes(data), ref, seed=d)
+                t_decode += time.perf_counter() - start
+                hat_y = metrics.grey_luma(hr_hat) if grey else hr_hat
+                scores["psnr_y"] += float(metrics.psnr(hat_y, hr_y, crop_border=scale, y_channel=True)[0]) / draws
+                scores["ssim_y"] += float(metrics.ssim(hat_y, hr_y, crop_border=scale, y_channel=True)[0]) / draws
+                scores["psnr_rgb"] += float(metrics.psnr(hr_hat, hr, crop_border=scale, y_channel=False)[0]) / draws
+                scores["ssim_rgb"] += float(metrics.ssim(hr_hat, hr, crop_border=scale, y_channel=False)[0]) / draws
+            lr = torch.from_numpy(stored.lr).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+            row = {
+                "name": name,
+                **scores,
+                "si_lr": float(metrics.spatial_information(lr)[0]),
+                "bpp": metrics.bits_per_pixel(sizes["total"], h, w),
+                "bpp_lr": metrics.bits_per_pixel(sizes["lr"], h, w),
+                "bpp_side": metrics.bits_per_pixel(sizes["side"], h, w),
+                "seconds": t_encode + t_decode / draws,
+            }
+            images.append(row)
+            bar.update(1)
+            bar.set_postfix(psnr_y=f"{row['psnr_y']:.2f}")
+    finally:
+        bar.close()
+    mean = {k: sum(r[k] for r in images) / len(images) for k in METRIC_KEYS} if images else {k: None for k in METRIC_KEYS}
+    return {
+        "model": model.name,
+        "scale": scale,
+        "dataset": dataset if dataset is not None else _dataset_name(samples),
+        "split": split,
+        "draws": draws,
+        "images": images,
+        "mean": mean,
+    }
+
+
+_COLUMNS = (
+    ("psnr_y", "PSNR-Y", ".2f"), ("ssim_y", "SSIM-Y", ".4f"), ("psnr_rgb", "PSNR-RGB", ".2f"),
+    ("ssim_rgb", "SSIM-RGB", ".4f"), ("si_lr", "SI (LR)", ".3f"), ("bpp", "bpp", ".3f"),
+    ("bpp_lr", "bpp LR", ".3f"), ("bpp_side", "bpp side", ".4f"), ("seconds", "s/img", ".2f"),
+)
+
+
+def to_markdown(result: dict) -> str:
+    """A Markdown table: one row per image and a bold mean row."""
+    split = f", split {result['split']}" if result.get("split") else ""
+    lines = [
+        f"**{result['model']}** (x{result['scale']}) on {result.get('dataset') or 'dataset'}{split}, "
+        f"{len(result['images'])} images, {result['draws']} draw(s)",
+        "",
+        "| image | " + " | ".join(title for _, title, _ in _COLUMNS) + " |",
+        "|---|" + "---:|" * len(_COLUMNS),
+    ]
+
+    def cells(row: dict) -> str:
+        return " | ".join("" if row.get(k) is None else format(row[k], fmt) for k, _, fmt in _COLUMNS)
+
+    for row in result["images"]:
+        lines.append(f"| {row['name']} | {cells(row)} |")
+    lines.append(f"| **mean** | {cells(result['mean'])} |")
+    return "\n".join(lines) + "\n"

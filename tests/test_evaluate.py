@@ -1,0 +1,117 @@
+import json
+
+import pytest
+import torch
+
+from refscale import zoo
+from refscale.data import discover
+from refscale.errors import RefScaleError
+from refscale.evaluate import METRIC_KEYS, evaluate, to_markdown
+from refscale.imageio import write_image
+from refscale.metrics import psnr, ssim
+from refscale.models.base import Rescaler
+from refscale.ops import bicubic_down, bicubic_up, quantize_8bit
+from tests.conftest import synthetic_image
+
+TOP_KEYS = {"model", "scale", "dataset", "split", "draws", "images", "mean"}
+IMAGE_KEYS = {"name", *METRIC_KEYS}
+
+
+@pytest.fixture
+def singles(tmp_path):
+    root = tmp_path / "tiny"
+    root.mkdir()
+    write_image(synthetic_image(24, 32, 1), root / "a.png")
+    write_image(synthetic_image(27, 21, 2), root / "b.png")  # not a multiple of the scale
+    return root
+
+
+def test_evaluate_json_schema_and_values(singles):
+    model = zoo.load("bicubic-x2")
+    result = evaluate(model, discover(singles), draws=3, progress=False)
+    assert set(result) == TOP_KEYS
+    assert result["model"] == "bicubic-x2" and result["scale"] == 2
+    assert result["dataset"] == "tiny" and result["split"] is None
+    assert result["draws"] == 1  # deterministic model: one decode is enough
+    assert [r["name"] for r in result["images"]] == ["a", "b"]
+    for row in result["images"]:
+        assert set(row) == IMAGE_KEYS
+        assert all(isinstance(row[k], float) for k in METRIC_KEYS)
+    assert set(result["mean"]) == set(METRIC_KEYS)
+    for k in METRIC_KEYS:
+        assert result["mean"][k] == pytest.approx(sum(r[k] for r in result["images"]) / 2)
+    json.loads(json.dumps(result))  # plain JSON
+
+    # the numbers are the bicubic-down / 8-bit / bicubic-up metrics on the mod-cropped HR
+    from refscale.imageio import read_image
+
+    hr = read_image(singles / "b.png")[..., :26, :20]
+    rec = bicubic_up(quantize_8bit(bicubic_down(hr, 2)), 2)
+    row = result["images"][1]
+    assert row["psnr_y"] == pytest.approx(float(psnr(rec, hr, crop_border=2)[0]), abs=1e-6)
+    assert row["ssim_rgb"] == pytest.approx(float(ssim(rec, hr, crop_border=2, y_channel=False)[0]), abs=1e-6)
+    assert 20 < row["psnr_y"] < 60 and row["psnr_rgb"] != row["psnr_y"]
+    # bpp counts every byte of the real container; LR and side are parts of it
+    packet = model.encode(hr)
+    nbytes = len(packet.to_bytes(codec="png"))
+    assert row["bpp"] == pytest.approx(nbytes * 8 / (26 * 20))
+    assert 0 < row["bpp_lr"] < row["bpp"] and row["bpp_side"] == 0
+    assert row["si_lr"] > 0 and row["seconds"] > 0
+
+
+def test_to_markdown(singles):
+    result = evaluate(zoo.load("bicubic-x2"), discover(singles), progress=False)
+    md = to_markdown(result)
+    lines = md.strip().splitlines()
+    assert "bicubic-x2" in lines[0]
+    assert lines[2].startswith("| image | PSNR-Y | SSIM-Y")
+    assert lines[4].startswith("| a | ") and lines[5].startswith("| b | ")
+    assert lines[-1].startswith("| **mean** | " + format(result["mean"]["psnr_y"], ".2f"))
+
+
+def test_greyscale_image_uses_grey_value_as_y(tmp_path):
+    g = synthetic_image(24, 24, 3)[:, :1].expand(1, 3, 24, 24)
+    write_image(g, tmp_path / "g.png")
+    row = evaluate(zoo.load("bicubic-x2"), discover(tmp_path), progress=False)["images"][0]
+    hr = torch.round(g * 255) / 255
+    rec = bicubic_up(quantize_8bit(bicubic_down(hr, 2)), 2)
+    assert row["psnr_y"] == pytest.approx(float(psnr(rec[:, :1], hr[:, :1], crop_border=2, y_channel=False)[0]), abs=1e-6)
+
+
+class NoisyRef(Rescaler):
+    """A stochastic reference model for the test: LR = bicubic(hr - ref), HR = up + ref + noise."""
+
+    arch = "noisyref"
+    needs_reference = True
+    stochastic = True
+
+    def downscale(self, hr, ref=None):
+        self.check_reference(ref)
+        return bicubic_down(hr - ref + 0.5, self.scale), {}
+
+    def upscale(self, lr, side=None, ref=None, *, temperature=1.0, generator=None):
+        self.check_reference(ref)
+        noise = 0.02 * temperature * torch.randn(ref.shape, generator=generator)
+        return bicubic_up(lr, self.scale) - 0.5 + ref + noise
+
+
+def test_draws_average_stochastic_reference_model(tmp_path):
+    for i, name in enumerate(["p", "q"]):
+        (tmp_path / name).mkdir()
+        write_image(synthetic_image(16, 16, i), tmp_path / name / "hr.png")
+        write_image(synthetic_image(16, 16, i + 5), tmp_path / name / "ref.png")
+    samples = discover(tmp_path)
+    model = NoisyRef(scale=2)
+    result = evaluate(model, samples, draws=3, progress=False, dataset="pairs", split="test")
+    assert result["draws"] == 3 and result["dataset"] == "pairs" and result["split"] == "test"
+    from refscale.container import Packet
+    from refscale.imageio import read_image
+
+    hr, ref = read_image(tmp_path / "p" / "hr.png"), read_image(tmp_path / "p" / "ref.png")
+    data = model.encode(hr, ref).to_bytes()
+    per_seed = [float(psnr(model.decode(Packet.from_bytes(data), ref, seed=d), hr, crop_border=2)[0]) for d in range(3)]
+    assert len(set(per_seed)) == 3  # the seeds really differ
+    assert result["images"][0]["psnr_y"] == pytest.approx(sum(per_seed) / 3, abs=1e-9)
+    with pytest.raises(RefScaleError):  # a reference model on single images
+        write_image(synthetic_image(16, 16), tmp_path / "single.png")
+        evaluate(model, discover(tmp_path / "single.png"), progress=False)
