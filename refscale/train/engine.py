@@ -253,7 +253,8 @@ def _describe_data(cfg: dict, train, val) -> str:
 def train(config: dict, out_dir, resume: bool = False) -> dict:
     """Train the model described by ``config`` (see :mod:`refscale.train.config`) into ``out_dir``.
 
-    Returns ``{"steps", "weights", "out_dir", "val", "loss", "skipped_steps", "wall_time_s"}``.
+    Returns ``{"steps", "weights", "out_dir", "val", "loss", "skipped_steps", "wall_time_s",
+    "weights_hash", "rank", "world_size"}`` (``weights_hash``: this process's final weights).
     """
     cfg = resolve(config)
     out = Path(out_dir)
@@ -467,6 +468,7 @@ def _train(cfg: dict, out: Path, ckpt_dir: Path, resume: bool, dist: _Dist, dev_
             writer.close()
         say(f"done: {step} steps, weights {weights}" + (f", val PSNR-Y {last_val['psnr_y']:.2f} dB" if last_val else ""))
     return {"steps": step, "weights": str(weights), "out_dir": str(out), "val": last_val,
+            "weights_hash": model.weights_hash(), "rank": dist.rank, "world_size": dist.world,
             "loss": last_loss,
             "skipped_steps": skipped, "wall_time_s": wall_before + time.monotonic() - t_start}
 
