@@ -1,0 +1,236 @@
+"""LR image codecs for the ``.rsc`` container: PNG (default), WebP, JPEG, AVIF, JPEG XL, JPEG 2000.
+
+Every codec maps an 8-bit RGB array ``[h, w, 3]`` to a standard bitstream and back.
+
+``quality`` is an integer 1..100 (higher is better) or ``None``:
+
+========  ===================  ===========================================  ========
+codec     library              ``quality=None`` or ``100``                  1..99
+========  ===================  ===========================================  ========
+png       Pillow               lossless (the only mode; other values refused)  --
+webp      Pillow               lossless (VP8L, method 6)                    VP8 lossy, Pillow quality
+jpeg      Pillow               None -> quality 95; 100 -> quality 100        Pillow quality
+avif      imagecodecs          lossless (YUV 4:4:4, identity matrix)        libavif quality
+jxl       imagecodecs          lossless (modular)                           libjxl quality
+j2k       imagecodecs          lossless (reversible 5/3 wavelet)            target PSNR 20 + 0.3*q dB
+========  ===================  ===========================================  ========
+
+JPEG has no lossless mode in Pillow, so it is the only codec whose default is lossy.
+For JPEG 2000 the OpenJPEG rate control takes a target PSNR, not a 0..100 quality: we
+map ``q`` linearly to ``20 + 0.3 q`` dB (q=50 -> 35 dB, q=90 -> 47 dB) and say so here.
+
+Decoding is defensive: the expected size is known from the container header and is
+checked *before* the pixels are decoded (Pillow: the lazily parsed header; imagecodecs:
+a pre-allocated ``out`` array), and any failure of a third-party decoder on a corrupt
+bitstream becomes a :class:`~refscale.errors.ContainerError`.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable
+
+import numpy as np
+
+from refscale.errors import ContainerError, InputError
+
+
+@dataclass(frozen=True)
+class Codec:
+    name: str
+    library: str  # what provides it, for error messages
+    lossless_default: bool  # quality=None gives an exact round trip
+    encode: Callable[[np.ndarray, int | None], bytes]
+    decode: Callable[[bytes, tuple[int, int]], np.ndarray]
+
+
+# ----------------------------------------------------------------------------- Pillow codecs
+def _pil_encode(fmt: str, kwargs: Callable[[int | None], dict]):
+    def enc(arr: np.ndarray, quality: int | None) -> bytes:
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(arr, "RGB").save(buf, format=fmt, **kwargs(quality))
+        return buf.getvalue()
+
+    return enc
+
+
+def _pil_decode(fmt: str):
+    def dec(data: bytes, size: tuple[int, int]) -> np.ndarray:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data), formats=[fmt]) as im:
+            if (im.height, im.width) != tuple(size):
+                raise ContainerError(f"LR image is {im.height}x{im.width}, header says {size[0]}x{size[1]}")
+            if im.mode != "RGB":
+                raise ContainerError(f"LR image has mode {im.mode}, expected RGB")
+            im.load()
+            return np.asarray(im, dtype=np.uint8).copy()
+
+    return dec
+
+
+def _webp_args(q):
+    if q is None or q == 100:
+        return {"lossless": True, "quality": 100, "method": 6, "exact": True}
+    return {"quality": q, "method": 6}
+
+
+def _jpeg_args(q):
+    return {"quality": 95 if q is None else q}
+
+
+# ----------------------------------------------------------------------------- imagecodecs codecs
+def _ic_decode(name: str):
+    def dec(data: bytes, size: tuple[int, int]) -> np.ndarray:
+        import imagecodecs
+
+        out = np.empty((size[0], size[1], 3), dtype=np.uint8)  # bounds memory: a wrong size fails
+        return getattr(imagecodecs, f"{name}_decode")(data, out=out)
+
+    return dec
+
+
+def _avif_encode(arr, q):
+    import imagecodecs
+
+    return imagecodecs.avif_encode(arr, level=None if q in (None, 100) else q)
+
+
+def _jxl_encode(arr, q):
+    import imagecodecs
+
+    if q is None or q == 100:
+        return imagecodecs.jpegxl_encode(arr, lossless=True)
+    return imagecodecs.jpegxl_encode(arr, level=q)
+
+
+def _j2k_encode(arr, q):
+    import imagecodecs
+
+    if q is None or q == 100:
+        return imagecodecs.jpeg2k_encode(arr, reversible=True)
+    return imagecodecs.jpeg2k_encode(arr, level=20 + 0.3 * q)
+
+
+CODECS: dict[str, Codec] = {
+    "png": Codec("png", "Pillow", True, _pil_encode("PNG", lambda q: {"optimize": True}), _pil_decode("PNG")),
+    "webp": Codec("webp", "Pillow (WebP support)", True, _pil_encode("WEBP", _webp_args), _pil_decode("WEBP")),
+    "jpeg": Codec("jpeg", "Pillow", False, _pil_encode("JPEG", _jpeg_args), _pil_decode("JPEG")),
+    "avif": Codec("avif", "imagecodecs", True, _avif_encode, _ic_decode("avif")),
+    "jxl": Codec("jxl", "imagecodecs", True, _jxl_encode, _ic_decode("jpegxl")),
+    "j2k": Codec("j2k", "imagecodecs", True, _j2k_encode, _ic_decode("jpeg2k")),
+}
+
+#: accepted spellings on the command line and in the API
+ALIASES = {"jpg": "jpeg", "jpegxl": "jxl", "jpeg2000": "j2k", "jp2": "j2k"}
+
+
+def canonical(codec: str) -> str:
+    """The canonical codec name, or :class:`InputError` for an unknown one."""
+    name = ALIASES.get(str(codec).lower(), str(codec).lower())
+    if name not in CODECS:
+        raise InputError(f"unknown codec {codec!r}; known: {', '.join(CODECS)}")
+    return name
+
+
+@lru_cache(maxsize=None)
+def _probe(name: str) -> bool:
+    """True when this machine can encode and decode ``name`` (a tiny round trip)."""
+    arr = np.zeros((8, 8, 3), dtype=np.uint8)
+    arr[::2, 1::3] = (200, 40, 90)
+    codec = CODECS[name]
+    try:
+        return codec.decode(codec.encode(arr, None), (8, 8)).shape == (8, 8, 3)
+    except Exception:  # noqa: BLE001 - any failure means "not usable here"
+        return False
+
+
+def available_codecs() -> dict[str, bool]:
+    """``{codec name: usable on this machine}`` for every codec refscale knows."""
+    return {name: _probe(name) for name in CODECS}
+
+
+def require(codec: str) -> Codec:
+    """The codec, or a clear :class:`InputError` when this machine lacks it."""
+    name = canonical(codec)
+    if not _probe(name):
+        hint = "pip install imagecodecs" if CODECS[name].library == "imagecodecs" else "a Pillow build with this format"
+        raise InputError(f"codec {name} is not available on this machine (needs {hint})")
+    return CODECS[name]
+
+
+def check_quality(codec: str, quality: int | None) -> int | None:
+    """Validate ``quality`` for ``codec``; returns it unchanged (``None`` = codec default)."""
+    name = canonical(codec)
+    if quality is None:
+        return None
+    if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)):
+        raise InputError(f"quality must be an integer 1..100, got {quality!r}")
+    if name == "png":
+        raise InputError("codec png is lossless and takes no quality (-q); use webp, jpeg, avif, jxl or j2k for lossy LR")
+    if not 1 <= int(quality) <= 100:
+        raise InputError(f"quality must be 1..100, got {quality}")
+    return int(quality)
+
+
+def is_lossless(codec: str, quality: int | None) -> bool:
+    """True when ``encode_image(arr, codec, quality)`` decodes back to ``arr`` exactly."""
+    name = canonical(codec)
+    return CODECS[name].lossless_default and (quality is None or quality == 100)
+
+
+def encode_image(arr: np.ndarray, codec: str = "png", quality: int | None = None) -> bytes:
+    """Encode an 8-bit RGB array ``[h, w, 3]`` with ``codec`` at ``quality`` (see module doc)."""
+    arr = np.asarray(arr)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise InputError(f"encode_image needs a uint8 array [h, w, 3], got {arr.dtype} {list(arr.shape)}")
+    quality = check_quality(codec, quality)
+    c = require(codec)
+    try:
+        return bytes(c.encode(np.ascontiguousarray(arr), quality))
+    except Exception as e:  # noqa: BLE001 - a library failure on valid input is reported, not leaked
+        raise InputError(f"{c.name} encoder failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def decode_image(data: bytes, codec: str = "png", size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode a bitstream to uint8 ``[h, w, 3]``.
+
+    ``size`` (h, w), when given, is enforced before the pixels are decoded. Any decoder
+    failure raises :class:`ContainerError` (the bitstream comes from a file we do not trust).
+    """
+    c = require(codec)
+    if size is None:  # only for trusted callers: read the size first with Pillow, if it can
+        size = _sniff_size(bytes(data), c)
+    try:
+        arr = c.decode(bytes(data), (int(size[0]), int(size[1])))
+    except ContainerError:
+        raise
+    except MemoryError:
+        raise ContainerError(f"{c.name} LR bitstream is corrupt (decoder ran out of memory)") from None
+    except Exception as e:  # noqa: BLE001 - third-party decoders raise anything on corrupt data
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ContainerError(f"{c.name} LR bitstream is corrupt: {msg}") from None
+    if arr.dtype != np.uint8 or arr.shape != (size[0], size[1], 3):
+        raise ContainerError(f"{c.name} LR bitstream decoded to {arr.dtype} {list(arr.shape)}, expected uint8 {[size[0], size[1], 3]}")
+    return arr
+
+
+def _sniff_size(data: bytes, c: Codec) -> tuple[int, int]:
+    if c.library == "imagecodecs":
+        import imagecodecs
+
+        try:
+            arr = getattr(imagecodecs, {"avif": "avif", "jxl": "jpegxl", "j2k": "jpeg2k"}[c.name] + "_decode")(data)
+        except Exception as e:  # noqa: BLE001
+            raise ContainerError(f"{c.name} bitstream is corrupt: {e}") from None
+        return arr.shape[0], arr.shape[1]
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.height, im.width
+    except Exception as e:  # noqa: BLE001
+        raise ContainerError(f"{c.name} bitstream is corrupt: {e}") from None

@@ -1,0 +1,450 @@
+"""The ``.rsc`` container: one self-describing file holding an encoded image.
+
+The byte layout is specified in ``docs/format.md``; this module is its reference
+implementation. In short (all integers little-endian)::
+
+    magic (8) | version u16 | header length u32 | header body | header CRC32 u32 | sections...
+
+The header body names the model and the hash of its weights, the scale, the original and
+padded image size, the tile layout, the LR codec and quality, and describes each section
+(length and CRC32). The sections follow in header order: the LR image bitstream, then
+one losslessly compressed side tensor per entry (e.g. RefScale's similarity map).
+
+The reader (:func:`read_header`, :meth:`Packet.from_bytes`) checks magic, version,
+lengths, every CRC, sizes and their consistency, codec and dtype names and pixel-count
+limits *before* decoding any pixels, and raises :class:`ContainerError` with a one-line
+message. bpp is always ``file bytes * 8 / (H * W)`` of the original image.
+
+Side tensors are stored as raw little-endian integers in the smallest integer dtype that
+holds their range, compressed with whichever of zlib (level 9) and raw LZMA2 (preset 9e,
+16 MiB dictionary) gives fewer bytes for that tensor; the choice is recorded per tensor.
+Decompression is bounded by the size the header declares, so a corrupt stream cannot
+expand without limit.
+"""
+from __future__ import annotations
+
+import lzma
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from refscale import codecs
+from refscale.errors import ContainerError
+
+MAGIC = b"\x89RSC\r\n\x1a\n"
+VERSION = 1
+PREAMBLE = 14  # magic (8) + version (2) + header length (4)
+
+#: limits a reader enforces (also on writing, so every file we write can be read back)
+MAX_HEADER_BYTES = 1 << 16
+MAX_SIDE = 1 << 18  # longest image side, pixels
+MAX_PIXELS = 1 << 28  # padded HR pixels (268 Mpx)
+MAX_SCALE = 64
+MAX_PADDING = 1024  # padded minus original size, per side (models align to far less)
+MAX_SIDE_TENSORS = 16
+MAX_NDIM = 6
+MAX_NAME = 255
+
+#: storage dtypes of side tensors (always little-endian), smallest first
+SIDE_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "int64")
+#: torch dtypes a side tensor may be restored to (what the model's ``downscale`` produced)
+RESTORE_DTYPES = ("int64", "int32", "int16", "int8", "uint8", "bool", "float32", "float64", "float16", "bfloat16")
+COMPRESSIONS = ("zlib", "lzma")
+#: arithmetic the model ran in (see ``refscale.pipeline``)
+PRECISIONS = ("fp32", "bf16")
+_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": 1 << 24}]
+_LZMA_DECODE_FILTERS = [{"id": lzma.FILTER_LZMA2, "dict_size": 1 << 24}]
+
+
+# ============================================================================= the packet
+@dataclass
+class Packet:
+    """Everything needed to rebuild an image (with the model and, if it needs one, the reference).
+
+    ``lr`` is the 8-bit LR image ``[h, w, 3]`` with ``h, w = padded_size / scale``;
+    ``side`` maps names to integer arrays whose last two dimensions divide ``padded_size``
+    by one common stride; ``side_dtypes`` records the torch dtype each side tensor had when the
+    model produced it (so decoding hands it back unchanged); ``tiles`` is
+    ``{"tile": core size, "overlap": context margin}`` in HR pixels, or ``None``; ``precision``
+    is the arithmetic the encoder ran the model in (``"fp32"`` or ``"bf16"``), which the decoder
+    repeats by default.
+    """
+
+    model: str
+    weights_hash: str
+    scale: int
+    size: tuple[int, int]
+    padded_size: tuple[int, int]
+    tiles: dict | None
+    lr: np.ndarray
+    side: dict[str, np.ndarray] = field(default_factory=dict)
+    codec: str = "png"
+    quality: int | None = None
+    side_dtypes: dict[str, str] = field(default_factory=dict)
+    precision: str = "fp32"
+
+    # ------------------------------------------------------------------ writing
+    def to_bytes(self, codec: str | None = None, quality: int | None = None) -> bytes:
+        """The ``.rsc`` file. ``codec=None`` keeps ``self.codec`` / ``self.quality``."""
+        if codec is None:
+            codec, quality = self.codec, (self.quality if quality is None else quality)
+        codec = codecs.canonical(codec)
+        quality = codecs.check_quality(codec, quality)
+        lr = np.ascontiguousarray(self.lr)
+        side_arrays = {name: _storage_array(name, arr) for name, arr in self.side.items()}
+        header = Header(
+            version=VERSION, model=str(self.model), weights_hash=str(self.weights_hash), scale=int(self.scale),
+            size=_pair(self.size), padded_size=_pair(self.padded_size), tiles=_tiles(self.tiles),
+            precision=str(self.precision), codec=codec, quality=quality, lr_length=0, lr_crc=0,
+            side=[
+                SideEntry(name, str(a.dtype), self.side_dtypes.get(name, "int64"), tuple(int(d) for d in a.shape), "zlib", 0, 0)
+                for name, a in side_arrays.items()
+            ],
+        )
+        header.validate()
+        if lr.dtype != np.uint8 or lr.shape != (*header.lr_size, 3):
+            raise ContainerError(f"LR must be uint8 {[*header.lr_size, 3]} (padded size / scale), got {lr.dtype} {list(lr.shape)}")
+        sections = [codecs.encode_image(lr, codec, quality)]
+        header.lr_length, header.lr_crc = len(sections[0]), zlib.crc32(sections[0])
+        for entry in header.side:
+            raw = np.ascontiguousarray(side_arrays[entry.name], dtype=np.dtype(entry.dtype).newbyteorder("<")).tobytes()
+            method, blob = _compress(raw)
+            entry.compression, entry.length, entry.crc = method, len(blob), zlib.crc32(blob)
+            sections.append(blob)
+        return header.pack() + b"".join(sections)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Packet:
+        """Parse and validate a ``.rsc`` file (see module doc); :class:`ContainerError` if anything is off."""
+        data = _as_bytes(data)
+        h = read_header(data)
+        pos = h.header_bytes
+        lr = codecs.decode_image(data[pos:pos + h.lr_length], h.codec, h.lr_size)
+        pos += h.lr_length
+        side, side_dtypes = {}, {}
+        for e in h.side:
+            raw = _decompress(data[pos:pos + e.length], e.compression, e.nbytes, e.name)
+            pos += e.length
+            side[e.name] = np.frombuffer(raw, dtype=np.dtype(e.dtype).newbyteorder("<")).astype(e.dtype).reshape(e.shape)
+            side_dtypes[e.name] = e.restore
+        return cls(
+            model=h.model, weights_hash=h.weights_hash, scale=h.scale, size=h.size, padded_size=h.padded_size,
+            tiles=h.tiles, lr=lr, side=side, codec=h.codec, quality=h.quality, side_dtypes=side_dtypes,
+            precision=h.precision,
+        )
+
+    def info(self, data: bytes | None = None) -> dict[str, Any]:
+        """A JSON-ready summary; with the file's ``data`` also byte counts per section and bpp."""
+        out: dict[str, Any] = {
+            "format_version": VERSION, "model": self.model, "weights_hash": self.weights_hash, "scale": int(self.scale),
+            "size": list(_pair(self.size)), "padded_size": list(_pair(self.padded_size)),
+            "lr_size": [int(self.lr.shape[0]), int(self.lr.shape[1])], "tiles": self.tiles,
+            "precision": self.precision, "codec": self.codec, "quality": self.quality,
+            "side": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in self.side.items()},
+        }
+        if data is not None:
+            out.update(_sizes_and_bpp(data, _pair(self.size)))
+        return out
+
+
+# ============================================================================= the header
+@dataclass
+class SideEntry:
+    name: str
+    dtype: str  # storage dtype, one of SIDE_DTYPES
+    restore: str  # torch dtype name, one of RESTORE_DTYPES
+    shape: tuple[int, ...]
+    compression: str
+    length: int
+    crc: int
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+@dataclass
+class Header:
+    version: int
+    model: str
+    weights_hash: str
+    scale: int
+    size: tuple[int, int]
+    padded_size: tuple[int, int]
+    tiles: dict | None
+    precision: str
+    codec: str
+    quality: int | None
+    lr_length: int
+    lr_crc: int
+    side: list[SideEntry]
+    header_bytes: int = 0  # preamble + body + CRC, set by pack/read
+
+    @property
+    def lr_size(self) -> tuple[int, int]:
+        return self.padded_size[0] // self.scale, self.padded_size[1] // self.scale
+
+    @property
+    def total_bytes(self) -> int:
+        return self.header_bytes + self.lr_length + sum(e.length for e in self.side)
+
+    # ------------------------------------------------------------------ rules shared by writer and reader
+    def validate(self) -> None:
+        """Every consistency rule of docs/format.md that does not need the section bytes."""
+        _check_name(self.model, "model name")
+        if len(self.weights_hash) != 64 or any(c not in "0123456789abcdef" for c in self.weights_hash):
+            raise ContainerError("weights hash must be 64 lowercase hex digits (SHA-256)")
+        if not 1 <= self.scale <= MAX_SCALE:
+            raise ContainerError(f"scale {self.scale} out of range 1..{MAX_SCALE}")
+        (h, w), (ph, pw) = self.size, self.padded_size
+        if min(h, w) < 1 or max(ph, pw) > MAX_SIDE:
+            raise ContainerError(f"image size {h}x{w} (padded {ph}x{pw}) out of range 1..{MAX_SIDE}")
+        if ph * pw > MAX_PIXELS:
+            raise ContainerError(f"padded image {ph}x{pw} has more than {MAX_PIXELS} pixels")
+        if ph < h or pw < w:
+            raise ContainerError(f"padded size {ph}x{pw} is smaller than the image {h}x{w}")
+        if ph % self.scale or pw % self.scale:
+            raise ContainerError(f"padded size {ph}x{pw} is not a multiple of the scale {self.scale}")
+        if ph - h >= MAX_PADDING or pw - w >= MAX_PADDING:
+            raise ContainerError(f"padding from {h}x{w} to {ph}x{pw} is implausibly large")
+        if self.tiles is not None:
+            t, m = self.tiles["tile"], self.tiles["overlap"]
+            if not (1 <= t <= MAX_SIDE and 0 <= m <= t and t % self.scale == 0 and m % self.scale == 0):
+                raise ContainerError(f"tile layout {t}/{m} invalid (tile 1..{MAX_SIDE}, 0 <= overlap <= tile, both multiples of the scale)")
+        if self.precision not in PRECISIONS:
+            raise ContainerError(f"unknown precision {self.precision!r} (known: {', '.join(PRECISIONS)})")
+        if self.codec not in codecs.CODECS:
+            raise ContainerError(f"unknown LR codec {self.codec!r}")
+        if self.quality is not None and not (1 <= self.quality <= 100 and self.codec != "png"):
+            raise ContainerError(f"quality {self.quality} invalid for codec {self.codec}")
+        if len(self.side) > MAX_SIDE_TENSORS:
+            raise ContainerError(f"more than {MAX_SIDE_TENSORS} side tensors")
+        names = set()
+        for e in self.side:
+            _check_name(e.name, "side tensor name")
+            if e.name in names:
+                raise ContainerError(f"side tensor {e.name!r} appears twice")
+            names.add(e.name)
+            if e.dtype not in SIDE_DTYPES:
+                raise ContainerError(f"side tensor {e.name!r}: unknown dtype {e.dtype!r}")
+            if e.restore not in RESTORE_DTYPES:
+                raise ContainerError(f"side tensor {e.name!r}: unknown restore dtype {e.restore!r}")
+            if e.compression not in COMPRESSIONS:
+                raise ContainerError(f"side tensor {e.name!r}: unknown compression {e.compression!r}")
+            if not 2 <= len(e.shape) <= MAX_NDIM or min(e.shape) < 1:
+                raise ContainerError(f"side tensor {e.name!r}: bad shape {list(e.shape)}")
+            sh, sw = e.shape[-2:]
+            if ph % sh or pw % sw or ph // sh != pw // sw:
+                raise ContainerError(
+                    f"side tensor {e.name!r}: spatial size {sh}x{sw} does not divide the padded size {ph}x{pw} by one stride"
+                )
+            if e.nbytes > 16 * ph * pw:
+                raise ContainerError(f"side tensor {e.name!r}: {e.nbytes} bytes is implausibly large")
+
+    # ------------------------------------------------------------------ bytes
+    def pack(self) -> bytes:
+        body = bytearray()
+        body += _str8(self.model)
+        body += bytes.fromhex(self.weights_hash)
+        body += struct.pack("<HIIII", self.scale, *self.size, *self.padded_size)
+        t = self.tiles or {"tile": 0, "overlap": 0}
+        body += struct.pack("<II", t["tile"], t["overlap"])
+        body += _str8(self.precision)
+        body += _str8(self.codec)
+        body += struct.pack("<BII", self.quality or 0, self.lr_length, self.lr_crc)
+        body += struct.pack("<B", len(self.side))
+        for e in self.side:
+            body += _str8(e.name) + _str8(e.dtype) + _str8(e.restore) + struct.pack("<B", len(e.shape))
+            body += struct.pack(f"<{len(e.shape)}I", *e.shape)
+            body += _str8(e.compression) + struct.pack("<II", e.length, e.crc)
+        head = MAGIC + struct.pack("<HI", self.version, len(body)) + bytes(body)
+        self.header_bytes = len(head) + 4
+        return head + struct.pack("<I", zlib.crc32(head))
+
+
+def read_header(data: bytes) -> Header:
+    """Parse and fully validate a container's header and section checksums (no pixel decoding)."""
+    data = _as_bytes(data)
+    if len(data) < PREAMBLE + 4:
+        raise ContainerError(f"not a .rsc file: only {len(data)} bytes")
+    if data[:8] != MAGIC:
+        if data[:8] == b"\x89PNG\r\n\x1a\n":
+            raise ContainerError("this is a PNG image, not a .rsc container")
+        raise ContainerError("not a .rsc file (bad magic bytes)")
+    version, body_len = struct.unpack_from("<HI", data, 8)
+    if version != VERSION:
+        raise ContainerError(f"unsupported .rsc format version {version} (this refscale reads version {VERSION})")
+    if body_len > MAX_HEADER_BYTES:
+        raise ContainerError(f"header length {body_len} exceeds {MAX_HEADER_BYTES} bytes")
+    end = PREAMBLE + body_len
+    if len(data) < end + 4:
+        raise ContainerError(f"file truncated inside the header ({len(data)} bytes, header needs {end + 4})")
+    (crc,) = struct.unpack_from("<I", data, end)
+    if zlib.crc32(data[:end]) != crc:
+        raise ContainerError("header checksum mismatch (file corrupted)")
+    r = _Reader(data[PREAMBLE:end])
+    model = r.str8("model name")
+    weights_hash = r.take(32, "weights hash").hex()
+    scale, h, w, ph, pw = r.unpack("<HIIII", "sizes")
+    tile, overlap = r.unpack("<II", "tile layout")
+    precision = r.str8("precision")
+    codec = r.str8("codec name")
+    quality, lr_length, lr_crc = r.unpack("<BII", "LR section entry")
+    (n_side,) = r.unpack("<B", "side tensor count")
+    if n_side > MAX_SIDE_TENSORS:
+        raise ContainerError(f"more than {MAX_SIDE_TENSORS} side tensors")
+    side = []
+    for _ in range(n_side):
+        name, dtype, restore = r.str8("side name"), r.str8("side dtype"), r.str8("side restore dtype")
+        (ndim,) = r.unpack("<B", "side ndim")
+        if not 1 <= ndim <= MAX_NDIM:
+            raise ContainerError(f"side tensor {name!r}: {ndim} dimensions")
+        shape = r.unpack(f"<{ndim}I", "side shape")
+        compression = r.str8("side compression")
+        length, scrc = r.unpack("<II", "side section entry")
+        side.append(SideEntry(name, dtype, restore, tuple(shape), compression, length, scrc))
+    if r.pos != len(r.data):
+        raise ContainerError(f"header has {len(r.data) - r.pos} unexpected trailing bytes")
+    if tile == 0 and overlap != 0:
+        raise ContainerError("tile layout has an overlap but no tile size")
+    header = Header(
+        version, model, weights_hash, scale, (h, w), (ph, pw), {"tile": tile, "overlap": overlap} if tile else None,
+        precision, codec, quality or None, lr_length, lr_crc, side, header_bytes=end + 4,
+    )
+    header.validate()
+    if header.total_bytes != len(data):
+        what = "truncated" if len(data) < header.total_bytes else "has trailing bytes"
+        raise ContainerError(f"file {what}: {len(data)} bytes, header describes {header.total_bytes}")
+    pos = header.header_bytes
+    for label, length, crc in [("LR image", lr_length, lr_crc)] + [(f"side tensor {e.name!r}", e.length, e.crc) for e in side]:
+        if length < 1:
+            raise ContainerError(f"{label} section is empty")
+        if zlib.crc32(data[pos:pos + length]) != crc:
+            raise ContainerError(f"{label} section checksum mismatch (file corrupted)")
+        pos += length
+    return header
+
+
+def section_sizes(data: bytes) -> dict[str, int]:
+    """Byte counts of a valid container: ``total``, ``header``, ``lr``, ``side`` and ``side:<name>`` each."""
+    h = read_header(data)
+    out = {"total": h.total_bytes, "header": h.header_bytes, "lr": h.lr_length, "side": sum(e.length for e in h.side)}
+    out.update({f"side:{e.name}": e.length for e in h.side})
+    return out
+
+
+def inspect(data: bytes) -> dict[str, Any]:
+    """What ``refscale info`` prints: the validated header, section sizes and bpp, without decoding pixels."""
+    h = read_header(data)
+    return {
+        "format_version": h.version, "model": h.model, "weights_hash": h.weights_hash, "scale": h.scale,
+        "size": list(h.size), "padded_size": list(h.padded_size), "lr_size": list(h.lr_size), "tiles": h.tiles,
+        "precision": h.precision,
+        "codec": h.codec, "quality": h.quality,
+        "side": {e.name: {"dtype": e.dtype, "shape": list(e.shape), "compression": e.compression} for e in h.side},
+        **_sizes_and_bpp(data, h.size),
+    }
+
+
+# ============================================================================= helpers
+class _Reader:
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def take(self, n: int, what: str) -> bytes:
+        if self.pos + n > len(self.data):
+            raise ContainerError(f"header too short while reading the {what}")
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def unpack(self, fmt: str, what: str) -> tuple:
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt), what))
+
+    def str8(self, what: str) -> str:
+        (n,) = self.unpack("<B", what)
+        raw = self.take(n, what)
+        try:
+            text = raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise ContainerError(f"{what} is not ASCII") from None
+        _check_name(text, what)
+        return text
+
+
+def _check_name(text: str, what: str) -> None:
+    if not 1 <= len(text) <= MAX_NAME or not all(0x21 <= ord(c) <= 0x7E for c in text):
+        raise ContainerError(f"{what} must be 1..{MAX_NAME} printable ASCII characters without spaces, got {text[:40]!r}")
+
+
+def _str8(text: str) -> bytes:
+    _check_name(text, "name")
+    return struct.pack("<B", len(text)) + text.encode("ascii")
+
+
+def _pair(v) -> tuple[int, int]:
+    a, b = v
+    return int(a), int(b)
+
+
+def _tiles(t) -> dict | None:
+    if not t:
+        return None
+    return {"tile": int(t["tile"]), "overlap": int(t.get("overlap", 0))}
+
+
+def _as_bytes(data) -> bytes:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise ContainerError(f"expected the bytes of a .rsc file, got {type(data).__name__}")
+
+
+def _storage_array(name: str, arr) -> np.ndarray:
+    """The side tensor in the smallest integer dtype of :data:`SIDE_DTYPES` that holds its range."""
+    a = np.asarray(arr)
+    if a.dtype == bool:
+        a = a.astype(np.uint8)
+    if not np.issubdtype(a.dtype, np.integer):
+        raise ContainerError(f"side tensor {name!r} must be an integer array, got {a.dtype}")
+    lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+    for dt in SIDE_DTYPES:
+        info = np.iinfo(dt)
+        if info.min <= lo and hi <= info.max:
+            return a.astype(dt)
+    raise ContainerError(f"side tensor {name!r} values {lo}..{hi} do not fit int64")
+
+
+def _compress(raw: bytes) -> tuple[str, bytes]:
+    z = zlib.compress(raw, 9)
+    x = lzma.compress(raw, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+    return ("lzma", x) if len(x) < len(z) else ("zlib", z)
+
+
+def _decompress(blob: bytes, method: str, nbytes: int, name: str) -> bytes:
+    """Decompress at most ``nbytes``; anything else (short, long, trailing garbage) is an error."""
+    try:
+        if method == "zlib":
+            d = zlib.decompressobj()
+            out = d.decompress(blob, nbytes + 1)
+            done = d.eof and not d.unused_data
+        else:
+            d = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_LZMA_DECODE_FILTERS)
+            out = d.decompress(blob, nbytes + 1)
+            done = d.eof and not d.unused_data
+    except (zlib.error, lzma.LZMAError) as e:
+        raise ContainerError(f"side tensor {name!r} does not decompress: {e}") from None
+    if len(out) != nbytes or not done:
+        raise ContainerError(f"side tensor {name!r} decompresses to the wrong size (expected {nbytes} bytes)")
+    return out
+
+
+def _sizes_and_bpp(data: bytes, size: tuple[int, int]) -> dict[str, Any]:
+    sizes = section_sizes(data)
+    px = size[0] * size[1]
+    return {
+        "sections": sizes, "bytes": sizes["total"],
+        "bpp": sizes["total"] * 8 / px, "bpp_lr": sizes["lr"] * 8 / px, "bpp_side": sizes["side"] * 8 / px,
+    }

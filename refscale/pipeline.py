@@ -1,0 +1,323 @@
+"""Encoding an image into a :class:`~refscale.container.Packet` and decoding it back, with any rescaler.
+
+Written once against the :class:`~refscale.models.base.Rescaler` protocol:
+
+* **Any size.** The HR image (and reference) are padded bottom/right to a multiple of the
+  model's alignment (reflect padding, :func:`refscale.ops.pad_to_multiple`); the decoded image
+  is cropped back, so the caller never sees the padding.
+* **Large scenes.** The padded image is processed in overlapping windows (see
+  :mod:`refscale.tiling`: overlap plus cropping of tile borders, no blending) when it has more
+  than :data:`AUTO_TILE_PIXELS` pixels, or when ``tile`` is given. Windows have one size and
+  are run in batches of up to :data:`BATCH_PIXELS` HR pixels, which bounds memory and is
+  faster on a CPU than one huge convolution. Side maps are cropped and stitched the same way
+  (their stride, HR size / side size, is read from the shapes). The layout is recorded in the
+  container; the decoder repeats it by default.
+* **Precision.** Models that support it (``set_speed``, :mod:`refscale.nn.speed`) run their
+  convolutions in bfloat16 with channels_last when ``precision="bf16"``. The container records
+  the precision the encoder used and the decoder repeats it, so both sides compute the same
+  condition. :data:`DEFAULT_PRECISION` is the measured choice (see ``benchmarks/large_scene.py``).
+* **Checks.** A reference model without a reference is a :class:`ModelError`; a reference
+  of another size is an :class:`InputError` (``resample_ref=True`` resizes it with MATLAB
+  bicubic instead); a packet made by other weights is refused unless ``allow_mismatch``.
+* **Determinism.** Decoding randomness comes only from ``torch.Generator`` objects seeded from
+  ``seed`` (untiled: ``seed`` itself; tiled: one generator per batch of windows, seeded with
+  ``SeedSequence([seed, batch index])``), so the same container, reference and seed give the
+  same pixels in any process on the same software.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+
+import numpy as np
+import torch
+
+from refscale import ops, tiling
+from refscale.container import Packet
+from refscale.errors import ContainerError, InputError, ModelError
+from refscale.imageio import as_image_tensor
+from refscale.metrics import to_uint8
+from refscale.models.base import Rescaler
+
+#: padded images with more pixels than this are tiled automatically (1024 x 1024)
+AUTO_TILE_PIXELS = 1024 * 1024
+#: default core size of a tile and context margin, in LR pixels (times the scale in HR pixels)
+DEFAULT_TILE_LR = 256
+DEFAULT_OVERLAP_LR = 16
+#: HR pixels per batch of windows
+BATCH_PIXELS = 1024 * 1024
+#: arithmetic for models with ``set_speed`` ("fp32" or "bf16")
+DEFAULT_PRECISION = "fp32"
+
+
+# ============================================================================= encode
+def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: int | None = None,
+           progress: bool = False, resample_ref: bool = False, precision: str | None = None) -> Packet:
+    """Downscale one image into a :class:`Packet` (LR rounded to 8 bits, side info as integers).
+
+    ``hr`` and ``ref``: tensors ``[1,3,H,W]``/``[3,H,W]`` in [0,1], ``HxWx3`` arrays or paths.
+    ``tile``: core tile size in HR pixels (rounded up to the alignment); ``None`` tiles only
+    images above :data:`AUTO_TILE_PIXELS`, ``0`` never tiles. ``overlap``: context margin in HR
+    pixels (default ``DEFAULT_OVERLAP_LR * scale``).
+    """
+    hr = _image(hr, "image")
+    size = tuple(hr.shape[-2:])
+    ref = _reference(model, ref, size, resample_ref)
+    align = model.alignment
+    hr_p, _ = ops.pad_to_multiple(hr, align)
+    ref_p = ops.pad_to_multiple(ref, align)[0] if ref is not None else None
+    padded = tuple(hr_p.shape[-2:])
+    layout = _layout(model, padded, tile, overlap)
+    precision = _precision(model, precision)
+    s = model.scale
+
+    lr = torch.empty(1, 3, padded[0] // s, padded[1] // s)
+    side: dict[str, torch.Tensor] = {}
+    (wh, ww), windows = tiling.grid(padded, *layout)
+    with _inference(model, precision):
+        for batch in _progress(tiling.batches(windows, (wh, ww), BATCH_PIXELS), progress, "encode"):
+            x = torch.cat([hr_p[..., w.y:w.y + wh, w.x:w.x + ww] for w in batch])
+            r = torch.cat([ref_p[..., w.y:w.y + wh, w.x:w.x + ww] for w in batch]) if ref_p is not None else None
+            lr_b, side_b = model.downscale(x, r)
+            if tuple(lr_b.shape) != (len(batch), 3, wh // s, ww // s):
+                raise ModelError(f"{model.name}.downscale returned {list(lr_b.shape)}, expected {[len(batch), 3, wh // s, ww // s]}")
+            for i, w in enumerate(batch):
+                y0, y1, x0, x1 = w.core
+                lr[..., y0 // s:y1 // s, x0 // s:x1 // s] = lr_b[i:i + 1, :, (y0 - w.y) // s:(y1 - w.y) // s, (x0 - w.x) // s:(x1 - w.x) // s]
+            for name, t in side_b.items():
+                stride = _stride(model, name, t, (wh, ww), align)
+                if name not in side:
+                    side[name] = torch.zeros(1, t.shape[1], padded[0] // stride, padded[1] // stride, dtype=t.dtype)
+                for i, w in enumerate(batch):
+                    y0, y1, x0, x1 = w.core
+                    side[name][..., y0 // stride:y1 // stride, x0 // stride:x1 // stride] = \
+                        t[i:i + 1, :, (y0 - w.y) // stride:(y1 - w.y) // stride, (x0 - w.x) // stride:(x1 - w.x) // stride]
+
+    lr_u8 = to_uint8(lr)[0].permute(1, 2, 0).contiguous().numpy()
+    side_np, side_dtypes = {}, {}
+    for name, t in side.items():
+        side_np[name] = _integer_array(model, name, t)
+        side_dtypes[name] = str(t.dtype).replace("torch.", "")
+    return Packet(
+        model=model.name, weights_hash=model.weights_hash(), scale=s, size=size, padded_size=padded,
+        tiles={"tile": layout[0], "overlap": layout[1]} if len(windows) > 1 else None,
+        lr=lr_u8, side=side_np, side_dtypes=side_dtypes, precision=precision,
+    )
+
+
+# ============================================================================= decode
+def decode(model: Rescaler, packet, ref=None, *, temperature: float = 1.0, seed: int = 0, tile: int | None = None,
+           overlap: int | None = None, allow_mismatch: bool = False, progress: bool = False,
+           resample_ref: bool = False, precision: str | None = None) -> torch.Tensor:
+    """Rebuild the HR image ``[1,3,H,W]`` (float32 in [0,1]) from a :class:`Packet` (or its bytes).
+
+    The tile layout and precision default to what the encoder recorded. ``allow_mismatch``
+    decodes a packet made by other weights of the same scale (for experts; results are
+    unlikely to be good).
+    """
+    if isinstance(packet, (bytes, bytearray, memoryview)):
+        packet = Packet.from_bytes(bytes(packet))
+    if not isinstance(packet, Packet):
+        raise InputError(f"decode needs a Packet or the bytes of a .rsc file, got {type(packet).__name__}")
+    _check_model(model, packet, allow_mismatch)
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+        raise InputError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise InputError(f"seed must be an integer >= 0, got {seed!r}")
+    size, padded, s = tuple(packet.size), tuple(packet.padded_size), model.scale
+    ref = _reference(model, ref, size, resample_ref)
+    ref_p = ops.pad_to_multiple(ref, model.alignment)[0] if ref is not None else None
+    if ref_p is not None and tuple(ref_p.shape[-2:]) != padded:
+        raise ContainerError(f"padded size {padded[0]}x{padded[1]} in the container does not match the model's alignment")
+    side = _side_tensors(model, packet)
+    if tile is None and packet.tiles is not None and overlap is None:
+        layout = _layout(model, padded, packet.tiles["tile"], packet.tiles["overlap"], recorded=True)
+    else:
+        layout = _layout(model, padded, tile, overlap)
+    precision = _precision(model, precision if precision is not None else packet.precision)
+
+    lr = torch.from_numpy(np.ascontiguousarray(packet.lr)).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+    out = torch.empty(1, 3, *padded)
+    (wh, ww), windows = tiling.grid(padded, *layout)
+    groups = tiling.batches(windows, (wh, ww), BATCH_PIXELS)
+    with _inference(model, precision):
+        for b, batch in enumerate(_progress(groups, progress, "decode")):
+            gen = torch.Generator().manual_seed(int(seed) if len(groups) == 1 else _batch_seed(int(seed), b))
+            x = torch.cat([lr[..., w.y // s:(w.y + wh) // s, w.x // s:(w.x + ww) // s] for w in batch])
+            side_b = {}
+            for name, t in side.items():
+                st = padded[0] // t.shape[-2]
+                side_b[name] = torch.cat([t[..., w.y // st:(w.y + wh) // st, w.x // st:(w.x + ww) // st] for w in batch])
+            r = torch.cat([ref_p[..., w.y:w.y + wh, w.x:w.x + ww] for w in batch]) if ref_p is not None else None
+            y = model.upscale(x, side_b, r, temperature=float(temperature), generator=gen)
+            if tuple(y.shape) != (len(batch), 3, wh, ww):
+                raise ModelError(f"{model.name}.upscale returned {list(y.shape)}, expected {[len(batch), 3, wh, ww]}")
+            for i, w in enumerate(batch):
+                y0, y1, x0, x1 = w.core
+                out[..., y0:y1, x0:x1] = y[i:i + 1, :, y0 - w.y:y1 - w.y, x0 - w.x:x1 - w.x]
+    return ops.crop_to(out, size).clamp_(0, 1).nan_to_num_(0.0)
+
+
+# ============================================================================= helpers
+def _image(x, what: str) -> torch.Tensor:
+    t = as_image_tensor(x).detach()
+    if not torch.isfinite(t).all():
+        raise InputError(f"{what} contains NaN or infinite values")
+    lo, hi = float(t.min()), float(t.max())
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        raise InputError(f"{what} values span {lo:.3g}..{hi:.3g}; expected floats in [0,1] (divide 8-bit data by 255)")
+    return t.clamp(0, 1)
+
+
+def _reference(model: Rescaler, ref, size: tuple[int, int], resample: bool) -> torch.Tensor | None:
+    if not model.needs_reference:
+        if ref is not None:
+            warnings.warn(f"model {model.name} takes no reference; ignoring it", stacklevel=3)
+        return None
+    model.check_reference(ref)
+    ref = _image(ref, "reference")
+    rsize = tuple(ref.shape[-2:])
+    if rsize != tuple(size):
+        if not resample:
+            raise InputError(
+                f"reference is {rsize[0]}x{rsize[1]} but the image is {size[0]}x{size[1]}; give a co-registered "
+                "reference of the same size (or resample it: --resample-ref / resample_ref=True)"
+            )
+        ref = ops.imresize(ref, size=tuple(size)).clamp(0, 1)
+    return ref
+
+
+def _layout(model: Rescaler, padded: tuple[int, int], tile, overlap, recorded: bool = False) -> tuple[int, int]:
+    """``(tile, overlap)`` in HR pixels, multiples of the alignment; ``(max side, 0)`` means one window."""
+    align, s = model.alignment, model.scale
+    whole = (max(padded), 0)
+    if recorded:
+        if tile % align or overlap % align:
+            raise ContainerError(f"recorded tile layout {tile}/{overlap} is not a multiple of the model's alignment {align}")
+        return tile, overlap
+    if tile is None:
+        if padded[0] * padded[1] <= AUTO_TILE_PIXELS:
+            return whole
+        tile = DEFAULT_TILE_LR * s
+    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 0:
+        raise InputError(f"tile must be a non-negative integer (pixels), got {tile!r}")
+    if tile == 0:
+        return whole
+    tile = _round_up(int(tile), align)
+    overlap = DEFAULT_OVERLAP_LR * s if overlap is None else overlap
+    if isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)) or overlap < 0:
+        raise InputError(f"overlap must be a non-negative integer (pixels), got {overlap!r}")
+    overlap = min(_round_up(int(overlap), align), tile)
+    if tile >= max(padded):
+        return whole
+    return tile, overlap
+
+
+def _stride(model: Rescaler, name: str, t: torch.Tensor, window: tuple[int, int], align: int) -> int:
+    if t.dim() != 4 or t.shape[-2] < 1 or window[0] % t.shape[-2] or window[1] % t.shape[-1] \
+            or window[0] // t.shape[-2] != window[1] // t.shape[-1]:
+        raise ModelError(f"{model.name}: side tensor {name!r} of shape {list(t.shape)} does not divide the "
+                         f"{window[0]}x{window[1]} input by one stride")
+    stride = window[0] // t.shape[-2]
+    if align % stride:
+        raise ModelError(f"{model.name}: side tensor {name!r} has stride {stride}, which must divide the alignment {align}")
+    return stride
+
+
+def _integer_array(model: Rescaler, name: str, t: torch.Tensor) -> np.ndarray:
+    if t.is_floating_point():
+        if not torch.isfinite(t).all() or not torch.equal(t, t.round()):
+            raise ModelError(f"{model.name}: side tensor {name!r} is not integer-valued; quantize it in downscale")
+        return t.to(torch.int64).numpy()
+    if t.dtype == torch.bool:
+        return t.to(torch.uint8).numpy()
+    return t.to(torch.int64).numpy()
+
+
+def _side_schema(model: Rescaler) -> dict[str, tuple[int, int]]:
+    """``{name: (channels, stride)}`` of the side information the model produces (one tiny probe)."""
+    n = _round_up(32, model.alignment)
+    x = torch.full((1, 3, n, n), 0.5)
+    with torch.no_grad():
+        _, side = model.downscale(x, x.clone() if model.needs_reference else None)
+    return {k: (int(v.shape[1]), n // int(v.shape[-1])) for k, v in side.items()}
+
+
+def _side_tensors(model: Rescaler, packet: Packet) -> dict[str, torch.Tensor]:
+    """The packet's side arrays as the tensors the model expects, after checking names, channels and strides."""
+    was = model.training
+    model.eval()
+    try:
+        schema = _side_schema(model)
+    finally:
+        model.train(was)
+    if set(schema) != set(packet.side):
+        raise ContainerError(f"side information {sorted(packet.side)} does not match model {model.name} (expects {sorted(schema)})")
+    out = {}
+    for name, arr in packet.side.items():
+        channels, stride = schema[name]
+        a = np.asarray(arr)
+        if a.ndim != 4 or a.shape[0] != 1 or a.shape[1] != channels or \
+                a.shape[2] * stride != packet.padded_size[0] or a.shape[3] * stride != packet.padded_size[1]:
+            raise ContainerError(f"side tensor {name!r} has shape {list(a.shape)}; model {model.name} needs "
+                                 f"[1, {channels}, padded/{stride}]")
+        dtype = getattr(torch, packet.side_dtypes.get(name, "int64"))
+        out[name] = torch.from_numpy(a.astype(np.int64)).to(dtype)
+    return out
+
+
+def _check_model(model: Rescaler, packet: Packet, allow_mismatch: bool) -> None:
+    if packet.scale != model.scale:
+        raise ModelError(f"container is x{packet.scale} ({packet.model}) but model {model.name} is x{model.scale}")
+    ours = model.weights_hash()
+    if packet.weights_hash != ours and not allow_mismatch:
+        raise ModelError(
+            f"container was made by {packet.model} (weights {packet.weights_hash[:12]}) but the model is {model.name} "
+            f"(weights {ours[:12]}); load the same model, or allow_mismatch=True / --allow-mismatch to force it"
+        )
+    align = model.alignment
+    ph, pw = packet.padded_size
+    if ph % align or pw % align or ph - packet.size[0] >= align or pw - packet.size[1] >= align:
+        raise ContainerError(f"padded size {ph}x{pw} does not fit model {model.name} (alignment {align})")
+
+
+def _precision(model: Rescaler, precision: str | None) -> str:
+    precision = DEFAULT_PRECISION if precision is None else str(precision)
+    if precision not in ("fp32", "bf16"):
+        raise InputError(f"precision must be fp32 or bf16, got {precision!r}")
+    return precision if hasattr(model, "set_speed") else "fp32"
+
+
+@contextlib.contextmanager
+def _inference(model: Rescaler, precision: str):
+    """Eval mode, no gradients and the requested precision; restores the model's settings after."""
+    was_training = model.training
+    speed = (getattr(model, "bf16", False), getattr(model, "channels_last", False))
+    model.eval()
+    if hasattr(model, "set_speed"):
+        fast = precision == "bf16"
+        model.set_speed(bf16=fast, channels_last=fast)
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        if hasattr(model, "set_speed"):
+            model.set_speed(bf16=speed[0], channels_last=speed[1])
+        model.train(was_training)
+
+
+def _progress(items, enabled: bool, desc: str):
+    if not enabled or len(items) < 2:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+
+
+def _batch_seed(seed: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m

@@ -1,0 +1,324 @@
+"""pipeline.encode / decode against tiny toy rescalers (independent of the real models).
+
+The toy models are defined here and imported by test_cli.py and test_fuzz.py:
+
+* ``ToyAvg`` (``toyavg-x2``): LR = 2x2 average, HR = nearest upsampling; one parameter.
+* ``ToyRef`` (``toyref-x2``): a *reference* model, stochastic, alignment 4, that emits an integer
+  side map ``smap`` (float32 dtype, stride 4) and uses it, the reference and seeded noise to
+  rebuild. Its receptive field is a few pixels, so tiled and untiled results must agree.
+"""
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import synthetic_image
+from refscale import pipeline, zoo
+from refscale.container import Packet
+from refscale.errors import ContainerError, InputError, ModelError
+from refscale.metrics import psnr, to_uint8
+from refscale.models.base import Rescaler
+
+TESTS = Path(__file__).resolve().parent
+
+
+class ToyAvg(Rescaler):
+    arch = "toyavg"
+
+    def __init__(self, scale: int = 2, gain: float = 1.0):
+        super().__init__(scale, gain=gain)
+        self.gain = nn.Parameter(torch.tensor(float(gain)))
+
+    def downscale(self, hr, ref=None):
+        return F.avg_pool2d(hr, self.scale) * self.gain, {}
+
+    def upscale(self, lr, side=None, ref=None, *, temperature=1.0, generator=None):
+        return F.interpolate(lr, scale_factor=self.scale, mode="nearest")
+
+
+class ToyRef(Rescaler):
+    arch = "toyref"
+    needs_reference = True
+    stochastic = True
+    levels = 7
+
+    def __init__(self, scale: int = 2):
+        super().__init__(scale)
+        self.mix = nn.Parameter(torch.tensor(0.5))
+
+    @property
+    def alignment(self) -> int:
+        return 2 * self.scale
+
+    def downscale(self, hr, ref=None):
+        self.check_reference(ref)
+        diff = (hr - ref).abs().mean(1, keepdim=True)
+        smap = (F.avg_pool2d(diff, self.alignment) * 4 * self.levels).clamp(0, self.levels).round()
+        return F.avg_pool2d(hr, self.scale), {"smap": smap}
+
+    def upscale(self, lr, side=None, ref=None, *, temperature=1.0, generator=None):
+        self.check_reference(ref)
+        assert side["smap"].dtype == torch.float32, "side info must come back in the dtype downscale produced"
+        up = F.interpolate(lr, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        weight = F.interpolate(side["smap"] / self.levels, scale_factor=self.alignment, mode="nearest")
+        ref_low = F.interpolate(F.avg_pool2d(ref, self.scale), scale_factor=self.scale, mode="bilinear", align_corners=False)
+        noise = torch.randn(up.shape, generator=generator) * 0.02 * temperature
+        return up + (1 - weight) * self.mix * 2 * (ref - ref_low) + noise
+
+
+zoo.register("toyavg-x2", ToyAvg, scale=2)
+zoo.register("toyref-x2", ToyRef, scale=2)
+
+
+def pair(h, w, seed=0):
+    """An image and a reference that matches it on the left half and differs on the right."""
+    hr = synthetic_image(h, w, seed)
+    ref = hr.clone()
+    ref[..., w // 2:] = synthetic_image(h, w, seed + 1)[..., w // 2:]
+    return hr, ref
+
+
+# ----------------------------------------------------------------------------- any size
+@pytest.mark.parametrize("size", [(37, 53), (32, 32), (5, 9)])
+def test_any_size_round_trip_is_padded_and_cropped_invisibly(size):
+    model = ToyAvg()
+    hr = synthetic_image(*size)
+    packet = model.encode(hr)
+    ph, pw = (size[0] + 1) // 2 * 2, (size[1] + 1) // 2 * 2
+    assert packet.size == size and packet.padded_size == (ph, pw)
+    assert packet.lr.dtype == np.uint8 and packet.lr.shape == (ph // 2, pw // 2, 3)
+    out = model.decode(Packet.from_bytes(packet.to_bytes()))
+    assert out.shape == (1, 3, *size) and out.dtype == torch.float32
+    # the LR in the packet is the model's LR rounded to 8 bits (of the reflect-padded image)
+    padded = F.pad(hr, (0, pw - size[1], 0, ph - size[0]), mode="reflect")
+    expected = to_uint8(F.avg_pool2d(padded, 2))[0].permute(1, 2, 0).numpy()
+    assert np.array_equal(packet.lr, expected)
+    assert float(psnr(out, hr)) > 15  # nearest upsampling of a 2x2 average
+
+
+def test_inputs_may_be_arrays_and_paths(tmp_path):
+    from refscale.imageio import write_image
+
+    model = ToyAvg()
+    hr = synthetic_image(20, 24)
+    arr = to_uint8(hr)[0].permute(1, 2, 0).numpy()
+    write_image(hr, tmp_path / "hr.png")
+    a = model.encode(arr)
+    b = model.encode(tmp_path / "hr.png")
+    c = model.encode(torch.from_numpy(arr).permute(2, 0, 1).float() / 255)
+    assert np.array_equal(a.lr, b.lr) and np.array_equal(a.lr, c.lr)
+
+
+def test_out_of_range_input_is_refused():
+    with pytest.raises(InputError, match=r"\[0,1\]"):
+        ToyAvg().encode(synthetic_image(8, 8) * 255)
+
+
+def test_no_grad_and_model_state_restored():
+    model = ToyAvg().train()
+    hr = synthetic_image(16, 16).requires_grad_(True)
+    out = model.decode(model.encode(hr))
+    assert not out.requires_grad
+    assert model.training  # the pipeline ran it in eval mode and put it back
+
+
+# ----------------------------------------------------------------------------- reference checks
+def test_reference_model_without_reference_is_a_model_error():
+    hr, _ = pair(16, 16)
+    with pytest.raises(ModelError, match="reference"):
+        ToyRef().encode(hr)
+    model = ToyRef()
+    hr, ref = pair(16, 16)
+    packet = model.encode(hr, ref)
+    with pytest.raises(ModelError, match="reference"):
+        model.decode(packet)
+
+
+def test_reference_of_another_size_is_refused_with_a_hint_or_resampled():
+    model = ToyRef()
+    hr, _ = pair(32, 32)
+    _, ref = pair(30, 32)
+    with pytest.raises(InputError, match="resample"):
+        model.encode(hr, ref)
+    packet = model.encode(hr, ref, resample_ref=True)
+    assert packet.size == (32, 32)
+    good_ref = pair(32, 32)[1]
+    packet = model.encode(hr, good_ref)
+    with pytest.raises(InputError, match="30x32 but the image is 32x32"):
+        model.decode(packet, ref)
+
+
+def test_reference_given_to_a_model_without_one_is_ignored_with_a_warning():
+    model = ToyAvg()
+    hr, ref = pair(16, 16)
+    with pytest.warns(UserWarning, match="takes no reference"):
+        with_ref = model.encode(hr, ref)
+    assert np.array_equal(with_ref.lr, model.encode(hr).lr)
+
+
+# ----------------------------------------------------------------------------- side information
+def test_side_map_round_trips_with_its_dtype_and_shape():
+    model = ToyRef()
+    hr, ref = pair(37, 41)
+    packet = model.encode(hr, ref)
+    smap = packet.side["smap"]
+    assert np.issubdtype(smap.dtype, np.integer) and smap.shape == (1, 1, 40 // 4, 44 // 4)
+    assert smap.max() > smap.min()  # the map carries information
+    back = Packet.from_bytes(packet.to_bytes())
+    assert np.array_equal(back.side["smap"], smap) and back.side_dtypes == {"smap": "float32"}
+    out = model.decode(back, ref, temperature=0.0)  # ToyRef asserts the float32 dtype came back
+    assert out.shape == (1, 3, 37, 41)
+
+
+def test_non_integer_side_info_is_refused():
+    class Bad(ToyRef):
+        def downscale(self, hr, ref=None):
+            lr, side = super().downscale(hr, ref)
+            return lr, {"smap": side["smap"] + 0.5}
+
+    hr, ref = pair(16, 16)
+    with pytest.raises(ModelError, match="not integer-valued"):
+        Bad().encode(hr, ref)
+
+
+def test_packet_whose_side_info_does_not_fit_the_model_is_refused():
+    model = ToyRef()
+    hr, ref = pair(16, 16)
+    packet = model.encode(hr, ref)
+    packet.side = {"other": packet.side["smap"]}
+    with pytest.raises(ContainerError, match="does not match model"):
+        model.decode(packet, ref)
+    packet = model.encode(hr, ref)
+    packet.side["smap"] = np.zeros((1, 2, 4, 4), np.uint8)
+    with pytest.raises(ContainerError, match="smap"):
+        model.decode(packet, ref)
+
+
+# ----------------------------------------------------------------------------- model identity
+def test_decoding_with_other_weights_is_refused_unless_allowed():
+    a, b = ToyAvg(gain=1.0), ToyAvg(gain=0.9)
+    b.name = "toyavg-x2-other"
+    packet = a.encode(synthetic_image(16, 16))
+    with pytest.raises(ModelError) as err:
+        b.decode(packet)
+    msg = str(err.value)
+    assert "toyavg-x2" in msg and "toyavg-x2-other" in msg and "\n" not in msg
+    assert a.weights_hash()[:12] in msg and b.weights_hash()[:12] in msg
+    assert b.decode(packet, allow_mismatch=True).shape == (1, 3, 16, 16)
+
+
+def test_scale_mismatch_is_refused_even_when_allowed():
+    packet = ToyAvg(scale=2).encode(synthetic_image(16, 16))
+    with pytest.raises(ModelError, match="x2"):
+        ToyAvg(scale=4).decode(packet, allow_mismatch=True)
+
+
+def test_decode_accepts_container_bytes():
+    model = ToyAvg()
+    packet = model.encode(synthetic_image(16, 16))
+    assert torch.equal(model.decode(packet.to_bytes()), model.decode(packet))
+
+
+# ----------------------------------------------------------------------------- tiling
+def test_tiled_equals_untiled_and_side_maps_are_stitched():
+    model = ToyRef()
+    hr, ref = pair(70, 90)
+    whole = model.encode(hr, ref, tile=0)
+    tiled = model.encode(hr, ref, tile=16, overlap=8)
+    assert whole.tiles is None and tiled.tiles == {"tile": 16, "overlap": 8}
+    assert np.array_equal(whole.side["smap"], tiled.side["smap"])
+    assert np.abs(whole.lr.astype(int) - tiled.lr.astype(int)).max() <= 1
+    data = tiled.to_bytes()
+    out_whole = model.decode(Packet.from_bytes(whole.to_bytes()), ref, temperature=0.0)
+    out_tiled = model.decode(Packet.from_bytes(data), ref, temperature=0.0)  # uses the recorded layout
+    assert (out_whole - out_tiled).abs().max() < 1e-5
+    out_retiled = model.decode(Packet.from_bytes(data), ref, temperature=0.0, tile=24, overlap=4)
+    assert (out_whole - out_retiled).abs().max() < 1e-5
+
+
+def test_tile_is_rounded_to_the_alignment():
+    model = ToyRef()
+    hr, ref = pair(40, 40)
+    packet = model.encode(hr, ref, tile=10, overlap=3)
+    assert packet.tiles == {"tile": 12, "overlap": 4}
+
+
+def test_large_images_are_tiled_automatically(monkeypatch):
+    monkeypatch.setattr(pipeline, "AUTO_TILE_PIXELS", 32 * 32)
+    monkeypatch.setattr(pipeline, "DEFAULT_TILE_LR", 8)
+    monkeypatch.setattr(pipeline, "BATCH_PIXELS", 3 * 40 * 40)  # several batches
+    model = ToyAvg()
+    hr = synthetic_image(48, 64)
+    packet = model.encode(hr)
+    assert packet.tiles == {"tile": 16, "overlap": 16}  # overlap capped at the tile
+    assert np.array_equal(packet.lr, model.encode(hr, tile=0).lr)
+
+
+def test_bad_tile_argument():
+    with pytest.raises(InputError, match="tile"):
+        ToyAvg().encode(synthetic_image(16, 16), tile=-4)
+
+
+# ----------------------------------------------------------------------------- determinism
+def test_same_seed_same_pixels_other_seed_other_pixels():
+    model = ToyRef()
+    hr, ref = pair(24, 24)
+    data = model.encode(hr, ref).to_bytes()
+    a = model.decode(Packet.from_bytes(data), ref, seed=3)
+    b = model.decode(Packet.from_bytes(data), ref, seed=3)
+    c = model.decode(Packet.from_bytes(data), ref, seed=4)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    with pytest.raises(InputError, match="seed"):
+        model.decode(Packet.from_bytes(data), ref, seed=-1)
+    with pytest.raises(InputError, match="temperature"):
+        model.decode(Packet.from_bytes(data), ref, temperature=float("nan"))
+
+
+DECODE_SCRIPT = textwrap.dedent("""
+    import hashlib, sys
+    import torch
+    sys.path.insert(0, {tests!r})
+    torch.set_num_threads(1)
+    from test_pipeline import ToyRef
+    from refscale.container import Packet
+    from refscale.imageio import read_image
+    from refscale.metrics import to_uint8
+    data = open({rsc!r}, "rb").read()
+    out = ToyRef().decode(Packet.from_bytes(data), read_image({ref!r}), seed=7)
+    print(hashlib.sha256(to_uint8(out).numpy().tobytes()).hexdigest())
+""")
+
+
+def test_two_processes_decode_identical_pixels(tmp_path):
+    from refscale.imageio import read_image, write_image
+
+    hr, ref = pair(40, 48)
+    write_image(ref, tmp_path / "ref.png")
+    ref = read_image(tmp_path / "ref.png")
+    model = ToyRef()
+    (tmp_path / "x.rsc").write_bytes(model.encode(hr, ref, tile=16, overlap=4).to_bytes())
+    script = DECODE_SCRIPT.format(tests=str(TESTS), rsc=str(tmp_path / "x.rsc"), ref=str(tmp_path / "ref.png"))
+    digests = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120).stdout.strip()
+               for _ in range(2)]
+    here = model.decode(Packet.from_bytes((tmp_path / "x.rsc").read_bytes()), ref, seed=7)
+    assert digests[0] == digests[1] == hashlib.sha256(to_uint8(here).numpy().tobytes()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- a real model, when present
+def test_bicubic_round_trip_if_available():
+    try:
+        model = zoo.load("bicubic-x2")
+    except ModelError:
+        pytest.skip("bicubic not registered")
+    hr = synthetic_image(33, 47)
+    out = model.decode(Packet.from_bytes(model.encode(hr).to_bytes()))
+    assert out.shape == hr.shape and float(psnr(out, hr, crop_border=2)) > 25
