@@ -151,7 +151,8 @@ class RefScaleNet(FastInference, Rescaler):
         self.blur_sigma = float(blur_sigma)
         self.lambda_hr, self.lambda_lr, self.lambda_distr = float(lambda_hr), lambda_lr, float(lambda_distr)
 
-        self.refnet = RefNet(nf, n_rrdb, ref_gc, self.cond_stride, smap_down) if condition != "none" else None
+        bottleneck = smap_down if condition == "similarity" else 0
+        self.refnet = RefNet(nf, n_rrdb, ref_gc, self.cond_stride, bottleneck) if condition != "none" else None
         cond_channels = nf if condition != "none" else 0
         subnet = dense_subnet(gc)
         self.levels = nn.ModuleList()

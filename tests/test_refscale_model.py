@@ -1,0 +1,253 @@
+"""RefScale: sizes, exact conditional round trip, encode/decode conditions, side info, ablation
+switches, losses and gradients (tiny widths; the full sizes only for the parameter count)."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import synthetic_image
+from refscale import metrics, ops, zoo
+from refscale.errors import InputError, ModelError
+from refscale.models.refscale_net import RefScaleNet
+
+TINY = dict(nf=8, n_rrdb=1, ref_gc=4, gc=8)
+
+
+def tiny(scale=2, **kw):
+    torch.manual_seed(0)
+    blocks = [2] * (1 if scale == 2 else 2)
+    return RefScaleNet(scale, **{"blocks": blocks, **TINY, **kw})
+
+
+def _randomize(model, seed=0, std=0.02):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * std)
+
+
+def pair(h=16, w=16, seed=0):
+    """An HR image and a reference that matches it on the left and differs on the right."""
+    hr = synthetic_image(h, w, seed=seed)
+    ref = hr.clone()
+    ref[..., w // 2 :] = synthetic_image(h, w, seed=seed + 7).flip(-1)[..., w // 2 :]
+    return hr, ref
+
+
+@pytest.mark.parametrize("name,paper", [("refscale-x2", 2.8e6), ("refscale-x4", 3.5e6)])
+def test_parameter_count_near_paper(name, paper):
+    model = zoo.build(name)
+    n = model.num_parameters()
+    print(f"{name}: {n:,} parameters (paper {paper / 1e6:.1f}M)")
+    assert abs(n - paper) / paper < 0.02
+    assert model.needs_reference and model.stochastic and model.name == name
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_conditional_round_trip_float64(scale):
+    model = tiny(scale).double()
+    hr, ref = pair(16, 24)
+    hr, ref = hr.double(), ref.double()
+    model.train()
+    model.training_losses(hr, ref)  # ActNorm data-dependent init
+    _randomize(model, std=0.05)
+    model.eval()
+    fc, q = model._encoder_side(hr, ref, training=False)
+    y = model.flow_forward(hr, fc)
+    assert y.shape == (1, 3 * scale**2, 16 // scale, 24 // scale)
+    assert (model.flow_inverse(y, fc) - hr).abs().max().item() < 1e-10
+    # the condition matters: another condition gives another LR
+    y2 = model.flow_forward(hr, fc * 0.5)
+    assert (y2 - y).abs().max() > 1e-4
+
+
+def test_condition_identical_at_encoder_and_decoder():
+    model = tiny(2)
+    model.train()
+    hr, ref = pair(16, 16)
+    model.training_losses(hr, ref)
+    _randomize(model, std=0.05)
+    model.eval()
+    lr, side = model.downscale(hr, ref)
+    fc_enc, q = model._encoder_side(hr, ref, training=False)
+    # the receiver gets the map through the container: integer array round trip
+    smap = torch.from_numpy(np.ascontiguousarray(side["smap"].numpy()))
+    fc_dec = model._decoder_condition(ref, {"smap": smap}, tuple(hr.shape[-2:]), 1)
+    assert torch.equal(fc_enc, fc_dec)
+    assert torch.equal(q, side["smap"])
+    f_ref = model.refnet.encode(ref)
+    assert not torch.equal(fc_dec, f_ref)  # S really scales the reference features
+    # a different map gives a different condition (the map carries information)
+    other = (smap.int() + 1).clamp(max=model.levels_q - 1).to(smap.dtype)
+    if torch.equal(other, smap):
+        other = (smap.int() - 1).clamp(min=0).to(smap.dtype)
+    assert not torch.equal(model._decoder_condition(ref, {"smap": other}, (16, 16), 1), fc_dec)
+
+
+def test_side_information_shape_dtype_and_alignment():
+    hr, ref = pair(16, 32)
+    cases = [  # (scale, smap_res, quantize, alignment, side stride, dtype)
+        (2, 0.5, True, 4, 4, torch.uint8),
+        (2, 1.0, True, 2, 2, torch.uint8),
+        (2, 0.25, True, 8, 8, torch.uint8),
+        (4, 0.5, True, 4, 4, torch.uint8),
+        (4, 0.25, False, 8, 8, torch.int16),
+    ]
+    for scale, res, quantize, align, stride, dtype in cases:
+        model = tiny(scale, smap_res=res, quantize=quantize).eval()
+        assert model.alignment == align
+        lr, side = model.downscale(hr, ref)
+        s = side["smap"]
+        assert lr.shape == (1, 3, 16 // scale, 32 // scale)
+        assert s.dtype == dtype and s.shape == (1, 1, 16 // stride, 32 // stride)
+        assert 16 % s.shape[-2] == 0 and 32 % s.shape[-1] == 0
+        assert int(s.min()) >= 0 and int(s.max()) < model.levels_q
+        out = model.upscale(lr, side, ref, temperature=0.0)
+        assert out.shape == hr.shape
+
+
+def test_similarity_in_unit_interval_and_quantizer():
+    model = tiny(2).train()
+    s = torch.rand(2, 1, 4, 4)
+    noisy = model.quantize_smap(s, training=True)
+    assert noisy.is_floating_point() and (noisy - s * 15).abs().max() <= 0.5
+    assert not torch.equal(noisy, torch.round(noisy))
+    hard = model.quantize_smap(s, training=False)
+    assert hard.dtype == torch.uint8 and torch.equal(hard.float(), torch.round(s * 15))
+    assert (model.dequantize_smap(hard) - s).abs().max() <= 0.5 / 15 + 1e-6
+    sim = model.refnet.similarity(torch.randn(1, 8, 8, 8), torch.randn(1, 8, 8, 8))
+    assert sim.min() >= 0 and sim.max() <= 1 and sim.shape == (1, 1, 4, 4)
+    same = torch.randn(1, 8, 8, 8)
+    assert torch.allclose(model.refnet.similarity(same, same), torch.ones(1, 1, 4, 4), atol=1e-5)
+    off = tiny(2, quantize=False).train()
+    assert torch.equal(off.quantize_smap(s, training=True), s * (off.levels_q - 1))
+
+
+def test_ablation_conditions():
+    hr, ref = pair(16, 16)
+    none = tiny(2, condition="none").eval()
+    assert not none.needs_reference and none.refnet is None and none.alignment == 2
+    lr, side = none.downscale(hr)
+    assert side == {} and none.upscale(lr, side, temperature=0.0).shape == hr.shape
+    assert torch.isfinite(none.train().training_losses(hr)["total"])
+    refc = tiny(2, condition="reference").eval()
+    lr, side = refc.downscale(hr, ref)
+    assert side == {} and refc.upscale(lr, side, ref, temperature=0.0).shape == hr.shape
+    assert torch.isfinite(refc.train().training_losses(hr, ref)["total"])
+    assert none.num_parameters() < refc.num_parameters() < tiny(2).num_parameters()
+    with pytest.raises(ModelError):
+        RefScaleNet(2, condition="bogus")
+    with pytest.raises(ModelError):
+        RefScaleNet(2, smap_res=0.3)
+
+
+def test_clear_errors():
+    model = tiny(2).eval()
+    hr, ref = pair(16, 16)
+    with pytest.raises(ModelError):
+        model.downscale(hr)
+    with pytest.raises(InputError):
+        model.downscale(hr, ref[..., :8])
+    lr, side = model.downscale(hr, ref)
+    with pytest.raises(ModelError):
+        model.upscale(lr, {}, ref)
+    with pytest.raises(ModelError):
+        model.upscale(lr, {"smap": side["smap"][..., :2]}, ref)
+    with pytest.raises(ModelError):
+        model.upscale(lr, side)
+
+
+def test_seeded_decoding_and_temperature():
+    model = tiny(2).train()
+    hr, ref = pair(16, 16)
+    model.training_losses(hr, ref)
+    _randomize(model)
+    model.eval()
+    lr, side = model.downscale(hr, ref)
+    up = lambda seed, t=1.0: model.upscale(lr, side, ref, temperature=t, generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(up(3), up(3)) and not torch.equal(up(3), up(4))
+    assert torch.equal(up(3, 0.0), up(4, 0.0))
+
+
+def test_losses_finite_and_gradients_reach_all_parameters():
+    model = tiny(4).train()
+    hr, ref = pair(16, 16)
+    hr2, ref2 = pair(16, 16, seed=1)
+    hr, ref = torch.cat([hr, hr2]), torch.cat([ref, ref2])
+    model.training_losses(hr, ref)  # ActNorm init
+    _randomize(model)  # zero-initialised last convs otherwise block the gradient of earlier layers at step 0
+    losses = model.training_losses(hr, ref)
+    assert set(losses) == {"total", "hr_rec", "lr_guide", "z_l2"}
+    assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values())
+    assert torch.allclose(losses["total"], losses["hr_rec"] + losses["lr_guide"] + losses["z_l2"])
+    losses["total"].backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert missing == []
+    assert (model.lambda_hr, model.lambda_lr, model.lambda_distr) == (1.0, 16.0, 1.0)
+    assert tiny(2).lambda_lr == 4.0
+
+
+def test_lr_guidance_uses_blur_where_similar():
+    """eq. 5: with S = 1 everywhere the target is the blurred bicubic image, with S = 0 the bicubic one."""
+    model = tiny(2).train()
+    hr, _ = pair(16, 16)
+    bic = ops.bicubic_down(hr, 2)
+    blur = ops.gaussian_blur(bic, model.blur_sigma)
+    assert (bic - blur).abs().max() > 0.01
+    ones = torch.ones(1, 1, 4, 4) * (model.levels_q - 1)
+    zeros = torch.zeros(1, 1, 4, 4)
+
+    def guide_loss(q):
+        model._encoder_side = lambda h, r, training: (model.condition(model.refnet.encode(r), q), q)
+        torch.manual_seed(0)
+        return model.training_losses(hr, hr)["lr_guide"]
+
+    lr = model.flow_forward(hr, model.condition(model.refnet.encode(hr), ones))[:, :3]
+    expected_blur = 4.0 * ((blur - lr) ** 2).sum()
+    assert torch.allclose(guide_loss(ones), expected_blur, rtol=1e-4)
+    lr0 = model.flow_forward(hr, model.condition(model.refnet.encode(hr), zeros))[:, :3]
+    assert torch.allclose(guide_loss(zeros), 4.0 * ((bic - lr0) ** 2).sum(), rtol=1e-4)
+
+
+def test_weights_round_trip_keeps_actnorm(tmp_path):
+    model = zoo.build("refscale-x2", **{"blocks": [2], **TINY}).train()
+    hr, ref = pair(16, 16)
+    model.training_losses(hr, ref)  # data-dependent init
+    path = tmp_path / "refscale-x2-test.safetensors"
+    zoo.save_weights(model, path)
+    loaded = zoo.load_weights_file(path).train()
+    before = {k: v.clone() for k, v in loaded.state_dict().items()}
+    loaded.training_losses(hr * 0.5, ref * 0.5)  # must not re-initialise ActNorm on new data
+    after = loaded.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert loaded.weights_hash() == model.weights_hash()
+
+
+def test_public_api_odd_size():
+    pipeline = pytest.importorskip("refscale.pipeline")
+    model = tiny(2).eval()
+    hr, ref = pair(13, 19)
+    packet = pipeline.encode(model, hr, ref)
+    out = pipeline.decode(model, packet, ref, seed=0)
+    assert out.shape == hr.shape
+
+
+def test_short_overfit_beats_bicubic_of_own_lr():
+    """150 Adam steps on one 16 px pair: decoding (z ~ N(0,1)) clearly beats bicubic up of its own LR."""
+    model = tiny(2, blocks=[8], nf=16, ref_gc=8).train()
+    hr = synthetic_image(16, 16, seed=3)
+    ref = hr * 0.9 + 0.05
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        opt.zero_grad()
+        model.training_losses(hr, ref)["total"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10)
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        lr, side = model.downscale(hr, ref)
+        lr = ops.quantize_8bit(lr)
+        rebuilt = model.upscale(lr, side, ref, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    p_model = metrics.psnr(rebuilt, hr).item()
+    p_bicubic = metrics.psnr(ops.bicubic_up(lr, 2).clamp(0, 1), hr).item()
+    print(f"RefScale overfit: {p_model:.2f} dB vs bicubic up of its LR {p_bicubic:.2f} dB")
+    assert p_model > p_bicubic + 2.0
