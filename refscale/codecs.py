@@ -27,6 +27,7 @@ bitstream becomes a :class:`~refscale.errors.ContainerError`.
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable
@@ -211,11 +212,16 @@ def decode_image(data: bytes, codec: str = "png", size: tuple[int, int] | None =
     except MemoryError:
         raise ContainerError(f"{c.name} LR bitstream is corrupt (decoder ran out of memory)") from None
     except Exception as e:  # noqa: BLE001 - third-party decoders raise anything on corrupt data
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ContainerError(f"{c.name} LR bitstream is corrupt: {msg}") from None
+        raise ContainerError(f"{c.name} LR bitstream is corrupt: {_reason(e)}") from None
     if arr.dtype != np.uint8 or arr.shape != (size[0], size[1], 3):
         raise ContainerError(f"{c.name} LR bitstream decoded to {arr.dtype} {list(arr.shape)}, expected uint8 {[size[0], size[1], 3]}")
     return arr
+
+
+def _reason(e: BaseException) -> str:
+    """A short, address-free description of a decoder exception."""
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return re.sub(r"\s*<[^<>]* object at 0x[0-9a-fA-F]+>", "", msg).strip() or type(e).__name__
 
 
 def _sniff_size(data: bytes, c: Codec) -> tuple[int, int]:
@@ -225,7 +231,7 @@ def _sniff_size(data: bytes, c: Codec) -> tuple[int, int]:
         try:
             arr = getattr(imagecodecs, {"avif": "avif", "jxl": "jpegxl", "j2k": "jpeg2k"}[c.name] + "_decode")(data)
         except Exception as e:  # noqa: BLE001
-            raise ContainerError(f"{c.name} bitstream is corrupt: {e}") from None
+            raise ContainerError(f"{c.name} bitstream is corrupt: {_reason(e)}") from None
         return arr.shape[0], arr.shape[1]
     from PIL import Image
 

@@ -1,0 +1,286 @@
+"""The .rsc container: round trips, docs/format.md conformance, and every validation rule."""
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+from refscale import codecs
+from refscale.container import MAGIC, Packet, inspect, read_header, section_sizes
+from refscale.errors import ContainerError, InputError, RefScaleError
+
+HASH = "0123456789abcdef" * 4
+
+
+def make_packet(h=15, w=19, scale=2, side=True, tiles=None, seed=0) -> Packet:
+    rng = np.random.default_rng(seed)
+    ph, pw = -(-h // scale) * scale, -(-w // scale) * scale
+    yy, xx = np.mgrid[0:ph // scale, 0:pw // scale]
+    lr = np.stack([(yy * 9 + xx * 5) % 256, (xx * 13) % 256, (yy * 3 + rng.integers(0, 20, yy.shape)) % 256], -1).astype(np.uint8)
+    sides = {"smap": rng.integers(0, 8, (1, 1, ph // scale, pw // scale))} if side else {}
+    return Packet("toy-x2", HASH, scale, (h, w), (ph, pw), tiles, lr, sides, side_dtypes={"smap": "float32"} if side else {})
+
+
+# ----------------------------------------------------------------------------- an independent reader, from docs/format.md
+def spec_read(data: bytes) -> dict:
+    """Parse a container following docs/format.md only (no refscale code)."""
+    assert data[:8] == bytes([0x89, 0x52, 0x53, 0x43, 0x0D, 0x0A, 0x1A, 0x0A])
+    version, n = struct.unpack_from("<HI", data, 8)
+    assert version == 1
+    assert struct.unpack_from("<I", data, 14 + n)[0] == zlib.crc32(data[:14 + n])
+    pos = 14
+
+    def take(fmt):
+        nonlocal pos
+        vals = struct.unpack_from(fmt, data, pos)
+        pos += struct.calcsize(fmt)
+        return vals
+
+    def str8():
+        nonlocal pos
+        k = data[pos]
+        s = data[pos + 1:pos + 1 + k].decode("ascii")
+        pos += 1 + k
+        return s
+
+    out = {"model": str8(), "hash": data[pos:pos + 32].hex()}
+    pos += 32
+    out["scale"], h, w, ph, pw, out["tile"], out["overlap"] = take("<HIIIIII")
+    out["size"], out["padded"] = (h, w), (ph, pw)
+    out["precision"], out["codec"] = str8(), str8()
+    out["quality"], lr_len, lr_crc, n_side = take("<BIIB")
+    side = []
+    for _ in range(n_side):
+        name, dtype, restore = str8(), str8(), str8()
+        (ndim,) = take("<B")
+        shape = take(f"<{ndim}I")
+        comp = str8()
+        length, crc = take("<II")
+        side.append((name, dtype, restore, shape, comp, length, crc))
+    assert pos == 14 + n
+    pos += 4
+    out["lr_bytes"] = data[pos:pos + lr_len]
+    assert zlib.crc32(out["lr_bytes"]) == lr_crc
+    pos += lr_len
+    out["side"] = {}
+    for name, dtype, restore, shape, comp, length, crc in side:
+        blob = data[pos:pos + length]
+        assert zlib.crc32(blob) == crc
+        if comp == "zlib":
+            raw = zlib.decompress(blob)
+        else:
+            import lzma
+
+            raw = lzma.decompress(blob, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 2**24}])
+        out["side"][name] = (np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape), restore)
+        pos += length
+    assert pos == len(data)
+    return out
+
+
+def test_file_matches_docs_format_md():
+    p = make_packet(tiles={"tile": 8, "overlap": 4})
+    data = p.to_bytes()
+    spec = spec_read(data)
+    assert spec["model"] == "toy-x2" and spec["hash"] == HASH and spec["scale"] == 2
+    assert spec["size"] == (15, 19) and spec["padded"] == (16, 20) and (spec["tile"], spec["overlap"]) == (8, 4)
+    assert spec["codec"] == "png" and spec["quality"] == 0 and spec["precision"] == "fp32"
+    assert spec["lr_bytes"][:8] == b"\x89PNG\r\n\x1a\n"  # a plain PNG file inside
+    smap, restore = spec["side"]["smap"]
+    assert np.array_equal(smap, p.side["smap"]) and restore == "float32"
+
+
+def test_format_md_exists_and_names_every_field():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "format.md").read_text()
+    for word in ("magic", "version", "weights hash", "padded", "tile", "overlap", "codec", "quality", "CRC32",
+                 "zlib", "lzma", "bpp", "precision", "restore dtype"):
+        assert word in text, word
+
+
+# ----------------------------------------------------------------------------- round trips
+def test_round_trip_exact_with_side_info_and_tiles():
+    p = make_packet(tiles={"tile": 8, "overlap": 2})
+    q = Packet.from_bytes(p.to_bytes())
+    assert np.array_equal(q.lr, p.lr) and np.array_equal(q.side["smap"], p.side["smap"])
+    assert (q.model, q.weights_hash, q.scale, q.size, q.padded_size) == (p.model, p.weights_hash, 2, (15, 19), (16, 20))
+    assert q.tiles == {"tile": 8, "overlap": 2} and q.side_dtypes == {"smap": "float32"} and q.codec == "png"
+
+
+@pytest.mark.parametrize("codec", [c for c, ok in codecs.available_codecs().items() if ok])
+def test_round_trip_every_available_codec(codec):
+    p = make_packet(h=32, w=40)
+    data = p.to_bytes(codec=codec)
+    q = Packet.from_bytes(data)
+    assert q.codec == codec and q.lr.shape == p.lr.shape and q.lr.dtype == np.uint8
+    if codecs.is_lossless(codec, None):
+        assert np.array_equal(q.lr, p.lr)
+    if codec != "png":
+        lossy = Packet.from_bytes(p.to_bytes(codec=codec, quality=60))
+        assert lossy.quality == 60
+        err = np.abs(lossy.lr.astype(int) - p.lr.astype(int)).mean()
+        assert err < 40  # still the same picture
+
+
+def test_side_tensors_use_small_dtypes_and_both_compressors():
+    rng = np.random.default_rng(1)
+    p = make_packet(side=False, h=64, w=64)
+    p.side = {
+        "small": rng.integers(0, 4, (1, 1, 32, 32)),  # -> uint8
+        "signed": rng.integers(-300, 300, (1, 2, 16, 16)),  # -> int16
+        "flat": np.zeros((1, 1, 64, 64), np.int64),
+        "noise": rng.integers(0, 256, (1, 1, 8, 8)),  # incompressible, tiny: zlib's smaller header wins
+    }
+    data = p.to_bytes()
+    info = inspect(data)
+    assert info["side"]["small"]["dtype"] == "uint8" and info["side"]["signed"]["dtype"] == "int16"
+    assert {v["compression"] for v in info["side"].values()} == {"zlib", "lzma"}
+    q = Packet.from_bytes(data)
+    for k, v in p.side.items():
+        assert np.array_equal(q.side[k], v)
+
+
+def test_section_sizes_and_bpp():
+    p = make_packet()
+    data = p.to_bytes()
+    s = section_sizes(data)
+    assert s["total"] == len(data) == s["header"] + s["lr"] + s["side"]
+    assert s["side"] == s["side:smap"] > 0
+    info = p.info(data)
+    assert info["bpp"] == pytest.approx(len(data) * 8 / (15 * 19))
+    assert info["bpp_lr"] == pytest.approx(s["lr"] * 8 / (15 * 19))
+    assert inspect(data)["bytes"] == len(data)
+
+
+def test_to_bytes_defaults_to_the_packets_codec():
+    p = make_packet()
+    p.codec, p.quality = "webp", 80
+    q = Packet.from_bytes(p.to_bytes())
+    assert (q.codec, q.quality) == ("webp", 80)
+
+
+# ----------------------------------------------------------------------------- writer refusals
+def test_writer_refuses_inconsistent_packets():
+    p = make_packet()
+    p.lr = p.lr[:-1]
+    with pytest.raises(ContainerError, match="LR must be"):
+        p.to_bytes()
+    p = make_packet()
+    p.side["smap"] = p.side["smap"].astype(np.float32)
+    with pytest.raises(ContainerError, match="integer"):
+        p.to_bytes()
+    p = make_packet()
+    p.side["smap"] = np.zeros((1, 1, 3, 7), np.uint8)
+    with pytest.raises(ContainerError, match="stride"):
+        p.to_bytes()
+    p = make_packet()
+    p.model = "has space"
+    with pytest.raises(ContainerError, match="printable"):
+        p.to_bytes()
+    with pytest.raises(InputError, match="lossless"):
+        make_packet().to_bytes(codec="png", quality=90)
+    with pytest.raises(InputError, match="unknown codec"):
+        make_packet().to_bytes(codec="gif")
+
+
+# ----------------------------------------------------------------------------- reader refusals
+def rewrite_header(data: bytes, edit) -> bytes:
+    """Apply ``edit(bytearray body)`` to the header body and fix the header CRC (a valid-looking file)."""
+    n = struct.unpack_from("<I", data, 10)[0]
+    body = bytearray(data[14:14 + n])
+    edit(body)
+    head = data[:10] + struct.pack("<I", len(body)) + bytes(body)
+    return head + struct.pack("<I", zlib.crc32(head)) + data[14 + n + 4:]
+
+
+def offsets(data):
+    """Body offsets of the fixed fields for a packet from make_packet (model 'toy-x2')."""
+    base = 1 + 6 + 32  # str8 model + hash
+    return {"scale": base, "h": base + 2, "w": base + 6, "ph": base + 10, "pw": base + 14, "tile": base + 18,
+            "overlap": base + 22, "precision": base + 26}
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("scale", 0, "scale"),
+    ("h", 0, "out of range"),
+    ("ph", 14, "smaller than the image"),
+    ("ph", 2000, "implausibly large|LR image|side tensor"),
+    ("pw", 21, "multiple of the scale"),
+    ("ph", 1 << 19, "out of range"),
+    ("tile", 7, "tile layout"),
+    ("overlap", 2, "overlap but no tile"),
+])
+def test_reader_refuses_bad_fields_even_with_a_valid_crc(field, value, match):
+    data = make_packet().to_bytes()
+    o = offsets(data)[field]
+    fmt = "<H" if field == "scale" else "<I"
+    fixed = rewrite_header(data, lambda b: struct.pack_into(fmt, b, o, value))
+    with pytest.raises(ContainerError, match=match):
+        Packet.from_bytes(fixed)
+
+
+def test_reader_refuses_unknown_names():
+    data = make_packet().to_bytes()
+    o = offsets(data)["precision"]
+    with pytest.raises(ContainerError, match="precision"):
+        Packet.from_bytes(rewrite_header(data, lambda b: b.__setitem__(slice(o + 1, o + 5), b"fp64")))
+    with pytest.raises(ContainerError, match="codec"):
+        Packet.from_bytes(rewrite_header(data, lambda b: b.__setitem__(slice(o + 6, o + 9), b"gif")))
+    with pytest.raises(ContainerError, match="ASCII"):
+        Packet.from_bytes(rewrite_header(data, lambda b: b.__setitem__(1, 0xC3)))
+
+
+def test_reader_refuses_wrong_magic_version_truncation_and_crcs():
+    data = make_packet().to_bytes()
+    cases = {
+        "bad magic": b"GIF89a" + data[6:],
+        "PNG image": b"\x89PNG\r\n\x1a\n" + data[8:],
+        "version 2": data[:8] + b"\x02\x00" + data[10:],
+        "truncated": data[:-3],
+        "trailing": data + b"\0",
+        "header checksum": data[:20] + bytes([data[20] ^ 1]) + data[21:],
+        "section checksum": data[:-2] + bytes([data[-2] ^ 0x10]) + data[-1:],
+        "empty": b"",
+    }
+    for label, bad in cases.items():
+        with pytest.raises(ContainerError) as err:
+            Packet.from_bytes(bad)
+        assert "\n" not in str(err.value), label
+    with pytest.raises(ContainerError, match="version 2"):
+        Packet.from_bytes(cases["version 2"])
+    with pytest.raises(ContainerError, match="PNG"):
+        Packet.from_bytes(cases["PNG image"])
+
+
+@pytest.mark.parametrize("target,match", [("lr", "png LR bitstream is corrupt"), ("side", "smap")])
+def test_corrupt_bitstream_or_side_stream_with_valid_crcs(target, match):
+    data = bytearray(make_packet().to_bytes())
+    h = read_header(bytes(data))
+    lr0, side0 = h.header_bytes, h.header_bytes + h.lr_length
+    if target == "lr":
+        data[lr0 + 40:lr0 + 44] = b"\xff\xff\xff\xff"
+    else:
+        data[side0:side0 + 2] = b"\x00\x01"
+
+    def fix_crcs(body):  # make the damaged sections pass their checksums
+        i = body.find(struct.pack("<II", h.lr_length, h.lr_crc))
+        struct.pack_into("<I", body, i + 4, zlib.crc32(bytes(data[lr0:lr0 + h.lr_length])))
+        e = h.side[0]
+        j = body.find(struct.pack("<II", e.length, e.crc))
+        struct.pack_into("<I", body, j + 4, zlib.crc32(bytes(data[side0:side0 + e.length])))
+
+    bad = rewrite_header(bytes(data), fix_crcs)
+    read_header(bad)  # structurally valid
+    with pytest.raises(ContainerError, match=match) as err:
+        Packet.from_bytes(bad)
+    assert "object at 0x" not in str(err.value)
+
+
+def test_errors_are_refscale_errors_with_one_line():
+    assert issubclass(ContainerError, RefScaleError)
+    with pytest.raises(ContainerError, match="bytes of a .rsc"):
+        Packet.from_bytes("not bytes")
+    assert MAGIC == b"\x89RSC\r\n\x1a\n"

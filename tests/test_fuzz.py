@@ -1,0 +1,137 @@
+"""Fuzzing the .rsc reader and decoder: 4,000 damaged containers.
+
+Random truncations, bit flips, header edits (with the header CRC repaired, so the checks behind
+it are exercised) and section edits (with the section CRCs repaired, so the image and
+side-stream decoders see the damage) of valid containers. Each must either decode to a valid
+image (finite, in [0,1], of the size the header states) or raise RefScaleError; any other
+exception, or more than 5 s on one case, fails the test.
+"""
+from __future__ import annotations
+
+import signal
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from refscale import codecs
+from refscale.container import Packet, read_header
+from refscale.errors import RefScaleError
+from test_pipeline import ToyRef, pair
+
+CASES_PER_BASE = 2000  # two base containers -> 4,000 cases (about 1 s)
+
+
+class Hang(Exception):
+    pass
+
+
+def _alarm(signum, frame):  # noqa: ARG001
+    raise Hang()
+
+
+def bases():
+    model = ToyRef()
+    hr, ref = pair(32, 32)
+    plain = model.encode(hr, ref).to_bytes()
+    codec = "webp" if codecs.available_codecs()["webp"] else "png"
+    tiled = model.encode(hr, ref, tile=8, overlap=4).to_bytes(codec=codec)
+    return model, ref, [plain, tiled]
+
+
+def fix_header_crc(data: bytes) -> bytes:
+    n = struct.unpack_from("<I", data, 10)[0]
+    if 14 + n + 4 > len(data):
+        return data
+    return data[:14 + n] + struct.pack("<I", zlib.crc32(data[:14 + n])) + data[14 + n + 4:]
+
+
+def section_edit(data: bytes, rng) -> bytes:
+    """Damage bytes inside one section and repair that section's CRC in the header."""
+    h = read_header(data)
+    spans = [(h.header_bytes, h.lr_length, struct.pack("<II", h.lr_length, h.lr_crc))]
+    pos = h.header_bytes + h.lr_length
+    for e in h.side:
+        spans.append((pos, e.length, struct.pack("<II", e.length, e.crc)))
+        pos += e.length
+    start, length, entry = spans[rng.integers(len(spans))]
+    out = bytearray(data)
+    for _ in range(rng.integers(1, 4)):
+        out[start + rng.integers(length)] = rng.integers(256)
+    n = struct.unpack_from("<I", data, 10)[0]
+    i = bytes(out[14:14 + n]).find(entry)
+    struct.pack_into("<I", out, 14 + i + 4, zlib.crc32(bytes(out[start:start + length])))
+    return fix_header_crc(bytes(out))
+
+
+def header_edit(data: bytes, rng) -> bytes:
+    """Overwrite 1-3 header-body bytes (or a whole u32 with an 'interesting' value), fix the CRC."""
+    n = struct.unpack_from("<I", data, 10)[0]
+    out = bytearray(data)
+    if rng.random() < 0.5:
+        for _ in range(rng.integers(1, 4)):
+            out[14 + rng.integers(n)] = rng.integers(256)
+    else:
+        value = int(rng.choice([0, 1, 2, 3, 4, 7, 8, 15, 16, 17, 31, 33, 255, 256, 65535, 2**31, 2**32 - 1]))
+        o = 14 + rng.integers(n - 3)
+        struct.pack_into("<I", out, o, value)
+    if rng.random() < 0.1:  # also lie about the header length
+        struct.pack_into("<I", out, 10, int(rng.integers(0, n + 8)))
+    return fix_header_crc(bytes(out))
+
+
+def mutate(data: bytes, rng) -> bytes:
+    kind = rng.integers(4)
+    if kind == 0:  # truncation
+        return data[: rng.integers(len(data))]
+    if kind == 1:  # bit flips anywhere
+        out = bytearray(data)
+        for _ in range(rng.integers(1, 9)):
+            i = rng.integers(len(out))
+            out[i] ^= 1 << rng.integers(8)
+        return bytes(out)
+    if kind == 2:
+        return header_edit(data, rng)
+    return section_edit(data, rng)
+
+
+def test_fuzz_container_and_decoder():
+    model, ref, base_files = bases()
+    for data in base_files:  # the bases themselves decode
+        assert model.decode(Packet.from_bytes(data), ref).shape == (1, 3, 32, 32)
+    rng = np.random.default_rng(20240601)
+    outcomes = {"decoded": 0, "refused": 0}
+    old = signal.signal(signal.SIGALRM, _alarm)
+    slowest = 0.0
+    try:
+        for base in base_files:
+            for case in range(CASES_PER_BASE):
+                bad = mutate(base, rng)
+                start = time.perf_counter()
+                signal.setitimer(signal.ITIMER_REAL, 5.0)
+                try:
+                    packet = Packet.from_bytes(bad)
+                    out = model.decode(packet, ref, seed=case)
+                except RefScaleError as e:
+                    assert "\n" not in str(e)
+                    outcomes["refused"] += 1
+                except Hang:
+                    pytest.fail(f"case {case} took more than 5 s")
+                except Exception as e:  # noqa: BLE001
+                    pytest.fail(f"case {case}: {type(e).__name__} leaked: {e}")
+                else:
+                    assert isinstance(out, torch.Tensor) and out.shape == (1, 3, *packet.size)
+                    assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+                    outcomes["decoded"] += 1
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                slowest = max(slowest, time.perf_counter() - start)
+    finally:
+        signal.signal(signal.SIGALRM, old)
+    assert sum(outcomes.values()) >= 2000
+    # both outcomes occur: damage inside pixel data with repaired CRCs still decodes
+    assert outcomes["decoded"] > 20 and outcomes["refused"] > 1000, outcomes
+    assert slowest < 5.0
