@@ -1,0 +1,285 @@
+"""The refscale command line: round trips, batches, and every error path (exit 2, one line, no traceback)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import synthetic_image
+from refscale import zoo
+from refscale.cli import main
+from refscale.container import Packet
+from refscale.imageio import write_image
+from test_pipeline import ToyRef, pair
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def files(tmp_path):
+    """hr.png / ref.png (40x48), a smaller reference, and a toy reference model saved as weights."""
+    hr, ref = pair(40, 48)
+    write_image(hr, tmp_path / "hr.png")
+    write_image(ref, tmp_path / "ref.png")
+    write_image(ref[..., :36, :], tmp_path / "ref_small.png")
+    zoo.save_weights(ToyRef(), tmp_path / "toyref.safetensors")
+    return tmp_path
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_refused(code, err, *words):
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("refscale: error: "), err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+# ----------------------------------------------------------------------------- happy paths
+def test_encode_info_decode_round_trip(files, capsys):
+    inputs = {p: digest(p) for p in (files / "hr.png", files / "ref.png")}
+    w = files / "toyref.safetensors"
+    code, out, err = run(capsys, "encode", files / "hr.png", "--ref", files / "ref.png", "-m", w, "-o", files / "x.rsc",
+                         "--lr-out", files / "lr.png")
+    assert code == 0, err
+    assert "bpp" in out and (files / "x.rsc").is_file()
+    data = (files / "x.rsc").read_bytes()
+    packet = Packet.from_bytes(data)
+    assert np.array_equal(np.asarray(Image.open(files / "lr.png").convert("RGB")), packet.lr)
+
+    code, out, err = run(capsys, "info", files / "x.rsc")
+    info = json.loads(out)
+    assert code == 0 and info["model"] == "toyref" and info["size"] == [40, 48] and info["bytes"] == len(data)
+    assert info["bpp"] == pytest.approx(len(data) * 8 / (40 * 48)) and info["sections"]["side"] > 0
+
+    code, out, err = run(capsys, "decode", files / "x.rsc", "--ref", files / "ref.png", "-m", w, "-o", files / "out.png", "--seed", "3")
+    assert code == 0, err
+    api = ToyRef().decode(packet, files / "ref.png", seed=3)
+    from refscale.metrics import to_uint8
+
+    assert np.array_equal(np.asarray(Image.open(files / "out.png")), to_uint8(api)[0].permute(1, 2, 0).numpy())
+    assert {p: digest(p) for p in inputs} == inputs  # inputs never touched
+    assert not list(files.glob(".*tmp"))  # no temporary files left
+
+
+def test_bicubic_with_codec_quality_and_tile(files, capsys):
+    code, _, err = run(capsys, "encode", files / "hr.png", "-m", "bicubic-x2", "--codec", "webp", "-q", "70", "--tile", "16",
+                       "-o", files / "b.rsc")
+    assert code == 0, err
+    info = Packet.from_bytes((files / "b.rsc").read_bytes())
+    assert info.codec == "webp" and info.quality == 70 and info.tiles == {"tile": 16, "overlap": 16}
+    code, _, err = run(capsys, "decode", files / "b.rsc", "-o", files / "b.png")  # model from the container
+    assert code == 0, err
+    assert Image.open(files / "b.png").size == (48, 40)
+
+
+def test_ref_is_ignored_with_a_warning_for_models_without_reference(files, capsys):
+    code, _, err = run(capsys, "encode", files / "hr.png", "--ref", files / "ref.png", "-m", "bicubic-x2", "-o", files / "b.rsc")
+    assert code == 0 and err.strip() == "refscale: warning: model bicubic-x2 takes no reference; --ref ignored"
+
+
+def test_greyscale_input_warns_in_one_line(files, capsys):
+    Image.open(files / "hr.png").convert("L").save(files / "grey.png")
+    code, _, err = run(capsys, "encode", files / "grey.png", "-m", "bicubic-x2", "-o", files / "g.rsc")
+    assert code == 0 and "refscale: warning: grey.png is greyscale; converted to RGB" in err and "Warning" not in err
+
+
+def test_force_overwrites_and_output_folder(files, capsys):
+    assert run(capsys, "encode", files / "hr.png", "-m", "bicubic-x2", "-o", files / "b.rsc")[0] == 0
+    code, _, err = run(capsys, "encode", files / "hr.png", "-m", "bicubic-x2", "-o", files / "b.rsc", "--codec", "jpeg", "--force")
+    assert code == 0 and Packet.from_bytes((files / "b.rsc").read_bytes()).codec == "jpeg"
+    (files / "outdir").mkdir()
+    assert run(capsys, "encode", files / "hr.png", "-m", "bicubic-x2", "-o", files / "outdir")[0] == 0
+    assert (files / "outdir" / "hr.rsc").is_file()
+
+
+def test_batch_folder_encode_and_decode(tmp_path, capsys):
+    data = tmp_path / "pairs"
+    for i in range(3):
+        hr, ref = pair(24, 32, seed=i)
+        write_image(hr, data / f"s{i}" / "hr.png")
+        write_image(ref, data / f"s{i}" / "ref.png")
+    w = tmp_path / "toyref.safetensors"
+    zoo.save_weights(ToyRef(), w)
+    code, out, err = run(capsys, "encode", data, "-m", w, "-o", tmp_path / "rsc", "--lr-out", tmp_path / "lr")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "rsc").iterdir()) == ["s0.rsc", "s1.rsc", "s2.rsc"]
+    assert len(list((tmp_path / "lr").glob("*.png"))) == 3 and "3 of 3 done" in out
+    code, out, err = run(capsys, "decode", tmp_path / "rsc", "--ref", data, "-m", w, "-o", tmp_path / "dec")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "dec").iterdir()) == ["s0.png", "s1.png", "s2.png"]
+    # a manifest of containers works too
+    (tmp_path / "m.csv").write_text("rsc,ref,name\nrsc/s1.rsc,pairs/s1/ref.png,one\n")
+    assert run(capsys, "decode", tmp_path / "m.csv", "-m", w, "-o", tmp_path / "dec2")[0] == 0
+    assert (tmp_path / "dec2" / "one.png").is_file()
+
+
+def test_batch_with_a_bad_sample_reports_it_and_finishes_the_rest(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    for i in range(2):
+        write_image(synthetic_image(16, 16, i), folder / f"a{i}.png")
+    (folder / "broken.png").write_bytes(b"this is not a png")
+    code, out, err = run(capsys, "encode", folder, "-m", "bicubic-x2", "-o", tmp_path / "out")
+    assert code == 2 and "2 of 3 done, 1 failed" in out
+    assert err.strip().startswith("refscale: error: broken: cannot read image") and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a0.rsc", "a1.rsc"]
+
+
+def test_models_lists_catalogue_and_codecs(capsys):
+    code, out, _ = run(capsys, "models")
+    assert code == 0 and "bicubic-x2" in out and "codecs: png (available)" in out
+    code, out, _ = run(capsys, "models", "--json")
+    parsed = json.loads(out)
+    assert code == 0 and parsed["codecs"]["png"] is True and any(r["name"] == "bicubic-x4" for r in parsed["models"])
+
+
+def test_help_reports_codecs(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "Codecs available on this machine: png (yes)" in " ".join(out.split())
+
+
+def test_evaluate_writes_json_and_markdown(tmp_path, capsys):
+    data = tmp_path / "pairs"
+    for i in range(2):
+        hr, ref = pair(24, 24, seed=i)
+        write_image(hr, data / f"p{i}" / "hr.png")
+        write_image(ref, data / f"p{i}" / "ref.png")
+    code, out, err = run(capsys, "evaluate", "--data", data, "-m", "bicubic-x2", "--json", tmp_path / "r.json", "--md", tmp_path / "r.md")
+    assert code == 0, err
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["model"] == "bicubic-x2" and len(result["images"]) == 2 and result["mean"]["bpp"] > 0
+    assert "| **mean** |" in (tmp_path / "r.md").read_text()
+    code, _, err = run(capsys, "evaluate", "--data", data, "-m", "bicubic-x2", "--json", tmp_path / "r.json")
+    assert_refused(code, err, "exists", "--force")
+
+
+# ----------------------------------------------------------------------------- error paths
+def test_missing_input_file(files, capsys):
+    code, _, err = run(capsys, "encode", files / "nope.png", "-m", "bicubic-x2", "-o", files / "x.rsc")
+    assert_refused(code, err, "not found", "nope.png")
+    code, _, err = run(capsys, "decode", files / "nope.rsc", "-o", files / "x.png")
+    assert_refused(code, err, "not found")
+    code, _, err = run(capsys, "info", files / "nope.rsc")
+    assert_refused(code, err, "not found")
+    assert not (files / "x.rsc").exists() and not (files / "x.png").exists()
+
+
+def test_unreadable_image(files, capsys):
+    (files / "fake.png").write_text("not an image")
+    code, _, err = run(capsys, "encode", files / "fake.png", "-m", "bicubic-x2", "-o", files / "x.rsc")
+    assert_refused(code, err, "cannot read image", "fake.png")
+    assert not (files / "x.rsc").exists()
+
+
+def test_wrong_reference_size(files, capsys):
+    w = files / "toyref.safetensors"
+    code, _, err = run(capsys, "encode", files / "hr.png", "--ref", files / "ref_small.png", "-m", w, "-o", files / "x.rsc")
+    assert_refused(code, err, "36x48", "40x48", "--resample-ref")
+    assert not (files / "x.rsc").exists() and not list(files.glob(".*tmp"))
+    code, _, err = run(capsys, "encode", files / "hr.png", "--ref", files / "ref_small.png", "-m", w, "-o", files / "x.rsc",
+                       "--resample-ref")
+    assert code == 0, err
+
+
+def test_reference_missing_for_a_reference_model(files, capsys):
+    w = files / "toyref.safetensors"
+    code, _, err = run(capsys, "encode", files / "hr.png", "-m", w, "-o", files / "x.rsc")
+    assert_refused(code, err, "needs a reference")
+    assert run(capsys, "encode", files / "hr.png", "--ref", files / "ref.png", "-m", w, "-o", files / "x.rsc")[0] == 0
+    code, _, err = run(capsys, "decode", files / "x.rsc", "-m", w, "-o", files / "x.png")
+    assert_refused(code, err, "needs a reference")
+    assert not (files / "x.png").exists()
+
+
+def test_corrupted_container(files, capsys):
+    assert run(capsys, "encode", files / "hr.png", "-m", "bicubic-x2", "-o", files / "x.rsc")[0] == 0
+    data = bytearray((files / "x.rsc").read_bytes())
+    data[len(data) // 2] ^= 0x40
+    (files / "bad.rsc").write_bytes(bytes(data))
+    code, _, err = run(capsys, "decode", files / "bad.rsc", "-o", files / "x.png")
+    assert_refused(code, err, "checksum")
+    code, _, err = run(capsys, "info", files / "bad.rsc")
+    assert_refused(code, err, "checksum")
+    (files / "trunc.rsc").write_bytes(bytes(data[:50]))
+    code, _, err = run(capsys, "decode", files / "trunc.rsc", "-o", files / "x.png")
+    assert_refused(code, err, "truncated")
+    code, _, err = run(capsys, "decode", files / "hr.png", "-o", files / "x.png")
+    assert_refused(code, err, "PNG image, not a .rsc")
+    assert not (files / "x.png").exists()
+
+
+def test_existing_output_without_force(files, capsys):
+    (files / "x.rsc").write_bytes(b"precious")
+    code, _, err = run(capsys, "encode", files / "hr.png", "-m", "bicubic-x2", "-o", files / "x.rsc")
+    assert_refused(code, err, "exists", "--force")
+    assert (files / "x.rsc").read_bytes() == b"precious"
+    assert run(capsys, "encode", files / "hr.png", "-m", "bicubic-x2", "-o", files / "y.rsc")[0] == 0
+    (files / "y.png").write_bytes(b"precious")
+    code, _, err = run(capsys, "decode", files / "y.rsc", "-o", files / "y.png")
+    assert_refused(code, err, "exists")
+    assert (files / "y.png").read_bytes() == b"precious"
+    code, _, err = run(capsys, "encode", files / "hr.png", "-m", "bicubic-x2", "-o", files / "z.rsc", "--lr-out", files / "y.png")
+    assert_refused(code, err, "y.png exists")
+    assert not (files / "z.rsc").exists()  # checked before any work
+
+
+def test_output_may_not_be_an_input_even_with_force(files, capsys):
+    before = digest(files / "hr.png")
+    code, _, err = run(capsys, "encode", files / "hr.png", "-m", "bicubic-x2", "-o", files / "hr.png", "--force")
+    assert_refused(code, err, "one of the inputs")
+    assert digest(files / "hr.png") == before
+
+
+def test_model_mismatch_and_override(files, capsys):
+    assert run(capsys, "encode", files / "hr.png", "--ref", files / "ref.png", "-m", files / "toyref.safetensors", "-o", files / "x.rsc")[0] == 0
+    other = ToyRef()
+    other.mix.data.fill_(0.25)
+    zoo.save_weights(other, files / "toyref2.safetensors")
+    code, _, err = run(capsys, "decode", files / "x.rsc", "--ref", files / "ref.png", "-m", files / "toyref2.safetensors", "-o", files / "x.png")
+    assert_refused(code, err, "made by toyref", "toyref2", "--allow-mismatch")
+    code, _, err = run(capsys, "decode", files / "x.rsc", "--ref", files / "ref.png", "-m", files / "toyref2.safetensors",
+                       "-o", files / "x.png", "--allow-mismatch")
+    assert code == 0, err
+    # the recorded model name is not in the catalogue: a hint to pass -m
+    code, _, err = run(capsys, "decode", files / "x.rsc", "--ref", files / "ref.png", "-o", files / "y.png")
+    assert_refused(code, err, "toyref", "-m")
+
+
+def test_usage_errors(files, capsys):
+    code, _, err = run(capsys, "encode", files / "hr.png", "-m", "bicubic-x2", "-o", files / "x.rsc", "--codec", "gif")
+    assert_refused(code, err, "unknown codec")
+    code, _, err = run(capsys, "encode", files / "hr.png", "-m", "bicubic-x2", "-o", files / "x.rsc", "-q", "80")
+    assert_refused(code, err, "png is lossless")
+    code, _, err = run(capsys, "encode", files / "hr.png", "-m", "no-such-model", "-o", files / "x.rsc")
+    assert_refused(code, err, "unknown model")
+    code, _, err = run(capsys, "train", files / "missing.yaml")
+    assert_refused(code, err, "not found")
+    assert run(capsys, "encode")[0] == 2  # argparse usage error
+    assert run(capsys, "frobnicate")[0] == 2
+
+
+def test_subprocess_exit_code_and_no_traceback(files):
+    """The installed entry point: exit 0 on success; 2 with one line and no traceback on a bad file."""
+    cmd = [sys.executable, "-m", "refscale.cli"]
+    ok = subprocess.run(cmd + ["encode", str(files / "hr.png"), "-m", "bicubic-x2", "-o", str(files / "s.rsc")],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    (files / "bad.rsc").write_bytes((files / "s.rsc").read_bytes()[:-10])
+    bad = subprocess.run(cmd + ["decode", str(files / "bad.rsc"), "-o", str(files / "s.png")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    assert "Traceback" not in bad.stderr and bad.stderr.strip().splitlines() == [bad.stderr.strip()]
+    assert bad.stderr.startswith("refscale: error: file truncated")
+    assert not (files / "s.png").exists()
