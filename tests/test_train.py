@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -254,3 +255,17 @@ def test_overrides_and_default_out(tmp_path, pairs, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = engine.train_from_file(cfg_file, overrides=["schedule.steps=2", "val.every_steps=null"])
     assert result["steps"] == 2 and (tmp_path / "runs" / "cfg" / "model.safetensors").is_file()
+
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_shipped_configs_are_valid(path):
+    from refscale.train.config import load_file
+
+    cfg = load_file(path)
+    model = zoo.build(cfg["model"]["arch"], **cfg["model"]["config"])
+    assert cfg["data"]["patch_size"] % model.alignment == 0
+    assert all(m < cfg["schedule"]["steps"] for m in cfg["schedule"]["milestones"])
+    assert len(cfg["data"]["val_names"]) == 2 and cfg["data"]["batch_size"] == 8

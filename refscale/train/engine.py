@@ -178,12 +178,18 @@ def _val_crops(samples: list, cfg: dict, multiple: int, needs_ref: bool) -> list
 
 @torch.no_grad()
 def validate(model, crops, seed: int = 0, channels_last: bool = False) -> dict[str, float]:
-    """Mean PSNR-Y / PSNR-RGB of ``upscale(round8(downscale(hr)))`` (temperature 1, seeded), the
-    PSNR-Y of the LR against the bicubic-downscaled HR, and the bicubic baseline (fp32)."""
-    from refscale import metrics, ops
-
+    """Mean PSNR-Y / PSNR-RGB of ``upscale(round8(downscale(hr)))`` (temperature 1, seeded), PSNR-Y
+    at temperature 0 (``psnr_y_t0``), the PSNR-Y of the LR against the bicubic-downscaled HR and
+    the bicubic baseline; fp32. The global RNG states are left untouched."""
     if not crops:
         return {}
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        return _validate(model, crops, seed, channels_last)
+
+
+def _validate(model, crops, seed, channels_last):
+    from refscale import metrics, ops
+
     was_training = model.training
     model.eval()
     dev = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -201,6 +207,8 @@ def validate(model, crops, seed: int = 0, channels_last: bool = False) -> dict[s
         vals = {
             "psnr_y": metrics.psnr(hr_hat, hr, crop_border=s, y_channel=True).mean().item(),
             "psnr_rgb": metrics.psnr(hr_hat, hr, crop_border=s, y_channel=False).mean().item(),
+            "psnr_y_t0": metrics.psnr(model.upscale(lr_q, side, x_ref, temperature=0.0, generator=g).float(), hr,
+                                      crop_border=s).mean().item(),
             "lr_psnr_y": metrics.psnr(lr_q, ops.bicubic_down(hr, s), crop_border=0, y_channel=True).mean().item(),
             "bicubic_psnr_y": metrics.psnr(ops.bicubic_up(ops.bicubic_down(hr, s), s), hr, crop_border=s).mean().item(),
         }
@@ -247,6 +255,28 @@ def _describe_data(cfg: dict, train, val) -> str:
     if val:
         text += f"; validation: {', '.join(s.name for s in val)}"
     return text
+
+
+def training_step(loss_fn, optimizer, params, hr, ref, *, bf16=False, grad_clip=None, any_bad=lambda flag: flag):
+    """One optimisation step: loss (bf16 autocast if asked), backward, gradient norm (clipped to
+    ``grad_clip``), NaN/inf guard, optimizer update. ``loss_fn(hr, ref)`` returns the loss dict
+    (``model.training_losses`` or its DDP wrapper). ``any_bad`` combines the guard flag over
+    processes. Returns ``(losses, grad_norm, ok)``; ``ok`` False means the update was skipped.
+    """
+    with torch.autocast(hr.device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
+        losses = loss_fn(hr, ref)
+    total = losses["total"]
+    optimizer.zero_grad(set_to_none=True)
+    total.float().backward()  # always, even when non-finite: DDP's all-reduce must run on every process
+    grads = [p.grad for p in params if p.grad is not None]
+    gnorm = torch.nn.utils.get_total_norm(grads) if grads else torch.tensor(0.0)
+    if any_bad(not (math.isfinite(total.item()) and math.isfinite(gnorm.item()))):
+        optimizer.zero_grad(set_to_none=True)
+        return losses, gnorm, False
+    if grad_clip:
+        torch.nn.utils.clip_grads_with_norm_(grads, grad_clip, gnorm)
+    optimizer.step()
+    return losses, gnorm, True
 
 
 # ---------------------------------------------------------------------------- main entry points
@@ -397,7 +427,6 @@ def _train(cfg: dict, out: Path, ckpt_dir: Path, resume: bool, dist: _Dist, dev_
     # -- loop --
     from tqdm.auto import tqdm
 
-    autocast = (lambda: torch.autocast(dev_kind, dtype=torch.bfloat16)) if prec["bf16"] else nullcontext
     grad_clip = o["grad_clip"]
     c, v, lg = cfg["checkpoint"], cfg["val"], cfg["log"]
     t_start = last_ckpt = time.monotonic()
@@ -413,16 +442,9 @@ def _train(cfg: dict, out: Path, ckpt_dir: Path, resume: bool, dist: _Dist, dev_
         for group in optimizer.param_groups:
             group["lr"] = lr
         hr, ref = _collate([dataset[i] for i in sampler.indices(step)], device, prec["channels_last"])
-        with autocast():
-            losses = loss_fn(hr, ref if use_ref else None)
-        total = losses["total"]
-        optimizer.zero_grad(set_to_none=True)
-        total.float().backward()
-        grads = [p.grad for p in params if p.grad is not None]
-        gnorm = torch.nn.utils.get_total_norm(grads) if grads else torch.tensor(0.0)
-        bad = dist.any(not (math.isfinite(total.item()) and math.isfinite(gnorm.item())))
-        if bad:
-            optimizer.zero_grad(set_to_none=True)
+        losses, gnorm, ok = training_step(loss_fn, optimizer, params, hr, ref if use_ref else None,
+                                          bf16=prec["bf16"], grad_clip=grad_clip, any_bad=dist.any)
+        if not ok:
             skipped += 1
             bad_streak += 1
             if bad_streak >= cfg["guard"]["max_bad_steps"]:
@@ -430,9 +452,6 @@ def _train(cfg: dict, out: Path, ckpt_dir: Path, resume: bool, dist: _Dist, dev_
                 raise TrainingError(f"loss or gradient was NaN/inf for {bad_streak} steps in a row (step {step}); "
                                     "lower optim.lr, set optim.grad_clip or turn precision.bf16 off")
         else:
-            if grad_clip:
-                torch.nn.utils.clip_grads_with_norm_(grads, grad_clip, gnorm)
-            optimizer.step()
             bad_streak = 0
             for k, t in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(t.detach().float())
