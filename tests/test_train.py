@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,7 @@ class TinyRescaler(Rescaler):
     arch = "tiny"
     stochastic = True
     needs_reference = True
+    signal_on_call = 0  # tests set it to send SIGINT during that call
 
     def __init__(self, scale: int = 2, width: int = 8, nan_calls: list | None = None):
         super().__init__(scale, width=width, nan_calls=list(nan_calls or []))
@@ -59,6 +62,8 @@ class TinyRescaler(Rescaler):
 
     def training_losses(self, hr, ref=None):
         self.calls += 1
+        if self.calls == TinyRescaler.signal_on_call:
+            os.kill(os.getpid(), signal.SIGINT)  # as if Ctrl-C were pressed during this step
         lr = self._lr(hr, ref)
         lr_q = lr + (torch.round(lr * 255) / 255 - lr).detach() + 1e-3 * torch.randn_like(lr)
         terms = {"lr": F.mse_loss(lr, F.avg_pool2d(hr, self.scale)), "hr": F.l1_loss(self._hr(lr_q, ref), hr)}
@@ -131,6 +136,19 @@ def test_resume_equals_straight_run(pairs, tmp_path, arch, config):
     steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
              if "train/total" in line]
     assert steps == [2, 4, 5, 6, 8, 10]
+
+
+def test_ctrl_c_saves_and_resumes_exactly(pairs, tmp_path, monkeypatch):
+    straight = engine.train(tiny_config(pairs, steps=6), tmp_path / "straight")
+    monkeypatch.setattr(TinyRescaler, "signal_on_call", 3)
+    with pytest.raises(engine.TrainingStopped, match="step 3"):
+        engine.train(tiny_config(pairs, steps=6), tmp_path / "stopped")
+    assert json.loads((tmp_path / "stopped" / "checkpoints" / "latest.json").read_text())["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    monkeypatch.setattr(TinyRescaler, "signal_on_call", 0)
+    resumed = engine.train(tiny_config(pairs, steps=6), tmp_path / "stopped", resume=True)
+    a, b = read_weights(straight["weights"]), read_weights(resumed["weights"])
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
 
 
 def test_checkpoint_files(pairs, tmp_path):

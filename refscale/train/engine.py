@@ -32,6 +32,7 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -51,6 +52,10 @@ from refscale.train.config import ConfigError, load_file, resolve
 
 class TrainingError(RefScaleError):
     """Training cannot go on (e.g. the loss stayed NaN/inf for too many steps)."""
+
+
+class TrainingStopped(TrainingError):
+    """Training was interrupted (Ctrl-C, SIGTERM) after a checkpoint was written."""
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -83,13 +88,13 @@ class _Dist:
     def main(self) -> bool:
         return self.rank == 0
 
-    def any(self, flag: bool) -> bool:
-        """True if ``flag`` is true on any process."""
-        if self.world == 1:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0])
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        return bool(t.item() > 0)
+    def any(self, *flags: bool):
+        """For each flag: True if it is true on any process (one value for one flag)."""
+        if self.world > 1:
+            t = torch.tensor([1.0 if f else 0.0 for f in flags])
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+            flags = tuple(bool(x > 0) for x in t.tolist())
+        return flags[0] if len(flags) == 1 else flags
 
     def gather(self, obj: Any) -> list:
         """Every process's ``obj`` on rank 0 (other ranks get an empty list)."""
@@ -102,6 +107,29 @@ class _Dist:
     def close(self) -> None:
         if self.owned:
             torch.distributed.destroy_process_group()
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM set a flag; the loop then saves a checkpoint at the next step boundary and
+    stops. A second signal acts as usual (the default handler is restored)."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: keep the default behaviour
+                pass
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        self.restore()
+
+    def restore(self) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        self._old = {}
 
 
 class _LossForward(nn.Module):
@@ -437,45 +465,53 @@ def _train(cfg: dict, out: Path, ckpt_dir: Path, resume: bool, dist: _Dist, dev_
                disable=not (dist.main and lg["progress"]), file=sys.stderr)
     if step == 0:
         run_val()
-    while step < total_steps:
-        lr = _lr_at(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        hr, ref = _collate([dataset[i] for i in sampler.indices(step)], device, prec["channels_last"])
-        losses, gnorm, ok = training_step(loss_fn, optimizer, params, hr, ref if use_ref else None,
-                                          bf16=prec["bf16"], grad_clip=grad_clip, any_bad=dist.any)
-        if not ok:
-            skipped += 1
-            bad_streak += 1
-            if bad_streak >= cfg["guard"]["max_bad_steps"]:
-                bar.close()
-                raise TrainingError(f"loss or gradient was NaN/inf for {bad_streak} steps in a row (step {step}); "
-                                    "lower optim.lr, set optim.grad_clip or turn precision.bf16 off")
-        else:
-            bad_streak = 0
-            for k, t in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(t.detach().float())
-            sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(gnorm)
-            n_sum += 1
-        step += 1
-        bar.update(1)
-        if n_sum:
-            bar.set_postfix(loss=f"{sums['total'] / n_sum:.4g}", lr=f"{lr:.2g}", refresh=False)
+    stop = _StopRequest()
+    try:
+        while step < total_steps:
+            lr = _lr_at(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            hr, ref = _collate([dataset[i] for i in sampler.indices(step)], device, prec["channels_last"])
+            losses, gnorm, ok = training_step(loss_fn, optimizer, params, hr, ref if use_ref else None,
+                                              bf16=prec["bf16"], grad_clip=grad_clip, any_bad=dist.any)
+            if not ok:
+                skipped += 1
+                bad_streak += 1
+                if bad_streak >= cfg["guard"]["max_bad_steps"]:
+                    raise TrainingError(f"loss or gradient was NaN/inf for {bad_streak} steps in a row (step {step}); "
+                                        "lower optim.lr, set optim.grad_clip or turn precision.bf16 off")
+            else:
+                bad_streak = 0
+                for k, t in losses.items():
+                    sums[k] = sums.get(k, 0.0) + float(t.detach().float())
+                sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(gnorm)
+                n_sum += 1
+            step += 1
+            bar.update(1)
+            if n_sum:
+                bar.set_postfix(loss=f"{sums['total'] / n_sum:.4g}", lr=f"{lr:.2g}", refresh=False)
 
-        if step % lg["every_steps"] == 0 or step == total_steps:
-            record = {"step": step, "time_s": round(wall_before + time.monotonic() - t_start, 2), "lr": lr,
-                      "skipped_steps": skipped, **{f"train/{k}": s / n_sum for k, s in sums.items() if n_sum}}
-            log(record)
-            last_loss = {k[6:]: x for k, x in record.items() if k.startswith("train/")} or last_loss
-            sums, n_sum = {}, 0
-        if v["every_steps"] and step % v["every_steps"] == 0 and step < total_steps:
-            run_val()
-        due = (c["every_steps"] and step % c["every_steps"] == 0) or (
-            c["every_minutes"] and time.monotonic() - last_ckpt >= 60 * c["every_minutes"])
-        if step < total_steps and dist.any(bool(due)):
-            save_checkpoint()
-            last_ckpt = time.monotonic()
-    bar.close()
+            if step % lg["every_steps"] == 0 or step == total_steps:
+                record = {"step": step, "time_s": round(wall_before + time.monotonic() - t_start, 2), "lr": lr,
+                          "skipped_steps": skipped, **{f"train/{k}": s / n_sum for k, s in sums.items() if n_sum}}
+                log(record)
+                last_loss = {k[6:]: x for k, x in record.items() if k.startswith("train/")} or last_loss
+                sums, n_sum = {}, 0
+            if v["every_steps"] and step % v["every_steps"] == 0 and step < total_steps:
+                run_val()
+            due = (c["every_steps"] and step % c["every_steps"] == 0) or (
+                c["every_minutes"] and time.monotonic() - last_ckpt >= 60 * c["every_minutes"])
+            due, stop_now = dist.any(bool(due), stop.requested)
+            if step < total_steps and (due or stop_now):
+                save_checkpoint()
+                last_ckpt = time.monotonic()
+            if stop_now and step < total_steps:
+                raise TrainingStopped(f"stopped at step {step} on request; checkpoint saved, continue with --resume")
+    finally:
+        stop.restore()
+        bar.close()
+        if writer is not None:
+            writer.flush()
 
     # -- the end: final validation, checkpoint and weights --
     run_val()
