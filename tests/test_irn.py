@@ -152,3 +152,18 @@ def test_short_overfit_beats_bicubic_of_own_lr():
     p_bicubic = metrics.psnr(ops.bicubic_up(lr, 2).clamp(0, 1), hr).item()
     print(f"IRN overfit: {p_model:.2f} dB vs bicubic up of its LR {p_bicubic:.2f} dB")
     assert p_model > p_bicubic + 2.0
+
+
+def test_training_losses_under_bf16_autocast():
+    torch.manual_seed(0)
+    model = IRN(2, **TINY).train()
+    _randomize(model)
+    hr = synthetic_image(16, 16, seed=7)
+    torch.manual_seed(1)
+    ref = model.training_losses(hr)
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model.training_losses(hr)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in low.values())
+    assert abs(low["lr_fit"].item() - ref["lr_fit"].item()) < 0.05 * ref["lr_fit"].item() + 1e-3
+    low["total"].backward()

@@ -26,7 +26,7 @@ import torch
 from refscale import ops, zoo
 from refscale.errors import ModelError
 from refscale.models.base import Rescaler
-from refscale.nn.invertible import AffineCoupling, FlowSequence, HaarSqueeze, dense_subnet, sample_latent
+from refscale.nn.invertible import AffineCoupling, FlowSequence, HaarSqueeze, dense_subnet, exact, sample_latent
 from refscale.nn.losses import sum_charbonnier, sum_l2
 from refscale.nn.speed import FastInference
 
@@ -83,7 +83,8 @@ class IRN(FastInference, Rescaler):
     def training_losses(self, hr, ref=None):
         y, _ = self.flow(hr)
         lr, z = y[:, :3], y[:, 3:]
-        guide = ops.bicubic_down(hr, self.scale).detach()
+        with exact(hr):  # the guide in full precision even under autocast
+            guide = ops.bicubic_down(hr.float(), self.scale).detach()
         lr_fit = self.lambda_fit * sum_l2(lr - guide)
         z_l2 = self.lambda_ce * sum_l2(z)
         z_sample = self.gaussian_scale * torch.randn_like(z)

@@ -65,6 +65,7 @@ from refscale.nn.invertible import (
     HaarSqueeze,
     InvConv1x1,
     dense_subnet,
+    exact,
     sample_latent,
 )
 from refscale.nn.layers import RRDB, init_convs
@@ -285,11 +286,12 @@ class RefScaleNet(FastInference, Rescaler):
         fc, q = self._encoder_side(hr, ref, training=True)
         y = self.flow_forward(hr, fc)
         lr, z = y[:, :3], y[:, 3:]
-        bic = ops.bicubic_down(hr, self.scale).detach()
+        with exact(hr):  # the guides in full precision even under autocast
+            bic = ops.bicubic_down(hr.float(), self.scale).detach()
+            blur = ops.gaussian_blur(bic, self.blur_sigma) if q is not None else None
         if q is None:  # no similarity map: the bicubic guide everywhere (S = 0 in eq. 5)
             lr_guide = sum_l2(bic - lr)
         else:
-            blur = ops.gaussian_blur(bic, self.blur_sigma)
             s = resize(self.dequantize_smap(q), lr.shape[-2:])
             lr_guide = sum_l2((bic - lr) * (1 - s)) + sum_l2((blur - lr) * s)  # eq. 5
         z_l2 = sum_l2(z)  # eq. 13

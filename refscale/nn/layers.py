@@ -54,6 +54,8 @@ class DenseBlock(nn.Module):
         init_convs([self.last], "zero" if zero_last else init, init_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type):  # keep the concatenations in the low precision
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         feats = [x]
         for conv in self.convs:
             feats.append(self.act(conv(torch.cat(feats, 1))))
