@@ -7,7 +7,10 @@ reference: pixel-unshuffle by ``cond_stride`` (2: the resolution of the first IN
 conv, ``n_rrdb`` RRDB blocks (ESRGAN, the paper's backbone) and a trunk conv with a global skip
 -> ``F_HR``, ``F_ref`` (``nf`` channels at ``H/cond_stride``). The paper initialises the RRDB by
 pre-training on natural images; no pretrained weights can be downloaded here, so Ref-Net is
-trained from scratch together with the INN.
+trained from scratch together with the INN. The paper does not give the feature resolution;
+``cond_stride`` = 2 is our choice (3x cheaper). The supplement's FLOPs (Table 1) fit Ref-Net at
+twice the LR resolution, i.e. ``cond_stride=1`` at x2 (same parameters, ~3x the compute;
+``benchmarks/model_complexity.py``).
 Bottleneck: both feature maps pass the same ``log2(1/smap_res)`` stride-2 convs, then the
 per-pixel cosine similarity (eq. 3) gives ``S`` at ``smap_res`` of the condition resolution
 (paper default 1/2, Table 2 case 5). Negative cosines (anti-correlated features) are treated as
