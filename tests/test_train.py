@@ -169,7 +169,8 @@ def test_checkpoint_files(pairs, tmp_path):
     # final weights rebuild through the catalogue, with a model card
     model = zoo.load_weights_file(result["weights"])
     assert model.config["width"] == 8
-    card = json.loads((out / "model.json").read_text())
+    assert Path(result["weights"]).name == "tiny-x2-data.safetensors"  # <arch>-<data folder> by default
+    card = json.loads(Path(result["weights"]).with_suffix(".json").read_text())
     assert card["iterations"] == 4 and "val_psnr_y" in card["metrics"] and card["sha256"] == zoo.sha256_file(result["weights"])
     assert list((out / "tb").glob("events.out.tfevents.*"))
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -279,7 +280,8 @@ def test_overrides_and_default_out(tmp_path, pairs, monkeypatch):
     cfg_file.write_text(yaml.safe_dump(cfg))
     monkeypatch.chdir(tmp_path)
     result = engine.train_from_file(cfg_file, overrides=["schedule.steps=2", "val.every_steps=null"])
-    assert result["steps"] == 2 and (tmp_path / "runs" / "cfg" / "model.safetensors").is_file()
+    assert result["steps"] == 2 and result["weights"] == str(Path("runs") / "cfg" / "tiny-x2-data.safetensors")
+    assert (tmp_path / result["weights"]).is_file()
 
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))

@@ -28,7 +28,8 @@ def test_two_process_torchrun_identical_weights(tmp_path):
     data = write_pairs(tmp_path / "data", n=3, size=32)
     out = tmp_path / "run"
     # model.module makes each worker import this test package's tiny-x2 registration
-    cfg = tiny_config(data, steps=4, model={"module": "test_train"}, data={"batch_size": 4}, val={"every_steps": None})
+    cfg = tiny_config(data, steps=4, model={"module": "test_train"}, data={"batch_size": 4}, val={"every_steps": None},
+                      name="ddp-tiny")
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
@@ -47,6 +48,6 @@ def test_two_process_torchrun_identical_weights(tmp_path):
     import test_train  # noqa: F401  (registers tiny-x2 here too)
     torch.manual_seed(cfg["seed"])
     start = zoo.build("tiny-x2", width=8)
-    saved = zoo.load_weights_file(out / "model.safetensors")
+    saved = zoo.load_weights_file(out / "ddp-tiny.safetensors")
     assert saved.weights_hash() == ranks[0]["weights_hash"] != start.weights_hash()
     assert (out / "checkpoints" / "latest.json").is_file()

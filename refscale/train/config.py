@@ -3,6 +3,7 @@
 A config has these sections (every key optional except ``model.arch``, ``data.path`` and
 ``schedule.steps``); :data:`DEFAULTS` gives the values used when a key is missing::
 
+    name: null                                      # final weights <run>/<name>.safetensors; default <arch>-<data folder>
     seed: 0
     model:     {arch: refscale-x2, config: {...constructor overrides...}, module: null}
     data:      {path, split, val_names, val_split, patch_size, both_directions, augment, batch_size}
@@ -39,6 +40,7 @@ class ConfigError(RefScaleError):
 
 
 DEFAULTS: dict[str, Any] = {
+    "name": None,
     "seed": 0,
     "device": "auto",
     "model": {"arch": None, "config": {}, "module": None},
@@ -108,6 +110,9 @@ def _check(cfg: dict) -> dict:
     need(cfg["device"] in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {cfg['device']!r}")
     need(isinstance(cfg["guard"]["max_bad_steps"], int) and cfg["guard"]["max_bad_steps"] > 0, "guard.max_bad_steps must be a positive integer")
     need(isinstance(cfg["seed"], int), f"seed must be an integer, got {cfg['seed']!r}")
+    name = cfg["name"]
+    need(name is None or (isinstance(name, str) and name.strip() and "/" not in name and "\\" not in name),
+         f"name must be a file name without a folder (e.g. refscale-x2-oscd), got {name!r}")
     return cfg
 
 

@@ -17,7 +17,17 @@ One training step (the same on 1 or N processes):
 5. step-halving learning rate: ``lr * gamma ** (number of milestones <= step)`` (MultiStepLR).
 
 Checkpoints (see :mod:`refscale.train.checkpoint`) hold the weights, the optimizer, the step and
-every process's RNG states, so ``resume=True`` continues exactly where the run stopped.
+every process's RNG states, so ``resume=True`` continues exactly where the run stopped. Ctrl-C
+or SIGTERM writes a checkpoint at the end of the current step and stops.
+
+The run folder::
+
+    config.yaml                 the resolved config
+    metrics.jsonl               one JSON object per log interval / validation (learning curves)
+    tb/                         TensorBoard scalars (train/<loss term>, lr, val/psnr_y, ...)
+    checkpoints/                see refscale.train.checkpoint
+    <name>.safetensors + .json  final weights and model card (name: config ``name``, default
+                                ``<arch>-<data folder>``, e.g. ``refscale-x2-oscd``)
 
 Several processes: ``torchrun --nproc_per_node N -m refscale.cli train CONFIG.yaml`` (or
 ``python -m torch.distributed.run``); gloo on CPU, nccl on GPU; gradients are averaged by
@@ -516,7 +526,8 @@ def _train(cfg: dict, out: Path, ckpt_dir: Path, resume: bool, dist: _Dist, dev_
     # -- the end: final validation, checkpoint and weights --
     run_val()
     save_checkpoint()
-    weights = out / "model.safetensors"
+    name = cfg["name"] or f"{cfg['model']['arch']}-{Path(d['path']).stem}"
+    weights = out / f"{name}.safetensors"
     if dist.main:
         zoo.save_weights(model, weights, card=card())
         if writer is not None:
