@@ -313,6 +313,39 @@ def test_two_processes_decode_identical_pixels(tmp_path):
     assert digests[0] == digests[1] == hashlib.sha256(to_uint8(here).numpy().tobytes()).hexdigest()
 
 
+# ----------------------------------------------------------------------------- precision
+def test_precision_is_recorded_and_repeated_by_the_decoder():
+    from refscale.nn.speed import FastInference
+
+    class Speedy(FastInference, ToyAvg):
+        seen: list = []
+
+        def downscale(self, hr, ref=None):
+            self.seen.append(("down", self.bf16))
+            return super().downscale(hr, ref)
+
+        def upscale(self, lr, side=None, ref=None, **kw):
+            self.seen.append(("up", self.bf16))
+            return super().upscale(lr, side, ref, **kw)
+
+    model = Speedy()
+    hr = synthetic_image(16, 16)
+    packet = model.encode(hr)
+    assert packet.precision == pipeline.DEFAULT_PRECISION
+    assert Packet.from_bytes(packet.to_bytes()).precision == packet.precision
+    model.seen.clear()
+    model.decode(packet)  # (decode also probes downscale once to learn the side-info layout)
+    assert [e for e in model.seen if e[0] == "up"] == [("up", packet.precision == "bf16")]
+    model.seen.clear()
+    fp32 = model.encode(hr, precision="fp32")
+    model.decode(fp32)
+    assert fp32.precision == "fp32" and set(model.seen) == {("down", False), ("up", False)}
+    assert model.bf16 is False  # the model's own setting is restored
+    assert ToyAvg().encode(hr, precision="bf16").precision == "fp32"  # models without set_speed run fp32
+    with pytest.raises(InputError, match="precision"):
+        model.encode(hr, precision="fp8")
+
+
 # ----------------------------------------------------------------------------- a real model, when present
 def test_bicubic_round_trip_if_available():
     try:
