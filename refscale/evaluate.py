@@ -8,8 +8,8 @@ mod-crop — and its reference if the model needs one):
    sizes (the header counts only in ``bpp``).
 2. ``hr_hat = model.decode(Packet.from_bytes(data), ref, seed=d)`` for ``d < draws``
    (deterministic models: one draw); PSNR/SSIM on Y and RGB with ``crop_border = scale``
-   (BasicSR, :mod:`refscale.metrics`) averaged over the draws. For a greyscale HR (R = G = B)
-   the Y metrics use the grey value itself (:func:`refscale.metrics.grey_luma`), the
+   (BasicSR, :mod:`refscale.metrics`) averaged over the draws. For an HR stored as a greyscale
+   file the Y metrics use the grey value itself (:func:`refscale.metrics.grey_luma`), the
    convention of the published bicubic tables (Set14's bridge).
 3. ``si_lr``: SI (RefScale eq. 15) of the LR image as stored in the container (after the codec).
 4. ``seconds``: wall time of encode + serialisation + one decode (the mean over draws).
@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from refscale import metrics
 from refscale.data import Sample, iter_full_images
+from refscale.imageio import is_greyscale_file
 from refscale.models.base import Rescaler
 
 METRIC_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "si_lr", "bpp", "bpp_lr", "bpp_side", "seconds")
@@ -59,7 +60,7 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
     images = []
     bar = tqdm(total=len(samples), desc=f"evaluate {model.name}", unit="img", disable=not progress, dynamic_ncols=True)
     try:
-        for name, hr, ref in iter_full_images(samples, multiple=scale):
+        for sample, (name, hr, ref) in zip(samples, iter_full_images(samples, multiple=scale)):
             if not model.needs_reference:
                 ref = None
             h, w = hr.shape[-2:]
@@ -71,7 +72,7 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
             stored = Packet.from_bytes(data)
             scores = {k: 0.0 for k in ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")}
             t_decode = 0.0
-            grey = bool(metrics.is_greyscale(hr)[0])
+            grey = is_greyscale_file(sample.hr)
             hr_y = metrics.grey_luma(hr) if grey else hr
             for d in range(draws):
                 start = time.perf_counter()

@@ -103,6 +103,21 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
     return _array_to_tensor(arr, p.name)
 
 
+_GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+def is_greyscale_file(path: str | os.PathLike) -> bool:
+    """True when the file stores a greyscale image (e.g. Set14's bridge.png); reads the header only.
+    An RGB file whose channels happen to be equal is *not* greyscale (the benchmarks convert it)."""
+    try:
+        with Image.open(path) as im:
+            if im.mode == "P":
+                return im.palette is not None and im.palette.mode == "L"
+            return im.mode in _GREY_MODES
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+        return False
+
+
 def as_image_tensor(x) -> torch.Tensor:
     """Accept a tensor ``[3,H,W]``/``[1,3,H,W]`` (float in [0,1] or uint8), a numpy ``HxWx3``
     array (uint8 or float in [0,1]) or a path; return ``[1,3,H,W]`` float32."""

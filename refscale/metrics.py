@@ -15,11 +15,11 @@ image (``Tensor[N]``, float64).
   ("mean", the default, which gives RefScale Table 1's 0.17-0.57 range) or its standard
   deviation ("std", the ITU-T P.910 form).
 * :func:`bits_per_pixel` — real encoded bytes * 8 / (H * W) of the original image.
-* :func:`is_greyscale` / :func:`grey_luma` — greyscale images (Set14's bridge): the benchmark
+* :func:`grey_luma` — greyscale image files (Set14's bridge): the benchmark
   tables (MATLAB scripts) apply ``rgb2ycbcr`` only to 3-channel files, so a greyscale image's
   "Y" is its grey value in 0-255, not ``16 + 219/255 v`` (which would add
-  20 log10(255/219) = 1.32 dB to its PSNR). ``refscale.evaluate`` computes the Y metrics of a
-  greyscale HR on :func:`grey_luma` of both images to follow that convention.
+  20 log10(255/219) = 1.32 dB to its PSNR). ``refscale.evaluate`` computes the Y metrics of an
+  HR stored as greyscale on :func:`grey_luma` of both images to follow that convention.
 """
 from __future__ import annotations
 
@@ -84,12 +84,6 @@ def ssim(a: torch.Tensor, b: torch.Tensor, crop_border: int = 0, y_channel: bool
     _check_pair(a, b)
     x, y = _prepare(a, crop_border, y_channel), _prepare(b, crop_border, y_channel)
     return _ssim_map_mean(x, y).mean(dim=1)
-
-
-def is_greyscale(x: torch.Tensor) -> torch.Tensor:
-    """Per image: True when R == G == B everywhere after 8-bit rounding (a greyscale file read as RGB)."""
-    u = to_uint8(x)
-    return ((u[:, 0] == u[:, 1]) & (u[:, 1] == u[:, 2])).flatten(1).all(dim=1)
 
 
 def grey_luma(x: torch.Tensor) -> torch.Tensor:

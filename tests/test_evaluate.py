@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -69,13 +70,22 @@ def test_to_markdown(singles):
     assert lines[-1].startswith("| **mean** | " + format(result["mean"]["psnr_y"], ".2f"))
 
 
-def test_greyscale_image_uses_grey_value_as_y(tmp_path):
-    g = synthetic_image(24, 24, 3)[:, :1].expand(1, 3, 24, 24)
-    write_image(g, tmp_path / "g.png")
-    row = evaluate(zoo.load("bicubic-x2"), discover(tmp_path), progress=False)["images"][0]
-    hr = torch.round(g * 255) / 255
+def test_greyscale_file_uses_grey_value_as_y(tmp_path):
+    from PIL import Image
+
+    g = torch.round(synthetic_image(24, 24, 3)[0, 0] * 255).to(torch.uint8)
+    Image.fromarray(g.numpy(), mode="L").save(tmp_path / "g.png")  # stored greyscale
+    write_image(g.float().div(255).expand(1, 3, 24, 24), tmp_path / "rgb.png")  # RGB with R = G = B
+    with pytest.warns(UserWarning, match="greyscale"):
+        rows = evaluate(zoo.load("bicubic-x2"), discover(tmp_path), progress=False)["images"]
+    hr = g.float().div(255).expand(1, 3, 24, 24)
     rec = bicubic_up(quantize_8bit(bicubic_down(hr, 2)), 2)
-    assert row["psnr_y"] == pytest.approx(float(psnr(rec[:, :1], hr[:, :1], crop_border=2, y_channel=False)[0]), abs=1e-6)
+    on_grey = float(psnr(rec[:, :1], hr[:, :1], crop_border=2, y_channel=False)[0])
+    on_y = float(psnr(rec, hr, crop_border=2)[0])
+    assert on_y == pytest.approx(on_grey + 20 * math.log10(255 / 219), abs=0.05)
+    assert [r["name"] for r in rows] == ["g", "rgb"]
+    assert rows[0]["psnr_y"] == pytest.approx(on_grey, abs=1e-6)  # the file is greyscale: Y = grey value
+    assert rows[1]["psnr_y"] == pytest.approx(on_y, abs=1e-6)  # an RGB file is converted as usual
 
 
 class NoisyRef(Rescaler):

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from refscale.errors import InputError
-from refscale.imageio import as_image_tensor, read_image, write_image
+from refscale.imageio import as_image_tensor, is_greyscale_file, read_image, write_image
 from tests.conftest import synthetic_image
 
 
@@ -103,3 +103,11 @@ def test_as_image_tensor_accepts_tensors_arrays_paths(tmp_path):
     for bad in (torch.rand(2, 3, 4, 4), torch.rand(1, 4, 4, 4), 3.0):
         with pytest.raises(InputError):
             as_image_tensor(bad)
+
+
+def test_is_greyscale_file(tmp_path):
+    Image.fromarray(np.zeros((4, 4), np.uint8), mode="L").save(tmp_path / "g.png")
+    write_image(torch.full((1, 3, 4, 4), 0.5), tmp_path / "rgb.png")  # equal channels, but RGB
+    assert is_greyscale_file(tmp_path / "g.png")
+    assert not is_greyscale_file(tmp_path / "rgb.png")
+    assert not is_greyscale_file(tmp_path / "missing.png")
