@@ -94,7 +94,7 @@ class Packet:
         codec = codecs.canonical(codec)
         quality = codecs.check_quality(codec, quality)
         lr = np.ascontiguousarray(self.lr)
-        side_arrays = {name: _storage_array(name, arr) for name, arr in self.side.items()}
+        side_arrays = {name: smallest_integer_array(name, arr) for name, arr in self.side.items()}
         header = Header(
             version=VERSION, model=str(self.model), weights_hash=str(self.weights_hash), scale=int(self.scale),
             size=_pair(self.size), padded_size=_pair(self.padded_size), tiles=_tiles(self.tiles),
@@ -402,7 +402,7 @@ def _as_bytes(data) -> bytes:
     raise ContainerError(f"expected the bytes of a .rsc file, got {type(data).__name__}")
 
 
-def _storage_array(name: str, arr) -> np.ndarray:
+def smallest_integer_array(name: str, arr) -> np.ndarray:
     """The side tensor in the smallest integer dtype of :data:`SIDE_DTYPES` that holds its range."""
     a = np.asarray(arr)
     if a.dtype == bool:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from refscale import ops, tiling
-from refscale.container import Packet
+from refscale.container import Packet, smallest_integer_array
 from refscale.errors import ContainerError, InputError, ModelError
 from refscale.imageio import as_image_tensor
 from refscale.metrics import to_uint8
@@ -100,7 +100,7 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
     lr_u8 = to_uint8(lr)[0].permute(1, 2, 0).contiguous().numpy()
     side_np, side_dtypes = {}, {}
     for name, t in side.items():
-        side_np[name] = _integer_array(model, name, t)
+        side_np[name] = smallest_integer_array(name, _integer_array(model, name, t))
         side_dtypes[name] = str(t.dtype).replace("torch.", "")
     return Packet(
         model=model.name, weights_hash=model.weights_hash(), scale=s, size=size, padded_size=padded,

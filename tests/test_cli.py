@@ -283,3 +283,27 @@ def test_subprocess_exit_code_and_no_traceback(files):
     assert "Traceback" not in bad.stderr and bad.stderr.strip().splitlines() == [bad.stderr.strip()]
     assert bad.stderr.startswith("refscale: error: file truncated")
     assert not (files / "s.png").exists()
+
+
+def test_16bit_input_is_handled(files, capsys):
+    arr = (np.asarray(Image.open(files / "hr.png")).astype(np.uint16) * 257)
+    import imagecodecs
+
+    (files / "hr16.png").write_bytes(imagecodecs.png_encode(arr))
+    code, _, err = run(capsys, "encode", files / "hr16.png", "-m", "bicubic-x2", "-o", files / "a.rsc")
+    assert code == 0, err
+    assert run(capsys, "encode", files / "hr.png", "-m", "bicubic-x2", "-o", files / "b.rsc")[0] == 0
+    assert np.array_equal(Packet.from_bytes((files / "a.rsc").read_bytes()).lr, Packet.from_bytes((files / "b.rsc").read_bytes()).lr)
+
+
+def test_rgba_input_warns_and_encodes(files, capsys):
+    Image.open(files / "hr.png").convert("RGBA").save(files / "rgba.png")
+    code, _, err = run(capsys, "encode", files / "rgba.png", "-m", "bicubic-x2", "-o", files / "a.rsc")
+    assert code == 0 and "refscale: warning: rgba.png has an alpha channel; dropped" in err
+
+
+def test_decompression_bomb_guard_stays_on(files, capsys, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 40x48 > 2 * 100: Pillow refuses it as a bomb
+    code, _, err = run(capsys, "encode", files / "hr.png", "-m", "bicubic-x2", "-o", files / "a.rsc")
+    assert_refused(code, err, "too large")
+    assert not (files / "a.rsc").exists()

@@ -289,16 +289,23 @@ DECODE_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     torch.set_num_threads(1)
     from test_pipeline import ToyRef
+    from refscale import zoo
     from refscale.container import Packet
     from refscale.imageio import read_image
     from refscale.metrics import to_uint8
-    data = open({rsc!r}, "rb").read()
-    out = ToyRef().decode(Packet.from_bytes(data), read_image({ref!r}), seed=7)
+    ref = read_image({ref!r})
+    out = ToyRef().decode(Packet.from_bytes(open({rsc!r}, "rb").read()), ref, seed=7)
     print(hashlib.sha256(to_uint8(out).numpy().tobytes()).hexdigest())
+    if {irn!r}:
+        irn = zoo.load({irn!r})
+        out = irn.decode(Packet.from_bytes(open({irn_rsc!r}, "rb").read()), seed=7)
+        print(hashlib.sha256(to_uint8(out).numpy().tobytes()).hexdigest())
 """)
 
 
 def test_two_processes_decode_identical_pixels(tmp_path):
+    """Same container + reference + seed -> identical pixels in two fresh processes (a toy
+    reference model, tiled; and a randomly initialised IRN in the default precision)."""
     from refscale.imageio import read_image, write_image
 
     hr, ref = pair(40, 48)
@@ -306,11 +313,25 @@ def test_two_processes_decode_identical_pixels(tmp_path):
     ref = read_image(tmp_path / "ref.png")
     model = ToyRef()
     (tmp_path / "x.rsc").write_bytes(model.encode(hr, ref, tile=16, overlap=4).to_bytes())
-    script = DECODE_SCRIPT.format(tests=str(TESTS), rsc=str(tmp_path / "x.rsc"), ref=str(tmp_path / "ref.png"))
-    digests = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120).stdout.strip()
-               for _ in range(2)]
-    here = model.decode(Packet.from_bytes((tmp_path / "x.rsc").read_bytes()), ref, seed=7)
-    assert digests[0] == digests[1] == hashlib.sha256(to_uint8(here).numpy().tobytes()).hexdigest()
+    expected = [model.decode(Packet.from_bytes((tmp_path / "x.rsc").read_bytes()), ref, seed=7)]
+    irn_path = ""
+    if "irn-x2" in zoo.architectures():
+        torch.manual_seed(0)
+        irn = zoo.build("irn-x2", blocks=[2])
+        with torch.no_grad():
+            for p in irn.parameters():
+                p.add_(torch.randn(p.shape) * 0.01)
+        irn_path = str(tmp_path / "irn.safetensors")
+        zoo.save_weights(irn, irn_path)
+        irn = zoo.load(irn_path)
+        (tmp_path / "irn.rsc").write_bytes(irn.encode(hr).to_bytes())
+        expected.append(irn.decode(Packet.from_bytes((tmp_path / "irn.rsc").read_bytes()), seed=7))
+    script = DECODE_SCRIPT.format(tests=str(TESTS), rsc=str(tmp_path / "x.rsc"), ref=str(tmp_path / "ref.png"),
+                                  irn=irn_path, irn_rsc=str(tmp_path / "irn.rsc"))
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120).stdout.split()
+            for _ in range(2)]
+    here = [hashlib.sha256(to_uint8(x).numpy().tobytes()).hexdigest() for x in expected]
+    assert runs[0] == runs[1] == here
 
 
 # ----------------------------------------------------------------------------- precision

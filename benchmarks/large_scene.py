@@ -1,0 +1,237 @@
+"""Large scenes: speed and peak memory of encode + decode, and what tiling and bf16 cost.
+
+    python benchmarks/large_scene.py [--models bicubic-x2,irn-x2,refscale-x2] [--height 3456 --width 6264]
+                                     [--check-size 1024] [--skip-check] [--skip-large] [--threads N]
+
+Two parts, per model (shipped weights when present; otherwise a random model whose ActNorms are
+initialised on the image and whose parameters are perturbed, so no coupling is the identity;
+such a model is fine for timing and for *differences* in PSNR, not for absolute quality):
+
+1. **Settings, on a check-size x check-size synthetic revisit pair** (``refscale.demo``): encode
+   and decode with the plain setting (fp32, one piece), fp32 tiled, bf16 in one piece and
+   bf16 tiled (the product's default for large scenes), printing megapixels/s of encode and
+   decode, the speed-up over plain fp32, and PSNR-Y (crop = scale) of the decoded image at
+   temperature 0 and 1 (seed 0). The tiled-vs-untiled PSNR difference must be <= 0.05 dB.
+2. **The full scene** (default 6264 x 3456, the largest RefScale test scene): a synthetic pair
+   written to PNG files, then in a *fresh process* per model: read, encode (default settings:
+   automatic tiling, default precision), serialise, parse, decode; wall time, megapixels/s,
+   container bytes and bpp, PSNR-Y, and the process's peak RSS (``getrusage``), which must
+   be <= 3 GiB.
+
+CPU heavy (tens of minutes on 2 cores): run it alone, not while tests run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+GIB = 1 << 30
+
+
+# ----------------------------------------------------------------------------- models and images
+def make_model(name: str, hr: torch.Tensor, ref: torch.Tensor | None):
+    """Shipped weights if present, else a non-trivial random model (see module doc)."""
+    from refscale import zoo
+    from refscale.errors import ModelError
+
+    try:
+        model = zoo.load(name)
+        return model, "shipped weights" if model.num_parameters() else "no parameters"
+    except ModelError:
+        pass
+    torch.manual_seed(0)
+    model = zoo.build(name)
+    if model.num_parameters() == 0:
+        return model.eval(), "no parameters"
+    model.train()
+    crop = (slice(None), slice(None), slice(0, 128), slice(0, 128))
+    with torch.no_grad():
+        model.training_losses(hr[crop], None if ref is None else ref[crop])  # ActNorm data-dependent init
+        g = torch.Generator().manual_seed(0)
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.01)
+    return model.eval(), "random init, perturbed"
+
+
+def synthetic_pair(height: int, width: int, strip: int = 864) -> tuple[np.ndarray, np.ndarray]:
+    """A procedural revisit pair (uint8 HxWx3), built in strips of rows to bound memory."""
+    from refscale.demo import synthetic_revisit_pair
+
+    news, olds = [], []
+    for i, y in enumerate(range(0, height, strip)):
+        new, old = synthetic_revisit_pair(min(strip, height - y), width, seed=100 + i)
+        news.append(new)
+        olds.append(old)
+    return np.concatenate(news), np.concatenate(olds)
+
+
+def psnr_y(a: torch.Tensor, b: torch.Tensor, crop: int, rows: int = 512) -> float:
+    """PSNR-Y (BasicSR) of two large images, accumulated over row strips to bound memory."""
+    from refscale import metrics
+
+    a = a[..., crop:a.shape[-2] - crop, crop:a.shape[-1] - crop]
+    b = b[..., crop:b.shape[-2] - crop, crop:b.shape[-1] - crop]
+    sse, n = 0.0, 0
+    for y in range(0, a.shape[-2], rows):
+        pa, pb = a[..., y:y + rows, :], b[..., y:y + rows, :]
+        p = float(metrics.psnr(pa, pb, crop_border=0, y_channel=True)[0])
+        count = pa.shape[-2] * pa.shape[-1]
+        sse += (255.0**2 / 10 ** (p / 10) if np.isfinite(p) else 0.0) * count
+        n += count
+    return float("inf") if sse == 0 else 10 * np.log10(255.0**2 * n / sse)
+
+
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+# ----------------------------------------------------------------------------- part 1: settings
+def check_settings(name: str, size: int) -> dict:
+    from refscale import pipeline
+    from refscale.container import Packet
+    from refscale.imageio import as_image_tensor
+
+    new, old = synthetic_pair(size, size, strip=size)
+    from refscale import zoo
+
+    hr = as_image_tensor(new)
+    ref = as_image_tensor(old) if zoo.build(name).needs_reference else None
+    model, origin = make_model(name, hr, ref)
+    s = model.scale
+    tile = pipeline.DEFAULT_TILE_LR * s
+    mp = size * size / 1e6
+    rows = {}
+    warm = (slice(None), slice(None), slice(0, 64), slice(0, 64))  # thread pools, oneDNN, imports
+    for precision in ("fp32", "bf16"):
+        model.decode(model.encode(hr[warm], None if ref is None else ref[warm], precision=precision),
+                     None if ref is None else ref[warm])
+    print(f"\n{name} ({origin}), {size}x{size}, default tile {tile} HR px + overlap {pipeline.DEFAULT_OVERLAP_LR * s}", flush=True)
+    print(f"  {'setting':<14} {'enc MP/s':>9} {'dec MP/s':>9} {'speed-up':>9} {'PSNR-Y t=0':>11} {'PSNR-Y t=1':>11}  bytes")
+    for label, precision, t in (("plain fp32", "fp32", 0), ("fp32 tiled", "fp32", tile),
+                                ("bf16", "bf16", 0), ("bf16 tiled", "bf16", tile)):
+        t0 = time.perf_counter()
+        packet = model.encode(hr, ref, tile=t, precision=precision)
+        data = packet.to_bytes()
+        t_enc = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out0 = model.decode(Packet.from_bytes(data), ref, temperature=0.0, seed=0)
+        t_dec = time.perf_counter() - t0
+        p0 = psnr_y(out0, hr, s)
+        p1 = psnr_y(model.decode(Packet.from_bytes(data), ref, temperature=1.0, seed=0), hr, s) if model.stochastic else p0
+        row = {"enc_mps": mp / t_enc, "dec_mps": mp / t_dec, "seconds": t_enc + t_dec, "psnr_t0": p0, "psnr_t1": p1,
+               "bytes": len(data), "precision": packet.precision}
+        rows[label] = row
+        speedup = rows["plain fp32"]["seconds"] / row["seconds"]
+        print(f"  {label:<14} {row['enc_mps']:>9.3f} {row['dec_mps']:>9.3f} {speedup:>8.2f}x {p0:>11.4f} {p1:>11.4f}  {len(data):,}"
+              + ("" if packet.precision == precision else f"  (model runs {packet.precision})"), flush=True)
+    d_tile = abs(rows["bf16 tiled"]["psnr_t0"] - rows["bf16"]["psnr_t0"])
+    d_tile32 = abs(rows["fp32 tiled"]["psnr_t0"] - rows["plain fp32"]["psnr_t0"])
+    d_bf16 = rows["bf16"]["psnr_t0"] - rows["plain fp32"]["psnr_t0"]
+    ok = max(d_tile, d_tile32) <= 0.05
+    print(f"  tiled vs untiled: |dPSNR| {d_tile:.4f} dB (bf16), {d_tile32:.4f} dB (fp32) -> {'OK' if ok else 'FAIL'} (<= 0.05 dB); "
+          f"bf16 vs fp32: {d_bf16:+.4f} dB; default vs plain: "
+          f"{rows['plain fp32']['seconds'] / rows['bf16 tiled']['seconds']:.2f}x faster", flush=True)
+    return {"model": name, "origin": origin, "size": size, "settings": rows, "tile_dpsnr": max(d_tile, d_tile32),
+            "bf16_dpsnr": d_bf16, "ok": ok}
+
+
+# ----------------------------------------------------------------------------- part 2: full scene (worker process)
+def worker(name: str, hr_path: str, ref_path: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    from refscale.container import Packet
+    from refscale.imageio import read_image
+
+    t_start = time.perf_counter()
+    from refscale import zoo
+
+    hr = read_image(hr_path)
+    ref = read_image(ref_path) if zoo.build(name).needs_reference else None
+    model, origin = make_model(name, hr, ref)
+    t_read = time.perf_counter() - t_start
+    h, w = hr.shape[-2:]
+    t0 = time.perf_counter()
+    packet = model.encode(hr, ref)
+    data = packet.to_bytes()
+    t_enc = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = model.decode(Packet.from_bytes(data), ref, seed=0)
+    t_dec = time.perf_counter() - t0
+    rss = peak_rss()
+    result = {
+        "model": name, "origin": origin, "size": [h, w], "read_s": t_read, "encode_s": t_enc, "decode_s": t_dec,
+        "enc_mps": h * w / 1e6 / t_enc, "dec_mps": h * w / 1e6 / t_dec, "bytes": len(data), "bpp": len(data) * 8 / (h * w),
+        "tiles": packet.tiles, "precision": packet.precision, "peak_rss_gib": rss / GIB,
+        "psnr_y": psnr_y(out, hr, model.scale),
+    }
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def full_scene(names: list[str], height: int, width: int, threads: int) -> list[dict]:
+    results = []
+    with tempfile.TemporaryDirectory(prefix="refscale-large-") as tmp:
+        from refscale.imageio import write_image
+
+        t0 = time.perf_counter()
+        new, old = synthetic_pair(height, width)
+        write_image(new, Path(tmp) / "hr.png")
+        write_image(old, Path(tmp) / "ref.png")
+        del new, old
+        print(f"\nfull scene: synthetic {width}x{height} pair written in {time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"  {'model':<14} {'encode s':>9} {'decode s':>9} {'enc MP/s':>9} {'dec MP/s':>9} {'peak RSS':>9} "
+              f"{'bpp':>7} {'PSNR-Y':>8}  tiles / precision / weights")
+        for name in names:
+            cmd = [sys.executable, __file__, "--worker", name, str(Path(tmp) / "hr.png"), str(Path(tmp) / "ref.png"),
+                   "--threads", str(threads)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode != 0 or not lines:
+                print(f"  {name:<14} FAILED (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}", flush=True)
+                continue
+            r = json.loads(lines[-1][7:])
+            r["rss_ok"] = r["peak_rss_gib"] <= 3.0
+            results.append(r)
+            print(f"  {name:<14} {r['encode_s']:>9.1f} {r['decode_s']:>9.1f} {r['enc_mps']:>9.3f} {r['dec_mps']:>9.3f} "
+                  f"{r['peak_rss_gib']:>7.2f}Gi {r['bpp']:>7.3f} {r['psnr_y']:>8.2f}  {r['tiles']} / {r['precision']} / {r['origin']}"
+                  f"{'' if r['rss_ok'] else '  RSS > 3 GiB!'}", flush=True)
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="bicubic-x2,irn-x2,refscale-x2")
+    ap.add_argument("--height", type=int, default=3456)
+    ap.add_argument("--width", type=int, default=6264)
+    ap.add_argument("--check-size", type=int, default=1024)
+    ap.add_argument("--skip-check", action="store_true")
+    ap.add_argument("--skip-large", action="store_true")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--json", default=None, help="also write all results here")
+    ap.add_argument("--worker", nargs=3, metavar=("MODEL", "HR", "REF"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(*args.worker, threads=args.threads)
+        return
+    torch.set_num_threads(args.threads)
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    print(f"refscale large-scene benchmark: torch {torch.__version__}, {args.threads} threads, models {', '.join(names)}")
+    out = {"check": [], "full": []}
+    if not args.skip_check:
+        out["check"] = [check_settings(n, args.check_size) for n in names]
+    if not args.skip_large:
+        out["full"] = full_scene(names, args.height, args.width, args.threads)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
