@@ -42,8 +42,10 @@ from refscale.models.base import Rescaler
 
 #: padded images with more pixels than this are tiled automatically (1024 x 1024)
 AUTO_TILE_PIXELS = 1024 * 1024
-#: default core size of a tile and context margin, in LR pixels (times the scale in HR pixels)
-DEFAULT_TILE_LR = 256
+#: default core size of a tile and context margin, in LR pixels (times the scale in HR pixels):
+#: x2 windows are 448 + 2*32 = 512 HR pixels; windows of 128-512 px run faster per pixel than
+#: larger ones on this CPU, and 16 LR pixels of context keep tiled within 0.05 dB of untiled
+DEFAULT_TILE_LR = 224
 DEFAULT_OVERLAP_LR = 16
 #: HR pixels per batch of windows
 BATCH_PIXELS = 1024 * 1024
@@ -241,9 +243,10 @@ def _integer_array(model: Rescaler, name: str, t: torch.Tensor) -> np.ndarray:
 def _side_schema(model: Rescaler) -> dict[str, tuple[int, int]]:
     """``{name: (channels, stride)}`` of the side information the model produces (one tiny probe)."""
     n = _round_up(32, model.alignment)
-    x = torch.full((1, 3, n, n), 0.5)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, n), torch.linspace(0, 1, n), indexing="ij")
+    x = torch.stack([yy, xx, (yy + xx) / 2]).unsqueeze(0)  # a smooth, non-constant probe image
     with torch.no_grad():
-        _, side = model.downscale(x, x.clone() if model.needs_reference else None)
+        _, side = model.downscale(x, x.flip(-1) if model.needs_reference else None)
     return {k: (int(v.shape[1]), n // int(v.shape[-1])) for k, v in side.items()}
 
 
