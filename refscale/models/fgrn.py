@@ -6,11 +6,10 @@ Three parts, all at the LR resolution (Fig. 1):
   (``pixel_unshuffle``, Fig. 2a), a shallow 3x3 conv to ``nf`` features, ``down_blocks``
   residual blocks (EDSR ``ResidualBlock``, :mod:`refscale.nn.layers`) with a long feature skip
   and a 3x3 conv to the 3-channel representation ``x`` (eq. 3).
-  *Our choice:* ``x`` is a residual on the ``s x s`` block mean of the HR image (the
-  squeeze's mean channel; ``avg_pool2d``). The paper puts no constraint on ``x``, and none is
-  added: the skip only makes ``x`` start in [0, 1], where the 8-bit quantizer does not clamp
-  (its straight-through gradient ignores the clamp, so a representation drifting out of range
-  would get gradients that change nothing).
+  *Our choice:* ``x`` is a residual on the ``s x s`` block mean of the HR image
+  (``avg_pool2d``) and the last conv starts at zero, so an untrained Gd is the box filter. The
+  paper puts no constraint on ``x`` and none is added: the skip only makes ``x`` start inside
+  [0, 1], the range of its 8-bit quantizer (:func:`quantize_representation`).
 * **Gu** (upscaling module): a 3x3 conv to ``nf`` features, ``up_blocks`` residual blocks with a
   long skip, ``log2(s)`` stages of conv + ``PixelShuffle(2)`` (EDSR's upsampler) and a 3x3 conv
   to RGB.
@@ -21,8 +20,9 @@ Three parts, all at the LR resolution (Fig. 1):
   (``split_len1 = 1``), ``l2`` the other two; ``beta`` is bounded with IRN's soft clamp
   ``clamp * (2 sigmoid - 1)`` (the shared block; the paper writes a bare ``exp(beta)``).
 
-Quantization (Sec. 3.3): ``x`` and the LR image ``F(x)`` pass IRN's 8-bit quantizer with a
-straight-through gradient (:func:`refscale.ops.quantize_8bit`, which clamps to [0, 1]).
+Quantization (Sec. 3.3): the LR image ``F(x)`` passes IRN's 8-bit quantizer with a
+straight-through gradient (:func:`refscale.ops.quantize_8bit`); ``x`` passes the same rounding
+after a clamp that keeps its true gradient (:func:`quantize_representation`, our choice, see there).
 Downscaling: ``lr = F(Q(Gd(hr)))``. Upscaling: ``hr = Gu(Q(F^-1(lr)))``; re-quantizing after
 ``F^-1`` makes the representation exact again whenever the LR's 8-bit rounding moved it by less
 than half a level (the paper's reason for quantizing ``x``: a lossless F).
@@ -60,7 +60,7 @@ from refscale.errors import ModelError
 from refscale.models.base import Rescaler
 from refscale.models.irn import levels_for_scale
 from refscale.nn.invertible import AffineCoupling, FlowSequence, dense_subnet, exact
-from refscale.nn.layers import ResidualBlock
+from refscale.nn.layers import ResidualBlock, init_convs
 from refscale.nn.speed import FastInference
 
 #: paper defaults per scale: (down_blocks, up_blocks)
@@ -91,6 +91,7 @@ class Downscaler(nn.Module):
         self.head = _conv(3 * scale * scale, nf)
         self.trunk = _Trunk(nf, n_blocks)
         self.tail = _conv(nf, 3)
+        init_convs([self.tail], "zero")  # x starts as the block mean (our choice, like IRN's zero-init subnets)
 
     def forward(self, hr: torch.Tensor) -> torch.Tensor:
         f = self.trunk(self.head(F.pixel_unshuffle(hr, self.scale)))
@@ -112,6 +113,18 @@ class Upscaler(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.tail(self.up(self.trunk(self.head(x)))).float()
+
+
+def quantize_representation(x: torch.Tensor) -> torch.Tensor:
+    """8-bit quantizer for the representation: a *true* clamp to [0, 1] (zero gradient outside),
+    then rounding to k/255 with the straight-through gradient (:func:`refscale.ops.round_ste`).
+
+    IRN's quantizer (:func:`refscale.ops.quantize_8bit`, used for the LR) passes the gradient
+    through its clamp as well; that is harmless for an LR image pulled towards the bicubic
+    image, but ``x`` has no guidance: with it, values beyond [0, 1] kept receiving gradients
+    that cannot change the (clamped) output and drifted without bound in our overfit runs.
+    """
+    return ops.round_ste(x.float().clamp(0, 1) * 255) / 255
 
 
 class FGRN(FastInference, Rescaler):
@@ -142,7 +155,7 @@ class FGRN(FastInference, Rescaler):
     # ------------------------------------------------------------------ the three maps
     def represent(self, hr: torch.Tensor) -> torch.Tensor:
         """The quantized downscaled representation ``Q(Gd(hr))`` (eq. 3, Sec. 3.3)."""
-        return ops.quantize_8bit(self.down(hr))
+        return quantize_representation(self.down(hr))
 
     def to_lr(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``F(x)`` (eq. 4-5) before quantization and its log-determinant ``[N]``."""
@@ -151,7 +164,7 @@ class FGRN(FastInference, Rescaler):
 
     def from_lr(self, lr: torch.Tensor) -> torch.Tensor:
         """``Q(F^-1(lr))`` (eq. 6), the representation Gu expects."""
-        return ops.quantize_8bit(self.flow.inverse(lr.float()).float())
+        return quantize_representation(self.flow.inverse(lr.float()).float())
 
     # ------------------------------------------------------------------ protocol
     def downscale(self, hr, ref=None):
