@@ -37,12 +37,14 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    lit_rows = ["| dataset | scale | PSNR-Y (ours) | PSNR-Y (literature) | diff | SSIM-Y | images |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lit_rows = ["| dataset | scale | PSNR-Y | literature | diff | SSIM-Y | PSNR-RGB | SSIM-RGB | SI (LR) | bpp | images |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name in ("Set5", "Set14", "Urban100"):
         for scale in (2, 4):
             _, r = run(args.data / "natural" / name, name, scale, args.out)
             m, lit = r["mean"], LITERATURE[(name, scale)]
-            lit_rows.append(f"| {name} | x{scale} | {m['psnr_y']:.2f} | {lit:.2f} | {m['psnr_y'] - lit:+.2f} | {m['ssim_y']:.4f} | {len(r['images'])} |")
+            lit_rows.append(f"| {name} | x{scale} | {m['psnr_y']:.2f} | {lit:.2f} | {m['psnr_y'] - lit:+.2f} | {m['ssim_y']:.4f} | "
+                            f"{m['psnr_rgb']:.2f} | {m['ssim_rgb']:.4f} | {m['si_lr']:.3f} | {m['bpp']:.3f} | {len(r['images'])} |")
     oscd_rows = ["| scale | PSNR-Y | SSIM-Y | PSNR-RGB | SSIM-RGB | SI (LR) | bpp (container) | bpp LR | images |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for scale in (2, 4):
         _, r = run(args.data / "oscd", "oscd", scale, args.out, split="test")
