@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from refscale import perceptual
 from refscale.errors import ModelError
-from tests.conftest import synthetic_image
+from conftest import synthetic_image
 
 
 def _torchvision_state(features: torch.nn.Sequential) -> dict[str, torch.Tensor]:

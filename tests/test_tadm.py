@@ -19,7 +19,7 @@ from refscale import pipeline, zoo  # noqa: E402
 from refscale.container import Packet  # noqa: E402
 from refscale.errors import ModelError  # noqa: E402
 from refscale.models.tadm import backbone  # noqa: E402
-from tests.conftest import synthetic_image  # noqa: E402
+from conftest import synthetic_image  # noqa: E402
 
 TINY = {
     "unet": {

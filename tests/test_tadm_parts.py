@@ -14,7 +14,7 @@ from refscale.models.tadm import tiles
 from refscale.models.tadm.dfrm import DFRM
 from refscale.models.tadm.scheduler import HybridScheduler, fixed_x0, timestep_embedding
 from refscale.models.tadm.tpm import TPM
-from tests.conftest import synthetic_image
+from conftest import synthetic_image
 
 T = 1000
 
