@@ -106,6 +106,7 @@ def test_from_pretrained_folder_is_the_random_base(sd_folder, monkeypatch, tmp_p
     path = tmp_path / "tadm-x16-test.safetensors"
     zoo.save_weights(from_folder, path)
     assert not any(k.startswith(("unet.", "vae.")) and ".lora_" not in k for k in from_folder.state_dict())
+    assert "conv_in.weight" in from_folder.unet.state_dict()  # the diffusers parts' own state dicts are whole
     monkeypatch.delenv(backbone.SD_PATH_ENV, raising=False)
     with pytest.raises(ModelError, match=backbone.SD_PATH_ENV):
         zoo.load_weights_file(path)

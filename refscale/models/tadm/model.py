@@ -56,10 +56,12 @@ def _is_lora(key: str) -> bool:
 
 
 class _FrozenBase:
-    """State-dict hooks on a diffusers module: its non-LoRA tensors are neither saved nor expected."""
+    """State-dict hooks on TADM: the non-LoRA tensors of its diffusers parts are neither saved nor
+    expected (at any nesting, e.g. inside DDP). The parts' own ``state_dict``/``save_pretrained``
+    are untouched."""
 
-    def __init__(self, module: torch.nn.Module):
-        self.names = [k for k in module.state_dict() if not _is_lora(k)]
+    def __init__(self, owner: torch.nn.Module, parts: dict[str, torch.nn.Module]):
+        self.names = [f"{name}.{k}" for name, part in parts.items() for k in part.state_dict() if not _is_lora(k)]
         self.prefix = ""
 
         def drop(module, state_dict, prefix, local_metadata):
@@ -73,9 +75,9 @@ class _FrozenBase:
             base = {self.prefix + n for n in self.names}
             incompatible_keys.missing_keys[:] = [k for k in incompatible_keys.missing_keys if k not in base]
 
-        module.register_state_dict_post_hook(drop)
-        module.register_load_state_dict_pre_hook(remember_prefix)
-        module.register_load_state_dict_post_hook(forgive)
+        owner.register_state_dict_post_hook(drop)
+        owner.register_load_state_dict_pre_hook(remember_prefix)
+        owner.register_load_state_dict_post_hook(forgive)
 
 
 class TADM(FastInference, Rescaler):
@@ -142,7 +144,7 @@ class TADM(FastInference, Rescaler):
         # -- LoRA (always present, so every stage has the same weights layout) --
         backbone.inject_lora(self.unet, lora_rank, unet_lora_targets)
         backbone.inject_lora(self.vae.decoder, vae_lora_rank, vae_lora_targets)
-        self._frozen = [_FrozenBase(self.unet), _FrozenBase(self.vae)]
+        self._frozen = _FrozenBase(self, {"unet": self.unet, "vae": self.vae})
         self._base_fingerprint: str | None = None
         self._perceptual: dict[str, torch.nn.Module] = {}
         self.perceptual_dir = perceptual_dir
@@ -270,11 +272,9 @@ class TADM(FastInference, Rescaler):
         """SHA-256 of the frozen base (UNet/VAE tensors, noise schedule, null embedding); computed once."""
         if self._base_fingerprint is None:
             h = hashlib.sha256(self.scheduler.prediction_type.encode())
+            named = {**dict(self.named_parameters()), **dict(self.named_buffers())}
             tensors = [("alphas_cumprod", self.scheduler.alphas_cumprod), ("null_embedding", self.null_embedding)]
-            for prefix, module, hooks in (("unet.", self.unet, self._frozen[0]), ("vae.", self.vae, self._frozen[1])):
-                named = dict(module.named_parameters())
-                named.update(module.named_buffers())
-                tensors += [(prefix + n, named[n]) for n in hooks.names if n in named]
+            tensors += [(n, named[n]) for n in self._frozen.names if n in named]
             for name, t in tensors:
                 t = t.detach().to("cpu").contiguous()
                 h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
