@@ -33,7 +33,6 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -106,6 +105,8 @@ class TADM(FastInference, Rescaler):
             raise ModelError(f"TADM training stage must be 1, 2 or 3, got {stage}")
         if min(tile_size, tile_stride, tile_batch) < 0 or (tile_size and not 0 < tile_stride <= tile_size):
             raise ModelError(f"tiles need 0 < tile_stride <= tile_size (latent pixels), got {tile_size}/{tile_stride}")
+        if lpips_net not in ("vgg", "alex"):
+            raise ModelError(f"lpips_net must be 'vgg' or 'alex', got {lpips_net!r}")
         unet_lora_targets = list(unet_lora_targets or backbone.UNET_LORA_TARGETS)
         vae_lora_targets = list(vae_lora_targets or backbone.VAE_DECODER_LORA_TARGETS)
         super().__init__(scale, base=base, base_seed=int(base_seed), variant=variant, stage=stage, dfrm_nf=int(dfrm_nf),
@@ -134,9 +135,8 @@ class TADM(FastInference, Rescaler):
             raise ModelError(f"TADM x{self.scale} needs a scale of at least twice the VAE factor {self.latent_factor}")
         # -- TADM's own modules --
         self.dfrm = DFRM(self.scale, self.latent_factor, self.latent_channels, dfrm_nf, dfrm_blocks, flow_cells, flow_gc)
-        T = int(parts.alphas_cumprod.numel())
-        self.tpm = TPM(self.latent_channels, tpm_nf, T, init_t)
         try:
+            self.tpm = TPM(self.latent_channels, tpm_nf, int(parts.alphas_cumprod.numel()), init_t)
             self.scheduler = HybridScheduler(parts.alphas_cumprod, parts.prediction_type, self.latent_channels,
                                              scheduler_nf, fixed_t)
         except ValueError as e:
@@ -148,7 +148,7 @@ class TADM(FastInference, Rescaler):
         self._base_fingerprint: str | None = None
         self._perceptual: dict[str, torch.nn.Module] = {}
         self.perceptual_dir = perceptual_dir
-        self.tile_size, self.tile_stride, self.tile_batch = self.config["tile_size"], tile_stride, self.config["tile_batch"]
+        self.tile_size, self.tile_stride, self.tile_batch = (self.config[k] for k in ("tile_size", "tile_stride", "tile_batch"))
         self.lambda_rec, self.lambda_gui, self.lambda_pec = float(lambda_rec), float(lambda_gui), float(lambda_pec)
         self.stage = stage
         self.set_stage(stage)
