@@ -37,9 +37,14 @@ what MATLAB's ``piqe`` and the NIQE release do with an RGB input. A grey input i
   NIQE needs at least two whole 96x96 blocks (a covariance needs two samples); with fewer it
   is NaN. (MATLAB's release does not fail on one block: ``nanmean``/``nancov`` of a single row
   vector return the mean and variance of its 36 numbers, and the score becomes a constant,
-  39.80 for every one-block image we tried, whatever its content. FGRN Table 2's NIQE values
-  for small LR images, e.g. 18.878 for every method on BSD100 x4, whose LR images hold no whole
-  block, come from some such fallback and cannot be compared.)
+  39.80 for every one-block image we tried, whatever its content.)
+
+  Against FGRN Table 2's bicubic rows (``python -m refscale.lr_quality --data
+  ../shared/data/natural/Urban100 -m bicubic-x2``, Y channel): Urban100 x2 NIQE 5.715 (paper
+  5.708), PIQE 43.24 (42.79); x4 NIQE 17.91 (17.38), PIQE 46.43 (46.61). On Set5/Set14 the
+  paper's NIQE is what one gets when every LR image with fewer than two whole blocks scores
+  about 18.9 (e.g. BSD100 x4, no whole block in any LR image: 18.878 for every method), a
+  fallback of the paper's tool that carries no information; we leave those images out (NaN).
 
 Command line (the LR images a model stores, through the real container)::
 
