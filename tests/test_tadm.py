@@ -244,3 +244,17 @@ def test_v_prediction_base():
         v = model.unet(z_hat, t, encoder_hidden_states=model.null_embedding).sample
     a = model.scheduler.alphas_cumprod[t.round().long()].float()
     assert torch.allclose(z0, a.sqrt() * z_hat - (1 - a).sqrt() * v, atol=1e-5)
+
+
+def test_evaluate_runs_on_tadm(tmp_path):
+    from PIL import Image
+
+    from refscale.data import discover
+    from refscale.evaluate import evaluate
+
+    arr = (synthetic_image(64, 80, seed=2)[0].permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    Image.fromarray(arr).save(tmp_path / "scene.png")
+    result = evaluate(build(16), discover(tmp_path), progress=False)
+    row = result["images"][0]
+    assert result["model"] == "tadm-x16" and result["scale"] == 16 and result["draws"] == 1
+    assert 0 < row["psnr_y"] < 100 and row["bpp"] > 0 and row["bpp_side"] == 0
