@@ -258,3 +258,17 @@ def test_evaluate_runs_on_tadm(tmp_path):
     row = result["images"][0]
     assert result["model"] == "tadm-x16" and result["scale"] == 16 and result["draws"] == 1
     assert 0 < row["psnr_y"] < 100 and row["bpp"] > 0 and row["bpp_side"] == 0
+
+
+def test_cli_encode_decode_with_a_weights_file(tmp_path):
+    from PIL import Image
+
+    from refscale.cli import main
+
+    weights = tmp_path / "tadm-x32-tiny.safetensors"
+    zoo.save_weights(build(32), weights)
+    arr = (synthetic_image(50, 70, seed=4)[0].permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    Image.fromarray(arr).save(tmp_path / "in.png")
+    assert main(["encode", str(tmp_path / "in.png"), "-m", str(weights), "-o", str(tmp_path / "x.rsc")]) == 0
+    assert main(["decode", str(tmp_path / "x.rsc"), "-m", str(weights), "-o", str(tmp_path / "out.png")]) == 0
+    assert Image.open(tmp_path / "out.png").size == (70, 50)

@@ -19,6 +19,7 @@ imported only when a TADM model is built (:func:`require`).
 from __future__ import annotations
 
 import copy
+import importlib.util
 import inspect
 import json
 import os
@@ -86,6 +87,14 @@ def require():
     return diffusers, peft
 
 
+def _installed(name: str) -> bool:
+    """Whether a package can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # e.g. a module blocked with sys.modules[name] = None
+        return False
+
+
 @dataclass
 class Parts:
     """What TADM takes from Stable Diffusion."""
@@ -145,7 +154,9 @@ def read_null_embedding(path: str | os.PathLike, cross_attention_dim: int) -> to
 def load_pretrained(sd_path: str | os.PathLike | None = None, null_embedding: str | os.PathLike | None = None,
                     variant: str | None = None) -> Parts:
     """UNet, VAE and noise schedule from a local diffusers-layout folder (never from a hub)."""
-    root = resolve_sd_path(sd_path)  # first: a missing folder is reported without importing diffusers
+    if not _installed("diffusers") or not _installed("peft"):
+        require()  # the clear message about the missing packages
+    root = resolve_sd_path(sd_path)  # before the slow import: a missing folder is reported at once
     diffusers, _ = require()
     kw = {"local_files_only": True, "torch_dtype": torch.float32}
     if variant:
