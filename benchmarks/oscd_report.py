@@ -1,0 +1,273 @@
+"""The OSCD reproduction of RefScale's Table 1 (issue 5): table, figures, change masks, curves.
+
+    python benchmarks/oscd_report.py all --data ../shared/data/oscd --runs /work/runs --scales 2
+
+* ``table``: ``refscale evaluate --split test --draws 5`` for bicubic, IRN and RefScale at each
+  scale (the shipped weights unless ``--weights-dir`` points at run folders), written to
+  ``--out`` as JSON/Markdown; prints our rows beside the paper's Table 1 (RS dataset) and the
+  training budget from each model card, and replaces the marked section of
+  ``docs/results.md`` (``--write docs/results.md``).
+* ``figures``: for three test cities, HR / reference / LR of RefScale and IRN / similarity map
+  / reconstructions (the paper's Fig. 3 and 5) -> ``docs/figures/oscd_<city>_x<s>.png``.
+* ``change``: mean transmitted similarity inside vs outside the changed areas
+  (``change_mask.png``) of the train cities.
+* ``curves``: validation PSNR-Y vs step from each run's ``metrics.jsonl`` -> one plot.
+
+Test cities are only touched by ``table`` and ``figures``; nothing here tunes anything.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+FIG_DIR = ROOT / "docs" / "figures"
+#: RefScale Table 1, RS dataset (SPOT-5, not OSCD): PSNR, SSIM, SI, bpp
+PAPER = {
+    ("bicubic", 2): (28.82, 0.878, 0.454, 2.55), ("bicubic", 4): (23.21, 0.658, 0.561, 3.12),
+    ("irn", 2): (38.22, 0.983, 0.487, 2.59), ("irn", 4): (30.66, 0.876, 0.569, 3.13),
+    ("refscale", 2): (43.63, 0.994, 0.385, 2.03), ("refscale", 4): (31.31, 0.897, 0.451, 2.37),
+}
+FIGURE_CITIES = ("dubai", "valencia", "lasvegas")
+START, END = "<!-- oscd-table:start -->", "<!-- oscd-table:end -->"
+
+
+def model_ref(arch: str, scale: int, weights_dir: Path | None) -> str:
+    """Catalogue name, or the final weights of a run folder ``<weights_dir>/<arch>-x<s>-oscd``."""
+    if arch == "bicubic" or weights_dir is None:
+        return f"{arch}-x{scale}"
+    return str(weights_dir / f"{arch}-x{scale}-oscd" / f"{arch}-x{scale}-oscd.safetensors")
+
+
+def card_for(ref: str) -> dict:
+    from refscale import zoo
+
+    if ref.endswith(".safetensors"):
+        p = Path(ref).with_suffix(".json")
+        return json.loads(p.read_text()) if p.exists() else {}
+    name = zoo.DEFAULT_WEIGHTS.get(ref, ref)
+    return zoo.weights_cards().get(name, {})
+
+
+def cmd_table(args) -> str:
+    args.out.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "| scale | method | PSNR-Y | SSIM-Y | PSNR-RGB | SI (LR) | bpp (.rsc) | bpp side | paper PSNR / SSIM / SI / bpp | training budget |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    commands = []
+    for scale in args.scales:
+        for arch in ("bicubic", "irn", "refscale"):
+            ref = model_ref(arch, scale, args.weights_dir)
+            stem = f"{arch}_x{scale}"
+            cmd = ["refscale", "evaluate", "--data", str(args.data), "--split", "test", "-m", ref,
+                   "--draws", str(args.draws), "--json", str(args.out / f"{stem}.json"),
+                   "--md", str(args.out / f"{stem}.md"), "--force"]
+            commands.append(" ".join(cmd))
+            if not args.reuse or not (args.out / f"{stem}.json").exists():
+                print("$", " ".join(cmd), file=sys.stderr, flush=True)
+                subprocess.run(cmd, check=True)
+            r = json.loads((args.out / f"{stem}.json").read_text())
+            m = r["mean"]
+            card = card_for(ref)
+            budget = "-"
+            if card.get("iterations"):
+                data_cfg = card.get("training_config", {}).get("data", {})
+                budget = (f"{card['iterations']} steps x batch {data_cfg.get('batch_size', '?')} x "
+                          f"{data_cfg.get('patch_size', '?')} px, {card.get('wall_time_s', 0) / 3600:.1f} h")
+            p = PAPER[(arch, scale)]
+            lines.append(f"| x{scale} | {arch} | {m['psnr_y']:.2f} | {m['ssim_y']:.4f} | {m['psnr_rgb']:.2f} | {m['si_lr']:.3f} | "
+                         f"{m['bpp']:.3f} | {m['bpp_side']:.4f} | {p[0]:.2f} / {p[1]:.3f} / {p[2]:.3f} / {p[3]:.2f} | {budget} |")
+    text = "\n".join(lines) + "\n\nCommands:\n\n```\n" + "\n".join(commands) + "\n```\n"
+    print(text)
+    return text
+
+
+@torch.no_grad()
+def _run_models(hr, ref, scale, weights_dir):
+    import refscale
+    from refscale.container import Packet
+
+    out = {}
+    for arch in ("irn", "refscale"):
+        model = refscale.load(model_ref(arch, scale, weights_dir))
+        packet = model.encode(hr, ref if model.needs_reference else None)
+        data = packet.to_bytes()
+        rec = model.decode(Packet.from_bytes(data), ref if model.needs_reference else None, seed=0)
+        out[arch] = {"lr": packet.lr, "rec": rec, "bpp": len(data) * 8 / (hr.shape[-2] * hr.shape[-1]),
+                     "smap": packet.side.get("smap"), "levels": getattr(model, "levels_q", None), "model": model}
+    return out
+
+
+def cmd_figures(args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from refscale.imageio import read_image
+    from refscale.metrics import psnr, spatial_information
+
+    FIG_DIR.mkdir(parents=True, exist_ok=True)
+    for scale in args.scales:
+        for city in FIGURE_CITIES:
+            hr = read_image(args.data / city / "img2.png")
+            ref = read_image(args.data / city / "img1.png")
+            c = args.crop
+            hr, ref = hr[..., :c, :c], ref[..., :c, :c]
+            res = _run_models(hr, ref, scale, args.weights_dir)
+            smap = res["refscale"]["smap"]
+            fig, axes = plt.subplots(2, 4, figsize=(16, 8.4))
+            img = lambda t: t[0].permute(1, 2, 0).clamp(0, 1).numpy()  # noqa: E731
+            panels = [
+                (img(hr), "HR (new, img2)"), (img(ref), "reference (old, img1)"),
+                (res["refscale"]["lr"], "LR RefScale  SI %.3f, %.2f bpp" % (
+                    float(spatial_information(torch.from_numpy(res["refscale"]["lr"]).permute(2, 0, 1)[None].float() / 255)[0]),
+                    res["refscale"]["bpp"])),
+                (res["irn"]["lr"], "LR IRN  SI %.3f, %.2f bpp" % (
+                    float(spatial_information(torch.from_numpy(res["irn"]["lr"]).permute(2, 0, 1)[None].float() / 255)[0]),
+                    res["irn"]["bpp"])),
+                (None, "similarity map (transmitted)"),
+                (img(res["refscale"]["rec"]), "RefScale rebuilt  PSNR-Y %.2f" % float(psnr(res["refscale"]["rec"], hr, crop_border=scale)[0])),
+                (img(res["irn"]["rec"]), "IRN rebuilt  PSNR-Y %.2f" % float(psnr(res["irn"]["rec"], hr, crop_border=scale)[0])),
+                (np.abs(img(hr) - img(ref)).mean(-1), "|HR - reference| (mean over RGB)"),
+            ]
+            for ax, (data, title) in zip(axes.flat, panels):
+                if data is None:
+                    s = smap[0, 0].astype(np.float32) / (res["refscale"]["levels"] - 1)
+                    im = ax.imshow(s, cmap="jet", vmin=0, vmax=1)
+                    fig.colorbar(im, ax=ax, fraction=0.046)
+                elif data.ndim == 2:
+                    ax.imshow(data, cmap="gray")
+                else:
+                    ax.imshow(data, interpolation="nearest")
+                ax.set_title(title, fontsize=10)
+                ax.axis("off")
+            fig.suptitle(f"OSCD test city {city}, x{scale}, top-left {c}x{c} crop")
+            fig.tight_layout()
+            path = FIG_DIR / f"oscd_{city}_x{scale}.png"
+            fig.savefig(path, dpi=72)
+            plt.close(fig)
+            print("wrote", path.relative_to(ROOT))
+
+
+@torch.no_grad()
+def cmd_change(args) -> str:
+    import torch.nn.functional as F
+
+    import refscale
+    from refscale import ops
+    from refscale.imageio import read_image
+
+    split = json.loads((args.data / "split.json").read_text())
+    lines = ["| scale | city | changed pixels | mean S in changed | mean S elsewhere |", "|---:|---|---:|---:|---:|"]
+    for scale in args.scales:
+        model = refscale.load(model_ref("refscale", scale, args.weights_dir))
+        ins, outs = [], []
+        for city in split["train"]:
+            mask_p = args.data / city / "change_mask.png"
+            if not mask_p.exists():
+                continue
+            hr = read_image(args.data / city / "img2.png")
+            ref = read_image(args.data / city / "img1.png")
+            hr_p, _ = ops.pad_to_multiple(hr, model.alignment)
+            ref_p, _ = ops.pad_to_multiple(ref, model.alignment)
+            _, side = model.downscale(hr_p, ref_p)
+            s = side["smap"].float() / (model.levels_q - 1)
+            s = F.interpolate(s, size=hr_p.shape[-2:], mode="nearest")[..., :hr.shape[-2], :hr.shape[-1]][0, 0]
+            mask = read_image(mask_p)[0, 0] > 0.5
+            if mask.sum() == 0:
+                continue
+            si, so = float(s[mask].mean()), float(s[~mask].mean())
+            ins.append(si)
+            outs.append(so)
+            lines.append(f"| x{scale} | {city} | {100 * float(mask.float().mean()):.1f}% | {si:.3f} | {so:.3f} |")
+        lines.append(f"| x{scale} | **mean over cities** | | **{np.mean(ins):.3f}** | **{np.mean(outs):.3f}** |")
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+def cmd_curves(args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    FIG_DIR.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    bicubic = {}
+    for run in sorted(args.runs.glob("*-oscd")):
+        log = run / "metrics.jsonl"
+        if not log.exists():
+            continue
+        pts = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        val = [(p["step"], p["val/psnr_y"]) for p in pts if "val/psnr_y" in p]
+        if not val:
+            continue
+        steps, psnr = zip(*val)
+        ax.plot(steps, psnr, marker="o", label=run.name)
+        for p in pts:
+            if "val/bicubic_psnr_y" in p:
+                bicubic[run.name.split("-")[1]] = p["val/bicubic_psnr_y"]
+    for s, v in sorted(bicubic.items()):
+        ax.axhline(v, ls="--", color="gray", lw=1)
+        ax.text(0, v + 0.2, f"bicubic {s}", color="gray", fontsize=8)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("validation PSNR-Y (dB), held-out train cities")
+    ax.set_title("OSCD learning curves (validation: aguasclaras, bordeaux)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = FIG_DIR / "oscd_learning_curves.png"
+    fig.savefig(path, dpi=80)
+    print("wrote", path.relative_to(ROOT))
+
+
+def write_section(results: Path, body: str) -> None:
+    text = results.read_text()
+    block = f"{START}\n{body.strip()}\n{END}"
+    if START in text:
+        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    results.write_text(text)
+    print("updated", results)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=("table", "figures", "change", "curves", "all"))
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "oscd")
+    ap.add_argument("--scales", type=int, nargs="+", default=[2])
+    ap.add_argument("--draws", type=int, default=5)
+    ap.add_argument("--weights-dir", type=Path, default=None, help="run folders instead of the shipped weights")
+    ap.add_argument("--runs", type=Path, default=ROOT / "runs", help="run folders for the learning curves")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "oscd_eval")
+    ap.add_argument("--crop", type=int, default=384, help="figure crop size (HR pixels)")
+    ap.add_argument("--reuse", action="store_true", help="reuse existing evaluation JSON files")
+    ap.add_argument("--write", type=Path, default=None, help="replace the marked section of this results file")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    parts = []
+    if args.what in ("table", "all"):
+        parts.append(cmd_table(args))
+    if args.what in ("change", "all"):
+        parts.append("Similarity inside vs outside the changed areas (train cities, `change_mask.png`):\n\n" + cmd_change(args))
+    if args.what in ("figures", "all"):
+        cmd_figures(args)
+    if args.what in ("curves", "all"):
+        cmd_curves(args)
+    if args.write and parts:
+        write_section(args.write, "\n\n".join(parts))
+
+
+if __name__ == "__main__":
+    main()
