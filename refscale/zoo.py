@@ -217,7 +217,7 @@ def catalogue() -> list[dict[str, Any]]:
         default = DEFAULT_WEIGHTS.get(name)
         rows.append({
             "name": name, "scale": scale, "needs_reference": needs_ref, "params": params,
-            "weights": default if default in cards else (None if params else "none needed"),
+            "weights": default if default in cards else ("none needed" if params == 0 else None),
             "note": note,
         })
     for wname, card in cards.items():
