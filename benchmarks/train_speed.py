@@ -22,6 +22,7 @@ folder it falls back to synthetic revisit pairs (and says so).
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import subprocess
 import sys
@@ -156,7 +157,8 @@ def main() -> None:
 
     print(f"$ python benchmarks/train_speed.py {' '.join(sys.argv[1:])}")
     print(f"CPU: {cpu_name()}, torch {torch.__version__}, batch {args.batch} x {args.patch} px, "
-          f"{args.warmup} warm-up + {args.steps} timed steps per row\n")
+          f"{args.warmup} warm-up + {args.steps} timed steps per row; load average at start "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} (other jobs on this machine slow every row)\n")
     hr, ref = make_batch(args.batch, args.patch)
     pixels = args.batch * args.patch * args.patch
     print("| model | setting | threads | s/step | HR Mpx/s | GFLOP/s | speed-up vs fp32 |")
