@@ -18,6 +18,10 @@ such a model is fine for timing and for *differences* in PSNR, not for absolute 
    container bytes and bpp, PSNR-Y, and the process's peak RSS (``getrusage``), which must
    be <= 3 GiB.
 
+Timing: wall-clock megapixels/s, and the process's CPU seconds (``time.process_time``, all
+threads). On a shared machine wall time depends on what else runs, so speed-ups are computed
+from CPU time; the load average is printed at the start and the end.
+
 CPU heavy (tens of minutes on 2 cores): run it alone, not while tests run.
 """
 from __future__ import annotations
@@ -91,6 +95,21 @@ def psnr_y(a: torch.Tensor, b: torch.Tensor, crop: int, rows: int = 512) -> floa
     return float("inf") if sse == 0 else 10 * np.log10(255.0**2 * n / sse)
 
 
+class Clock:
+    """Wall and CPU seconds of a ``with`` block."""
+
+    def __enter__(self):
+        self.w, self.c = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.w, time.process_time() - self.c
+
+
+def load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
+
+
 def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
@@ -116,23 +135,21 @@ def check_settings(name: str, size: int) -> dict:
         model.decode(model.encode(hr[warm], None if ref is None else ref[warm], precision=precision),
                      None if ref is None else ref[warm])
     print(f"\n{name} ({origin}), {size}x{size}, default tile {tile} HR px + overlap {pipeline.DEFAULT_OVERLAP_LR * s}", flush=True)
-    print(f"  {'setting':<14} {'enc MP/s':>9} {'dec MP/s':>9} {'speed-up':>9} {'PSNR-Y t=0':>11} {'PSNR-Y t=1':>11}  bytes")
+    print(f"  {'setting':<14} {'enc MP/s':>9} {'dec MP/s':>9} {'CPU s':>7} {'speed-up':>9} {'PSNR-Y t=0':>11} {'PSNR-Y t=1':>11}  bytes")
     for label, precision, t in (("plain fp32", "fp32", 0), ("fp32 tiled", "fp32", tile),
                                 ("bf16", "bf16", 0), ("bf16 tiled", "bf16", tile)):
-        t0 = time.perf_counter()
-        packet = model.encode(hr, ref, tile=t, precision=precision)
-        data = packet.to_bytes()
-        t_enc = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        out0 = model.decode(Packet.from_bytes(data), ref, temperature=0.0, seed=0)
-        t_dec = time.perf_counter() - t0
+        with Clock() as enc:
+            packet = model.encode(hr, ref, tile=t, precision=precision)
+            data = packet.to_bytes()
+        with Clock() as dec:
+            out0 = model.decode(Packet.from_bytes(data), ref, temperature=0.0, seed=0)
         p0 = psnr_y(out0, hr, s)
         p1 = psnr_y(model.decode(Packet.from_bytes(data), ref, temperature=1.0, seed=0), hr, s) if model.stochastic else p0
-        row = {"enc_mps": mp / t_enc, "dec_mps": mp / t_dec, "seconds": t_enc + t_dec, "psnr_t0": p0, "psnr_t1": p1,
-               "bytes": len(data), "precision": packet.precision}
+        row = {"enc_mps": mp / enc.wall, "dec_mps": mp / dec.wall, "wall_s": enc.wall + dec.wall, "cpu_s": enc.cpu + dec.cpu,
+               "psnr_t0": p0, "psnr_t1": p1, "bytes": len(data), "precision": packet.precision}
         rows[label] = row
-        speedup = rows["plain fp32"]["seconds"] / row["seconds"]
-        print(f"  {label:<14} {row['enc_mps']:>9.3f} {row['dec_mps']:>9.3f} {speedup:>8.2f}x {p0:>11.4f} {p1:>11.4f}  {len(data):,}"
+        speedup = rows["plain fp32"]["cpu_s"] / row["cpu_s"]
+        print(f"  {label:<14} {row['enc_mps']:>9.3f} {row['dec_mps']:>9.3f} {row['cpu_s']:>7.1f} {speedup:>8.2f}x {p0:>11.4f} {p1:>11.4f}  {len(data):,}"
               + ("" if packet.precision == precision else f"  (model runs {packet.precision})"), flush=True)
     d_tile = abs(rows["bf16 tiled"]["psnr_t0"] - rows["bf16"]["psnr_t0"])
     d_tile32 = abs(rows["fp32 tiled"]["psnr_t0"] - rows["plain fp32"]["psnr_t0"])
@@ -140,7 +157,7 @@ def check_settings(name: str, size: int) -> dict:
     ok = max(d_tile, d_tile32) <= 0.05
     print(f"  tiled vs untiled: |dPSNR| {d_tile:.4f} dB (bf16), {d_tile32:.4f} dB (fp32) -> {'OK' if ok else 'FAIL'} (<= 0.05 dB); "
           f"bf16 vs fp32: {d_bf16:+.4f} dB; default vs plain: "
-          f"{rows['plain fp32']['seconds'] / rows['bf16 tiled']['seconds']:.2f}x faster", flush=True)
+          f"{rows['plain fp32']['cpu_s'] / rows['bf16 tiled']['cpu_s']:.2f}x less CPU time (load {load()})", flush=True)
     return {"model": name, "origin": origin, "size": size, "settings": rows, "tile_dpsnr": max(d_tile, d_tile32),
             "bf16_dpsnr": d_bf16, "ok": ok}
 
@@ -159,17 +176,15 @@ def worker(name: str, hr_path: str, ref_path: str, threads: int) -> None:
     model, origin = make_model(name, hr, ref)
     t_read = time.perf_counter() - t_start
     h, w = hr.shape[-2:]
-    t0 = time.perf_counter()
-    packet = model.encode(hr, ref)
-    data = packet.to_bytes()
-    t_enc = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    out = model.decode(Packet.from_bytes(data), ref, seed=0)
-    t_dec = time.perf_counter() - t0
+    with Clock() as enc:
+        packet = model.encode(hr, ref)
+        data = packet.to_bytes()
+    with Clock() as dec:
+        out = model.decode(Packet.from_bytes(data), ref, seed=0)
     rss = peak_rss()
     result = {
-        "model": name, "origin": origin, "size": [h, w], "read_s": t_read, "encode_s": t_enc, "decode_s": t_dec,
-        "enc_mps": h * w / 1e6 / t_enc, "dec_mps": h * w / 1e6 / t_dec, "bytes": len(data), "bpp": len(data) * 8 / (h * w),
+        "model": name, "origin": origin, "size": [h, w], "read_s": t_read, "encode_s": enc.wall, "decode_s": dec.wall,
+        "encode_cpu_s": enc.cpu, "decode_cpu_s": dec.cpu, "enc_mps": h * w / 1e6 / enc.wall, "dec_mps": h * w / 1e6 / dec.wall, "bytes": len(data), "bpp": len(data) * 8 / (h * w),
         "tiles": packet.tiles, "precision": packet.precision, "peak_rss_gib": rss / GIB,
         "psnr_y": psnr_y(out, hr, model.scale),
     }
@@ -187,7 +202,7 @@ def full_scene(names: list[str], height: int, width: int, threads: int) -> list[
         write_image(old, Path(tmp) / "ref.png")
         del new, old
         print(f"\nfull scene: synthetic {width}x{height} pair written in {time.perf_counter() - t0:.0f} s", flush=True)
-        print(f"  {'model':<14} {'encode s':>9} {'decode s':>9} {'enc MP/s':>9} {'dec MP/s':>9} {'peak RSS':>9} "
+        print(f"  {'model':<14} {'encode s':>9} {'decode s':>9} {'enc MP/s':>9} {'dec MP/s':>9} {'CPU s':>7} {'peak RSS':>9} "
               f"{'bpp':>7} {'PSNR-Y':>8}  tiles / precision / weights")
         for name in names:
             cmd = [sys.executable, __file__, "--worker", name, str(Path(tmp) / "hr.png"), str(Path(tmp) / "ref.png"),
@@ -201,6 +216,7 @@ def full_scene(names: list[str], height: int, width: int, threads: int) -> list[
             r["rss_ok"] = r["peak_rss_gib"] <= 3.0
             results.append(r)
             print(f"  {name:<14} {r['encode_s']:>9.1f} {r['decode_s']:>9.1f} {r['enc_mps']:>9.3f} {r['dec_mps']:>9.3f} "
+                  f"{r['encode_cpu_s'] + r['decode_cpu_s']:>7.0f} "
                   f"{r['peak_rss_gib']:>7.2f}Gi {r['bpp']:>7.3f} {r['psnr_y']:>8.2f}  {r['tiles']} / {r['precision']} / {r['origin']}"
                   f"{'' if r['rss_ok'] else '  RSS > 3 GiB!'}", flush=True)
     return results
@@ -223,12 +239,14 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
-    print(f"refscale large-scene benchmark: torch {torch.__version__}, {args.threads} threads, models {', '.join(names)}")
+    print(f"refscale large-scene benchmark: torch {torch.__version__}, {args.threads} threads, models {', '.join(names)}, "
+          f"load average {load()}")
     out = {"check": [], "full": []}
     if not args.skip_check:
         out["check"] = [check_settings(n, args.check_size) for n in names]
     if not args.skip_large:
         out["full"] = full_scene(names, args.height, args.width, args.threads)
+    print(f"\nload average at the end: {load()}")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 

@@ -79,7 +79,7 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
 
     lr = torch.empty(1, 3, padded[0] // s, padded[1] // s)
     side: dict[str, torch.Tensor] = {}
-    (wh, ww), windows = tiling.grid(padded, *layout)
+    (wh, ww), windows = tiling.grid(padded, *layout, model.alignment)
     with _inference(model, precision):
         for batch in _progress(tiling.batches(windows, (wh, ww), BATCH_PIXELS), progress, "encode"):
             x = torch.cat([hr_p[..., w.y:w.y + wh, w.x:w.x + ww] for w in batch])
@@ -144,7 +144,7 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = 1.0, seed:
 
     lr = torch.from_numpy(np.ascontiguousarray(packet.lr)).permute(2, 0, 1).unsqueeze(0).float() / 255.0
     out = torch.empty(1, 3, *padded)
-    (wh, ww), windows = tiling.grid(padded, *layout)
+    (wh, ww), windows = tiling.grid(padded, *layout, model.alignment)
     groups = tiling.batches(windows, (wh, ww), BATCH_PIXELS)
     with _inference(model, precision):
         for b, batch in enumerate(_progress(groups, progress, "decode")):

@@ -245,6 +245,21 @@ def test_tiled_equals_untiled_and_side_maps_are_stitched():
     assert (out_whole - out_retiled).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("length,tile,overlap,align", [(1024, 448, 32, 2), (640, 448, 32, 4), (3456, 448, 32, 4),
+                                                       (40, 12, 4, 4), (36, 36, 8, 4), (100, 8, 0, 2)])
+def test_tile_grid_partitions_the_axis(length, tile, overlap, align):
+    from refscale import tiling
+
+    win, spans = tiling.axis(length, tile, overlap, align)
+    cores = [(a, b) for _, a, b in spans]
+    assert cores[0][0] == 0 and cores[-1][1] == length and all(b == c for (_, b), (c, _) in zip(cores, cores[1:]))
+    sizes = [b - a for a, b in cores]
+    assert max(sizes) <= tile and max(sizes) - min(sizes) <= max(sizes) // 2 + align  # balanced, no sliver
+    for origin, a, b in spans:
+        assert origin % align == 0 and 0 <= origin <= a and b <= origin + win <= length
+        assert a - origin >= min(overlap, a) and origin + win - b >= min(overlap, length - b)  # context on both sides
+
+
 def test_tile_is_rounded_to_the_alignment():
     model = ToyRef()
     hr, ref = pair(40, 40)
