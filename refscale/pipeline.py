@@ -42,12 +42,13 @@ from refscale.models.base import Rescaler
 
 #: padded images with more pixels than this are tiled automatically (1024 x 1024)
 AUTO_TILE_PIXELS = 1024 * 1024
-#: default core size of a tile and context margin, in LR pixels (times the scale in HR pixels):
-#: x2 windows are 448 + 2*32 = 512 HR pixels; windows of 128-512 px run faster per pixel than
-#: larger ones on this CPU, and 16 LR pixels of context keep tiled within 0.05 dB of untiled
-DEFAULT_TILE_LR = 224
+#: default largest core of a tile, in HR pixels, and context margin, in LR pixels (16 * scale HR
+#: pixels). Measured (benchmarks/large_scene.py): ~1 Mpx windows run as fast per pixel as
+#: smaller ones here, so large cores keep the redundant work of the overlap small (x2 scene of
+#: 6264x3456: 1.15x), while memory stays bounded by the window size
+DEFAULT_TILE = 1024
 DEFAULT_OVERLAP_LR = 16
-#: HR pixels per batch of windows
+#: HR pixels per batch of windows (at least one window per batch)
 BATCH_PIXELS = 1024 * 1024
 #: arithmetic for models with ``set_speed`` ("fp32" or "bf16"). bf16 + channels_last runs IRN and
 #: RefScale 2.5-3x faster on this project's CPU (AVX512-BF16) with end-to-end PSNR within a few
@@ -204,7 +205,7 @@ def _layout(model: Rescaler, padded: tuple[int, int], tile, overlap, recorded: b
     if tile is None:
         if padded[0] * padded[1] <= AUTO_TILE_PIXELS:
             return whole
-        tile = DEFAULT_TILE_LR * s
+        tile = DEFAULT_TILE
     if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 0:
         raise InputError(f"tile must be a non-negative integer (pixels), got {tile!r}")
     if tile == 0:

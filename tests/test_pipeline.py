@@ -269,7 +269,7 @@ def test_tile_is_rounded_to_the_alignment():
 
 def test_large_images_are_tiled_automatically(monkeypatch):
     monkeypatch.setattr(pipeline, "AUTO_TILE_PIXELS", 32 * 32)
-    monkeypatch.setattr(pipeline, "DEFAULT_TILE_LR", 8)
+    monkeypatch.setattr(pipeline, "DEFAULT_TILE", 16)
     monkeypatch.setattr(pipeline, "BATCH_PIXELS", 3 * 40 * 40)  # several batches
     model = ToyAvg()
     hr = synthetic_image(48, 64)
