@@ -90,7 +90,15 @@ def run_demo(model_name: str = "refscale-x2", out_dir: str | Path | None = None,
     from refscale.imageio import as_image_tensor, write_image
     from refscale.metrics import psnr
 
+    from refscale.errors import InputError
+
     new, ref = synthetic_revisit_pair(size, size, seed)
+    if out_dir is not None:  # never overwrite: refuse before computing anything
+        names = [f"{n}{ext}" for n in (model_name, f"bicubic-x{refscale.load(model_name, pretrained=False).scale}")
+                 for ext in (".rsc", "_decoded.png")] + ["hr.png", "ref.png"]
+        taken = [n for n in names if (Path(out_dir) / n).exists()]
+        if taken:
+            raise InputError(f"{Path(out_dir) / taken[0]} exists; choose another demo folder")
     hr_t, ref_t = as_image_tensor(new), as_image_tensor(ref)
     print(f"synthetic revisit pair (procedural, seed {seed}): {size}x{size} RGB; PNG of HR = "
           f"{_png_bytes(new):,} bytes")
@@ -112,10 +120,10 @@ def run_demo(model_name: str = "refscale-x2", out_dir: str | Path | None = None,
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
             (out / f"{name}.rsc").write_bytes(data)
-            write_image(hr_hat, out / f"{name}_decoded.png", overwrite=True)
+            write_image(hr_hat, out / f"{name}_decoded.png")
     if out_dir is not None:
-        write_image(hr_t, Path(out_dir) / "hr.png", overwrite=True)
-        write_image(ref_t, Path(out_dir) / "ref.png", overwrite=True)
+        write_image(hr_t, Path(out_dir) / "hr.png")
+        write_image(ref_t, Path(out_dir) / "ref.png")
         print(f"files written to {out_dir}")
     return rows
 
