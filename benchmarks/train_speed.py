@@ -108,11 +108,13 @@ def synthetic_pairs(root: Path) -> Path:
     return root
 
 
-def quality(arch: str, steps: int, patch: int, data: Path | None, tmp: Path) -> dict[str, dict]:
+def quality(arch: str, steps: int, patch: int, data: Path | None, tmp: Path, threads: int | None = None) -> dict[str, dict]:
     """Validation metrics after ``steps`` steps in fp32 and in the fast setting, same seed and batches."""
     config = ROOT / "configs" / f"{arch}-oscd-cpu.yaml"
     base = [f"schedule.steps={steps}", f"data.patch_size={patch}", "val.every_steps=null",
             "checkpoint.every_minutes=null", "log.progress=false", "log.tensorboard=false", "val.crop=128"]
+    if threads:
+        base.append(f"precision.threads={threads}")
     if data is None:
         base += [f"data.path={synthetic_pairs(tmp / 'pairs') if not (tmp / 'pairs').exists() else tmp / 'pairs'}",
                  "data.split=null", "data.val_names=[pair0]"]
@@ -149,6 +151,7 @@ def main() -> None:
     ap.add_argument("--quality-models", default="irn-x2,refscale-x2")
     ap.add_argument("--quality-steps", type=int, default=25)
     ap.add_argument("--quality-patch", type=int, default=64)
+    ap.add_argument("--quality-threads", type=int, default=None, help="override the configs' precision.threads in part 2")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "oscd", help="OSCD folder for part 2")
     args = ap.parse_args()
     models = [m for m in args.models.split(",") if m]
@@ -161,8 +164,9 @@ def main() -> None:
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} (other jobs on this machine slow every row)\n")
     hr, ref = make_batch(args.batch, args.patch)
     pixels = args.batch * args.patch * args.patch
-    print("| model | setting | threads | s/step | HR Mpx/s | GFLOP/s | speed-up vs fp32 |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    if models:
+        print("| model | setting | threads | s/step | HR Mpx/s | GFLOP/s | speed-up vs fp32 |")
+        print("|---|---|---:|---:|---:|---:|---:|")
     for arch in models:
         flops = step_flops(arch, hr, ref)
         base = None
@@ -190,7 +194,7 @@ def main() -> None:
         print("|---|---|---:|---:|---:|---:|---:|")
         with tempfile.TemporaryDirectory() as tmp:
             for arch in qmodels:
-                for setting, r in quality(arch, args.quality_steps, args.quality_patch, data, Path(tmp)).items():
+                for setting, r in quality(arch, args.quality_steps, args.quality_patch, data, Path(tmp), args.quality_threads).items():
                     print(f"| {arch} | {setting} | {r.get('psnr_y', float('nan')):.2f} | {r.get('psnr_y_t0', float('nan')):.2f} | "
                           f"{r.get('bicubic_psnr_y', float('nan')):.2f} | {r['loss']:.1f} | {r['s_per_step']:.2f} |", flush=True)
 
