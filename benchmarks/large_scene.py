@@ -93,7 +93,7 @@ def psnr_y(a: torch.Tensor, b: torch.Tensor, crop: int, rows: int = 512) -> floa
         count = pa.shape[-2] * pa.shape[-1]
         sse += (255.0**2 / 10 ** (p / 10) if np.isfinite(p) else 0.0) * count
         n += count
-    return float("inf") if sse == 0 else 10 * np.log10(255.0**2 * n / sse)
+    return float("inf") if sse == 0 else float(10 * np.log10(255.0**2 * n / sse))
 
 
 class Clock:
@@ -250,7 +250,7 @@ def main() -> None:
         out["full"] = full_scene(names, args.height, args.width, args.threads)
     print(f"\nload average at the end: {load()}")
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        Path(args.json).write_text(json.dumps(out, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
 if __name__ == "__main__":
