@@ -60,7 +60,7 @@ from refscale.errors import ModelError
 from refscale.models.base import Rescaler
 from refscale.models.irn import levels_for_scale
 from refscale.nn.invertible import AffineCoupling, FlowSequence, dense_subnet, exact
-from refscale.nn.layers import ResidualBlock, init_convs
+from refscale.nn.layers import ResidualTrunk, init_convs
 from refscale.nn.speed import FastInference
 
 #: default (down_blocks, up_blocks) per scale: our choice, to land on the paper's 1.33M / 3.35M parameters
@@ -71,17 +71,6 @@ def _conv(cin: int, cout: int) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, 1, 1)
 
 
-class _Trunk(nn.Module):
-    """``n`` residual blocks with a long skip: ``f + blocks(f)`` (EDSR body without its last conv)."""
-
-    def __init__(self, nf: int, n: int):
-        super().__init__()
-        self.blocks = nn.Sequential(*(ResidualBlock(nf) for _ in range(n)))
-
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return f + self.blocks(f)
-
-
 class Downscaler(nn.Module):
     """Gd: squeeze -> conv -> residual blocks -> conv to 3 channels, plus the block mean (see module doc)."""
 
@@ -89,7 +78,7 @@ class Downscaler(nn.Module):
         super().__init__()
         self.scale = scale
         self.head = _conv(3 * scale * scale, nf)
-        self.trunk = _Trunk(nf, n_blocks)
+        self.trunk = ResidualTrunk(nf, n_blocks)
         self.tail = _conv(nf, 3)
         init_convs([self.tail], "zero")  # x starts as the block mean (our choice, like IRN's zero-init subnets)
 
@@ -104,7 +93,7 @@ class Upscaler(nn.Module):
     def __init__(self, scale: int, nf: int, n_blocks: int):
         super().__init__()
         self.head = _conv(3, nf)
-        self.trunk = _Trunk(nf, n_blocks)
+        self.trunk = ResidualTrunk(nf, n_blocks)
         up = []
         for _ in range(levels_for_scale(scale)):
             up += [_conv(nf, 4 * nf), nn.PixelShuffle(2)]

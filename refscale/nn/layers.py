@@ -98,3 +98,14 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv2(self.act(self.conv1(x)))
+
+
+class ResidualTrunk(nn.Module):
+    """``n`` residual blocks with a long skip: ``f + blocks(f)`` (EDSR body without its last conv)."""
+
+    def __init__(self, nf: int, n: int):
+        super().__init__()
+        self.blocks = nn.Sequential(*(ResidualBlock(nf) for _ in range(n)))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return f + self.blocks(f)

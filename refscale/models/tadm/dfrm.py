@@ -33,7 +33,7 @@ from torch import nn
 from refscale import ops
 from refscale.errors import ModelError
 from refscale.nn.invertible import AffineCoupling, FlowSequence, dense_subnet, exact
-from refscale.nn.layers import ResidualBlock, init_convs
+from refscale.nn.layers import ResidualTrunk, init_convs
 
 
 def _conv(cin: int, cout: int, k: int = 3) -> nn.Conv2d:
@@ -47,17 +47,6 @@ def _levels(factor: int) -> int:
     return levels
 
 
-class _Trunk(nn.Module):
-    """``n`` EDSR residual blocks with a long skip."""
-
-    def __init__(self, nf: int, n: int):
-        super().__init__()
-        self.blocks = nn.Sequential(*(ResidualBlock(nf) for _ in range(n)))
-
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return f + self.blocks(f)
-
-
 class Encoder(nn.Module):
     """Ge (eq. 3): ``(x, z) -> z_lr``, with the pixel guidance branch (see the module doc)."""
 
@@ -65,13 +54,13 @@ class Encoder(nn.Module):
         super().__init__()
         self.scale = scale
         levels = _levels(scale // latent_factor if scale % latent_factor == 0 else 0)
-        self.latent_head = nn.Sequential(_conv(latent_channels, nf), _Trunk(nf, n_blocks))
+        self.latent_head = nn.Sequential(_conv(latent_channels, nf), ResidualTrunk(nf, n_blocks))
         down = []
         for _ in range(levels):
             down += [nn.PixelUnshuffle(2), _conv(4 * nf, nf), nn.LeakyReLU(0.2, inplace=True)]
-        self.latent_down = nn.Sequential(*down, _Trunk(nf, n_blocks))
-        self.pixel = nn.Sequential(_conv(3, nf), _Trunk(nf, n_blocks))
-        self.fuse = nn.Sequential(_conv(2 * nf, nf, 1), _Trunk(nf, n_blocks))
+        self.latent_down = nn.Sequential(*down, ResidualTrunk(nf, n_blocks))
+        self.pixel = nn.Sequential(_conv(3, nf), ResidualTrunk(nf, n_blocks))
+        self.fuse = nn.Sequential(_conv(2 * nf, nf, 1), ResidualTrunk(nf, n_blocks))
         self.tail = _conv(nf, 3)
         init_convs([self.tail], "zero")  # z_lr starts as bicubic(x) (our choice, see module doc)
 
@@ -92,7 +81,7 @@ class Decoder(nn.Module):
         up = []
         for _ in range(levels):
             up += [_conv(nf, 4 * nf), nn.PixelShuffle(2), nn.LeakyReLU(0.2, inplace=True)]
-        self.body = nn.Sequential(_conv(3, nf), _Trunk(nf, n_blocks), *up, _Trunk(nf, n_blocks),
+        self.body = nn.Sequential(_conv(3, nf), ResidualTrunk(nf, n_blocks), *up, ResidualTrunk(nf, n_blocks),
                                   _conv(nf, latent_channels))
 
     def forward(self, z_lr: torch.Tensor) -> torch.Tensor:
