@@ -25,6 +25,15 @@ def synthetic_image(h: int, w: int, seed: int = 0) -> torch.Tensor:
     return (base + blocks + noise - 0.1).clamp(0, 1).unsqueeze(0)
 
 
+def perturb(module: torch.nn.Module, std: float, seed: int = 0) -> None:
+    """Add seeded Gaussian noise to every parameter, so no block is the identity
+    (zero-initialised convs included)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * std)
+
+
 @pytest.fixture
 def image():
     return synthetic_image

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from conftest import perturb
 from refscale.nn.invertible import (
     ActNorm,
     AffineCoupling,
@@ -15,14 +16,6 @@ from refscale.nn.layers import RRDB, DenseBlock, ResidualBlock
 
 SHAPE = (1, 4, 4, 4)
 COND_SHAPE = (1, 2, 4, 4)
-
-
-def _randomize(module: torch.nn.Module, seed: int = 0, std: float = 0.3) -> None:
-    """Perturb every parameter so no block is the identity (zero-initialised convs included)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * std)
 
 
 def _blocks():
@@ -49,7 +42,7 @@ def _prepare(name):
     cond = torch.randn(COND_SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) if conditional else None
     block.train()
     block(x * 1.5 + 0.3, cond)  # ActNorm data-dependent init on another batch
-    _randomize(block)
+    perturb(block, std=0.3)
     block.eval()
     return block, x, cond
 
@@ -85,7 +78,7 @@ def test_logdet_matches_jacobian(name):
 def test_batch_logdet_is_per_sample():
     torch.manual_seed(0)
     block = AffineCoupling(4, 3, subnet=dense_subnet(gc=4)).double()
-    _randomize(block)
+    perturb(block, std=0.3)
     x = torch.randn(3, 4, 4, 4, dtype=torch.float64)
     _, ld = block(x)
     singles = torch.cat([block(x[i : i + 1])[1] for i in range(3)])
@@ -139,7 +132,7 @@ def test_conv1x1_params_and_autocast_exactness():
 def test_coupling_under_autocast_stays_float32_and_invertible():
     torch.manual_seed(0)
     block = ConditionalAffineCoupling(12, 4, subnet=dense_subnet(gc=8))
-    _randomize(block, std=0.05)
+    perturb(block, std=0.05)
     x, cond = torch.randn(1, 12, 8, 8), torch.randn(1, 4, 8, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y, ld = block(x, cond)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import synthetic_image
+from conftest import perturb, synthetic_image
 from refscale import metrics, ops, zoo
 from refscale.errors import InputError, ModelError
 from refscale.models.refscale_net import RefScaleNet
@@ -16,13 +16,6 @@ def tiny(scale=2, **kw):
     torch.manual_seed(0)
     blocks = [2] * (1 if scale == 2 else 2)
     return RefScaleNet(scale, **{"blocks": blocks, **TINY, **kw})
-
-
-def _randomize(model, seed=0, std=0.02):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * std)
 
 
 def pair(h=16, w=16, seed=0):
@@ -49,7 +42,7 @@ def test_conditional_round_trip_float64(scale):
     hr, ref = hr.double(), ref.double()
     model.train()
     model.training_losses(hr, ref)  # ActNorm data-dependent init
-    _randomize(model, std=0.05)
+    perturb(model, std=0.05)
     model.eval()
     fc, q = model._encoder_side(hr, ref, training=False)
     y = model.flow_forward(hr, fc)
@@ -65,7 +58,7 @@ def test_condition_identical_at_encoder_and_decoder():
     model.train()
     hr, ref = pair(16, 16)
     model.training_losses(hr, ref)
-    _randomize(model, std=0.05)
+    perturb(model, std=0.05)
     model.eval()
     lr, side = model.downscale(hr, ref)
     fc_enc, q = model._encoder_side(hr, ref, training=False)
@@ -160,7 +153,7 @@ def test_seeded_decoding_and_temperature():
     model = tiny(2).train()
     hr, ref = pair(16, 16)
     model.training_losses(hr, ref)
-    _randomize(model)
+    perturb(model, std=0.02)
     model.eval()
     lr, side = model.downscale(hr, ref)
     up = lambda seed, t=1.0: model.upscale(lr, side, ref, temperature=t, generator=torch.Generator().manual_seed(seed))
@@ -174,7 +167,7 @@ def test_losses_finite_and_gradients_reach_all_parameters():
     hr2, ref2 = pair(16, 16, seed=1)
     hr, ref = torch.cat([hr, hr2]), torch.cat([ref, ref2])
     model.training_losses(hr, ref)  # ActNorm init
-    _randomize(model)  # zero-initialised last convs otherwise block the gradient of earlier layers at step 0
+    perturb(model, std=0.02)  # zero-initialised last convs otherwise block the gradient of earlier layers at step 0
     losses = model.training_losses(hr, ref)
     assert set(losses) == {"total", "hr_rec", "lr_guide", "z_l2"}
     assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values())

@@ -14,7 +14,7 @@ from refscale.models.tadm import tiles
 from refscale.models.tadm.dfrm import DFRM
 from refscale.models.tadm.scheduler import HybridScheduler, fixed_x0, timestep_embedding
 from refscale.models.tadm.tpm import TPM
-from conftest import synthetic_image
+from conftest import perturb, synthetic_image
 
 T = 1000
 
@@ -23,13 +23,6 @@ def _alphas_cumprod() -> torch.Tensor:
     """SD's scaled-linear schedule (beta 0.00085 .. 0.012 over 1000 steps)."""
     betas = torch.linspace(0.00085**0.5, 0.012**0.5, T, dtype=torch.float64) ** 2
     return torch.cumprod(1 - betas, 0)
-
-
-def _perturb(module: torch.nn.Module, std: float, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * std)
 
 
 # ----------------------------------------------------------------------------- DFRM
@@ -50,7 +43,7 @@ def test_dfrm_shapes_and_bicubic_start(scale):
 def test_dfrm_flow_inverts_exactly_float64():
     torch.manual_seed(0)
     dfrm = DFRM(16, nf=8, n_blocks=1, flow_cells=3, gc=8).double()
-    _perturb(dfrm.flow, 0.05)  # leave the identity start: a real nonlinear bijection
+    perturb(dfrm.flow, 0.05)  # leave the identity start: a real nonlinear bijection
     z_lr = torch.randn(2, 3, 11, 7, dtype=torch.float64)
     y = dfrm.to_image(z_lr)
     assert (y - z_lr).abs().max() > 1e-2
@@ -62,7 +55,7 @@ def test_dfrm_flow_inverts_exactly_float64():
 def test_dfrm_losses_eq6_eq7_reach_every_part():
     torch.manual_seed(0)
     dfrm = DFRM(16, nf=8, n_blocks=1, gc=8)
-    _perturb(dfrm, 0.01)
+    perturb(dfrm, 0.01)
     x = synthetic_image(32, 48)
     z = torch.randn(1, 4, 4, 6)
     out = dfrm.losses(x, z, lambda_rec=2.0, lambda_gui=0.5)
@@ -82,7 +75,7 @@ def test_dfrm_losses_eq6_eq7_reach_every_part():
 def test_tpm_output_in_valid_range():
     torch.manual_seed(0)
     tpm = TPM(4, nf=8, num_train_timesteps=T, init_t=200)
-    _perturb(tpm, 0.5)
+    perturb(tpm, 0.5)
     for z in (torch.zeros(3, 4, 8, 8), torch.randn(3, 4, 8, 8), 1e4 * torch.randn(3, 4, 5, 9), -1e6 * torch.ones(2, 4, 4, 4)):
         t = tpm(z)
         assert t.shape == (z.shape[0],)
@@ -122,7 +115,7 @@ def test_hybrid_scheduler_starts_fixed_and_passes_gradients_to_tpm():
     z0.square().sum().backward()
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in tpm.parameters())
     # once the zero conv has moved (one training step), gradients reach the TPM through t
-    _perturb(sched.learned.zero_conv, 0.1)
+    perturb(sched.learned.zero_conv, 0.1)
     tpm.zero_grad()
     sched(z, out, tpm(z)).square().sum().backward()
     assert sum(p.grad.abs().sum() for p in tpm.parameters()) > 0

@@ -1,0 +1,46 @@
+"""The catalogue: weights files round-trip for every trainable architecture; shipped weights are checked."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from conftest import perturb, synthetic_image
+from refscale import zoo
+from refscale.errors import ModelError
+
+#: tiny configs (the per-model test files use the same ones) and the noise that makes every block non-trivial
+TINY = {
+    "irn-x2": (dict(blocks=[2], gc=8), 0.02),
+    "fgrn-x2": (dict(nf=8, down_blocks=1, up_blocks=1, flow_cells=2, gc=4), 0.05),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(TINY))
+def test_weights_round_trip(arch, tmp_path):
+    config, std = TINY[arch]
+    torch.manual_seed(0)
+    model = zoo.build(arch, **config)
+    perturb(model, std=std)
+    path = tmp_path / f"{arch}-test.safetensors"
+    zoo.save_weights(model, path)
+    loaded = zoo.load_weights_file(path)
+    assert loaded.config == model.config and loaded.weights_hash() == model.weights_hash()
+    hr = synthetic_image(8, 8)
+    assert torch.equal(loaded.downscale(hr)[0], model.eval().downscale(hr)[0])
+
+
+@pytest.mark.skipif(not zoo.weights_cards(), reason="no shipped weights")
+def test_shipped_weights_refuse_a_changed_file(tmp_path, monkeypatch):
+    name, card = next(iter(zoo.weights_cards().items()))
+    assert zoo.load(name).name == name  # the card's sha256 matches the shipped file
+    copy = tmp_path / "weights"
+    copy.mkdir()
+    shutil.copy(zoo.WEIGHTS_DIR / f"{name}.json", copy)
+    data = bytearray((zoo.WEIGHTS_DIR / f"{name}.safetensors").read_bytes())
+    data[-1] ^= 1  # one flipped bit in the last tensor
+    (copy / f"{name}.safetensors").write_bytes(bytes(data))
+    monkeypatch.setattr(zoo, "WEIGHTS_DIR", copy)
+    with pytest.raises(ModelError, match="do not match"):
+        zoo.load(name)
+    assert json.loads((copy / f"{name}.json").read_text())["sha256"] == card["sha256"]
