@@ -56,6 +56,15 @@ def card_for(ref: str) -> dict:
     return zoo.weights_cards().get(name, {})
 
 
+def training_budget(card: dict) -> str:
+    """'N steps x batch B x P px, H h' from a model card ('-' for untrained models)."""
+    if not card.get("iterations"):
+        return "-"
+    data_cfg = card.get("training_config", {}).get("data", {})
+    return (f"{card['iterations']} steps x batch {data_cfg.get('batch_size', '?')} x "
+            f"{data_cfg.get('patch_size', '?')} px, {card.get('wall_time_s', 0) / 3600:.2f} h")
+
+
 def cmd_table(args) -> str:
     args.out.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -77,11 +86,7 @@ def cmd_table(args) -> str:
             r = json.loads((args.out / f"{stem}.json").read_text())
             m = r["mean"]
             card = card_for(ref)
-            budget = "-"
-            if card.get("iterations"):
-                data_cfg = card.get("training_config", {}).get("data", {})
-                budget = (f"{card['iterations']} steps x batch {data_cfg.get('batch_size', '?')} x "
-                          f"{data_cfg.get('patch_size', '?')} px, {card.get('wall_time_s', 0) / 3600:.1f} h")
+            budget = training_budget(card)
             p = PAPER[(arch, scale)]
             lines.append(f"| x{scale} | {arch} | {m['psnr_y']:.2f} | {m['ssim_y']:.4f} | {m['psnr_rgb']:.2f} | {m['si_lr']:.3f} | "
                          f"{m['bpp']:.3f} | {m['bpp_side']:.4f} | {p[0]:.2f} / {p[1]:.3f} / {p[2]:.3f} / {p[3]:.2f} | {budget} |")
@@ -231,11 +236,12 @@ def cmd_curves(args) -> None:
     print("wrote", path.relative_to(ROOT))
 
 
-def write_section(results: Path, body: str) -> None:
+def write_section(results: Path, body: str, start: str = START, end: str = END) -> None:
+    """Replace the text between the ``start`` and ``end`` markers (append the block if absent)."""
     text = results.read_text()
-    block = f"{START}\n{body.strip()}\n{END}"
-    if START in text:
-        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    block = f"{start}\n{body.strip()}\n{end}"
+    if start in text:
+        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     results.write_text(text)

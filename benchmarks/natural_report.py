@@ -1,0 +1,138 @@
+"""FGRN vs IRN on natural images (issue 6): FGRN Table 1 and Table 2 in our numbers.
+
+    python benchmarks/natural_report.py all --weights-dir /work/runs2 --write docs/results.md
+
+* ``table``: ``refscale evaluate`` (PSNR/SSIM on Y, border cropped by the scale) of bicubic,
+  IRN and FGRN at 2x and 4x on Set5, Set14 and Urban100, beside the paper's IRN and FGRN rows
+  (FGRN Table 1) and each model's training budget from its card.
+* ``lrq``: PIQE and NIQE of the LR images of bicubic, IRN and FGRN on the same sets
+  (``python -m refscale.lr_quality``), beside FGRN Table 2.
+
+The models are the shipped ``*-natural`` weights unless ``--weights-dir`` points at run folders
+``<dir>/<arch>-x<s>-natural``. IRN's decode samples z (t = 1); ``--draws`` averages over draws.
+The test sets are never used for training or validation (configs/natural-train.csv).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from oscd_report import card_for, training_budget, write_section
+
+ROOT = Path(__file__).resolve().parents[1]
+SETS = ("Set5", "Set14", "Urban100")
+ARCHS = ("bicubic", "irn", "fgrn")
+#: FGRN Table 1: PSNR-Y / SSIM-Y of the paper's IRN and FGRN (trained on DIV2K at full budget)
+PAPER_TABLE1 = {
+    ("bicubic", 2): ((33.66, 0.9299), (30.24, 0.8688), (26.88, 0.8403)),
+    ("irn", 2): ((43.99, 0.9871), (40.79, 0.9778), (39.92, 0.9865)),
+    ("fgrn", 2): ((44.15, 0.9902), (42.28, 0.9840), (41.71, 0.9904)),
+    ("bicubic", 4): ((28.42, 0.8104), (26.00, 0.7027), (23.14, 0.6577)),
+    ("irn", 4): ((36.19, 0.9451), (32.67, 0.9015), (31.41, 0.9157)),
+    ("fgrn", 4): ((36.97, 0.9505), (33.77, 0.9168), (31.91, 0.9253)),
+}
+#: FGRN Table 2: NIQE / PIQE of the LR images
+PAPER_TABLE2 = {
+    ("bicubic", 2): ((16.027, 38.561), (8.519, 39.802), (5.708, 42.788)),
+    ("irn", 2): ((16.017, 34.623), (8.558, 37.001), (6.143, 38.161)),
+    ("fgrn", 2): ((16.166, 30.124), (8.621, 32.982), (5.995, 35.051)),
+    ("bicubic", 4): ((18.876, 51.101), (17.932, 45.335), (17.378, 46.609)),
+    ("irn", 4): ((18.876, 45.112), (17.909, 40.213), (17.755, 39.769)),
+    ("fgrn", 4): ((18.876, 40.627), (17.952, 35.464), (17.132, 36.991)),
+}
+START, END = "<!-- natural-table:start -->", "<!-- natural-table:end -->"
+
+
+def model_ref(arch: str, scale: int, weights_dir: Path | None) -> str:
+    """Catalogue name, or the final weights of a run folder ``<weights_dir>/<arch>-x<s>-natural``."""
+    if arch == "bicubic":
+        return f"bicubic-x{scale}"
+    name = f"{arch}-x{scale}-natural"
+    return name if weights_dir is None else str(weights_dir / name / f"{name}.safetensors")
+
+
+def run(cmd: list[str], out: Path, reuse: bool) -> dict:
+    if not (reuse and out.exists()):
+        print("$", " ".join(cmd), file=sys.stderr, flush=True)
+        subprocess.run(cmd, check=True)
+    return json.loads(out.read_text())
+
+
+def cmd_table(args) -> str:
+    head = " | ".join(f"{s} ours | {s} paper" for s in SETS)
+    lines = [f"| scale | method | {head} | training budget |",
+             "|---:|---|" + "---:|---:|" * len(SETS) + "---|"]
+    commands = []
+    for scale in args.scales:
+        for arch in ARCHS:
+            ref = model_ref(arch, scale, args.weights_dir)
+            cells = []
+            for i, name in enumerate(SETS):
+                out = args.out / f"{arch}_x{scale}_{name.lower()}.json"
+                cmd = ["refscale", "evaluate", "--data", str(args.data / name), "-m", ref,
+                       "--draws", str(args.draws if arch == "irn" else 1), "--json", str(out), "--force"]
+                commands.append(" ".join(cmd))
+                m = run(cmd, out, args.reuse)["mean"]
+                p = PAPER_TABLE1[(arch, scale)][i]
+                cells.append(f"{m['psnr_y']:.2f} / {m['ssim_y']:.4f} | {p[0]:.2f} / {p[1]:.4f}")
+            lines.append(f"| x{scale} | {arch} | {' | '.join(cells)} | {training_budget(card_for(ref))} |")
+    text = ("PSNR-Y / SSIM-Y (border of `scale` pixels cropped); paper = FGRN Table 1 "
+            "(DIV2K training at full budget):\n\n" + "\n".join(lines)
+            + "\n\nCommands:\n\n```\n" + "\n".join(commands) + "\n```\n")
+    print(text)
+    return text
+
+
+def cmd_lr_quality(args) -> str:
+    head = " | ".join(f"{s} ours | {s} paper" for s in SETS)
+    lines = [f"| scale | method | {head} |", "|---:|---|" + "---:|---:|" * len(SETS)]
+    commands = []
+    for scale in args.scales:
+        refs = [model_ref(arch, scale, args.weights_dir) for arch in ARCHS]
+        per_set = []
+        for name in SETS:
+            out = args.out / f"lrq_x{scale}_{name.lower()}.json"
+            cmd = [sys.executable, "-m", "refscale.lr_quality", "--data", str(args.data / name), "--json", str(out)]
+            for ref in refs:
+                cmd += ["-m", ref]
+            commands.append("python " + " ".join(cmd[1:]))
+            per_set.append(list(run(cmd, out, args.reuse).values()))
+        for a, arch in enumerate(ARCHS):
+            cells = []
+            for i in range(len(SETS)):
+                m = per_set[i][a]["mean"]
+                p = PAPER_TABLE2[(arch, scale)][i]
+                cells.append(f"{m['niqe']:.3f} / {m['piqe']:.3f} | {p[0]:.3f} / {p[1]:.3f}")
+            lines.append(f"| x{scale} | {arch} | {' | '.join(cells)} |")
+    text = ("LR image quality, NIQE / PIQE on Y (lower is better); paper = FGRN Table 2:\n\n"
+            + "\n".join(lines) + "\n\nCommands:\n\n```\n" + "\n".join(commands) + "\n```\n")
+    print(text)
+    return text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=("table", "lrq", "all"))
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "natural")
+    ap.add_argument("--scales", type=int, nargs="+", default=[2, 4])
+    ap.add_argument("--draws", type=int, default=1, help="IRN decodes averaged per image (default 1)")
+    ap.add_argument("--weights-dir", type=Path, default=None, help="run folders instead of the shipped weights")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "natural_eval")
+    ap.add_argument("--reuse", action="store_true", help="reuse existing evaluation JSON files")
+    ap.add_argument("--write", type=Path, default=None, help="replace the marked section of this results file")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    parts = []
+    if args.what in ("table", "all"):
+        parts.append(cmd_table(args))
+    if args.what in ("lrq", "all"):
+        parts.append(cmd_lr_quality(args))
+    if args.write and parts:
+        write_section(args.write, "\n\n".join(parts), START, END)
+
+
+if __name__ == "__main__":
+    main()
