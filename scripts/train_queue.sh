@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Train a list of models with WORKERS single-threaded workers pulling from one queue.
 # On this 2-core machine two 1-thread trainings side by side do ~20% more steps per hour than one
-# 2-thread training (irn-x2-oscd, 64 px: 1.55 s/step each vs 0.96 s/step alone; docs/results.md).
+# 2-thread training (irn-x2-oscd, 64 px: 1.55 s/step each vs 0.96 s/step alone; measurement and command in
+# docs/results.md, "Equal-budget training runs, session 2").
 # Each line of JOBS is "CONFIG STEPS [KEY=VALUE ...]"; the run folder is $RUNS/<config name
 # without -cpu>. Re-running resumes interrupted runs (--resume) and skips finished ones.
 #   RUNS=/work/runs WORKERS=2 bash scripts/train_queue.sh jobs.txt
