@@ -20,7 +20,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from oscd_report import card_for, training_budget, write_section
+from oscd_report import training_budget, write_section
+
+from refscale.zoo import card_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = ("Set5", "Set14", "Urban100")

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from refscale import zoo
+
 ROOT = Path(__file__).resolve().parents[1]
 FIG_DIR = ROOT / "docs" / "figures"
 #: RefScale Table 1, RS dataset (SPOT-5, not OSCD): PSNR, SSIM, SI, bpp
@@ -44,16 +46,6 @@ def model_ref(arch: str, scale: int, weights_dir: Path | None) -> str:
     if arch == "bicubic" or weights_dir is None:
         return f"{arch}-x{scale}"
     return str(weights_dir / f"{arch}-x{scale}-oscd" / f"{arch}-x{scale}-oscd.safetensors")
-
-
-def card_for(ref: str) -> dict:
-    from refscale import zoo
-
-    if ref.endswith(".safetensors"):
-        p = Path(ref).with_suffix(".json")
-        return json.loads(p.read_text()) if p.exists() else {}
-    name = zoo.DEFAULT_WEIGHTS.get(ref, ref)
-    return zoo.weights_cards().get(name, {})
 
 
 def training_budget(card: dict) -> str:
@@ -85,7 +77,7 @@ def cmd_table(args) -> str:
                 subprocess.run(cmd, check=True)
             r = json.loads((args.out / f"{stem}.json").read_text())
             m = r["mean"]
-            card = card_for(ref)
+            card = zoo.card_for(ref)
             budget = training_budget(card)
             p = PAPER[(arch, scale)]
             lines.append(f"| x{scale} | {arch} | {m['psnr_y']:.2f} | {m['ssim_y']:.4f} | {m['psnr_rgb']:.2f} | {m['si_lr']:.3f} | "

@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--lr-out", help="also save the viewable LR image as stored in the container (file, or folder for a batch)")
     e.add_argument("--tile", type=int, default=None, help="process in tiles of N HR pixels (default: automatic above 1 Mpx; 0 = never)")
     e.add_argument("--resample-ref", action="store_true", help="resize a reference of another size to the image size (bicubic)")
-    e.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="model arithmetic (default: the measured fastest safe setting)")
+    e.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None,
+                   help="model arithmetic (default auto: bf16 where the CPU has native bf16, else fp32)")
     e.add_argument("--force", action="store_true", help="overwrite existing outputs")
     e.set_defaults(func=cmd_encode)
 

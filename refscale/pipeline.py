@@ -13,7 +13,8 @@ Written once against the :class:`~refscale.models.base.Rescaler` protocol:
   (their stride, HR size / side size, is read from the shapes). The layout is recorded in the
   container; the decoder repeats it by default.
 * **Precision.** Models that support it (``set_speed``, :mod:`refscale.nn.speed`) run their
-  convolutions in bfloat16 with channels_last when ``precision="bf16"``. The container records
+  convolutions in bfloat16 with channels_last when ``precision="bf16"`` (``"auto"``, the default:
+  only on CPUs with native bf16). The container records
   the precision the encoder used and the decoder repeats it, so both sides compute the same
   condition. :data:`DEFAULT_PRECISION` is the measured choice (see ``benchmarks/large_scene.py``).
 * **Checks.** A reference model without a reference is a :class:`ModelError`; a reference
@@ -39,6 +40,7 @@ from refscale.errors import ContainerError, InputError, ModelError
 from refscale.imageio import as_image_tensor
 from refscale.metrics import to_uint8
 from refscale.models.base import Rescaler
+from refscale.nn.speed import native_bf16
 
 #: padded images with more pixels than this are tiled automatically (1024 x 1024)
 AUTO_TILE_PIXELS = 1024 * 1024
@@ -50,11 +52,12 @@ DEFAULT_TILE = 1024
 DEFAULT_OVERLAP_LR = 16
 #: HR pixels per batch of windows (at least one window per batch)
 BATCH_PIXELS = 1024 * 1024
-#: arithmetic for models with ``set_speed`` ("fp32" or "bf16"). bf16 + channels_last runs IRN and
-#: RefScale 2.5-3x faster on this project's CPU (AVX512-BF16) with end-to-end PSNR within a few
-#: thousandths of a dB of fp32 (``benchmarks/large_scene.py`` prints both); pass
-#: ``precision="fp32"`` / ``--precision fp32`` for the plain setting.
-DEFAULT_PRECISION = "bf16"
+#: arithmetic for models with ``set_speed``: "fp32", "bf16" or "auto". bf16 + channels_last runs IRN
+#: and RefScale 2.5-3x faster on a CPU with native bf16 (AVX512-BF16/AMX) with end-to-end PSNR
+#: within a few thousandths of a dB of fp32 (``benchmarks/large_scene.py`` prints both), but ~4x
+#: slower on an AVX2-only CPU, where bf16 is emulated. "auto" (the default) picks bf16 where it is
+#: native (:func:`refscale.nn.speed.native_bf16`), else fp32; the container records the choice.
+DEFAULT_PRECISION = "auto"
 
 
 # ============================================================================= encode
@@ -291,9 +294,14 @@ def _check_model(model: Rescaler, packet: Packet, allow_mismatch: bool) -> None:
 
 def _precision(model: Rescaler, precision: str | None) -> str:
     precision = DEFAULT_PRECISION if precision is None else str(precision)
-    if precision not in ("fp32", "bf16"):
-        raise InputError(f"precision must be fp32 or bf16, got {precision!r}")
-    return precision if hasattr(model, "set_speed") else "fp32"
+    if precision not in ("fp32", "bf16", "auto"):
+        raise InputError(f"precision must be fp32, bf16 or auto, got {precision!r}")
+    if not hasattr(model, "set_speed"):
+        return "fp32"
+    if precision == "auto":
+        device = next((p.device.type for p in model.parameters()), "cpu")
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
 
 
 @contextlib.contextmanager

@@ -102,6 +102,19 @@ def weights_cards() -> dict[str, dict[str, Any]]:
     return cards
 
 
+def card_for(name: str | os.PathLike) -> dict[str, Any]:
+    """The model card of a weights name, a short name (its default weights) or a ``.safetensors``
+    path (the ``.json`` beside it); ``{}`` when there is none (e.g. bicubic)."""
+    text = os.fspath(name)
+    if text.endswith(".safetensors"):
+        p = Path(text).with_suffix(".json")
+        try:
+            return json.loads(p.read_text()) if p.is_file() else {}
+        except ValueError:
+            return {}
+    return weights_cards().get(DEFAULT_WEIGHTS.get(text, text), {})
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -351,7 +351,7 @@ def test_two_processes_decode_identical_pixels(tmp_path):
 
 # ----------------------------------------------------------------------------- precision
 def test_precision_is_recorded_and_repeated_by_the_decoder():
-    from refscale.nn.speed import FastInference
+    from refscale.nn.speed import FastInference, native_bf16
 
     class Speedy(FastInference, ToyAvg):
         seen: list = []
@@ -367,7 +367,9 @@ def test_precision_is_recorded_and_repeated_by_the_decoder():
     model = Speedy()
     hr = synthetic_image(16, 16)
     packet = model.encode(hr)
-    assert packet.precision == pipeline.DEFAULT_PRECISION
+    assert pipeline.DEFAULT_PRECISION == "auto"  # bf16 only where the CPU runs it natively
+    assert packet.precision == ("bf16" if native_bf16() else "fp32")
+    assert model.encode(hr, precision="bf16").precision == "bf16"
     assert Packet.from_bytes(packet.to_bytes()).precision == packet.precision
     model.seen.clear()
     model.decode(packet)  # (decode also probes downscale once to learn the side-info layout)

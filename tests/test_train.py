@@ -180,6 +180,24 @@ def test_checkpoint_files(pairs, tmp_path):
         engine.train(cfg, out)
 
 
+def test_init_weights_continue_a_finished_run(pairs, tmp_path):
+    first = engine.train(tiny_config(pairs, steps=4), tmp_path / "first")
+    cfg = tiny_config(pairs, steps=3, model={"init_weights": first["weights"]})
+    second = engine.train(cfg, tmp_path / "second")
+    card = json.loads(Path(second["weights"]).with_suffix(".json").read_text())
+    first_card = json.loads(Path(first["weights"]).with_suffix(".json").read_text())
+    assert card["iterations"] == 7 and card["wall_time_s"] >= first_card["wall_time_s"]
+    assert card["init_from"]["weights"] == first["weights"] and card["init_from"]["iterations"] == 4
+    history = card["val_history"]
+    assert [h["step"] for h in history] == [0, 3, 4, 4, 7]  # the first run's history, then this run's
+    assert history[3]["psnr_y"] == history[2]["psnr_y"]  # the second run starts from the first's weights
+    assert first_card["val_history"] == history[:3]
+    # another architecture config is refused with a clear error
+    bad = tiny_config(pairs, steps=3, model={"config": {"width": 16}, "init_weights": first["weights"]})
+    with pytest.raises(ConfigError, match="init_weights"):
+        engine.train(bad, tmp_path / "bad")
+
+
 def test_nan_guard_skips_bad_steps(pairs, tmp_path):
     cfg = tiny_config(pairs, steps=6, model={"config": {"width": 8, "nan_calls": [2, 3]}})
     result = engine.train(cfg, tmp_path / "run")

@@ -1,7 +1,11 @@
 """Fast CPU inference: bfloat16 autocast and channels_last memory format.
 
-This machine's CPU has AMX-bf16: 3x3 convolutions run ~3x faster in bf16 with channels_last
-than in fp32. :class:`FastInference` is mixed into the learned rescalers (IRN, RefScale)::
+On a CPU with native bfloat16 (AVX512-BF16 / AMX, where oneDNN runs bf16 kernels) 3x3
+convolutions run ~3x faster in bf16 with channels_last than in fp32; on an AVX2-only CPU (e.g.
+this project's AMD EPYC CI machines) bf16 is emulated and ~4x *slower* than fp32.
+:func:`native_bf16` tells which, and ``"auto"`` settings (the pipeline's default precision,
+``precision.bf16: auto`` in training configs) use bf16 only where it is native.
+:class:`FastInference` is mixed into the learned rescalers (IRN, RefScale)::
 
     model = refscale.load("irn-x2", pretrained=False).set_speed(bf16=True, channels_last=True)
     lr, side = model.downscale(hr)          # convolutions in bf16, invertible maps in fp32
@@ -21,6 +25,29 @@ from __future__ import annotations
 import contextlib
 
 import torch
+
+
+def native_bf16(device_type: str = "cpu") -> bool:
+    """True when bfloat16 convolutions are native (fast) on this device.
+
+    CUDA: always (autocast picks supported kernels). CPU: oneDNN's own check
+    (``torch.ops.mkldnn._is_mkldnn_bf16_supported``: AVX512-BF16/AMX or AVX512 cores); False on
+    AVX2-only CPUs, where bf16 is emulated. Measured on an AVX2 AMD EPYC: IRN x2 downscale of a
+    256 px image 1.06 s fp32 vs 4.42 s bf16 (docs/results.md, "Precision on an AVX2 CPU").
+    """
+    if device_type != "cpu":
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_bf16(setting, device_type: str = "cpu") -> bool:
+    """``True``/``False`` as given; ``"auto"`` -> :func:`native_bf16`."""
+    if setting == "auto":
+        return native_bf16(device_type)
+    return bool(setting)
 
 
 def autocast(enabled: bool, device_type: str = "cpu"):

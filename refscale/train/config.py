@@ -5,11 +5,11 @@ A config has these sections (every key optional except ``model.arch``, ``data.pa
 
     name: null                                      # final weights <run>/<name>.safetensors; default <arch>-<data folder>
     seed: 0
-    model:     {arch: refscale-x2, config: {...constructor overrides...}, module: null}
+    model:     {arch: refscale-x2, config: {...constructor overrides...}, module: null, init_weights: null}
     data:      {path, split, val_names, val_split, patch_size, both_directions, augment, batch_size}
     optim:     {name: adam, lr, betas, eps, weight_decay, grad_clip}
     schedule:  {steps, milestones, gamma}           # step halving: lr * gamma ** (#milestones passed)
-    precision: {bf16, channels_last, threads}
+    precision: {bf16, channels_last, threads}       # bf16: true | false | auto (bf16 autocast only where native)
     checkpoint:{every_minutes, every_steps, keep}
     val:       {every_steps, max_images, crop, seed}
     log:       {every_steps, tensorboard, progress}
@@ -19,7 +19,11 @@ A config has these sections (every key optional except ``model.arch``, ``data.pa
 
 ``data.batch_size`` is the *total* batch over all processes (``torchrun``), so one config means
 the same training at any process count. ``model.module`` names a Python module imported before
-the model is built (to register architectures that are not built in).
+the model is built (to register architectures that are not built in). ``model.init_weights``
+(a shipped weights name such as ``irn-x2-oscd`` or a ``.safetensors`` path) starts the run from
+those weights instead of a random init (fine-tuning, or continuing a finished run with a new
+schedule); the architecture and its config must match. The final model card then counts the
+earlier steps and wall time too and keeps the earlier validation history.
 
 Relative ``data.path`` values are looked up in the current directory, then beside the config
 file, then in the config file's parent directory (the repository root for ``configs/*.yaml``).
@@ -43,7 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "name": None,
     "seed": 0,
     "device": "auto",
-    "model": {"arch": None, "config": {}, "module": None},
+    "model": {"arch": None, "config": {}, "module": None, "init_weights": None},
     "data": {
         "path": None,
         "split": "train",
@@ -110,6 +114,9 @@ def _check(cfg: dict) -> dict:
     need(cfg["device"] in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {cfg['device']!r}")
     need(isinstance(cfg["guard"]["max_bad_steps"], int) and cfg["guard"]["max_bad_steps"] > 0, "guard.max_bad_steps must be a positive integer")
     need(isinstance(cfg["seed"], int), f"seed must be an integer, got {cfg['seed']!r}")
+    need(cfg["precision"]["bf16"] in (True, False, "auto"), f"precision.bf16 must be true, false or auto, got {cfg['precision']['bf16']!r}")
+    init = cfg["model"]["init_weights"]
+    need(init is None or (isinstance(init, str) and init.strip()), f"model.init_weights must be a weights name or path, got {init!r}")
     name = cfg["name"]
     need(name is None or (isinstance(name, str) and name.strip() and "/" not in name and "\\" not in name),
          f"name must be a file name without a folder (e.g. refscale-x2-oscd), got {name!r}")
@@ -172,6 +179,9 @@ def load_file(path: str | Path, overrides: list[str] | None = None) -> dict:
         raise ConfigError(f"{path}: a training config must be a YAML mapping")
     cfg = resolve(deep_update(raw, parse_overrides(overrides)))
     cfg["data"]["path"] = str(find_path(cfg["data"]["path"], path))
+    init = cfg["model"]["init_weights"]
+    if init is not None and init.endswith(".safetensors"):
+        cfg["model"]["init_weights"] = str(find_path(init, path))
     return cfg
 
 

@@ -56,6 +56,7 @@ from torch import nn
 
 from refscale import zoo
 from refscale.errors import RefScaleError
+from refscale.nn.speed import resolve_bf16
 from refscale.train import checkpoint as ckpt
 from refscale.train.config import ConfigError, load_file, resolve
 
@@ -286,6 +287,41 @@ class _JsonLog:
             f.write(json.dumps(record) + "\n")
 
 
+def _load_init_weights(model: nn.Module, spec: str) -> dict:
+    """Copy the weights ``spec`` (a weights name or ``.safetensors`` path) into ``model``.
+
+    Returns what the final card records about them: the source, its weights hash, and the steps,
+    wall time and validation history of its own card (zero / empty without a card).
+    """
+    src = zoo.load(spec)
+    if (src.arch, src.scale) != (model.arch, model.scale) or src.config != model.config:
+        raise ConfigError(f"model.init_weights {spec} is {src.arch}-x{src.scale} with config {src.config}, "
+                          f"not the {model.arch}-x{model.scale} being trained with config {model.config}")
+    model.load_state_dict(src.state_dict(), strict=True)
+    card = zoo.card_for(spec)
+    history = card.get("val_history")
+    if history is None and card.get("metrics"):  # older cards: only the final validation
+        history = [{"step": card.get("iterations", 0),
+                    **{k[4:]: v for k, v in card["metrics"].items() if k.startswith("val_")}}]
+    return {"weights": str(spec), "weights_hash": src.weights_hash(), "iterations": int(card.get("iterations", 0)),
+            "wall_time_s": float(card.get("wall_time_s", 0.0)), "val_history": history or []}
+
+
+def _val_history(log: Path, offset: int) -> list[dict]:
+    """Validation records of ``metrics.jsonl`` as ``{"step": offset + step, "psnr_y": ...}``."""
+    rows = []
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            val = {k[4:]: round(v, 4) for k, v in rec.items() if k.startswith("val/")}
+            if val:
+                rows.append({"step": offset + rec["step"], **val})
+    return rows
+
+
 def _describe_data(cfg: dict, train, val) -> str:
     d = cfg["data"]
     text = f"{Path(d['path']).name} split={d['split']} ({len(train)} images"
@@ -350,6 +386,7 @@ def _train(cfg: dict, out: Path, ckpt_dir: Path, resume: bool, dist: _Dist, dev_
     from refscale import data as rdata
 
     prec, d = cfg["precision"], cfg["data"]
+    use_bf16 = resolve_bf16(prec["bf16"], dev_kind)
     if prec["threads"]:
         torch.set_num_threads(int(prec["threads"]))
     device = torch.device(dev_kind, dist.local_rank) if dev_kind == "cuda" else torch.device("cpu")
@@ -362,6 +399,7 @@ def _train(cfg: dict, out: Path, ckpt_dir: Path, resume: bool, dist: _Dist, dev_
         importlib.import_module(cfg["model"]["module"])
     _seed_everything(cfg["seed"])
     model = zoo.build(cfg["model"]["arch"], **cfg["model"]["config"]).to(device)
+    init = _load_init_weights(model, cfg["model"]["init_weights"]) if cfg["model"]["init_weights"] else None
     if prec["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     model.train()
@@ -427,7 +465,7 @@ def _train(cfg: dict, out: Path, ckpt_dir: Path, resume: bool, dist: _Dist, dev_
     total_steps = cfg["schedule"]["steps"]
     say(f"training {cfg['model']['arch']} ({model.num_parameters() / 1e6:.3f}M params) on {data_text}; "
         f"{total_steps} steps, batch {d['batch_size']} x {d['patch_size']} px, {dist.world} process(es), "
-        f"bf16={prec['bf16']} channels_last={prec['channels_last']} threads={torch.get_num_threads()} -> {out}")
+        f"bf16={use_bf16} ({prec['bf16']}) channels_last={prec['channels_last']} threads={torch.get_num_threads()} -> {out}")
 
     def log(record: dict) -> None:
         if jlog is not None:
@@ -438,16 +476,21 @@ def _train(cfg: dict, out: Path, ckpt_dir: Path, resume: bool, dist: _Dist, dev_
                     writer.add_scalar(k, v, record["step"])
 
     def card() -> dict:
-        return {
+        before = init or {"iterations": 0, "wall_time_s": 0.0, "val_history": []}
+        info = {
             "data": data_text,
             "needs_reference": model.needs_reference,
             "params": model.num_parameters(),
-            "iterations": step,
-            "wall_time_s": round(wall_before + time.monotonic() - t_start, 1),
+            "iterations": before["iterations"] + step,
+            "wall_time_s": round(before["wall_time_s"] + wall_before + time.monotonic() - t_start, 1),
             "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]) if sys.argv else "",
             "metrics": {f"val_{k}": round(v, 4) for k, v in last_val.items()},
+            "val_history": before["val_history"] + _val_history(out / "metrics.jsonl", before["iterations"]),
             "training_config": cfg,
         }
+        if init is not None:
+            info["init_from"] = {k: v for k, v in init.items() if k != "val_history"}
+        return info
 
     def save_checkpoint() -> None:
         rngs = dist.gather(ckpt.rng_state(dataset))
@@ -483,7 +526,7 @@ def _train(cfg: dict, out: Path, ckpt_dir: Path, resume: bool, dist: _Dist, dev_
                 group["lr"] = lr
             hr, ref = _collate([dataset[i] for i in sampler.indices(step)], device, prec["channels_last"])
             losses, gnorm, ok = training_step(loss_fn, optimizer, params, hr, ref if use_ref else None,
-                                              bf16=prec["bf16"], grad_clip=grad_clip, any_bad=dist.any)
+                                              bf16=use_bf16, grad_clip=grad_clip, any_bad=dist.any)
             if not ok:
                 skipped += 1
                 bad_streak += 1
