@@ -5,8 +5,9 @@
 * ``table``: ``refscale evaluate`` (PSNR/SSIM on Y, border cropped by the scale) of bicubic,
   IRN and FGRN at 2x and 4x on Set5, Set14 and Urban100, beside the paper's IRN and FGRN rows
   (FGRN Table 1) and each model's training budget from its card.
-* ``lrq``: PIQE and NIQE of the LR images of bicubic, IRN and FGRN on the same sets
-  (``python -m refscale.lr_quality``), beside FGRN Table 2.
+* ``lrq``: PIQE and NIQE of the LR images of bicubic, IRN and FGRN on the same sets, beside FGRN
+  Table 2: ``python -m refscale.lr_quality --lr DIR`` on the LR images that ``table`` saved
+  (``refscale evaluate --save-lr``), so no model runs twice; run ``table`` first.
 
 The models are the shipped ``*-natural`` weights unless ``--weights-dir`` points at run folders
 ``<dir>/<arch>-x<s>-natural``. IRN's decode samples z (t = 1); ``--draws`` averages over draws.
@@ -56,6 +57,11 @@ def model_ref(arch: str, scale: int, weights_dir: Path | None) -> str:
     return name if weights_dir is None else str(weights_dir / name / f"{name}.safetensors")
 
 
+def lr_folder(out: Path, arch: str, scale: int, dataset: str) -> Path:
+    """Where ``table`` saves the stored LR images of one model on one set."""
+    return out / "lr" / f"{arch}_x{scale}_{dataset.lower()}"
+
+
 def run(cmd: list[str], out: Path, reuse: bool) -> dict:
     if not (reuse and out.exists()):
         print("$", " ".join(cmd), file=sys.stderr, flush=True)
@@ -75,7 +81,8 @@ def cmd_table(args) -> str:
             for i, name in enumerate(SETS):
                 out = args.out / f"{arch}_x{scale}_{name.lower()}.json"
                 cmd = ["refscale", "evaluate", "--data", str(args.data / name), "-m", ref,
-                       "--draws", str(args.draws if arch == "irn" else 1), "--json", str(out), "--force"]
+                       "--draws", str(args.draws if arch == "irn" else 1), "--json", str(out),
+                       "--save-lr", str(lr_folder(args.out, arch, scale, name)), "--force"]
                 commands.append(" ".join(cmd))
                 m = run(cmd, out, args.reuse)["mean"]
                 p = PAPER_TABLE1[(arch, scale)][i]
@@ -93,13 +100,15 @@ def cmd_lr_quality(args) -> str:
     lines = [f"| scale | method | {head} |", "|---:|---|" + "---:|---:|" * len(SETS)]
     commands = []
     for scale in args.scales:
-        refs = [model_ref(arch, scale, args.weights_dir) for arch in ARCHS]
         per_set = []
         for name in SETS:
             out = args.out / f"lrq_x{scale}_{name.lower()}.json"
-            cmd = [sys.executable, "-m", "refscale.lr_quality", "--data", str(args.data / name), "--json", str(out)]
-            for ref in refs:
-                cmd += ["-m", ref]
+            cmd = [sys.executable, "-m", "refscale.lr_quality", "--json", str(out)]
+            for arch in ARCHS:
+                folder = lr_folder(args.out, arch, scale, name)
+                if not folder.is_dir():
+                    sys.exit(f"no LR images in {folder}; run `natural_report.py table` first")
+                cmd += ["--lr", str(folder)]
             commands.append("python " + " ".join(cmd[1:]))
             per_set.append(list(run(cmd, out, args.reuse).values()))
         for a, arch in enumerate(ARCHS):

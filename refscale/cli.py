@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("-q", "--quality", type=int, default=None, help=q_help)
     v.add_argument("--json", dest="json_out", default=None, help="write the result JSON here (default: print it)")
     v.add_argument("--md", dest="md_out", default=None, help="also write a Markdown table here")
+    v.add_argument("--save-lr", default=None, metavar="DIR", help="also save each stored LR image as DIR/<name>.png")
     v.add_argument("--force", action="store_true", help="overwrite existing outputs")
     v.set_defaults(func=cmd_evaluate)
 
@@ -355,13 +356,17 @@ def cmd_evaluate(args) -> int:
         if p.exists() and not args.force:
             raise InputError(f"{p} exists; use --force to overwrite it")
     samples = discover(args.data, split=args.split)
+    if args.save_lr and not args.force:
+        taken = [s.name for s in samples if (Path(args.save_lr) / f"{s.name}.png").exists()]
+        if taken:
+            raise InputError(f"{Path(args.save_lr) / (taken[0] + '.png')} exists; use --force to overwrite LR images")
     model = _load_model(args.model)
     if model.needs_reference:
         missing = [s.name for s in samples if s.ref is None]
         if missing:
             raise ModelError(f"model {model.name} needs references; {args.data} has none for {', '.join(missing[:3])}")
     result = evaluate(model, samples, draws=args.draws, codec=codec, quality=quality, progress=_tty(),
-                      dataset=Path(args.data).name, split=args.split)
+                      dataset=Path(args.data).name, split=args.split, lr_dir=args.save_lr, overwrite=args.force)
     text = json.dumps(result, indent=2) + "\n"
     if args.json_out:
         write_bytes(Path(args.json_out), text.encode(), args.force)

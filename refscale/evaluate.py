@@ -13,6 +13,8 @@ mod-crop — and its reference if the model needs one):
    convention of the published bicubic tables (Set14's bridge).
 3. ``si_lr``: SI (RefScale eq. 15) of the LR image as stored in the container (after the codec).
 4. ``seconds``: wall time of encode + serialisation + one decode (the mean over draws).
+5. With ``lr_dir``: the stored LR image of each sample is written to ``lr_dir/<name>.png`` (for
+   looking at it, or for no-reference LR quality: ``python -m refscale.lr_quality --lr DIR``).
 
 The result is the DESIGN.md JSON: ``model, scale, dataset, split, draws, images[], mean{}``.
 """
@@ -27,7 +29,7 @@ from tqdm import tqdm
 
 from refscale import metrics
 from refscale.data import Sample, iter_full_images
-from refscale.imageio import is_greyscale_file
+from refscale.imageio import is_greyscale_file, write_image
 from refscale.models.base import Rescaler
 
 METRIC_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "si_lr", "bpp", "bpp_lr", "bpp_side", "seconds")
@@ -45,12 +47,14 @@ def _dataset_name(samples: list[Sample]) -> str:
 
 
 def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str = "png", quality: int | None = None,
-             progress: bool = True, *, dataset: str | None = None, split: str | None = None) -> dict:
+             progress: bool = True, *, dataset: str | None = None, split: str | None = None,
+             lr_dir: str | os.PathLike | None = None, overwrite: bool = False) -> dict:
     """Evaluate ``model`` on ``samples``; returns the DESIGN.md evaluation dict.
 
     ``draws`` decodes of different seeds are averaged for stochastic models (``model.stochastic``);
     deterministic models are decoded once and report ``draws: 1``. ``dataset`` and ``split`` only
-    label the result (default: the samples' common folder name, and None).
+    label the result (default: the samples' common folder name, and None). ``lr_dir``: also save
+    the stored LR images there as ``<name>.png`` (existing files only with ``overwrite``).
     """
     from refscale.container import Packet, section_sizes
 
@@ -84,6 +88,8 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
                 scores["psnr_rgb"] += float(metrics.psnr(hr_hat, hr, crop_border=scale, y_channel=False)[0]) / draws
                 scores["ssim_rgb"] += float(metrics.ssim(hr_hat, hr, crop_border=scale, y_channel=False)[0]) / draws
             lr = torch.from_numpy(stored.lr).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+            if lr_dir is not None:
+                write_image(lr, Path(lr_dir) / f"{name}.png", overwrite=overwrite)
             row = {
                 "name": name,
                 **scores,

@@ -242,6 +242,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m refscale.lr_quality", description=__doc__.split("\n")[0])
     ap.add_argument("--data", help="dataset folder (single images)")
     ap.add_argument("-m", "--model", action="append", default=[], help="model name or .safetensors (repeatable)")
+    ap.add_argument("--lr", action="append", default=[], metavar="DIR",
+                    help="score the images in DIR as they are, e.g. LR images saved by `refscale evaluate --save-lr` (repeatable)")
     ap.add_argument("--channel", default="y", choices=("y", "gray"))
     ap.add_argument("--json", help="write per-image scores here")
     ap.add_argument("--check-baboon", metavar="PATH", help="print NIQE/PIQE of one image file (validation)")
@@ -251,20 +253,24 @@ def main(argv=None) -> int:
         print(json.dumps({"niqe_y": niqe(img, "y").item(), "niqe_gray": niqe(img, "gray").item(),
                           "piqe_y": piqe(img, "y").item(), "piqe_gray": piqe(img, "gray").item()}))
         return 0
-    if not args.data or not args.model:
-        ap.error("--data and at least one -m are needed (or --check-baboon PATH)")
-    samples = discover(args.data)
-    out = {}
+    if not args.lr and not (args.data and args.model):
+        ap.error("--data with at least one -m, or --lr DIR, is needed (or --check-baboon PATH)")
+    sources = []  # (label, set label, iterator of (image name, LR))
     for name in args.model:
         model = zoo.load(name).eval()
-        rows = []
-        for img_name, lr in lr_images(model, samples):
-            rows.append({"name": img_name, "niqe": niqe(lr, args.channel).item(), "piqe": piqe(lr, args.channel).item()})
+        sources.append((model.name, Path(args.data).name, lr_images(model, discover(args.data))))
+    for folder in args.lr:
+        files = discover(folder)
+        sources.append((str(folder), Path(folder).name, ((s.name, read_image(s.hr)) for s in files)))
+    out = {}
+    for label, set_name, images in sources:
+        rows = [{"name": img_name, "niqe": niqe(lr, args.channel).item(), "piqe": piqe(lr, args.channel).item()}
+                for img_name, lr in images]
         finite = [r["niqe"] for r in rows if math.isfinite(r["niqe"])]
         mean = {"niqe": float(np.mean(finite)) if finite else math.nan, "niqe_images": len(finite),
                 "piqe": float(np.mean([r["piqe"] for r in rows]))}
-        out[model.name] = {"images": rows, "mean": mean}
-        print(f"{model.name:24s} {Path(args.data).name:10s} NIQE {mean['niqe']:.3f} ({len(finite)}/{len(rows)} images)  PIQE {mean['piqe']:.3f}")
+        out[label] = {"images": rows, "mean": mean}
+        print(f"{label:24s} {set_name:10s} NIQE {mean['niqe']:.3f} ({len(finite)}/{len(rows)} images)  PIQE {mean['piqe']:.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0

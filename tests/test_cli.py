@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+import torch
 
 from conftest import synthetic_image
 from refscale import zoo
@@ -164,6 +165,20 @@ def test_evaluate_writes_json_and_markdown(tmp_path, capsys):
     assert "| **mean** |" in (tmp_path / "r.md").read_text()
     code, _, err = run(capsys, "evaluate", "--data", data, "-m", "bicubic-x2", "--json", tmp_path / "r.json")
     assert_refused(code, err, "exists", "--force")
+    # --save-lr: the LR images as stored in the containers; they score like the model's own LR
+    code, _, err = run(capsys, "evaluate", "--data", data, "-m", "bicubic-x2", "--json", tmp_path / "s.json",
+                       "--save-lr", tmp_path / "lr")
+    assert code == 0, err
+    from refscale import ops
+    from refscale.imageio import read_image
+    from refscale.metrics import to_uint8
+    lr0 = read_image(tmp_path / "lr" / "p0.png")
+    expected = to_uint8(ops.bicubic_down(read_image(data / "p0" / "hr.png"), 2)).float() / 255
+    assert sorted(p.name for p in (tmp_path / "lr").iterdir()) == ["p0.png", "p1.png"] and torch.equal(lr0, expected)
+    code, _, err = run(capsys, "evaluate", "--data", data, "-m", "bicubic-x2", "--json", tmp_path / "t.json",
+                       "--save-lr", tmp_path / "lr")
+    assert_refused(code, err, "p0.png exists", "--force")
+    assert not (tmp_path / "t.json").exists()
 
 
 # ----------------------------------------------------------------------------- error paths

@@ -149,3 +149,23 @@ def test_bad_inputs():
         lr_quality.piqe(torch.rand(1, 2, 16, 16))
     with pytest.raises(InputError):
         lr_quality.niqe(torch.rand(1, 3, 200, 200), channel="rgb")
+
+
+def test_cli_scores_saved_lr_folders_like_the_model(tmp_path, capsys):
+    """``--lr DIR`` scores image files as they are; for a model's stored LR images it gives the
+    numbers ``-m MODEL`` computes by encoding the dataset itself."""
+    import json
+
+    from refscale.imageio import read_image, write_image
+    from refscale.metrics import to_uint8
+
+    data, lr_dir = tmp_path / "set", tmp_path / "lr"
+    for i in range(2):
+        hr = _pink(400, 400, seed=10 + i)
+        write_image(hr, data / f"im{i}.png")
+        hr = read_image(data / f"im{i}.png")  # the 8-bit image the model sees
+        write_image(to_uint8(ops.bicubic_down(hr, 2)).float() / 255, lr_dir / f"im{i}.png")
+    assert lr_quality.main(["--data", str(data), "-m", "bicubic-x2", "--lr", str(lr_dir), "--json", str(tmp_path / "q.json")]) == 0
+    out = json.loads((tmp_path / "q.json").read_text())
+    by_model, by_folder = out["bicubic-x2"], out[str(lr_dir)]
+    assert by_model["images"] == by_folder["images"] and math.isfinite(by_model["mean"]["niqe"])
