@@ -1,6 +1,6 @@
 """The OSCD reproduction of RefScale's Table 1 (issue 5): table, figures, change masks, curves.
 
-    python benchmarks/oscd_report.py all --data ../shared/data/oscd --runs /work/runs --scales 2
+    python benchmarks/oscd_report.py all --data ../shared/data/oscd --scales 2 4 --write docs/results.md
 
 * ``table``: ``refscale evaluate --split test --draws 5`` for bicubic, IRN and RefScale at each
   scale (the shipped weights unless ``--weights-dir`` points at run folders), written to
@@ -11,7 +11,9 @@
   / reconstructions (the paper's Fig. 3 and 5) -> ``docs/figures/oscd_<city>_x<s>.png``.
 * ``change``: mean transmitted similarity inside vs outside the changed areas
   (``change_mask.png``) of the train cities.
-* ``curves``: validation PSNR-Y vs step from each run's ``metrics.jsonl`` -> one plot.
+* ``probe``: RefScale decoded with the true, an oracle, a wrong and a flat reference on the two
+  held-out train cities, and the similarity a random init starts from.
+* ``curves``: validation PSNR-Y vs step from each model card's ``val_history`` -> one figure.
 
 Test cities are only touched by ``table`` and ``figures``; nothing here tunes anything.
 """
@@ -192,39 +194,93 @@ def cmd_change(args) -> str:
     return text
 
 
+VAL_CITIES = ("aguasclaras", "bordeaux")  # the held-out train cities of the OSCD configs
+
+
+@torch.no_grad()
+def cmd_probe(args) -> str:
+    """Does RefScale use the reference? Decode the held-out train cities (centre crops) with the
+    true reference, the HR image itself as an oracle reference, the other city's reference and a
+    flat grey image; report PSNR-Y (t = 1) and the mean transmitted similarity. The same maps of
+    a randomly initialised model show where the similarity starts."""
+    import refscale
+    from refscale.imageio import read_image
+    from refscale.metrics import psnr, to_uint8
+
+    c = args.crop
+    crops = {}
+    for city in VAL_CITIES:
+        hr, ref = read_image(args.data / city / "img2.png"), read_image(args.data / city / "img1.png")
+        t, left = (hr.shape[-2] - c) // 2, (hr.shape[-1] - c) // 2
+        crops[city] = (hr[..., t:t + c, left:left + c], ref[..., t:t + c, left:left + c])
+    lines = ["| scale | model | reference | " + " | ".join(f"{city} PSNR-Y / mean S" for city in VAL_CITIES) + " |",
+             "|---:|---|---|" + "---:|" * len(VAL_CITIES)]
+    for scale in args.scales:
+        irn = refscale.load(model_ref("irn", scale, args.weights_dir))
+        cells = []
+        for city in VAL_CITIES:
+            hr = crops[city][0]
+            lr, side = irn.downscale(hr)
+            out = irn.upscale(to_uint8(lr).float() / 255, side, generator=torch.Generator().manual_seed(0))
+            cells.append(f"{float(psnr(out, hr, crop_border=scale)[0]):.2f} / -")
+        lines.append(f"| x{scale} | IRN | none | " + " | ".join(cells) + " |")
+        torch.manual_seed(0)
+        for label, model in (("RefScale", refscale.load(model_ref("refscale", scale, args.weights_dir))),
+                             ("RefScale, random init", refscale.load(f"refscale-x{scale}", pretrained=False))):
+            for kind in ("true (img1)", "oracle (HR itself)", "other city's img1", "flat grey"):
+                cells = []
+                for i, city in enumerate(VAL_CITIES):
+                    hr, ref = crops[city]
+                    other = crops[VAL_CITIES[1 - i]][1]
+                    r = {"true (img1)": ref, "oracle (HR itself)": hr, "other city's img1": other,
+                         "flat grey": torch.full_like(ref, 0.5)}[kind]
+                    lr, side = model.downscale(hr, r)
+                    s_mean = float(side["smap"].float().mean()) / (model.levels_q - 1)
+                    if label.endswith("random init"):
+                        cells.append(f"- / {s_mean:.3f}")
+                        continue
+                    out = model.upscale(to_uint8(lr).float() / 255, side, r, generator=torch.Generator().manual_seed(0))
+                    cells.append(f"{float(psnr(out, hr, crop_border=scale)[0]):.2f} / {s_mean:.3f}")
+                lines.append(f"| x{scale} | {label} | {kind} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
 def cmd_curves(args) -> None:
+    """Validation PSNR-Y vs step of IRN and RefScale at each scale (and any ``--extra`` weights),
+    from the ``val_history`` of each model card, which spans continued runs (``model.init_weights``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     FIG_DIR.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    bicubic = {}
-    for run in sorted(args.runs.glob("*-oscd")):
-        log = run / "metrics.jsonl"
-        if not log.exists():
-            continue
-        pts = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-        val = [(p["step"], p["val/psnr_y"]) for p in pts if "val/psnr_y" in p]
-        if not val:
-            continue
-        steps, psnr = zip(*val)
-        ax.plot(steps, psnr, marker="o", label=run.name)
-        for p in pts:
-            if "val/bicubic_psnr_y" in p:
-                bicubic[run.name.split("-")[1]] = p["val/bicubic_psnr_y"]
-    for s, v in sorted(bicubic.items()):
-        ax.axhline(v, ls="--", color="gray", lw=1)
-        ax.text(0, v + 0.2, f"bicubic {s}", color="gray", fontsize=8)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("validation PSNR-Y (dB), held-out train cities")
-    ax.set_title("OSCD learning curves (validation: aguasclaras, bordeaux)")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    fig, axes = plt.subplots(1, len(args.scales), figsize=(6.5 * len(args.scales), 4.8), squeeze=False)
+    for ax, scale in zip(axes[0], args.scales):
+        refs = [model_ref(arch, scale, args.weights_dir) for arch in ("irn", "refscale")]
+        refs += [e for e in args.extra if f"-x{scale}-" in Path(e).name]
+        bicubic = None
+        for ref in refs:
+            card = zoo.card_for(ref)
+            hist = [h for h in card.get("val_history", []) if "psnr_y" in h]
+            if not hist:
+                print(f"{ref}: no val_history in its card, left out", file=sys.stderr)
+                continue
+            steps = [h["step"] for h in hist]
+            ax.plot(steps, [h["psnr_y"] for h in hist], marker=".", label=card.get("name", Path(ref).stem))
+            bicubic = hist[-1].get("bicubic_psnr_y", bicubic)
+        if bicubic is not None:
+            ax.axhline(bicubic, ls="--", color="gray", lw=1, label="bicubic down/up")
+        ax.set_xlabel("training step (batch 8 x 64 px)")
+        ax.set_ylabel("validation PSNR-Y (dB), t = 1")
+        ax.set_title(f"x{scale}: held-out train cities aguasclaras + bordeaux")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     path = FIG_DIR / "oscd_learning_curves.png"
     fig.savefig(path, dpi=80)
+    plt.close(fig)
     print("wrote", path.relative_to(ROOT))
 
 
@@ -242,12 +298,12 @@ def write_section(results: Path, body: str, start: str = START, end: str = END) 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("table", "figures", "change", "curves", "all"))
+    ap.add_argument("what", choices=("table", "figures", "change", "probe", "curves", "all"))
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "oscd")
     ap.add_argument("--scales", type=int, nargs="+", default=[2])
     ap.add_argument("--draws", type=int, default=5)
     ap.add_argument("--weights-dir", type=Path, default=None, help="run folders instead of the shipped weights")
-    ap.add_argument("--runs", type=Path, default=ROOT / "runs", help="run folders for the learning curves")
+    ap.add_argument("--extra", nargs="*", default=[], help="more weights (.safetensors with cards) for the curves, e.g. ablations")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "oscd_eval")
     ap.add_argument("--crop", type=int, default=384, help="figure crop size (HR pixels)")
     ap.add_argument("--reuse", action="store_true", help="reuse existing evaluation JSON files")
@@ -259,6 +315,9 @@ def main() -> None:
         parts.append(cmd_table(args))
     if args.what in ("change", "all"):
         parts.append("Similarity inside vs outside the changed areas (train cities, `change_mask.png`):\n\n" + cmd_change(args))
+    if args.what in ("probe", "all"):
+        parts.append(f"What the reference does (held-out train cities, {args.crop} px centre crops, t = 1, seed 0; "
+                     "mean S = mean transmitted similarity in [0, 1]):\n\n" + cmd_probe(args))
     if args.what in ("figures", "all"):
         cmd_figures(args)
     if args.what in ("curves", "all"):
