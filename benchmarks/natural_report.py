@@ -70,15 +70,16 @@ def run(cmd: list[str], out: Path, reuse: bool) -> dict:
 
 
 def cmd_table(args) -> str:
-    head = " | ".join(f"{s} ours | {s} paper" for s in SETS)
+    head = " | ".join(f"{s} ours | {s} paper" for s in args.sets)
     lines = [f"| scale | method | {head} | training budget |",
-             "|---:|---|" + "---:|---:|" * len(SETS) + "---|"]
+             "|---:|---|" + "---:|---:|" * len(args.sets) + "---|"]
     commands = []
     for scale in args.scales:
         for arch in ARCHS:
             ref = model_ref(arch, scale, args.weights_dir)
             cells = []
-            for i, name in enumerate(SETS):
+            for name in args.sets:
+                i = SETS.index(name)
                 out = args.out / f"{arch}_x{scale}_{name.lower()}.json"
                 cmd = ["refscale", "evaluate", "--data", str(args.data / name), "-m", ref,
                        "--draws", str(args.draws if arch == "irn" else 1), "--json", str(out),
@@ -96,12 +97,12 @@ def cmd_table(args) -> str:
 
 
 def cmd_lr_quality(args) -> str:
-    head = " | ".join(f"{s} ours | {s} paper" for s in SETS)
-    lines = [f"| scale | method | {head} |", "|---:|---|" + "---:|---:|" * len(SETS)]
+    head = " | ".join(f"{s} ours | {s} paper" for s in args.sets)
+    lines = [f"| scale | method | {head} |", "|---:|---|" + "---:|---:|" * len(args.sets)]
     commands = []
     for scale in args.scales:
         per_set = []
-        for name in SETS:
+        for name in args.sets:
             out = args.out / f"lrq_x{scale}_{name.lower()}.json"
             cmd = [sys.executable, "-m", "refscale.lr_quality", "--json", str(out)]
             for arch in ARCHS:
@@ -113,9 +114,9 @@ def cmd_lr_quality(args) -> str:
             per_set.append(list(run(cmd, out, args.reuse).values()))
         for a, arch in enumerate(ARCHS):
             cells = []
-            for i in range(len(SETS)):
+            for i, name in enumerate(args.sets):
                 m = per_set[i][a]["mean"]
-                p = PAPER_TABLE2[(arch, scale)][i]
+                p = PAPER_TABLE2[(arch, scale)][SETS.index(name)]
                 cells.append(f"{m['niqe']:.3f} / {m['piqe']:.3f} | {p[0]:.3f} / {p[1]:.3f}")
             lines.append(f"| x{scale} | {arch} | {' | '.join(cells)} |")
     text = ("LR image quality, NIQE / PIQE on Y (lower is better); paper = FGRN Table 2:\n\n"
@@ -129,6 +130,7 @@ def main() -> None:
     ap.add_argument("what", choices=("table", "lrq", "all"))
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "natural")
     ap.add_argument("--scales", type=int, nargs="+", default=[2, 4])
+    ap.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS, help="test sets (default: all three)")
     ap.add_argument("--draws", type=int, default=1, help="IRN decodes averaged per image (default 1)")
     ap.add_argument("--weights-dir", type=Path, default=None, help="run folders instead of the shipped weights")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "natural_eval")
