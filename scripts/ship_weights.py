@@ -28,7 +28,8 @@ else:
     weights = args.run / "checkpoints" / latest["weights"]
 card = json.loads(weights.with_suffix(".json").read_text())
 model = zoo.load_weights_file(weights, card.get("sha256"))
-keep = ("data", "needs_reference", "params", "iterations", "wall_time_s", "command", "metrics", "training_config")
+keep = ("data", "needs_reference", "params", "iterations", "wall_time_s", "command", "metrics", "val_history",
+        "init_from", "training_config")
 new_card = {k: card[k] for k in keep if k in card}
 new_card["note"] = args.note
 new_card["source"] = f"{weights.name} of run {args.run.name}"
