@@ -263,7 +263,7 @@ def cmd_curves(args) -> None:
         bicubic = None
         for ref in refs:
             card = zoo.card_for(ref)
-            hist = [h for h in card.get("val_history", []) if "psnr_y" in h]
+            hist = [h for h in zoo.val_history(card) if "psnr_y" in h]
             if not hist:
                 print(f"{ref}: no val_history in its card, left out", file=sys.stderr)
                 continue

@@ -115,6 +115,15 @@ def card_for(name: str | os.PathLike) -> dict[str, Any]:
     return weights_cards().get(DEFAULT_WEIGHTS.get(text, text), {})
 
 
+def val_history(card: dict[str, Any]) -> list[dict[str, Any]]:
+    """A card's validation history ``[{"step", "psnr_y", ...}]``; for cards written before the
+    engine recorded it, the one final validation (``metrics``) at ``iterations``."""
+    if card.get("val_history") is not None:
+        return list(card["val_history"])
+    metrics = {k[4:]: v for k, v in card.get("metrics", {}).items() if k.startswith("val_")}
+    return [{"step": card.get("iterations", 0), **metrics}] if metrics else []
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

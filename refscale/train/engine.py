@@ -299,12 +299,8 @@ def _load_init_weights(model: nn.Module, spec: str) -> dict:
                           f"not the {model.arch}-x{model.scale} being trained with config {model.config}")
     model.load_state_dict(src.state_dict(), strict=True)
     card = zoo.card_for(spec)
-    history = card.get("val_history")
-    if history is None and card.get("metrics"):  # older cards: only the final validation
-        history = [{"step": card.get("iterations", 0),
-                    **{k[4:]: v for k, v in card["metrics"].items() if k.startswith("val_")}}]
     return {"weights": str(spec), "weights_hash": src.weights_hash(), "iterations": int(card.get("iterations", 0)),
-            "wall_time_s": float(card.get("wall_time_s", 0.0)), "val_history": history or []}
+            "wall_time_s": float(card.get("wall_time_s", 0.0)), "val_history": zoo.val_history(card)}
 
 
 def _val_history(log: Path, offset: int) -> list[dict]:
