@@ -16,6 +16,7 @@
 * ``curves``: validation PSNR-Y vs step from each model card's ``val_history`` -> one figure.
 
 Test cities are only touched by ``table`` and ``figures``; nothing here tunes anything.
+``figures`` and ``curves`` need matplotlib (``pip install ".[report]"``).
 """
 from __future__ import annotations
 
