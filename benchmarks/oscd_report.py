@@ -260,6 +260,8 @@ def cmd_curves(args) -> None:
     fig, axes = plt.subplots(1, len(args.scales), figsize=(6.5 * len(args.scales), 4.8), squeeze=False)
     for ax, scale in zip(axes[0], args.scales):
         refs = [model_ref(arch, scale, args.weights_dir) for arch in ("irn", "refscale")]
+        refs = [r if Path(r).exists() or not r.endswith(".safetensors") else f"{arch}-x{scale}"
+                for r, arch in zip(refs, ("irn", "refscale"))]  # no run folder: the shipped card
         refs += [e for e in args.extra if f"-x{scale}-" in Path(e).name]
         bicubic = None
         for ref in refs:
