@@ -8,8 +8,8 @@ initialised on the image and whose parameters are perturbed, so no coupling is t
 such a model is fine for timing and for *differences* in PSNR, not for absolute quality):
 
 1. **Settings, on a check-size x check-size synthetic revisit pair** (``refscale.demo``): encode
-   and decode with the plain setting (fp32, one piece), fp32 tiled, bf16 (the product's default:
-   one piece at this size) and bf16 tiled (as large scenes run), printing megapixels/s of encode and
+   and decode with the plain setting (fp32, one piece), fp32 tiled, bf16 (the default on a CPU with
+   native bf16, `precision="auto"`; one piece at this size) and bf16 tiled (as large scenes run), printing megapixels/s of encode and
    decode, the CPU-time speed-up over plain fp32, and PSNR-Y (crop = scale) of the decoded image at
    temperature 0 and 1 (seed 0). The tiled-vs-untiled PSNR difference must be <= 0.05 dB.
    "tiled" uses cores of half the image (the product's 1024-px default would not tile it).
@@ -136,7 +136,7 @@ def check_settings(name: str, size: int) -> dict:
         model.decode(model.encode(hr[warm], None if ref is None else ref[warm], precision=precision),
                      None if ref is None else ref[warm])
     print(f"\n{name} ({origin}), {size}x{size}; tiled = cores of {tile} HR px + overlap {pipeline.DEFAULT_OVERLAP_LR * s}; "
-          f"'bf16' is the product default at this size", flush=True)
+          f"'bf16' is the default ('auto') at this size on a CPU with native bf16", flush=True)
     print(f"  {'setting':<14} {'enc MP/s':>9} {'dec MP/s':>9} {'CPU s':>7} {'speed-up':>9} {'PSNR-Y t=0':>11} {'PSNR-Y t=1':>11}  bytes")
     for label, precision, t in (("plain fp32", "fp32", 0), ("fp32 tiled", "fp32", tile),
                                 ("bf16", "bf16", None), ("bf16 tiled", "bf16", tile)):

@@ -308,7 +308,7 @@ def main() -> None:
     ap.add_argument("--weights-dir", type=Path, default=None, help="run folders instead of the shipped weights")
     ap.add_argument("--extra", nargs="*", default=[], help="more weights (.safetensors with cards) for the curves, e.g. ablations")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "oscd_eval")
-    ap.add_argument("--crop", type=int, default=384, help="figure crop size (HR pixels)")
+    ap.add_argument("--crop", type=int, default=384, help="crop size (HR pixels) of the figures and of the probe")
     ap.add_argument("--reuse", action="store_true", help="reuse existing evaluation JSON files")
     ap.add_argument("--write", type=Path, default=None, help="replace the marked section of this results file")
     args = ap.parse_args()

@@ -356,10 +356,15 @@ def cmd_evaluate(args) -> int:
         if p.exists() and not args.force:
             raise InputError(f"{p} exists; use --force to overwrite it")
     samples = discover(args.data, split=args.split)
-    if args.save_lr and not args.force:
-        taken = [s.name for s in samples if (Path(args.save_lr) / f"{s.name}.png").exists()]
-        if taken:
-            raise InputError(f"{Path(args.save_lr) / (taken[0] + '.png')} exists; use --force to overwrite LR images")
+    if args.save_lr:
+        inputs = {Path(p).resolve() for s in samples for p in (s.hr, s.ref) if p is not None}
+        targets = [Path(args.save_lr) / f"{s.name}.png" for s in samples]
+        clash = [t for t in targets if t.resolve() in inputs]
+        if clash:
+            raise InputError(f"--save-lr would overwrite the input image {clash[0]}; choose another folder")
+        taken = [t for t in targets if t.exists()]
+        if taken and not args.force:
+            raise InputError(f"{taken[0]} exists; use --force to overwrite LR images")
     model = _load_model(args.model)
     if model.needs_reference:
         missing = [s.name for s in samples if s.ref is None]

@@ -49,6 +49,7 @@ what MATLAB's ``piqe`` and the NIQE release do with an RGB input. A grey input i
 Command line (the LR images a model stores, through the real container)::
 
     python -m refscale.lr_quality --data ../shared/data/natural/Set5 -m fgrn-x4 [-m bicubic-x4 ...]
+    python -m refscale.lr_quality --lr LR_DIR [--lr ...]     # images saved by `refscale evaluate --save-lr`
 """
 from __future__ import annotations
 
@@ -253,7 +254,7 @@ def main(argv=None) -> int:
         print(json.dumps({"niqe_y": niqe(img, "y").item(), "niqe_gray": niqe(img, "gray").item(),
                           "piqe_y": piqe(img, "y").item(), "piqe_gray": piqe(img, "gray").item()}))
         return 0
-    if not args.lr and not (args.data and args.model):
+    if (args.model and not args.data) or not (args.lr or args.model):
         ap.error("--data with at least one -m, or --lr DIR, is needed (or --check-baboon PATH)")
     sources = []  # (label, set label, iterator of (image name, LR))
     for name in args.model:
@@ -277,4 +278,12 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    import sys
+
+    from refscale.errors import RefScaleError
+
+    try:
+        raise SystemExit(main())
+    except RefScaleError as e:  # bad input: one line, exit 2 (as the refscale CLI)
+        print(f"python -m refscale.lr_quality: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

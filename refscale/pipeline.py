@@ -144,7 +144,8 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = 1.0, seed:
         layout = _layout(model, padded, packet.tiles["tile"], packet.tiles["overlap"], recorded=True)
     else:
         layout = _layout(model, padded, tile, overlap)
-    precision = _precision(model, precision if precision is not None else packet.precision)
+    # "auto" on decode means what the encoder chose (the condition must be computed the same way)
+    precision = _precision(model, packet.precision if precision in (None, "auto") else precision)
 
     lr = torch.from_numpy(np.ascontiguousarray(packet.lr)).permute(2, 0, 1).unsqueeze(0).float() / 255.0
     out = torch.empty(1, 3, *padded)

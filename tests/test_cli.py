@@ -181,6 +181,16 @@ def test_evaluate_writes_json_and_markdown(tmp_path, capsys):
     assert not (tmp_path / "t.json").exists()
 
 
+def test_save_lr_never_overwrites_the_inputs(tmp_path, capsys):
+    data = tmp_path / "singles"
+    write_image(synthetic_image(24, 24, seed=1), data / "a.png")
+    before = (data / "a.png").read_bytes()
+    code, _, err = run(capsys, "evaluate", "--data", data, "-m", "bicubic-x2", "--json", tmp_path / "r.json",
+                       "--save-lr", data, "--force")
+    assert_refused(code, err, "overwrite the input image")
+    assert (data / "a.png").read_bytes() == before and not (tmp_path / "r.json").exists()
+
+
 # ----------------------------------------------------------------------------- error paths
 def test_missing_input_file(files, capsys):
     code, _, err = run(capsys, "encode", files / "nope.png", "-m", "bicubic-x2", "-o", files / "x.rsc")

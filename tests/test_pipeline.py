@@ -350,7 +350,7 @@ def test_two_processes_decode_identical_pixels(tmp_path):
 
 
 # ----------------------------------------------------------------------------- precision
-def test_precision_is_recorded_and_repeated_by_the_decoder():
+def test_precision_is_recorded_and_repeated_by_the_decoder(monkeypatch):
     from refscale.nn.speed import FastInference, native_bf16
 
     class Speedy(FastInference, ToyAvg):
@@ -366,8 +366,12 @@ def test_precision_is_recorded_and_repeated_by_the_decoder():
 
     model = Speedy()
     hr = synthetic_image(16, 16)
-    packet = model.encode(hr)
     assert pipeline.DEFAULT_PRECISION == "auto"  # bf16 only where the CPU runs it natively
+    for native in (True, False):
+        monkeypatch.setattr(pipeline, "native_bf16", lambda device="cpu", native=native: native)
+        assert model.encode(hr).precision == ("bf16" if native else "fp32")
+    monkeypatch.undo()
+    packet = model.encode(hr)
     assert packet.precision == ("bf16" if native_bf16() else "fp32")
     assert model.encode(hr, precision="bf16").precision == "bf16"
     assert Packet.from_bytes(packet.to_bytes()).precision == packet.precision

@@ -189,9 +189,11 @@ def test_init_weights_continue_a_finished_run(pairs, tmp_path):
     assert card["iterations"] == 7 and card["wall_time_s"] >= first_card["wall_time_s"]
     assert card["init_from"]["weights"] == first["weights"] and card["init_from"]["iterations"] == 4
     history = card["val_history"]
-    assert [h["step"] for h in history] == [0, 3, 4, 4, 7]  # the first run's history, then this run's
-    assert history[3]["psnr_y"] == history[2]["psnr_y"]  # the second run starts from the first's weights
-    assert first_card["val_history"] == history[:3]
+    assert [h["step"] for h in history] == [0, 3, 4, 7]  # the first run's history, then this run's
+    assert first_card["val_history"] == history[:3] and card["bf16"] is False
+    # the second run started from the first's weights: its step-0 validation equals the first's last
+    log = [json.loads(line) for line in (tmp_path / "second" / "metrics.jsonl").read_text().splitlines()]
+    assert log[0]["step"] == 0 and round(log[0]["val/psnr_y"], 4) == history[2]["psnr_y"]
     # another architecture config is refused with a clear error
     bad = tiny_config(pairs, steps=3, model={"config": {"width": 16}, "init_weights": first["weights"]})
     with pytest.raises(ConfigError, match="init_weights"):

@@ -30,15 +30,18 @@ import torch
 def native_bf16(device_type: str = "cpu") -> bool:
     """True when bfloat16 convolutions are native (fast) on this device.
 
-    CUDA: always (autocast picks supported kernels). CPU: oneDNN's own check
-    (``torch.ops.mkldnn._is_mkldnn_bf16_supported``: AVX512-BF16/AMX or AVX512 cores); False on
-    AVX2-only CPUs, where bf16 is emulated. Measured on an AVX2 AMD EPYC: IRN x2 downscale of a
-    256 px image 1.06 s fp32 vs 4.42 s bf16 (docs/results.md, "Precision on an AVX2 CPU").
+    CUDA: ``torch.cuda.is_bf16_supported()``. CPU: AVX512-BF16 or AMX instructions
+    (``torch.cpu._is_avx512_bf16_supported`` / ``_is_amx_tile_supported``); False on AVX2-only
+    CPUs (and on AVX512 ones without BF16), where bf16 is emulated. Measured on an AVX2 AMD EPYC:
+    IRN x2 downscale of a 256 px image 1.06 s fp32 vs 4.42 s bf16 (docs/results.md, "Precision
+    on an AVX2 CPU").
     """
+    if device_type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     if device_type != "cpu":
-        return True
+        return False
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         return False
 

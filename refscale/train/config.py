@@ -114,7 +114,8 @@ def _check(cfg: dict) -> dict:
     need(cfg["device"] in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {cfg['device']!r}")
     need(isinstance(cfg["guard"]["max_bad_steps"], int) and cfg["guard"]["max_bad_steps"] > 0, "guard.max_bad_steps must be a positive integer")
     need(isinstance(cfg["seed"], int), f"seed must be an integer, got {cfg['seed']!r}")
-    need(cfg["precision"]["bf16"] in (True, False, "auto"), f"precision.bf16 must be true, false or auto, got {cfg['precision']['bf16']!r}")
+    bf16 = cfg["precision"]["bf16"]
+    need(isinstance(bf16, bool) or bf16 == "auto", f"precision.bf16 must be true, false or auto, got {bf16!r}")
     init = cfg["model"]["init_weights"]
     need(init is None or (isinstance(init, str) and init.strip()), f"model.init_weights must be a weights name or path, got {init!r}")
     name = cfg["name"]

@@ -58,7 +58,7 @@ from refscale import zoo
 from refscale.errors import RefScaleError
 from refscale.nn.speed import resolve_bf16
 from refscale.train import checkpoint as ckpt
-from refscale.train.config import ConfigError, load_file, resolve
+from refscale.train.config import DEFAULTS, ConfigError, load_file, resolve
 
 
 class TrainingError(RefScaleError):
@@ -318,6 +318,13 @@ def _val_history(log: Path, offset: int) -> list[dict]:
     return rows
 
 
+def _join_history(before: list[dict], run: list[dict]) -> list[dict]:
+    """The source card's history, then this run's without its step-0 repeat of the last entry."""
+    if before and run and run[0]["step"] == before[-1]["step"]:
+        run = run[1:]
+    return before + run
+
+
 def _describe_data(cfg: dict, train, val) -> str:
     d = cfg["data"]
     text = f"{Path(d['path']).name} split={d['split']} ({len(train)} images"
@@ -368,7 +375,8 @@ def train(config: dict, out_dir, resume: bool = False) -> dict:
         raise ConfigError(f"nothing to resume: no checkpoint in {ckpt_dir}")
     if resume and (out / "config.yaml").is_file():
         old = yaml.safe_load((out / "config.yaml").read_text())
-        if old.get("model") != cfg["model"]:
+        old_model = {**DEFAULTS["model"], **(old.get("model") or {})}  # runs written before a model key existed
+        if old_model != cfg["model"]:
             raise ConfigError(f"the model section differs from the run in {out}; resume needs the same model")
 
     dist = _Dist(cfg["ddp"]["backend"], dev_kind)
@@ -395,7 +403,8 @@ def _train(cfg: dict, out: Path, ckpt_dir: Path, resume: bool, dist: _Dist, dev_
         importlib.import_module(cfg["model"]["module"])
     _seed_everything(cfg["seed"])
     model = zoo.build(cfg["model"]["arch"], **cfg["model"]["config"]).to(device)
-    init = _load_init_weights(model, cfg["model"]["init_weights"]) if cfg["model"]["init_weights"] else None
+    # a resumed run takes what it started from out of its checkpoint (the source may have changed since)
+    init = _load_init_weights(model, cfg["model"]["init_weights"]) if cfg["model"]["init_weights"] and not resume else None
     if prec["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     model.train()
@@ -429,6 +438,7 @@ def _train(cfg: dict, out: Path, ckpt_dir: Path, resume: bool, dist: _Dist, dev_
         optimizer.load_state_dict(state["optimizer"])
         step, wall_before = state["step"], state["wall_time_s"]
         skipped, bad_streak, last_val = state["skipped_steps"], state["bad_streak"], state.get("val", {})
+        init = state.get("init")
         rngs = state["rng"]
         if len(rngs) == dist.world:
             ckpt.set_rng_state(rngs[dist.rank], dataset)
@@ -481,7 +491,8 @@ def _train(cfg: dict, out: Path, ckpt_dir: Path, resume: bool, dist: _Dist, dev_
             "wall_time_s": round(before["wall_time_s"] + wall_before + time.monotonic() - t_start, 1),
             "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]) if sys.argv else "",
             "metrics": {f"val_{k}": round(v, 4) for k, v in last_val.items()},
-            "val_history": before["val_history"] + _val_history(out / "metrics.jsonl", before["iterations"]),
+            "val_history": _join_history(before["val_history"], _val_history(out / "metrics.jsonl", before["iterations"])),
+            "bf16": use_bf16,
             "training_config": cfg,
         }
         if init is not None:
@@ -492,7 +503,8 @@ def _train(cfg: dict, out: Path, ckpt_dir: Path, resume: bool, dist: _Dist, dev_
         rngs = dist.gather(ckpt.rng_state(dataset))
         if dist.main:
             state = {"optimizer": optimizer.state_dict(), "rng": rngs, "wall_time_s": wall_before + time.monotonic() - t_start,
-                     "skipped_steps": skipped, "bad_streak": bad_streak, "world_size": dist.world, "val": last_val}
+                     "skipped_steps": skipped, "bad_streak": bad_streak, "world_size": dist.world, "val": last_val,
+                     "init": init}
             ckpt.save(ckpt_dir, step, model, card(), state, keep=cfg["checkpoint"]["keep"])
 
     def run_val() -> None:
