@@ -194,6 +194,10 @@ def test_init_weights_continue_a_finished_run(pairs, tmp_path):
     # the second run started from the first's weights: its step-0 validation equals the first's last
     log = [json.loads(line) for line in (tmp_path / "second" / "metrics.jsonl").read_text().splitlines()]
     assert log[0]["step"] == 0 and round(log[0]["val/psnr_y"], 4) == history[2]["psnr_y"]
+    # another architecture config is refused with a clear error
+    bad = tiny_config(pairs, steps=3, model={"config": {"width": 16}, "init_weights": first["weights"]})
+    with pytest.raises(ConfigError, match="init_weights"):
+        engine.train(bad, tmp_path / "bad")
     # a resumed continuation keeps what it started from (from its checkpoint, not the source again)
     engine.train(tiny_config(pairs, steps=2, model={"init_weights": first["weights"]}), tmp_path / "third")
     os.remove(first["weights"])  # the source is gone; the resume must not need it
@@ -201,10 +205,6 @@ def test_init_weights_continue_a_finished_run(pairs, tmp_path):
     card3 = json.loads(Path(third["weights"]).with_suffix(".json").read_text())
     assert card3["iterations"] == 7 and card3["init_from"]["iterations"] == 4
     assert [h["step"] for h in card3["val_history"]] == [0, 3, 4, 6, 7]  # 6: the 2-step run's final validation
-    # another architecture config is refused with a clear error
-    bad = tiny_config(pairs, steps=3, model={"config": {"width": 16}, "init_weights": first["weights"]})
-    with pytest.raises(ConfigError, match="init_weights"):
-        engine.train(bad, tmp_path / "bad")
 
 
 def test_nan_guard_skips_bad_steps(pairs, tmp_path):
