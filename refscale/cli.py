@@ -345,7 +345,7 @@ def cmd_models(args) -> int:
 def cmd_evaluate(args) -> int:
     from refscale import codecs
     from refscale.data import discover
-    from refscale.evaluate import evaluate, to_markdown
+    from refscale.evaluate import check_lr_dir, evaluate, to_markdown
 
     codec = codecs.canonical(args.codec)
     quality = codecs.check_quality(codec, args.quality)
@@ -356,15 +356,8 @@ def cmd_evaluate(args) -> int:
         if p.exists() and not args.force:
             raise InputError(f"{p} exists; use --force to overwrite it")
     samples = discover(args.data, split=args.split)
-    if args.save_lr:
-        inputs = {Path(p).resolve() for s in samples for p in (s.hr, s.ref) if p is not None}
-        targets = [Path(args.save_lr) / f"{s.name}.png" for s in samples]
-        clash = [t for t in targets if t.resolve() in inputs]
-        if clash:
-            raise InputError(f"--save-lr would overwrite the input image {clash[0]}; choose another folder")
-        taken = [t for t in targets if t.exists()]
-        if taken and not args.force:
-            raise InputError(f"{taken[0]} exists; use --force to overwrite LR images")
+    if args.save_lr:  # before the model loads: a refused folder costs nothing
+        check_lr_dir(samples, args.save_lr, args.force)
     model = _load_model(args.model)
     if model.needs_reference:
         missing = [s.name for s in samples if s.ref is None]

@@ -24,13 +24,14 @@ import os
 import time
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from refscale import metrics
 from refscale.data import Sample, iter_full_images
+from refscale.errors import InputError
 from refscale.imageio import is_greyscale_file, write_image
 from refscale.models.base import Rescaler
+from refscale.pipeline import stored_lr
 
 METRIC_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "si_lr", "bpp", "bpp_lr", "bpp_side", "seconds")
 
@@ -58,6 +59,8 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
     """
     from refscale.container import Packet, section_sizes
 
+    if lr_dir is not None:
+        check_lr_dir(samples, lr_dir, overwrite)
     model.eval()
     scale = model.scale
     draws = max(1, int(draws)) if model.stochastic else 1
@@ -87,7 +90,7 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
                 scores["ssim_y"] += float(metrics.ssim(hat_y, hr_y, crop_border=scale, y_channel=True)[0]) / draws
                 scores["psnr_rgb"] += float(metrics.psnr(hr_hat, hr, crop_border=scale, y_channel=False)[0]) / draws
                 scores["ssim_rgb"] += float(metrics.ssim(hr_hat, hr, crop_border=scale, y_channel=False)[0]) / draws
-            lr = torch.from_numpy(stored.lr).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+            lr = stored_lr(stored)
             if lr_dir is not None:
                 write_image(lr, Path(lr_dir) / f"{name}.png", overwrite=overwrite)
             row = {
@@ -114,6 +117,19 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
         "images": images,
         "mean": mean,
     }
+
+
+def check_lr_dir(samples: list[Sample], lr_dir: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse, before any work, an ``lr_dir`` whose ``<name>.png`` files would overwrite an input
+    image (always) or an existing file (unless ``overwrite``)."""
+    inputs = {Path(p).resolve() for s in samples for p in (s.hr, s.ref) if p is not None}
+    targets = [Path(lr_dir) / f"{s.name}.png" for s in samples]
+    clash = [t for t in targets if t.resolve() in inputs]
+    if clash:
+        raise InputError(f"saving the LR images would overwrite the input image {clash[0]}; choose another folder")
+    taken = [t for t in targets if t.exists()]
+    if taken and not overwrite:
+        raise InputError(f"{taken[0]} exists; use --force to overwrite LR images")
 
 
 _COLUMNS = (

@@ -226,10 +226,11 @@ def lr_images(model, samples):
     """``(name, LR [1,3,h,w])`` as ``model`` stores them (PNG container), HR mod-cropped to the scale."""
     from refscale.container import Packet
     from refscale.data import iter_full_images
+    from refscale.pipeline import stored_lr
 
     for name, hr, _ in iter_full_images(samples, multiple=model.scale):
         packet = Packet.from_bytes(model.encode(hr).to_bytes())
-        yield name, torch.from_numpy(packet.lr).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+        yield name, stored_lr(packet)
 
 
 def main(argv=None) -> int:

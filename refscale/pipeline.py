@@ -147,7 +147,7 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = 1.0, seed:
     # "auto" on decode means what the encoder chose (the condition must be computed the same way)
     precision = _precision(model, packet.precision if precision in (None, "auto") else precision)
 
-    lr = torch.from_numpy(np.ascontiguousarray(packet.lr)).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+    lr = stored_lr(packet)
     out = torch.empty(1, 3, *padded)
     (wh, ww), windows = tiling.grid(padded, *layout, model.alignment)
     groups = tiling.batches(windows, (wh, ww), BATCH_PIXELS)
@@ -291,6 +291,11 @@ def _check_model(model: Rescaler, packet: Packet, allow_mismatch: bool) -> None:
     ph, pw = packet.padded_size
     if ph % align or pw % align or ph - packet.size[0] >= align or pw - packet.size[1] >= align:
         raise ContainerError(f"padded size {ph}x{pw} does not fit model {model.name} (alignment {align})")
+
+
+def stored_lr(packet: Packet) -> torch.Tensor:
+    """The LR image as the container holds it (after the codec), ``[1,3,h,w]`` float in [0,1]."""
+    return torch.from_numpy(np.ascontiguousarray(packet.lr)).permute(2, 0, 1).unsqueeze(0).float() / 255.0
 
 
 def _precision(model: Rescaler, precision: str | None) -> str:
