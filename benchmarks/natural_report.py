@@ -73,7 +73,7 @@ def cmd_table(args) -> str:
     head = " | ".join(f"{s} ours | {s} paper" for s in args.sets)
     lines = [f"| scale | method | {head} | training budget |",
              "|---:|---|" + "---:|---:|" * len(args.sets) + "---|"]
-    commands = []
+    commands, used = [], set()
     for scale in args.scales:
         for arch in ARCHS:
             ref = model_ref(arch, scale, args.weights_dir)
@@ -84,13 +84,18 @@ def cmd_table(args) -> str:
                 cmd = ["refscale", "evaluate", "--data", str(args.data / name), "-m", ref,
                        "--draws", str(args.draws if arch == "irn" else 1), "--json", str(out),
                        "--save-lr", str(lr_folder(args.out, arch, scale, name)), "--force"]
+                if args.precision:
+                    cmd += ["--precision", args.precision]
                 commands.append(" ".join(cmd))
-                m = run(cmd, out, args.reuse)["mean"]
+                result = run(cmd, out, args.reuse)
+                m = result["mean"]
+                if arch != "bicubic":
+                    used.add(result.get("precision", "fp32"))
                 p = PAPER_TABLE1[(arch, scale)][i]
                 cells.append(f"{m['psnr_y']:.2f} / {m['ssim_y']:.4f} | {p[0]:.2f} / {p[1]:.4f}")
             lines.append(f"| x{scale} | {arch} | {' | '.join(cells)} | {training_budget(card_for(ref))} |")
     text = ("PSNR-Y / SSIM-Y (border of `scale` pixels cropped); paper = FGRN Table 1 "
-            "(DIV2K training at full budget):\n\n" + "\n".join(lines)
+            f"(DIV2K training at full budget); learned models run in {' and '.join(sorted(used))}:\n\n" + "\n".join(lines)
             + "\n\nCommands:\n\n```\n" + "\n".join(commands) + "\n```\n")
     print(text)
     return text
@@ -132,6 +137,8 @@ def main() -> None:
     ap.add_argument("--scales", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS, help="test sets (default: all three)")
     ap.add_argument("--draws", type=int, default=1, help="IRN decodes averaged per image (default 1)")
+    ap.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None,
+                    help="model arithmetic passed to refscale evaluate (default: its default, auto)")
     ap.add_argument("--weights-dir", type=Path, default=None, help="run folders instead of the shipped weights")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "natural_eval")
     ap.add_argument("--reuse", action="store_true", help="reuse existing evaluation JSON files")

@@ -143,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", dest="json_out", default=None, help="write the result JSON here (default: print it)")
     v.add_argument("--md", dest="md_out", default=None, help="also write a Markdown table here")
     v.add_argument("--save-lr", default=None, metavar="DIR", help="also save each stored LR image as DIR/<name>.png")
+    v.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None,
+                   help="model arithmetic (default auto: bf16 where the CPU has native bf16, else fp32)")
     v.add_argument("--force", action="store_true", help="overwrite existing outputs")
     v.set_defaults(func=cmd_evaluate)
 
@@ -364,7 +366,8 @@ def cmd_evaluate(args) -> int:
         if missing:
             raise ModelError(f"model {model.name} needs references; {args.data} has none for {', '.join(missing[:3])}")
     result = evaluate(model, samples, draws=args.draws, codec=codec, quality=quality, progress=_tty(),
-                      dataset=Path(args.data).name, split=args.split, lr_dir=args.save_lr, overwrite=args.force)
+                      dataset=Path(args.data).name, split=args.split, lr_dir=args.save_lr, overwrite=args.force,
+                      precision=args.precision)
     text = json.dumps(result, indent=2) + "\n"
     if args.json_out:
         write_bytes(Path(args.json_out), text.encode(), args.force)

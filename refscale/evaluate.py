@@ -13,6 +13,9 @@ mod-crop — and its reference if the model needs one):
    convention of the published bicubic tables (Set14's bridge).
 3. ``si_lr``: SI (RefScale eq. 15) of the LR image as stored in the container (after the codec).
 4. ``seconds``: wall time of encode + serialisation + one decode (the mean over draws).
+   ``precision``: the model arithmetic (``fp32``/``bf16``; ``auto`` resolves as in
+   :mod:`refscale.pipeline`); the decoder repeats what the container records. The result
+   records the resolved value.
 5. With ``lr_dir``: the stored LR image of each sample is written to ``lr_dir/<name>.png`` (for
    looking at it, or for no-reference LR quality: ``python -m refscale.lr_quality --lr DIR``).
 
@@ -49,21 +52,25 @@ def _dataset_name(samples: list[Sample]) -> str:
 
 def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str = "png", quality: int | None = None,
              progress: bool = True, *, dataset: str | None = None, split: str | None = None,
-             lr_dir: str | os.PathLike | None = None, overwrite: bool = False) -> dict:
+             lr_dir: str | os.PathLike | None = None, overwrite: bool = False,
+             precision: str | None = None) -> dict:
     """Evaluate ``model`` on ``samples``; returns the DESIGN.md evaluation dict.
 
     ``draws`` decodes of different seeds are averaged for stochastic models (``model.stochastic``);
     deterministic models are decoded once and report ``draws: 1``. ``dataset`` and ``split`` only
     label the result (default: the samples' common folder name, and None). ``lr_dir``: also save
     the stored LR images there as ``<name>.png`` (existing files only with ``overwrite``).
+    ``precision``: ``fp32``, ``bf16`` or ``auto``/None (the pipeline default).
     """
     from refscale.container import Packet, section_sizes
+    from refscale.pipeline import resolve_precision
 
     if lr_dir is not None:
         check_lr_dir(samples, lr_dir, overwrite)
     model.eval()
     scale = model.scale
     draws = max(1, int(draws)) if model.stochastic else 1
+    precision = resolve_precision(model, precision)
     images = []
     bar = tqdm(total=len(samples), desc=f"evaluate {model.name}", unit="img", disable=not progress, dynamic_ncols=True)
     try:
@@ -72,7 +79,7 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
                 ref = None
             h, w = hr.shape[-2:]
             start = time.perf_counter()
-            packet = model.encode(hr, ref)
+            packet = model.encode(hr, ref, precision=precision)
             data = packet.to_bytes(codec=codec, quality=quality)
             t_encode = time.perf_counter() - start
             sizes = section_sizes(data)
@@ -114,6 +121,7 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
         "dataset": dataset if dataset is not None else _dataset_name(samples),
         "split": split,
         "draws": draws,
+        "precision": precision,
         "images": images,
         "mean": mean,
     }

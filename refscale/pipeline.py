@@ -78,7 +78,7 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
     ref_p = ops.pad_to_multiple(ref, align)[0] if ref is not None else None
     padded = tuple(hr_p.shape[-2:])
     layout = _layout(model, padded, tile, overlap)
-    precision = _precision(model, precision)
+    precision = resolve_precision(model, precision)
     s = model.scale
 
     lr = torch.empty(1, 3, padded[0] // s, padded[1] // s)
@@ -145,7 +145,7 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = 1.0, seed:
     else:
         layout = _layout(model, padded, tile, overlap)
     # "auto" on decode means what the encoder chose (the condition must be computed the same way)
-    precision = _precision(model, packet.precision if precision in (None, "auto") else precision)
+    precision = resolve_precision(model, packet.precision if precision in (None, "auto") else precision)
 
     lr = stored_lr(packet)
     out = torch.empty(1, 3, *padded)
@@ -298,7 +298,8 @@ def stored_lr(packet: Packet) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(packet.lr)).permute(2, 0, 1).unsqueeze(0).float() / 255.0
 
 
-def _precision(model: Rescaler, precision: str | None) -> str:
+def resolve_precision(model: Rescaler, precision: str | None) -> str:
+    """``fp32`` or ``bf16`` for ``precision`` in fp32/bf16/auto/None (None = the default, auto)."""
     precision = DEFAULT_PRECISION if precision is None else str(precision)
     if precision not in ("fp32", "bf16", "auto"):
         raise InputError(f"precision must be fp32, bf16 or auto, got {precision!r}")

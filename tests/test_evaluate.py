@@ -14,7 +14,7 @@ from refscale.models.base import Rescaler
 from refscale.ops import bicubic_down, bicubic_up, quantize_8bit
 from tests.conftest import synthetic_image
 
-TOP_KEYS = {"model", "scale", "dataset", "split", "draws", "images", "mean"}
+TOP_KEYS = {"model", "scale", "dataset", "split", "draws", "precision", "images", "mean"}
 IMAGE_KEYS = {"name", *METRIC_KEYS}
 
 
@@ -34,6 +34,7 @@ def test_evaluate_json_schema_and_values(singles):
     assert result["model"] == "bicubic-x2" and result["scale"] == 2
     assert result["dataset"] == "tiny" and result["split"] is None
     assert result["draws"] == 1  # deterministic model: one decode is enough
+    assert result["precision"] == "fp32"  # bicubic has no fast path
     assert [r["name"] for r in result["images"]] == ["a", "b"]
     for row in result["images"]:
         assert set(row) == IMAGE_KEYS
@@ -125,3 +126,26 @@ def test_draws_average_stochastic_reference_model(tmp_path):
     with pytest.raises(RefScaleError):  # a reference model on single images
         write_image(synthetic_image(16, 16), tmp_path / "single.png")
         evaluate(model, discover(tmp_path / "single.png"), progress=False)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_evaluate_runs_and_records_the_requested_precision(singles, precision):
+    torch.manual_seed(0)
+    model = zoo.build("irn-x2", blocks=[1], gc=4).eval()
+    result = evaluate(model, discover(singles), progress=False, precision=precision)
+    assert result["precision"] == precision
+    seen = []
+    original = model.set_speed
+
+    def spy(**kw):
+        seen.append(kw.get("bf16"))
+        return original(**kw)
+
+    model.set_speed = spy
+    evaluate(model, discover(singles), progress=False, precision=precision)
+    assert (True in seen) == (precision == "bf16")
+
+
+def test_evaluate_refuses_an_unknown_precision(singles):
+    with pytest.raises(RefScaleError, match="precision"):
+        evaluate(zoo.load("bicubic-x2"), discover(singles), progress=False, precision="fp16")
