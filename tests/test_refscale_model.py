@@ -244,3 +244,29 @@ def test_short_overfit_beats_bicubic_of_own_lr():
     p_bicubic = metrics.psnr(ops.bicubic_up(lr, 2).clamp(0, 1), hr).item()
     print(f"RefScale overfit: {p_model:.2f} dB vs bicubic up of its LR {p_bicubic:.2f} dB")
     assert p_model > p_bicubic + 2.0
+
+
+def test_highpass_refnet_ignores_brightness_and_keeps_the_protocol():
+    """ref_highpass > 0: Ref-Net sees only the detail layer, so a reference that differs from the
+    HR image by a brightness offset is 'the same place' (S = 1), unlike with the plain input."""
+    hr = synthetic_image(32, 32, seed=3) * 0.7
+    shifted = hr + 0.2  # a pure offset, still inside [0, 1]
+    assert shifted.max() <= 1
+    plain, detail = tiny(2).eval(), tiny(2, ref_highpass=4.0).eval()
+    with torch.no_grad():
+        s_detail = detail.refnet.similarity(detail.refnet.encode(hr), detail.refnet.encode(shifted))
+        s_plain = plain.refnet.similarity(plain.refnet.encode(hr), plain.refnet.encode(shifted))
+    assert s_detail.min().item() > 1 - 1e-4
+    assert s_plain.min().item() < 1 - 1e-3
+    assert detail.config["ref_highpass"] == 4.0 and plain.config["ref_highpass"] == 0.0
+    # the same encode/decode contract: identical conditions at both ends, in bf16 too
+    hr, ref = pair(16, 16)
+    for bf16 in (False, True):
+        detail.set_speed(bf16=bf16, channels_last=bf16)
+        with torch.no_grad():
+            fc, q = detail._encoder_side(hr, ref, training=False)
+            fc_dec = detail._decoder_condition(ref, {"smap": q}, (16, 16), 1)
+            lr, side = detail.downscale(hr, ref)
+            out = detail.upscale(lr, side, ref, temperature=0)
+        assert torch.equal(fc, fc_dec)
+        assert out.shape == hr.shape

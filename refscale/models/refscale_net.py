@@ -90,11 +90,18 @@ def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class RefNet(nn.Module):
-    """Referencing network (Sec. 3.3): shared encoder + bottleneck + cosine similarity (eq. 3)."""
+    """Referencing network (Sec. 3.3): shared encoder + bottleneck + cosine similarity (eq. 3).
 
-    def __init__(self, nf: int = 64, n_rrdb: int = 1, gc: int = 32, stride: int = 2, smap_down: int = 1):
+    ``highpass_sigma`` > 0 (our addition, not in the paper): the encoder sees each image minus
+    its Gaussian blur of that sigma (HR pixels), i.e. only the detail a reference can supply.
+    See :class:`RefScaleNet` ("Ref-Net input") for why and what it measured.
+    """
+
+    def __init__(self, nf: int = 64, n_rrdb: int = 1, gc: int = 32, stride: int = 2, smap_down: int = 1,
+                 highpass_sigma: float = 0.0):
         super().__init__()
         self.stride = stride
+        self.highpass_sigma = float(highpass_sigma)
         self.head = nn.Conv2d(3 * stride * stride, nf, 3, 1, 1)
         self.body = nn.Sequential(*(RRDB(nf, gc) for _ in range(n_rrdb)))
         self.trunk = nn.Conv2d(nf, nf, 3, 1, 1)
@@ -108,6 +115,9 @@ class RefNet(nn.Module):
 
     def encode(self, img: torch.Tensor) -> torch.Tensor:
         """Features ``[N, nf, H/stride, W/stride]`` of an image (the same encoder for HR and reference)."""
+        if self.highpass_sigma > 0:
+            with exact(img):  # the detail layer in full precision even under autocast
+                img = (img.float() - ops.gaussian_blur(img.float(), self.highpass_sigma)).to(img.dtype)
         x = F.pixel_unshuffle(img, self.stride) if self.stride > 1 else img
         f = self.head(x)
         return f + self.trunk(self.body(f))
@@ -129,7 +139,7 @@ class RefScaleNet(FastInference, Rescaler):
                  gc: int = 32, ref_gc: int = 32, clamp: float = 1.0, cond_stride: int = 2,
                  condition: str = "similarity", quantize: bool = True, smap_res: float = 0.5,
                  smap_levels: int = 16, blur_sigma: float = 1.5, lambda_hr: float = 1.0,
-                 lambda_lr: float | None = None, lambda_distr: float = 1.0):
+                 lambda_lr: float | None = None, lambda_distr: float = 1.0, ref_highpass: float = 0.0):
         levels = levels_for_scale(int(scale))
         blocks = [8] + [3] * (levels - 1) if blocks is None else [int(b) for b in blocks]
         if len(blocks) != levels:
@@ -145,7 +155,8 @@ class RefScaleNet(FastInference, Rescaler):
         super().__init__(scale, blocks=blocks, nf=nf, n_rrdb=n_rrdb, gc=gc, ref_gc=ref_gc, clamp=clamp,
                          cond_stride=cond_stride, condition=condition, quantize=bool(quantize),
                          smap_res=float(smap_res), smap_levels=int(smap_levels), blur_sigma=float(blur_sigma),
-                         lambda_hr=float(lambda_hr), lambda_lr=lambda_lr, lambda_distr=float(lambda_distr))
+                         lambda_hr=float(lambda_hr), lambda_lr=lambda_lr, lambda_distr=float(lambda_distr),
+                         ref_highpass=float(ref_highpass))
         self.condition_kind = condition
         self.needs_reference = condition != "none"
         self.quantize = bool(quantize)
@@ -156,7 +167,8 @@ class RefScaleNet(FastInference, Rescaler):
         self.lambda_hr, self.lambda_lr, self.lambda_distr = float(lambda_hr), lambda_lr, float(lambda_distr)
 
         bottleneck = smap_down if condition == "similarity" else 0
-        self.refnet = RefNet(nf, n_rrdb, ref_gc, self.cond_stride, bottleneck) if condition != "none" else None
+        self.refnet = (RefNet(nf, n_rrdb, ref_gc, self.cond_stride, bottleneck, float(ref_highpass))
+                       if condition != "none" else None)
         cond_channels = nf if condition != "none" else 0
         subnet = dense_subnet(gc)
         self.levels = nn.ModuleList()
