@@ -270,3 +270,20 @@ def test_highpass_refnet_ignores_brightness_and_keeps_the_protocol():
             out = detail.upscale(lr, side, ref, temperature=0)
         assert torch.equal(fc, fc_dec)
         assert out.shape == hr.shape
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_identity_flow_init_starts_from_the_haar_low_band(scale):
+    """flow_init='identity': before training, the LR is the block mean (the Haar low band), as
+    IRN's is; 'glow' (data-dependent ActNorm + random rotation) starts far from it."""
+    hr, ref = pair(16, 16)
+    block_mean = torch.nn.functional.avg_pool2d(hr, scale)
+    for flow_init, close in (("identity", True), ("glow", False)):
+        model = tiny(scale, flow_init=flow_init).train()
+        with torch.no_grad():
+            fc, _ = model._encoder_side(hr, ref, training=True)
+            y = model.flow_forward(hr, fc)
+        assert torch.allclose(y[:, :3], block_mean, atol=1e-6) == close, flow_init
+        assert (model.flow_inverse(y, fc) - hr).abs().max() < 1e-5
+    with pytest.raises(ModelError, match="flow_init"):
+        tiny(2, flow_init="orthogonal")

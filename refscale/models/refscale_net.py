@@ -76,6 +76,7 @@ from refscale.nn.losses import sum_charbonnier, sum_l2
 from refscale.nn.speed import FastInference
 
 CONDITIONS = ("none", "reference", "similarity")
+FLOW_INITS = ("glow", "identity")
 UNQUANTIZED_LEVELS = 32768  # int16 map when quantize=False
 
 
@@ -139,7 +140,8 @@ class RefScaleNet(FastInference, Rescaler):
                  gc: int = 32, ref_gc: int = 32, clamp: float = 1.0, cond_stride: int = 2,
                  condition: str = "similarity", quantize: bool = True, smap_res: float = 0.5,
                  smap_levels: int = 16, blur_sigma: float = 1.5, lambda_hr: float = 1.0,
-                 lambda_lr: float | None = None, lambda_distr: float = 1.0, ref_highpass: float = 0.0):
+                 lambda_lr: float | None = None, lambda_distr: float = 1.0, ref_highpass: float = 0.0,
+                 flow_init: str = "glow"):
         levels = levels_for_scale(int(scale))
         blocks = [8] + [3] * (levels - 1) if blocks is None else [int(b) for b in blocks]
         if len(blocks) != levels:
@@ -149,6 +151,8 @@ class RefScaleNet(FastInference, Rescaler):
         smap_down = int(round(-math.log2(smap_res))) if smap_res > 0 else -1
         if smap_down < 0 or 2.0**-smap_down != float(smap_res):
             raise ModelError(f"smap_res must be 1, 1/2, 1/4, ..., got {smap_res}")
+        if flow_init not in FLOW_INITS:
+            raise ModelError(f"flow_init must be one of {FLOW_INITS}, got {flow_init!r}")
         if not 2 <= int(smap_levels) <= 256:
             raise ModelError(f"smap_levels must be in 2..256, got {smap_levels}")
         lambda_lr = float(scale) ** 2 if lambda_lr is None else float(lambda_lr)
@@ -156,7 +160,7 @@ class RefScaleNet(FastInference, Rescaler):
                          cond_stride=cond_stride, condition=condition, quantize=bool(quantize),
                          smap_res=float(smap_res), smap_levels=int(smap_levels), blur_sigma=float(blur_sigma),
                          lambda_hr=float(lambda_hr), lambda_lr=lambda_lr, lambda_distr=float(lambda_distr),
-                         ref_highpass=float(ref_highpass))
+                         ref_highpass=float(ref_highpass), flow_init=flow_init)
         self.condition_kind = condition
         self.needs_reference = condition != "none"
         self.quantize = bool(quantize)
@@ -177,7 +181,11 @@ class RefScaleNet(FastInference, Rescaler):
             channels *= 4
             mods = [HaarSqueeze()]
             for _ in range(n):
-                mods += [ActNorm(channels), InvConv1x1(channels),
+                if flow_init == "glow":
+                    norm, conv = ActNorm(channels), InvConv1x1(channels, init="random")
+                else:  # starts as the identity after the Haar squeeze: LR = Haar low band, as IRN
+                    norm, conv = ActNorm(channels, data_init=False), InvConv1x1(channels, init="reverse", keep=3)
+                mods += [norm, conv,
                          ConditionalAffineCoupling(channels, cond_channels, subnet=subnet, clamp=clamp)]
             self.levels.append(FlowSequence(mods))
 
