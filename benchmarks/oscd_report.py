@@ -12,7 +12,8 @@
 * ``change``: mean transmitted similarity inside vs outside the changed areas
   (``change_mask.png``) of the train cities.
 * ``probe``: RefScale decoded with the true, an oracle, a wrong and a flat reference on the two
-  held-out train cities, and the similarity a random init starts from.
+  held-out train cities, and the similarity a random init starts from (``--extra`` adds
+  variants; a condition without a similarity map reports mean S as 1).
 * ``curves``: validation PSNR-Y vs step from each model card's ``val_history`` -> one figure.
 
 Test cities are only touched by ``table`` and ``figures``; nothing here tunes anything.
@@ -226,8 +227,12 @@ def cmd_probe(args) -> str:
             cells.append(f"{float(psnr(out, hr, crop_border=scale)[0]):.2f} / -")
         lines.append(f"| x{scale} | IRN | none | " + " | ".join(cells) + " |")
         torch.manual_seed(0)
-        for label, model in (("RefScale", refscale.load(model_ref("refscale", scale, args.weights_dir))),
-                             ("RefScale, random init", refscale.load(f"refscale-x{scale}", pretrained=False))):
+        models = [("RefScale", refscale.load(model_ref("refscale", scale, args.weights_dir))),
+                  ("RefScale, random init", refscale.load(f"refscale-x{scale}", pretrained=False))]
+        for extra in args.extra:  # ablations and variants (--extra run weights)
+            if f"-x{scale}-" in Path(extra).name and (m := refscale.load(extra)).needs_reference:
+                models.append((Path(extra).stem, m))
+        for label, model in models:
             for kind in ("true (img1)", "oracle (HR itself)", "other city's img1", "flat grey"):
                 cells = []
                 for i, city in enumerate(VAL_CITIES):
@@ -236,7 +241,7 @@ def cmd_probe(args) -> str:
                     r = {"true (img1)": ref, "oracle (HR itself)": hr, "other city's img1": other,
                          "flat grey": torch.full_like(ref, 0.5)}[kind]
                     lr, side = model.downscale(hr, r)
-                    s_mean = float(side["smap"].float().mean()) / (model.levels_q - 1)
+                    s_mean = float(side["smap"].float().mean()) / (model.levels_q - 1) if "smap" in side else 1.0
                     if label.endswith("random init"):
                         cells.append(f"- / {s_mean:.3f}")
                         continue
@@ -306,7 +311,7 @@ def main() -> None:
     ap.add_argument("--scales", type=int, nargs="+", default=[2])
     ap.add_argument("--draws", type=int, default=5)
     ap.add_argument("--weights-dir", type=Path, default=None, help="run folders instead of the shipped weights")
-    ap.add_argument("--extra", nargs="*", default=[], help="more weights (.safetensors with cards) for the curves, e.g. ablations")
+    ap.add_argument("--extra", nargs="*", default=[], help="more weights (.safetensors with cards) for the curves and the probe, e.g. ablations")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "oscd_eval")
     ap.add_argument("--crop", type=int, default=384, help="crop size (HR pixels) of the figures and of the probe")
     ap.add_argument("--reuse", action="store_true", help="reuse existing evaluation JSON files")

@@ -44,6 +44,22 @@ no reference needed), ``"reference"`` (case 2: ``F_c = F_ref``), ``"similarity"`
 ``quantize`` on/off; ``smap_res`` 1, 0.5, 0.25. Without a similarity map the LR guide is the
 bicubic image (``S = 0`` in eq. 5).
 
+**Two switches of ours** (not in the paper; both off by default, i.e. the paper's model;
+measured in docs/results.md, "Session 4: two fixes tried"):
+
+* ``ref_highpass`` (sigma in HR pixels, 0 = off): Ref-Net sees each image minus its Gaussian
+  blur, so eq. 3 compares only the detail a reference could supply and ignores brightness
+  offsets. A random Ref-Net then gives S ~ 0.6-0.8 for the true reference and ~0.1 for another
+  city instead of ~0.99 for everything. After 1000 training steps it made no difference to the
+  validation PSNR (30.53 vs 30.72 dB at x2).
+* ``flow_init``: ``"glow"`` (default) = data-dependent ActNorm + random-rotation 1x1 convs, as
+  Glow/SRFlow, which makes the initial LR a random mix of standardised Haar bands (12.6 dB from
+  the bicubic guide); ``"identity"`` = ActNorm starting at the identity and 1x1 convs starting
+  as a fixed permutation that keeps the 3 LR channels in place, so the INN starts as the
+  identity after Haar and the LR starts as the Haar low band (51.6 dB), as IRN's does. At 1000
+  steps it was worse at t = 1 (29.52 vs 30.72 dB at x2) and much better at t = 0 (34.23 vs
+  27.23 dB).
+
 Choices the paper leaves open are marked above. Sizes (our choice, to land near the
 supplement's 2.8M (x2) / 3.5M (x4) parameters): Ref-Net ``nf`` = 64 with 2 RRDBs (1.52M);
 conditional INN ``blocks`` = [8] at x2 and [8, 3] at x4, DenseBlock subnets with growth 32:
