@@ -29,6 +29,7 @@ def _blocks():
         "actnorm_no_data_init": (ActNorm(4, data_init=False), False),
         "coupling": (AffineCoupling(4, split_len1=3, subnet=sub), False),
         "coupling_split1": (AffineCoupling(4, split_len1=1, subnet=sub, clamp=2.0), False),
+        "coupling_cond": (AffineCoupling(4, split_len1=1, subnet=sub, cond_channels=2), True),
         "cond_coupling": (ConditionalAffineCoupling(4, cond_channels=2, subnet=sub), True),
         "cond_coupling_nocond": (ConditionalAffineCoupling(4, cond_channels=0, split_len=3, subnet=sub), False),
         "sequence": (FlowSequence([ActNorm(4), InvConv1x1(4), ConditionalAffineCoupling(4, 2, subnet=sub), HaarSqueeze(),

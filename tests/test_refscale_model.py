@@ -274,16 +274,30 @@ def test_highpass_refnet_ignores_brightness_and_keeps_the_protocol():
 
 @pytest.mark.parametrize("scale", [2, 4])
 def test_identity_flow_init_starts_from_the_haar_low_band(scale):
-    """flow_init='identity': before training, the LR is the block mean (the Haar low band), as
-    IRN's is; 'glow' (data-dependent ActNorm + random rotation) starts far from it."""
+    """flow_init='identity' and inn_block='irn': before training, the LR is the block mean (the
+    Haar low band), as IRN's is; 'glow' (data-dependent ActNorm + random rotation) starts far from it."""
     hr, ref = pair(16, 16)
     block_mean = torch.nn.functional.avg_pool2d(hr, scale)
-    for flow_init, close in (("identity", True), ("glow", False)):
-        model = tiny(scale, flow_init=flow_init).train()
+    for kw, close in (({"flow_init": "identity"}, True), ({"inn_block": "irn"}, True), ({}, False)):
+        model = tiny(scale, **kw).train()
         with torch.no_grad():
             fc, _ = model._encoder_side(hr, ref, training=True)
             y = model.flow_forward(hr, fc)
-        assert torch.allclose(y[:, :3], block_mean, atol=1e-6) == close, flow_init
+        assert torch.allclose(y[:, :3], block_mean, atol=1e-6) == close, kw
         assert (model.flow_inverse(y, fc) - hr).abs().max() < 1e-5
     with pytest.raises(ModelError, match="flow_init"):
         tiny(2, flow_init="orthogonal")
+    with pytest.raises(ModelError, match="inn_block"):
+        tiny(2, inn_block="realnvp")
+
+
+def test_irn_block_variant_inverts_and_uses_the_condition():
+    model = tiny(4, inn_block="irn").double()
+    hr, ref = pair(16, 16)
+    hr, ref = hr.double(), ref.double()
+    perturb(model, std=0.05)
+    model.eval()
+    fc, _ = model._encoder_side(hr, ref, training=False)
+    y = model.flow_forward(hr, fc)
+    assert (model.flow_inverse(y, fc) - hr).abs().max() < 1e-10
+    assert (model.flow_forward(hr, fc * 0.5) - y).abs().max() > 1e-4

@@ -79,6 +79,7 @@ from refscale.models.base import Rescaler
 from refscale.models.irn import levels_for_scale
 from refscale.nn.invertible import (
     ActNorm,
+    AffineCoupling,
     ConditionalAffineCoupling,
     FlowSequence,
     HaarSqueeze,
@@ -93,6 +94,7 @@ from refscale.nn.speed import FastInference
 
 CONDITIONS = ("none", "reference", "similarity")
 FLOW_INITS = ("glow", "identity")
+INN_BLOCKS = ("glow", "irn")
 UNQUANTIZED_LEVELS = 32768  # int16 map when quantize=False
 
 
@@ -157,7 +159,7 @@ class RefScaleNet(FastInference, Rescaler):
                  condition: str = "similarity", quantize: bool = True, smap_res: float = 0.5,
                  smap_levels: int = 16, blur_sigma: float = 1.5, lambda_hr: float = 1.0,
                  lambda_lr: float | None = None, lambda_distr: float = 1.0, ref_highpass: float = 0.0,
-                 flow_init: str = "glow"):
+                 flow_init: str = "glow", inn_block: str = "glow"):
         levels = levels_for_scale(int(scale))
         blocks = [8] + [3] * (levels - 1) if blocks is None else [int(b) for b in blocks]
         if len(blocks) != levels:
@@ -167,6 +169,8 @@ class RefScaleNet(FastInference, Rescaler):
         smap_down = int(round(-math.log2(smap_res))) if smap_res > 0 else -1
         if smap_down < 0 or 2.0**-smap_down != float(smap_res):
             raise ModelError(f"smap_res must be 1, 1/2, 1/4, ..., got {smap_res}")
+        if inn_block not in INN_BLOCKS:
+            raise ModelError(f"inn_block must be one of {INN_BLOCKS}, got {inn_block!r}")
         if flow_init not in FLOW_INITS:
             raise ModelError(f"flow_init must be one of {FLOW_INITS}, got {flow_init!r}")
         if not 2 <= int(smap_levels) <= 256:
@@ -176,7 +180,8 @@ class RefScaleNet(FastInference, Rescaler):
                          cond_stride=cond_stride, condition=condition, quantize=bool(quantize),
                          smap_res=float(smap_res), smap_levels=int(smap_levels), blur_sigma=float(blur_sigma),
                          lambda_hr=float(lambda_hr), lambda_lr=lambda_lr, lambda_distr=float(lambda_distr),
-                         ref_highpass=float(ref_highpass), flow_init=flow_init)
+                         ref_highpass=float(ref_highpass), flow_init=flow_init,
+                         inn_block=inn_block)
         self.condition_kind = condition
         self.needs_reference = condition != "none"
         self.quantize = bool(quantize)
@@ -197,6 +202,9 @@ class RefScaleNet(FastInference, Rescaler):
             channels *= 4
             mods = [HaarSqueeze()]
             for _ in range(n):
+                if inn_block == "irn":  # IRN's two-sided block, every subnet also sees F_c
+                    mods.append(AffineCoupling(channels, 3, subnet, clamp, cond_channels))
+                    continue
                 if flow_init == "glow":
                     norm, conv = ActNorm(channels), InvConv1x1(channels, init="random")
                 else:  # starts as the identity after the Haar squeeze: LR = Haar low band, as IRN

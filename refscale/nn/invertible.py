@@ -185,33 +185,43 @@ class AffineCoupling(InvertibleModule):
         y2 = x2 * exp(s) + G(y1)
 
     ``log|det| = sum(s)``. F, G and H are built by ``subnet(cin, cout)`` (IRN: DenseBlock with
-    a zero-initialised last conv, so the block starts as the identity).
+    a zero-initialised last conv, so the block starts as the identity). With ``cond_channels``
+    > 0 each subnet also sees a condition ``c`` (``F([x2, c])`` etc.; RefScale's ``inn_block =
+    "irn"`` variant); without, it is IRN's block exactly.
     """
 
-    def __init__(self, channels: int, split_len1: int = 3, subnet: Subnet | None = None, clamp: float = 1.0):
+    def __init__(self, channels: int, split_len1: int = 3, subnet: Subnet | None = None, clamp: float = 1.0,
+                 cond_channels: int = 0):
         super().__init__()
         subnet = subnet or dense_subnet()
         self.split_len1, self.split_len2 = split_len1, channels - split_len1
         self.clamp = clamp
-        self.F = subnet(self.split_len2, self.split_len1)
-        self.G = subnet(self.split_len1, self.split_len2)
-        self.H = subnet(self.split_len1, self.split_len2)
+        self.cond_channels = cond_channels
+        self.F = subnet(self.split_len2 + cond_channels, self.split_len1)
+        self.G = subnet(self.split_len1 + cond_channels, self.split_len2)
+        self.H = subnet(self.split_len1 + cond_channels, self.split_len2)
 
-    def _scale(self, y1: torch.Tensor) -> torch.Tensor:
-        return soft_clamp(self.H(y1).to(y1.dtype), self.clamp)
+    def _in(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        if not self.cond_channels:
+            return x
+        if cond is None:
+            raise ValueError("AffineCoupling with cond_channels needs a condition tensor")
+        return torch.cat([x, cond.to(x.dtype)], 1)
 
     def forward(self, x, cond=None):
         x1, x2 = x.split([self.split_len1, self.split_len2], dim=1)
-        y1 = x1 + self.F(x2).to(x.dtype)
-        s = self._scale(y1)
-        y2 = x2 * torch.exp(s) + self.G(y1).to(x.dtype)
+        y1 = x1 + self.F(self._in(x2, cond)).to(x.dtype)
+        h = self._in(y1, cond)
+        s = soft_clamp(self.H(h).to(x.dtype), self.clamp)
+        y2 = x2 * torch.exp(s) + self.G(h).to(x.dtype)
         return torch.cat([y1, y2], 1), s.sum(dim=(1, 2, 3))
 
     def inverse(self, y, cond=None):
         y1, y2 = y.split([self.split_len1, self.split_len2], dim=1)
-        s = self._scale(y1)
-        x2 = (y2 - self.G(y1).to(y.dtype)) * torch.exp(-s)
-        x1 = y1 - self.F(x2).to(y.dtype)
+        h = self._in(y1, cond)
+        s = soft_clamp(self.H(h).to(y.dtype), self.clamp)
+        x2 = (y2 - self.G(h).to(y.dtype)) * torch.exp(-s)
+        x1 = y1 - self.F(self._in(x2, cond)).to(y.dtype)
         return torch.cat([x1, x2], 1)
 
 
