@@ -276,7 +276,8 @@ def cmd_curves(args) -> None:
                 print(f"{ref}: no val_history in its card, left out", file=sys.stderr)
                 continue
             steps = [h["step"] for h in hist]
-            ax.plot(steps, [h["psnr_y"] for h in hist], marker=".", label=card.get("name", Path(ref).stem))
+            label = Path(ref).stem if ref in args.extra else card.get("name", Path(ref).stem)  # extras: by file name
+            ax.plot(steps, [h["psnr_y"] for h in hist], marker=".", label=label)
             bicubic = hist[-1].get("bicubic_psnr_y", bicubic)
         if bicubic is not None:
             ax.axhline(bicubic, ls="--", color="gray", lw=1, label="bicubic down/up")
