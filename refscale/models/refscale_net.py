@@ -44,8 +44,8 @@ no reference needed), ``"reference"`` (case 2: ``F_c = F_ref``), ``"similarity"`
 ``quantize`` on/off; ``smap_res`` 1, 0.5, 0.25. Without a similarity map the LR guide is the
 bicubic image (``S = 0`` in eq. 5).
 
-**Two switches of ours** (not in the paper; both off by default, i.e. the paper's model;
-measured in docs/results.md, "Session 4: two fixes tried"):
+**Three switches of ours** (not in the paper; all off by default, i.e. the paper's model;
+measured in docs/results.md, "Why RefScale is below IRN at this budget", item 2):
 
 * ``ref_highpass`` (sigma in HR pixels, 0 = off): Ref-Net sees each image minus its Gaussian
   blur, so eq. 3 compares only the detail a reference could supply and ignores brightness
@@ -59,6 +59,10 @@ measured in docs/results.md, "Session 4: two fixes tried"):
   identity after Haar and the LR starts as the Haar low band (51.6 dB), as IRN's does. At 1000
   steps it was worse at t = 1 (29.52 vs 30.72 dB at x2) and much better at t = 0 (34.23 vs
   27.23 dB).
+* ``inn_block``: ``"glow"`` (default) = the paper's conditional flow block above; ``"irn"`` =
+  IRN's two-sided block (:class:`refscale.nn.invertible.AffineCoupling`) whose three subnets
+  also see ``F_c`` (5.05M parameters at x2). It learned fastest at first (t = 0: 37.1 dB at
+  step 300) but diverged at step ~440 at lr 2e-4 (24.52 dB at step 1000).
 
 Choices the paper leaves open are marked above. Sizes (our choice, to land near the
 supplement's 2.8M (x2) / 3.5M (x4) parameters): Ref-Net ``nf`` = 64 with 2 RRDBs (1.52M);
