@@ -105,7 +105,7 @@ def run_demo(model_name: str = "refscale-x2", out_dir: str | Path | None = None,
     rows = {}
     model = refscale.load(model_name)
     scale = model.scale
-    for name in (model_name, f"bicubic-x{scale}"):
+    for name in dict.fromkeys((model_name, f"bicubic-x{scale}")):  # once each, also for -m bicubic-xN
         m = model if name == model_name else refscale.load(name)
         t0 = time.perf_counter()
         packet = m.encode(hr_t, ref_t if m.needs_reference else None)

@@ -20,7 +20,9 @@ def test_synthetic_pair_is_a_revisit():
 def test_demo_runs_with_bicubic(capsys):
     rows = run_demo("bicubic-x2", size=64)
     assert rows["bicubic-x2"]["bpp"] > 0 and rows["bicubic-x2"]["psnr_y"] > 20
-    assert "synthetic" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "synthetic" in out
+    assert out.count("bicubic-x2 ") == 1  # the model is its own baseline: one row
 
 
 @pytest.mark.skipif("refscale-x2-oscd" not in zoo.weights_cards(), reason="weights not shipped yet")
