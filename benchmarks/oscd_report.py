@@ -13,7 +13,7 @@
   (``change_mask.png``) of the train cities.
 * ``probe``: RefScale decoded with the true, an oracle, a wrong and a flat reference on the two
   held-out train cities, and the similarity a random init starts from (``--extra`` adds
-  variants; a condition without a similarity map reports mean S as 1).
+  variants; one without a similarity map shows mean S as "-").
 * ``curves``: validation PSNR-Y vs step from each model card's ``val_history`` -> one figure.
 
 Test cities are only touched by ``table`` and ``figures``; nothing here tunes anything.
@@ -75,6 +75,8 @@ def cmd_table(args) -> str:
             cmd = ["refscale", "evaluate", "--data", str(args.data), "--split", "test", "-m", ref,
                    "--draws", str(args.draws), "--json", str(args.out / f"{stem}.json"),
                    "--md", str(args.out / f"{stem}.md"), "--force"]
+            if args.precision:
+                cmd += ["--precision", args.precision]
             commands.append(" ".join(cmd))
             if not args.reuse or not (args.out / f"{stem}.json").exists():
                 print("$", " ".join(cmd), file=sys.stderr, flush=True)
@@ -229,8 +231,9 @@ def cmd_probe(args) -> str:
         torch.manual_seed(0)
         models = [("RefScale", refscale.load(model_ref("refscale", scale, args.weights_dir))),
                   ("RefScale, random init", refscale.load(f"refscale-x{scale}", pretrained=False))]
-        for extra in args.extra:  # ablations and variants (--extra run weights)
-            if f"-x{scale}-" in Path(extra).name and (m := refscale.load(extra)).needs_reference:
+        for extra in args.extra:  # ablations and variants (--extra run weights) of this scale
+            m = refscale.load(extra)
+            if m.scale == scale and m.needs_reference:
                 models.append((Path(extra).stem, m))
         for label, model in models:
             for kind in ("true (img1)", "oracle (HR itself)", "other city's img1", "flat grey"):
@@ -241,12 +244,13 @@ def cmd_probe(args) -> str:
                     r = {"true (img1)": ref, "oracle (HR itself)": hr, "other city's img1": other,
                          "flat grey": torch.full_like(ref, 0.5)}[kind]
                     lr, side = model.downscale(hr, r)
-                    s_mean = float(side["smap"].float().mean()) / (model.levels_q - 1) if "smap" in side else 1.0
+                    s_mean = float(side["smap"].float().mean()) / (model.levels_q - 1) if "smap" in side else None
                     if label.endswith("random init"):
                         cells.append(f"- / {s_mean:.3f}")
                         continue
                     out = model.upscale(to_uint8(lr).float() / 255, side, r, generator=torch.Generator().manual_seed(0))
-                    cells.append(f"{float(psnr(out, hr, crop_border=scale)[0]):.2f} / {s_mean:.3f}")
+                    s_text = "-" if s_mean is None else f"{s_mean:.3f}"
+                    cells.append(f"{float(psnr(out, hr, crop_border=scale)[0]):.2f} / {s_text}")
                 lines.append(f"| x{scale} | {label} | {kind} | " + " | ".join(cells) + " |")
     text = "\n".join(lines)
     print(text)
@@ -267,7 +271,7 @@ def cmd_curves(args) -> None:
         refs = [model_ref(arch, scale, args.weights_dir) for arch in ("irn", "refscale")]
         refs = [r if Path(r).exists() or not r.endswith(".safetensors") else f"{arch}-x{scale}"
                 for r, arch in zip(refs, ("irn", "refscale"))]  # no run folder: the shipped card
-        refs += [e for e in args.extra if f"-x{scale}-" in Path(e).name]
+        refs += [e for e in args.extra if zoo.card_for(e).get("arch", "").endswith(f"-x{scale}")]
         bicubic = None
         for ref in refs:
             card = zoo.card_for(ref)
@@ -315,6 +319,8 @@ def main() -> None:
     ap.add_argument("--extra", nargs="*", default=[], help="more weights (.safetensors with cards) for the curves and the probe, e.g. ablations")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "oscd_eval")
     ap.add_argument("--crop", type=int, default=384, help="crop size (HR pixels) of the figures and of the probe")
+    ap.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None,
+                    help="model arithmetic passed to refscale evaluate (default: its default, auto)")
     ap.add_argument("--reuse", action="store_true", help="reuse existing evaluation JSON files")
     ap.add_argument("--write", type=Path, default=None, help="replace the marked section of this results file")
     args = ap.parse_args()

@@ -143,9 +143,19 @@ def test_evaluate_runs_and_records_the_requested_precision(singles, precision):
 
     model.set_speed = spy
     evaluate(model, discover(singles), progress=False, precision=precision)
-    assert (True in seen) == (precision == "bf16")
+    # each encode/decode sets the requested arithmetic, then restores the model's own (fp32)
+    assert seen[0::2] == [precision == "bf16"] * (len(seen) // 2) and seen[1::2] == [False] * (len(seen) // 2)
+    assert len(seen) == 2 * 2 * 2  # two images, one encode and one decode each
 
 
 def test_evaluate_refuses_an_unknown_precision(singles):
     with pytest.raises(RefScaleError, match="precision"):
         evaluate(zoo.load("bicubic-x2"), discover(singles), progress=False, precision="fp16")
+
+
+def test_cli_evaluate_precision(singles, tmp_path):
+    from refscale.cli import main
+
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--data", str(singles), "-m", "bicubic-x2", "--precision", "bf16", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["precision"] == "fp32"  # bicubic has no bf16 path: recorded as run

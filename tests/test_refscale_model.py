@@ -263,13 +263,15 @@ def test_highpass_refnet_ignores_brightness_and_keeps_the_protocol():
     hr, ref = pair(16, 16)
     for bf16 in (False, True):
         detail.set_speed(bf16=bf16, channels_last=bf16)
+        with torch.no_grad(), detail.speed_context(hr):  # as downscale/upscale run them
+            fc, q = detail._encoder_side(detail.speed_input(hr), detail.speed_input(ref), training=False)
+            fc_dec = detail._decoder_condition(detail.speed_input(ref), {"smap": q}, (16, 16), 1)
+        assert fc.dtype == (torch.bfloat16 if bf16 else torch.float32)
+        assert torch.equal(fc, fc_dec)
         with torch.no_grad():
-            fc, q = detail._encoder_side(hr, ref, training=False)
-            fc_dec = detail._decoder_condition(ref, {"smap": q}, (16, 16), 1)
             lr, side = detail.downscale(hr, ref)
             out = detail.upscale(lr, side, ref, temperature=0)
-        assert torch.equal(fc, fc_dec)
-        assert out.shape == hr.shape
+        assert torch.equal(side["smap"], q) and out.shape == hr.shape
 
 
 @pytest.mark.parametrize("scale", [2, 4])
@@ -289,6 +291,18 @@ def test_identity_flow_init_starts_from_the_haar_low_band(scale):
         tiny(2, flow_init="orthogonal")
     with pytest.raises(ModelError, match="inn_block"):
         tiny(2, inn_block="realnvp")
+    with pytest.raises(ModelError, match="glow blocks only"):
+        tiny(2, inn_block="irn", flow_init="identity")
+
+
+def test_configs_without_the_new_switches_still_load():
+    """Weights saved before ref_highpass / flow_init / inn_block existed have configs without
+    them: they build the paper's model and load strictly."""
+    model = tiny(2)
+    old_config = {k: v for k, v in model.config.items() if k not in ("ref_highpass", "flow_init", "inn_block")}
+    rebuilt = RefScaleNet(**old_config)
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    assert rebuilt.config == model.config
 
 
 def test_irn_block_variant_inverts_and_uses_the_condition():

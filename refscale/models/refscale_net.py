@@ -58,7 +58,9 @@ measured in docs/results.md, "Why RefScale is below IRN at this budget", item 2)
   as a fixed permutation that keeps the 3 LR channels in place, so the INN starts as the
   identity after Haar and the LR starts as the Haar low band (51.6 dB), as IRN's does. At 1000
   steps it was worse at t = 1 (29.52 vs 30.72 dB at x2) and much better at t = 0 (34.23 vs
-  27.23 dB).
+  27.23 dB). Limitation of this first try: the fixed permutation is its own inverse, so until
+  the learned 1x1 terms mix them some Haar detail channels (6-8 at x2) stay on the untouched
+  side of every coupling; a different permutation per block would mix them from the start.
 * ``inn_block``: ``"glow"`` (default) = the paper's conditional flow block above; ``"irn"`` =
   IRN's two-sided block (:class:`refscale.nn.invertible.AffineCoupling`) whose three subnets
   also see ``F_c`` (5.05M parameters at x2). It learned fastest at first (t = 0: 37.1 dB at
@@ -117,7 +119,7 @@ class RefNet(nn.Module):
 
     ``highpass_sigma`` > 0 (our addition, not in the paper): the encoder sees each image minus
     its Gaussian blur of that sigma (HR pixels), i.e. only the detail a reference can supply.
-    See :class:`RefScaleNet` ("Ref-Net input") for why and what it measured.
+    See the module docstring ("Three switches of ours") for why and what it measured.
     """
 
     def __init__(self, nf: int = 64, n_rrdb: int = 1, gc: int = 32, stride: int = 2, smap_down: int = 1,
@@ -177,6 +179,8 @@ class RefScaleNet(FastInference, Rescaler):
             raise ModelError(f"inn_block must be one of {INN_BLOCKS}, got {inn_block!r}")
         if flow_init not in FLOW_INITS:
             raise ModelError(f"flow_init must be one of {FLOW_INITS}, got {flow_init!r}")
+        if inn_block == "irn" and flow_init != "glow":
+            raise ModelError("flow_init applies to the glow blocks only; inn_block='irn' starts as the identity anyway")
         if not 2 <= int(smap_levels) <= 256:
             raise ModelError(f"smap_levels must be in 2..256, got {smap_levels}")
         lambda_lr = float(scale) ** 2 if lambda_lr is None else float(lambda_lr)
@@ -206,7 +210,7 @@ class RefScaleNet(FastInference, Rescaler):
             channels *= 4
             mods = [HaarSqueeze()]
             for _ in range(n):
-                if inn_block == "irn":  # IRN's two-sided block, every subnet also sees F_c
+                if inn_block == "irn":  # IRN's two-sided block, every subnet also sees F_c (no ActNorm/1x1)
                     mods.append(AffineCoupling(channels, 3, subnet, clamp, cond_channels))
                     continue
                 if flow_init == "glow":

@@ -85,7 +85,9 @@ class InvConv1x1(InvertibleModule):
     ``L`` and ``U`` and ``log_s`` are learned, so ``log|det| = H * W * sum(log_s)`` is cheap.
     ``init="random"`` starts from a random rotation (Glow), ``"identity"`` from ``W = I``,
     ``"reverse"`` from the permutation that keeps the first ``keep`` channels in place and
-    reverses the order of the others (so a following coupling sees other channels each time).
+    reverses the order of the others. That permutation is its own inverse, so a stack of them
+    alternates between two channel orders: until the learned L/U terms mix them, some channels
+    stay on the same side of every following coupling.
     """
 
     def __init__(self, channels: int, init: str = "random", keep: int = 0):
@@ -96,6 +98,8 @@ class InvConv1x1(InvertibleModule):
         elif init == "identity":
             w = torch.eye(c, dtype=torch.float64)
         elif init == "reverse":
+            if not 0 <= keep <= c:
+                raise ValueError(f"keep must be in 0..{c}, got {keep}")
             order = list(range(keep)) + list(range(c - 1, keep - 1, -1))
             w = torch.eye(c, dtype=torch.float64)[order]
         else:
