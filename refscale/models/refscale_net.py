@@ -64,7 +64,8 @@ measured in docs/results.md, "Why RefScale is below IRN at this budget", item 2)
 * ``inn_block``: ``"glow"`` (default) = the paper's conditional flow block above; ``"irn"`` =
   IRN's two-sided block (:class:`refscale.nn.invertible.AffineCoupling`) whose three subnets
   also see ``F_c`` (5.05M parameters at x2). It learned fastest at first (t = 0: 37.1 dB at
-  step 300) but diverged at step ~440 at lr 2e-4 (24.52 dB at step 1000).
+  step 300) but diverged at step ~440 at lr 2e-4 (24.52 dB at step 1000); at lr 1e-4 it was
+  stable and the best variant at 1000 steps (30.99 dB at t = 1, 37.66 dB at t = 0 at step 500).
 
 Choices the paper leaves open are marked above. Sizes (our choice, to land near the
 supplement's 2.8M (x2) / 3.5M (x4) parameters): Ref-Net ``nf`` = 64 with 2 RRDBs (1.52M);
