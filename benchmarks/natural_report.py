@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from oscd_report import training_budget, write_section
+from oscd_report import add_precision_option, training_budget, write_section
 
 from refscale.zoo import card_for
 
@@ -137,8 +137,7 @@ def main() -> None:
     ap.add_argument("--scales", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS, help="test sets (default: all three)")
     ap.add_argument("--draws", type=int, default=1, help="IRN decodes averaged per image (default 1)")
-    ap.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None,
-                    help="model arithmetic passed to refscale evaluate (default: its default, auto)")
+    add_precision_option(ap)
     ap.add_argument("--weights-dir", type=Path, default=None, help="run folders instead of the shipped weights")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "natural_eval")
     ap.add_argument("--reuse", action="store_true", help="reuse existing evaluation JSON files")

@@ -52,6 +52,12 @@ def model_ref(arch: str, scale: int, weights_dir: Path | None) -> str:
     return str(weights_dir / f"{arch}-x{scale}-oscd" / f"{arch}-x{scale}-oscd.safetensors")
 
 
+def add_precision_option(ap: argparse.ArgumentParser) -> None:
+    """``--precision``, passed on to every ``refscale evaluate`` a report runs."""
+    ap.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None,
+                    help="model arithmetic passed to refscale evaluate (default: its default, auto)")
+
+
 def training_budget(card: dict) -> str:
     """'N steps x batch B x P px, H h' from a model card ('-' for untrained models)."""
     if not card.get("iterations"):
@@ -219,6 +225,7 @@ def cmd_probe(args) -> str:
         crops[city] = (hr[..., t:t + c, left:left + c], ref[..., t:t + c, left:left + c])
     lines = ["| scale | model | reference | " + " | ".join(f"{city} PSNR-Y / mean S" for city in VAL_CITIES) + " |",
              "|---:|---|---|" + "---:|" * len(VAL_CITIES)]
+    extras = [(Path(e).stem, refscale.load(e)) for e in args.extra]  # ablations and variants
     for scale in args.scales:
         irn = refscale.load(model_ref("irn", scale, args.weights_dir))
         cells = []
@@ -231,10 +238,7 @@ def cmd_probe(args) -> str:
         torch.manual_seed(0)
         models = [("RefScale", refscale.load(model_ref("refscale", scale, args.weights_dir))),
                   ("RefScale, random init", refscale.load(f"refscale-x{scale}", pretrained=False))]
-        for extra in args.extra:  # ablations and variants (--extra run weights) of this scale
-            m = refscale.load(extra)
-            if m.scale == scale and m.needs_reference:
-                models.append((Path(extra).stem, m))
+        models += [(label, m) for label, m in extras if m.scale == scale and m.needs_reference]
         for label, model in models:
             for kind in ("true (img1)", "oracle (HR itself)", "other city's img1", "flat grey"):
                 cells = []
@@ -319,8 +323,7 @@ def main() -> None:
     ap.add_argument("--extra", nargs="*", default=[], help="more weights (.safetensors with cards) for the curves and the probe, e.g. ablations")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "oscd_eval")
     ap.add_argument("--crop", type=int, default=384, help="crop size (HR pixels) of the figures and of the probe")
-    ap.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None,
-                    help="model arithmetic passed to refscale evaluate (default: its default, auto)")
+    add_precision_option(ap)
     ap.add_argument("--reuse", action="store_true", help="reuse existing evaluation JSON files")
     ap.add_argument("--write", type=Path, default=None, help="replace the marked section of this results file")
     args = ap.parse_args()

@@ -71,6 +71,12 @@ def _error(message: str) -> None:
     print(f"refscale: error: {' '.join(str(message).split())}", file=sys.stderr)
 
 
+def _add_precision_option(parser: argparse.ArgumentParser) -> None:
+    """``--precision`` of the commands that choose the model arithmetic (encode, evaluate)."""
+    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None,
+                        help="model arithmetic (default auto: bf16 where the CPU has native bf16, else fp32)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from refscale import __version__
     from refscale.codecs import CODECS, available_codecs
@@ -105,8 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--lr-out", help="also save the viewable LR image as stored in the container (file, or folder for a batch)")
     e.add_argument("--tile", type=int, default=None, help="process in tiles of N HR pixels (default: automatic above 1 Mpx; 0 = never)")
     e.add_argument("--resample-ref", action="store_true", help="resize a reference of another size to the image size (bicubic)")
-    e.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None,
-                   help="model arithmetic (default auto: bf16 where the CPU has native bf16, else fp32)")
+    _add_precision_option(e)
     e.add_argument("--force", action="store_true", help="overwrite existing outputs")
     e.set_defaults(func=cmd_encode)
 
@@ -143,8 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", dest="json_out", default=None, help="write the result JSON here (default: print it)")
     v.add_argument("--md", dest="md_out", default=None, help="also write a Markdown table here")
     v.add_argument("--save-lr", default=None, metavar="DIR", help="also save each stored LR image as DIR/<name>.png")
-    v.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None,
-                   help="model arithmetic (default auto: bf16 where the CPU has native bf16, else fp32)")
+    _add_precision_option(v)
     v.add_argument("--force", action="store_true", help="overwrite existing outputs")
     v.set_defaults(func=cmd_evaluate)
 
