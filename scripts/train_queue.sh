@@ -3,9 +3,11 @@
 # On this 2-core machine two 1-thread trainings side by side do ~20% more steps per hour than one
 # 2-thread training (irn-x2-oscd, 64 px: 1.55 s/step each vs 0.96 s/step alone; measurement and command in
 # docs/results.md, "Equal-budget training runs, session 2").
-# Each line of JOBS is "CONFIG STEPS [KEY=VALUE ...]"; the run folder is $RUNS/<config name
-# without -cpu>. Re-running resumes interrupted runs (--resume) and skips finished ones.
-#   RUNS=/work/runs WORKERS=2 bash scripts/train_queue.sh jobs.txt
+# Each line of JOBS is "CONFIG STEPS [run=NAME] [KEY=VALUE ...]"; the run folder is $RUNS/NAME
+# (default: the config name without -cpu); KEY=VALUE are config overrides (--set). The schedule
+# comes from the config (or the line); the queue only sets the steps. Workers run at nice 19.
+# Re-running resumes interrupted runs (--resume) and skips finished ones.
+#   RUNS=/work/runs WORKERS=2 nohup bash scripts/train_queue.sh jobs.txt > /work/runs/queue.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs_file=$(realpath "$1"); runs=${RUNS:-runs}; workers=${WORKERS:-2}
@@ -18,15 +20,17 @@ next_job() {  # pop the first non-empty line of the queue, under a lock
 worker() {
   while job=$(next_job) && [ -n "$job" ]; do
     read -r config steps extra <<<"$job"
-    name=$(basename "$config" .yaml); name=${name%-cpu}; out="$runs/$name"
+    name=$(basename "$config" .yaml); name=${name%-cpu}
+    sets=(--set schedule.steps="$steps" --set precision.threads=1 --set log.progress=false)
+    for kv in $extra; do
+      if [[ $kv == run=* ]]; then name=${kv#run=}; else sets+=(--set "$kv"); fi
+    done
+    out="$runs/$name"
     if [ -f "$out/$name.safetensors" ]; then echo "== $name: finished, skipped"; continue; fi
     resume=(); [ -f "$out/checkpoints/latest.json" ] && resume=(--resume)
-    sets=(--set schedule.steps="$steps" --set "schedule.milestones=[$((steps / 2)),$((steps * 3 / 4))]"
-          --set precision.threads=1 --set log.progress=false)
-    for kv in $extra; do sets+=(--set "$kv"); done
     echo "== $name: $steps steps -> $out (worker $1, $(date -u +%H:%M:%S))"
     mkdir -p "$out"
-    refscale train "$config" --out "$out" "${resume[@]}" "${sets[@]}" >>"$out/train.log" 2>&1 \
+    nice -n 19 refscale train "$config" --out "$out" "${resume[@]}" "${sets[@]}" >>"$out/train.log" 2>&1 \
       || echo "== $name: FAILED (see $out/train.log)"
     echo "== $name: done ($(date -u +%H:%M:%S))"
   done

@@ -183,14 +183,16 @@ def test_training_losses_under_bf16_autocast():
 
 
 def test_short_overfit_beats_bicubic():
-    """300 Adam steps on one 32 px image: the decoded image (through the 8-bit LR and F^-1) clearly
-    beats bicubic down + up, and F brings the LR closer to the bicubic image than the representation."""
+    """500 Adam steps on one 32 px image: the decoded image (through the 8-bit LR and F^-1) clearly
+    beats bicubic down + up, and F brings the LR closer to the bicubic image than the representation.
+    500 steps, not 300: at 300 the margin over seeds 0-3 was 3.9-6.6 dB (too close to the 3 dB bar
+    for CPUs whose kernels round differently); at 500 it is 5.4-6.9 dB."""
     torch.manual_seed(0)
     model = FGRN(2, nf=16, down_blocks=2, up_blocks=2, flow_cells=2, gc=8).train()
     hr = synthetic_image(32, 32, seed=3)
     bicubic_lr = ops.bicubic_down(hr, 2)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(300):
+    for _ in range(500):
         opt.zero_grad()
         model.training_losses(hr)["total"].backward()
         opt.step()

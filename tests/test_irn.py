@@ -114,25 +114,28 @@ def test_bf16_channels_last_close_to_fp32():
 
 
 def test_short_overfit_beats_bicubic_of_own_lr():
-    """150 Adam steps on one 16 px image: the decoded image (z ~ N(0,1)) clearly beats bicubic
-    up-sampling of the model's own 8-bit LR."""
+    """300 Adam steps on one 16 px image: the decoded image (z ~ N(0,1)) clearly beats bicubic
+    up-sampling of the model's own 8-bit LR. Trained in float64: a short high-lr run is chaotic, and
+    in float32 the CPU's kernels (AVX2, AVX512, AMX) steer it to different end points (150 fp32
+    steps once fell 2 dB short on an AMX Xeon); float64 keeps the end point stable across them.
+    Margin over seeds 0-3: 12.0-13.5 dB."""
     torch.manual_seed(0)
-    model = IRN(2, blocks=[8], gc=8).train()
+    model = IRN(2, blocks=[8], gc=8).train().double()
     hr = synthetic_image(16, 16, seed=3)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(150):
+    for _ in range(300):
         opt.zero_grad()
-        model.training_losses(hr)["total"].backward()
+        model.training_losses(hr.double())["total"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10)
         opt.step()
-    model.eval()
+    model.eval().float()
     with torch.no_grad():
         lr = ops.quantize_8bit(model.downscale(hr)[0])
         rebuilt = model.upscale(lr, temperature=1.0, generator=torch.Generator().manual_seed(0))
     p_model = metrics.psnr(rebuilt, hr).item()
     p_bicubic = metrics.psnr(ops.bicubic_up(lr, 2).clamp(0, 1), hr).item()
     print(f"IRN overfit: {p_model:.2f} dB vs bicubic up of its LR {p_bicubic:.2f} dB")
-    assert p_model > p_bicubic + 2.0
+    assert p_model > p_bicubic + 6.0
 
 
 def test_training_losses_under_bf16_autocast():

@@ -245,27 +245,29 @@ def _psnr_vs_bicubic(model, hr, ref):
 
 OVERFIT = []  # (arch, small constructor config, steps, lr); the real models once they are registered
 if "irn-x2" in zoo.architectures():
-    OVERFIT.append(("irn-x2", {"blocks": [2], "gc": 16}, 200, 3e-3))
+    OVERFIT.append(("irn-x2", {"blocks": [2], "gc": 16}, 300, 3e-3))
 
 
 @pytest.mark.skipif(not OVERFIT, reason="no trainable real model registered yet")
 @pytest.mark.parametrize("arch,config,steps,lr", OVERFIT, ids=[o[0] for o in OVERFIT])
 def test_overfit_one_image_beats_bicubic(tmp_path, arch, config, steps, lr):
-    """Train on one 32 px image (flipped/rotated): its reconstruction from its own 8-bit LR must
-    beat bicubic up-sampling of that LR by a clear margin (> 2 dB; measured ~4.5 dB for IRN).
-    After 200 steps a flow has not yet learned to make HR insensitive to the sampled z, so the
-    reconstruction is decoded at temperature 0."""
+    """Train on one 32 px image (flipped/rotated) with the short-budget schedule (warm-up, constant,
+    cosine tail): its reconstruction from its own 8-bit LR must beat bicubic up-sampling of that LR
+    by a clear margin (> 3 dB; measured 4.9-5.4 dB for IRN over seeds 0-3, where 200 steps at a
+    constant rate gave 3.1-4.8 dB). After 300 steps a flow has not yet learned to make HR
+    insensitive to the sampled z, so the reconstruction is decoded at temperature 0."""
     from refscale.imageio import read_image
 
     root = write_pairs(tmp_path / "one", n=1, size=32)
     cfg = tiny_config(root, steps=steps, model={"arch": arch, "config": config}, optim={"lr": lr},
                       data={"val_names": [], "patch_size": 32, "batch_size": 1},
-                      schedule={"milestones": []}, val={"every_steps": None})
+                      schedule={"milestones": [], "warmup_steps": 20, "decay": "cosine", "decay_start": 0.5},
+                      val={"every_steps": None})
     result = engine.train(cfg, tmp_path / "run")
     model = zoo.load_weights_file(result["weights"])
     hr, ref = read_image(root / "pair0" / "hr.png"), read_image(root / "pair0" / "ref.png")
     rec, bic = _psnr_vs_bicubic(model, hr, ref if model.needs_reference else None)
-    assert math.isfinite(rec) and rec > bic + 2.0, (rec, bic)
+    assert math.isfinite(rec) and rec > bic + 3.0, (rec, bic)
 
 
 def test_config_errors(tmp_path, pairs):
@@ -333,3 +335,30 @@ def test_oscd_configs_build_their_models(path):
     assert cfg["data"]["patch_size"] % model.alignment == 0
     assert all(m < cfg["schedule"]["steps"] for m in cfg["schedule"]["milestones"])
     assert cfg["data"]["val_names"] == ["aguasclaras", "bordeaux"] and cfg["data"]["batch_size"] == 8
+
+
+def test_lr_schedule_shapes():
+    """lr_at: warm-up ramp, MultiStepLR halving, and a constant peak with a cosine/linear tail."""
+    from refscale.train.config import resolve
+
+    def cfg(**schedule):
+        return resolve({"model": {"arch": "tiny-x2"}, "data": {"path": "x"}, "optim": {"lr": 1e-3},
+                        "schedule": {"steps": 100, **schedule}})
+
+    step = cfg(milestones=[50, 75])
+    assert [engine.lr_at(s, step) for s in (0, 49, 50, 75, 99)] == pytest.approx([1e-3, 1e-3, 5e-4, 2.5e-4, 2.5e-4])
+    warm = cfg(warmup_steps=10, decay="cosine", decay_start=0.8, min_lr=1e-5)
+    assert engine.lr_at(0, warm) == pytest.approx(1e-4) and engine.lr_at(9, warm) == pytest.approx(1e-3)
+    assert engine.lr_at(10, warm) == engine.lr_at(79, warm) == engine.lr_at(80, warm) == pytest.approx(1e-3)
+    tail = [engine.lr_at(s, warm) for s in range(80, 100)]
+    assert all(a > b for a, b in zip(tail, tail[1:])) and tail[-1] > 1e-5
+    assert engine.lr_at(90, warm) == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5)  # cosine midpoint
+    lin = cfg(decay="linear", decay_start=0.5)
+    assert engine.lr_at(75, lin) == pytest.approx(5e-4) and engine.lr_at(99, lin) == pytest.approx(1e-3 * 1 / 50)
+    const = cfg(decay="cosine", decay_start=1.0)
+    assert {engine.lr_at(s, const) for s in range(100)} == {1e-3}
+    for bad, match in [({"decay": "exp"}, "schedule.decay"), ({"decay": "cosine", "milestones": [5]}, "milestones only"),
+                       ({"warmup_steps": -1}, "warmup_steps"), ({"decay_start": 1.5}, "decay_start"),
+                       ({"min_lr": 1.0}, "min_lr")]:
+        with pytest.raises(ConfigError, match=match):
+            cfg(**bad)

@@ -8,7 +8,7 @@ A config has these sections (every key optional except ``model.arch``, ``data.pa
     model:     {arch: refscale-x2, config: {...constructor overrides...}, module: null, init_weights: null}
     data:      {path, split, val_names, val_split, patch_size, both_directions, augment, batch_size}
     optim:     {name: adam, lr, betas, eps, weight_decay, grad_clip}
-    schedule:  {steps, milestones, gamma}           # step halving: lr * gamma ** (#milestones passed)
+    schedule:  {steps, warmup_steps, decay, decay_start, min_lr, milestones, gamma}   # see below
     precision: {bf16, channels_last, threads}       # bf16: true | false | auto (bf16 autocast only where native)
     checkpoint:{every_minutes, every_steps, keep}
     val:       {every_steps, max_images, crop, seed}
@@ -16,6 +16,15 @@ A config has these sections (every key optional except ``model.arch``, ``data.pa
     guard:     {max_bad_steps}                      # abort after this many non-finite steps in a row
     ddp:       {backend, find_unused_parameters}
     device: auto                                    # auto | cpu | cuda
+
+Learning-rate schedule (``schedule``), one function of the step (``engine.lr_at``):
+
+* ``warmup_steps`` (default 0): linear ramp from ``lr / warmup_steps`` to ``optim.lr``;
+* ``decay: step`` (default; IRN's MultiStepLR): ``lr * gamma ** (#milestones <= step)``;
+* ``decay: cosine | linear``: ``optim.lr`` held until ``decay_start * steps`` (a fraction, default
+  0.75), then a cosine or linear fall to ``min_lr`` (default 0) at ``steps``; ``milestones`` must
+  then be empty. The short-budget recipe (docs/results.md, "Short-budget recipe") is warm-up,
+  constant peak, cosine over the last quarter.
 
 ``data.batch_size`` is the *total* batch over all processes (``torchrun``), so one config means
 the same training at any process count. ``model.module`` names a Python module imported before
@@ -59,7 +68,8 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 8,
     },
     "optim": {"name": "adam", "lr": 2e-4, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "grad_clip": None},
-    "schedule": {"steps": None, "milestones": [], "gamma": 0.5},
+    "schedule": {"steps": None, "warmup_steps": 0, "decay": "step", "decay_start": 0.75, "min_lr": 0.0,
+                 "milestones": [], "gamma": 0.5},
     "precision": {"bf16": False, "channels_last": False, "threads": None},
     "checkpoint": {"every_minutes": 10.0, "every_steps": None, "keep": 2},
     "val": {"every_steps": 1000, "max_images": 2, "crop": 256, "seed": 0},
@@ -111,6 +121,15 @@ def _check(cfg: dict) -> dict:
     need(isinstance(betas, (list, tuple)) and len(betas) == 2, f"optim.betas must be two numbers, got {betas!r}")
     ms = cfg["schedule"]["milestones"]
     need(isinstance(ms, list) and all(isinstance(m, int) and m > 0 for m in ms), f"schedule.milestones must be a list of positive integers, got {ms!r}")
+    sch = cfg["schedule"]
+    need(sch["decay"] in ("step", "cosine", "linear"), f"schedule.decay must be step, cosine or linear, got {sch['decay']!r}")
+    need(sch["decay"] == "step" or not ms, "schedule.milestones only apply to decay: step; remove them for cosine/linear")
+    wu = sch["warmup_steps"]
+    need(isinstance(wu, int) and not isinstance(wu, bool) and wu >= 0, f"schedule.warmup_steps must be a non-negative integer, got {wu!r}")
+    ds = sch["decay_start"]
+    need(isinstance(ds, (int, float)) and 0.0 <= ds <= 1.0, f"schedule.decay_start must be a fraction in [0, 1], got {ds!r}")
+    ml = sch["min_lr"]
+    need(isinstance(ml, (int, float)) and 0.0 <= ml <= lr, f"schedule.min_lr must be in [0, optim.lr], got {ml!r}")
     need(cfg["device"] in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {cfg['device']!r}")
     need(isinstance(cfg["guard"]["max_bad_steps"], int) and cfg["guard"]["max_bad_steps"] > 0, "guard.max_bad_steps must be a positive integer")
     need(isinstance(cfg["seed"], int), f"seed must be an integer, got {cfg['seed']!r}")

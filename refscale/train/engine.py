@@ -14,7 +14,8 @@ One training step (the same on 1 or N processes):
 3. gradient norm, clipped to ``optim.grad_clip`` if set;
 4. NaN/inf guard: a non-finite loss or gradient norm on any process skips the optimizer update on
    all of them; ``guard.max_bad_steps`` such steps in a row abort with a :class:`TrainingError`;
-5. step-halving learning rate: ``lr * gamma ** (number of milestones <= step)`` (MultiStepLR).
+5. learning rate of the step from :func:`lr_at` (warm-up, then step halving or a constant peak with
+   a cosine/linear tail; see :mod:`refscale.train.config`).
 
 Checkpoints (see :mod:`refscale.train.checkpoint`) hold the weights, the optimizer, the step and
 every process's RNG states, so ``resume=True`` continues exactly where the run stopped. Ctrl-C
@@ -70,9 +71,21 @@ class TrainingStopped(TrainingError):
 
 
 # ---------------------------------------------------------------------------- helpers
-def _lr_at(step: int, cfg: dict) -> float:
-    s = cfg["schedule"]
-    return cfg["optim"]["lr"] * s["gamma"] ** sum(step >= m for m in s["milestones"])
+def lr_at(step: int, cfg: dict) -> float:
+    """Learning rate of 0-based ``step``: linear warm-up over ``warmup_steps``, then ``decay``
+    (``step``: MultiStepLR halving at ``milestones``; ``cosine``/``linear``: constant until
+    ``decay_start * steps``, then down to ``min_lr`` at the last step)."""
+    s, peak = cfg["schedule"], cfg["optim"]["lr"]
+    if step < s["warmup_steps"]:
+        return peak * (step + 1) / s["warmup_steps"]
+    if s["decay"] == "step":
+        return peak * s["gamma"] ** sum(step >= m for m in s["milestones"])
+    start = max(s["warmup_steps"], int(s["decay_start"] * s["steps"]))
+    if step < start:
+        return peak
+    frac = (step - start) / max(1, s["steps"] - start)  # 0 at the start of the tail, -> 1 at the end
+    shape = 0.5 * (1.0 + math.cos(math.pi * frac)) if s["decay"] == "cosine" else 1.0 - frac
+    return s["min_lr"] + (peak - s["min_lr"]) * shape
 
 
 def _seed_everything(seed: int) -> None:
@@ -529,7 +542,7 @@ def _train(cfg: dict, out: Path, ckpt_dir: Path, resume: bool, dist: _Dist, dev_
     stop = _StopRequest()
     try:
         while step < total_steps:
-            lr = _lr_at(step, cfg)
+            lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             hr, ref = _collate([dataset[i] for i in sampler.indices(step)], device, prec["channels_last"])
