@@ -15,6 +15,11 @@
   held-out train cities, and the similarity a random init starts from (``--extra`` adds
   variants; one without a similarity map shows mean S as "-").
 * ``curves``: validation PSNR-Y vs step from each model card's ``val_history`` -> one figure.
+* ``heldout``: the full held-out train cities (aguasclaras, bordeaux; never trained on), PNG LR,
+  t = 1, ``--draws`` seeds: PSNR-Y overall, inside and outside the changed areas
+  (``change_mask.png``) and the colour error (mean signed error per RGB channel, 8-bit levels)
+  for bicubic, IRN, RefScale and ``--extra`` weights. The shipping rule of the training campaign
+  (issue 13: ship only a >= 0.2 dB gain) reads this table; no test city is touched.
 
 Test cities are only touched by ``table`` and ``figures``; nothing here tunes anything.
 ``figures`` and ``curves`` need matplotlib (``pip install ".[report]"``).
@@ -261,6 +266,78 @@ def cmd_probe(args) -> str:
     return text
 
 
+def masked_psnr_y(rec: torch.Tensor, hr: torch.Tensor, mask: torch.Tensor, border: int) -> float:
+    """PSNR-Y (BasicSR conventions, as ``refscale.metrics.psnr``) over the pixels where ``mask`` is
+    true, the ``border`` pixels on every side left out; ``nan`` for an empty mask."""
+    from refscale.metrics import _prepare
+
+    x, y = _prepare(rec, border, True), _prepare(hr, border, True)
+    m = mask[border:-border, border:-border] if border else mask
+    if not bool(m.any()):
+        return float("nan")
+    mse = float(((x - y)[0, 0][m] ** 2).mean())
+    return 10.0 * float(np.log10(255.0**2 / mse))
+
+
+@torch.no_grad()
+def cmd_heldout(args) -> str:
+    """Held-out train cities, whole images: PSNR-Y overall / in changed areas / elsewhere and the
+    colour error, averaged over cities (PSNR: mean of per-city values, each the mean over draws)."""
+    import refscale
+    from refscale.container import Packet
+    from refscale.imageio import read_image
+    from refscale.metrics import psnr
+
+    from PIL import Image
+
+    images = {c: (read_image(args.data / c / "img2.png"), read_image(args.data / c / "img1.png"),
+                  torch.from_numpy(np.asarray(Image.open(args.data / c / "change_mask.png").convert("L")) > 127))
+              for c in VAL_CITIES}
+    lines = ["| scale | model | steps | PSNR-Y | PSNR-Y changed | PSNR-Y unchanged | colour error R / G / B | bpp (.rsc) |",
+             "|---:|---|---:|---:|---:|---:|---|---:|"]
+    rows = []
+    extras = list(args.extra)
+    for scale in args.scales:
+        refs = [f"bicubic-x{scale}"]
+        for arch in ("irn", "refscale"):  # a run folder's weights, else the shipped ones
+            r = model_ref(arch, scale, args.weights_dir)
+            refs.append(r if not r.endswith(".safetensors") or Path(r).exists() else f"{arch}-x{scale}")
+        refs += [e for e in extras if zoo.card_for(e).get("arch", "").endswith(f"-x{scale}")]
+        for ref in refs:
+            model = refscale.load(ref)
+            vals = {"all": [], "changed": [], "unchanged": [], "err": [], "bpp": []}
+            for city, (hr, img1, mask) in images.items():
+                r = img1 if model.needs_reference else None
+                data = model.encode(hr, r, precision=args.precision).to_bytes()
+                packet = Packet.from_bytes(data)
+                per = {"all": [], "changed": [], "unchanged": [], "err": []}
+                for seed in range(args.draws if model.stochastic else 1):
+                    rec = model.decode(packet, r, seed=seed)
+                    per["all"].append(float(psnr(rec, hr, crop_border=scale)[0]))
+                    per["changed"].append(masked_psnr_y(rec, hr, mask, scale))
+                    per["unchanged"].append(masked_psnr_y(rec, hr, ~mask, scale))
+                    diff = torch.round(rec.clamp(0, 1) * 255) - torch.round(hr * 255)
+                    per["err"].append(diff[0].mean(dim=(1, 2)).numpy())
+                for k in per:
+                    vals[k].append(np.mean(per[k], axis=0))
+                vals["bpp"].append(len(data) * 8 / (hr.shape[-2] * hr.shape[-1]))
+            card = zoo.card_for(ref)
+            label = Path(ref).stem if ref.endswith(".safetensors") else ref
+            err = np.mean(vals["err"], axis=0)
+            row = {"scale": scale, "model": label, "steps": card.get("iterations"),
+                   **{k: float(np.mean(vals[k])) for k in ("all", "changed", "unchanged", "bpp")},
+                   "colour_error_rgb": [round(float(e), 2) for e in err]}
+            rows.append(row)
+            lines.append(f"| x{scale} | {label} | {row['steps'] or '-'} | {row['all']:.2f} | {row['changed']:.2f} | "
+                         f"{row['unchanged']:.2f} | {' / '.join(f'{e:+.2f}' for e in err)} | {row['bpp']:.3f} |")
+            print(lines[-1], flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "heldout.json").write_text(json.dumps(rows, indent=1) + "\n")
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
 def cmd_curves(args) -> None:
     """Validation PSNR-Y vs step of IRN and RefScale at each scale (and any ``--extra`` weights),
     from the ``val_history`` of each model card, which spans continued runs (``model.init_weights``)."""
@@ -315,7 +392,7 @@ def write_section(results: Path, body: str, start: str = START, end: str = END) 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("table", "figures", "change", "probe", "curves", "all"))
+    ap.add_argument("what", choices=("table", "figures", "change", "probe", "curves", "heldout", "all"))
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "oscd")
     ap.add_argument("--scales", type=int, nargs="+", default=[2])
     ap.add_argument("--draws", type=int, default=5)
@@ -336,6 +413,10 @@ def main() -> None:
     if args.what in ("probe", "all"):
         parts.append(f"What the reference does (held-out train cities, {args.crop} px centre crops, t = 1, seed 0; "
                      "mean S = mean transmitted similarity in [0, 1]):\n\n" + cmd_probe(args))
+    if args.what in ("heldout", "all"):
+        parts.append(f"Held-out train cities ({', '.join(VAL_CITIES)}; whole images, PNG LR, t = 1, {args.draws} draws; "
+                     "changed = `change_mask.png`; colour error = mean signed error per channel in 8-bit levels):\n\n"
+                     + cmd_heldout(args))
     if args.what in ("figures", "all"):
         cmd_figures(args)
     if args.what in ("curves", "all"):

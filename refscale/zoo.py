@@ -169,9 +169,15 @@ def load_weights_file(path: str | os.PathLike, expected_sha256: str | None = Non
     return model.eval()
 
 
-def save_weights(model: Rescaler, path: str | os.PathLike, card: dict[str, Any] | None = None) -> str:
+def save_weights(model: Rescaler, path: str | os.PathLike, card: dict[str, Any] | None = None,
+                 half: bool = False) -> str:
     """Write ``model`` to ``path`` (.safetensors, atomically) and, if ``card`` is given, a JSON
-    model card beside it with the file's sha256 added. Returns the sha256."""
+    model card beside it with the file's sha256 added. Returns the sha256.
+
+    ``half``: store floating-point tensors as float16 (half the bytes; the shipped weights). They
+    load into the float32 model as usual (``load_state_dict`` converts); ``scripts/ship_weights.py``
+    checks that this moves validation PSNR-Y by less than 0.01 dB before it ships such a file.
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -179,6 +185,12 @@ def save_weights(model: Rescaler, path: str | os.PathLike, card: dict[str, Any] 
     name = path.stem
     meta = {"arch": f"{model.arch}-x{model.scale}", "config": json.dumps(model.config, sort_keys=True), "name": name}
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if half:
+        too_big = [k for k, v in state.items() if v.is_floating_point() and v.abs().max() > 65000]
+        if too_big:
+            raise ModelError(f"cannot store {name} as float16: values beyond its range in {', '.join(too_big[:3])}")
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        meta["stored_dtype"] = "float16"
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=meta)
     os.replace(tmp, path)

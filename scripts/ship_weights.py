@@ -1,40 +1,104 @@
 """Copy a training run's weights into the package as shipped weights with a model card.
 
-    python scripts/ship_weights.py RUN_DIR NAME [--note TEXT]
+    python scripts/ship_weights.py RUN_DIR NAME [--note TEXT] [--min-gain 0.2] [--force] [--fp32]
 
 Takes the run's final weights (``RUN_DIR/NAME.safetensors``) or, if the run has not finished,
-its latest checkpoint; re-saves them with :func:`refscale.zoo.save_weights` as
-``refscale/weights/NAME.safetensors`` + ``NAME.json`` (the run's card: config, data, steps, wall
-time, command, validation metrics; plus ``note`` and the new file's sha256).
+its latest checkpoint, and applies the training campaign's shipping rule (issue 13):
+
+* validation: PSNR-Y (t = 1, mean over ``--draws`` seeds) on the *whole* held-out images of the
+  run's config (``data.val_names``, e.g. the OSCD cities aguasclaras and bordeaux), for the new
+  weights and for the weights shipped under NAME now; the new ones ship only if they gain at
+  least ``--min-gain`` dB (``--force`` ships anyway, e.g. a new architecture);
+* storage: float16 (half the bytes) unless ``--fp32``; refused if that moves the validation
+  PSNR-Y by 0.01 dB or more.
+
+The card (``refscale/weights/NAME.json``) keeps the run's card (config, data, steps, wall time,
+command, validation history, init_from) and adds ``note``, ``source`` and ``ship_check`` (the
+numbers above), then the new file's sha256.
 """
 import argparse
 import json
 import os
+import sys
+import tempfile
 from pathlib import Path
 
+import torch
+
 from refscale import zoo
+from refscale.train import engine
+from refscale.train.config import resolve
 
-ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-ap.add_argument("run", type=Path)
-ap.add_argument("name")
-ap.add_argument("--note", default="")
-args = ap.parse_args()
 
-final = args.run / f"{args.name}.safetensors"
-if final.exists():
-    weights = final
-else:
-    latest = json.loads((args.run / "checkpoints" / "latest.json").read_text())
-    weights = args.run / "checkpoints" / latest["weights"]
-card = json.loads(weights.with_suffix(".json").read_text())
-model = zoo.load_weights_file(weights, card.get("sha256"))
-keep = ("data", "needs_reference", "params", "iterations", "wall_time_s", "command", "metrics", "val_history",
-        "init_from", "training_config")
-new_card = {k: card[k] for k in keep if k in card}
-new_card["note"] = args.note
-new_card["source"] = f"{weights.name} of run {args.run.name}"
-out = zoo.WEIGHTS_DIR / f"{args.name}.safetensors"
-digest = zoo.save_weights(model, out, card=new_card)
-for p in (out, out.with_suffix(".json")):
-    os.chmod(p, 0o644)
-print(f"shipped {out} ({out.stat().st_size / 1e6:.1f} MB, sha256 {digest[:12]}, {new_card.get('iterations')} steps)")
+def heldout_psnr(model, cfg: dict, draws: int) -> float:
+    """Mean PSNR-Y over ``draws`` seeds on the whole held-out images of a training config."""
+    cfg = resolve({**cfg, "val": {**cfg["val"], "crop": 100000, "max_images": 100}})
+    _, val = engine._split_samples(cfg)
+    crops = engine._val_crops(val, cfg, model.alignment, model.needs_reference)
+    if not crops:
+        raise SystemExit("ship_weights: the run's config holds no validation images (data.val_names)")
+    return sum(engine.validate(model, crops, seed=1000 * d)["psnr_y"] for d in range(draws)) / draws
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path)
+    ap.add_argument("name")
+    ap.add_argument("--note", default="")
+    ap.add_argument("--min-gain", type=float, default=0.2, help="dB of validation PSNR-Y over the shipped weights")
+    ap.add_argument("--draws", type=int, default=5)
+    ap.add_argument("--force", action="store_true", help="ship even without the gain")
+    ap.add_argument("--fp32", action="store_true", help="store float32 instead of float16")
+    ap.add_argument("--data", default=None, help="dataset path if not the one in the run's config")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+
+    final = args.run / f"{args.name}.safetensors"
+    if final.exists():
+        weights = final
+    else:
+        latest = json.loads((args.run / "checkpoints" / "latest.json").read_text())
+        weights = args.run / "checkpoints" / latest["weights"]
+    card = json.loads(weights.with_suffix(".json").read_text())
+    model = zoo.load_weights_file(weights, card.get("sha256"))
+    cfg = card["training_config"]
+    if args.data:
+        cfg = {**cfg, "data": {**cfg["data"], "path": args.data}}
+
+    new_psnr = heldout_psnr(model, cfg, args.draws)
+    old_psnr = None
+    if args.name in zoo.weights_cards():
+        old = zoo.load(args.name)
+        if (old.arch, old.scale) == (model.arch, model.scale):
+            old_psnr = heldout_psnr(old, cfg, args.draws)
+    gain = None if old_psnr is None else new_psnr - old_psnr
+    print(f"{args.name}: held-out PSNR-Y {new_psnr:.3f} dB (shipped now: "
+          f"{'-' if old_psnr is None else f'{old_psnr:.3f}'}; gain {'-' if gain is None else f'{gain:+.3f}'})")
+    if gain is not None and gain < args.min_gain and not args.force:
+        sys.exit(f"not shipped: gain {gain:+.3f} dB < {args.min_gain} dB (use --force to ship anyway)")
+
+    check = {"heldout_psnr_y": round(new_psnr, 4), "previous_psnr_y": None if old_psnr is None else round(old_psnr, 4),
+             "draws": args.draws, "images": list(cfg["data"]["val_names"]), "stored": "float32" if args.fp32 else "float16"}
+    if not args.fp32:
+        with tempfile.TemporaryDirectory() as tmp:
+            half = Path(tmp) / f"{args.name}.safetensors"
+            zoo.save_weights(model, half, half=True)
+            half_psnr = heldout_psnr(zoo.load_weights_file(half), cfg, args.draws)
+        check["fp16_delta_db"] = round(half_psnr - new_psnr, 5)
+        print(f"float16 storage: {half_psnr:.4f} dB ({half_psnr - new_psnr:+.5f} dB)")
+        if abs(half_psnr - new_psnr) >= 0.01:
+            sys.exit("not shipped: float16 storage moves PSNR-Y by 0.01 dB or more; use --fp32")
+
+    keep = ("data", "needs_reference", "params", "iterations", "wall_time_s", "command", "metrics", "val_history",
+            "init_from", "bf16", "training_config")
+    new_card = {k: card[k] for k in keep if k in card}
+    new_card.update(note=args.note, source=f"{weights.name} of run {args.run.name}", ship_check=check)
+    out = zoo.WEIGHTS_DIR / f"{args.name}.safetensors"
+    digest = zoo.save_weights(model, out, card=new_card, half=not args.fp32)
+    for p in (out, out.with_suffix(".json")):
+        os.chmod(p, 0o644)
+    print(f"shipped {out} ({out.stat().st_size / 1e6:.1f} MB, sha256 {digest[:12]}, {new_card.get('iterations')} steps)")
+
+
+if __name__ == "__main__":
+    main()

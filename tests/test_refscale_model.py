@@ -315,3 +315,69 @@ def test_irn_block_variant_inverts_and_uses_the_condition():
     y = model.flow_forward(hr, fc)
     assert (model.flow_inverse(y, fc) - hr).abs().max() < 1e-10
     assert (model.flow_forward(hr, fc * 0.5) - y).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("scale,blocks", [(2, [2]), (4, [2, 1])])
+def test_warm_start_from_irn_reproduces_it_exactly(scale, blocks):
+    """inn_block='irn' with IRN's blocks, started from a (perturbed, i.e. 'trained') IRN: until the
+    zero-initialised condition weights learn, LR and reconstruction equal the IRN's bit for bit."""
+    from refscale.models.irn import IRN
+
+    torch.manual_seed(1)
+    irn = IRN(scale, blocks=blocks, gc=8)
+    perturb(irn, std=0.05)
+    model = tiny(scale, inn_block="irn", blocks=blocks)
+    model.warm_start(irn)
+    irn.eval(), model.eval()
+    hr, ref = pair(16, 16, seed=4)
+    with torch.no_grad():
+        lr_irn, _ = irn.downscale(hr)
+        lr, side = model.downscale(hr, ref)
+        assert torch.equal(lr, lr_irn) and "smap" in side
+        g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+        assert torch.equal(model.upscale(lr, side, ref, generator=g1), irn.upscale(lr_irn, generator=g2))
+    groups = model.parameter_groups()
+    assert set(groups) == {"refnet", "cond", "flow"}
+    assert all((p == 0).all() for p in groups["cond"]) and len(groups["cond"]) == 3 * sum(blocks)
+    # once the condition weights move, the reference matters
+    with torch.no_grad():
+        for p in groups["cond"]:
+            p.normal_(0, 0.05)
+        assert not torch.equal(model.downscale(hr, ref)[0], lr_irn)
+
+
+def test_warm_start_refuses_what_it_cannot_copy():
+    from refscale.models.irn import IRN
+
+    irn = IRN(2, blocks=[2], gc=8)
+    with pytest.raises(ModelError, match="inn_block='irn'"):
+        tiny(2, blocks=[2]).warm_start(irn)  # the paper's Glow blocks
+    with pytest.raises(ModelError, match="must match"):
+        tiny(2, inn_block="irn", blocks=[3]).warm_start(irn)
+    with pytest.raises(ModelError, match="must match"):
+        tiny(2, inn_block="irn", blocks=[2], gc=16).warm_start(irn)
+
+
+def test_guide_ramp_scales_only_the_eq5_blur_term():
+    """configure_training(step, guide_ramp_steps=R): at step 0 eq. 5 is the plain bicubic fit
+    (S counts 0), from step R on it is eq. 5 as written; F_c is unchanged throughout."""
+    model = tiny(2).train()
+    hr, ref = pair(16, 16, seed=2)
+
+    def guide(step):
+        model.configure_training(step, guide_ramp_steps=10)
+        torch.manual_seed(0)
+        return model.training_losses(hr, ref)["lr_guide"].item()
+
+    assert model.guide_strength == 1.0  # default: no ramp
+    g0, g5, g10, g20 = guide(0), guide(5), guide(10), guide(20)
+    assert model.guide_strength == 1.0 and g10 == g20
+    model.guide_strength = 1.0
+    with torch.no_grad():
+        fc, q = model._encoder_side(hr, ref, training=False)
+        lr = model.flow_forward(hr, fc)[:, :3]
+        bicubic_fit = model.lambda_lr * ((ops.bicubic_down(hr, 2) - lr) ** 2).sum().item() / hr.shape[0]
+    assert g0 == pytest.approx(bicubic_fit, rel=1e-3)
+    assert len({round(g, 6) for g in (g0, g5, g10)}) == 3
+    with pytest.raises(TypeError):
+        model.configure_training(0, no_such_option=1)

@@ -44,3 +44,33 @@ def test_shipped_weights_refuse_a_changed_file(tmp_path, monkeypatch):
     with pytest.raises(ModelError, match="do not match"):
         zoo.load(name)
     assert json.loads((copy / f"{name}.json").read_text())["sha256"] == card["sha256"]
+
+
+def test_half_storage_loads_into_float32(tmp_path):
+    """half=True stores float tensors as float16 (half the bytes); they load into the float32 model,
+    integer buffers (ActNorm's flag) unchanged, and the model's outputs move only by fp16 rounding."""
+    from refscale.models.refscale_net import RefScaleNet
+
+    torch.manual_seed(0)
+    model = RefScaleNet(2, blocks=[2], nf=8, n_rrdb=1, ref_gc=4, gc=8)
+    perturb(model, std=0.02)
+    hr, ref = synthetic_image(16, 16, seed=1), synthetic_image(16, 16, seed=2)
+    model.train().training_losses(hr, ref)  # ActNorm's data init
+    model.eval()
+    full, half = tmp_path / "full.safetensors", tmp_path / "half.safetensors"
+    zoo.save_weights(model, full)
+    zoo.save_weights(model, half, half=True)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    loaded = zoo.load_weights_file(half)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(loaded.buffers(), model.buffers()) if not a.is_floating_point())
+    assert any(not torch.equal(a, b) for a, b in zip(loaded.parameters(), model.parameters()))  # really rounded
+    with torch.no_grad():
+        lr_full, side = model.downscale(hr, ref)
+        lr_half, side_half = loaded.downscale(hr, ref)
+    assert (lr_full - lr_half).abs().max() < 1 / 255  # below one 8-bit level
+    too_big = zoo.build("irn-x2", blocks=[1], gc=4)
+    with torch.no_grad():
+        next(too_big.parameters()).fill_(1e5)
+    with pytest.raises(ModelError, match="float16"):
+        zoo.save_weights(too_big, tmp_path / "big.safetensors", half=True)

@@ -78,6 +78,17 @@ class Rescaler(nn.Module):
         """Loss terms for one training batch; must contain ``"total"`` (what is minimised)."""
         raise ModelError(f"{self.name} has nothing to train")
 
+    def configure_training(self, step: int, **options: Any) -> None:
+        """Training-only options for ``step`` (``model.train_options`` of a training config; the
+        engine calls this before every step). Models without such options accept none."""
+        if options:
+            raise ModelError(f"{self.name} takes no training options, got {', '.join(sorted(options))}")
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Named parameter groups that a training config can give their own learning-rate
+        multiplier (``optim.lr_mult``); one group ``main`` unless a model says otherwise."""
+        return {"main": [p for p in self.parameters()]}
+
     # ------------------------------------------------------------------ helpers
     def check_reference(self, ref: torch.Tensor | None) -> None:
         """Raise a clear error when a reference model gets no reference."""

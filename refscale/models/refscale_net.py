@@ -63,9 +63,19 @@ measured in docs/results.md, "Why RefScale is below IRN at this budget", item 2)
   side of every coupling; a different permutation per block would mix them from the start.
 * ``inn_block``: ``"glow"`` (default) = the paper's conditional flow block above; ``"irn"`` =
   IRN's two-sided block (:class:`refscale.nn.invertible.AffineCoupling`) whose three subnets
-  also see ``F_c`` (5.05M parameters at x2). It learned fastest at first (t = 0: 37.1 dB at
-  step 300) but diverged at step ~440 at lr 2e-4 (24.52 dB at step 1000); at lr 1e-4 it was
-  stable and the best variant at 1000 steps (30.99 dB at t = 1, 37.66 dB at t = 0 at step 500).
+  also see ``F_c``: through a zero-initialised conv added to the first conv of each DenseBlock
+  (:class:`refscale.nn.layers.DenseBlock`, ``cond_channels``), so with IRN's ``blocks`` the INN
+  is IRN's exactly until those weights learn, and :meth:`RefScaleNet.warm_start` can start it
+  from a trained IRN (step 0 reproduces that IRN's LR and reconstruction). (A first version
+  concatenated ``F_c`` to every conv's input with random weights, 5.05M parameters at x2; it
+  diverged at lr 2e-4 and reached 30.99 dB at lr 1e-4 after 1000 steps: docs/results.md.)
+
+Training-only options (``configure_training``, set by the engine from ``model.train_options``):
+``guide_ramp_steps`` ramps the eq. 5 blur in linearly (``S`` in eq. 5 is multiplied by
+``min(1, step / guide_ramp_steps)``; ``F_c`` always uses ``S``), so that a saturated ``S`` of a
+fresh Ref-Net does not strip a warm-started LR of its detail at once. Parameter groups
+(:meth:`parameter_groups`, learning-rate multipliers ``optim.lr_mult``): ``refnet``, ``cond``
+(the condition weights of the INN) and ``flow`` (the rest).
 
 Choices the paper leaves open are marked above. Sizes (our choice, to land near the
 supplement's 2.8M (x2) / 3.5M (x4) parameters): Ref-Net ``nf`` = 64 with 2 RRDBs (1.52M);
@@ -199,6 +209,7 @@ class RefScaleNet(FastInference, Rescaler):
         self.cond_stride = int(cond_stride)
         self.blur_sigma = float(blur_sigma)
         self.lambda_hr, self.lambda_lr, self.lambda_distr = float(lambda_hr), lambda_lr, float(lambda_distr)
+        self.guide_strength = 1.0  # training only: the eq. 5 blur ramp (configure_training)
 
         bottleneck = smap_down if condition == "similarity" else 0
         self.refnet = (RefNet(nf, n_rrdb, ref_gc, self.cond_stride, bottleneck, float(ref_highpass))
@@ -221,6 +232,44 @@ class RefScaleNet(FastInference, Rescaler):
                 mods += [norm, conv,
                          ConditionalAffineCoupling(channels, cond_channels, subnet=subnet, clamp=clamp)]
             self.levels.append(FlowSequence(mods))
+
+    # ------------------------------------------------------------------ training set-up
+    def configure_training(self, step: int, guide_ramp_steps: int = 0) -> None:
+        """Training-only options for ``step`` (the engine calls this before every step)."""
+        ramp = int(guide_ramp_steps)
+        self.guide_strength = 1.0 if ramp <= 0 else min(1.0, step / ramp)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``refnet`` (Ref-Net), ``cond`` (the INN's condition weights) and ``flow`` (the rest)."""
+        groups: dict[str, list[nn.Parameter]] = {"refnet": [], "cond": [], "flow": []}
+        for name, p in self.named_parameters():
+            key = "refnet" if name.startswith("refnet.") else "cond" if ".cond_in." in name else "flow"
+            groups[key].append(p)
+        return {k: v for k, v in groups.items() if v}
+
+    @torch.no_grad()
+    def warm_start(self, source: Rescaler) -> None:
+        """Start the INN from a trained IRN of the same scale (``inn_block='irn'``, the same
+        ``blocks``, ``gc`` and ``clamp``): every Haar squeeze and coupling takes the IRN's weights,
+        the condition weights stay zero, Ref-Net keeps its initialisation. Until the condition
+        weights learn, downscale/upscale equal the IRN's (a test checks it)."""
+        from refscale.models.irn import IRN
+
+        mine = [m for level in self.levels for m in level.blocks]
+        if not isinstance(source, IRN) or self.config["inn_block"] != "irn":
+            raise ModelError(f"{self.name} (inn_block={self.config['inn_block']}) can only warm-start from an IRN "
+                             f"with inn_block='irn', got {getattr(source, 'name', type(source).__name__)}")
+        theirs = list(source.flow.blocks)
+        want = {k: source.config[k] for k in ("scale", "blocks", "gc", "clamp")}
+        have = {k: self.config[k] for k in ("scale", "blocks", "gc", "clamp")}
+        if want != have or len(mine) != len(theirs):
+            raise ModelError(f"cannot warm-start {self.name} {have} from {source.name} {want}: scale, blocks, gc and clamp must match")
+        for a, b in zip(mine, theirs):
+            if type(a) is not type(b):
+                raise ModelError(f"cannot warm-start: block {type(a).__name__} vs {type(b).__name__}")
+            missing, unexpected = a.load_state_dict(b.state_dict(), strict=False)
+            if unexpected or any(".cond_in." not in f".{k}" for k in missing):
+                raise ModelError(f"cannot warm-start {self.name} from {source.name}: missing {missing}, unexpected {unexpected}")
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -348,7 +397,7 @@ class RefScaleNet(FastInference, Rescaler):
         if q is None:  # no similarity map: the bicubic guide everywhere (S = 0 in eq. 5)
             lr_guide = sum_l2(bic - lr)
         else:
-            s = resize(self.dequantize_smap(q), lr.shape[-2:])
+            s = resize(self.dequantize_smap(q), lr.shape[-2:]) * self.guide_strength
             lr_guide = sum_l2((bic - lr) * (1 - s)) + sum_l2((blur - lr) * s)  # eq. 5
         z_l2 = sum_l2(z)  # eq. 13
         z_sample = torch.randn_like(z)

@@ -29,14 +29,16 @@ from torch import nn
 from refscale import ops
 from refscale.nn.layers import DenseBlock
 
-Subnet = Callable[[int, int], nn.Module]
+Subnet = Callable[..., nn.Module]  # (cin, cout[, cond_channels]) -> module(x[, cond])
 
 
 def dense_subnet(gc: int = 32) -> Subnet:
-    """IRN's subnet constructor: ``(cin, cout) -> DenseBlock(cin, cout, gc)`` (Xavier x0.1, last conv zero)."""
+    """IRN's subnet constructor: ``(cin, cout, cond_channels=0) -> DenseBlock(cin, cout, gc)``
+    (Xavier x0.1, last conv zero; a condition enters through zero-initialised extra channels)."""
 
-    def make(cin: int, cout: int) -> nn.Module:
-        return DenseBlock(cin, cout, gc=gc, init="xavier", init_scale=0.1, zero_last=True)
+    def make(cin: int, cout: int, cond_channels: int = 0) -> nn.Module:
+        return DenseBlock(cin, cout, gc=gc, init="xavier", init_scale=0.1, zero_last=True,
+                          cond_channels=cond_channels)
 
     return make
 
@@ -190,8 +192,10 @@ class AffineCoupling(InvertibleModule):
 
     ``log|det| = sum(s)``. F, G and H are built by ``subnet(cin, cout)`` (IRN: DenseBlock with
     a zero-initialised last conv, so the block starts as the identity). With ``cond_channels``
-    > 0 each subnet also sees a condition ``c`` (``F([x2, c])`` etc.; RefScale's ``inn_block =
-    "irn"`` variant); without, it is IRN's block exactly.
+    > 0 each subnet also sees a condition ``c`` (``F(x2, c)`` etc., built by ``subnet(cin, cout,
+    cond_channels)``; with :func:`dense_subnet` ``c`` enters through zero-initialised weights,
+    so the block computes IRN's block exactly until they have learned; RefScale's ``inn_block =
+    "irn"``); without, it is IRN's block exactly.
     """
 
     def __init__(self, channels: int, split_len1: int = 3, subnet: Subnet | None = None, clamp: float = 1.0,
@@ -201,31 +205,30 @@ class AffineCoupling(InvertibleModule):
         self.split_len1, self.split_len2 = split_len1, channels - split_len1
         self.clamp = clamp
         self.cond_channels = cond_channels
-        self.F = subnet(self.split_len2 + cond_channels, self.split_len1)
-        self.G = subnet(self.split_len1 + cond_channels, self.split_len2)
-        self.H = subnet(self.split_len1 + cond_channels, self.split_len2)
+        extra = (cond_channels,) if cond_channels else ()
+        self.F = subnet(self.split_len2, self.split_len1, *extra)
+        self.G = subnet(self.split_len1, self.split_len2, *extra)
+        self.H = subnet(self.split_len1, self.split_len2, *extra)
 
-    def _in(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+    def _sub(self, net: nn.Module, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         if not self.cond_channels:
-            return x
+            return net(x).to(x.dtype)
         if cond is None:
             raise ValueError("AffineCoupling with cond_channels needs a condition tensor")
-        return torch.cat([x, cond.to(x.dtype)], 1)
+        return net(x, cond).to(x.dtype)
 
     def forward(self, x, cond=None):
         x1, x2 = x.split([self.split_len1, self.split_len2], dim=1)
-        y1 = x1 + self.F(self._in(x2, cond)).to(x.dtype)
-        h = self._in(y1, cond)
-        s = soft_clamp(self.H(h).to(x.dtype), self.clamp)
-        y2 = x2 * torch.exp(s) + self.G(h).to(x.dtype)
+        y1 = x1 + self._sub(self.F, x2, cond)
+        s = soft_clamp(self._sub(self.H, y1, cond), self.clamp)
+        y2 = x2 * torch.exp(s) + self._sub(self.G, y1, cond)
         return torch.cat([y1, y2], 1), s.sum(dim=(1, 2, 3))
 
     def inverse(self, y, cond=None):
         y1, y2 = y.split([self.split_len1, self.split_len2], dim=1)
-        h = self._in(y1, cond)
-        s = soft_clamp(self.H(h).to(y.dtype), self.clamp)
-        x2 = (y2 - self.G(h).to(y.dtype)) * torch.exp(-s)
-        x1 = y1 - self.F(self._in(x2, cond)).to(y.dtype)
+        s = soft_clamp(self._sub(self.H, y1, cond), self.clamp)
+        x2 = (y2 - self._sub(self.G, y1, cond)) * torch.exp(-s)
+        x1 = y1 - self._sub(self.F, x2, cond)
         return torch.cat([x1, x2], 1)
 
 

@@ -42,23 +42,38 @@ class DenseBlock(nn.Module):
     ``init="xavier"`` (IRN) or ``"kaiming"`` (ESRGAN) for the first four convs, scaled by
     ``init_scale`` (0.1 in both); ``zero_last`` zero-initialises the fifth conv (IRN subnets)
     instead of using the same init as the others (ESRGAN).
+
+    ``cond_channels`` > 0 adds a condition input ``c``: a zero-initialised 3x3 conv
+    (``cond_in``, no bias) whose output is added to the first conv's, i.e. ``c`` is extra input
+    channels of the first conv whose weights start at zero. Such a block computes exactly what
+    the block without a condition computes until ``cond_in`` has learned something, so a
+    conditional model can start from an unconditional one's weights (RefScale warm-started
+    from IRN); the features of the first conv carry ``c`` into every later conv.
     """
 
     def __init__(self, cin: int, cout: int, gc: int = 32, init: str = "xavier", init_scale: float = 0.1,
-                 zero_last: bool = True, bias: bool = True):
+                 zero_last: bool = True, bias: bool = True, cond_channels: int = 0):
         super().__init__()
         self.convs = nn.ModuleList(nn.Conv2d(cin + i * gc, gc, 3, 1, 1, bias=bias) for i in range(4))
         self.last = nn.Conv2d(cin + 4 * gc, cout, 3, 1, 1, bias=bias)
         self.act = nn.LeakyReLU(0.2, inplace=True)
         init_convs(list(self.convs), init, init_scale)
         init_convs([self.last], "zero" if zero_last else init, init_scale)
+        self.cond_in = nn.Conv2d(cond_channels, gc, 3, 1, 1, bias=False) if cond_channels else None
+        if self.cond_in is not None:
+            nn.init.zeros_(self.cond_in.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        if (cond is None) != (self.cond_in is None):
+            raise ValueError("DenseBlock: a condition must be given exactly when cond_channels > 0")
         if torch.is_autocast_enabled(x.device.type):  # keep the concatenations in the low precision
             x = x.to(torch.get_autocast_dtype(x.device.type))
         feats = [x]
-        for conv in self.convs:
-            feats.append(self.act(conv(torch.cat(feats, 1))))
+        for i, conv in enumerate(self.convs):
+            h = conv(torch.cat(feats, 1))
+            if i == 0 and self.cond_in is not None:
+                h = h + self.cond_in(cond.to(h.dtype))
+            feats.append(self.act(h))
         return self.last(torch.cat(feats, 1))
 
 

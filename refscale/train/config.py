@@ -5,9 +5,10 @@ A config has these sections (every key optional except ``model.arch``, ``data.pa
 
     name: null                                      # final weights <run>/<name>.safetensors; default <arch>-<data folder>
     seed: 0
-    model:     {arch: refscale-x2, config: {...constructor overrides...}, module: null, init_weights: null}
+    model:     {arch: refscale-x2, config: {...constructor overrides...}, module: null, init_weights: null,
+                train_options: {...}}
+    optim:     {name: adam, lr, betas, eps, weight_decay, grad_clip, lr_mult: {group: factor}}
     data:      {path, split, val_names, val_split, patch_size, both_directions, augment, batch_size}
-    optim:     {name: adam, lr, betas, eps, weight_decay, grad_clip}
     schedule:  {steps, warmup_steps, decay, decay_start, min_lr, milestones, gamma}   # see below
     precision: {bf16, channels_last, threads}       # bf16: true | false | auto (bf16 autocast only where native)
     checkpoint:{every_minutes, every_steps, keep}
@@ -31,8 +32,12 @@ the same training at any process count. ``model.module`` names a Python module i
 the model is built (to register architectures that are not built in). ``model.init_weights``
 (a shipped weights name such as ``irn-x2-oscd`` or a ``.safetensors`` path) starts the run from
 those weights instead of a random init (fine-tuning, or continuing a finished run with a new
-schedule); the architecture and its config must match. The final model card then counts the
-earlier steps and wall time too and keeps the earlier validation history.
+schedule); the architecture and its config must match, or the model must know how to
+``warm_start`` from them (RefScale with ``inn_block: irn`` from an IRN of the same scale). The
+final model card then counts the earlier steps and wall time too and keeps the earlier
+validation history. ``model.train_options`` go to ``model.configure_training(step, **options)``
+before every step (e.g. RefScale's ``guide_ramp_steps``). ``optim.lr_mult`` maps the names of
+``model.parameter_groups()`` to learning-rate multipliers (e.g. ``{refnet: 2.0, cond: 2.0}``).
 
 Relative ``data.path`` values are looked up in the current directory, then beside the config
 file, then in the config file's parent directory (the repository root for ``configs/*.yaml``).
@@ -56,7 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "name": None,
     "seed": 0,
     "device": "auto",
-    "model": {"arch": None, "config": {}, "module": None, "init_weights": None},
+    "model": {"arch": None, "config": {}, "module": None, "init_weights": None, "train_options": {}},
     "data": {
         "path": None,
         "split": "train",
@@ -67,7 +72,8 @@ DEFAULTS: dict[str, Any] = {
         "augment": True,
         "batch_size": 8,
     },
-    "optim": {"name": "adam", "lr": 2e-4, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "grad_clip": None},
+    "optim": {"name": "adam", "lr": 2e-4, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "grad_clip": None,
+              "lr_mult": {}},
     "schedule": {"steps": None, "warmup_steps": 0, "decay": "step", "decay_start": 0.75, "min_lr": 0.0,
                  "milestones": [], "gamma": 0.5},
     "precision": {"bf16": False, "channels_last": False, "threads": None},
@@ -78,7 +84,7 @@ DEFAULTS: dict[str, Any] = {
     "ddp": {"backend": "auto", "find_unused_parameters": False},
 }
 
-_OPEN_SECTIONS = {("model", "config")}  # free-form dictionaries (constructor arguments)
+_OPEN_SECTIONS = {("model", "config"), ("model", "train_options"), ("optim", "lr_mult")}  # free-form dictionaries (constructor arguments)
 
 
 def _merge(base: dict, override: dict, where: str = "") -> dict:
@@ -135,6 +141,9 @@ def _check(cfg: dict) -> dict:
     need(isinstance(cfg["seed"], int), f"seed must be an integer, got {cfg['seed']!r}")
     bf16 = cfg["precision"]["bf16"]
     need(isinstance(bf16, bool) or bf16 == "auto", f"precision.bf16 must be true, false or auto, got {bf16!r}")
+    mult = cfg["optim"]["lr_mult"]
+    need(all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in mult.values()),
+         f"optim.lr_mult must map parameter-group names to non-negative numbers, got {mult!r}")
     init = cfg["model"]["init_weights"]
     need(init is None or (isinstance(init, str) and init.strip()), f"model.init_weights must be a weights name or path, got {init!r}")
     name = cfg["name"]

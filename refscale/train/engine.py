@@ -56,7 +56,7 @@ import yaml
 from torch import nn
 
 from refscale import zoo
-from refscale.errors import RefScaleError
+from refscale.errors import ModelError, RefScaleError
 from refscale.nn.speed import resolve_bf16
 from refscale.train import checkpoint as ckpt
 from refscale.train.config import DEFAULTS, ConfigError, load_file, resolve
@@ -307,10 +307,16 @@ def _load_init_weights(model: nn.Module, spec: str) -> dict:
     wall time and validation history of its own card (zero / empty without a card).
     """
     src = zoo.load(spec)
-    if (src.arch, src.scale) != (model.arch, model.scale) or src.config != model.config:
+    if (src.arch, src.scale) == (model.arch, model.scale) and src.config == model.config:
+        model.load_state_dict(src.state_dict(), strict=True)
+    elif hasattr(model, "warm_start"):  # e.g. RefScale's INN from an IRN
+        try:
+            model.warm_start(src)
+        except ModelError as e:
+            raise ConfigError(f"model.init_weights {spec}: {e}") from None
+    else:
         raise ConfigError(f"model.init_weights {spec} is {src.arch}-x{src.scale} with config {src.config}, "
                           f"not the {model.arch}-x{model.scale} being trained with config {model.config}")
-    model.load_state_dict(src.state_dict(), strict=True)
     card = zoo.card_for(spec)
     return {"weights": str(spec), "weights_hash": src.weights_hash(), "iterations": int(card.get("iterations", 0)),
             "wall_time_s": float(card.get("wall_time_s", 0.0)), "val_history": zoo.val_history(card)}
@@ -438,17 +444,31 @@ def _train(cfg: dict, out: Path, ckpt_dir: Path, resume: bool, dist: _Dist, dev_
     sampler = _Sampler(len(dataset), d["batch_size"], cfg["seed"], dist.rank, dist.world)
     val_crops = _val_crops(val_samples, cfg, model.alignment, use_ref) if dist.main else []
 
-    params = [p for p in model.parameters() if p.requires_grad]
     o = cfg["optim"]
+    groups = {k: [p for p in ps if p.requires_grad] for k, ps in model.parameter_groups().items()}
+    unknown = sorted(set(o["lr_mult"]) - set(groups))
+    if unknown:
+        raise ConfigError(f"optim.lr_mult names unknown parameter groups {unknown}; {cfg['model']['arch']} has {sorted(groups)}")
+    params = [p for ps in groups.values() for p in ps]
     opt_cls = torch.optim.AdamW if o["name"] == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(params, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"], weight_decay=o["weight_decay"])
+    optimizer = opt_cls([{"params": ps, "name": k, "lr_mult": float(o["lr_mult"].get(k, 1.0))} for k, ps in groups.items() if ps],
+                        lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"], weight_decay=o["weight_decay"])
+    try:
+        model.configure_training(0, **cfg["model"]["train_options"])
+    except (ModelError, TypeError) as e:
+        raise ConfigError(f"model.train_options: {e}") from None
 
     # -- resume --
     step, wall_before, skipped, bad_streak, last_val = 0, 0.0, 0, 0, {}
     if resume:
         weights, state = ckpt.load(ckpt_dir)
         model.load_state_dict(weights, strict=True)
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except ValueError as e:  # e.g. a run saved before the model had parameter groups
+            raise ConfigError(f"cannot resume the optimizer of {out}: {e}") from None
+        for group in optimizer.param_groups:  # the multipliers of this config, not the saved ones
+            group["lr_mult"] = float(o["lr_mult"].get(group.get("name", "main"), 1.0))
         step, wall_before = state["step"], state["wall_time_s"]
         skipped, bad_streak, last_val = state["skipped_steps"], state["bad_streak"], state.get("val", {})
         init = state.get("init")
@@ -544,7 +564,8 @@ def _train(cfg: dict, out: Path, ckpt_dir: Path, resume: bool, dist: _Dist, dev_
         while step < total_steps:
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_mult"]
+            model.configure_training(step, **cfg["model"]["train_options"])
             hr, ref = _collate([dataset[i] for i in sampler.indices(step)], device, prec["channels_last"])
             losses, gnorm, ok = training_step(loss_fn, optimizer, params, hr, ref if use_ref else None,
                                               bf16=use_bf16, grad_clip=grad_clip, any_bad=dist.any)
