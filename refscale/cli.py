@@ -160,11 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set schedule.steps=100 (repeatable)")
     t.set_defaults(func=cmd_train)
 
-    g = sub.add_parser("demo", help="encode and decode a synthetic revisit pair (no data needed)")
+    g = sub.add_parser("demo", help="encode and decode a shipped Sentinel-2 revisit pair (no data needed)")
     g.add_argument("-m", "--model", default="refscale-x2")
     g.add_argument("-o", "--output", default=None, help="folder for the demo files (default: write nothing)")
-    g.add_argument("--size", type=int, default=512)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--synthetic", action="store_true", help="a procedural pair instead of the shipped real one")
+    g.add_argument("--size", type=int, default=None,
+                   help="real pair: centre crop of this size (default: all 384 px); synthetic: side (default 512)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the synthetic pair")
     g.add_argument("--codec", default="png", help=codec_help)
     g.set_defaults(func=cmd_demo)
     return p
@@ -400,7 +402,10 @@ def cmd_demo(args) -> int:
 
     if args.output and Path(args.output).exists() and any(Path(args.output).iterdir()):
         raise InputError(f"{args.output} exists and is not empty; choose another -o")
-    run_demo(args.model, out_dir=args.output, size=args.size, seed=args.seed, codec=codecs.canonical(args.codec))
+    if args.size is not None and args.size < 16:
+        raise InputError(f"--size must be at least 16, got {args.size}")
+    run_demo(args.model, out_dir=args.output, size=args.size, seed=args.seed, codec=codecs.canonical(args.codec),
+             synthetic=args.synthetic)
     return 0
 
 

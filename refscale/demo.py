@@ -1,9 +1,11 @@
 """`refscale demo`: the main job on a machine with no data of its own.
 
-Builds a *synthetic* revisit pair (a procedural satellite-like scene and the same scene at an
-earlier date: other season colours, a little haze, some buildings not yet built), encodes the
-new image with the reference, decodes it, and prints sizes, bpp and PSNR next to bicubic.
-Nothing is downloaded; the scene is made with numpy from a seed.
+Encodes a new image with its reference, decodes it, and prints sizes, bpp and PSNR next to
+bicubic. The default pair is real and ships in the package (``refscale/demo_data``): a
+384 x 384 Sentinel-2 crop of Aguas Claras (OSCD, a held-out validation city, never trained on)
+from 2017 with its 2015 reference; credits in ``refscale/demo_data/README.md``. ``--synthetic``
+builds a procedural pair instead (a satellite-like scene and the same scene at an earlier date:
+other season colours, a little haze, some buildings not yet built). Nothing is downloaded.
 """
 from __future__ import annotations
 
@@ -82,9 +84,28 @@ def synthetic_revisit_pair(height: int = 512, width: int = 512, seed: int = 0) -
     return to8(new), to8(old)
 
 
-def run_demo(model_name: str = "refscale-x2", out_dir: str | Path | None = None, size: int = 512,
-             seed: int = 0, codec: str = "png") -> dict:
-    """Encode + decode the synthetic pair with ``model_name`` and bicubic; print and return a summary."""
+DEMO_DIR = Path(__file__).with_name("demo_data")
+DEMO_PAIR = ("aguasclaras_2017-10-15.png", "aguasclaras_2015-09-16.png")  # (new, reference)
+
+
+def real_pair(size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The shipped Sentinel-2 pair ``(new, reference)``, uint8 [H,W,3]; ``size`` < 384 takes the
+    centre ``size x size`` crop."""
+    from PIL import Image
+
+    new, ref = (np.asarray(Image.open(DEMO_DIR / name).convert("RGB")) for name in DEMO_PAIR)
+    if size is not None and size < min(new.shape[:2]):
+        t, left = (new.shape[0] - size) // 2, (new.shape[1] - size) // 2
+        new, ref = new[t:t + size, left:left + size], ref[t:t + size, left:left + size]
+    return new, ref
+
+
+def run_demo(model_name: str = "refscale-x2", out_dir: str | Path | None = None, size: int | None = None,
+             seed: int = 0, codec: str = "png", synthetic: bool = False) -> dict:
+    """Encode + decode the demo pair with ``model_name`` and bicubic; print and return a summary.
+
+    The shipped real pair (``size``: centre crop), or with ``synthetic`` the procedural one
+    (``size`` x ``size``, default 512, from ``seed``)."""
     import refscale
     from refscale.container import Packet
     from refscale.imageio import as_image_tensor, write_image
@@ -92,7 +113,15 @@ def run_demo(model_name: str = "refscale-x2", out_dir: str | Path | None = None,
 
     from refscale.errors import InputError
 
-    new, ref = synthetic_revisit_pair(size, size, seed)
+    if synthetic:
+        size = size or 512
+        new, ref = synthetic_revisit_pair(size, size, seed)
+        what = f"synthetic revisit pair (procedural, seed {seed})"
+    else:
+        new, ref = real_pair(size)
+        what = ("Sentinel-2 revisit pair, Aguas Claras 2017-10-15 with its 2015-09-16 reference "
+                "(OSCD held-out city; contains modified Copernicus Sentinel data)")
+    h, w = new.shape[:2]
     if out_dir is not None:  # never overwrite: refuse before computing anything
         names = [f"{n}{ext}" for n in (model_name, f"bicubic-x{refscale.load(model_name, pretrained=False).scale}")
                  for ext in (".rsc", "_decoded.png")] + ["hr.png", "ref.png"]
@@ -100,8 +129,7 @@ def run_demo(model_name: str = "refscale-x2", out_dir: str | Path | None = None,
         if taken:
             raise InputError(f"{Path(out_dir) / taken[0]} exists; choose another demo folder")
     hr_t, ref_t = as_image_tensor(new), as_image_tensor(ref)
-    print(f"synthetic revisit pair (procedural, seed {seed}): {size}x{size} RGB; PNG of HR = "
-          f"{_png_bytes(new):,} bytes")
+    print(f"{what}: {w}x{h} RGB; PNG of HR = {_png_bytes(new):,} bytes")
     rows = {}
     model = refscale.load(model_name)
     scale = model.scale
@@ -112,7 +140,7 @@ def run_demo(model_name: str = "refscale-x2", out_dir: str | Path | None = None,
         data = packet.to_bytes(codec=codec)
         hr_hat = m.decode(Packet.from_bytes(data), ref_t if m.needs_reference else None, seed=0)
         secs = time.perf_counter() - t0
-        rows[name] = {"bytes": len(data), "bpp": len(data) * 8 / (size * size),
+        rows[name] = {"bytes": len(data), "bpp": len(data) * 8 / (h * w),
                       "psnr_y": float(psnr(hr_hat, hr_t, crop_border=scale)[0]), "seconds": secs}
         print(f"  {name:<22} container {len(data):>8,} bytes  {rows[name]['bpp']:.3f} bpp  "
               f"PSNR-Y {rows[name]['psnr_y']:.2f} dB  ({secs:.1f} s)")

@@ -5,7 +5,7 @@ import pytest
 import refscale
 from refscale import zoo
 from refscale.cli import main
-from refscale.demo import run_demo, synthetic_revisit_pair
+from refscale.demo import real_pair, run_demo, synthetic_revisit_pair
 
 
 def test_synthetic_pair_is_a_revisit():
@@ -17,12 +17,23 @@ def test_synthetic_pair_is_a_revisit():
     assert 2 < diff < 80  # related but not identical (season, haze, new buildings)
 
 
+def test_shipped_real_pair_is_a_registered_revisit():
+    new, ref = real_pair()
+    assert new.shape == ref.shape == (384, 384, 3) and new.dtype == np.uint8
+    diff = np.abs(new.astype(int) - ref.astype(int)).mean()
+    assert 2 < diff < 60  # two dates of one place, not one image twice
+    small, _ = real_pair(64)
+    assert np.array_equal(small, new[160:224, 160:224])  # the centre crop
+
+
 def test_demo_runs_with_bicubic(capsys):
     rows = run_demo("bicubic-x2", size=64)
     assert rows["bicubic-x2"]["bpp"] > 0 and rows["bicubic-x2"]["psnr_y"] > 20
     out = capsys.readouterr().out
-    assert "synthetic" in out
+    assert "Sentinel-2" in out and "64x64" in out
     assert out.count("bicubic-x2 ") == 1  # the model is its own baseline: one row
+    rows = run_demo("bicubic-x2", size=48, synthetic=True)
+    assert "synthetic" in capsys.readouterr().out and rows["bicubic-x2"]["psnr_y"] > 20
 
 
 @pytest.mark.skipif("refscale-x2-oscd" not in zoo.weights_cards(), reason="weights not shipped yet")
