@@ -322,7 +322,7 @@ def cmd_heldout(args) -> str:
                     vals[k].append(np.mean(per[k], axis=0))
                 vals["bpp"].append(len(data) * 8 / (hr.shape[-2] * hr.shape[-1]))
             card = zoo.card_for(ref)
-            label = Path(ref).stem if ref.endswith(".safetensors") else ref
+            label = f"{Path(ref).parent.name}/{Path(ref).stem}" if ref.endswith(".safetensors") else ref
             err = np.mean(vals["err"], axis=0)
             row = {"scale": scale, "model": label, "steps": card.get("iterations"),
                    **{k: float(np.mean(vals[k])) for k in ("all", "changed", "unchanged", "bpp")},
