@@ -24,9 +24,7 @@ def _blocks():
         "haar": (HaarSqueeze(), False),
         "conv1x1": (InvConv1x1(4), False),
         "conv1x1_identity": (InvConv1x1(4, init="identity"), False),
-        "conv1x1_reverse": (InvConv1x1(4, init="reverse", keep=1), False),
         "actnorm": (ActNorm(4), False),
-        "actnorm_no_data_init": (ActNorm(4, data_init=False), False),
         "coupling": (AffineCoupling(4, split_len1=3, subnet=sub), False),
         "coupling_split1": (AffineCoupling(4, split_len1=1, subnet=sub, clamp=2.0), False),
         "coupling_cond": (AffineCoupling(4, split_len1=1, subnet=sub, cond_channels=2), True),
@@ -116,19 +114,6 @@ def test_actnorm_init_is_state():
     # an uninitialised ActNorm in eval mode is the identity (decoding a random model stays deterministic)
     c = ActNorm(3).eval()
     assert torch.equal(c(x)[0], x) and int(c.initialized) == 0
-
-
-def test_identity_starts():
-    """ActNorm(data_init=False) starts and stays (before any update) the identity; the 'reverse'
-    1x1 conv starts as the permutation that keeps the first channels and reverses the others."""
-    x = torch.randn(2, 6, 4, 4) * 3 + 1
-    a = ActNorm(6, data_init=False).train()
-    y, logdet = a(x)
-    assert torch.equal(y, x) and torch.equal(logdet, torch.zeros(2)) and int(a.initialized) == 1
-    conv = InvConv1x1(6, init="reverse", keep=2)
-    y, logdet = conv(x)
-    assert torch.allclose(y, x[:, [0, 1, 5, 4, 3, 2]]) and torch.allclose(logdet, torch.zeros(2))
-    assert sum(p.numel() for p in conv.parameters()) == 6 * 5 + 6  # still a learned LU conv
 
 
 def test_conv1x1_params_and_autocast_exactness():

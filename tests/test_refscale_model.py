@@ -246,63 +246,58 @@ def test_short_overfit_beats_bicubic_of_own_lr():
     assert p_model > p_bicubic + 2.0
 
 
-def test_highpass_refnet_ignores_brightness_and_keeps_the_protocol():
-    """ref_highpass > 0: Ref-Net sees only the detail layer, so a reference that differs from the
-    HR image by a brightness offset is 'the same place' (S = 1), unlike with the plain input."""
-    hr = synthetic_image(32, 32, seed=3) * 0.7
-    shifted = hr + 0.2  # a pure offset, still inside [0, 1]
-    assert shifted.max() <= 1
-    plain, detail = tiny(2).eval(), tiny(2, ref_highpass=4.0).eval()
-    with torch.no_grad():
-        s_detail = detail.refnet.similarity(detail.refnet.encode(hr), detail.refnet.encode(shifted))
-        s_plain = plain.refnet.similarity(plain.refnet.encode(hr), plain.refnet.encode(shifted))
-    assert s_detail.min().item() > 1 - 1e-4
-    assert s_plain.min().item() < 1 - 1e-3
-    assert detail.config["ref_highpass"] == 4.0 and plain.config["ref_highpass"] == 0.0
-    # the same encode/decode contract: identical conditions at both ends, in bf16 too
+@pytest.mark.parametrize("inn_block", ["glow", "irn"])
+def test_same_condition_at_both_ends_in_fp32_and_bf16(inn_block):
+    """The encoder and the decoder build the identical F_c from the reference and the transmitted
+    map, in fp32 and under bf16 autocast + channels_last, and the protocol holds in both."""
+    model = tiny(2, inn_block=inn_block).eval()
     hr, ref = pair(16, 16)
     for bf16 in (False, True):
-        detail.set_speed(bf16=bf16, channels_last=bf16)
-        with torch.no_grad(), detail.speed_context(hr):  # as downscale/upscale run them
-            fc, q = detail._encoder_side(detail.speed_input(hr), detail.speed_input(ref), training=False)
-            fc_dec = detail._decoder_condition(detail.speed_input(ref), {"smap": q}, (16, 16), 1)
+        model.set_speed(bf16=bf16, channels_last=bf16)
+        with torch.no_grad(), model.speed_context(hr):  # as downscale/upscale run them
+            fc, q = model._encoder_side(model.speed_input(hr), model.speed_input(ref), training=False)
+            fc_dec = model._decoder_condition(model.speed_input(ref), {"smap": q}, (16, 16), 1)
         assert fc.dtype == (torch.bfloat16 if bf16 else torch.float32)
         assert torch.equal(fc, fc_dec)
         with torch.no_grad():
-            lr, side = detail.downscale(hr, ref)
-            out = detail.upscale(lr, side, ref, temperature=0)
+            lr, side = model.downscale(hr, ref)
+            out = model.upscale(lr, side, ref, temperature=0)
         assert torch.equal(side["smap"], q) and out.shape == hr.shape
 
 
 @pytest.mark.parametrize("scale", [2, 4])
-def test_identity_flow_init_starts_from_the_haar_low_band(scale):
-    """flow_init='identity' and inn_block='irn': before training, the LR is the block mean (the
-    Haar low band), as IRN's is; 'glow' (data-dependent ActNorm + random rotation) starts far from it."""
+def test_irn_blocks_start_from_the_haar_low_band(scale):
+    """inn_block='irn': before training, the LR is the block mean (the Haar low band), as IRN's
+    is; the paper's 'glow' blocks (data-dependent ActNorm + random rotation) start far from it."""
     hr, ref = pair(16, 16)
     block_mean = torch.nn.functional.avg_pool2d(hr, scale)
-    for kw, close in (({"flow_init": "identity"}, True), ({"inn_block": "irn"}, True), ({}, False)):
+    for kw, close in (({"inn_block": "irn"}, True), ({}, False)):
         model = tiny(scale, **kw).train()
         with torch.no_grad():
             fc, _ = model._encoder_side(hr, ref, training=True)
             y = model.flow_forward(hr, fc)
         assert torch.allclose(y[:, :3], block_mean, atol=1e-6) == close, kw
         assert (model.flow_inverse(y, fc) - hr).abs().max() < 1e-5
-    with pytest.raises(ModelError, match="flow_init"):
-        tiny(2, flow_init="orthogonal")
     with pytest.raises(ModelError, match="inn_block"):
         tiny(2, inn_block="realnvp")
-    with pytest.raises(ModelError, match="glow blocks only"):
-        tiny(2, inn_block="irn", flow_init="identity")
 
 
-def test_configs_without_the_new_switches_still_load():
-    """Weights saved before ref_highpass / flow_init / inn_block existed have configs without
-    them: they build the paper's model and load strictly."""
+def test_old_configs_still_load():
+    """Weights saved before inn_block existed (no key) or with the removed switches at their old
+    defaults (ref_highpass 0, flow_init glow) load strictly into the paper's model; the removed
+    switches at any other value are refused with a clear error."""
     model = tiny(2)
-    old_config = {k: v for k, v in model.config.items() if k not in ("ref_highpass", "flow_init", "inn_block")}
-    rebuilt = RefScaleNet(**old_config)
-    rebuilt.load_state_dict(model.state_dict(), strict=True)
-    assert rebuilt.config == model.config
+    old_config = {k: v for k, v in model.config.items() if k != "inn_block"}
+    for extra in ({}, {"ref_highpass": 0.0, "flow_init": "glow"}):
+        rebuilt = RefScaleNet(**old_config, **extra)
+        rebuilt.load_state_dict(model.state_dict(), strict=True)
+        assert rebuilt.config == model.config
+    with pytest.raises(ModelError, match="ref_highpass=4.0 was removed"):
+        RefScaleNet(**old_config, ref_highpass=4.0)
+    with pytest.raises(ModelError, match="flow_init='identity' was removed"):
+        RefScaleNet(**old_config, flow_init="identity")
+    with pytest.raises(TypeError, match="no_such_key"):
+        RefScaleNet(**old_config, no_such_key=1)
 
 
 def test_irn_block_variant_inverts_and_uses_the_condition():

@@ -44,31 +44,16 @@ no reference needed), ``"reference"`` (case 2: ``F_c = F_ref``), ``"similarity"`
 ``quantize`` on/off; ``smap_res`` 1, 0.5, 0.25. Without a similarity map the LR guide is the
 bicubic image (``S = 0`` in eq. 5).
 
-**Three switches of ours** (not in the paper; all off by default, i.e. the paper's model;
-measured in docs/results.md, "Why RefScale is below IRN at this budget", item 2):
-
-* ``ref_highpass`` (sigma in HR pixels, 0 = off): Ref-Net sees each image minus its Gaussian
-  blur, so eq. 3 compares only the detail a reference could supply and ignores brightness
-  offsets. A random Ref-Net then gives S ~ 0.6-0.8 for the true reference and ~0.1 for another
-  city instead of ~0.99 for everything. After 1000 training steps it made no difference to the
-  validation PSNR (30.53 vs 30.72 dB at x2).
-* ``flow_init``: ``"glow"`` (default) = data-dependent ActNorm + random-rotation 1x1 convs, as
-  Glow/SRFlow, which makes the initial LR a random mix of standardised Haar bands (12.6 dB from
-  the bicubic guide); ``"identity"`` = ActNorm starting at the identity and 1x1 convs starting
-  as a fixed permutation that keeps the 3 LR channels in place, so the INN starts as the
-  identity after Haar and the LR starts as the Haar low band (51.6 dB), as IRN's does. At 1000
-  steps it was worse at t = 1 (29.52 vs 30.72 dB at x2) and much better at t = 0 (34.23 vs
-  27.23 dB). Limitation of this first try: the fixed permutation is its own inverse, so until
-  the learned 1x1 terms mix them some Haar detail channels (6-8 at x2) stay on the untouched
-  side of every coupling; a different permutation per block would mix them from the start.
-* ``inn_block``: ``"glow"`` (default) = the paper's conditional flow block above; ``"irn"`` =
-  IRN's two-sided block (:class:`refscale.nn.invertible.AffineCoupling`) whose three subnets
-  also see ``F_c``: through a zero-initialised conv added to the first conv of each DenseBlock
-  (:class:`refscale.nn.layers.DenseBlock`, ``cond_channels``), so with IRN's ``blocks`` the INN
-  is IRN's exactly until those weights learn, and :meth:`RefScaleNet.warm_start` can start it
-  from a trained IRN (step 0 reproduces that IRN's LR and reconstruction). (A first version
-  concatenated ``F_c`` to every conv's input with random weights, 5.05M parameters at x2; it
-  diverged at lr 2e-4 and reached 30.99 dB at lr 1e-4 after 1000 steps: docs/results.md.)
+**The INN block** (``inn_block``; ours, not in the paper): ``"glow"`` (default) = the paper's
+conditional flow block above. ``"irn"`` = IRN's two-sided block
+(:class:`refscale.nn.invertible.AffineCoupling`) whose three subnets also see ``F_c``, through a
+zero-initialised conv added to the first conv of each DenseBlock
+(:class:`refscale.nn.layers.DenseBlock`, ``cond_channels``): with IRN's ``blocks`` the INN is
+IRN's exactly until those weights learn, so :meth:`RefScaleNet.warm_start` can start it from a
+trained IRN (step 0 reproduces that IRN's LR and reconstruction). The shipped OSCD weights use
+it; why, and what the Glow blocks measured at our budget: docs/results.md, "Training campaign".
+(Two other switches of ours, a detail-layer Ref-Net input and an identity start of the Glow
+blocks, measured no gain and were removed; the numbers stay in docs/results.md.)
 
 Training-only options (``configure_training``, set by the engine from ``model.train_options``):
 ``guide_ramp_steps`` ramps the eq. 5 blur in linearly (``S`` in eq. 5 is multiplied by
@@ -110,7 +95,9 @@ from refscale.nn.losses import sum_charbonnier, sum_l2
 from refscale.nn.speed import FastInference
 
 CONDITIONS = ("none", "reference", "similarity")
-FLOW_INITS = ("glow", "identity")
+#: constructor keys of removed switches, accepted (and dropped) only at their old default so that
+#: weights saved with them still load
+_REMOVED_SWITCHES = {"ref_highpass": 0.0, "flow_init": "glow"}
 INN_BLOCKS = ("glow", "irn")
 UNQUANTIZED_LEVELS = 32768  # int16 map when quantize=False
 
@@ -126,18 +113,11 @@ def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class RefNet(nn.Module):
-    """Referencing network (Sec. 3.3): shared encoder + bottleneck + cosine similarity (eq. 3).
+    """Referencing network (Sec. 3.3): shared encoder + bottleneck + cosine similarity (eq. 3)."""
 
-    ``highpass_sigma`` > 0 (our addition, not in the paper): the encoder sees each image minus
-    its Gaussian blur of that sigma (HR pixels), i.e. only the detail a reference can supply.
-    See the module docstring ("Three switches of ours") for why and what it measured.
-    """
-
-    def __init__(self, nf: int = 64, n_rrdb: int = 1, gc: int = 32, stride: int = 2, smap_down: int = 1,
-                 highpass_sigma: float = 0.0):
+    def __init__(self, nf: int = 64, n_rrdb: int = 1, gc: int = 32, stride: int = 2, smap_down: int = 1):
         super().__init__()
         self.stride = stride
-        self.highpass_sigma = float(highpass_sigma)
         self.head = nn.Conv2d(3 * stride * stride, nf, 3, 1, 1)
         self.body = nn.Sequential(*(RRDB(nf, gc) for _ in range(n_rrdb)))
         self.trunk = nn.Conv2d(nf, nf, 3, 1, 1)
@@ -151,9 +131,6 @@ class RefNet(nn.Module):
 
     def encode(self, img: torch.Tensor) -> torch.Tensor:
         """Features ``[N, nf, H/stride, W/stride]`` of an image (the same encoder for HR and reference)."""
-        if self.highpass_sigma > 0:
-            with exact(img):  # the detail layer in full precision even under autocast
-                img = (img.float() - ops.gaussian_blur(img.float(), self.highpass_sigma)).to(img.dtype)
         x = F.pixel_unshuffle(img, self.stride) if self.stride > 1 else img
         f = self.head(x)
         return f + self.trunk(self.body(f))
@@ -175,8 +152,8 @@ class RefScaleNet(FastInference, Rescaler):
                  gc: int = 32, ref_gc: int = 32, clamp: float = 1.0, cond_stride: int = 2,
                  condition: str = "similarity", quantize: bool = True, smap_res: float = 0.5,
                  smap_levels: int = 16, blur_sigma: float = 1.5, lambda_hr: float = 1.0,
-                 lambda_lr: float | None = None, lambda_distr: float = 1.0, ref_highpass: float = 0.0,
-                 flow_init: str = "glow", inn_block: str = "glow"):
+                 lambda_lr: float | None = None, lambda_distr: float = 1.0, inn_block: str = "glow",
+                 **removed):
         levels = levels_for_scale(int(scale))
         blocks = [8] + [3] * (levels - 1) if blocks is None else [int(b) for b in blocks]
         if len(blocks) != levels:
@@ -188,10 +165,12 @@ class RefScaleNet(FastInference, Rescaler):
             raise ModelError(f"smap_res must be 1, 1/2, 1/4, ..., got {smap_res}")
         if inn_block not in INN_BLOCKS:
             raise ModelError(f"inn_block must be one of {INN_BLOCKS}, got {inn_block!r}")
-        if flow_init not in FLOW_INITS:
-            raise ModelError(f"flow_init must be one of {FLOW_INITS}, got {flow_init!r}")
-        if inn_block == "irn" and flow_init != "glow":
-            raise ModelError("flow_init applies to the glow blocks only; inn_block='irn' starts as the identity anyway")
+        for key, value in removed.items():
+            if key not in _REMOVED_SWITCHES:
+                raise TypeError(f"RefScaleNet got an unexpected keyword argument {key!r}")
+            if value != _REMOVED_SWITCHES[key]:
+                raise ModelError(f"the RefScale switch {key}={value!r} was removed (it measured no gain); "
+                                 f"only weights with {key}={_REMOVED_SWITCHES[key]!r} still load")
         if not 2 <= int(smap_levels) <= 256:
             raise ModelError(f"smap_levels must be in 2..256, got {smap_levels}")
         lambda_lr = float(scale) ** 2 if lambda_lr is None else float(lambda_lr)
@@ -199,7 +178,6 @@ class RefScaleNet(FastInference, Rescaler):
                          cond_stride=cond_stride, condition=condition, quantize=bool(quantize),
                          smap_res=float(smap_res), smap_levels=int(smap_levels), blur_sigma=float(blur_sigma),
                          lambda_hr=float(lambda_hr), lambda_lr=lambda_lr, lambda_distr=float(lambda_distr),
-                         ref_highpass=float(ref_highpass), flow_init=flow_init,
                          inn_block=inn_block)
         self.condition_kind = condition
         self.needs_reference = condition != "none"
@@ -212,7 +190,7 @@ class RefScaleNet(FastInference, Rescaler):
         self.guide_strength = 1.0  # training only: the eq. 5 blur ramp (configure_training)
 
         bottleneck = smap_down if condition == "similarity" else 0
-        self.refnet = (RefNet(nf, n_rrdb, ref_gc, self.cond_stride, bottleneck, float(ref_highpass))
+        self.refnet = (RefNet(nf, n_rrdb, ref_gc, self.cond_stride, bottleneck)
                        if condition != "none" else None)
         cond_channels = nf if condition != "none" else 0
         subnet = dense_subnet(gc)
@@ -225,10 +203,7 @@ class RefScaleNet(FastInference, Rescaler):
                 if inn_block == "irn":  # IRN's two-sided block, every subnet also sees F_c (no ActNorm/1x1)
                     mods.append(AffineCoupling(channels, 3, subnet, clamp, cond_channels))
                     continue
-                if flow_init == "glow":
-                    norm, conv = ActNorm(channels), InvConv1x1(channels, init="random")
-                else:  # starts as the identity after the Haar squeeze: LR = Haar low band, as IRN
-                    norm, conv = ActNorm(channels, data_init=False), InvConv1x1(channels, init="reverse", keep=3)
+                norm, conv = ActNorm(channels), InvConv1x1(channels, init="random")
                 mods += [norm, conv,
                          ConditionalAffineCoupling(channels, cond_channels, subnet=subnet, clamp=clamp)]
             self.levels.append(FlowSequence(mods))

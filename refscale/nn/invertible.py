@@ -85,25 +85,16 @@ class InvConv1x1(InvertibleModule):
 
     ``P`` (a permutation) and the signs are fixed buffers; the strictly triangular entries of
     ``L`` and ``U`` and ``log_s`` are learned, so ``log|det| = H * W * sum(log_s)`` is cheap.
-    ``init="random"`` starts from a random rotation (Glow), ``"identity"`` from ``W = I``,
-    ``"reverse"`` from the permutation that keeps the first ``keep`` channels in place and
-    reverses the order of the others. That permutation is its own inverse, so a stack of them
-    alternates between two channel orders: until the learned L/U terms mix them, some channels
-    stay on the same side of every following coupling.
+    ``init="random"`` starts from a random rotation (Glow), ``"identity"`` from ``W = I``.
     """
 
-    def __init__(self, channels: int, init: str = "random", keep: int = 0):
+    def __init__(self, channels: int, init: str = "random"):
         super().__init__()
         c = channels
         if init == "random":
             w = torch.linalg.qr(torch.randn(c, c, dtype=torch.float64))[0]
         elif init == "identity":
             w = torch.eye(c, dtype=torch.float64)
-        elif init == "reverse":
-            if not 0 <= keep <= c:
-                raise ValueError(f"keep must be in 0..{c}, got {keep}")
-            order = list(range(keep)) + list(range(c - 1, keep - 1, -1))
-            w = torch.eye(c, dtype=torch.float64)[order]
         else:
             raise ValueError(f"unknown init {init!r}")
         p, lower, upper = torch.linalg.lu(w)
@@ -146,15 +137,14 @@ class ActNorm(InvertibleModule):
     and unit variance. The ``initialized`` flag is a buffer, saved and loaded with the weights,
     so a loaded model never re-initialises. Under ``torch.distributed`` the statistics are
     averaged over all processes, so every rank starts with the same parameters. An
-    uninitialised ActNorm outside training is the identity. ``data_init=False`` skips the
-    data-dependent step: the layer starts as the identity and is learned from there.
+    uninitialised ActNorm outside training is the identity.
     """
 
-    def __init__(self, channels: int, eps: float = 1e-6, data_init: bool = True):
+    def __init__(self, channels: int, eps: float = 1e-6):
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.log_scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
-        self.register_buffer("initialized", torch.full((1,), 0 if data_init else 1, dtype=torch.uint8))
+        self.register_buffer("initialized", torch.zeros(1, dtype=torch.uint8))
         self.eps = eps
 
     @torch.no_grad()
