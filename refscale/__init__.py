@@ -6,19 +6,14 @@
 >>> data = packet.to_bytes(codec="png")             # the .rsc container
 >>> hr_hat = model.decode(refscale.Packet.from_bytes(data))
 """
+from refscale import pipeline  # noqa: F401  (binds Rescaler.encode / decode)
+from refscale.container import Packet
 from refscale.errors import ContainerError, InputError, ModelError, RefScaleError
-from refscale.models.base import Rescaler
+from refscale.protocol import Rescaler, register
 from refscale.zoo import catalogue, load
 
 __version__ = "0.1.0"
 
 
-def __getattr__(name):  # lazy: the container module pulls in codecs
-    if name == "Packet":
-        from refscale.container import Packet
-
-        return Packet
-    raise AttributeError(name)
-
-
-__all__ = ["RefScaleError", "ContainerError", "InputError", "ModelError", "Rescaler", "Packet", "load", "catalogue", "__version__"]
+__all__ = ["RefScaleError", "ContainerError", "InputError", "ModelError", "Rescaler", "Packet", "load", "catalogue",
+           "register", "__version__"]

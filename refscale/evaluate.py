@@ -33,7 +33,7 @@ from refscale import metrics
 from refscale.data import Sample, iter_full_images
 from refscale.errors import InputError
 from refscale.imageio import is_greyscale_file, write_image
-from refscale.models.base import Rescaler
+from refscale.protocol import Rescaler
 from refscale.pipeline import stored_lr
 
 METRIC_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "si_lr", "bpp", "bpp_lr", "bpp_side", "seconds")

@@ -20,6 +20,8 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from refscale.errors import ModelError
+
 # --------------------------------------------------------------------------- bicubic resize
 
 
@@ -253,3 +255,11 @@ def mod_crop(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Crop bottom/right to multiples of ``multiple`` (the field's evaluation convention)."""
     h, w = x.shape[-2:]
     return x[..., : h - h % multiple, : w - w % multiple]
+
+
+def levels_for_scale(scale: int) -> int:
+    """Number of factor-2 (Haar) levels of a scale that is a power of two >= 2."""
+    levels = int(round(math.log2(scale))) if scale > 1 else 0
+    if scale < 2 or 2**levels != scale:
+        raise ModelError(f"scale must be a power of two >= 2, got {scale}")
+    return levels

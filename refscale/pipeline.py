@@ -1,6 +1,6 @@
 """Encoding an image into a :class:`~refscale.container.Packet` and decoding it back, with any rescaler.
 
-Written once against the :class:`~refscale.models.base.Rescaler` protocol:
+Written once against the :class:`~refscale.protocol.Rescaler` protocol:
 
 * **Any size.** The HR image (and reference) are padded bottom/right to a multiple of the
   model's alignment (reflect padding, :func:`refscale.ops.pad_to_multiple`); the decoded image
@@ -39,7 +39,7 @@ from refscale.container import Packet, smallest_integer_array
 from refscale.errors import ContainerError, InputError, ModelError
 from refscale.imageio import as_image_tensor
 from refscale.metrics import to_uint8
-from refscale.models.base import Rescaler
+from refscale.protocol import Rescaler, bind_pipeline
 from refscale.nn.speed import native_bf16
 
 #: padded images with more pixels than this are tiled automatically (1024 x 1024)
@@ -343,3 +343,6 @@ def _batch_seed(seed: int, index: int) -> int:
 
 def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
+
+
+bind_pipeline(encode, decode)  # Rescaler.encode / Rescaler.decode call these

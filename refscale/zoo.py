@@ -1,82 +1,43 @@
 """The model catalogue: architectures by name, shipped weights, loading and saving.
 
-* An *architecture* is registered under its catalogue name (``irn-x2``) with a class
-  and default constructor arguments (:func:`register`).
+* An *architecture* is registered under its catalogue name (``irn-x2``) with a class, default
+  constructor arguments and its default shipped weights, by the
+  :func:`refscale.protocol.register` decorator next to the class; importing
+  ``refscale.models`` registers the built-in ones.
 * *Weights* live in ``refscale/weights/<name>.safetensors`` with a JSON model card
   ``<name>.json`` (config, training data, command, steps, metrics, sha256). The
   safetensors metadata also carries ``arch`` and ``config``, so a path alone rebuilds
   the model. Loading checks the card's sha256 and refuses a file that does not match.
-* A short name (``refscale-x2``) means the default weights in :data:`DEFAULT_WEIGHTS`.
+* A short name (``refscale-x2``) means the architecture's default weights (``weights=`` of its
+  registration).
 """
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+import refscale.models  # noqa: F401  (importing it registers the built-in architectures)
 from refscale.errors import ModelError
-from refscale.models.base import Rescaler
+from refscale.protocol import REGISTRY, ArchSpec, Rescaler
+from refscale.weights_io import load_into, read_safetensors
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
-#: short name -> weights name used when ``pretrained=True``
-DEFAULT_WEIGHTS: dict[str, str] = {
-    "irn-x2": "irn-x2-oscd",
-    "irn-x4": "irn-x4-oscd",
-    "refscale-x2": "refscale-x2-oscd",
-    "refscale-x4": "refscale-x4-oscd",
-    "fgrn-x2": "fgrn-x2-natural",
-    "fgrn-x4": "fgrn-x4-natural",
-}
-
-#: modules that register built-in architectures when imported
-_BUILTIN_MODULES = (
-    "refscale.models.bicubic",
-    "refscale.models.irn",
-    "refscale.models.refscale_net",
-    "refscale.models.fgrn",
-    "refscale.models.tadm",
-)
-
-
-@dataclass
-class ArchSpec:
-    name: str
-    cls: type[Rescaler]
-    defaults: dict[str, Any] = field(default_factory=dict)
-
-
-_ARCHS: dict[str, ArchSpec] = {}
-_loaded_builtins = False
-
-
-def register(name: str, cls: type[Rescaler], **defaults: Any) -> None:
-    """Register an architecture under its catalogue name, e.g. ``register("irn-x2", IRN, scale=2)``."""
-    _ARCHS[name] = ArchSpec(name, cls, defaults)
-
-
-def _ensure_builtins() -> None:
-    global _loaded_builtins
-    if _loaded_builtins:
-        return
-    _loaded_builtins = True
-    for mod in _BUILTIN_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:  # a model not written yet, or an optional dependency
-            if e.name != mod and not (e.name or "").startswith(("diffusers", "peft")):
-                raise
-
 
 def architectures() -> dict[str, ArchSpec]:
-    _ensure_builtins()
-    return dict(sorted(_ARCHS.items()))
+    """Every registered architecture, by catalogue name."""
+    return dict(sorted(REGISTRY.items()))
+
+
+def default_weights(name: str) -> str | None:
+    """The shipped weights a short name (``irn-x2``) stands for, or ``None``."""
+    spec = architectures().get(name)
+    return spec.weights if spec is not None else None
 
 
 def build(arch: str, **overrides: Any) -> Rescaler:
@@ -112,7 +73,7 @@ def card_for(name: str | os.PathLike) -> dict[str, Any]:
             return json.loads(p.read_text()) if p.is_file() else {}
         except ValueError:
             return {}
-    return weights_cards().get(DEFAULT_WEIGHTS.get(text, text), {})
+    return weights_cards().get(default_weights(text) or text, {})
 
 
 def val_history(card: dict[str, Any]) -> list[dict[str, Any]]:
@@ -132,18 +93,6 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ModelError(f"cannot read weights {path}: {e}") from None
-    return tensors, meta
-
-
 def load_weights_file(path: str | os.PathLike, expected_sha256: str | None = None) -> Rescaler:
     """Build a model from a ``.safetensors`` file written by :func:`save_weights`."""
     path = Path(path)
@@ -153,7 +102,7 @@ def load_weights_file(path: str | os.PathLike, expected_sha256: str | None = Non
         actual = sha256_file(path)
         if actual != expected_sha256:
             raise ModelError(f"weights {path.name} do not match their model card (sha256 {actual[:12]}, card says {expected_sha256[:12]})")
-    tensors, meta = _read_safetensors(path)
+    tensors, meta = read_safetensors(path)
     if "arch" not in meta or "config" not in meta:
         raise ModelError(f"{path} has no refscale metadata (arch, config); save it with refscale.zoo.save_weights")
     try:
@@ -161,10 +110,7 @@ def load_weights_file(path: str | os.PathLike, expected_sha256: str | None = Non
     except ValueError:
         raise ModelError(f"{path}: the config in its metadata is not valid JSON") from None
     model = build(meta["arch"], **config)
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as e:
-        raise ModelError(f"{path} does not fit architecture {meta['arch']}: {str(e).splitlines()[0]}") from None
+    load_into(model, tensors, path, f"architecture {meta['arch']}")
     model.name = meta.get("name", path.stem)
     return model.eval()
 
@@ -223,8 +169,9 @@ def load(name: str | os.PathLike, pretrained: bool = True, device: str | torch.d
         model.name = text
         return model.to(device).eval()
     if text in archs:
-        if pretrained and text in DEFAULT_WEIGHTS and DEFAULT_WEIGHTS[text] in cards:
-            return load(DEFAULT_WEIGHTS[text], pretrained=True, device=device)
+        default = archs[text].weights
+        if pretrained and default in cards:
+            return load(default, pretrained=True, device=device)
         model = build(text)
         if pretrained and model.num_parameters() > 0:
             raise ModelError(
@@ -248,7 +195,7 @@ def catalogue() -> list[dict[str, Any]]:
             note = ""
         except ModelError as e:  # e.g. an optional dependency missing
             params, needs_ref, scale, note = None, getattr(spec.cls, "needs_reference", False), spec.defaults.get("scale"), str(e)
-        default = DEFAULT_WEIGHTS.get(name)
+        default = spec.weights
         rows.append({
             "name": name, "scale": scale, "needs_reference": needs_ref, "params": params,
             "weights": default if default in cards else ("none needed" if params == 0 else None),

@@ -10,7 +10,7 @@ from refscale.errors import RefScaleError
 from refscale.evaluate import METRIC_KEYS, evaluate, to_markdown
 from refscale.imageio import write_image
 from refscale.metrics import psnr, ssim
-from refscale.models.base import Rescaler
+from refscale.protocol import Rescaler
 from refscale.ops import bicubic_down, bicubic_up, quantize_8bit
 from tests.conftest import synthetic_image
 

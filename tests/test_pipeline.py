@@ -26,7 +26,7 @@ from refscale import pipeline, zoo
 from refscale.container import Packet
 from refscale.errors import ContainerError, InputError, ModelError
 from refscale.metrics import psnr, to_uint8
-from refscale.models.base import Rescaler
+from refscale.protocol import Rescaler, register
 
 TESTS = Path(__file__).resolve().parent
 
@@ -75,8 +75,8 @@ class ToyRef(Rescaler):
         return up + (1 - weight) * self.mix * 2 * (ref - ref_low) + noise
 
 
-zoo.register("toyavg-x2", ToyAvg, scale=2)
-zoo.register("toyref-x2", ToyRef, scale=2)
+register("toyavg-x2", scale=2)(ToyAvg)
+register("toyref-x2", scale=2)(ToyRef)
 
 
 def pair(h, w, seed=0):

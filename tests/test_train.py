@@ -21,7 +21,7 @@ from torch import nn
 
 from refscale import zoo
 from refscale.errors import RefScaleError
-from refscale.models.base import Rescaler
+from refscale.protocol import Rescaler, register
 from refscale.train import engine
 from refscale.train.config import ConfigError
 
@@ -73,7 +73,7 @@ class TinyRescaler(Rescaler):
         return {"total": total, **terms}
 
 
-zoo.register("tiny-x2", TinyRescaler, scale=2)
+register("tiny-x2", scale=2)(TinyRescaler)
 
 
 def write_pairs(root, n=3, size=48):

@@ -1,2 +1,4 @@
-"""Rescalers. Importing this package registers every built-in architecture."""
-from refscale.models.base import Rescaler  # noqa: F401
+"""The built-in rescalers. Importing this package registers every one of them
+(:func:`refscale.protocol.register` next to each class); a new built-in model adds its module here.
+TADM registers without its optional dependencies (diffusers, peft are needed only to build it)."""
+from refscale.models import bicubic, fgrn, irn, refscale_net, tadm  # noqa: F401

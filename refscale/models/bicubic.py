@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import torch
 
-from refscale import zoo
-from refscale.models.base import Rescaler, Side
 from refscale.ops import bicubic_down, bicubic_up
+from refscale.protocol import Rescaler, Side, register
 
 
+@register("bicubic-x32", scale=32)
+@register("bicubic-x16", scale=16)
+@register("bicubic-x4", scale=4)
+@register("bicubic-x2", scale=2)
 class Bicubic(Rescaler):
     """``downscale(hr) = (bicubic_down(hr, s), {})``, ``upscale(lr) = bicubic_up(lr, s)``;
     values are not clamped here (the pipeline rounds and clamps the stored LR)."""
@@ -25,6 +28,3 @@ class Bicubic(Rescaler):
                 temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
         return bicubic_up(lr, self.scale)
 
-
-for _s in (2, 4, 16, 32):
-    zoo.register(f"bicubic-x{_s}", Bicubic, scale=_s)

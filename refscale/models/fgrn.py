@@ -55,13 +55,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from refscale import ops, zoo
+from refscale import ops
 from refscale.errors import ModelError
-from refscale.models.base import Rescaler
-from refscale.models.irn import levels_for_scale
 from refscale.nn.invertible import AffineCoupling, FlowSequence, dense_subnet, exact
 from refscale.nn.layers import ResidualTrunk, init_convs
 from refscale.nn.speed import FastInference
+from refscale.ops import levels_for_scale
+from refscale.protocol import Rescaler, register
 
 #: default (down_blocks, up_blocks) per scale: our choice, to land on the paper's 1.33M / 3.35M parameters
 DEFAULT_BLOCKS = {2: (5, 6), 4: (18, 18)}
@@ -116,6 +116,8 @@ def quantize_representation(x: torch.Tensor) -> torch.Tensor:
     return ops.round_ste(x.float().clamp(0, 1) * 255) / 255
 
 
+@register("fgrn-x4", scale=4, weights="fgrn-x4-natural")
+@register("fgrn-x2", scale=2, weights="fgrn-x2-natural")
 class FGRN(FastInference, Rescaler):
     """Flow-guidance rescaling network; ``fgrn-x2`` / ``fgrn-x4``. Config keys are the constructor arguments."""
 
@@ -177,6 +179,3 @@ class FGRN(FastInference, Rescaler):
         guide = fit - self.gamma * logdet_per_value
         return {"total": rec + guide, "rec": rec, "guide": guide, "lr_l1": fit, "logdet": logdet_per_value}
 
-
-zoo.register("fgrn-x2", FGRN, scale=2)
-zoo.register("fgrn-x4", FGRN, scale=4)

@@ -19,26 +19,19 @@ to the training configs, not to this module.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-from refscale import ops, zoo
+from refscale import ops
 from refscale.errors import ModelError
-from refscale.models.base import Rescaler
 from refscale.nn.invertible import AffineCoupling, FlowSequence, HaarSqueeze, dense_subnet, exact, sample_latent
 from refscale.nn.losses import sum_charbonnier, sum_l2
 from refscale.nn.speed import FastInference
+from refscale.ops import levels_for_scale
+from refscale.protocol import Rescaler, register
 
 
-def levels_for_scale(scale: int) -> int:
-    """Number of Haar (x2) levels of a scale that is a power of two."""
-    levels = int(round(math.log2(scale))) if scale > 1 else 0
-    if scale < 2 or 2**levels != scale:
-        raise ModelError(f"scale must be a power of two >= 2, got {scale}")
-    return levels
-
-
+@register("irn-x4", scale=4, weights="irn-x4-oscd")
+@register("irn-x2", scale=2, weights="irn-x2-oscd")
 class IRN(FastInference, Rescaler):
     """Invertible Rescaling Net; ``irn-x2`` / ``irn-x4``. Config keys are the constructor arguments."""
 
@@ -92,6 +85,3 @@ class IRN(FastInference, Rescaler):
         hr_rec = self.lambda_rec * sum_charbonnier(hr_hat - hr)
         return {"total": lr_fit + z_l2 + hr_rec, "lr_fit": lr_fit, "z_l2": z_l2, "hr_rec": hr_rec}
 
-
-zoo.register("irn-x2", IRN, scale=2)
-zoo.register("irn-x4", IRN, scale=4)

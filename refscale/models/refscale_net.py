@@ -75,10 +75,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from refscale import ops, zoo
+from refscale import ops
 from refscale.errors import InputError, ModelError
-from refscale.models.base import Rescaler
-from refscale.models.irn import levels_for_scale
 from refscale.nn.invertible import (
     ActNorm,
     AffineCoupling,
@@ -93,6 +91,8 @@ from refscale.nn.invertible import (
 from refscale.nn.layers import RRDB, init_convs
 from refscale.nn.losses import sum_charbonnier, sum_l2
 from refscale.nn.speed import FastInference
+from refscale.ops import levels_for_scale
+from refscale.protocol import Rescaler, register
 
 CONDITIONS = ("none", "reference", "similarity")
 #: constructor keys of removed switches, accepted (and dropped) only at their old default so that
@@ -141,6 +141,8 @@ class RefNet(nn.Module):
         return F.cosine_similarity(a, b, dim=1, eps=1e-8).unsqueeze(1).clamp(0, 1)
 
 
+@register("refscale-x4", scale=4, weights="refscale-x4-oscd")
+@register("refscale-x2", scale=2, weights="refscale-x2-oscd")
 class RefScaleNet(FastInference, Rescaler):
     """RefScale (``refscale-x2`` / ``refscale-x4``); config keys are the constructor arguments."""
 
@@ -382,6 +384,3 @@ class RefScaleNet(FastInference, Rescaler):
                  "z_l2": self.lambda_distr * z_l2}
         return {"total": terms["hr_rec"] + terms["lr_guide"] + terms["z_l2"], **terms}
 
-
-zoo.register("refscale-x2", RefScaleNet, scale=2)
-zoo.register("refscale-x4", RefScaleNet, scale=4)

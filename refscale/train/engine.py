@@ -1,6 +1,6 @@
 """Model-agnostic training engine (``refscale train CONFIG.yaml``).
 
-The engine knows nothing about a model except the :class:`~refscale.models.base.Rescaler`
+The engine knows nothing about a model except the :class:`~refscale.protocol.Rescaler`
 protocol: it builds it with ``refscale.zoo.build(arch, **config)``, minimises
 ``model.training_losses(hr, ref)["total"]`` and logs every term of that dict. Validation uses
 the public maps only: ``downscale`` -> LR rounded to 8 bits -> ``upscale`` (temperature 1, fixed

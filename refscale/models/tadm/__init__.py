@@ -6,12 +6,8 @@ a clear :class:`~refscale.errors.ModelError` if they are missing. See ``docs/tad
 
 Modules: :mod:`.model` (the rescaler), :mod:`.dfrm` (eq. 3-8), :mod:`.tpm` (time-step
 prediction), :mod:`.scheduler` (eq. 9-10), :mod:`.tiles` (Algorithm 1), :mod:`.backbone`
-(loading SD parts, LoRA, null text embedding), :mod:`.benchmark` (CPU time and memory).
+(loading SD parts, LoRA, null text embedding); CPU time and memory: ``benchmarks/tadm_speed.py``.
 """
-from refscale import zoo
 from refscale.models.tadm.model import TADM
-
-zoo.register("tadm-x16", TADM, scale=16)
-zoo.register("tadm-x32", TADM, scale=32)
 
 __all__ = ["TADM"]

@@ -38,7 +38,8 @@ import torch
 
 from refscale import ops
 from refscale.errors import ModelError
-from refscale.models.base import Rescaler
+from refscale.protocol import Rescaler, register
+from refscale.weights_io import load_into, read_safetensors
 from refscale.models.tadm import backbone, tiles
 from refscale.models.tadm.dfrm import DFRM
 from refscale.models.tadm.scheduler import HybridScheduler
@@ -79,6 +80,8 @@ class _FrozenBase:
         owner.register_load_state_dict_post_hook(forgive)
 
 
+@register("tadm-x32", scale=32)
+@register("tadm-x16", scale=16)
 class TADM(FastInference, Rescaler):
     """TADM rescaler; ``tadm-x16`` / ``tadm-x32``. Config keys are the constructor arguments.
 
@@ -291,13 +294,10 @@ class TADM(FastInference, Rescaler):
         path = Path(path)
         if not path.is_file():
             raise ModelError(f"TADM weights not found: {path}")
-        tensors, meta = _read_safetensors(path)
+        tensors, meta = read_safetensors(path)
         if meta.get("arch") not in (None, f"{self.arch}-x{self.scale}"):
             raise ModelError(f"{path} holds {meta.get('arch')} weights, not {self.arch}-x{self.scale}")
-        try:
-            self.load_state_dict(tensors, strict=True)
-        except RuntimeError as e:
-            raise ModelError(f"{path} does not fit this TADM configuration: {str(e).splitlines()[0]}") from None
+        load_into(self, tensors, path, "this TADM configuration")
 
     def save_lora(self, path: str | os.PathLike) -> None:
         """Write the UNet and VAE-decoder LoRA tensors (only them) to a safetensors file."""
@@ -318,7 +318,7 @@ class TADM(FastInference, Rescaler):
         path = Path(path)
         if not path.is_file():
             raise ModelError(f"LoRA file not found: {path}")
-        tensors, meta = _read_safetensors(path)
+        tensors, meta = read_safetensors(path)
         own = self.lora_parameters()
         if meta.get("format") != "refscale-tadm-lora":
             raise ModelError(f"{path} is not a TADM LoRA file (save it with TADM.save_lora)")
@@ -335,13 +335,3 @@ class TADM(FastInference, Rescaler):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, base={self.base_source!r}, stage={self.stage}"
-
-
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, (f.metadata() or {})
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ModelError(f"cannot read {path}: {e}") from None

@@ -1,6 +1,14 @@
-"""The rescaler protocol (DESIGN.md, "Python API").
+"""The rescaler protocol and the architecture registry: the ground floor of refscale.
 
-Every model (bicubic, IRN, RefScale, FGRN, TADM) is a :class:`Rescaler`:
+This module imports nothing of refscale but its errors. Above it, in this order: the models
+(``refscale.models``, each class registered with :func:`register` next to its definition), the
+catalogue and weights (``refscale.zoo``), the product path (``refscale.pipeline``,
+``refscale.evaluate``), the CLI on top. Nothing here imports upwards: the convenience methods
+:meth:`Rescaler.encode` / :meth:`Rescaler.decode` call the pipeline that
+``refscale.pipeline`` binds with :func:`bind_pipeline` when it is imported (importing the
+``refscale`` package does that).
+
+Every model (bicubic, IRN, RefScale, FGRN, TADM) is a :class:`Rescaler` (DESIGN.md, "Python API"):
 
 * ``downscale(hr, ref=None) -> (lr, side)``
 * ``upscale(lr, side=None, ref=None, *, temperature=1.0, generator=None) -> hr``
@@ -25,7 +33,8 @@ Conventions (DESIGN.md, "Conventions"):
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -33,6 +42,52 @@ from torch import nn
 from refscale.errors import ModelError
 
 Side = dict[str, torch.Tensor]
+
+
+# ----------------------------------------------------------------------------- registry
+@dataclass
+class ArchSpec:
+    """A catalogue entry: name (``irn-x2``), class, constructor defaults, default weights name."""
+
+    name: str
+    cls: type
+    defaults: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+
+
+#: catalogue name -> :class:`ArchSpec`; filled by :func:`register` when a model module is imported
+REGISTRY: dict[str, ArchSpec] = {}
+
+
+def register(name: str, *, weights: str | None = None, **defaults: Any) -> Callable[[type], type]:
+    """Class decorator: register an architecture under its catalogue name, with the constructor
+    defaults of that name and (optionally) the shipped weights a short name loads::
+
+        @register("irn-x4", scale=4, weights="irn-x4-oscd")
+        @register("irn-x2", scale=2, weights="irn-x2-oscd")
+        class IRN(Rescaler): ...
+    """
+
+    def add(cls: type) -> type:
+        REGISTRY[name] = ArchSpec(name, cls, dict(defaults), weights)
+        return cls
+
+    return add
+
+
+# ----------------------------------------------------------------------------- the product path
+_PIPELINE: dict[str, Callable] = {}
+
+
+def bind_pipeline(encode: Callable, decode: Callable) -> None:
+    """Called by ``refscale.pipeline`` on import: the functions behind ``Rescaler.encode/decode``."""
+    _PIPELINE.update(encode=encode, decode=decode)
+
+
+def _pipeline(name: str) -> Callable:
+    if name not in _PIPELINE:  # only when refscale.protocol was imported without the refscale package
+        raise ModelError("the encode/decode pipeline is not loaded; import refscale first")
+    return _PIPELINE[name]
 
 
 class Rescaler(nn.Module):
@@ -115,15 +170,11 @@ class Rescaler(nn.Module):
     # ------------------------------------------------------------------ product API
     def encode(self, hr, ref=None, **kwargs):
         """Downscale one image into a :class:`refscale.Packet` (see ``refscale.pipeline.encode``)."""
-        from refscale import pipeline
-
-        return pipeline.encode(self, hr, ref, **kwargs)
+        return _pipeline("encode")(self, hr, ref, **kwargs)
 
     def decode(self, packet, ref=None, **kwargs):
         """Rebuild the HR image ``[1,3,H,W]`` from a packet (see ``refscale.pipeline.decode``)."""
-        from refscale import pipeline
-
-        return pipeline.decode(self, packet, ref, **kwargs)
+        return _pipeline("decode")(self, packet, ref, **kwargs)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, scale={self.scale}, needs_reference={self.needs_reference}"

@@ -1,0 +1,75 @@
+"""The import graph of the package (every import, also those inside functions): no cycle, and
+the layers of refscale.protocol's docstring -- protocol < models < zoo < pipeline < CLI."""
+import ast
+from pathlib import Path
+
+import refscale
+
+ROOT = Path(refscale.__file__).resolve().parent
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the refscale modules it imports (``from refscale import ops`` -> refscale.ops)."""
+    mods = {}
+    for p in ROOT.rglob("*.py"):
+        parts = p.relative_to(ROOT.parent).with_suffix("").parts
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    graph = {}
+    for name, p in mods.items():
+        pkg = name if p.name == "__init__.py" else name.rsplit(".", 1)[0]
+        edges = set()
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = pkg.split(".")[: len(pkg.split(".")) - node.level + 1] if node.level else []
+                mod = ".".join(base + ([node.module] if node.module else []))
+                subs = [f"{mod}.{a.name}" for a in node.names if f"{mod}.{a.name}" in mods]
+                targets = subs if len(subs) == len(node.names) else [mod, *subs]
+            else:
+                continue
+            edges |= {t for t in targets if t in mods and t != name}
+        graph[name] = edges
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(v):
+        state[v] = 1
+        path.append(v)
+        for w in sorted(graph[v]):
+            if state.get(w) == 1:
+                return path[path.index(w):] + [w]
+            if w not in state and (found := visit(w)):
+                return found
+        state[v] = 2
+        path.pop()
+        return None
+
+    for v in sorted(graph):
+        if v not in state and (found := visit(v)):
+            return found
+    return None
+
+
+def test_no_import_cycle():
+    assert find_cycle(import_graph()) is None
+
+
+def test_find_cycle_finds_one():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_layers():
+    graph = import_graph()
+    assert graph["refscale.protocol"] <= {"refscale.errors"}
+    upper = {"refscale.zoo", "refscale.pipeline", "refscale.evaluate", "refscale.cli", "refscale.container",
+             "refscale.demo", "refscale.train.engine", "refscale"}
+    for name, edges in graph.items():
+        if name.startswith(("refscale.models", "refscale.nn", "refscale.ops")):
+            assert not edges & upper, (name, edges & upper)
+    assert not graph["refscale.pipeline"] & {"refscale.cli", "refscale.evaluate", "refscale.zoo"}
+    assert all("refscale.cli" not in edges for name, edges in graph.items() if name != "refscale.__main__")
