@@ -28,18 +28,12 @@ Behaviour shared by every command:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
 import sys
-import tempfile
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 from refscale.errors import InputError, ModelError, RefScaleError
-
-CONTAINER_SUFFIX = ".rsc"
 
 
 # ============================================================================= entry point
@@ -172,154 +166,61 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# ============================================================================= encode
-@dataclass
-class Job:
-    name: str
-    input: Path
-    ref: Path | None
-    output: Path
-    lr_output: Path | None = None
-
-
+# ============================================================================= encode, decode
 def cmd_encode(args) -> int:
-    from refscale import codecs, pipeline
-    from refscale.container import Packet
-    from refscale.imageio import write_image
+    from refscale import codecs, files
 
-    codec = codecs.canonical(args.codec)
+    codec = codecs.canonical(args.codec)  # refuse a bad codec before the model loads
     quality = codecs.check_quality(codec, args.quality)
     codecs.require(codec)
-    src = _existing(args.input, "input")
-    batch = src.is_dir() or src.suffix.lower() == ".csv"
+    batch = files.is_batch(files.existing(args.input, "input"))
     model = _load_model(args.model)
-    if batch:
-        from refscale.data import discover
+    jobs = files.encode_jobs(args.input, args.output, model, ref=args.ref, lr_out=args.lr_out)
+    files.preflight(jobs, args.force)
 
-        samples = [(s.name, s.hr, s.ref) for s in discover(src)]
-    else:
-        samples = [(src.stem, src, None)]
-    if model.needs_reference:
-        refs = _reference_lookup(args.ref, batch)
-        samples = [(name, hr, refs(name) or ref) for name, hr, ref in samples]
-        missing = [name for name, _, ref in samples if ref is None]
-        if missing:
-            raise ModelError(f"model {model.name} needs a reference image (--ref); none for {', '.join(missing[:3])}")
-    else:
-        if args.ref:
-            warnings.warn(f"model {model.name} takes no reference; --ref ignored")
-        samples = [(name, hr, None) for name, hr, _ in samples]
-    out, lr_out = Path(args.output), Path(args.lr_out) if args.lr_out else None
-    jobs = []
-    for name, hr, ref in samples:
-        if batch:
-            jobs.append(Job(name, hr, ref, out / f"{name}{CONTAINER_SUFFIX}", lr_out / f"{name}.png" if lr_out else None))
-        else:
-            jobs.append(Job(name, hr, ref, out / f"{name}{CONTAINER_SUFFIX}" if out.is_dir() else out,
-                            lr_out / f"{name}.png" if lr_out and lr_out.is_dir() else lr_out))
-    _preflight(jobs, args.force)
-
-    def run(job: Job) -> str:
-        packet = pipeline.encode(model, job.input, job.ref, tile=args.tile, resample_ref=args.resample_ref,
-                                 precision=args.precision, progress=not batch and _tty())
-        data = packet.to_bytes(codec=codec, quality=quality)
-        lr = Packet.from_bytes(data).lr if job.lr_output is not None else None  # the LR as the receiver sees it
-        write_bytes(job.output, data, args.force)
-        if lr is not None:
-            write_image(lr, job.lr_output, overwrite=args.force)
-        h, w = packet.size
-        return f"{job.output}: {len(data):,} bytes, {len(data) * 8 / (h * w):.4f} bpp ({h}x{w}, {model.name}, {codec})"
+    def run(job) -> str:
+        r = files.encode_file(job, model, codec=codec, quality=quality, tile=args.tile, resample_ref=args.resample_ref,
+                              precision=args.precision, force=args.force, progress=not batch and _tty())
+        h, w = r["size"]
+        return f"{r['output']}: {r['bytes']:,} bytes, {r['bpp']:.4f} bpp ({h}x{w}, {r['model']}, {r['codec']})"
 
     return _run_jobs(jobs, run, "encode")
 
 
-# ============================================================================= decode
 def cmd_decode(args) -> int:
-    from refscale import pipeline
-    from refscale.container import Packet
+    from refscale import files
     from refscale.imageio import write_image
 
-    src = _existing(args.input, "input")
-    out = Path(args.output)
-    batch = src.is_dir() or src.suffix.lower() == ".csv"
-    if src.is_dir():
-        found = sorted(p for p in src.iterdir() if p.suffix.lower() == CONTAINER_SUFFIX and p.is_file())
-        if not found:
-            raise InputError(f"no {CONTAINER_SUFFIX} files in {src}")
-        items = [(p.stem, p, None) for p in found]
-    elif src.suffix.lower() == ".csv":
-        items = _read_rsc_manifest(src)
-    else:
-        items = [(src.stem, src, None)]
-    refs = _reference_lookup(args.ref, batch)
-    jobs = []
-    for name, path, ref in items:
-        if batch:
-            target = out / f"{name}.png"
-        else:
-            target = out / f"{name}.png" if out.is_dir() else out
-        jobs.append(Job(name, path, refs(name) or ref, target))
-    _preflight(jobs, args.force, image_outputs=True)
-    models: dict[str, object] = {}
+    batch = files.is_batch(files.existing(args.input, "input"))
+    jobs = files.decode_jobs(args.input, args.output, ref=args.ref)
+    files.preflight(jobs, args.force, image_outputs=True)
+    models = {}
     if args.model:
-        models[""] = _load_model(args.model)
+        models[args.model] = _load_model(args.model)
     warned = []
 
-    def run(job: Job) -> str:
-        packet = Packet.from_bytes(_read_bytes(job.input))
-        key = "" if args.model else packet.model
-        if key not in models:
-            models[key] = _load_model(packet.model, recorded=True)
-        model = models[key]
-        ref = job.ref
-        if not model.needs_reference and ref is not None:
-            if args.ref and not warned:
-                warnings.warn(f"model {model.name} takes no reference; --ref ignored")
-                warned.append(1)
-            ref = None
-        hr = pipeline.decode(model, packet, ref, temperature=args.temperature, seed=args.seed, tile=args.tile,
-                             allow_mismatch=args.allow_mismatch, resample_ref=args.resample_ref,
-                             precision=args.precision, progress=not batch and _tty())
+    def run(job) -> str:
+        hr, packet, model = files.decode_file(
+            job.input, job.ref, model=args.model, cache=models, warn_ref=bool(args.ref) and not warned,
+            temperature=args.temperature, seed=args.seed, tile=args.tile, allow_mismatch=args.allow_mismatch,
+            resample_ref=args.resample_ref, precision=args.precision, progress=not batch and _tty())
+        if args.ref and not model.needs_reference:
+            warned.append(1)
         write_image(hr, job.output, overwrite=args.force)
         return f"{job.output}: {packet.size[0]}x{packet.size[1]} from {job.input.name} ({model.name}, seed {args.seed})"
 
     return _run_jobs(jobs, run, "decode")
 
 
-def _read_rsc_manifest(path: Path) -> list[tuple[str, Path, Path | None]]:
-    """CSV ``rsc,ref[,name]`` (header row optional, paths relative to the manifest)."""
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read manifest {path}: {e}") from None
-    items = []
-    for lineno, row in enumerate(rows, start=1):
-        row = [c.strip() for c in row]
-        if not row or not any(row) or row[0].startswith("#") or (lineno == 1 and row[0].lower() == "rsc"):
-            continue
-        rsc = path.parent / row[0]
-        ref = path.parent / row[1] if len(row) > 1 and row[1] else None
-        name = row[2] if len(row) > 2 and row[2] else Path(row[0]).stem
-        for p in (rsc, ref):
-            if p is not None and not p.is_file():
-                raise InputError(f"{path.name} line {lineno}: file not found: {p}")
-        items.append((name, rsc, ref))
-    if not items:
-        raise InputError(f"no containers listed in {path}")
-    if len({n for n, _, _ in items}) != len(items):
-        raise InputError(f"{path.name}: names are not unique; add a name column")
-    return items
-
-
 # ============================================================================= info, models
 def cmd_info(args) -> int:
+    from refscale import files
     from refscale.container import inspect
 
     results = []
     for name in args.inputs:
-        path = _existing(name, "container")
-        info = inspect(_read_bytes(path))
+        path = files.existing(name, "container")
+        info = inspect(files.read_bytes(path))
         results.append({"file": str(path), **info})
     print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
     return 0
@@ -351,7 +252,7 @@ def cmd_models(args) -> int:
 
 # ============================================================================= evaluate, train, demo
 def cmd_evaluate(args) -> int:
-    from refscale import codecs
+    from refscale import codecs, files
     from refscale.data import discover
     from refscale.evaluate import check_lr_dir, evaluate, to_markdown
 
@@ -376,11 +277,11 @@ def cmd_evaluate(args) -> int:
                       precision=args.precision)
     text = json.dumps(result, indent=2) + "\n"
     if args.json_out:
-        write_bytes(Path(args.json_out), text.encode(), args.force)
+        files.write_bytes(Path(args.json_out), text.encode(), args.force)
     else:
         sys.stdout.write(text)
     if args.md_out:
-        write_bytes(Path(args.md_out), to_markdown(result).encode(), args.force)
+        files.write_bytes(Path(args.md_out), to_markdown(result).encode(), args.force)
     mean = result.get("mean") or {}
     if args.json_out and mean.get("psnr_y") is not None:
         print(f"{model.name}: {len(result['images'])} images, PSNR-Y {mean['psnr_y']:.2f} dB, bpp {mean['bpp']:.4f} -> {args.json_out}")
@@ -388,7 +289,9 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_train(args) -> int:
-    config = _existing(args.config, "config")
+    from refscale.files import existing
+
+    config = existing(args.config, "config")
     from refscale.train.engine import train_from_file  # heavy; only when training
 
     result = train_from_file(config, out_dir=args.out, resume=args.resume, overrides=args.overrides or None)
@@ -410,118 +313,13 @@ def cmd_demo(args) -> int:
 
 
 # ============================================================================= shared helpers
-def write_bytes(path: Path, data: bytes, force: bool = False) -> Path:
-    """Write ``data`` atomically: a temporary file in the same folder, then ``os.replace``."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise InputError(f"{path} exists; use --force to overwrite it")
-    if path.is_dir():
-        raise InputError(f"{path} is a folder")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise InputError(f"cannot write {path}: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise InputError(f"cannot write {path}: {e.strerror or e}") from None
-        raise
-    return path
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as e:
-        raise InputError(f"cannot read {path}: {e.strerror or e}") from None
-
-
-def _existing(name: str, what: str) -> Path:
-    p = Path(name)
-    if not p.exists():
-        raise InputError(f"{what} not found: {p}")
-    return p
-
-
-def _load_model(spec: str, recorded: bool = False):
+def _load_model(spec: str):
     from refscale.zoo import load
 
-    try:
-        return load(spec)
-    except ModelError as e:
-        if recorded:
-            raise ModelError(f"the container was made by model {spec!r}, which cannot be loaded here ({e}); "
-                             "pass -m NAME or -m path/to/weights.safetensors") from None
-        raise
+    return load(spec)
 
 
-def _reference_lookup(ref: str | None, batch: bool):
-    """``name -> reference path or None`` from ``--ref`` (a file, or for a batch a folder/manifest)."""
-    if ref is None:
-        return lambda name: None
-    p = _existing(ref, "reference")
-    if p.is_file() and p.suffix.lower() != ".csv":
-        return lambda name: p
-    if not batch:
-        raise InputError(f"--ref {p} is a folder or manifest; for one input give one reference image")
-    from refscale.data import discover
-
-    table = {s.name: (s.ref or s.hr) for s in discover(p)}
-
-    def lookup(name: str) -> Path:
-        if name not in table:
-            raise InputError(f"no reference named {name!r} in {p}")
-        return table[name]
-
-    return lookup
-
-
-def _preflight(jobs: list[Job], force: bool, image_outputs: bool = False) -> None:
-    """Refuse, before any work, outputs that exist (without --force), collide, or are inputs."""
-    inputs = {_resolved(j.input) for j in jobs} | {_resolved(j.ref) for j in jobs if j.ref is not None}
-    seen = set()
-    for j in jobs:
-        for out in (j.output, j.lr_output):
-            if out is None:
-                continue
-            r = _resolved(out)
-            if r in inputs:
-                raise InputError(f"output {out} is one of the inputs; refusing to overwrite an input")
-            if r in seen:
-                raise InputError(f"two outputs would be written to {out}")
-            seen.add(r)
-            if out.is_dir():
-                raise InputError(f"output {out} is a folder")
-            if out.exists() and not force:
-                raise InputError(f"{out} exists; use --force to overwrite it")
-        if image_outputs:
-            _check_image_suffix(j.output)  # unknown suffix -> clear error now, not after decoding
-        if j.lr_output is not None:
-            _check_image_suffix(j.lr_output)
-
-
-def _check_image_suffix(path: Path) -> None:
-    from PIL import Image
-
-    if path.suffix.lower() not in Image.registered_extensions():
-        raise InputError(f"cannot write {path.name}: unknown image suffix {path.suffix or '(none)'} (use .png)")
-
-
-def _resolved(p: Path) -> str:
-    return os.path.realpath(p)
-
-
-def _run_jobs(jobs: list[Job], run, desc: str) -> int:
+def _run_jobs(jobs: list, run, desc: str) -> int:
     if len(jobs) == 1:
         print(run(jobs[0]))
         return 0

@@ -55,9 +55,14 @@ def _find_image(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def _read_manifest(path: Path) -> list[Sample]:
+def read_manifest(path: str | os.PathLike, first: str = "hr") -> list[tuple[str, Path, Path | None]]:
+    """A CSV manifest ``<first>,ref[,name]`` (``first`` = ``hr`` for images, ``rsc`` for containers)
+    as ``(name, path, ref or None)`` rows: an optional header row starting with ``first``, ``#``
+    comments and blank lines skipped, paths relative to the manifest, names unique (default: the
+    first file's stem). Every listed file must exist."""
+    path = Path(path)
     base = path.parent
-    samples: list[Sample] = []
+    items: list[tuple[str, Path, Path | None]] = []
     try:
         with open(path, newline="") as f:
             rows = list(csv.reader(f))
@@ -67,19 +72,20 @@ def _read_manifest(path: Path) -> list[Sample]:
         row = [c.strip() for c in row]
         if not row or not any(row) or row[0].startswith("#"):
             continue
-        if lineno == 1 and row[0].lower() == "hr":
+        if lineno == 1 and row[0].lower() == first:
             continue  # header
-        hr = base / row[0]
+        main = base / row[0]
         ref = base / row[1] if len(row) > 1 and row[1] else None
         name = row[2] if len(row) > 2 and row[2] else Path(row[0]).stem
-        for p in (hr, ref):
+        for p in (main, ref):
             if p is not None and not p.is_file():
                 raise InputError(f"{path.name} line {lineno}: file not found: {p}")
-        samples.append(Sample(name, hr, ref))
-    names = [s.name for s in samples]
-    if len(set(names)) != len(names):
-        raise InputError(f"{path.name}: sample names are not unique; add a name column")
-    return samples
+        items.append((name, main, ref))
+    if not items:
+        raise InputError(f"no {'containers' if first == 'rsc' else 'images'} listed in {path}")
+    if len({n for n, _, _ in items}) != len(items):
+        raise InputError(f"{path.name}: names are not unique; add a name column")
+    return items
 
 
 def _read_split(folder: Path, split: str | None) -> set[str] | None:
@@ -106,7 +112,7 @@ def discover(path: str | os.PathLike, split: str | None = None) -> list[Sample]:
         raise InputError(f"dataset path not found: {p}")
     if p.is_file():
         if p.suffix.lower() == ".csv":
-            samples = _read_manifest(p)
+            samples = [Sample(*row) for row in read_manifest(p)]
             if split is not None:
                 raise InputError("--split needs a folder with split.json, not a manifest")
         elif _is_image(p):

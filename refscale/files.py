@@ -1,0 +1,252 @@
+"""The file-level API under the CLI: encode and decode files, folders and manifests.
+
+``refscale encode`` / ``refscale decode`` only parse arguments, call these functions and print;
+everything they do with files lives here, so a script gets the same behaviour::
+
+    from refscale import files
+    jobs = files.encode_jobs("scenes/", "out/", model, ref="archive/")   # folder/manifest -> one job each
+    files.preflight(jobs, force=False)                                   # refuse bad outputs before any work
+    for job in jobs:
+        files.encode_file(job, model)
+    hr = files.decode_file("out/city.rsc", ref="archive/city.png")       # the model the container names
+
+Rules (DESIGN.md, "Command line"): outputs are written atomically (:func:`write_bytes`), never
+replace an existing file without ``force`` and are never one of the inputs (:func:`preflight`).
+A reference model needs a reference for every input; a model without one ignores it with a
+warning. Batch inputs: a folder (pair folders ``<name>/hr.png + ref.png``, OSCD cities, single
+images; for decode, ``.rsc`` files) or a CSV manifest (``hr,ref[,name]``; for decode
+``rsc,ref[,name]``; :func:`refscale.data.read_manifest`).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from refscale import codecs, pipeline
+from refscale.container import Packet
+from refscale.data import discover, read_manifest
+from refscale.errors import InputError, ModelError
+from refscale.imageio import write_image
+from refscale.protocol import Rescaler
+from refscale.zoo import load
+
+CONTAINER_SUFFIX = ".rsc"
+
+
+@dataclass
+class Job:
+    """One input and where its outputs go (``lr_output``: the viewable LR, encode only)."""
+
+    name: str
+    input: Path
+    ref: Path | None
+    output: Path
+    lr_output: Path | None = None
+
+
+def is_batch(src: Path) -> bool:
+    """A folder or a CSV manifest (many inputs) rather than one file."""
+    return src.is_dir() or src.suffix.lower() == ".csv"
+
+
+# ----------------------------------------------------------------------------- jobs
+def encode_jobs(src, output, model: Rescaler, ref=None, lr_out=None) -> list[Job]:
+    """Jobs for encoding ``src`` (an image, a folder or a ``hr,ref[,name]`` manifest) with ``model``.
+
+    ``output``: the ``.rsc`` file, or for a batch (or an existing folder) the folder of
+    ``<name>.rsc``; ``lr_out`` likewise for the LR images. ``ref``: a reference image, or for a
+    batch a folder/manifest whose samples are named like the inputs (otherwise each sample's own).
+    """
+    src = existing(src, "input")
+    batch = is_batch(src)
+    samples = [(s.name, s.hr, s.ref) for s in discover(src)] if batch else [(src.stem, src, None)]
+    if model.needs_reference:
+        refs = reference_lookup(ref, batch)
+        samples = [(name, hr, refs(name) or own) for name, hr, own in samples]
+        missing = [name for name, _, r in samples if r is None]
+        if missing:
+            raise ModelError(f"model {model.name} needs a reference image (--ref); none for {', '.join(missing[:3])}")
+    else:
+        if ref:
+            warnings.warn(f"model {model.name} takes no reference; --ref ignored")
+        samples = [(name, hr, None) for name, hr, _ in samples]
+    out, lr = Path(output), Path(lr_out) if lr_out else None
+    return [Job(name, hr, r, _target(out, name, CONTAINER_SUFFIX, batch), _target(lr, name, ".png", batch) if lr else None)
+            for name, hr, r in samples]
+
+
+def decode_jobs(src, output, ref=None) -> list[Job]:
+    """Jobs for decoding ``src`` (a ``.rsc`` file, a folder of them or a ``rsc,ref[,name]`` manifest)
+    into images: ``output`` is the image file, or for a batch the folder of ``<name>.png``."""
+    src = existing(src, "input")
+    batch = is_batch(src)
+    if src.is_dir():
+        found = sorted(p for p in src.iterdir() if p.suffix.lower() == CONTAINER_SUFFIX and p.is_file())
+        if not found:
+            raise InputError(f"no {CONTAINER_SUFFIX} files in {src}")
+        items = [(p.stem, p, None) for p in found]
+    elif batch:
+        items = read_manifest(src, first="rsc")
+    else:
+        items = [(src.stem, src, None)]
+    refs = reference_lookup(ref, batch)
+    return [Job(name, path, refs(name) or own, _target(Path(output), name, ".png", batch)) for name, path, own in items]
+
+
+def _target(out: Path, name: str, suffix: str, batch: bool) -> Path:
+    return out / f"{name}{suffix}" if batch or out.is_dir() else out
+
+
+def reference_lookup(ref, batch: bool):
+    """``name -> reference path or None`` from ``ref`` (a file, or for a batch a folder/manifest)."""
+    if ref is None:
+        return lambda name: None
+    p = existing(ref, "reference")
+    if p.is_file() and p.suffix.lower() != ".csv":
+        return lambda name: p
+    if not batch:
+        raise InputError(f"--ref {p} is a folder or manifest; for one input give one reference image")
+    table = {s.name: (s.ref or s.hr) for s in discover(p)}
+
+    def lookup(name: str) -> Path:
+        if name not in table:
+            raise InputError(f"no reference named {name!r} in {p}")
+        return table[name]
+
+    return lookup
+
+
+def preflight(jobs: list[Job], force: bool = False, image_outputs: bool = False) -> None:
+    """Refuse, before any work, outputs that exist (without ``force``), collide, or are inputs."""
+    inputs = {os.path.realpath(j.input) for j in jobs} | {os.path.realpath(j.ref) for j in jobs if j.ref is not None}
+    seen = set()
+    for j in jobs:
+        for out in (j.output, j.lr_output):
+            if out is None:
+                continue
+            r = os.path.realpath(out)
+            if r in inputs:
+                raise InputError(f"output {out} is one of the inputs; refusing to overwrite an input")
+            if r in seen:
+                raise InputError(f"two outputs would be written to {out}")
+            seen.add(r)
+            if out.is_dir():
+                raise InputError(f"output {out} is a folder")
+            if out.exists() and not force:
+                raise InputError(f"{out} exists; use --force to overwrite it")
+        if image_outputs:
+            _check_image_suffix(j.output)  # unknown suffix -> clear error now, not after decoding
+        if j.lr_output is not None:
+            _check_image_suffix(j.lr_output)
+
+
+def _check_image_suffix(path: Path) -> None:
+    from PIL import Image
+
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise InputError(f"cannot write {path.name}: unknown image suffix {path.suffix or '(none)'} (use .png)")
+
+
+# ----------------------------------------------------------------------------- work
+def encode_file(job: Job, model: Rescaler, *, codec: str = "png", quality: int | None = None, tile=None,
+                resample_ref: bool = False, precision: str | None = None, force: bool = False,
+                progress: bool = False) -> dict:
+    """Encode one job: write the container (and the LR as the receiver sees it). Returns
+    ``{"output", "bytes", "bpp", "size", "model", "codec"}``."""
+    codec = codecs.canonical(codec)
+    quality = codecs.check_quality(codec, quality)
+    codecs.require(codec)
+    packet = pipeline.encode(model, job.input, job.ref, tile=tile, resample_ref=resample_ref, precision=precision,
+                             progress=progress)
+    data = packet.to_bytes(codec=codec, quality=quality)
+    write_bytes(job.output, data, force)
+    if job.lr_output is not None:
+        write_image(Packet.from_bytes(data).lr, job.lr_output, overwrite=force)
+    h, w = packet.size
+    return {"output": job.output, "bytes": len(data), "bpp": len(data) * 8 / (h * w), "size": (h, w),
+            "model": model.name, "codec": codec}
+
+
+def model_for(packet: Packet, model=None, cache: dict | None = None) -> Rescaler:
+    """The model to decode ``packet`` with: ``model`` (a name, path or model) if given, else the
+    one the container names (loaded once per name when a ``cache`` dict is passed)."""
+    if isinstance(model, Rescaler):
+        return model
+    key = model or packet.model
+    if cache is not None and key in cache:
+        return cache[key]
+    try:
+        found = load(key)
+    except ModelError as e:
+        if model:
+            raise
+        raise ModelError(f"the container was made by model {key!r}, which cannot be loaded here ({e}); "
+                         "pass -m NAME or -m path/to/weights.safetensors") from None
+    if cache is not None:
+        cache[key] = found
+    return found
+
+
+def decode_file(src, ref=None, *, model=None, cache: dict | None = None, warn_ref: bool = True,
+                **decode_options) -> tuple[torch.Tensor, Packet, Rescaler]:
+    """Decode a ``.rsc`` file (path or bytes) with the model it names (or ``model``). Returns
+    ``(hr [1,3,H,W], packet, model)``; ``decode_options`` go to :func:`refscale.pipeline.decode`
+    (temperature, seed, tile, allow_mismatch, resample_ref, precision, progress). A reference
+    given to a model that takes none is ignored (with a warning if ``warn_ref``)."""
+    data = src if isinstance(src, (bytes, bytearray)) else read_bytes(Path(src))
+    packet = Packet.from_bytes(bytes(data))
+    m = model_for(packet, model, cache)
+    if not m.needs_reference and ref is not None:
+        if warn_ref:
+            warnings.warn(f"model {m.name} takes no reference; --ref ignored")
+        ref = None
+    return pipeline.decode(m, packet, ref, **decode_options), packet, m
+
+
+# ----------------------------------------------------------------------------- file helpers
+def write_bytes(path, data: bytes, force: bool = False) -> Path:
+    """Write ``data`` atomically: a temporary file in the same folder, then ``os.replace``."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise InputError(f"{path} exists; use --force to overwrite it")
+    if path.is_dir():
+        raise InputError(f"{path} is a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise InputError(f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise InputError(f"cannot write {path}: {e.strerror or e}") from None
+        raise
+    return path
+
+
+def read_bytes(path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def existing(name, what: str) -> Path:
+    p = Path(name)
+    if not p.exists():
+        raise InputError(f"{what} not found: {p}")
+    return p
