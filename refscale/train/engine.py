@@ -400,228 +400,266 @@ def train(config: dict, out_dir, resume: bool = False) -> dict:
 
     dist = _Dist(cfg["ddp"]["backend"], dev_kind)
     try:
-        return _train(cfg, out, ckpt_dir, resume, dist, dev_kind)
+        return Trainer(cfg, out, ckpt_dir, resume, dist, dev_kind).run()
     finally:
         dist.close()
 
 
-def _train(cfg: dict, out: Path, ckpt_dir: Path, resume: bool, dist: _Dist, dev_kind: str) -> dict:
-    from refscale import data as rdata
+class Trainer:
+    """One training run, in the order the methods are called: :meth:`__init__` sets up the model
+    (and its init weights), data, optimizer, the resumed state and the run folder's logs;
+    :meth:`run` repeats :meth:`step`, :meth:`validate` and :meth:`checkpoint` as the config says
+    and ends with :meth:`finish` (final validation, checkpoint, weights + model card)."""
 
-    prec, d = cfg["precision"], cfg["data"]
-    use_bf16 = resolve_bf16(prec["bf16"], dev_kind)
-    if prec["threads"]:
-        torch.set_num_threads(int(prec["threads"]))
-    device = torch.device(dev_kind, dist.local_rank) if dev_kind == "cuda" else torch.device("cpu")
-    if dev_kind == "cuda":
-        torch.cuda.set_device(device)
-    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if dist.main else (lambda *a: None)
+    def __init__(self, cfg: dict, out: Path, ckpt_dir: Path, resume: bool, dist: _Dist, dev_kind: str):
+        self.cfg, self.out, self.ckpt_dir, self.dist = cfg, out, ckpt_dir, dist
+        prec, d = cfg["precision"], cfg["data"]
+        self.use_bf16 = resolve_bf16(prec["bf16"], dev_kind)
+        if prec["threads"]:
+            torch.set_num_threads(int(prec["threads"]))
+        self.device = torch.device(dev_kind, dist.local_rank) if dev_kind == "cuda" else torch.device("cpu")
+        if dev_kind == "cuda":
+            torch.cuda.set_device(self.device)
+        self.say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if dist.main else (lambda *a: None)
+        self.step_no, self.wall_before, self.skipped, self.bad_streak, self.last_val = 0, 0.0, 0, 0, {}
+        self._setup_model(resume)
+        self._setup_data()
+        self._setup_optimizer()
+        if resume:
+            self._resume()
+        elif dist.world > 1:  # data-dependent init (ActNorm) on rank 0's batch wins via DDP's broadcast
+            with torch.no_grad():
+                self.model.training_losses(*self._batch(0))
+        self.loss_fn: nn.Module = _LossForward(self.model)
+        if dist.world > 1:
+            self.loss_fn = nn.parallel.DistributedDataParallel(
+                self.loss_fn, device_ids=[self.device.index] if dev_kind == "cuda" else None,
+                find_unused_parameters=cfg["ddp"]["find_unused_parameters"])
+        self._setup_logging(resume)
 
-    # -- model (same seed on every process) --
-    if cfg["model"]["module"]:
-        importlib.import_module(cfg["model"]["module"])
-    _seed_everything(cfg["seed"])
-    model = zoo.build(cfg["model"]["arch"], **cfg["model"]["config"]).to(device)
-    # a resumed run takes what it started from out of its checkpoint (the source may have changed since)
-    init = _load_init_weights(model, cfg["model"]["init_weights"]) if cfg["model"]["init_weights"] and not resume else None
-    if prec["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
-    model.train()
-    if d["patch_size"] % model.alignment:
-        raise ConfigError(f"data.patch_size {d['patch_size']} is not a multiple of the model's alignment {model.alignment}")
-    if d["batch_size"] % dist.world:
-        raise ConfigError(f"data.batch_size {d['batch_size']} is not divisible by the {dist.world} processes")
+    # ------------------------------------------------------------------ set-up
+    def _setup_model(self, resume: bool) -> None:
+        cfg = self.cfg
+        if cfg["model"]["module"]:
+            importlib.import_module(cfg["model"]["module"])
+        _seed_everything(cfg["seed"])  # the same init on every process
+        model = zoo.build(cfg["model"]["arch"], **cfg["model"]["config"]).to(self.device)
+        # a resumed run takes what it started from out of its checkpoint (the source may have changed since)
+        self.init = _load_init_weights(model, cfg["model"]["init_weights"]) if cfg["model"]["init_weights"] and not resume else None
+        if cfg["precision"]["channels_last"]:
+            model = model.to(memory_format=torch.channels_last)
+        model.train()
+        d = cfg["data"]
+        if d["patch_size"] % model.alignment:
+            raise ConfigError(f"data.patch_size {d['patch_size']} is not a multiple of the model's alignment {model.alignment}")
+        if d["batch_size"] % self.dist.world:
+            raise ConfigError(f"data.batch_size {d['batch_size']} is not divisible by the {self.dist.world} processes")
+        self.model = model
 
-    # -- data (per-process randomness from here on) --
-    train_samples, val_samples = _split_samples(cfg)
-    use_ref = model.needs_reference
-    if use_ref and any(s.ref is None for s in train_samples):
-        raise ConfigError(f"model {cfg['model']['arch']} needs reference images but {d['path']} has images without one")
-    rank_seed = cfg["seed"] + 7919 * dist.rank
-    dataset = rdata.PairCropDataset(train_samples, d["patch_size"], augment=d["augment"],
-                                    both_directions=d["both_directions"], scale_multiple=model.alignment, seed=rank_seed)
-    _seed_everything(rank_seed)
-    sampler = _Sampler(len(dataset), d["batch_size"], cfg["seed"], dist.rank, dist.world)
-    val_crops = _val_crops(val_samples, cfg, model.alignment, use_ref) if dist.main else []
+    def _setup_data(self) -> None:
+        from refscale import data as rdata
 
-    o = cfg["optim"]
-    groups = {k: [p for p in ps if p.requires_grad] for k, ps in model.parameter_groups().items()}
-    unknown = sorted(set(o["lr_mult"]) - set(groups))
-    if unknown:
-        raise ConfigError(f"optim.lr_mult names unknown parameter groups {unknown}; {cfg['model']['arch']} has {sorted(groups)}")
-    params = [p for ps in groups.values() for p in ps]
-    opt_cls = torch.optim.AdamW if o["name"] == "adamw" else torch.optim.Adam
-    optimizer = opt_cls([{"params": ps, "name": k, "lr_mult": float(o["lr_mult"].get(k, 1.0))} for k, ps in groups.items() if ps],
-                        lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"], weight_decay=o["weight_decay"])
-    try:
-        model.configure_training(0, **cfg["model"]["train_options"])
-    except (ModelError, TypeError) as e:
-        raise ConfigError(f"model.train_options: {e}") from None
+        cfg, d, dist, model = self.cfg, self.cfg["data"], self.dist, self.model
+        self.train_samples, self.val_samples = _split_samples(cfg)
+        self.use_ref = model.needs_reference
+        if self.use_ref and any(s.ref is None for s in self.train_samples):
+            raise ConfigError(f"model {cfg['model']['arch']} needs reference images but {d['path']} has images without one")
+        self.rank_seed = cfg["seed"] + 7919 * dist.rank  # per-process randomness from here on
+        self.dataset = rdata.PairCropDataset(self.train_samples, d["patch_size"], augment=d["augment"],
+                                             both_directions=d["both_directions"], scale_multiple=model.alignment,
+                                             seed=self.rank_seed)
+        _seed_everything(self.rank_seed)
+        self.sampler = _Sampler(len(self.dataset), d["batch_size"], cfg["seed"], dist.rank, dist.world)
+        self.val_crops = _val_crops(self.val_samples, cfg, model.alignment, self.use_ref) if dist.main else []
 
-    # -- resume --
-    step, wall_before, skipped, bad_streak, last_val = 0, 0.0, 0, 0, {}
-    if resume:
-        weights, state = ckpt.load(ckpt_dir)
-        model.load_state_dict(weights, strict=True)
+    def _setup_optimizer(self) -> None:
+        cfg, o = self.cfg, self.cfg["optim"]
+        groups = {k: [p for p in ps if p.requires_grad] for k, ps in self.model.parameter_groups().items()}
+        unknown = sorted(set(o["lr_mult"]) - set(groups))
+        if unknown:
+            raise ConfigError(f"optim.lr_mult names unknown parameter groups {unknown}; {cfg['model']['arch']} has {sorted(groups)}")
+        self.params = [p for ps in groups.values() for p in ps]
+        opt_cls = torch.optim.AdamW if o["name"] == "adamw" else torch.optim.Adam
+        self.optimizer = opt_cls([{"params": ps, "name": k, "lr_mult": float(o["lr_mult"].get(k, 1.0))}
+                                  for k, ps in groups.items() if ps],
+                                 lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"], weight_decay=o["weight_decay"])
         try:
-            optimizer.load_state_dict(state["optimizer"])
+            self.model.configure_training(0, **cfg["model"]["train_options"])
+        except (ModelError, TypeError) as e:
+            raise ConfigError(f"model.train_options: {e}") from None
+
+    def _resume(self) -> None:
+        weights, state = ckpt.load(self.ckpt_dir)
+        self.model.load_state_dict(weights, strict=True)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
         except ValueError as e:  # e.g. a run saved before the model had parameter groups
-            raise ConfigError(f"cannot resume the optimizer of {out}: {e}") from None
-        for group in optimizer.param_groups:  # the multipliers of this config, not the saved ones
-            group["lr_mult"] = float(o["lr_mult"].get(group.get("name", "main"), 1.0))
-        step, wall_before = state["step"], state["wall_time_s"]
-        skipped, bad_streak, last_val = state["skipped_steps"], state["bad_streak"], state.get("val", {})
-        init = state.get("init")
+            raise ConfigError(f"cannot resume the optimizer of {self.out}: {e}") from None
+        for group in self.optimizer.param_groups:  # the multipliers of this config, not the saved ones
+            group["lr_mult"] = float(self.cfg["optim"]["lr_mult"].get(group.get("name", "main"), 1.0))
+        self.step_no, self.wall_before = state["step"], state["wall_time_s"]
+        self.skipped, self.bad_streak, self.last_val = state["skipped_steps"], state["bad_streak"], state.get("val", {})
+        self.init = state.get("init")
         rngs = state["rng"]
-        if len(rngs) == dist.world:
-            ckpt.set_rng_state(rngs[dist.rank], dataset)
+        if len(rngs) == self.dist.world:
+            ckpt.set_rng_state(rngs[self.dist.rank], self.dataset)
         else:  # another process count: exact continuation is impossible; stay deterministic
-            say(f"note: checkpoint was written by {len(rngs)} processes, now {dist.world}; reseeding RNGs")
-            _seed_everything(rank_seed + step)
-        say(f"resuming {out} at step {step}")
-    elif dist.world > 1:  # data-dependent init (ActNorm) on rank 0's batch wins via DDP's broadcast
-        with torch.no_grad():
-            model.training_losses(*_collate([dataset[i] for i in sampler.indices(0)], device, prec["channels_last"]))
+            self.say(f"note: checkpoint was written by {len(rngs)} processes, now {self.dist.world}; reseeding RNGs")
+            _seed_everything(self.rank_seed + self.step_no)
+        self.say(f"resuming {self.out} at step {self.step_no}")
 
-    loss_fn: nn.Module = _LossForward(model)
-    if dist.world > 1:
-        loss_fn = nn.parallel.DistributedDataParallel(
-            loss_fn, device_ids=[device.index] if dev_kind == "cuda" else None,
-            find_unused_parameters=cfg["ddp"]["find_unused_parameters"])
+    def _setup_logging(self, resume: bool) -> None:
+        self.writer = self.jlog = None
+        if self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg, sort_keys=False))
+            self.jlog = _JsonLog(self.out / "metrics.jsonl", self.step_no if resume else None)
+            if self.cfg["log"]["tensorboard"]:
+                from torch.utils.tensorboard import SummaryWriter
 
-    # -- logging --
-    writer = jlog = None
-    if dist.main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-        jlog = _JsonLog(out / "metrics.jsonl", step if resume else None)
-        if cfg["log"]["tensorboard"]:
-            from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step_no if resume else None)
+        self.data_text = _describe_data(self.cfg, self.train_samples, self.val_samples)
+        d, prec = self.cfg["data"], self.cfg["precision"]
+        self.say(f"training {self.cfg['model']['arch']} ({self.model.num_parameters() / 1e6:.3f}M params) on {self.data_text}; "
+                 f"{self.cfg['schedule']['steps']} steps, batch {d['batch_size']} x {d['patch_size']} px, "
+                 f"{self.dist.world} process(es), bf16={self.use_bf16} ({prec['bf16']}) "
+                 f"channels_last={prec['channels_last']} threads={torch.get_num_threads()} -> {self.out}")
 
-            writer = SummaryWriter(str(out / "tb"), purge_step=step if resume else None)
+    # ------------------------------------------------------------------ pieces of the loop
+    def _batch(self, step: int):
+        items = [self.dataset[i] for i in self.sampler.indices(step)]
+        return _collate(items, self.device, self.cfg["precision"]["channels_last"])
 
-    data_text = _describe_data(cfg, train_samples, val_samples)
-    total_steps = cfg["schedule"]["steps"]
-    say(f"training {cfg['model']['arch']} ({model.num_parameters() / 1e6:.3f}M params) on {data_text}; "
-        f"{total_steps} steps, batch {d['batch_size']} x {d['patch_size']} px, {dist.world} process(es), "
-        f"bf16={use_bf16} ({prec['bf16']}) channels_last={prec['channels_last']} threads={torch.get_num_threads()} -> {out}")
-
-    def log(record: dict) -> None:
-        if jlog is not None:
-            jlog.write(record)
-        if writer is not None:
+    def log(self, record: dict) -> None:
+        if self.jlog is not None:
+            self.jlog.write(record)
+        if self.writer is not None:
             for k, v in record.items():
                 if k not in ("step", "time_s") and isinstance(v, (int, float)):
-                    writer.add_scalar(k, v, record["step"])
+                    self.writer.add_scalar(k, v, record["step"])
 
-    def card() -> dict:
-        before = init or {"iterations": 0, "wall_time_s": 0.0, "val_history": []}
+    def wall_time(self) -> float:
+        return self.wall_before + time.monotonic() - self.t_start
+
+    def step(self) -> tuple[dict, torch.Tensor, bool, float]:
+        """One optimisation step at the schedule's learning rate; returns ``(losses, grad_norm, ok, lr)``."""
+        lr = lr_at(self.step_no, self.cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group["lr_mult"]
+        self.model.configure_training(self.step_no, **self.cfg["model"]["train_options"])
+        hr, ref = self._batch(self.step_no)
+        losses, gnorm, ok = training_step(self.loss_fn, self.optimizer, self.params, hr, ref if self.use_ref else None,
+                                          bf16=self.use_bf16, grad_clip=self.cfg["optim"]["grad_clip"], any_bad=self.dist.any)
+        if not ok:
+            self.skipped += 1
+            self.bad_streak += 1
+            if self.bad_streak >= self.cfg["guard"]["max_bad_steps"]:
+                raise TrainingError(f"loss or gradient was NaN/inf for {self.bad_streak} steps in a row (step {self.step_no}); "
+                                    "lower optim.lr, set optim.grad_clip or turn precision.bf16 off")
+        else:
+            self.bad_streak = 0
+        self.step_no += 1
+        return losses, gnorm, ok, lr
+
+    def validate(self) -> None:
+        if self.dist.main and self.val_crops:
+            self.last_val = validate(self.model, self.val_crops, self.cfg["val"]["seed"], self.cfg["precision"]["channels_last"])
+            self.log({"step": self.step_no, **{f"val/{k}": v for k, v in self.last_val.items()}})
+
+    def card(self) -> dict:
+        """The model card of the weights as they are now (also written beside every checkpoint)."""
+        before = self.init or {"iterations": 0, "wall_time_s": 0.0, "val_history": []}
         info = {
-            "data": data_text,
-            "needs_reference": model.needs_reference,
-            "params": model.num_parameters(),
-            "iterations": before["iterations"] + step,
-            "wall_time_s": round(before["wall_time_s"] + wall_before + time.monotonic() - t_start, 1),
+            "data": self.data_text,
+            "needs_reference": self.model.needs_reference,
+            "params": self.model.num_parameters(),
+            "iterations": before["iterations"] + self.step_no,
+            "wall_time_s": round(before["wall_time_s"] + self.wall_time(), 1),
             "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]) if sys.argv else "",
-            "metrics": {f"val_{k}": round(v, 4) for k, v in last_val.items()},
-            "val_history": _join_history(before["val_history"], _val_history(out / "metrics.jsonl", before["iterations"])),
-            "bf16": use_bf16,
-            "training_config": cfg,
+            "metrics": {f"val_{k}": round(v, 4) for k, v in self.last_val.items()},
+            "val_history": _join_history(before["val_history"], _val_history(self.out / "metrics.jsonl", before["iterations"])),
+            "bf16": self.use_bf16,
+            "training_config": self.cfg,
         }
-        if init is not None:
-            info["init_from"] = {k: v for k, v in init.items() if k != "val_history"}
+        if self.init is not None:
+            info["init_from"] = {k: v for k, v in self.init.items() if k != "val_history"}
         return info
 
-    def save_checkpoint() -> None:
-        rngs = dist.gather(ckpt.rng_state(dataset))
-        if dist.main:
-            state = {"optimizer": optimizer.state_dict(), "rng": rngs, "wall_time_s": wall_before + time.monotonic() - t_start,
-                     "skipped_steps": skipped, "bad_streak": bad_streak, "world_size": dist.world, "val": last_val,
-                     "init": init}
-            ckpt.save(ckpt_dir, step, model, card(), state, keep=cfg["checkpoint"]["keep"])
+    def checkpoint(self) -> None:
+        rngs = self.dist.gather(ckpt.rng_state(self.dataset))
+        if self.dist.main:
+            state = {"optimizer": self.optimizer.state_dict(), "rng": rngs, "wall_time_s": self.wall_time(),
+                     "skipped_steps": self.skipped, "bad_streak": self.bad_streak, "world_size": self.dist.world,
+                     "val": self.last_val, "init": self.init}
+            ckpt.save(self.ckpt_dir, self.step_no, self.model, self.card(), state, keep=self.cfg["checkpoint"]["keep"])
 
-    def run_val() -> None:
-        nonlocal last_val
-        if dist.main and val_crops:
-            last_val = validate(model, val_crops, cfg["val"]["seed"], prec["channels_last"])
-            log({"step": step, **{f"val/{k}": v for k, v in last_val.items()}})
+    # ------------------------------------------------------------------ the run
+    def run(self) -> dict:
+        from tqdm.auto import tqdm
 
-    # -- loop --
-    from tqdm.auto import tqdm
+        cfg, dist = self.cfg, self.dist
+        c, v, lg = cfg["checkpoint"], cfg["val"], cfg["log"]
+        total = cfg["schedule"]["steps"]
+        self.t_start = last_ckpt = time.monotonic()
+        sums: dict[str, float] = {}
+        n_sum = 0
+        self.last_loss: dict[str, float] = {}
+        bar = tqdm(total=total, initial=self.step_no, desc=cfg["model"]["arch"], dynamic_ncols=True,
+                   disable=not (dist.main and lg["progress"]), file=sys.stderr)
+        if self.step_no == 0:
+            self.validate()
+        stop = _StopRequest()
+        try:
+            while self.step_no < total:
+                losses, gnorm, ok, lr = self.step()
+                if ok:
+                    for k, t in losses.items():
+                        sums[k] = sums.get(k, 0.0) + float(t.detach().float())
+                    sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(gnorm)
+                    n_sum += 1
+                step = self.step_no
+                bar.update(1)
+                if n_sum:
+                    bar.set_postfix(loss=f"{sums['total'] / n_sum:.4g}", lr=f"{lr:.2g}", refresh=False)
+                if step % lg["every_steps"] == 0 or step == total:
+                    record = {"step": step, "time_s": round(self.wall_time(), 2), "lr": lr, "skipped_steps": self.skipped,
+                              **{f"train/{k}": x / n_sum for k, x in sums.items() if n_sum}}
+                    self.log(record)
+                    self.last_loss = {k[6:]: x for k, x in record.items() if k.startswith("train/")} or self.last_loss
+                    sums, n_sum = {}, 0
+                if v["every_steps"] and step % v["every_steps"] == 0 and step < total:
+                    self.validate()
+                due = (c["every_steps"] and step % c["every_steps"] == 0) or (
+                    c["every_minutes"] and time.monotonic() - last_ckpt >= 60 * c["every_minutes"])
+                due, stop_now = dist.any(bool(due), stop.requested)
+                if step < total and (due or stop_now):
+                    self.checkpoint()
+                    last_ckpt = time.monotonic()
+                if stop_now and step < total:
+                    raise TrainingStopped(f"stopped at step {step} on request; checkpoint saved, continue with --resume")
+        finally:
+            stop.restore()
+            bar.close()
+            if self.writer is not None:
+                self.writer.flush()
+        return self.finish()
 
-    grad_clip = o["grad_clip"]
-    c, v, lg = cfg["checkpoint"], cfg["val"], cfg["log"]
-    t_start = last_ckpt = time.monotonic()
-    sums: dict[str, float] = {}
-    n_sum = 0
-    last_loss: dict[str, float] = {}
-    bar = tqdm(total=total_steps, initial=step, desc=cfg["model"]["arch"], dynamic_ncols=True,
-               disable=not (dist.main and lg["progress"]), file=sys.stderr)
-    if step == 0:
-        run_val()
-    stop = _StopRequest()
-    try:
-        while step < total_steps:
-            lr = lr_at(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group["lr_mult"]
-            model.configure_training(step, **cfg["model"]["train_options"])
-            hr, ref = _collate([dataset[i] for i in sampler.indices(step)], device, prec["channels_last"])
-            losses, gnorm, ok = training_step(loss_fn, optimizer, params, hr, ref if use_ref else None,
-                                              bf16=use_bf16, grad_clip=grad_clip, any_bad=dist.any)
-            if not ok:
-                skipped += 1
-                bad_streak += 1
-                if bad_streak >= cfg["guard"]["max_bad_steps"]:
-                    raise TrainingError(f"loss or gradient was NaN/inf for {bad_streak} steps in a row (step {step}); "
-                                        "lower optim.lr, set optim.grad_clip or turn precision.bf16 off")
-            else:
-                bad_streak = 0
-                for k, t in losses.items():
-                    sums[k] = sums.get(k, 0.0) + float(t.detach().float())
-                sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(gnorm)
-                n_sum += 1
-            step += 1
-            bar.update(1)
-            if n_sum:
-                bar.set_postfix(loss=f"{sums['total'] / n_sum:.4g}", lr=f"{lr:.2g}", refresh=False)
-
-            if step % lg["every_steps"] == 0 or step == total_steps:
-                record = {"step": step, "time_s": round(wall_before + time.monotonic() - t_start, 2), "lr": lr,
-                          "skipped_steps": skipped, **{f"train/{k}": s / n_sum for k, s in sums.items() if n_sum}}
-                log(record)
-                last_loss = {k[6:]: x for k, x in record.items() if k.startswith("train/")} or last_loss
-                sums, n_sum = {}, 0
-            if v["every_steps"] and step % v["every_steps"] == 0 and step < total_steps:
-                run_val()
-            due = (c["every_steps"] and step % c["every_steps"] == 0) or (
-                c["every_minutes"] and time.monotonic() - last_ckpt >= 60 * c["every_minutes"])
-            due, stop_now = dist.any(bool(due), stop.requested)
-            if step < total_steps and (due or stop_now):
-                save_checkpoint()
-                last_ckpt = time.monotonic()
-            if stop_now and step < total_steps:
-                raise TrainingStopped(f"stopped at step {step} on request; checkpoint saved, continue with --resume")
-    finally:
-        stop.restore()
-        bar.close()
-        if writer is not None:
-            writer.flush()
-
-    # -- the end: final validation, checkpoint and weights --
-    run_val()
-    save_checkpoint()
-    name = cfg["name"] or f"{cfg['model']['arch']}-{Path(d['path']).stem}"
-    weights = out / f"{name}.safetensors"
-    if dist.main:
-        zoo.save_weights(model, weights, card=card())
-        if writer is not None:
-            writer.close()
-        say(f"done: {step} steps, weights {weights}" + (f", val PSNR-Y {last_val['psnr_y']:.2f} dB" if last_val else ""))
-    return {"steps": step, "weights": str(weights), "out_dir": str(out), "val": last_val,
-            "weights_hash": model.weights_hash(), "rank": dist.rank, "world_size": dist.world,
-            "loss": last_loss,
-            "skipped_steps": skipped, "wall_time_s": wall_before + time.monotonic() - t_start}
+    def finish(self) -> dict:
+        """Final validation and checkpoint, the weights with their model card; the run's summary."""
+        self.validate()
+        self.checkpoint()
+        cfg = self.cfg
+        name = cfg["name"] or f"{cfg['model']['arch']}-{Path(cfg['data']['path']).stem}"
+        weights = self.out / f"{name}.safetensors"
+        if self.dist.main:
+            zoo.save_weights(self.model, weights, card=self.card())
+            if self.writer is not None:
+                self.writer.close()
+            self.say(f"done: {self.step_no} steps, weights {weights}"
+                     + (f", val PSNR-Y {self.last_val['psnr_y']:.2f} dB" if self.last_val else ""))
+        return {"steps": self.step_no, "weights": str(weights), "out_dir": str(self.out), "val": self.last_val,
+                "weights_hash": self.model.weights_hash(), "rank": self.dist.rank, "world_size": self.dist.world,
+                "loss": self.last_loss, "skipped_steps": self.skipped, "wall_time_s": self.wall_time()}
 
 
 def train_from_file(path, out_dir=None, resume: bool = False, overrides: list[str] | None = None) -> dict:
