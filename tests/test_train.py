@@ -398,3 +398,25 @@ def test_lr_mult_groups_train_options_and_warm_start(tmp_path):
         engine.train(tiny_config(root, steps=1, model={"arch": "irn-x2", "config": {"blocks": [1], "gc": 4},
                                                       "train_options": {"guide_ramp_steps": 3}},
                                  data={"val_names": [], "patch_size": 16, "batch_size": 1}), tmp_path / "bad4")
+
+
+def test_config_base_chain(tmp_path):
+    """base: another config (relative to the file) is read first and updated key by key; chains
+    work, cycles and missing bases are clear errors."""
+    from refscale.train.config import load_file
+
+    (tmp_path / "a.yaml").write_text("model: {arch: tiny-x2, config: {width: 8}}\ndata: {path: x, patch_size: 16}\n"
+                                     "schedule: {steps: 5}\noptim: {lr: 0.001}\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nmodel: {config: {width: 4}}\nschedule: {steps: 7}\n")
+    (tmp_path / "c.yaml").write_text("base: b.yaml\ndata: {patch_size: 32}\n")
+    cfg = load_file(tmp_path / "c.yaml", overrides=["optim.lr=0.002"])
+    assert cfg["model"] == {**cfg["model"], "arch": "tiny-x2", "config": {"width": 4}}
+    assert (cfg["schedule"]["steps"], cfg["data"]["patch_size"], cfg["optim"]["lr"]) == (7, 32, 0.002)
+    assert "base" not in cfg
+    (tmp_path / "loop1.yaml").write_text("base: loop2.yaml\n")
+    (tmp_path / "loop2.yaml").write_text("base: loop1.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_file(tmp_path / "loop1.yaml")
+    (tmp_path / "orphan.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="not found"):
+        load_file(tmp_path / "orphan.yaml")

@@ -39,6 +39,8 @@ validation history. ``model.train_options`` go to ``model.configure_training(ste
 before every step (e.g. RefScale's ``guide_ramp_steps``). ``optim.lr_mult`` maps the names of
 ``model.parameter_groups()`` to learning-rate multipliers (e.g. ``{refnet: 2.0, cond: 2.0}``).
 
+A config file may start from another: ``base: irn-x2-oscd-cpu.yaml`` (see :func:`read_yaml`).
+
 Relative ``data.path`` values are looked up in the current directory, then beside the config
 file, then in the config file's parent directory (the repository root for ``configs/*.yaml``).
 """
@@ -191,8 +193,10 @@ def deep_update(base: dict, override: dict) -> dict:
     return out
 
 
-def load_file(path: str | Path, overrides: list[str] | None = None) -> dict:
-    """Read a YAML config, apply ``key=value`` overrides, resolve relative data paths."""
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """A YAML config as a dict, with its ``base:`` chain merged in: ``base: other.yaml`` (relative
+    to this file) is read first and this file's keys update it (nested mappings key by key), so a
+    variant states only what differs. Cycles and missing bases are clear errors."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -206,6 +210,22 @@ def load_file(path: str | Path, overrides: list[str] | None = None) -> dict:
         raise ConfigError(f"{path}: the config is empty")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a training config must be a YAML mapping")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be the file name of another config, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in _seen or base_path == path.resolve():
+        raise ConfigError(f"{path}: base configs form a cycle through {base_path.name}")
+    return deep_update(read_yaml(base_path, _seen + (path.resolve(),)), raw)
+
+
+def load_file(path: str | Path, overrides: list[str] | None = None) -> dict:
+    """Read a YAML config (with its ``base:`` chain), apply ``key=value`` overrides, resolve
+    relative data paths."""
+    path = Path(path)
+    raw = read_yaml(path)
     cfg = resolve(deep_update(raw, parse_overrides(overrides)))
     cfg["data"]["path"] = str(find_path(cfg["data"]["path"], path))
     init = cfg["model"]["init_weights"]
