@@ -27,7 +27,7 @@ import time
 import torch
 
 from refscale import metrics, ops, zoo
-from refscale.demo import synthetic_revisit_pair
+from refscale.synthetic import synthetic_revisit_pair
 
 SETTINGS = {"fp32": (False, False), "channels_last": (False, True), "bf16": (True, False), "bf16+cl": (True, True)}
 

@@ -70,7 +70,7 @@ def make_model(name: str, hr: torch.Tensor, ref: torch.Tensor | None):
 
 def synthetic_pair(height: int, width: int, strip: int = 864) -> tuple[np.ndarray, np.ndarray]:
     """A procedural revisit pair (uint8 HxWx3), built in strips of rows to bound memory."""
-    from refscale.demo import synthetic_revisit_pair
+    from refscale.synthetic import synthetic_revisit_pair
 
     news, olds = [], []
     for i, y in enumerate(range(0, height, strip)):

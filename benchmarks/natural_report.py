@@ -6,7 +6,7 @@
   IRN and FGRN at 2x and 4x on Set5, Set14 and Urban100, beside the paper's IRN and FGRN rows
   (FGRN Table 1) and each model's training budget from its card.
 * ``lrq``: PIQE and NIQE of the LR images of bicubic, IRN and FGRN on the same sets, beside FGRN
-  Table 2: ``python -m refscale.lr_quality --lr DIR`` on the LR images that ``table`` saved
+  Table 2: ``python benchmarks/lr_quality.py --lr DIR`` on the LR images that ``table`` saved
   (``refscale evaluate --save-lr``), so no model runs twice; run ``table`` first.
 
 The models are the shipped ``*-natural`` weights unless ``--weights-dir`` points at run folders
@@ -21,7 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from oscd_report import add_precision_option, training_budget, write_section
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks folder: report_common
+from report_common import add_precision_option, training_budget, write_section  # noqa: E402
 
 from refscale.zoo import card_for
 
@@ -109,7 +110,7 @@ def cmd_lr_quality(args) -> str:
         per_set = []
         for name in args.sets:
             out = args.out / f"lrq_x{scale}_{name.lower()}.json"
-            cmd = [sys.executable, "-m", "refscale.lr_quality", "--json", str(out)]
+            cmd = [sys.executable, str(Path(__file__).with_name("lr_quality.py")), "--json", str(out)]
             for arch in ARCHS:
                 folder = lr_folder(args.out, arch, scale, name)
                 if not folder.is_dir():

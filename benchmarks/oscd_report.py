@@ -38,6 +38,9 @@ import torch
 
 from refscale import zoo
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks folder: report_common
+from report_common import add_precision_option, training_budget, write_section  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 FIG_DIR = ROOT / "docs" / "figures"
 #: RefScale Table 1, RS dataset (SPOT-5, not OSCD): PSNR, SSIM, SI, bpp
@@ -55,21 +58,6 @@ def model_ref(arch: str, scale: int, weights_dir: Path | None) -> str:
     if arch == "bicubic" or weights_dir is None:
         return f"{arch}-x{scale}"
     return str(weights_dir / f"{arch}-x{scale}-oscd" / f"{arch}-x{scale}-oscd.safetensors")
-
-
-def add_precision_option(ap: argparse.ArgumentParser) -> None:
-    """``--precision``, passed on to every ``refscale evaluate`` a report runs."""
-    ap.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None,
-                    help="model arithmetic passed to refscale evaluate (default: its default, auto)")
-
-
-def training_budget(card: dict) -> str:
-    """'N steps x batch B x P px, H h' from a model card ('-' for untrained models)."""
-    if not card.get("iterations"):
-        return "-"
-    data_cfg = card.get("training_config", {}).get("data", {})
-    return (f"{card['iterations']} steps x batch {data_cfg.get('batch_size', '?')} x "
-            f"{data_cfg.get('patch_size', '?')} px, {card.get('wall_time_s', 0) / 3600:.2f} h")
 
 
 def cmd_table(args) -> str:
@@ -378,18 +366,6 @@ def cmd_curves(args) -> None:
     print("wrote", path.relative_to(ROOT))
 
 
-def write_section(results: Path, body: str, start: str = START, end: str = END) -> None:
-    """Replace the text between the ``start`` and ``end`` markers (append the block if absent)."""
-    text = results.read_text()
-    block = f"{start}\n{body.strip()}\n{end}"
-    if start in text:
-        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    results.write_text(text)
-    print("updated", results)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=("table", "figures", "change", "probe", "curves", "heldout", "all"))
@@ -422,7 +398,7 @@ def main() -> None:
     if args.what in ("curves", "all"):
         cmd_curves(args)
     if args.write and parts:
-        write_section(args.write, "\n\n".join(parts))
+        write_section(args.write, "\n\n".join(parts), START, END)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from refscale import zoo
-from refscale.demo import synthetic_revisit_pair
+from refscale.synthetic import synthetic_revisit_pair
 from refscale.train.config import load_file
 from refscale.train.engine import train, training_step
 

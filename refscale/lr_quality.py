@@ -32,24 +32,16 @@ what MATLAB's ``piqe`` and the NIQE release do with an RGB input. A grey input i
   re-fitted with its own feature code (which repeats the left scale in place of the right one
   for the diagonal pairs), not the published one.
   Validation: BasicSR documents MATLAB R2021a's NIQE of Set14 ``baboon.png`` (Y channel) as
-  5.72957338; ``python -m refscale.lr_quality --check-baboon PATH`` prints ours.
+  5.72957338; ``python benchmarks/lr_quality.py --check-baboon PATH`` prints ours (the agreement
+  is recorded in docs/results.md).
 
   NIQE needs at least two whole 96x96 blocks (a covariance needs two samples); with fewer it
   is NaN. (MATLAB's release does not fail on one block: ``nanmean``/``nancov`` of a single row
   vector return the mean and variance of its 36 numbers, and the score becomes a constant,
   39.80 for every one-block image we tried, whatever its content.)
 
-  Against FGRN Table 2's bicubic rows (``python -m refscale.lr_quality --data
-  ../shared/data/natural/Urban100 -m bicubic-x2``, Y channel): Urban100 x2 NIQE 5.715 (paper
-  5.708), PIQE 43.24 (42.79); x4 NIQE 17.91 (17.38), PIQE 46.43 (46.61). On Set5/Set14 the
-  paper's NIQE is what one gets when every LR image with fewer than two whole blocks scores
-  about 18.9 (e.g. BSD100 x4, no whole block in any LR image: 18.878 for every method), a
-  fallback of the paper's tool that carries no information; we leave those images out (NaN).
-
-Command line (the LR images a model stores, through the real container)::
-
-    python -m refscale.lr_quality --data ../shared/data/natural/Set5 -m fgrn-x4 [-m bicubic-x4 ...]
-    python -m refscale.lr_quality --lr LR_DIR [--lr ...]     # images saved by `refscale evaluate --save-lr`
+Command line (the LR images a model stores, through the real container, or saved LR images):
+``benchmarks/lr_quality.py``.
 """
 from __future__ import annotations
 
@@ -222,69 +214,3 @@ def niqe(x: torch.Tensor, channel: str = "y") -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- command line
-def lr_images(model, samples):
-    """``(name, LR [1,3,h,w])`` as ``model`` stores them (PNG container), HR mod-cropped to the scale."""
-    from refscale.container import Packet
-    from refscale.data import iter_full_images
-    from refscale.pipeline import stored_lr
-
-    for name, hr, _ in iter_full_images(samples, multiple=model.scale):
-        packet = Packet.from_bytes(model.encode(hr).to_bytes())
-        yield name, stored_lr(packet)
-
-
-def main(argv=None) -> int:
-    import argparse
-    import json
-
-    from refscale import zoo
-    from refscale.data import discover
-    from refscale.imageio import read_image
-
-    ap = argparse.ArgumentParser(prog="python -m refscale.lr_quality", description=__doc__.split("\n")[0])
-    ap.add_argument("--data", help="dataset folder (single images)")
-    ap.add_argument("-m", "--model", action="append", default=[], help="model name or .safetensors (repeatable)")
-    ap.add_argument("--lr", action="append", default=[], metavar="DIR",
-                    help="score the images in DIR as they are, e.g. LR images saved by `refscale evaluate --save-lr` (repeatable)")
-    ap.add_argument("--channel", default="y", choices=("y", "gray"))
-    ap.add_argument("--json", help="write per-image scores here")
-    ap.add_argument("--check-baboon", metavar="PATH", help="print NIQE/PIQE of one image file (validation)")
-    args = ap.parse_args(argv)
-    if args.check_baboon:
-        img = read_image(args.check_baboon)
-        print(json.dumps({"niqe_y": niqe(img, "y").item(), "niqe_gray": niqe(img, "gray").item(),
-                          "piqe_y": piqe(img, "y").item(), "piqe_gray": piqe(img, "gray").item()}))
-        return 0
-    if (args.model and not args.data) or not (args.lr or args.model):
-        ap.error("--data with at least one -m, or --lr DIR, is needed (or --check-baboon PATH)")
-    sources = []  # (label, set label, iterator of (image name, LR))
-    for name in args.model:
-        model = zoo.load(name).eval()
-        sources.append((model.name, Path(args.data).name, lr_images(model, discover(args.data))))
-    for folder in args.lr:
-        files = discover(folder)
-        sources.append((str(folder), Path(folder).name, ((s.name, read_image(s.hr)) for s in files)))
-    out = {}
-    for label, set_name, images in sources:
-        rows = [{"name": img_name, "niqe": niqe(lr, args.channel).item(), "piqe": piqe(lr, args.channel).item()}
-                for img_name, lr in images]
-        finite = [r["niqe"] for r in rows if math.isfinite(r["niqe"])]
-        mean = {"niqe": float(np.mean(finite)) if finite else math.nan, "niqe_images": len(finite),
-                "piqe": float(np.mean([r["piqe"] for r in rows]))}
-        out[label] = {"images": rows, "mean": mean}
-        print(f"{label:24s} {set_name:10s} NIQE {mean['niqe']:.3f} ({len(finite)}/{len(rows)} images)  PIQE {mean['piqe']:.3f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    from refscale.errors import RefScaleError
-
-    try:
-        raise SystemExit(main())
-    except RefScaleError as e:  # bad input: one line, exit 2 (as the refscale CLI)
-        print(f"python -m refscale.lr_quality: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None

@@ -52,11 +52,11 @@ DEFAULT_TILE = 1024
 DEFAULT_OVERLAP_LR = 16
 #: HR pixels per batch of windows (at least one window per batch)
 BATCH_PIXELS = 1024 * 1024
-#: arithmetic for models with ``set_speed``: "fp32", "bf16" or "auto". bf16 + channels_last runs IRN
-#: and RefScale 2.5-3x faster on a CPU with native bf16 (AVX512-BF16/AMX) with end-to-end PSNR
-#: within a few thousandths of a dB of fp32 (``benchmarks/large_scene.py`` prints both), but ~4x
-#: slower on an AVX2-only CPU, where bf16 is emulated. "auto" (the default) picks bf16 where it is
-#: native (:func:`refscale.nn.speed.native_bf16`), else fp32; the container records the choice.
+#: arithmetic for models with ``set_speed``: "fp32", "bf16" or "auto". bf16 + channels_last is much
+#: faster than fp32 on a CPU with native bf16 (AVX512-BF16/AMX) at the same end-to-end PSNR, and
+#: much slower on an AVX2-only CPU, where bf16 is emulated (``benchmarks/large_scene.py`` prints
+#: both; figures in docs/results.md). "auto" (the default) picks bf16 where it is native
+#: (:func:`refscale.nn.speed.native_bf16`), else fp32; the container records the choice.
 DEFAULT_PRECISION = "auto"
 
 

@@ -5,7 +5,8 @@ import pytest
 import refscale
 from refscale import zoo
 from refscale.cli import main
-from refscale.demo import real_pair, run_demo, synthetic_revisit_pair
+from refscale.demo import real_pair, run_demo
+from refscale.synthetic import synthetic_revisit_pair
 
 
 def test_synthetic_pair_is_a_revisit():

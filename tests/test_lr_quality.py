@@ -152,9 +152,16 @@ def test_bad_inputs():
 
 
 def test_cli_scores_saved_lr_folders_like_the_model(tmp_path, capsys):
-    """``--lr DIR`` scores image files as they are; for a model's stored LR images it gives the
-    numbers ``-m MODEL`` computes by encoding the dataset itself."""
+    """benchmarks/lr_quality.py: ``--lr DIR`` scores image files as they are; for a model's stored
+    LR images it gives the numbers ``-m MODEL`` computes by encoding the dataset itself."""
+    import importlib.util
     import json
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "lr_quality.py"
+    spec = importlib.util.spec_from_file_location("lr_quality_cli", script)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
 
     from refscale.imageio import read_image, write_image
     from refscale.metrics import to_uint8
@@ -165,7 +172,7 @@ def test_cli_scores_saved_lr_folders_like_the_model(tmp_path, capsys):
         write_image(hr, data / f"im{i}.png")
         hr = read_image(data / f"im{i}.png")  # the 8-bit image the model sees
         write_image(to_uint8(ops.bicubic_down(hr, 2)).float() / 255, lr_dir / f"im{i}.png")
-    assert lr_quality.main(["--data", str(data), "-m", "bicubic-x2", "--lr", str(lr_dir), "--json", str(tmp_path / "q.json")]) == 0
+    assert cli.main(["--data", str(data), "-m", "bicubic-x2", "--lr", str(lr_dir), "--json", str(tmp_path / "q.json")]) == 0
     out = json.loads((tmp_path / "q.json").read_text())
     by_model, by_folder = out["bicubic-x2"], out[str(lr_dir)]
     assert by_model["images"] == by_folder["images"] and math.isfinite(by_model["mean"]["niqe"])

@@ -1,8 +1,8 @@
 """Fast CPU inference: bfloat16 autocast and channels_last memory format.
 
 On a CPU with native bfloat16 (AVX512-BF16 / AMX, where oneDNN runs bf16 kernels) 3x3
-convolutions run ~3x faster in bf16 with channels_last than in fp32; on an AVX2-only CPU (e.g.
-this project's AMD EPYC CI machines) bf16 is emulated and ~4x *slower* than fp32.
+convolutions run several times faster in bf16 with channels_last than in fp32; on an AVX2-only
+CPU bf16 is emulated and several times *slower* (measurements: docs/results.md, "Precision").
 :func:`native_bf16` tells which, and ``"auto"`` settings (the pipeline's default precision,
 ``precision.bf16: auto`` in training configs) use bf16 only where it is native.
 :class:`FastInference` is mixed into the learned rescalers (IRN, RefScale)::
@@ -32,8 +32,7 @@ def native_bf16(device_type: str = "cpu") -> bool:
 
     CUDA: ``torch.cuda.is_bf16_supported()``. CPU: AVX512-BF16 or AMX instructions
     (``torch.cpu._is_avx512_bf16_supported`` / ``_is_amx_tile_supported``); False on AVX2-only
-    CPUs (and on AVX512 ones without BF16), where bf16 is emulated. Measured on an AVX2 AMD EPYC:
-    IRN x2 downscale of a 256 px image 1.06 s fp32 vs 4.42 s bf16 (docs/results.md, "Precision
+    CPUs (and on AVX512 ones without BF16), where bf16 is emulated (docs/results.md, "Precision
     on an AVX2 CPU").
     """
     if device_type == "cuda":
