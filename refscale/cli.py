@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--resample-ref", action="store_true", help="resize a reference of another size to the image size (bicubic)")
     d.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="model arithmetic (default: as recorded)")
     d.add_argument("--allow-mismatch", action="store_true", help="decode even if the container was made by other weights (experts)")
+    d.add_argument("--allow-other-reference", action="store_true",
+                   help="decode with a reference other than the one the image was encoded with (warns; e.g. a re-encoded copy)")
     d.add_argument("--force", action="store_true", help="overwrite existing outputs")
     d.set_defaults(func=cmd_decode)
 
@@ -203,6 +205,7 @@ def cmd_decode(args) -> int:
         hr, packet, model = files.decode_file(
             job.input, job.ref, model=args.model, cache=models, warn_ref=bool(args.ref) and not warned,
             temperature=args.temperature, seed=args.seed, tile=args.tile, allow_mismatch=args.allow_mismatch,
+            allow_other_reference=args.allow_other_reference,
             resample_ref=args.resample_ref, precision=args.precision, progress=not batch and _tty())
         if args.ref and not model.needs_reference:
             warned.append(1)

@@ -5,7 +5,8 @@ implementation. In short (all integers little-endian)::
 
     magic (8) | version u16 | header length u32 | header body | header CRC32 u32 | sections...
 
-The header body names the model and the hash of its weights, the scale, the original and
+The header body names the model and the hash of its weights, the fingerprint of the reference
+the image was encoded with (version 2; :func:`reference_fingerprint`), the scale, the original and
 padded image size, the tile layout, the LR codec and quality, and describes each section
 (length and CRC32). The sections follow in header order: the LR image bitstream, then
 one losslessly compressed side tensor per entry (e.g. RefScale's similarity map).
@@ -23,6 +24,7 @@ expand without limit.
 """
 from __future__ import annotations
 
+import hashlib
 import lzma
 import struct
 import zlib
@@ -35,7 +37,8 @@ from refscale import codecs
 from refscale.errors import ContainerError
 
 MAGIC = b"\x89RSC\r\n\x1a\n"
-VERSION = 1
+VERSION = 2  # what the writer writes
+READABLE_VERSIONS = (1, 2)  # version 1: no reference fingerprint
 PREAMBLE = 14  # magic (8) + version (2) + header length (4)
 
 #: limits a reader enforces (also on writing, so every file we write can be read back)
@@ -70,7 +73,8 @@ class Packet:
     model produced it (so decoding hands it back unchanged); ``tiles`` is
     ``{"tile": core size, "overlap": context margin}`` in HR pixels, or ``None``; ``precision``
     is the arithmetic the encoder ran the model in (``"fp32"`` or ``"bf16"``), which the decoder
-    repeats by default.
+    repeats by default; ``ref_hash`` is the :func:`reference_fingerprint` (hex) of the reference
+    the encoder used, ``None`` for models without one (and in version-1 files).
     """
 
     model: str
@@ -85,6 +89,8 @@ class Packet:
     quality: int | None = None
     side_dtypes: dict[str, str] = field(default_factory=dict)
     precision: str = "fp32"
+    ref_hash: str | None = None
+    version: int = VERSION  # of the file it was read from
 
     # ------------------------------------------------------------------ writing
     def to_bytes(self, codec: str | None = None, quality: int | None = None) -> bytes:
@@ -96,7 +102,8 @@ class Packet:
         lr = np.ascontiguousarray(self.lr)
         side_arrays = {name: smallest_integer_array(name, arr) for name, arr in self.side.items()}
         header = Header(
-            version=VERSION, model=str(self.model), weights_hash=str(self.weights_hash), scale=int(self.scale),
+            version=VERSION, model=str(self.model), weights_hash=str(self.weights_hash), ref_hash=self.ref_hash,
+            scale=int(self.scale),
             size=_pair(self.size), padded_size=_pair(self.padded_size), tiles=_tiles(self.tiles),
             precision=str(self.precision), codec=codec, quality=quality, lr_length=0, lr_crc=0,
             side=[
@@ -133,13 +140,14 @@ class Packet:
         return cls(
             model=h.model, weights_hash=h.weights_hash, scale=h.scale, size=h.size, padded_size=h.padded_size,
             tiles=h.tiles, lr=lr, side=side, codec=h.codec, quality=h.quality, side_dtypes=side_dtypes,
-            precision=h.precision,
+            precision=h.precision, ref_hash=h.ref_hash, version=h.version,
         )
 
     def info(self, data: bytes | None = None) -> dict[str, Any]:
         """A JSON-ready summary; with the file's ``data`` also byte counts per section and bpp."""
         out: dict[str, Any] = {
-            "format_version": VERSION, "model": self.model, "weights_hash": self.weights_hash, "scale": int(self.scale),
+            "format_version": self.version, "model": self.model, "weights_hash": self.weights_hash,
+            "reference_fingerprint": self.ref_hash, "scale": int(self.scale),
             "size": list(_pair(self.size)), "padded_size": list(_pair(self.padded_size)),
             "lr_size": [int(self.lr.shape[0]), int(self.lr.shape[1])], "tiles": self.tiles,
             "precision": self.precision, "codec": self.codec, "quality": self.quality,
@@ -148,6 +156,15 @@ class Packet:
         if data is not None:
             out.update(_sizes_and_bpp(data, _pair(self.size)))
         return out
+
+
+def reference_fingerprint(ref_u8: np.ndarray) -> str:
+    """SHA-256 (hex) of a reference as the model used it: its 8-bit pixels ``[H, W, 3]`` (C order)
+    after any resampling, with the shape. Computed by the encoder and checked by the decoder."""
+    a = np.ascontiguousarray(ref_u8, dtype=np.uint8)
+    h = hashlib.sha256(b"refscale-reference-v1" + struct.pack("<III", *a.shape))
+    h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
 
 
 # ============================================================================= the header
@@ -171,6 +188,7 @@ class Header:
     version: int
     model: str
     weights_hash: str
+    ref_hash: str | None
     scale: int
     size: tuple[int, int]
     padded_size: tuple[int, int]
@@ -197,6 +215,10 @@ class Header:
         _check_name(self.model, "model name")
         if len(self.weights_hash) != 64 or any(c not in "0123456789abcdef" for c in self.weights_hash):
             raise ContainerError("weights hash must be 64 lowercase hex digits (SHA-256)")
+        if self.ref_hash is not None and (len(self.ref_hash) != 64 or any(c not in "0123456789abcdef" for c in self.ref_hash)):
+            raise ContainerError("reference fingerprint must be 64 lowercase hex digits (SHA-256)")
+        if self.version == 1 and self.ref_hash is not None:
+            raise ContainerError("format version 1 has no reference fingerprint")
         if not 1 <= self.scale <= MAX_SCALE:
             raise ContainerError(f"scale {self.scale} out of range 1..{MAX_SCALE}")
         (h, w), (ph, pw) = self.size, self.padded_size
@@ -249,6 +271,9 @@ class Header:
         body = bytearray()
         body += _str8(self.model)
         body += bytes.fromhex(self.weights_hash)
+        if self.version >= 2:
+            body += struct.pack("<B", self.ref_hash is not None)
+            body += bytes.fromhex(self.ref_hash) if self.ref_hash is not None else b""
         body += struct.pack("<HIIII", self.scale, *self.size, *self.padded_size)
         t = self.tiles or {"tile": 0, "overlap": 0}
         body += struct.pack("<II", t["tile"], t["overlap"])
@@ -275,8 +300,9 @@ def read_header(data: bytes) -> Header:
             raise ContainerError("this is a PNG image, not a .rsc container")
         raise ContainerError("not a .rsc file (bad magic bytes)")
     version, body_len = struct.unpack_from("<HI", data, 8)
-    if version != VERSION:
-        raise ContainerError(f"unsupported .rsc format version {version} (this refscale reads version {VERSION})")
+    if version not in READABLE_VERSIONS:
+        raise ContainerError(f"unsupported .rsc format version {version} (this refscale reads versions "
+                             f"{', '.join(map(str, READABLE_VERSIONS))})")
     if body_len > MAX_HEADER_BYTES:
         raise ContainerError(f"header length {body_len} exceeds {MAX_HEADER_BYTES} bytes")
     end = PREAMBLE + body_len
@@ -288,6 +314,12 @@ def read_header(data: bytes) -> Header:
     r = _Reader(data[PREAMBLE:end])
     model = r.str8("model name")
     weights_hash = r.take(32, "weights hash").hex()
+    ref_hash = None
+    if version >= 2:
+        (has_ref,) = r.unpack("<B", "reference flag")
+        if has_ref > 1:
+            raise ContainerError(f"reference flag must be 0 or 1, got {has_ref}")
+        ref_hash = r.take(32, "reference fingerprint").hex() if has_ref else None
     scale, h, w, ph, pw = r.unpack("<HIIII", "sizes")
     tile, overlap = r.unpack("<II", "tile layout")
     precision = r.str8("precision")
@@ -311,7 +343,7 @@ def read_header(data: bytes) -> Header:
     if tile == 0 and overlap != 0:
         raise ContainerError("tile layout has an overlap but no tile size")
     header = Header(
-        version, model, weights_hash, scale, (h, w), (ph, pw), {"tile": tile, "overlap": overlap} if tile else None,
+        version, model, weights_hash, ref_hash, scale, (h, w), (ph, pw), {"tile": tile, "overlap": overlap} if tile else None,
         precision, codec, quality or None, lr_length, lr_crc, side, header_bytes=end + 4,
     )
     header.validate()
@@ -340,7 +372,8 @@ def inspect(data: bytes) -> dict[str, Any]:
     """What ``refscale info`` prints: the validated header, section sizes and bpp, without decoding pixels."""
     h = read_header(data)
     return {
-        "format_version": h.version, "model": h.model, "weights_hash": h.weights_hash, "scale": h.scale,
+        "format_version": h.version, "model": h.model, "weights_hash": h.weights_hash,
+        "reference_fingerprint": h.ref_hash, "scale": h.scale,
         "size": list(h.size), "padded_size": list(h.padded_size), "lr_size": list(h.lr_size), "tiles": h.tiles,
         "precision": h.precision,
         "codec": h.codec, "quality": h.quality,

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from refscale import ops, tiling
-from refscale.container import Packet, smallest_integer_array
+from refscale.container import Packet, reference_fingerprint, smallest_integer_array
 from refscale.errors import ContainerError, InputError, ModelError
 from refscale.imageio import as_image_tensor
 from refscale.metrics import to_uint8
@@ -112,18 +112,23 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
         model=model.name, weights_hash=model.weights_hash(), scale=s, size=size, padded_size=padded,
         tiles={"tile": layout[0], "overlap": layout[1]} if len(windows) > 1 else None,
         lr=lr_u8, side=side_np, side_dtypes=side_dtypes, precision=precision,
+        ref_hash=fingerprint(ref) if ref is not None else None,
     )
 
 
 # ============================================================================= decode
 def decode(model: Rescaler, packet, ref=None, *, temperature: float = 1.0, seed: int = 0, tile: int | None = None,
            overlap: int | None = None, allow_mismatch: bool = False, progress: bool = False,
-           resample_ref: bool = False, precision: str | None = None) -> torch.Tensor:
+           resample_ref: bool = False, precision: str | None = None,
+           allow_other_reference: bool = False) -> torch.Tensor:
     """Rebuild the HR image ``[1,3,H,W]`` (float32 in [0,1]) from a :class:`Packet` (or its bytes).
 
     The tile layout and precision default to what the encoder recorded. ``allow_mismatch``
     decodes a packet made by other weights of the same scale (for experts; results are
-    unlikely to be good).
+    unlikely to be good). A reference whose :func:`fingerprint` differs from the one the encoder
+    recorded is refused (:class:`InputError`), unless ``allow_other_reference`` (e.g. a re-encoded
+    copy of the archive image), which warns instead; a version-1 container has no fingerprint
+    and decodes with a warning that the reference cannot be checked.
     """
     if isinstance(packet, (bytes, bytearray, memoryview)):
         packet = Packet.from_bytes(bytes(packet))
@@ -136,6 +141,8 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = 1.0, seed:
         raise InputError(f"seed must be an integer >= 0, got {seed!r}")
     size, padded, s = tuple(packet.size), tuple(packet.padded_size), model.scale
     ref = _reference(model, ref, size, resample_ref)
+    if ref is not None:
+        _check_reference(packet, ref, allow_other_reference)
     ref_p = ops.pad_to_multiple(ref, model.alignment)[0] if ref is not None else None
     if ref_p is not None and tuple(ref_p.shape[-2:]) != padded:
         raise ContainerError(f"padded size {padded[0]}x{padded[1]} in the container does not match the model's alignment")
@@ -178,6 +185,28 @@ def _image(x, what: str) -> torch.Tensor:
     if lo < -1e-3 or hi > 1 + 1e-3:
         raise InputError(f"{what} values span {lo:.3g}..{hi:.3g}; expected floats in [0,1] (divide 8-bit data by 255)")
     return t.clamp(0, 1)
+
+
+def fingerprint(ref: torch.Tensor) -> str:
+    """The reference fingerprint (``refscale.container.reference_fingerprint``) of a reference
+    tensor as the model uses it (after any resampling), from its 8-bit pixels."""
+    return reference_fingerprint(to_uint8(ref)[0].permute(1, 2, 0).contiguous().numpy())
+
+
+def _check_reference(packet: Packet, ref: torch.Tensor, allow_other: bool) -> None:
+    if packet.ref_hash is None:
+        warnings.warn(f"the container (format version {packet.version}) records no reference fingerprint; "
+                      "the reference cannot be checked", stacklevel=3)
+        return
+    got = fingerprint(ref)
+    if got == packet.ref_hash:
+        return
+    text = (f"the reference is not the one this image was encoded with (fingerprint {got[:12]}, "
+            f"the container records {packet.ref_hash[:12]})")
+    if not allow_other:
+        raise InputError(text + "; give the same reference, or allow another one (--allow-other-reference) "
+                                "for a re-encoded copy of it")
+    warnings.warn(text + "; decoding anyway", stacklevel=3)
 
 
 def _reference(model: Rescaler, ref, size: tuple[int, int], resample: bool) -> torch.Tensor | None:

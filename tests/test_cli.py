@@ -332,3 +332,29 @@ def test_decompression_bomb_guard_stays_on(files, capsys, monkeypatch):
     code, _, err = run(capsys, "encode", files / "hr.png", "-m", "bicubic-x2", "-o", files / "a.rsc")
     assert_refused(code, err, "too large")
     assert not (files / "a.rsc").exists()
+
+
+def test_decode_refuses_another_reference(files, capsys):
+    """The container records the reference's fingerprint: another reference is refused (exit 2,
+    one line, no output file), --allow-other-reference decodes with a warning, and a container
+    written before fingerprints existed (format version 1) decodes with a note."""
+    from test_container import as_version_1
+
+    w = files / "toyref.safetensors"
+    assert run(capsys, "encode", files / "hr.png", "--ref", files / "ref.png", "-m", w, "-o", files / "x.rsc")[0] == 0
+    assert Packet.from_bytes((files / "x.rsc").read_bytes()).ref_hash is not None
+    other = files / "other.png"
+    write_image(synthetic_image(40, 48, seed=11), other)
+    code, _, err = run(capsys, "decode", files / "x.rsc", "--ref", other, "-m", w, "-o", files / "out.png")
+    assert_refused(code, err, "not the one this image was encoded with", "--allow-other-reference")
+    assert not (files / "out.png").exists()
+    code, out, err = run(capsys, "decode", files / "x.rsc", "--ref", other, "-m", w, "-o", files / "out.png",
+                         "--allow-other-reference")
+    assert code == 0 and (files / "out.png").is_file() and "refscale: warning: the reference is not the one" in err
+    code, _, err = run(capsys, "decode", files / "x.rsc", "--ref", files / "ref.png", "-m", w, "-o", files / "same.png")
+    assert code == 0 and "warning" not in err
+    (files / "v1.rsc").write_bytes(as_version_1((files / "x.rsc").read_bytes()))
+    code, _, err = run(capsys, "decode", files / "v1.rsc", "--ref", other, "-m", w, "-o", files / "v1.png")
+    assert code == 0 and "no reference fingerprint" in err and (files / "v1.png").is_file()
+    info = json.loads(run(capsys, "info", files / "v1.rsc")[1])
+    assert info["format_version"] == 1 and info["reference_fingerprint"] is None

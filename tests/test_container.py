@@ -28,7 +28,7 @@ def spec_read(data: bytes) -> dict:
     """Parse a container following docs/format.md only (no refscale code)."""
     assert data[:8] == bytes([0x89, 0x52, 0x53, 0x43, 0x0D, 0x0A, 0x1A, 0x0A])
     version, n = struct.unpack_from("<HI", data, 8)
-    assert version == 1
+    assert version in (1, 2)
     assert struct.unpack_from("<I", data, 14 + n)[0] == zlib.crc32(data[:14 + n])
     pos = 14
 
@@ -45,8 +45,14 @@ def spec_read(data: bytes) -> dict:
         pos += 1 + k
         return s
 
-    out = {"model": str8(), "hash": data[pos:pos + 32].hex()}
+    out = {"model": str8(), "hash": data[pos:pos + 32].hex(), "ref": None, "version": version}
     pos += 32
+    if version == 2:
+        (flag,) = take("<B")
+        assert flag in (0, 1)
+        if flag:
+            out["ref"] = data[pos:pos + 32].hex()
+            pos += 32
     out["scale"], h, w, ph, pw, out["tile"], out["overlap"] = take("<HIIIIII")
     out["size"], out["padded"] = (h, w), (ph, pw)
     out["precision"], out["codec"] = str8(), str8()
@@ -82,8 +88,10 @@ def spec_read(data: bytes) -> dict:
 
 def test_file_matches_docs_format_md():
     p = make_packet(tiles={"tile": 8, "overlap": 4})
+    p.ref_hash = "ab" * 32
     data = p.to_bytes()
     spec = spec_read(data)
+    assert spec["version"] == 2 and spec["ref"] == "ab" * 32
     assert spec["model"] == "toy-x2" and spec["hash"] == HASH and spec["scale"] == 2
     assert spec["size"] == (15, 19) and spec["padded"] == (16, 20) and (spec["tile"], spec["overlap"]) == (8, 4)
     assert spec["codec"] == "png" and spec["quality"] == 0 and spec["precision"] == "fp32"
@@ -96,7 +104,7 @@ def test_format_md_exists_and_names_every_field():
     from pathlib import Path
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "format.md").read_text()
-    for word in ("magic", "version", "weights hash", "padded", "tile", "overlap", "codec", "quality", "CRC32",
+    for word in ("magic", "version", "weights hash", "reference fingerprint", "padded", "tile", "overlap", "codec", "quality", "CRC32",
                  "zlib", "lzma", "bpp", "precision", "restore dtype"):
         assert word in text, word
 
@@ -198,7 +206,7 @@ def rewrite_header(data: bytes, edit) -> bytes:
 
 def offsets(data):
     """Body offsets of the fixed fields for a packet from make_packet (model 'toy-x2')."""
-    base = 1 + 6 + 32  # str8 model + hash
+    base = 1 + 6 + 32 + 1  # str8 model + hash + reference flag (0: no fingerprint)
     return {"scale": base, "h": base + 2, "w": base + 6, "ph": base + 10, "pw": base + 14, "tile": base + 18,
             "overlap": base + 22, "precision": base + 26}
 
@@ -238,7 +246,7 @@ def test_reader_refuses_wrong_magic_version_truncation_and_crcs():
     cases = {
         "bad magic": b"GIF89a" + data[6:],
         "PNG image": b"\x89PNG\r\n\x1a\n" + data[8:],
-        "version 2": data[:8] + b"\x02\x00" + data[10:],
+        "version 3": data[:8] + b"\x03\x00" + data[10:],
         "truncated": data[:-3],
         "trailing": data + b"\0",
         "header checksum": data[:20] + bytes([data[20] ^ 1]) + data[21:],
@@ -249,8 +257,8 @@ def test_reader_refuses_wrong_magic_version_truncation_and_crcs():
         with pytest.raises(ContainerError) as err:
             Packet.from_bytes(bad)
         assert "\n" not in str(err.value), label
-    with pytest.raises(ContainerError, match="version 2"):
-        Packet.from_bytes(cases["version 2"])
+    with pytest.raises(ContainerError, match="version 3"):
+        Packet.from_bytes(cases["version 3"])
     with pytest.raises(ContainerError, match="PNG"):
         Packet.from_bytes(cases["PNG image"])
 
@@ -284,3 +292,33 @@ def test_errors_are_refscale_errors_with_one_line():
     with pytest.raises(ContainerError, match="bytes of a .rsc"):
         Packet.from_bytes("not bytes")
     assert MAGIC == b"\x89RSC\r\n\x1a\n"
+
+
+def as_version_1(data: bytes) -> bytes:
+    """The same container as format version 1 wrote it (docs/format.md: no reference field)."""
+    n = struct.unpack_from("<I", data, 10)[0]
+    body = bytearray(data[14:14 + n])
+    k = body[0] + 1 + 32  # model str8, weights hash
+    drop = 1 + (32 if body[k] else 0)
+    del body[k:k + drop]
+    head = data[:8] + struct.pack("<HI", 1, len(body)) + bytes(body)
+    return head + struct.pack("<I", zlib.crc32(head)) + data[18 + n:]
+
+
+def test_reference_fingerprint_field_and_version_1_files():
+    p = make_packet()
+    p.ref_hash = "cd" * 32
+    q = Packet.from_bytes(p.to_bytes())
+    assert q.ref_hash == "cd" * 32 and q.version == 2 and q.info()["reference_fingerprint"] == "cd" * 32
+    none = Packet.from_bytes(make_packet().to_bytes())
+    assert none.ref_hash is None
+    old = Packet.from_bytes(as_version_1(p.to_bytes()))  # a file written before fingerprints existed
+    assert old.version == 1 and old.ref_hash is None and np.array_equal(old.lr, p.lr)
+    assert spec_read(as_version_1(p.to_bytes()))["ref"] is None
+    data = bytearray(p.to_bytes())
+    k = 14 + data[14] + 1 + 32
+    with pytest.raises(ContainerError, match="reference flag"):
+        Packet.from_bytes(rewrite_header(bytes(data), lambda b: b.__setitem__(k - 14, 2)))
+    with pytest.raises(ContainerError, match="64 lowercase hex"):
+        p.ref_hash = "xyz"
+        p.to_bytes()

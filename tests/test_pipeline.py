@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import synthetic_image
-from refscale import pipeline, zoo
+from refscale import ops, pipeline, zoo
 from refscale.container import Packet
 from refscale.errors import ContainerError, InputError, ModelError
 from refscale.metrics import psnr, to_uint8
@@ -397,3 +397,22 @@ def test_bicubic_round_trip_if_available():
     hr = synthetic_image(33, 47)
     out = model.decode(Packet.from_bytes(model.encode(hr).to_bytes()))
     assert out.shape == hr.shape and float(psnr(out, hr, crop_border=2)) > 25
+
+
+def test_reference_fingerprint_follows_the_reference_as_used():
+    """encode records the fingerprint of the reference the model saw (after resampling); decode with
+    the same file (resampled the same way) passes, a one-level change anywhere is refused."""
+    from refscale.container import reference_fingerprint
+
+    model = ToyRef()
+    hr, ref = pair(24, 32)
+    small = ref[..., :20, :28]
+    packet = model.encode(hr, small, resample_ref=True)
+    assert packet.ref_hash == pipeline.fingerprint(ops.imresize(small, size=(24, 32)).clamp(0, 1))
+    model.decode(packet, small, resample_ref=True)  # the same reference: no error
+    changed = ref.clone()
+    changed[0, 1, 5, 7] = (torch.round(changed[0, 1, 5, 7] * 255) + (1 if changed[0, 1, 5, 7] < 0.5 else -1)) / 255
+    full = model.encode(hr, ref)
+    with pytest.raises(InputError, match="not the one"):
+        model.decode(full, changed)
+    assert len(reference_fingerprint(np.zeros((2, 3, 3), np.uint8))) == 64
