@@ -15,6 +15,8 @@ image (``Tensor[N]``, float64).
   ("mean", the default, which gives RefScale Table 1's 0.17-0.57 range) or its standard
   deviation ("std", the ITU-T P.910 form).
 * :func:`bits_per_pixel` — real encoded bytes * 8 / (H * W) of the original image.
+* :func:`reference_agreement` — how well a transmitted LR image agrees with a reference brought
+  to LR size: the correlation of their high-passed luma (the decoder's plausibility check).
 * :func:`grey_luma` — greyscale image files (Set14's bridge): the benchmark
   tables (MATLAB scripts) apply ``rgb2ycbcr`` only to 3-channel files, so a greyscale image's
   "Y" is its grey value in 0-255, not ``16 + 219/255 v`` (which would add
@@ -116,3 +118,23 @@ def spatial_information(x: torch.Tensor, variant: str = "mean") -> torch.Tensor:
 def bits_per_pixel(num_bytes: int, height: int, width: int) -> float:
     """``num_bytes * 8 / (height * width)``: bits per pixel of the original image."""
     return float(num_bytes) * 8.0 / (int(height) * int(width))
+
+
+def reference_agreement(lr: torch.Tensor, ref: torch.Tensor, scale: int, sigma: float = 2.0) -> float:
+    """Correlation (-1..1) of the detail layers of an LR image ``[1,3,h,w]`` and of a reference
+    ``[1,3,h*scale,w*scale]`` bicubic-downscaled to the LR size: luma (BT.601) minus its Gaussian
+    blur of ``sigma`` LR pixels, then the Pearson correlation over all pixels. The same place seen
+    on another date keeps its roads, fields and buildings, so its detail correlates with the LR;
+    another place's does not (about 0). ``nan`` for a flat image."""
+    from refscale.ops import bicubic_down, gaussian_blur
+
+    def detail(x: torch.Tensor) -> torch.Tensor:
+        y = rgb_to_ycbcr(x.double().clamp(0, 1), y_only=True)
+        d = y - gaussian_blur(y, sigma)
+        return (d - d.mean()).flatten()
+
+    a, b = detail(lr), detail(bicubic_down(ref.float(), scale))
+    if a.shape != b.shape:
+        raise ValueError(f"LR {tuple(lr.shape)} and reference {tuple(ref.shape)} do not match at scale {scale}")
+    den = torch.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den) if den > 0 else float("nan")

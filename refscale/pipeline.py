@@ -38,7 +38,7 @@ from refscale import ops, tiling
 from refscale.container import Packet, reference_fingerprint, smallest_integer_array
 from refscale.errors import ContainerError, InputError, ModelError
 from refscale.imageio import as_image_tensor
-from refscale.metrics import to_uint8
+from refscale.metrics import reference_agreement, to_uint8
 from refscale.protocol import Rescaler, bind_pipeline
 from refscale.nn.speed import native_bf16
 
@@ -58,6 +58,11 @@ BATCH_PIXELS = 1024 * 1024
 #: both; figures in docs/results.md). "auto" (the default) picks bf16 where it is native
 #: (:func:`refscale.nn.speed.native_bf16`), else fp32; the container records the choice.
 DEFAULT_PRECISION = "auto"
+#: the decoder warns when the stored LR and the reference agree less than this
+#: (:func:`refscale.metrics.reference_agreement`): the reference then looks like another place.
+#: Calibrated on the OSCD train cities, error rates on the test cities: benchmarks/reference_check.py
+#: and docs/results.md, "The reference, end to end".
+MIN_REFERENCE_AGREEMENT = 0.2
 
 
 # ============================================================================= encode
@@ -155,6 +160,11 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = 1.0, seed:
     precision = resolve_precision(model, packet.precision if precision in (None, "auto") else precision)
 
     lr = stored_lr(packet)
+    if ref_p is not None:
+        agreement = reference_agreement(lr, ref_p, s)
+        if not agreement >= MIN_REFERENCE_AGREEMENT:  # also nan (a flat reference)
+            warnings.warn(f"the reference looks unrelated to this image (agreement of their detail "
+                          f"{agreement:.2f} < {MIN_REFERENCE_AGREEMENT}); is it the right place?", stacklevel=2)
     out = torch.empty(1, 3, *padded)
     (wh, ww), windows = tiling.grid(padded, *layout, model.alignment)
     groups = tiling.batches(windows, (wh, ww), BATCH_PIXELS)

@@ -123,3 +123,17 @@ def test_grey_luma():
     b = (grey + 2 / 255).clamp(0, 1)
     direct = metrics.psnr(grey[:, :1], b[:, :1], y_channel=False)
     assert torch.allclose(metrics.psnr(metrics.grey_luma(grey), metrics.grey_luma(b)), direct)
+
+
+def test_reference_agreement_tells_the_same_place_from_another():
+    from refscale.metrics import reference_agreement
+    from refscale.ops import bicubic_down
+
+    hr = synthetic_image(64, 64, seed=1)
+    later = (hr * 0.8 + 0.1).clamp(0, 1)  # the same place, other light
+    other = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))  # unrelated texture
+    lr = bicubic_down(hr, 2)
+    same = reference_agreement(lr, later, 2)
+    assert same > 0.9
+    assert abs(reference_agreement(lr, other, 2)) < 0.3
+    assert math.isnan(reference_agreement(lr, torch.full_like(hr, 0.5), 2))

@@ -416,3 +416,22 @@ def test_reference_fingerprint_follows_the_reference_as_used():
     with pytest.raises(InputError, match="not the one"):
         model.decode(full, changed)
     assert len(reference_fingerprint(np.zeros((2, 3, 3), np.uint8))) == 64
+
+
+def test_decoder_warns_when_the_reference_looks_unrelated():
+    """The plausibility check is independent of the fingerprint: with --allow-other-reference and
+    another place's image, the decoder also says the reference looks unrelated; the true one is quiet."""
+    import warnings
+
+    model = ToyRef()
+    hr = synthetic_image(48, 48, seed=1)
+    ref = (hr * 0.9 + 0.05).clamp(0, 1)
+    packet = model.encode(hr, ref)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.decode(packet, ref)
+    other = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(5))  # another place
+    with pytest.warns(UserWarning) as record:
+        model.decode(packet, other, allow_other_reference=True)
+    texts = " | ".join(str(w.message) for w in record)
+    assert "not the one" in texts and "looks unrelated" in texts
