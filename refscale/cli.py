@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--lr-out", help="also save the viewable LR image as stored in the container (file, or folder for a batch)")
     e.add_argument("--tile", type=int, default=None, help="process in tiles of N HR pixels (default: automatic above 1 Mpx; 0 = never)")
     e.add_argument("--resample-ref", action="store_true", help="resize a reference of another size to the image size (bicubic)")
+    e.add_argument("--no-register", dest="register", action="store_false",
+                   help="do not estimate and correct a translation of the reference (default: register it; recorded for the decoder)")
     _add_precision_option(e)
     e.add_argument("--force", action="store_true", help="overwrite existing outputs")
     e.set_defaults(func=cmd_encode)
@@ -182,7 +184,8 @@ def cmd_encode(args) -> int:
 
     def run(job) -> str:
         r = files.encode_file(job, model, codec=codec, quality=quality, tile=args.tile, resample_ref=args.resample_ref,
-                              precision=args.precision, force=args.force, progress=not batch and _tty())
+                              precision=args.precision, register=args.register, force=args.force,
+                              progress=not batch and _tty())
         h, w = r["size"]
         return f"{r['output']}: {r['bytes']:,} bytes, {r['bpp']:.4f} bpp ({h}x{w}, {r['model']}, {r['codec']})"
 

@@ -50,6 +50,7 @@ MAX_PADDING = 1024  # padded minus original size, per side (models align to far 
 MAX_SIDE_TENSORS = 16
 MAX_NDIM = 6
 MAX_NAME = 255
+MAX_SHIFT_UNITS = 100 * MAX_SIDE  # reference shift, in 1/100 px
 
 #: storage dtypes of side tensors (always little-endian), smallest first
 SIDE_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "int64")
@@ -74,7 +75,9 @@ class Packet:
     ``{"tile": core size, "overlap": context margin}`` in HR pixels, or ``None``; ``precision``
     is the arithmetic the encoder ran the model in (``"fp32"`` or ``"bf16"``), which the decoder
     repeats by default; ``ref_hash`` is the :func:`reference_fingerprint` (hex) of the reference
-    the encoder used, ``None`` for models without one (and in version-1 files).
+    the encoder was given, ``None`` for models without one (and in version-1 files);
+    ``ref_shift`` is the translation ``(dy, dx)`` the encoder applied to that reference before the
+    model saw it (registration), in units of ``refscale.registration.SHIFT_UNIT`` pixels.
     """
 
     model: str
@@ -90,6 +93,7 @@ class Packet:
     side_dtypes: dict[str, str] = field(default_factory=dict)
     precision: str = "fp32"
     ref_hash: str | None = None
+    ref_shift: tuple[int, int] = (0, 0)
     version: int = VERSION  # of the file it was read from
 
     # ------------------------------------------------------------------ writing
@@ -103,7 +107,7 @@ class Packet:
         side_arrays = {name: smallest_integer_array(name, arr) for name, arr in self.side.items()}
         header = Header(
             version=VERSION, model=str(self.model), weights_hash=str(self.weights_hash), ref_hash=self.ref_hash,
-            scale=int(self.scale),
+            ref_shift=tuple(int(v) for v in self.ref_shift), scale=int(self.scale),
             size=_pair(self.size), padded_size=_pair(self.padded_size), tiles=_tiles(self.tiles),
             precision=str(self.precision), codec=codec, quality=quality, lr_length=0, lr_crc=0,
             side=[
@@ -140,14 +144,14 @@ class Packet:
         return cls(
             model=h.model, weights_hash=h.weights_hash, scale=h.scale, size=h.size, padded_size=h.padded_size,
             tiles=h.tiles, lr=lr, side=side, codec=h.codec, quality=h.quality, side_dtypes=side_dtypes,
-            precision=h.precision, ref_hash=h.ref_hash, version=h.version,
+            precision=h.precision, ref_hash=h.ref_hash, ref_shift=h.ref_shift, version=h.version,
         )
 
     def info(self, data: bytes | None = None) -> dict[str, Any]:
         """A JSON-ready summary; with the file's ``data`` also byte counts per section and bpp."""
         out: dict[str, Any] = {
             "format_version": self.version, "model": self.model, "weights_hash": self.weights_hash,
-            "reference_fingerprint": self.ref_hash, "scale": int(self.scale),
+            "reference_fingerprint": self.ref_hash, "reference_shift": list(self.ref_shift), "scale": int(self.scale),
             "size": list(_pair(self.size)), "padded_size": list(_pair(self.padded_size)),
             "lr_size": [int(self.lr.shape[0]), int(self.lr.shape[1])], "tiles": self.tiles,
             "precision": self.precision, "codec": self.codec, "quality": self.quality,
@@ -189,6 +193,7 @@ class Header:
     model: str
     weights_hash: str
     ref_hash: str | None
+    ref_shift: tuple[int, int]
     scale: int
     size: tuple[int, int]
     padded_size: tuple[int, int]
@@ -219,6 +224,10 @@ class Header:
             raise ContainerError("reference fingerprint must be 64 lowercase hex digits (SHA-256)")
         if self.version == 1 and self.ref_hash is not None:
             raise ContainerError("format version 1 has no reference fingerprint")
+        if any(abs(v) > MAX_SHIFT_UNITS for v in self.ref_shift):
+            raise ContainerError(f"reference shift {list(self.ref_shift)} out of range (|v| <= {MAX_SHIFT_UNITS})")
+        if self.ref_hash is None and any(self.ref_shift):
+            raise ContainerError("a reference shift without a reference")
         if not 1 <= self.scale <= MAX_SCALE:
             raise ContainerError(f"scale {self.scale} out of range 1..{MAX_SCALE}")
         (h, w), (ph, pw) = self.size, self.padded_size
@@ -273,7 +282,8 @@ class Header:
         body += bytes.fromhex(self.weights_hash)
         if self.version >= 2:
             body += struct.pack("<B", self.ref_hash is not None)
-            body += bytes.fromhex(self.ref_hash) if self.ref_hash is not None else b""
+            if self.ref_hash is not None:
+                body += bytes.fromhex(self.ref_hash) + struct.pack("<ii", *self.ref_shift)
         body += struct.pack("<HIIII", self.scale, *self.size, *self.padded_size)
         t = self.tiles or {"tile": 0, "overlap": 0}
         body += struct.pack("<II", t["tile"], t["overlap"])
@@ -320,6 +330,9 @@ def read_header(data: bytes) -> Header:
         if has_ref > 1:
             raise ContainerError(f"reference flag must be 0 or 1, got {has_ref}")
         ref_hash = r.take(32, "reference fingerprint").hex() if has_ref else None
+        ref_shift = r.unpack("<ii", "reference shift") if has_ref else (0, 0)
+    else:
+        ref_shift = (0, 0)
     scale, h, w, ph, pw = r.unpack("<HIIII", "sizes")
     tile, overlap = r.unpack("<II", "tile layout")
     precision = r.str8("precision")
@@ -343,7 +356,7 @@ def read_header(data: bytes) -> Header:
     if tile == 0 and overlap != 0:
         raise ContainerError("tile layout has an overlap but no tile size")
     header = Header(
-        version, model, weights_hash, ref_hash, scale, (h, w), (ph, pw), {"tile": tile, "overlap": overlap} if tile else None,
+        version, model, weights_hash, ref_hash, tuple(ref_shift), scale, (h, w), (ph, pw), {"tile": tile, "overlap": overlap} if tile else None,
         precision, codec, quality or None, lr_length, lr_crc, side, header_bytes=end + 4,
     )
     header.validate()
@@ -373,7 +386,7 @@ def inspect(data: bytes) -> dict[str, Any]:
     h = read_header(data)
     return {
         "format_version": h.version, "model": h.model, "weights_hash": h.weights_hash,
-        "reference_fingerprint": h.ref_hash, "scale": h.scale,
+        "reference_fingerprint": h.ref_hash, "reference_shift": list(h.ref_shift), "scale": h.scale,
         "size": list(h.size), "padded_size": list(h.padded_size), "lr_size": list(h.lr_size), "tiles": h.tiles,
         "precision": h.precision,
         "codec": h.codec, "quality": h.quality,

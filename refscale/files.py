@@ -154,15 +154,15 @@ def _check_image_suffix(path: Path) -> None:
 
 # ----------------------------------------------------------------------------- work
 def encode_file(job: Job, model: Rescaler, *, codec: str = "png", quality: int | None = None, tile=None,
-                resample_ref: bool = False, precision: str | None = None, force: bool = False,
-                progress: bool = False) -> dict:
+                resample_ref: bool = False, precision: str | None = None, register: bool = True,
+                force: bool = False, progress: bool = False) -> dict:
     """Encode one job: write the container (and the LR as the receiver sees it). Returns
     ``{"output", "bytes", "bpp", "size", "model", "codec"}``."""
     codec = codecs.canonical(codec)
     quality = codecs.check_quality(codec, quality)
     codecs.require(codec)
     packet = pipeline.encode(model, job.input, job.ref, tile=tile, resample_ref=resample_ref, precision=precision,
-                             progress=progress)
+                             register=register, progress=progress)
     data = packet.to_bytes(codec=codec, quality=quality)
     write_bytes(job.output, data, force)
     if job.lr_output is not None:

@@ -34,7 +34,7 @@ import warnings
 import numpy as np
 import torch
 
-from refscale import ops, tiling
+from refscale import ops, registration, tiling
 from refscale.container import Packet, reference_fingerprint, smallest_integer_array
 from refscale.errors import ContainerError, InputError, ModelError
 from refscale.imageio import as_image_tensor
@@ -67,17 +67,24 @@ MIN_REFERENCE_AGREEMENT = 0.2
 
 # ============================================================================= encode
 def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: int | None = None,
-           progress: bool = False, resample_ref: bool = False, precision: str | None = None) -> Packet:
+           progress: bool = False, resample_ref: bool = False, precision: str | None = None,
+           register: bool = True) -> Packet:
     """Downscale one image into a :class:`Packet` (LR rounded to 8 bits, side info as integers).
 
     ``hr`` and ``ref``: tensors ``[1,3,H,W]``/``[3,H,W]`` in [0,1], ``HxWx3`` arrays or paths.
     ``tile``: core tile size in HR pixels (rounded up to the alignment); ``None`` tiles only
     images above :data:`AUTO_TILE_PIXELS`, ``0`` never tiles. ``overlap``: context margin in HR
-    pixels (default ``DEFAULT_OVERLAP_LR * scale``).
+    pixels (default ``DEFAULT_OVERLAP_LR * scale``). ``register`` (reference models): estimate
+    the reference's translation against the image and move it into place
+    (:mod:`refscale.registration`); the shift is recorded and the decoder repeats it.
     """
     hr = _image(hr, "image")
     size = tuple(hr.shape[-2:])
-    ref = _reference(model, ref, size, resample_ref)
+    ref, ref_hash = _reference(model, ref, size, resample_ref)
+    shift = (0, 0)
+    if ref is not None and register:
+        shift = registration.to_units(registration.estimate_shift(hr, ref))
+        ref = registration.apply_shift(ref, registration.from_units(shift))
     align = model.alignment
     hr_p, _ = ops.pad_to_multiple(hr, align)
     ref_p = ops.pad_to_multiple(ref, align)[0] if ref is not None else None
@@ -116,8 +123,8 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
     return Packet(
         model=model.name, weights_hash=model.weights_hash(), scale=s, size=size, padded_size=padded,
         tiles={"tile": layout[0], "overlap": layout[1]} if len(windows) > 1 else None,
-        lr=lr_u8, side=side_np, side_dtypes=side_dtypes, precision=precision,
-        ref_hash=fingerprint(ref) if ref is not None else None,
+        lr=lr_u8, side=side_np, side_dtypes=side_dtypes, precision=precision, ref_hash=ref_hash,
+        ref_shift=shift if ref is not None and not registration.is_none(registration.from_units(shift)) else (0, 0),
     )
 
 
@@ -133,7 +140,8 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = 1.0, seed:
     unlikely to be good). A reference whose :func:`fingerprint` differs from the one the encoder
     recorded is refused (:class:`InputError`), unless ``allow_other_reference`` (e.g. a re-encoded
     copy of the archive image), which warns instead; a version-1 container has no fingerprint
-    and decodes with a warning that the reference cannot be checked.
+    and decodes with a warning that the reference cannot be checked. The reference is moved by
+    the shift the encoder recorded (registration), exactly as the encoder moved it.
     """
     if isinstance(packet, (bytes, bytearray, memoryview)):
         packet = Packet.from_bytes(bytes(packet))
@@ -145,9 +153,10 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = 1.0, seed:
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise InputError(f"seed must be an integer >= 0, got {seed!r}")
     size, padded, s = tuple(packet.size), tuple(packet.padded_size), model.scale
-    ref = _reference(model, ref, size, resample_ref)
+    ref, ref_hash = _reference(model, ref, size, resample_ref)
     if ref is not None:
-        _check_reference(packet, ref, allow_other_reference)
+        _check_reference(packet, ref_hash, allow_other_reference)
+        ref = registration.apply_shift(ref, registration.from_units(packet.ref_shift))
     ref_p = ops.pad_to_multiple(ref, model.alignment)[0] if ref is not None else None
     if ref_p is not None and tuple(ref_p.shape[-2:]) != padded:
         raise ContainerError(f"padded size {padded[0]}x{padded[1]} in the container does not match the model's alignment")
@@ -199,16 +208,16 @@ def _image(x, what: str) -> torch.Tensor:
 
 def fingerprint(ref: torch.Tensor) -> str:
     """The reference fingerprint (``refscale.container.reference_fingerprint``) of a reference
-    tensor as the model uses it (after any resampling), from its 8-bit pixels."""
+    tensor as it was given (before resampling and registration), from its 8-bit pixels: exactly
+    what the receiver holds, independent of float arithmetic that may differ between machines."""
     return reference_fingerprint(to_uint8(ref)[0].permute(1, 2, 0).contiguous().numpy())
 
 
-def _check_reference(packet: Packet, ref: torch.Tensor, allow_other: bool) -> None:
+def _check_reference(packet: Packet, got: str, allow_other: bool) -> None:
     if packet.ref_hash is None:
         warnings.warn(f"the container (format version {packet.version}) records no reference fingerprint; "
                       "the reference cannot be checked", stacklevel=3)
         return
-    got = fingerprint(ref)
     if got == packet.ref_hash:
         return
     text = (f"the reference is not the one this image was encoded with (fingerprint {got[:12]}, "
@@ -219,13 +228,16 @@ def _check_reference(packet: Packet, ref: torch.Tensor, allow_other: bool) -> No
     warnings.warn(text + "; decoding anyway", stacklevel=3)
 
 
-def _reference(model: Rescaler, ref, size: tuple[int, int], resample: bool) -> torch.Tensor | None:
+def _reference(model: Rescaler, ref, size: tuple[int, int], resample: bool) -> tuple[torch.Tensor | None, str | None]:
+    """``(reference at the image size, fingerprint of the reference as given)``; ``(None, None)``
+    for models without one."""
     if not model.needs_reference:
         if ref is not None:
             warnings.warn(f"model {model.name} takes no reference; ignoring it", stacklevel=3)
-        return None
+        return None, None
     model.check_reference(ref)
     ref = _image(ref, "reference")
+    given = fingerprint(ref)
     rsize = tuple(ref.shape[-2:])
     if rsize != tuple(size):
         if not resample:
@@ -234,7 +246,7 @@ def _reference(model: Rescaler, ref, size: tuple[int, int], resample: bool) -> t
                 "reference of the same size (or resample it: --resample-ref / resample_ref=True)"
             )
         ref = ops.imresize(ref, size=tuple(size)).clamp(0, 1)
-    return ref
+    return ref, given
 
 
 def _layout(model: Rescaler, padded: tuple[int, int], tile, overlap, recorded: bool = False) -> tuple[int, int]:

@@ -53,6 +53,7 @@ def spec_read(data: bytes) -> dict:
         if flag:
             out["ref"] = data[pos:pos + 32].hex()
             pos += 32
+            out["ref_shift"] = take("<ii")
     out["scale"], h, w, ph, pw, out["tile"], out["overlap"] = take("<HIIIIII")
     out["size"], out["padded"] = (h, w), (ph, pw)
     out["precision"], out["codec"] = str8(), str8()
@@ -88,10 +89,10 @@ def spec_read(data: bytes) -> dict:
 
 def test_file_matches_docs_format_md():
     p = make_packet(tiles={"tile": 8, "overlap": 4})
-    p.ref_hash = "ab" * 32
+    p.ref_hash, p.ref_shift = "ab" * 32, (-150, 7)
     data = p.to_bytes()
     spec = spec_read(data)
-    assert spec["version"] == 2 and spec["ref"] == "ab" * 32
+    assert spec["version"] == 2 and spec["ref"] == "ab" * 32 and spec["ref_shift"] == (-150, 7)
     assert spec["model"] == "toy-x2" and spec["hash"] == HASH and spec["scale"] == 2
     assert spec["size"] == (15, 19) and spec["padded"] == (16, 20) and (spec["tile"], spec["overlap"]) == (8, 4)
     assert spec["codec"] == "png" and spec["quality"] == 0 and spec["precision"] == "fp32"
@@ -104,7 +105,7 @@ def test_format_md_exists_and_names_every_field():
     from pathlib import Path
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "format.md").read_text()
-    for word in ("magic", "version", "weights hash", "reference fingerprint", "padded", "tile", "overlap", "codec", "quality", "CRC32",
+    for word in ("magic", "version", "weights hash", "reference fingerprint", "reference shift", "padded", "tile", "overlap", "codec", "quality", "CRC32",
                  "zlib", "lzma", "bpp", "precision", "restore dtype"):
         assert word in text, word
 
@@ -299,7 +300,7 @@ def as_version_1(data: bytes) -> bytes:
     n = struct.unpack_from("<I", data, 10)[0]
     body = bytearray(data[14:14 + n])
     k = body[0] + 1 + 32  # model str8, weights hash
-    drop = 1 + (32 if body[k] else 0)
+    drop = 1 + (32 + 8 if body[k] else 0)  # flag, fingerprint, shift
     del body[k:k + drop]
     head = data[:8] + struct.pack("<HI", 1, len(body)) + bytes(body)
     return head + struct.pack("<I", zlib.crc32(head)) + data[18 + n:]
@@ -319,6 +320,11 @@ def test_reference_fingerprint_field_and_version_1_files():
     k = 14 + data[14] + 1 + 32
     with pytest.raises(ContainerError, match="reference flag"):
         Packet.from_bytes(rewrite_header(bytes(data), lambda b: b.__setitem__(k - 14, 2)))
+    with pytest.raises(ContainerError, match="without a reference"):
+        Packet.from_bytes(make_packet().to_bytes()).__class__(**{**make_packet().__dict__, "ref_shift": (1, 0)}).to_bytes()
+    p.ref_shift = (10**9, 0)
+    with pytest.raises(ContainerError, match="out of range"):
+        p.to_bytes()
     with pytest.raises(ContainerError, match="64 lowercase hex"):
-        p.ref_hash = "xyz"
+        p.ref_hash, p.ref_shift = "xyz", (0, 0)
         p.to_bytes()

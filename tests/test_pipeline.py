@@ -399,16 +399,16 @@ def test_bicubic_round_trip_if_available():
     assert out.shape == hr.shape and float(psnr(out, hr, crop_border=2)) > 25
 
 
-def test_reference_fingerprint_follows_the_reference_as_used():
-    """encode records the fingerprint of the reference the model saw (after resampling); decode with
-    the same file (resampled the same way) passes, a one-level change anywhere is refused."""
+def test_reference_fingerprint_is_of_the_reference_as_given():
+    """encode records the fingerprint of the reference it was given (before resampling and
+    registration); decoding with the same file passes, a one-level change anywhere is refused."""
     from refscale.container import reference_fingerprint
 
     model = ToyRef()
     hr, ref = pair(24, 32)
     small = ref[..., :20, :28]
     packet = model.encode(hr, small, resample_ref=True)
-    assert packet.ref_hash == pipeline.fingerprint(ops.imresize(small, size=(24, 32)).clamp(0, 1))
+    assert packet.ref_hash == pipeline.fingerprint(small)
     model.decode(packet, small, resample_ref=True)  # the same reference: no error
     changed = ref.clone()
     changed[0, 1, 5, 7] = (torch.round(changed[0, 1, 5, 7] * 255) + (1 if changed[0, 1, 5, 7] < 0.5 else -1)) / 255
@@ -435,3 +435,54 @@ def test_decoder_warns_when_the_reference_looks_unrelated():
         model.decode(packet, other, allow_other_reference=True)
     texts = " | ".join(str(w.message) for w in record)
     assert "not the one" in texts and "looks unrelated" in texts
+
+
+def _moved(img: torch.Tensor, shift) -> torch.Tensor:
+    """``img`` translated by ``shift`` pixels (cubic spline), independently of refscale.registration."""
+    from scipy.ndimage import shift as nd_shift
+
+    a = img.double()[0].numpy()
+    return torch.from_numpy(np.stack([nd_shift(c, shift, order=3, mode="mirror") for c in a])).float()[None].clamp(0, 1)
+
+
+@pytest.mark.parametrize("shift", [(3.4, -5.7), (-12.25, 7.5), (0.6, 0.3)])
+def test_registration_recovers_a_known_shift(shift, monkeypatch):
+    """Within 0.25 px, on a synthetic image and on a real Sentinel-2 tile (the shipped demo pair:
+    the 2015 image moved against the 2017 one), also on the central window of large images."""
+    from refscale import registration
+    from refscale.demo import real_pair
+    from refscale.imageio import as_image_tensor
+
+    img = synthetic_image(128, 160, seed=2)
+    est = registration.estimate_shift(img, _moved(img, shift))
+    assert np.abs(np.add(est, shift)).max() <= 0.25, est
+    new, old = (as_image_tensor(a) for a in real_pair())
+    est = registration.estimate_shift(new, _moved(old, shift))
+    assert np.abs(np.add(est, shift)).max() <= 0.25, est
+    monkeypatch.setattr(registration, "MAX_SIDE", 160)  # 384 px -> its central 160 px window
+    est = registration.estimate_shift(new, _moved(old, shift))
+    assert np.abs(np.add(est, shift)).max() <= 0.25, est
+    assert registration.is_none(registration.estimate_shift(new, old))  # the pair as shipped is registered
+
+
+def test_encoder_and_decoder_see_the_same_registered_reference(monkeypatch):
+    """encode estimates and records the shift; decode moves its copy of the reference by it: the
+    model gets bit-identical reference pixels at both ends (hence the same F_c)."""
+    from refscale.demo import real_pair
+    from refscale.imageio import as_image_tensor
+
+    new, old = (as_image_tensor(a)[..., :96, :128] for a in real_pair())
+    ref = _moved(old, (4.0, -6.5))
+    model = ToyRef()
+    seen = {"encode": [], "decode": []}
+    down, up = model.downscale, model.upscale
+    monkeypatch.setattr(model, "downscale", lambda hr, r=None: (seen["encode"].append(r.clone()), down(hr, r))[1])
+    monkeypatch.setattr(model, "upscale", lambda lr, side=None, r=None, **kw: (seen["decode"].append(r.clone()), up(lr, side, r, **kw))[1])
+    packet = Packet.from_bytes(model.encode(new, ref, tile=0).to_bytes())
+    encoded = seen["encode"][-1]  # (the decoder may probe the model with other inputs later)
+    assert packet.ref_shift != (0, 0) and np.abs(np.add(packet.ref_shift, (400, -650))).max() <= 25
+    model.decode(packet, ref, tile=0)
+    assert torch.equal(encoded, seen["decode"][-1])
+    assert not torch.equal(encoded, ref)  # it was moved
+    plain = model.encode(new, ref, register=False)
+    assert plain.ref_shift == (0, 0)

@@ -1,0 +1,74 @@
+"""Registering the reference to the new image (issue 14, item 3): translation only.
+
+:func:`estimate_shift` finds the sub-pixel translation that moves the reference onto the new
+image: phase correlation (``skimage.registration.phase_cross_correlation``, phase-normalised,
+upsampled by 20 for
+sub-pixel refinement) of the two lumas at full resolution, on their central :data:`MAX_SIDE` x
+:data:`MAX_SIDE` window for larger images (shifts up to half the window; a 6264 x 3456 scene
+costs well under a second). The shift is
+rounded to :data:`SHIFT_UNIT` pixels, recorded in the container as integers and applied by
+:func:`apply_shift` identically at both ends (the decoder never estimates anything), so encoder
+and decoder see the same warped reference. The warp is a cubic spline (``scipy.ndimage.shift``,
+order 3) in float64 with reflected borders: the strip the shift uncovers is filled with the
+mirrored image rather than a constant, so Ref-Net does not see an artificial edge there (our
+choice; the similarity map is free to fall there). Rotation is not estimated.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+#: side of the central window of larger images that is correlated
+MAX_SIDE = 1024
+#: the recorded shift's unit, in pixels (the container stores integers)
+SHIFT_UNIT = 0.01
+#: shifts with both components below this (pixels) are treated as none (no warp): the estimate
+#: of a registered pair scatters by up to 0.2 px (the 24 OSCD pairs: docs/results.md)
+MIN_SHIFT = 0.25
+
+
+def _luma(x: torch.Tensor) -> np.ndarray:
+    x = x.detach().double().clamp(0, 1)[0]
+    return (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]).numpy()
+
+
+def _centre(x: torch.Tensor, side: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    t, left = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    return x[..., t:t + side, left:left + side]
+
+
+def estimate_shift(new: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    """``(dy, dx)`` in pixels of the new image such that ``apply_shift(ref, (dy, dx))`` lies on
+    ``new`` (both ``[1,3,H,W]``, the same size), rounded to :data:`SHIFT_UNIT`."""
+    from skimage.registration import phase_cross_correlation
+
+    a, b = _luma(_centre(new, MAX_SIDE)), _luma(_centre(ref, MAX_SIDE))
+    shift, _, _ = phase_cross_correlation(a, b, upsample_factor=20, normalization="phase")
+    dy, dx = (round(float(s) / SHIFT_UNIT) * SHIFT_UNIT for s in shift)
+    return dy, dx
+
+
+def to_units(shift: tuple[float, float]) -> tuple[int, int]:
+    """The shift as the integers the container stores (multiples of :data:`SHIFT_UNIT`)."""
+    return tuple(int(round(s / SHIFT_UNIT)) for s in shift)
+
+
+def from_units(units: tuple[int, int]) -> tuple[float, float]:
+    return tuple(u * SHIFT_UNIT for u in units)
+
+
+def is_none(shift: tuple[float, float]) -> bool:
+    return abs(shift[0]) < MIN_SHIFT and abs(shift[1]) < MIN_SHIFT
+
+
+def apply_shift(ref: torch.Tensor, shift: tuple[float, float]) -> torch.Tensor:
+    """The reference ``[1,3,H,W]`` moved by ``shift`` pixels (cubic spline, reflected borders),
+    rounded to 8 bits as every image refscale reads; unchanged if the shift :func:`is_none`."""
+    if is_none(shift):
+        return ref
+    from scipy.ndimage import shift as nd_shift
+
+    a = ref.detach().double().clamp(0, 1)[0].numpy()
+    out = np.stack([nd_shift(c, shift, order=3, mode="mirror") for c in a])
+    return torch.from_numpy(np.round(np.clip(out, 0, 1) * 255) / 255).float()[None]
