@@ -420,3 +420,27 @@ def test_config_base_chain(tmp_path):
     (tmp_path / "orphan.yaml").write_text("base: nowhere.yaml\n")
     with pytest.raises(ConfigError, match="not found"):
         load_file(tmp_path / "orphan.yaml")
+
+
+def test_spike_guard_skips_outlier_gradients(tmp_path, pairs, monkeypatch):
+    """guard.max_grad_ratio: once 20 norms are known, a gradient norm above ratio x their median
+    skips the update (the weights stay put) and is counted in 'spikes'; others go through."""
+    cfg = tiny_config(pairs, steps=26, schedule={"milestones": []}, guard={"max_grad_ratio": 5.0},
+                      val={"every_steps": None}, checkpoint={"every_steps": 25})
+    real = torch.nn.utils.get_total_norm
+    calls = {"n": 0}
+
+    def norm(grads):  # step 22 (0-based 21) pretends to be a spike
+        calls["n"] += 1
+        return real(grads) * (1000.0 if calls["n"] == 22 else 1.0)
+
+    monkeypatch.setattr(torch.nn.utils, "get_total_norm", norm)
+    result = engine.train(cfg, tmp_path / "run")
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in log if "spikes" in r][-1]
+    assert last["spikes"] == 1 and last["skipped_steps"] == 1 and result["skipped_steps"] == 1
+    with pytest.raises(ConfigError, match="max_grad_ratio"):
+        engine.train(tiny_config(pairs, steps=2, guard={"max_grad_ratio": 0.5}), tmp_path / "bad")
+    # the guard's memory survives a resume
+    state = torch.load(sorted((tmp_path / "run" / "checkpoints").glob("*.state.pt"))[-1], weights_only=True)
+    assert len(state["gnorm_history"]) >= 20 and state["spikes"] == 1

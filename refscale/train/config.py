@@ -14,7 +14,7 @@ A config has these sections (every key optional except ``model.arch``, ``data.pa
     checkpoint:{every_minutes, every_steps, keep}
     val:       {every_steps, max_images, crop, seed}
     log:       {every_steps, tensorboard, progress}
-    guard:     {max_bad_steps}                      # abort after this many non-finite steps in a row
+    guard:     {max_bad_steps, max_grad_ratio}      # abort after N non-finite steps in a row; skip spikes
     ddp:       {backend, find_unused_parameters}
     device: auto                                    # auto | cpu | cuda
 
@@ -82,7 +82,7 @@ DEFAULTS: dict[str, Any] = {
     "checkpoint": {"every_minutes": 10.0, "every_steps": None, "keep": 2},
     "val": {"every_steps": 1000, "max_images": 2, "crop": 256, "seed": 0},
     "log": {"every_steps": 20, "tensorboard": True, "progress": True},
-    "guard": {"max_bad_steps": 20},
+    "guard": {"max_bad_steps": 20, "max_grad_ratio": None},
     "ddp": {"backend": "auto", "find_unused_parameters": False},
 }
 
@@ -140,6 +140,9 @@ def _check(cfg: dict) -> dict:
     need(isinstance(ml, (int, float)) and 0.0 <= ml <= lr, f"schedule.min_lr must be in [0, optim.lr], got {ml!r}")
     need(cfg["device"] in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {cfg['device']!r}")
     need(isinstance(cfg["guard"]["max_bad_steps"], int) and cfg["guard"]["max_bad_steps"] > 0, "guard.max_bad_steps must be a positive integer")
+    ratio = cfg["guard"]["max_grad_ratio"]
+    need(ratio is None or (isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and ratio > 1),
+         f"guard.max_grad_ratio must be a number > 1 (or null: off), got {ratio!r}")
     need(isinstance(cfg["seed"], int), f"seed must be an integer, got {cfg['seed']!r}")
     bf16 = cfg["precision"]["bf16"]
     need(isinstance(bf16, bool) or bf16 == "auto", f"precision.bf16 must be true, false or auto, got {bf16!r}")

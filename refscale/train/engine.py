@@ -13,7 +13,11 @@ One training step (the same on 1 or N processes):
 2. loss under optional bf16 autocast, backward (always, so that DDP's all-reduce stays in step);
 3. gradient norm, clipped to ``optim.grad_clip`` if set;
 4. NaN/inf guard: a non-finite loss or gradient norm on any process skips the optimizer update on
-   all of them; ``guard.max_bad_steps`` such steps in a row abort with a :class:`TrainingError`;
+   all of them; ``guard.max_bad_steps`` such steps in a row abort with a :class:`TrainingError`.
+   Spike guard (``guard.max_grad_ratio``, off by default): a gradient norm above that many times
+   the median of the last 100 skips the update too (counted in ``spikes``): with norms clipped
+   to ``grad_clip`` every step looks alike to Adam, and one outlier batch has thrown IRN-type
+   flows back by hundreds of steps (docs/results.md, "Training campaign");
 5. learning rate of the step from :func:`lr_at` (warm-up, then step halving or a constant peak with
    a cosine/linear tail; see :mod:`refscale.train.config`).
 
@@ -60,6 +64,11 @@ from refscale.errors import ModelError, RefScaleError
 from refscale.nn.speed import resolve_bf16
 from refscale.train import checkpoint as ckpt
 from refscale.train.config import DEFAULTS, ConfigError, load_file, resolve
+
+
+#: spike guard (``guard.max_grad_ratio``): the median of this many recent gradient norms is the
+#: reference, and the guard waits until it has this many
+SPIKE_WINDOW, SPIKE_MIN_HISTORY = 100, 20
 
 
 class TrainingError(RefScaleError):
@@ -353,11 +362,13 @@ def _describe_data(cfg: dict, train, val) -> str:
     return text
 
 
-def training_step(loss_fn, optimizer, params, hr, ref, *, bf16=False, grad_clip=None, any_bad=lambda flag: flag):
+def training_step(loss_fn, optimizer, params, hr, ref, *, bf16=False, grad_clip=None, any_bad=lambda flag: flag,
+                  skip_above: float | None = None):
     """One optimisation step: loss (bf16 autocast if asked), backward, gradient norm (clipped to
     ``grad_clip``), NaN/inf guard, optimizer update. ``loss_fn(hr, ref)`` returns the loss dict
     (``model.training_losses`` or its DDP wrapper). ``any_bad`` combines the guard flag over
-    processes. Returns ``(losses, grad_norm, ok)``; ``ok`` False means the update was skipped.
+    processes. ``skip_above``: a finite gradient norm above it also skips the update (a spike).
+    Returns ``(losses, grad_norm, ok)``; ``ok`` False means the update was skipped.
     """
     with torch.autocast(hr.device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
         losses = loss_fn(hr, ref)
@@ -366,7 +377,8 @@ def training_step(loss_fn, optimizer, params, hr, ref, *, bf16=False, grad_clip=
     total.float().backward()  # always, even when non-finite: DDP's all-reduce must run on every process
     grads = [p.grad for p in params if p.grad is not None]
     gnorm = torch.nn.utils.get_total_norm(grads) if grads else torch.tensor(0.0)
-    if any_bad(not (math.isfinite(total.item()) and math.isfinite(gnorm.item()))):
+    bad = not (math.isfinite(total.item()) and math.isfinite(gnorm.item()))
+    if any_bad(bad or (skip_above is not None and gnorm.item() > skip_above)):
         optimizer.zero_grad(set_to_none=True)
         return losses, gnorm, False
     if grad_clip:
@@ -422,6 +434,8 @@ class Trainer:
             torch.cuda.set_device(self.device)
         self.say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if dist.main else (lambda *a: None)
         self.step_no, self.wall_before, self.skipped, self.bad_streak, self.last_val = 0, 0.0, 0, 0, {}
+        self.gnorm_history: list[float] = []  # recent gradient norms (spike guard)
+        self.spikes = 0
         self._setup_model(resume)
         self._setup_data()
         self._setup_optimizer()
@@ -499,6 +513,7 @@ class Trainer:
             group["lr_mult"] = float(self.cfg["optim"]["lr_mult"].get(group.get("name", "main"), 1.0))
         self.step_no, self.wall_before = state["step"], state["wall_time_s"]
         self.skipped, self.bad_streak, self.last_val = state["skipped_steps"], state["bad_streak"], state.get("val", {})
+        self.gnorm_history, self.spikes = list(state.get("gnorm_history", [])), int(state.get("spikes", 0))
         self.init = state.get("init")
         rngs = state["rng"]
         if len(rngs) == self.dist.world:
@@ -548,9 +563,20 @@ class Trainer:
             group["lr"] = lr * group["lr_mult"]
         self.model.configure_training(self.step_no, **self.cfg["model"]["train_options"])
         hr, ref = self._batch(self.step_no)
+        ratio, history = self.cfg["guard"]["max_grad_ratio"], self.gnorm_history
+        skip_above = ratio * float(np.median(history)) if ratio and len(history) >= SPIKE_MIN_HISTORY else None
         losses, gnorm, ok = training_step(self.loss_fn, self.optimizer, self.params, hr, ref if self.use_ref else None,
-                                          bf16=self.use_bf16, grad_clip=self.cfg["optim"]["grad_clip"], any_bad=self.dist.any)
-        if not ok:
+                                          bf16=self.use_bf16, grad_clip=self.cfg["optim"]["grad_clip"], any_bad=self.dist.any,
+                                          skip_above=skip_above)
+        finite = math.isfinite(float(gnorm)) and math.isfinite(float(losses["total"]))
+        if finite:  # skipped spikes count too, so a lasting change of scale is followed
+            self.gnorm_history = (history + [float(gnorm)])[-SPIKE_WINDOW:]
+        if not ok and finite:
+            self.spikes += 1
+            self.skipped += 1
+            self.say(f"step {self.step_no}: gradient norm {float(gnorm):.3g} > {ratio} x median {skip_above / ratio:.3g}; "
+                     "update skipped")
+        elif not ok:
             self.skipped += 1
             self.bad_streak += 1
             if self.bad_streak >= self.cfg["guard"]["max_bad_steps"]:
@@ -590,7 +616,8 @@ class Trainer:
         if self.dist.main:
             state = {"optimizer": self.optimizer.state_dict(), "rng": rngs, "wall_time_s": self.wall_time(),
                      "skipped_steps": self.skipped, "bad_streak": self.bad_streak, "world_size": self.dist.world,
-                     "val": self.last_val, "init": self.init}
+                     "val": self.last_val, "init": self.init, "gnorm_history": self.gnorm_history,
+                     "spikes": self.spikes}
             ckpt.save(self.ckpt_dir, self.step_no, self.model, self.card(), state, keep=self.cfg["checkpoint"]["keep"])
 
     # ------------------------------------------------------------------ the run
@@ -623,6 +650,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{sums['total'] / n_sum:.4g}", lr=f"{lr:.2g}", refresh=False)
                 if step % lg["every_steps"] == 0 or step == total:
                     record = {"step": step, "time_s": round(self.wall_time(), 2), "lr": lr, "skipped_steps": self.skipped,
+                              "spikes": self.spikes,
                               **{f"train/{k}": x / n_sum for k, x in sums.items() if n_sum}}
                     self.log(record)
                     self.last_loss = {k[6:]: x for k, x in record.items() if k.startswith("train/")} or self.last_loss
