@@ -568,7 +568,7 @@ class Trainer:
         losses, gnorm, ok = training_step(self.loss_fn, self.optimizer, self.params, hr, ref if self.use_ref else None,
                                           bf16=self.use_bf16, grad_clip=self.cfg["optim"]["grad_clip"], any_bad=self.dist.any,
                                           skip_above=skip_above)
-        finite = math.isfinite(float(gnorm)) and math.isfinite(float(losses["total"]))
+        finite = math.isfinite(float(gnorm)) and math.isfinite(float(losses["total"].detach()))
         if finite:  # skipped spikes count too, so a lasting change of scale is followed
             self.gnorm_history = (history + [float(gnorm)])[-SPIKE_WINDOW:]
         if not ok and finite:
