@@ -163,8 +163,9 @@ class Packet:
 
 
 def reference_fingerprint(ref_u8: np.ndarray) -> str:
-    """SHA-256 (hex) of a reference as the model used it: its 8-bit pixels ``[H, W, 3]`` (C order)
-    after any resampling, with the shape. Computed by the encoder and checked by the decoder."""
+    """SHA-256 (hex) of a reference as the encoder was given it (before resampling and
+    registration): its 8-bit pixels ``[H, W, 3]`` (C order) with the shape. Computed by the
+    encoder and checked by the decoder (docs/format.md)."""
     a = np.ascontiguousarray(ref_u8, dtype=np.uint8)
     h = hashlib.sha256(b"refscale-reference-v1" + struct.pack("<III", *a.shape))
     h.update(memoryview(a).cast("B"))

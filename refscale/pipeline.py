@@ -83,7 +83,8 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
     ref, ref_hash = _reference(model, ref, size, resample_ref)
     shift = (0, 0)
     if ref is not None and register:
-        shift = registration.to_units(registration.estimate_shift(hr, ref))
+        estimate = registration.estimate_shift(hr, ref)
+        shift = (0, 0) if registration.is_none(estimate) else registration.to_units(estimate)
         ref = registration.apply_shift(ref, registration.from_units(shift))
     align = model.alignment
     hr_p, _ = ops.pad_to_multiple(hr, align)
@@ -124,7 +125,7 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
         model=model.name, weights_hash=model.weights_hash(), scale=s, size=size, padded_size=padded,
         tiles={"tile": layout[0], "overlap": layout[1]} if len(windows) > 1 else None,
         lr=lr_u8, side=side_np, side_dtypes=side_dtypes, precision=precision, ref_hash=ref_hash,
-        ref_shift=shift if ref is not None and not registration.is_none(registration.from_units(shift)) else (0, 0),
+        ref_shift=shift,
     )
 
 

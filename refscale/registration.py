@@ -63,12 +63,18 @@ def is_none(shift: tuple[float, float]) -> bool:
 
 
 def apply_shift(ref: torch.Tensor, shift: tuple[float, float]) -> torch.Tensor:
-    """The reference ``[1,3,H,W]`` moved by ``shift`` pixels (cubic spline, reflected borders),
-    rounded to 8 bits as every image refscale reads; unchanged if the shift :func:`is_none`."""
-    if is_none(shift):
+    """The reference ``[1,3,H,W]`` moved by ``shift`` pixels, rounded to 8 bits as every image
+    refscale reads; unchanged for a zero shift (the encoder records shifts that :func:`is_none` as
+    zero; the decoder applies whatever was recorded). The warp is normative for the ``.rsc``
+    format: ``scipy.ndimage.shift(channel, shift, order=3, mode="mirror")`` on each channel in
+    float32 (cubic B-spline with its prefilter), clipped to [0, 1] and rounded to 1/255."""
+    if shift[0] == 0 and shift[1] == 0:
         return ref
     from scipy.ndimage import shift as nd_shift
 
-    a = ref.detach().double().clamp(0, 1)[0].numpy()
-    out = np.stack([nd_shift(c, shift, order=3, mode="mirror") for c in a])
-    return torch.from_numpy(np.round(np.clip(out, 0, 1) * 255) / 255).float()[None]
+    a = ref.detach().float().clamp(0, 1)[0].numpy()
+    out = np.empty_like(a)
+    for c in range(a.shape[0]):  # one channel at a time: a bounded memory peak on large scenes
+        nd_shift(a[c], shift, output=out[c], order=3, mode="mirror")
+    np.clip(out, 0, 1, out=out)
+    return torch.from_numpy(np.round(out * 255) / 255)[None]

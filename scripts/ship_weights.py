@@ -71,6 +71,9 @@ def main() -> None:
         old = zoo.load(args.name)
         if (old.arch, old.scale) == (model.arch, model.scale):
             old_psnr = heldout_psnr(old, cfg, args.draws)
+        elif not args.force:
+            sys.exit(f"not shipped: {args.name} now holds {old.arch}-x{old.scale} weights, these are "
+                     f"{model.arch}-x{model.scale}; use --force to replace them")
     gain = None if old_psnr is None else new_psnr - old_psnr
     print(f"{args.name}: held-out PSNR-Y {new_psnr:.3f} dB (shipped now: "
           f"{'-' if old_psnr is None else f'{old_psnr:.3f}'}; gain {'-' if gain is None else f'{gain:+.3f}'})")

@@ -26,7 +26,7 @@ worker() {
       if [[ $kv == run=* ]]; then name=${kv#run=}; else sets+=(--set "$kv"); fi
     done
     out="$runs/$name"
-    if [ -f "$out/$name.safetensors" ]; then echo "== $name: finished, skipped"; continue; fi
+    if compgen -G "$out/*.safetensors" > /dev/null; then echo "== $name: finished (final weights in $out), skipped"; continue; fi
     resume=(); [ -f "$out/checkpoints/latest.json" ] && resume=(--resume)
     echo "== $name: $steps steps -> $out (worker $1, $(date -u +%H:%M:%S))"
     mkdir -p "$out"

@@ -444,3 +444,21 @@ def test_spike_guard_skips_outlier_gradients(tmp_path, pairs, monkeypatch):
     # the guard's memory survives a resume
     state = torch.load(sorted((tmp_path / "run" / "checkpoints").glob("*.state.pt"))[-1], weights_only=True)
     assert len(state["gnorm_history"]) >= 20 and state["spikes"] == 1
+
+
+def test_training_step_status_combines_processes():
+    """A non-finite loss on another process (any_bad) makes every process skip as 'nonfinite', never
+    as a spike; a spike needs a finite norm above skip_above; otherwise the weights move."""
+    torch.manual_seed(0)
+    model = TinyRescaler().train()
+    params = list(model.parameters())
+    opt = torch.optim.Adam(params, lr=1e-3)
+    hr = torch.rand(2, 3, 16, 16)
+    ref = torch.rand(2, 3, 16, 16)
+    before = [p.detach().clone() for p in params]
+    _, _, status = engine.training_step(model.training_losses, opt, params, hr, ref, any_bad=lambda bad, spike: (True, spike))
+    assert status == "nonfinite" and all(torch.equal(a, b) for a, b in zip(before, params))
+    _, gnorm, status = engine.training_step(model.training_losses, opt, params, hr, ref, skip_above=0.0)
+    assert status == "spike" and float(gnorm) > 0 and all(torch.equal(a, b) for a, b in zip(before, params))
+    _, _, status = engine.training_step(model.training_losses, opt, params, hr, ref, skip_above=1e30)
+    assert status == "ok" and any(not torch.equal(a, b) for a, b in zip(before, params))

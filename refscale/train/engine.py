@@ -83,7 +83,8 @@ class TrainingStopped(TrainingError):
 def lr_at(step: int, cfg: dict) -> float:
     """Learning rate of 0-based ``step``: linear warm-up over ``warmup_steps``, then ``decay``
     (``step``: MultiStepLR halving at ``milestones``; ``cosine``/``linear``: constant until
-    ``decay_start * steps``, then down to ``min_lr`` at the last step)."""
+    ``decay_start * steps``, then falling towards ``min_lr``, which step ``steps`` would reach:
+    the last step trained runs one step's worth above it)."""
     s, peak = cfg["schedule"], cfg["optim"]["lr"]
     if step < s["warmup_steps"]:
         return peak * (step + 1) / s["warmup_steps"]
@@ -362,13 +363,18 @@ def _describe_data(cfg: dict, train, val) -> str:
     return text
 
 
-def training_step(loss_fn, optimizer, params, hr, ref, *, bf16=False, grad_clip=None, any_bad=lambda flag: flag,
+def _any_local(*flags: bool):
+    return flags[0] if len(flags) == 1 else flags
+
+
+def training_step(loss_fn, optimizer, params, hr, ref, *, bf16=False, grad_clip=None, any_bad=_any_local,
                   skip_above: float | None = None):
     """One optimisation step: loss (bf16 autocast if asked), backward, gradient norm (clipped to
     ``grad_clip``), NaN/inf guard, optimizer update. ``loss_fn(hr, ref)`` returns the loss dict
-    (``model.training_losses`` or its DDP wrapper). ``any_bad`` combines the guard flag over
-    processes. ``skip_above``: a finite gradient norm above it also skips the update (a spike).
-    Returns ``(losses, grad_norm, ok)``; ``ok`` False means the update was skipped.
+    (``model.training_losses`` or its DDP wrapper). ``any_bad(*flags)`` combines flags over
+    processes (``_Dist.any``). ``skip_above``: a finite gradient norm above it also skips the
+    update (a spike). Returns ``(losses, grad_norm, status)``, ``status`` one of ``"ok"``,
+    ``"nonfinite"`` (on any process) and ``"spike"``; only ``"ok"`` updated the weights.
     """
     with torch.autocast(hr.device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
         losses = loss_fn(hr, ref)
@@ -378,13 +384,15 @@ def training_step(loss_fn, optimizer, params, hr, ref, *, bf16=False, grad_clip=
     grads = [p.grad for p in params if p.grad is not None]
     gnorm = torch.nn.utils.get_total_norm(grads) if grads else torch.tensor(0.0)
     bad = not (math.isfinite(total.item()) and math.isfinite(gnorm.item()))
-    if any_bad(bad or (skip_above is not None and gnorm.item() > skip_above)):
+    spike = not bad and skip_above is not None and gnorm.item() > skip_above
+    bad, spike = any_bad(bad, spike)
+    if bad or spike:
         optimizer.zero_grad(set_to_none=True)
-        return losses, gnorm, False
+        return losses, gnorm, "nonfinite" if bad else "spike"
     if grad_clip:
         torch.nn.utils.clip_grads_with_norm_(grads, grad_clip, gnorm)
     optimizer.step()
-    return losses, gnorm, True
+    return losses, gnorm, "ok"
 
 
 # ---------------------------------------------------------------------------- main entry points
@@ -493,13 +501,16 @@ class Trainer:
         if unknown:
             raise ConfigError(f"optim.lr_mult names unknown parameter groups {unknown}; {cfg['model']['arch']} has {sorted(groups)}")
         self.params = [p for ps in groups.values() for p in ps]
+        ids, trainable = [id(p) for p in self.params], {id(p) for p in self.model.parameters() if p.requires_grad}
+        if len(set(ids)) != len(ids) or set(ids) != trainable:
+            raise ConfigError(f"{cfg['model']['arch']}.parameter_groups() must hold every trainable parameter exactly once")
         opt_cls = torch.optim.AdamW if o["name"] == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls([{"params": ps, "name": k, "lr_mult": float(o["lr_mult"].get(k, 1.0))}
                                   for k, ps in groups.items() if ps],
                                  lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"], weight_decay=o["weight_decay"])
         try:
             self.model.configure_training(0, **cfg["model"]["train_options"])
-        except (ModelError, TypeError) as e:
+        except (ModelError, TypeError, ValueError) as e:
             raise ConfigError(f"model.train_options: {e}") from None
 
     def _resume(self) -> None:
@@ -565,18 +576,18 @@ class Trainer:
         hr, ref = self._batch(self.step_no)
         ratio, history = self.cfg["guard"]["max_grad_ratio"], self.gnorm_history
         skip_above = ratio * float(np.median(history)) if ratio and len(history) >= SPIKE_MIN_HISTORY else None
-        losses, gnorm, ok = training_step(self.loss_fn, self.optimizer, self.params, hr, ref if self.use_ref else None,
-                                          bf16=self.use_bf16, grad_clip=self.cfg["optim"]["grad_clip"], any_bad=self.dist.any,
-                                          skip_above=skip_above)
-        finite = math.isfinite(float(gnorm)) and math.isfinite(float(losses["total"].detach()))
-        if finite:  # skipped spikes count too, so a lasting change of scale is followed
+        losses, gnorm, status = training_step(self.loss_fn, self.optimizer, self.params, hr, ref if self.use_ref else None,
+                                              bf16=self.use_bf16, grad_clip=self.cfg["optim"]["grad_clip"],
+                                              any_bad=self.dist.any, skip_above=skip_above)
+        ok = status == "ok"
+        if status != "nonfinite":  # skipped spikes count too, so a lasting change of scale is followed
             self.gnorm_history = (history + [float(gnorm)])[-SPIKE_WINDOW:]
-        if not ok and finite:
+        if status == "spike":
             self.spikes += 1
             self.skipped += 1
             self.say(f"step {self.step_no}: gradient norm {float(gnorm):.3g} > {ratio} x median {skip_above / ratio:.3g}; "
                      "update skipped")
-        elif not ok:
+        elif status == "nonfinite":
             self.skipped += 1
             self.bad_streak += 1
             if self.bad_streak >= self.cfg["guard"]["max_bad_steps"]:
