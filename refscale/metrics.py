@@ -16,7 +16,7 @@ image (``Tensor[N]``, float64).
   deviation ("std", the ITU-T P.910 form).
 * :func:`bits_per_pixel` — real encoded bytes * 8 / (H * W) of the original image.
 * :func:`reference_agreement` — how well a transmitted LR image agrees with a reference brought
-  to LR size: the correlation of their high-passed luma (the decoder's plausibility check).
+  to LR size: the correlation of their band-passed luma (the decoder's plausibility check).
 * :func:`grey_luma` — greyscale image files (Set14's bridge): the benchmark
   tables (MATLAB scripts) apply ``rgb2ycbcr`` only to 3-channel files, so a greyscale image's
   "Y" is its grey value in 0-255, not ``16 + 219/255 v`` (which would add
@@ -120,20 +120,22 @@ def bits_per_pixel(num_bytes: int, height: int, width: int) -> float:
     return float(num_bytes) * 8.0 / (int(height) * int(width))
 
 
-def reference_agreement(lr: torch.Tensor, ref: torch.Tensor, scale: int, sigma: float = 2.0) -> float:
-    """Correlation (-1..1) of the detail layers of an LR image ``[1,3,h,w]`` and of a reference
-    ``[1,3,h*scale,w*scale]`` bicubic-downscaled to the LR size: luma (BT.601) minus its Gaussian
-    blur of ``sigma`` LR pixels, then the Pearson correlation over all pixels. The same place seen
-    on another date keeps its roads, fields and buildings, so its detail correlates with the LR;
-    another place's does not (about 0). ``nan`` for a flat image."""
+def reference_agreement(lr: torch.Tensor, ref: torch.Tensor, scale: int, sigmas: tuple[float, float] = (1.0, 4.0)) -> float:
+    """Correlation (-1..1) of the mid-frequency structure of an LR image ``[1,3,h,w]`` and of a
+    reference ``[1,3,h*scale,w*scale]`` bicubic-downscaled to the LR size: luma (BT.601) through a
+    difference of Gaussians of ``sigmas`` LR pixels, then the Pearson correlation over all pixels.
+    The same place seen on another date keeps its roads, fields and buildings, so its structure
+    correlates with the LR; another place's does not (about 0). A band rather than the finest
+    detail, because a reference-based LR (RefScale eq. 5) is deliberately blurred where the
+    reference is similar (finest-detail correlation fell to 0.02 there). ``nan`` for a flat image."""
     from refscale.ops import bicubic_down, gaussian_blur
 
-    def detail(x: torch.Tensor) -> torch.Tensor:
+    def band(x: torch.Tensor) -> torch.Tensor:
         y = rgb_to_ycbcr(x.double().clamp(0, 1), y_only=True)
-        d = y - gaussian_blur(y, sigma)
+        d = gaussian_blur(y, sigmas[0]) - gaussian_blur(y, sigmas[1])
         return (d - d.mean()).flatten()
 
-    a, b = detail(lr), detail(bicubic_down(ref.float(), scale))
+    a, b = band(lr), band(bicubic_down(ref.float(), scale))
     if a.shape != b.shape:
         raise ValueError(f"LR {tuple(lr.shape)} and reference {tuple(ref.shape)} do not match at scale {scale}")
     den = torch.sqrt((a * a).sum() * (b * b).sum())
