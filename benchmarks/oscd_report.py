@@ -354,7 +354,7 @@ def cmd_curves(args) -> None:
             bicubic = hist[-1].get("bicubic_psnr_y", bicubic)
         if bicubic is not None:
             ax.axhline(bicubic, ls="--", color="gray", lw=1, label="bicubic down/up")
-        ax.set_xlabel("training step (batch 8 x 64 px)")
+        ax.set_xlabel("training step (batch 8; crops in the model cards)")
         ax.set_ylabel("validation PSNR-Y (dB), t = 1")
         ax.set_title(f"x{scale}: held-out train cities aguasclaras + bordeaux")
         ax.grid(alpha=0.3)
