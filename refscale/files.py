@@ -8,7 +8,7 @@ everything they do with files lives here, so a script gets the same behaviour::
     files.preflight(jobs, force=False)                                   # refuse bad outputs before any work
     for job in jobs:
         files.encode_file(job, model)
-    hr = files.decode_file("out/city.rsc", ref="archive/city.png")       # the model the container names
+    hr, packet, model = files.decode_file("out/city.rsc", ref="archive/city.png")   # the model the file names
 
 Rules (DESIGN.md, "Command line"): outputs are written atomically (:func:`write_bytes`), never
 replace an existing file without ``force`` and are never one of the inputs (:func:`preflight`).

@@ -128,7 +128,7 @@ class _Dist:
             t = torch.tensor([1.0 if f else 0.0 for f in flags])
             torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
             flags = tuple(bool(x > 0) for x in t.tolist())
-        return flags[0] if len(flags) == 1 else flags
+        return _any_local(*flags)
 
     def gather(self, obj: Any) -> list:
         """Every process's ``obj`` on rank 0 (other ranks get an empty list)."""
@@ -433,7 +433,7 @@ class Trainer:
 
     def __init__(self, cfg: dict, out: Path, ckpt_dir: Path, resume: bool, dist: _Dist, dev_kind: str):
         self.cfg, self.out, self.ckpt_dir, self.dist = cfg, out, ckpt_dir, dist
-        prec, d = cfg["precision"], cfg["data"]
+        prec = cfg["precision"]
         self.use_bf16 = resolve_bf16(prec["bf16"], dev_kind)
         if prec["threads"]:
             torch.set_num_threads(int(prec["threads"]))
