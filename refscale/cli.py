@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ref", help="reference image (for a batch: a folder or manifest whose samples are named like the inputs)")
     e.add_argument("-m", "--model", default="refscale-x2", help="catalogue name or .safetensors path (default refscale-x2)")
     e.add_argument("--codec", default="png", help=codec_help)
-    e.add_argument("-q", "--quality", type=int, default=None, help=q_help)
+    _add_quality_options(e, q_help)
     e.add_argument("-o", "--output", required=True, help="output .rsc file (or folder for several inputs)")
     e.add_argument("--lr-out", help="also save the viewable LR image as stored in the container (file, or folder for a batch)")
     e.add_argument("--tile", type=int, default=None, help="process in tiles of N HR pixels (default: automatic above 1 Mpx; 0 = never)")
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--split", default=None, help="split from the dataset's split.json (e.g. test)")
     v.add_argument("--draws", type=int, default=1, help="decodes averaged per image for stochastic models (default 1)")
     v.add_argument("--codec", default="png", help=codec_help)
-    v.add_argument("-q", "--quality", type=int, default=None, help=q_help)
+    _add_quality_options(v, q_help)
     v.add_argument("--json", dest="json_out", default=None, help="write the result JSON here (default: print it)")
     v.add_argument("--md", dest="md_out", default=None, help="also write a Markdown table here")
     v.add_argument("--save-lr", default=None, metavar="DIR", help="also save each stored LR image as DIR/<name>.png")
@@ -171,11 +171,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ============================================================================= encode, decode
+def _add_quality_options(parser, q_help: str) -> None:
+    """-q, or a size budget for the whole .rsc file (--bpp / --bytes): one of the three."""
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("-q", "--quality", type=int, default=None, help=q_help)
+    g.add_argument("--bpp", type=float, default=None,
+                   help="size budget: bits per pixel of the original image for the whole .rsc file; "
+                        "the highest codec quality that fits is chosen")
+    g.add_argument("--bytes", dest="max_bytes", type=int, default=None, help="size budget in bytes for the whole .rsc file")
+
+
 def cmd_encode(args) -> int:
     from refscale import codecs, files
 
-    codec = codecs.canonical(args.codec)  # refuse a bad codec before the model loads
+    from refscale.container import check_budget
+
+    codec = codecs.canonical(args.codec)  # refuse a bad codec or budget before the model loads
     quality = codecs.check_quality(codec, args.quality)
+    check_budget(quality, args.bpp, args.max_bytes)
     codecs.require(codec)
     batch = files.is_batch(files.existing(args.input, "input"))
     model = _load_model(args.model)
@@ -183,11 +196,12 @@ def cmd_encode(args) -> int:
     files.preflight(jobs, args.force)
 
     def run(job) -> str:
-        r = files.encode_file(job, model, codec=codec, quality=quality, tile=args.tile, resample_ref=args.resample_ref,
-                              precision=args.precision, register=args.register, force=args.force,
-                              progress=not batch and _tty())
+        r = files.encode_file(job, model, codec=codec, quality=quality, bpp=args.bpp, max_bytes=args.max_bytes,
+                              tile=args.tile, resample_ref=args.resample_ref, precision=args.precision,
+                              register=args.register, force=args.force, progress=not batch and _tty())
         h, w = r["size"]
-        return f"{r['output']}: {r['bytes']:,} bytes, {r['bpp']:.4f} bpp ({h}x{w}, {r['model']}, {r['codec']})"
+        q = "" if r["quality"] is None else f" q{r['quality']}"
+        return f"{r['output']}: {r['bytes']:,} bytes, {r['bpp']:.4f} bpp ({h}x{w}, {r['model']}, {r['codec']}{q})"
 
     return _run_jobs(jobs, run, "encode")
 
@@ -262,8 +276,12 @@ def cmd_evaluate(args) -> int:
     from refscale.data import discover
     from refscale.evaluate import check_lr_dir, evaluate, to_markdown
 
+    from refscale.container import check_budget
+
     codec = codecs.canonical(args.codec)
     quality = codecs.check_quality(codec, args.quality)
+    check_budget(quality, args.bpp, args.max_bytes)
+    codecs.require(codec)
     if args.draws < 1:
         raise InputError(f"--draws must be >= 1, got {args.draws}")
     outputs = [Path(p) for p in (args.json_out, args.md_out) if p]
@@ -278,7 +296,8 @@ def cmd_evaluate(args) -> int:
         missing = [s.name for s in samples if s.ref is None]
         if missing:
             raise ModelError(f"model {model.name} needs references; {args.data} has none for {', '.join(missing[:3])}")
-    result = evaluate(model, samples, draws=args.draws, codec=codec, quality=quality, progress=_tty(),
+    result = evaluate(model, samples, draws=args.draws, codec=codec, quality=quality, bpp=args.bpp,
+                      max_bytes=args.max_bytes, progress=_tty(),
                       dataset=Path(args.data).name, split=args.split, lr_dir=args.save_lr, overwrite=args.force,
                       precision=args.precision)
     text = json.dumps(result, indent=2) + "\n"

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from refscale import codecs
-from refscale.errors import ContainerError
+from refscale.errors import ContainerError, InputError
 
 MAGIC = b"\x89RSC\r\n\x1a\n"
 VERSION = 2  # what the writer writes
@@ -97,35 +97,88 @@ class Packet:
     version: int = VERSION  # of the file it was read from
 
     # ------------------------------------------------------------------ writing
-    def to_bytes(self, codec: str | None = None, quality: int | None = None) -> bytes:
-        """The ``.rsc`` file. ``codec=None`` keeps ``self.codec`` / ``self.quality``."""
+    def to_bytes(self, codec: str | None = None, quality: int | None = None, *, max_bytes: int | None = None) -> bytes:
+        """The ``.rsc`` file. ``codec=None`` keeps ``self.codec`` / ``self.quality``.
+
+        ``max_bytes``: instead of a quality, a budget for the whole file; the codec quality is
+        then chosen by :meth:`fit` (the chosen quality is recorded in the header as usual).
+        """
+        if max_bytes is not None:
+            check_budget(quality, None, max_bytes)
+            return self.fit(self.codec if codec is None else codec, max_bytes)[0]
         if codec is None:
             codec, quality = self.codec, (self.quality if quality is None else quality)
         codec = codecs.canonical(codec)
         quality = codecs.check_quality(codec, quality)
-        lr = np.ascontiguousarray(self.lr)
+        header, side_blobs = self._header_and_side(codec)
+        return _assemble(header, quality, codecs.encode_image(self.lr, codec, quality), side_blobs)
+
+    def fit(self, codec: str, max_bytes: int) -> tuple[bytes, int | None]:
+        """The file at the highest codec quality whose *whole* file has at most ``max_bytes``
+        bytes, and that quality (``None`` for PNG, which has no quality knob).
+
+        Bisection over qualities 1..100 (100 = the codec's best, lossless where it has one),
+        assuming the size grows with quality; sizes are measured, never predicted, so the
+        result always fits. Where a codec's size is not monotone in quality (it is close to
+        monotone for all five) bisection may stop one or two steps below the best fitting
+        quality. Raises :class:`InputError` when even quality 1 does not fit.
+        """
+        codec = codecs.canonical(codec)
+        check_budget(None, None, max_bytes)
+        max_bytes = int(max_bytes)
+        codecs.require(codec)
+        header, side_blobs = self._header_and_side(codec)
+        files: dict[int | None, bytes] = {}
+
+        def size(q: int | None) -> int:
+            if q not in files:
+                files[q] = _assemble(header, q, codecs.encode_image(self.lr, codec, q), side_blobs)
+            return len(files[q])
+
+        h, w = _pair(self.size)
+        def too_big(q, n):
+            what = f"{codec} at quality {q}" if q is not None else f"{codec} (lossless, no quality knob)"
+            return InputError(f"{what} needs {n:,} bytes ({n * 8 / (h * w):.4f} bpp) > the budget of "
+                              f"{max_bytes:,} bytes ({max_bytes * 8 / (h * w):.4f} bpp)")
+
+        if codec == "png":
+            if size(None) > max_bytes:
+                raise too_big(None, size(None))
+            return files[None], None
+        if size(1) > max_bytes:
+            raise too_big(1, size(1))
+        lo, hi = 1, 100  # size(lo) fits; find the highest fitting quality
+        if size(hi) <= max_bytes:
+            return files[hi], hi
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if size(mid) <= max_bytes else (lo, mid)
+        return files[lo], lo
+
+    def _header_and_side(self, codec: str) -> tuple[Header, list[bytes]]:
+        """The header (LR fields still empty) and the compressed side sections."""
         side_arrays = {name: smallest_integer_array(name, arr) for name, arr in self.side.items()}
         header = Header(
             version=VERSION, model=str(self.model), weights_hash=str(self.weights_hash), ref_hash=self.ref_hash,
             ref_shift=tuple(int(v) for v in self.ref_shift), scale=int(self.scale),
             size=_pair(self.size), padded_size=_pair(self.padded_size), tiles=_tiles(self.tiles),
-            precision=str(self.precision), codec=codec, quality=quality, lr_length=0, lr_crc=0,
+            precision=str(self.precision), codec=codec, quality=None, lr_length=0, lr_crc=0,
             side=[
                 SideEntry(name, str(a.dtype), self.side_dtypes.get(name, "int64"), tuple(int(d) for d in a.shape), "zlib", 0, 0)
                 for name, a in side_arrays.items()
             ],
         )
         header.validate()
+        lr = np.asarray(self.lr)
         if lr.dtype != np.uint8 or lr.shape != (*header.lr_size, 3):
             raise ContainerError(f"LR must be uint8 {[*header.lr_size, 3]} (padded size / scale), got {lr.dtype} {list(lr.shape)}")
-        sections = [codecs.encode_image(lr, codec, quality)]
-        header.lr_length, header.lr_crc = len(sections[0]), zlib.crc32(sections[0])
+        blobs = []
         for entry in header.side:
             raw = np.ascontiguousarray(side_arrays[entry.name], dtype=np.dtype(entry.dtype).newbyteorder("<")).tobytes()
             method, blob = _compress(raw)
             entry.compression, entry.length, entry.crc = method, len(blob), zlib.crc32(blob)
-            sections.append(blob)
-        return header.pack() + b"".join(sections)
+            blobs.append(blob)
+        return header, blobs
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Packet:
@@ -486,6 +539,32 @@ def _decompress(blob: bytes, method: str, nbytes: int, name: str) -> bytes:
     if len(out) != nbytes or not done:
         raise ContainerError(f"side tensor {name!r} decompresses to the wrong size (expected {nbytes} bytes)")
     return out
+
+
+def _assemble(header: Header, quality: int | None, lr_bytes: bytes, side_blobs: list[bytes]) -> bytes:
+    """Header (with the LR section's quality, length and CRC filled in) + LR + side sections."""
+    header.quality, header.lr_length, header.lr_crc = quality, len(lr_bytes), zlib.crc32(lr_bytes)
+    return header.pack() + lr_bytes + b"".join(side_blobs)
+
+
+def check_budget(quality: int | None = None, bpp: float | None = None, max_bytes: int | None = None) -> None:
+    """Refuse an inconsistent choice of quality / ``bpp`` / ``max_bytes`` (at most one) or a
+    non-positive budget, before any work is done."""
+    given = [n for n, v in (("a quality", quality), ("a bpp budget", bpp), ("a byte budget", max_bytes)) if v is not None]
+    if len(given) > 1:
+        raise InputError(f"give one of a codec quality, a bpp budget or a byte budget, not {' and '.join(given)}")
+    if bpp is not None:
+        bytes_for_bpp(bpp, (1, 1))
+    if max_bytes is not None and (isinstance(max_bytes, bool) or int(max_bytes) != max_bytes or max_bytes < 1):
+        raise InputError(f"the byte budget must be a positive integer, got {max_bytes!r}")
+
+
+def bytes_for_bpp(bpp: float, size: tuple[int, int]) -> int:
+    """The whole-file byte budget of ``bpp`` bits per pixel of an ``(H, W)`` image (rounded down)."""
+    bpp = float(bpp)
+    if not bpp > 0 or bpp == float("inf"):
+        raise InputError(f"the bit budget must be a positive number of bits per pixel, got {bpp}")
+    return int(bpp * size[0] * size[1] // 8)
 
 
 def _sizes_and_bpp(data: bytes, size: tuple[int, int]) -> dict[str, Any]:

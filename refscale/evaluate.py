@@ -51,7 +51,7 @@ def _dataset_name(samples: list[Sample]) -> str:
 
 
 def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str = "png", quality: int | None = None,
-             progress: bool = True, *, dataset: str | None = None, split: str | None = None,
+             progress: bool = True, bpp: float | None = None, max_bytes: int | None = None, *, dataset: str | None = None, split: str | None = None,
              lr_dir: str | os.PathLike | None = None, overwrite: bool = False,
              precision: str | None = None) -> dict:
     """Evaluate ``model`` on ``samples``; returns the DESIGN.md evaluation dict.
@@ -61,10 +61,13 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
     label the result (default: the samples' common folder name, and None). ``lr_dir``: also save
     the stored LR images there as ``<name>.png`` (existing files only with ``overwrite``).
     ``precision``: ``fp32``, ``bf16`` or ``auto``/None (the pipeline default).
+    ``bpp`` / ``max_bytes``: a budget for each whole ``.rsc`` file instead of ``quality`` (the
+    codec quality is chosen per image by :meth:`refscale.Packet.fit`; each row records it).
     """
-    from refscale.container import Packet, section_sizes
+    from refscale.container import Packet, bytes_for_bpp, check_budget, section_sizes
     from refscale.pipeline import resolve_precision
 
+    check_budget(quality, bpp, max_bytes)
     if lr_dir is not None:
         check_lr_dir(samples, lr_dir, overwrite)
     model.eval()
@@ -80,7 +83,8 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
             h, w = hr.shape[-2:]
             start = time.perf_counter()
             packet = model.encode(hr, ref, precision=precision)
-            data = packet.to_bytes(codec=codec, quality=quality)
+            budget = bytes_for_bpp(bpp, (h, w)) if bpp is not None else max_bytes
+            data, used_quality = packet.fit(codec, budget) if budget is not None else (packet.to_bytes(codec, quality), quality)
             t_encode = time.perf_counter() - start
             sizes = section_sizes(data)
             stored = Packet.from_bytes(data)
@@ -107,6 +111,7 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
                 "bpp": metrics.bits_per_pixel(sizes["total"], h, w),
                 "bpp_lr": metrics.bits_per_pixel(sizes["lr"], h, w),
                 "bpp_side": metrics.bits_per_pixel(sizes["side"], h, w),
+                "quality": used_quality,
                 "seconds": t_encode + t_decode / draws,
             }
             images.append(row)
@@ -122,6 +127,8 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
         "split": split,
         "draws": draws,
         "precision": precision,
+        "codec": codec,
+        "budget": {"bpp": bpp} if bpp is not None else ({"bytes": max_bytes} if max_bytes is not None else None),
         "images": images,
         "mean": mean,
     }

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from refscale import codecs, pipeline
-from refscale.container import Packet
+from refscale.container import Packet, bytes_for_bpp, check_budget
 from refscale.data import discover, read_manifest
 from refscale.errors import InputError, ModelError
 from refscale.imageio import write_image
@@ -153,23 +153,32 @@ def _check_image_suffix(path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- work
-def encode_file(job: Job, model: Rescaler, *, codec: str = "png", quality: int | None = None, tile=None,
-                resample_ref: bool = False, precision: str | None = None, register: bool = True,
-                force: bool = False, progress: bool = False) -> dict:
+def encode_file(job: Job, model: Rescaler, *, codec: str = "png", quality: int | None = None, bpp: float | None = None,
+                max_bytes: int | None = None, tile=None, resample_ref: bool = False, precision: str | None = None,
+                register: bool = True, force: bool = False, progress: bool = False) -> dict:
     """Encode one job: write the container (and the LR as the receiver sees it). Returns
-    ``{"output", "bytes", "bpp", "size", "model", "codec"}``."""
+    ``{"output", "bytes", "bpp", "size", "model", "codec", "quality"}``.
+
+    ``bpp`` or ``max_bytes``: a budget for the whole file instead of a quality (the quality is
+    chosen by :meth:`refscale.Packet.fit`); the budget is checked before anything is written."""
     codec = codecs.canonical(codec)
     quality = codecs.check_quality(codec, quality)
     codecs.require(codec)
+    check_budget(quality, bpp, max_bytes)
     packet = pipeline.encode(model, job.input, job.ref, tile=tile, resample_ref=resample_ref, precision=precision,
                              register=register, progress=progress)
-    data = packet.to_bytes(codec=codec, quality=quality)
+    if bpp is not None:
+        max_bytes = bytes_for_bpp(bpp, packet.size)
+    if max_bytes is not None:
+        data, quality = packet.fit(codec, max_bytes)
+    else:
+        data = packet.to_bytes(codec=codec, quality=quality)
     write_bytes(job.output, data, force)
     if job.lr_output is not None:
         write_image(Packet.from_bytes(data).lr, job.lr_output, overwrite=force)
     h, w = packet.size
     return {"output": job.output, "bytes": len(data), "bpp": len(data) * 8 / (h * w), "size": (h, w),
-            "model": model.name, "codec": codec}
+            "model": model.name, "codec": codec, "quality": quality}
 
 
 def model_for(packet: Packet, model=None, cache: dict | None = None) -> Rescaler:

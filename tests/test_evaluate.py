@@ -14,8 +14,8 @@ from refscale.protocol import Rescaler
 from refscale.ops import bicubic_down, bicubic_up, quantize_8bit
 from tests.conftest import synthetic_image
 
-TOP_KEYS = {"model", "scale", "dataset", "split", "draws", "precision", "images", "mean"}
-IMAGE_KEYS = {"name", *METRIC_KEYS}
+TOP_KEYS = {"model", "scale", "dataset", "split", "draws", "precision", "codec", "budget", "images", "mean"}
+IMAGE_KEYS = {"name", "quality", *METRIC_KEYS}  # DESIGN.md's keys, plus the codec settings used
 
 
 @pytest.fixture
