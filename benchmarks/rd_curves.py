@@ -1,0 +1,293 @@
+"""Rate-distortion curves against still-image codecs, BD table, figures (issue 15, item 1).
+
+    python benchmarks/rd_curves.py run --data ../shared/data/oscd --split test \\
+        --models bicubic-x2 irn-x2 refscale-x2 bicubic-x4 irn-x4 refscale-x4 --precision bf16 --out rd_oscd.json
+    python benchmarks/rd_curves.py report --results rd_oscd.json --name oscd --figures docs/figures --write docs/results.md
+
+``run`` measures, per image, PSNR-Y and SSIM-Y against bits per HR pixel for
+
+* ``full``: each codec alone at full resolution (the bare codec bitstream, no container:
+  this favours the codec by the ~100 container bytes a refscale file carries);
+* every ``--models`` pipeline: ``model.encode`` once, then the LR coded by each codec at each
+  quality inside a real ``.rsc`` (``Packet.to_bytes``: the rate is the *whole file*, header and
+  similarity map included) and decoded with ``model.decode`` (t = 1, seed 0, one draw).
+
+Every image is mod-cropped to a multiple of 4 so all pipelines see the same pixels, and every
+metric crops 4 px of border (BasicSR convention, the largest scale). Results are cached per
+(image, pipeline, codec, quality) in the ``--out`` JSON, so an interrupted run resumes.
+
+``report`` averages rate and PSNR over the images at each quality (a curve per pipeline and
+codec), computes BD-rate / BD-PSNR (``refscale.rd``: ``bjontegaard``, pchip, over the
+overlapping range only) of every curve against every codec alone, draws one figure per codec
+and scale, and tabulates which pipeline is best at a few rates.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks folder: report_common
+from report_common import write_section  # noqa: E402
+
+from refscale import codecs, metrics, zoo  # noqa: E402
+from refscale.container import Packet  # noqa: E402
+from refscale.data import discover, iter_full_images  # noqa: E402
+from refscale.imageio import is_greyscale_file  # noqa: E402
+from refscale.rd import bd  # noqa: E402
+
+CODECS = ("jpeg", "webp", "avif", "jxl", "j2k")
+#: quality sweeps: 7 points each, spanning ~0.02-2 bpp at full resolution and at x2 / x4 on OSCD
+#: (j2k's quality is a target PSNR 20 + 0.3 q dB, so its useful range is lower)
+QUALITIES = {
+    "jpeg": (5, 15, 30, 50, 70, 85, 95),
+    "webp": (5, 15, 30, 50, 70, 85, 95),
+    "avif": (5, 15, 30, 45, 60, 75, 90),
+    "jxl": (5, 15, 30, 50, 70, 85, 95),
+    "j2k": (5, 15, 25, 35, 45, 55, 70),
+}
+CROP = 4  # border cropped by every metric (the largest scale)
+FULL = "full"  # the pipeline name of "the codec alone at full resolution"
+RATES = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)  # bpp at which the report names the best pipeline
+
+
+# ============================================================================= run
+def _key(image: str, pipeline: str, codec: str, q: int) -> str:
+    return f"{image}|{pipeline}|{codec}|{q}"
+
+
+def _scores(hat: torch.Tensor, hr: torch.Tensor, grey: bool) -> dict:
+    a, b = (metrics.grey_luma(hat), metrics.grey_luma(hr)) if grey else (hat, hr)
+    return {"psnr_y": float(metrics.psnr(a, b, crop_border=CROP)[0]), "ssim_y": float(metrics.ssim(a, b, crop_border=CROP)[0])}
+
+
+def _save(results: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    os.replace(tmp, path)
+
+
+def run(args) -> None:
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {"meta": {}, "points": {}}
+    results["meta"].update(data=str(args.data), split=args.split, crop=CROP, qualities=QUALITIES,
+                           precision=args.precision, draws=1, temperature=1.0, seed=0)
+    points = results["points"]
+    codec_list = [c for c in args.codecs if codecs.available_codecs()[c]]
+    samples = discover(args.data, split=args.split)
+    if args.limit:
+        samples = samples[: args.limit]
+    models = {name: zoo.load(name) for name in args.models}
+    for m in models.values():
+        m.eval()
+    for sample, (name, hr, ref) in zip(samples, iter_full_images(samples, multiple=CROP)):
+        h, w = hr.shape[-2:]
+        grey = is_greyscale_file(sample.hr)
+        todo = [(c, q) for c in codec_list for q in QUALITIES[c] if _key(name, FULL, c, q) not in points]
+        start = time.perf_counter()
+        hr_u8 = metrics.to_uint8(hr)[0].permute(1, 2, 0).numpy().copy()
+        for c, q in todo:
+            data = codecs.encode_image(hr_u8, c, q)
+            hat = torch.from_numpy(codecs.decode_image(data, c, (h, w))).permute(2, 0, 1)[None].float() / 255
+            points[_key(name, FULL, c, q)] = {"bpp": len(data) * 8 / (h * w), **_scores(hat, hr, grey)}
+        if todo:
+            print(f"{name} {FULL}: {len(todo)} points, {time.perf_counter() - start:.1f} s", flush=True)
+            _save(results, out)
+        for mname, model in models.items():
+            todo = [(c, q) for c in codec_list for q in QUALITIES[c] if _key(name, mname, c, q) not in points]
+            if not todo:
+                continue
+            r = ref if model.needs_reference else None
+            if model.needs_reference and r is None:
+                raise SystemExit(f"{mname} needs references; {name} has none")
+            start = time.perf_counter()
+            with torch.inference_mode():
+                packet = model.encode(hr, r, precision=args.precision)
+                for c, q in todo:
+                    data = packet.to_bytes(c, q)
+                    hat = model.decode(Packet.from_bytes(data), r, seed=0)
+                    points[_key(name, mname, c, q)] = {"bpp": len(data) * 8 / (h * w), **_scores(hat, hr, grey)}
+            print(f"{name} {mname}: {len(todo)} points, {time.perf_counter() - start:.1f} s", flush=True)
+            _save(results, out)
+    print("wrote", out)
+
+
+# ============================================================================= report
+def curves(results: dict) -> dict[tuple[str, str], list[dict]]:
+    """``{(pipeline, codec): [{q, bpp, psnr_y, ssim_y}, ...]}``: means over the images that have
+    every point of that pipeline and codec (a curve is only drawn from complete images)."""
+    by: dict[tuple[str, str], dict[str, dict[int, dict]]] = {}
+    for key, p in results["points"].items():
+        image, pipe, codec, q = key.split("|")
+        by.setdefault((pipe, codec), {}).setdefault(image, {})[int(q)] = p
+    out = {}
+    for (pipe, codec), images in by.items():
+        qs = tuple(results["meta"]["qualities"][codec])
+        complete = [pts for pts in images.values() if all(q in pts for q in qs)]
+        if not complete:
+            continue
+        out[(pipe, codec)] = [
+            {"q": q, "images": len(complete), **{k: float(np.mean([pts[q][k] for pts in complete])) for k in ("bpp", "psnr_y", "ssim_y")}}
+            for q in qs
+        ]
+    return out
+
+
+def _scale(pipe: str) -> int:
+    return 1 if pipe == FULL else int(pipe.rsplit("-x", 1)[1])
+
+
+def _pts(curve: list[dict], metric: str = "psnr_y") -> list[tuple[float, float]]:
+    return [(p["bpp"], p[metric]) for p in curve]
+
+
+def bd_table(cs: dict) -> list[dict]:
+    rows = []
+    anchors = {codec: c for (pipe, codec), c in cs.items() if pipe == FULL}
+    for (pipe, codec), c in sorted(cs.items(), key=lambda kv: (_scale(kv[0][0]), kv[0][0], CODECS.index(kv[0][1]))):
+        for anchor_codec, anchor in anchors.items():
+            if (pipe, codec) == (FULL, anchor_codec):
+                continue
+            rows.append({"pipeline": pipe, "codec": codec, "anchor": anchor_codec, **bd(_pts(anchor), _pts(c))})
+    return rows
+
+
+def psnr_at(curve: list[dict], rate: float) -> float | None:
+    """PSNR of a mean curve at ``rate`` (linear in log-rate between its points; None outside)."""
+    pts = sorted(_pts(curve))
+    for (r0, d0), (r1, d1) in zip(pts, pts[1:]):
+        if r0 <= rate <= r1:
+            return d0 if r1 == r0 else d0 + (d1 - d0) * (math.log(rate) - math.log(r0)) / (math.log(r1) - math.log(r0))
+    return None
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def report_markdown(cs: dict, rows: list[dict], name: str, command: str) -> str:
+    n_images = max(p["images"] for c in cs.values() for p in c)
+    lines = [f"R-D on {name}: means over {n_images} images per quality (PSNR-Y / SSIM-Y, 4 px border cropped; rate = "
+             "whole .rsc file per HR pixel; the codec alone = its bare bitstream). Regenerate with:", "",
+             f"    {command}", ""]
+    lines += ["**BD against the same codec alone at full resolution** (negative BD-rate = fewer bits for the "
+              "same PSNR-Y; ranges are the overlap the deltas integrate over):", "",
+              "| pipeline | codec | BD-rate | over PSNR-Y | BD-PSNR | over bpp |", "|---|---|---:|---|---:|---|"]
+    for r in rows:
+        if r["codec"] != r["anchor"]:
+            continue
+        pr = "-" if r["psnr_range"] is None else f"{r['psnr_range'][0]:.1f}-{r['psnr_range'][1]:.1f} dB"
+        br = "-" if r["bpp_range"] is None else f"{r['bpp_range'][0]:.3f}-{r['bpp_range'][1]:.3f}"
+        lines.append(f"| {r['pipeline']} | {r['codec']} | {_fmt(r['bd_rate'], '+.1f')}{'' if r['bd_rate'] is None else ' %'} "
+                     f"| {pr} | {_fmt(r['bd_psnr'], '+.2f')}{'' if r['bd_psnr'] is None else ' dB'} | {br} |")
+    anchors = [c for c in CODECS if (FULL, c) in cs]
+    lines += ["", "**BD-rate (%) against each codec alone** (rows: pipeline + codec; `-`: no overlap):", "",
+              "| pipeline + codec | " + " | ".join(f"vs {a}" for a in anchors) + " |",
+              "|---|" + "---:|" * len(anchors)]
+    table: dict[tuple[str, str], dict[str, float | None]] = {}
+    for r in rows:
+        table.setdefault((r["pipeline"], r["codec"]), {})[r["anchor"]] = r["bd_rate"]
+    for (pipe, codec), vals in table.items():
+        lines.append(f"| {pipe} + {codec} | " + " | ".join(_fmt(vals.get(a), "+.1f") for a in anchors) + " |")
+    lines += ["", "**Best pipeline at a given rate** (highest mean PSNR-Y among all curves that reach that rate; "
+              "linear in log-rate between measured points):", "",
+              "| bpp | best | PSNR-Y | best codec alone | PSNR-Y | best rescaler + codec | PSNR-Y |", "|---:|---|---:|---|---:|---|---:|"]
+    for rate in RATES:
+        found = {k: psnr_at(c, rate) for k, c in cs.items()}
+        found = {k: v for k, v in found.items() if v is not None}
+        if not found:
+            continue
+        best = max(found, key=found.get)
+        alone = {k: v for k, v in found.items() if k[0] == FULL}
+        resc = {k: v for k, v in found.items() if k[0] != FULL}
+        ba = max(alone, key=alone.get) if alone else None
+        br = max(resc, key=resc.get) if resc else None
+        lines.append(f"| {rate:g} | {' + '.join(best)} | {found[best]:.2f} | {ba[1] if ba else '-'} | {_fmt(alone.get(ba), '.2f')} "
+                     f"| {' + '.join(br) if br else '-'} | {_fmt(resc.get(br), '.2f')} |")
+    return "\n".join(lines)
+
+
+def figures(cs: dict, name: str, folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    scales = sorted({_scale(p) for p, _ in cs} - {1})
+    for codec in CODECS:
+        if (FULL, codec) not in cs:
+            continue
+        for s in scales:
+            fig, ax = plt.subplots(figsize=(5.5, 4))
+            for (pipe, c), curve in sorted(cs.items()):
+                if c != codec or _scale(pipe) not in (1, s):
+                    continue
+                ax.plot(*zip(*_pts(curve)), marker="o", ms=3, label=f"{codec} alone" if pipe == FULL else f"{pipe} + {codec}",
+                        lw=2 if pipe == FULL else 1.3, color="black" if pipe == FULL else None)
+            ax.set_xscale("log")
+            ax.set_xlabel("bits per HR pixel (whole file)")
+            ax.set_ylabel("PSNR-Y (dB)")
+            ax.set_title(f"{name}: {codec}, x{s} pipelines vs the codec alone")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+            path = folder / f"rd_{name}_{codec}_x{s}.png"
+            fig.tight_layout()
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(path)
+    return written
+
+
+def report(args) -> None:
+    results = json.loads(Path(args.results).read_text())
+    cs = curves(results)
+    rows = bd_table(cs)
+    command = args.command or " ".join(["python benchmarks/rd_curves.py", *sys.argv[1:]])
+    md = report_markdown(cs, rows, args.name, command)
+    print(md)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"curves": {f"{p}|{c}": v for (p, c), v in cs.items()}, "bd": rows}, indent=1))
+    if args.figures:
+        for p in figures(cs, args.name, Path(args.figures)):
+            print("wrote", p)
+    if args.write:
+        write_section(Path(args.write), md, f"<!-- rd:{args.name}:start -->", f"<!-- rd:{args.name}:end -->")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="measure (resumable)")
+    r.add_argument("--data", required=True)
+    r.add_argument("--split", default=None)
+    r.add_argument("--models", nargs="*", default=[], help="catalogue or weights names (the codec alone is always measured)")
+    r.add_argument("--codecs", nargs="*", default=list(CODECS), choices=CODECS)
+    r.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None)
+    r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--limit", type=int, default=0, help="first N images only (a quick look)")
+    r.add_argument("--out", required=True, help="results JSON (read first if it exists: resumes)")
+    r.set_defaults(func=run)
+    p = sub.add_parser("report", help="BD table, figures, docs section")
+    p.add_argument("--results", required=True)
+    p.add_argument("--name", required=True, help="dataset label, e.g. oscd (figure names, docs markers)")
+    p.add_argument("--figures", default=None, help="folder for rd_<name>_<codec>_x<s>.png")
+    p.add_argument("--json", default=None, help="also write curves and BD rows here")
+    p.add_argument("--write", default=None, help="docs/results.md: replace the <!-- rd:<name>:start/end --> block")
+    p.add_argument("--command", default=None, help="the command line to quote in the docs (default: this one)")
+    p.set_defaults(func=report)
+    args = ap.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
