@@ -101,20 +101,21 @@ def crf_for(name: str, quality: int | None) -> int:
     return s.crf_min + round((s.crf_max - s.crf_min) * (100 - q) / 99)
 
 
-def _options(s: Spec, crf: int) -> dict[str, str]:
+def _options(s: Spec, crf: int, boost_first: bool = True) -> dict[str, str]:
     """Encoder options: deterministic (one thread), low delay (no B-frames, lookahead, scene cuts),
-    tuned for PSNR, frame 0 near-lossless (see module doc)."""
+    tuned for PSNR, frame 0 near-lossless (see module doc); ``boost_first=False``: frame 0 at the
+    CRF like any other (the intra-only baseline, :func:`intra_size`)."""
     if s.encoder == "libx264":
         return {"preset": "medium", "tune": "psnr", "crf": str(crf),
-                "x264-params": "zones=0,0,q=0:keyint=infinite:scenecut=0:bframes=0:rc-lookahead=0:"
-                               "sync-lookahead=0:threads=1:sliced-threads=0"}
+                "x264-params": ("zones=0,0,q=0:" if boost_first else "") + "keyint=infinite:scenecut=0:bframes=0:"
+                               "rc-lookahead=0:sync-lookahead=0:threads=1:sliced-threads=0"}
     if s.encoder == "libx265":
         return {"preset": "medium", "tune": "psnr", "crf": str(crf),
-                "x265-params": "ipratio=1024:keyint=250:scenecut=0:bframes=0:rc-lookahead=0:frame-threads=1:"
-                               "pools=none:wpp=0:log-level=none"}
+                "x265-params": ("ipratio=1024:" if boost_first else "") + "keyint=250:scenecut=0:bframes=0:"
+                               "rc-lookahead=0:frame-threads=1:pools=none:wpp=0:log-level=none"}
     return {"preset": "8", "crf": str(crf),
-            "svtav1-params": "pred-struct=1:scd=0:lp=1:keyint=250:enable-tf=0:enable-overlays=0:"
-                             "use-fixed-qindex-offsets=1:key-frame-qindex-offset=-64"}
+            "svtav1-params": "pred-struct=1:scd=0:lp=1:keyint=250:enable-tf=0:enable-overlays=0" +
+                             (":use-fixed-qindex-offsets=1:key-frame-qindex-offset=-64" if boost_first else "")}
 
 
 # ----------------------------------------------------------------------------- PyAV
@@ -162,7 +163,7 @@ def _quiet_svt() -> None:
     os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its banner on stderr otherwise (errors only)
 
 
-def _encode_frames(s: Spec, crf: int, frames: list[np.ndarray]) -> list[bytes]:
+def _encode_frames(s: Spec, crf: int, frames: list[np.ndarray], boost_first: bool = True) -> list[bytes]:
     av = _av()
     if s.encoder == "libsvtav1":
         _quiet_svt()
@@ -171,7 +172,7 @@ def _encode_frames(s: Spec, crf: int, frames: list[np.ndarray]) -> list[bytes]:
     cc.width, cc.height, cc.pix_fmt = w, h, s.pix_fmt
     cc.time_base = Fraction(1, 25)
     cc.thread_count = 1
-    cc.options = _options(s, crf)
+    cc.options = _options(s, crf, boost_first)
     packets: list[bytes] = []
     for i, f in enumerate(frames):
         vf = av.VideoFrame.from_ndarray(f, format=s.pix_fmt)
@@ -281,6 +282,14 @@ def first_frame(name: str, ref: np.ndarray, quality: int | None = None, crf: int
         raise InputError(f"{s.encoder} produced {len(packets)} packets for one frame")
     frames = _decode_frames(s, packets, _padded_size(s, *ref.shape[:2]))
     return packets[0], from_planes(s, frames[0], ref.shape[:2])
+
+
+def intra_size(name: str, arr: np.ndarray, quality: int | None = None) -> int:
+    """Bytes of ``arr`` coded intra-only by the same encoder at the same quality (the same options
+    without the frame-0 boost): the baseline the P-frame is compared with."""
+    s = SPECS[name]
+    packets = _encode_frames(s, crf_for(name, quality), [to_planes(s, np.ascontiguousarray(arr))], boost_first=False)
+    return sum(len(p) for p in packets)
 
 
 def encode(name: str, arr: np.ndarray, quality: int | None, ref: np.ndarray) -> bytes:
