@@ -3,6 +3,7 @@
 ::
 
     refscale encode HR.png --ref REF.png [-m refscale-x2] [--codec png] [-q Q] -o scene.rsc [--lr-out lr.png]
+    refscale encode HR.png --ref REF.png -m inter-h264 -q 60 -o scene.rsc    # a P-frame from the reference
     refscale decode scene.rsc --ref REF.png -o rebuilt.png [--temperature 1.0] [--seed 0]
     refscale info scene.rsc
     refscale models
@@ -76,12 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     from refscale.codecs import CODECS, available_codecs
 
     avail = available_codecs()
-    codec_help = "LR codec: " + ", ".join(CODECS) + " (default png, lossless); available here: " + \
+    codec_help = "LR codec: " + ", ".join(CODECS) + " (default: the model's, png (lossless) except inter-* models; " \
+        "*-inter code the LR as a video P-frame predicted from the reference, pip install 'refscale[inter]'); available here: " + \
         (", ".join(c for c, ok in avail.items() if ok) or "none")
     missing = [c for c, ok in avail.items() if not ok]
     if missing:
         codec_help += "; missing: " + ", ".join(missing)
-    q_help = "codec quality 1..100 (omit or 100 = lossless for webp, avif, jxl, j2k; jpeg defaults to 95)"
+    q_help = ("codec quality 1..100 (omit or 100 = lossless for webp, avif, jxl, j2k; jpeg defaults to 95; "
+              "*-inter: CRF = round(51 (100 - q) / 99) for h264/hevc, default q 60)")
 
     p = argparse.ArgumentParser(
         prog="refscale",
@@ -99,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("input", metavar="HR", help="image, folder or .csv manifest")
     e.add_argument("--ref", help="reference image (for a batch: a folder or manifest whose samples are named like the inputs)")
     e.add_argument("-m", "--model", default="refscale-x2", help="catalogue name or .safetensors path (default refscale-x2)")
-    e.add_argument("--codec", default="png", help=codec_help)
+    e.add_argument("--codec", default=None, help=codec_help)
     _add_quality_options(e, q_help)
     e.add_argument("-o", "--output", required=True, help="output .rsc file (or folder for several inputs)")
     e.add_argument("--lr-out", help="also save the viewable LR image as stored in the container (file, or folder for a batch)")
@@ -183,16 +186,18 @@ def _add_quality_options(parser, q_help: str) -> None:
 
 def cmd_encode(args) -> int:
     from refscale import codecs, files
-
     from refscale.container import check_budget
 
-    codec = codecs.canonical(args.codec)  # refuse a bad codec or budget before the model loads
-    quality = codecs.check_quality(codec, args.quality)
-    check_budget(quality, args.bpp, args.max_bytes)
-    codecs.require(codec)
+    if args.codec is not None:  # refuse a bad codec or budget before the model loads
+        codecs.require(codecs.canonical(args.codec))
+        codecs.check_quality(args.codec, args.quality)
+    check_budget(args.quality, args.bpp, args.max_bytes)
     batch = files.is_batch(files.existing(args.input, "input"))
     model = _load_model(args.model)
-    jobs = files.encode_jobs(args.input, args.output, model, ref=args.ref, lr_out=args.lr_out)
+    codec = codecs.canonical(args.codec or model.default_codec)  # inter-* models: their inter codec
+    quality = codecs.check_quality(codec, args.quality)
+    codecs.require(codec)
+    jobs = files.encode_jobs(args.input, args.output, model, ref=args.ref, lr_out=args.lr_out, codec=codec)
     files.preflight(jobs, args.force)
 
     def run(job) -> str:

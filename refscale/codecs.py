@@ -1,6 +1,10 @@
-"""LR image codecs for the ``.rsc`` container: PNG (default), WebP, JPEG, AVIF, JPEG XL, JPEG 2000.
+"""LR image codecs for the ``.rsc`` container: PNG (default), WebP, JPEG, AVIF, JPEG XL, JPEG 2000,
+and the inter-frame codecs ``h264-inter``, ``hevc-inter``, ``av1-inter`` (:mod:`refscale.inter`).
 
-Every codec maps an 8-bit RGB array ``[h, w, 3]`` to a standard bitstream and back.
+Every still-image codec maps an 8-bit RGB array ``[h, w, 3]`` to a standard bitstream and back.
+An inter-frame codec (``Codec.needs_reference``) also needs the reference at the LR's size on
+both sides (``ref=`` of :func:`encode_image` / :func:`decode_image`): it codes the LR as a video
+P-frame predicted from it; quality maps to the encoder's CRF (see :mod:`refscale.inter`).
 
 ``quality`` is an integer 1..100 (higher is better) or ``None``:
 
@@ -42,8 +46,9 @@ class Codec:
     name: str
     library: str  # what provides it, for error messages
     lossless_default: bool  # quality=None gives an exact round trip
-    encode: Callable[[np.ndarray, int | None], bytes]
-    decode: Callable[[bytes, tuple[int, int]], np.ndarray]
+    encode: Callable[..., bytes]  # (arr, quality) -> bytes; inter codecs: (arr, quality, ref)
+    decode: Callable[..., np.ndarray]  # (data, size) -> arr; inter codecs: (data, size, ref, exact)
+    needs_reference: bool = False  # an inter-frame codec: predicts the LR from the reference at LR size
 
 
 # ----------------------------------------------------------------------------- Pillow codecs
@@ -131,8 +136,18 @@ CODECS: dict[str, Codec] = {
     "j2k": Codec("j2k", "imagecodecs", True, _j2k_encode, _ic_decode("jpeg2k")),
 }
 
+
+def _inter_codec(name: str) -> Codec:
+    from refscale import inter
+
+    return Codec(name, "PyAV", False, lambda arr, q, ref: inter.encode(name, arr, q, ref),
+                 lambda data, size, ref, exact=True: inter.decode(name, data, size, ref, exact), needs_reference=True)
+
+
+CODECS.update({name: _inter_codec(name) for name in ("h264-inter", "hevc-inter", "av1-inter")})
+
 #: accepted spellings on the command line and in the API
-ALIASES = {"jpg": "jpeg", "jpegxl": "jxl", "jpeg2000": "j2k", "jp2": "j2k"}
+ALIASES = {"jpg": "jpeg", "jpegxl": "jxl", "jpeg2000": "j2k", "jp2": "j2k", "h265-inter": "hevc-inter"}
 
 
 def canonical(codec: str) -> str:
@@ -143,9 +158,18 @@ def canonical(codec: str) -> str:
     return name
 
 
-@lru_cache(maxsize=None)
 def _probe(name: str) -> bool:
-    """True when this machine can encode and decode ``name`` (a tiny round trip)."""
+    """True when this machine can encode and decode ``name`` (inter codecs: PyAV has the encoder
+    and decoder; still codecs: a tiny round trip, cached)."""
+    if CODECS[name].needs_reference:
+        from refscale import inter
+
+        return inter.available(name)
+    return _probe_still(name)
+
+
+@lru_cache(maxsize=None)
+def _probe_still(name: str) -> bool:
     arr = np.zeros((8, 8, 3), dtype=np.uint8)
     arr[::2, 1::3] = (200, 40, 90)
     codec = CODECS[name]
@@ -164,6 +188,10 @@ def require(codec: str) -> Codec:
     """The codec, or a clear :class:`InputError` when this machine lacks it."""
     name = canonical(codec)
     if not _probe(name):
+        if CODECS[name].needs_reference:
+            from refscale import inter
+
+            raise InputError(f"codec {name} is not available on this machine: {inter.missing_reason(name)}")
         hint = "pip install imagecodecs" if CODECS[name].library == "imagecodecs" else "a Pillow build with this format"
         raise InputError(f"codec {name} is not available on this machine (needs {hint})")
     return CODECS[name]
@@ -183,32 +211,58 @@ def check_quality(codec: str, quality: int | None) -> int | None:
     return int(quality)
 
 
+def needs_reference(codec: str) -> bool:
+    """True for an inter-frame codec, which predicts the LR from the reference at the LR's size."""
+    return CODECS[canonical(codec)].needs_reference
+
+
 def is_lossless(codec: str, quality: int | None) -> bool:
     """True when ``encode_image(arr, codec, quality)`` decodes back to ``arr`` exactly."""
     name = canonical(codec)
     return CODECS[name].lossless_default and (quality is None or quality == 100)
 
 
-def encode_image(arr: np.ndarray, codec: str = "png", quality: int | None = None) -> bytes:
-    """Encode an 8-bit RGB array ``[h, w, 3]`` with ``codec`` at ``quality`` (see module doc)."""
+def encode_image(arr: np.ndarray, codec: str = "png", quality: int | None = None, ref: np.ndarray | None = None) -> bytes:
+    """Encode an 8-bit RGB array ``[h, w, 3]`` with ``codec`` at ``quality`` (see module doc);
+    ``ref``: the reference at the LR's size, uint8 ``[h, w, 3]``, for an inter-frame codec."""
     arr = np.asarray(arr)
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise InputError(f"encode_image needs a uint8 array [h, w, 3], got {arr.dtype} {list(arr.shape)}")
     quality = check_quality(codec, quality)
     c = require(codec)
+    if c.needs_reference and ref is None:
+        raise InputError(f"codec {c.name} predicts the LR from the reference; it needs the reference at the LR size")
     try:
+        if c.needs_reference:
+            return bytes(c.encode(np.ascontiguousarray(arr), quality, ref))
         return bytes(c.encode(np.ascontiguousarray(arr), quality))
+    except InputError:
+        raise
     except Exception as e:  # noqa: BLE001 - a library failure on valid input is reported, not leaked
         raise InputError(f"{c.name} encoder failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
-def decode_image(data: bytes, codec: str = "png", size: tuple[int, int] | None = None) -> np.ndarray:
+def decode_image(data: bytes, codec: str = "png", size: tuple[int, int] | None = None,
+                 ref: np.ndarray | None = None, exact: bool = True) -> np.ndarray:
     """Decode a bitstream to uint8 ``[h, w, 3]``.
 
     ``size`` (h, w), when given, is enforced before the pixels are decoded. Any decoder
     failure raises :class:`ContainerError` (the bitstream comes from a file we do not trust).
+    An inter-frame codec needs ``size`` and ``ref`` (the reference at the LR size); ``exact=False``
+    skips its check that frame 0 was rebuilt as the encoder built it (a reference other than the
+    encoder's, on request).
     """
     c = require(codec)
+    if c.needs_reference:
+        if size is None or ref is None:
+            raise InputError(f"decoding codec {c.name} needs the LR size and the reference at that size")
+        try:
+            arr = c.decode(bytes(data), (int(size[0]), int(size[1])), ref, exact)
+        except (ContainerError, InputError):
+            raise
+        except Exception as e:  # noqa: BLE001 - FFmpeg raises anything on corrupt data
+            raise ContainerError(f"{c.name} LR bitstream is corrupt: {_reason(e)}") from None
+        return arr
     if size is None:  # only for trusted callers: read the size first with Pillow, if it can
         size = _sniff_size(bytes(data), c)
     try:

@@ -8,7 +8,8 @@ implementation. In short (all integers little-endian)::
 The header body names the model and the hash of its weights, the fingerprint of the reference
 the image was encoded with (version 2; :func:`reference_fingerprint`), the scale, the original and
 padded image size, the tile layout, the LR codec and quality, and describes each section
-(length and CRC32). The sections follow in header order: the LR image bitstream, then
+(length and CRC32). The sections follow in header order: the LR image bitstream (for an
+inter-frame codec, a P-frame predicted from the reference; :mod:`refscale.inter`), then
 one losslessly compressed side tensor per entry (e.g. RefScale's similarity map).
 
 The reader (:func:`read_header`, :meth:`Packet.from_bytes`) checks magic, version,
@@ -78,6 +79,12 @@ class Packet:
     the encoder was given, ``None`` for models without one (and in version-1 files);
     ``ref_shift`` is the translation ``(dy, dx)`` the encoder applied to that reference before the
     model saw it (registration), in units of ``refscale.registration.SHIFT_UNIT`` pixels.
+
+    Inter-frame LR codecs (``h264-inter``, ...; :mod:`refscale.inter`) predict the LR from the
+    reference at the LR's size, ``lr_ref`` (uint8 ``[h, w, 3]``, not stored: the encoder sets it,
+    ``refscale.pipeline.lr_reference``). A packet read from such a file has ``lr = None`` and the
+    section in ``lr_data`` until :meth:`decode_lr` is given the reference (``refscale.pipeline.decode``
+    does that after checking the reference's fingerprint).
     """
 
     model: str
@@ -86,7 +93,7 @@ class Packet:
     size: tuple[int, int]
     padded_size: tuple[int, int]
     tiles: dict | None
-    lr: np.ndarray
+    lr: np.ndarray | None  # None: an inter-frame LR not decoded yet (decode_lr)
     side: dict[str, np.ndarray] = field(default_factory=dict)
     codec: str = "png"
     quality: int | None = None
@@ -95,6 +102,8 @@ class Packet:
     ref_hash: str | None = None
     ref_shift: tuple[int, int] = (0, 0)
     version: int = VERSION  # of the file it was read from
+    lr_ref: np.ndarray | None = field(default=None, repr=False, compare=False)  # inter codecs only
+    lr_data: bytes | None = field(default=None, repr=False, compare=False)  # inter codecs: the undecoded section
 
     # ------------------------------------------------------------------ writing
     def to_bytes(self, codec: str | None = None, quality: int | None = None, *, max_bytes: int | None = None) -> bytes:
@@ -111,7 +120,7 @@ class Packet:
         codec = codecs.canonical(codec)
         quality = codecs.check_quality(codec, quality)
         header, side_blobs = self._header_and_side(codec)
-        return _assemble(header, quality, codecs.encode_image(self.lr, codec, quality), side_blobs)
+        return _assemble(header, quality, self._lr_bitstream(codec, quality), side_blobs)
 
     def fit(self, codec: str, max_bytes: int) -> tuple[bytes, int | None]:
         """The file at the highest codec quality whose *whole* file has at most ``max_bytes``
@@ -132,7 +141,7 @@ class Packet:
 
         def size(q: int | None) -> int:
             if q not in files:
-                files[q] = _assemble(header, q, codecs.encode_image(self.lr, codec, q), side_blobs)
+                files[q] = _assemble(header, q, self._lr_bitstream(codec, q), side_blobs)
             return len(files[q])
 
         h, w = _pair(self.size)
@@ -155,8 +164,14 @@ class Packet:
             lo, hi = (mid, hi) if size(mid) <= max_bytes else (lo, mid)
         return files[lo], lo
 
+    def _lr_bitstream(self, codec: str, quality: int | None) -> bytes:
+        ref = self.lr_ref if codecs.needs_reference(codec) else None
+        return codecs.encode_image(self.lr, codec, quality, ref=ref)
+
     def _header_and_side(self, codec: str) -> tuple[Header, list[bytes]]:
         """The header (LR fields still empty) and the compressed side sections."""
+        if self.lr is None:
+            raise ContainerError("the packet's LR image is not decoded yet (decode_lr with the reference, or refscale.pipeline.decode)")
         side_arrays = {name: smallest_integer_array(name, arr) for name, arr in self.side.items()}
         header = Header(
             version=VERSION, model=str(self.model), weights_hash=str(self.weights_hash), ref_hash=self.ref_hash,
@@ -172,6 +187,9 @@ class Packet:
         lr = np.asarray(self.lr)
         if lr.dtype != np.uint8 or lr.shape != (*header.lr_size, 3):
             raise ContainerError(f"LR must be uint8 {[*header.lr_size, 3]} (padded size / scale), got {lr.dtype} {list(lr.shape)}")
+        if codecs.needs_reference(codec) and (self.lr_ref is None or self.ref_hash is None):
+            raise ContainerError(f"codec {codec} predicts the LR from the reference: encode with the reference "
+                                 f"(refscale.pipeline.encode(..., codec={codec!r}))")
         blobs = []
         for entry in header.side:
             raw = np.ascontiguousarray(side_arrays[entry.name], dtype=np.dtype(entry.dtype).newbyteorder("<")).tobytes()
@@ -181,12 +199,16 @@ class Packet:
         return header, blobs
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> Packet:
-        """Parse and validate a ``.rsc`` file (see module doc); :class:`ContainerError` if anything is off."""
+    def from_bytes(cls, data: bytes, lr_ref: np.ndarray | None = None) -> Packet:
+        """Parse and validate a ``.rsc`` file (see module doc); :class:`ContainerError` if anything is off.
+        An inter-frame LR is decoded only when ``lr_ref`` (the reference at LR size) is given;
+        otherwise ``lr`` is ``None`` until :meth:`decode_lr`."""
         data = _as_bytes(data)
         h = read_header(data)
         pos = h.header_bytes
-        lr = codecs.decode_image(data[pos:pos + h.lr_length], h.codec, h.lr_size)
+        lr_data = data[pos:pos + h.lr_length]
+        inter = codecs.needs_reference(h.codec)
+        lr = None if inter else codecs.decode_image(lr_data, h.codec, h.lr_size)
         pos += h.lr_length
         side, side_dtypes = {}, {}
         for e in h.side:
@@ -194,11 +216,26 @@ class Packet:
             pos += e.length
             side[e.name] = np.frombuffer(raw, dtype=np.dtype(e.dtype).newbyteorder("<")).astype(e.dtype).reshape(e.shape)
             side_dtypes[e.name] = e.restore
-        return cls(
+        packet = cls(
             model=h.model, weights_hash=h.weights_hash, scale=h.scale, size=h.size, padded_size=h.padded_size,
             tiles=h.tiles, lr=lr, side=side, codec=h.codec, quality=h.quality, side_dtypes=side_dtypes,
             precision=h.precision, ref_hash=h.ref_hash, ref_shift=h.ref_shift, version=h.version,
+            lr_data=lr_data if inter else None,
         )
+        if inter and lr_ref is not None:
+            packet.decode_lr(lr_ref)
+        return packet
+
+    def decode_lr(self, lr_ref: np.ndarray, exact: bool = True) -> np.ndarray:
+        """Decode an inter-frame LR section with the reference at LR size (uint8 ``[h, w, 3]``);
+        sets and returns ``lr``. ``exact=False``: the reference is knowingly another one (no check
+        that frame 0 was rebuilt as the encoder built it)."""
+        if self.lr is not None:
+            return self.lr
+        size = (self.padded_size[0] // self.scale, self.padded_size[1] // self.scale)
+        self.lr = codecs.decode_image(self.lr_data, self.codec, size, ref=lr_ref, exact=exact)
+        self.lr_ref = np.asarray(lr_ref)
+        return self.lr
 
     def info(self, data: bytes | None = None) -> dict[str, Any]:
         """A JSON-ready summary; with the file's ``data`` also byte counts per section and bpp."""
@@ -206,7 +243,7 @@ class Packet:
             "format_version": self.version, "model": self.model, "weights_hash": self.weights_hash,
             "reference_fingerprint": self.ref_hash, "reference_shift": list(self.ref_shift), "scale": int(self.scale),
             "size": list(_pair(self.size)), "padded_size": list(_pair(self.padded_size)),
-            "lr_size": [int(self.lr.shape[0]), int(self.lr.shape[1])], "tiles": self.tiles,
+            "lr_size": [int(self.padded_size[0]) // int(self.scale), int(self.padded_size[1]) // int(self.scale)], "tiles": self.tiles,
             "precision": self.precision, "codec": self.codec, "quality": self.quality,
             "side": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in self.side.items()},
         }
@@ -305,6 +342,8 @@ class Header:
             raise ContainerError(f"unknown LR codec {self.codec!r}")
         if self.quality is not None and not (1 <= self.quality <= 100 and self.codec != "png"):
             raise ContainerError(f"quality {self.quality} invalid for codec {self.codec}")
+        if codecs.CODECS[self.codec].needs_reference and self.ref_hash is None:
+            raise ContainerError(f"codec {self.codec} predicts from the reference but the file records no reference fingerprint")
         if len(self.side) > MAX_SIDE_TENSORS:
             raise ContainerError(f"more than {MAX_SIDE_TENSORS} side tensors")
         names = set()

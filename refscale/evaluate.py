@@ -29,7 +29,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from refscale import metrics
+from refscale import codecs, metrics
 from refscale.data import Sample, iter_full_images
 from refscale.errors import InputError
 from refscale.imageio import is_greyscale_file, write_image
@@ -78,16 +78,16 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
     bar = tqdm(total=len(samples), desc=f"evaluate {model.name}", unit="img", disable=not progress, dynamic_ncols=True)
     try:
         for sample, (name, hr, ref) in zip(samples, iter_full_images(samples, multiple=scale)):
-            if not model.needs_reference:
+            if not model.needs_reference and not codecs.needs_reference(codec):
                 ref = None
             h, w = hr.shape[-2:]
             start = time.perf_counter()
-            packet = model.encode(hr, ref, precision=precision)
+            packet = model.encode(hr, ref, precision=precision, codec=codec, quality=quality)
             budget = bytes_for_bpp(bpp, (h, w)) if bpp is not None else max_bytes
             data, used_quality = packet.fit(codec, budget) if budget is not None else (packet.to_bytes(codec, quality), quality)
             t_encode = time.perf_counter() - start
             sizes = section_sizes(data)
-            stored = Packet.from_bytes(data)
+            stored = Packet.from_bytes(data, lr_ref=packet.lr_ref)
             scores = {k: 0.0 for k in ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")}
             t_decode = 0.0
             grey = is_greyscale_file(sample.hr)

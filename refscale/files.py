@@ -55,22 +55,24 @@ def is_batch(src: Path) -> bool:
 
 
 # ----------------------------------------------------------------------------- jobs
-def encode_jobs(src, output, model: Rescaler, ref=None, lr_out=None) -> list[Job]:
+def encode_jobs(src, output, model: Rescaler, ref=None, lr_out=None, codec: str | None = None) -> list[Job]:
     """Jobs for encoding ``src`` (an image, a folder or a ``hr,ref[,name]`` manifest) with ``model``.
 
     ``output``: the ``.rsc`` file, or for a batch (or an existing folder) the folder of
     ``<name>.rsc``; ``lr_out`` likewise for the LR images. ``ref``: a reference image, or for a
     batch a folder/manifest whose samples are named like the inputs (otherwise each sample's own).
+    ``codec``: the LR codec (default the model's); an inter-frame codec needs the reference too.
     """
     src = existing(src, "input")
     batch = is_batch(src)
     samples = [(s.name, s.hr, s.ref) for s in discover(src)] if batch else [(src.stem, src, None)]
-    if model.needs_reference:
+    if model.needs_reference or codecs.needs_reference(codec or model.default_codec):
         refs = reference_lookup(ref, batch)
         samples = [(name, hr, refs(name) or own) for name, hr, own in samples]
         missing = [name for name, _, r in samples if r is None]
         if missing:
-            raise ModelError(f"model {model.name} needs a reference image (--ref); none for {', '.join(missing[:3])}")
+            who = f"model {model.name}" if model.needs_reference else f"codec {codec}"
+            raise ModelError(f"{who} needs a reference image (--ref); none for {', '.join(missing[:3])}")
     else:
         if ref:
             warnings.warn(f"model {model.name} takes no reference; --ref ignored")
@@ -153,20 +155,20 @@ def _check_image_suffix(path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- work
-def encode_file(job: Job, model: Rescaler, *, codec: str = "png", quality: int | None = None, bpp: float | None = None,
+def encode_file(job: Job, model: Rescaler, *, codec: str | None = None, quality: int | None = None, bpp: float | None = None,
                 max_bytes: int | None = None, tile=None, resample_ref: bool = False, precision: str | None = None,
                 register: bool = True, force: bool = False, progress: bool = False) -> dict:
     """Encode one job: write the container (and the LR as the receiver sees it). Returns
-    ``{"output", "bytes", "bpp", "size", "model", "codec", "quality"}``.
+    ``{"output", "bytes", "bpp", "size", "model", "codec", "quality"}``. ``codec=None``: the model's default.
 
     ``bpp`` or ``max_bytes``: a budget for the whole file instead of a quality (the quality is
     chosen by :meth:`refscale.Packet.fit`); the budget is checked before anything is written."""
-    codec = codecs.canonical(codec)
+    codec = codecs.canonical(model.default_codec if codec is None else codec)
     quality = codecs.check_quality(codec, quality)
     codecs.require(codec)
     check_budget(quality, bpp, max_bytes)
     packet = pipeline.encode(model, job.input, job.ref, tile=tile, resample_ref=resample_ref, precision=precision,
-                             register=register, progress=progress)
+                             register=register, progress=progress, codec=codec, quality=quality)
     if bpp is not None:
         max_bytes = bytes_for_bpp(bpp, packet.size)
     if max_bytes is not None:
@@ -175,7 +177,7 @@ def encode_file(job: Job, model: Rescaler, *, codec: str = "png", quality: int |
         data = packet.to_bytes(codec=codec, quality=quality)
     write_bytes(job.output, data, force)
     if job.lr_output is not None:
-        write_image(Packet.from_bytes(data).lr, job.lr_output, overwrite=force)
+        write_image(Packet.from_bytes(data, lr_ref=packet.lr_ref).lr, job.lr_output, overwrite=force)
     h, w = packet.size
     return {"output": job.output, "bytes": len(data), "bpp": len(data) * 8 / (h * w), "size": (h, w),
             "model": model.name, "codec": codec, "quality": quality}
@@ -210,7 +212,7 @@ def decode_file(src, ref=None, *, model=None, cache: dict | None = None, warn_re
     data = src if isinstance(src, (bytes, bytearray)) else read_bytes(Path(src))
     packet = Packet.from_bytes(bytes(data))
     m = model_for(packet, model, cache)
-    if not m.needs_reference and ref is not None:
+    if not m.needs_reference and not codecs.needs_reference(packet.codec) and ref is not None:
         if warn_ref:
             warnings.warn(f"model {m.name} takes no reference; --ref ignored")
         ref = None

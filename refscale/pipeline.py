@@ -20,6 +20,10 @@ Written once against the :class:`~refscale.protocol.Rescaler` protocol:
 * **Checks.** A reference model without a reference is a :class:`ModelError`; a reference
   of another size is an :class:`InputError` (``resample_ref=True`` resizes it with MATLAB
   bicubic instead); a packet made by other weights is refused unless ``allow_mismatch``.
+* **Inter-frame LR codecs** (``h264-inter``, ... :mod:`refscale.inter`) predict the LR from the
+  reference at the LR's size (:func:`lr_reference`), so with them the reference is needed (and
+  fingerprinted) even for a model that takes none; the model itself still gets it only if it
+  uses one.
 * **Determinism.** Decoding randomness comes only from ``torch.Generator`` objects seeded from
   ``seed`` (untiled: ``seed`` itself; tiled: one generator per batch of windows, seeded with
   ``SeedSequence([seed, batch index])``), so the same container, reference and seed give the
@@ -34,7 +38,7 @@ import warnings
 import numpy as np
 import torch
 
-from refscale import ops, registration, tiling
+from refscale import codecs, ops, registration, tiling
 from refscale.container import Packet, reference_fingerprint, smallest_integer_array
 from refscale.errors import ContainerError, InputError, ModelError
 from refscale.imageio import as_image_tensor
@@ -68,7 +72,7 @@ MIN_REFERENCE_AGREEMENT = 0.2
 # ============================================================================= encode
 def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: int | None = None,
            progress: bool = False, resample_ref: bool = False, precision: str | None = None,
-           register: bool = True) -> Packet:
+           register: bool = True, codec: str | None = None, quality: int | None = None) -> Packet:
     """Downscale one image into a :class:`Packet` (LR rounded to 8 bits, side info as integers).
 
     ``hr`` and ``ref``: tensors ``[1,3,H,W]``/``[3,H,W]`` in [0,1], ``HxWx3`` arrays or paths.
@@ -77,10 +81,17 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
     pixels (default ``DEFAULT_OVERLAP_LR * scale``). ``register`` (reference models): estimate
     the reference's translation against the image and move it into place
     (:mod:`refscale.registration`); the shift is recorded and the decoder repeats it.
+    ``codec``, ``quality``: what ``packet.to_bytes()`` writes by default (default: the model's
+    ``default_codec``); an inter-frame codec keeps the reference for the LR codec (``lr_ref``).
     """
     hr = _image(hr, "image")
     size = tuple(hr.shape[-2:])
-    ref, ref_hash = _reference(model, ref, size, resample_ref)
+    codec = codecs.canonical(model.default_codec if codec is None else codec)
+    quality = codecs.check_quality(codec, quality)
+    ref, ref_hash = _reference(model, ref, size, resample_ref, codec)
+    lr_ref = lr_reference(ref, model.alignment, model.scale) if ref is not None else None
+    if not model.needs_reference:
+        ref = None  # kept for the LR codec only
     shift = (0, 0)
     if ref is not None and register:
         estimate = registration.estimate_shift(hr, ref)
@@ -125,7 +136,7 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
         model=model.name, weights_hash=model.weights_hash(), scale=s, size=size, padded_size=padded,
         tiles={"tile": layout[0], "overlap": layout[1]} if len(windows) > 1 else None,
         lr=lr_u8, side=side_np, side_dtypes=side_dtypes, precision=precision, ref_hash=ref_hash,
-        ref_shift=shift,
+        ref_shift=shift, codec=codec, quality=quality, lr_ref=lr_ref,
     )
 
 
@@ -154,10 +165,15 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = 1.0, seed:
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise InputError(f"seed must be an integer >= 0, got {seed!r}")
     size, padded, s = tuple(packet.size), tuple(packet.padded_size), model.scale
-    ref, ref_hash = _reference(model, ref, size, resample_ref)
+    ref, ref_hash = _reference(model, ref, size, resample_ref, packet.codec)
     if ref is not None:
-        _check_reference(packet, ref_hash, allow_other_reference)
-        ref = registration.apply_shift(ref, registration.from_units(packet.ref_shift))
+        same = _check_reference(packet, ref_hash, allow_other_reference)
+        if packet.lr is None:  # an inter-frame LR: decoded from the reference at LR size
+            lr_ref = lr_reference(ref, model.alignment, s)
+            if lr_ref.shape[:2] != (padded[0] // s, padded[1] // s):
+                raise ContainerError(f"padded size {padded[0]}x{padded[1]} in the container does not match the model's alignment")
+            packet.decode_lr(lr_ref, exact=same)
+        ref = registration.apply_shift(ref, registration.from_units(packet.ref_shift)) if model.needs_reference else None
     ref_p = ops.pad_to_multiple(ref, model.alignment)[0] if ref is not None else None
     if ref_p is not None and tuple(ref_p.shape[-2:]) != padded:
         raise ContainerError(f"padded size {padded[0]}x{padded[1]} in the container does not match the model's alignment")
@@ -214,29 +230,50 @@ def fingerprint(ref: torch.Tensor) -> str:
     return reference_fingerprint(to_uint8(ref)[0].permute(1, 2, 0).contiguous().numpy())
 
 
-def _check_reference(packet: Packet, got: str, allow_other: bool) -> None:
+def lr_reference(ref: torch.Tensor, align: int, scale: int) -> np.ndarray:
+    """The reference at the LR's size that an inter-frame LR codec predicts from, uint8 ``[h, w, 3]``.
+
+    Normative, computed alike by encoder and decoder from the reference as given (before
+    registration; after ``resample_ref``): reflect-padded to the model's alignment like the image,
+    then for ``scale > 1`` MATLAB bicubic down (:func:`refscale.ops.bicubic_down`) in float64,
+    clamped and rounded to 8 bits; at scale 1 the 8-bit reference itself. float64 keeps the rounding
+    away from ties on any CPU; the inter codec's frame-0 digest refuses a file if it ever differs.
+    """
+    ref_p = ops.pad_to_multiple(ref, align)[0]
+    if scale > 1:
+        ref_p = ops.bicubic_down(ref_p.to(torch.float64), scale)
+    return to_uint8(ref_p)[0].permute(1, 2, 0).contiguous().numpy()
+
+
+def _check_reference(packet: Packet, got: str, allow_other: bool) -> bool:
+    """True when the reference is the one the encoder recorded (or none is recorded); refuses
+    another one unless ``allow_other`` (then warns and returns False)."""
     if packet.ref_hash is None:
         warnings.warn(f"the container (format version {packet.version}) records no reference fingerprint; "
                       "the reference cannot be checked", stacklevel=3)
-        return
+        return True
     if got == packet.ref_hash:
-        return
+        return True
     text = (f"the reference is not the one this image was encoded with (fingerprint {got[:12]}, "
             f"the container records {packet.ref_hash[:12]})")
     if not allow_other:
         raise InputError(text + "; give the same reference, or allow another one (--allow-other-reference) "
                                 "for a re-encoded copy of it")
     warnings.warn(text + "; decoding anyway", stacklevel=3)
+    return False
 
 
-def _reference(model: Rescaler, ref, size: tuple[int, int], resample: bool) -> tuple[torch.Tensor | None, str | None]:
+def _reference(model: Rescaler, ref, size: tuple[int, int], resample: bool,
+               codec: str = "png") -> tuple[torch.Tensor | None, str | None]:
     """``(reference at the image size, fingerprint of the reference as given)``; ``(None, None)``
-    for models without one."""
-    if not model.needs_reference:
+    for models without one, unless the LR ``codec`` predicts from the reference."""
+    if not model.needs_reference and not codecs.needs_reference(codec):
         if ref is not None:
             warnings.warn(f"model {model.name} takes no reference; ignoring it", stacklevel=3)
         return None, None
     model.check_reference(ref)
+    if ref is None:
+        raise ModelError(f"LR codec {codec} predicts from a reference image: give one (--ref)")
     ref = _image(ref, "reference")
     given = fingerprint(ref)
     rsize = tuple(ref.shape[-2:])

@@ -99,6 +99,8 @@ class Rescaler(nn.Module):
     needs_reference: bool = False
     #: True when ``upscale`` samples randomness (evaluation then averages several draws)
     stochastic: bool = False
+    #: the LR codec a packet is written with unless the caller names one (``refscale.codecs``)
+    default_codec: str = "png"
 
     def __init__(self, scale: int, **config: Any):
         super().__init__()

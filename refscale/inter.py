@@ -1,0 +1,348 @@
+"""Inter-frame LR codecs: the LR image coded as a video P-frame predicted from the reference.
+
+Three codecs of the container's LR section, ``h264-inter``, ``hevc-inter`` and ``av1-inter``,
+listed in :data:`refscale.codecs.CODECS` beside the still-image codecs. Unlike those, they need a
+*reference at the LR's size* on both sides: the encoder codes a two-frame video, the reference
+as frame 0 and the LR image as frame 1 (a P-frame), and the container keeps only what frame 1
+adds. The receiver, which has the reference, re-encodes frame 0 exactly as the encoder did
+(same library, same options, one thread), feeds that and the stored P-frame to the decoder and
+takes frame 1. One mechanism covers two uses (issue 19):
+
+* scale 1, the models ``inter-h264`` / ``inter-hevc`` / ``inter-av1`` (``refscale.models.inter``):
+  the new image itself is the P-frame, predicted from the reference;
+* any rescaler + ``--codec h264-inter`` (etc.): the LR is the P-frame, predicted from the
+  reference brought to the LR's size (``refscale.pipeline.lr_reference``: the reference as the
+  encoder was given it, reflect-padded like the image, MATLAB bicubic down in float64, rounded to
+  8 bits; at scale 1 the 8-bit reference itself).
+
+**Why PyAV.** Its wheels bundle FFmpeg with libx264, libx265, SVT-AV1 and dav1d (18.1.0 here), so
+the mode needs no system package, and one API drives all three encoders and decoders. Pinned as
+the ``inter`` extra (``av>=14,<19``; ``pip install 'refscale[inter]'``). The AV1 encoder in those
+wheels is SVT-AV1, 4:2:0 only (libaom is not included); decoding AV1 uses libdav1d (FFmpeg's
+native AV1 decoder needs a hardware accelerator).
+
+**Colour.** RGB is converted to full-range BT.601 YCbCr (JPEG's matrix) in 16-bit fixed-point
+integer arithmetic here (:func:`rgb_to_ycbcr`, :func:`ycbcr_to_rgb`), not by swscale, whose SIMD
+paths may round differently on another CPU. H.264 and HEVC code 4:4:4; AV1 (SVT-AV1) 4:2:0, the
+chroma averaged over 2x2 blocks (integer, rounded) and repeated back on decoding. The round trip
+RGB -> YCbCr -> RGB alone costs about 50 dB (at most 2 levels), far below any lossy quality.
+Frames are padded bottom/right by repeating the edge to a multiple of 2 (H.264) or of 8 and at
+least 16 px (HEVC, AV1) and cropped back.
+
+**Frame 0** is coded near-losslessly, deterministically: H.264 with ``zones=0,0,q=0`` (frame 0 at
+QP 0), HEVC with ``ipratio=1024`` (the I-frame QP falls to 0; x265 ignores zones with CRF here),
+both reconstructing the reference within one level of the YCbCr planes; SVT-AV1 can lower its
+key frame only by ``key-frame-qindex-offset=-64`` (its limit), so AV1's frame 0 stays lossy and
+AV1 saves fewer bits. All encoders run single-threaded, without B-frames, lookahead, scene cuts
+or temporal filtering, with PSNR tuning (psy optimisations off) where the encoder has it.
+
+**Quality.** refscale's ``quality`` 1..100 (``None`` = :data:`DEFAULT_QUALITY`) maps linearly
+to the encoder's CRF: ``crf = round(51 * (100 - q) / 99)`` for x264/x265 (q=100 -> CRF 0, q=60
+-> 21, q=1 -> 51), ``crf = 1 + round(62 * (100 - q) / 99)`` for SVT-AV1 (1..63). No setting is
+lossless (the colour conversion is not), so :func:`refscale.codecs.is_lossless` is False.
+
+**The LR section** of an inter codec (docs/format.md, "Inter-frame LR sections")::
+
+    u8 payload version (1) | u8 CRF | str8 encoder identity | 8 bytes frame-0 digest | P-frame bitstream
+
+The identity (``libx264;av-18.1.0;lavc-62.28.102``) names what wrote the file; the digest is the
+first 8 bytes of the SHA-256 of frame 0's bitstream as the encoder produced it. The decoder
+regenerates frame 0 and compares digests: a mismatch (another library build, a non-deterministic
+encoder, or a reference at LR size computed differently) is refused with a one-line error naming
+both builds, instead of decoding garbage. The encoder checks the same on its own machine before
+writing (frame 0 re-encoded alone must equal frame 0 of the two-frame stream). With
+``allow_other_reference`` the digest cannot match and is not checked (the P-frame is then
+predicted from the other reference, e.g. a re-encoded copy of the archive image).
+"""
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from refscale.errors import ContainerError, InputError
+
+PAYLOAD_VERSION = 1
+DEFAULT_QUALITY = 60
+DIGEST_BYTES = 8
+EXTRA_HINT = "pip install 'refscale[inter]'"
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str  # refscale codec name
+    encoder: str  # FFmpeg encoder
+    decoder: str  # FFmpeg decoder
+    chroma: int  # 444 or 420
+    crf_min: int
+    crf_max: int
+    multiple: int  # frames are padded to a multiple of this
+    min_side: int
+
+    @property
+    def pix_fmt(self) -> str:
+        return "yuv444p" if self.chroma == 444 else "yuv420p"
+
+
+SPECS: dict[str, Spec] = {
+    "h264-inter": Spec("h264-inter", "libx264", "h264", 444, 0, 51, 2, 2),
+    "hevc-inter": Spec("hevc-inter", "libx265", "hevc", 444, 0, 51, 8, 16),
+    "av1-inter": Spec("av1-inter", "libsvtav1", "libdav1d", 420, 1, 63, 8, 16),
+}
+
+
+def crf_for(name: str, quality: int | None) -> int:
+    """The encoder's CRF for refscale ``quality`` 1..100 (``None``: :data:`DEFAULT_QUALITY`)."""
+    s = SPECS[name]
+    q = DEFAULT_QUALITY if quality is None else int(quality)
+    return s.crf_min + round((s.crf_max - s.crf_min) * (100 - q) / 99)
+
+
+def _options(s: Spec, crf: int, boost_first: bool = True) -> dict[str, str]:
+    """Encoder options: deterministic (one thread), low delay (no B-frames, lookahead, scene cuts),
+    tuned for PSNR, frame 0 near-lossless (see module doc); ``boost_first=False``: frame 0 at the
+    CRF like any other (the intra-only baseline, :func:`intra_size`)."""
+    if s.encoder == "libx264":
+        return {"preset": "medium", "tune": "psnr", "crf": str(crf),
+                "x264-params": ("zones=0,0,q=0:" if boost_first else "") + "keyint=infinite:scenecut=0:bframes=0:"
+                               "rc-lookahead=0:sync-lookahead=0:threads=1:sliced-threads=0"}
+    if s.encoder == "libx265":
+        return {"preset": "medium", "tune": "psnr", "crf": str(crf),
+                "x265-params": ("ipratio=1024:" if boost_first else "") + "keyint=250:scenecut=0:bframes=0:"
+                               "rc-lookahead=0:frame-threads=1:pools=none:wpp=0:log-level=none"}
+    return {"preset": "8", "crf": str(crf),
+            "svtav1-params": "pred-struct=1:scd=0:lp=1:keyint=250:enable-tf=0:enable-overlays=0" +
+                             (":use-fixed-qindex-offsets=1:key-frame-qindex-offset=-64" if boost_first else "")}
+
+
+# ----------------------------------------------------------------------------- PyAV
+def _av():
+    try:
+        import av  # noqa: PLC0415 - optional dependency, imported on use
+    except ImportError:
+        raise InputError(f"the inter-frame codecs need PyAV, which is not installed ({EXTRA_HINT})") from None
+    return av
+
+
+def available(name: str) -> bool:
+    """True when PyAV is installed and has this codec's encoder and decoder (no encoding is run,
+    so ``refscale --help`` stays fast)."""
+    try:
+        av = _av()
+        s = SPECS[name]
+        av.Codec(s.encoder, "w")
+        av.Codec(s.decoder, "r")
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not usable here"
+        return False
+
+
+def missing_reason(name: str) -> str:
+    """Why :func:`available` is False, for the one-line error."""
+    try:
+        av = _av()
+    except InputError as e:
+        return str(e)
+    s = SPECS[name]
+    return f"this PyAV {av.__version__} has no {s.encoder} encoder or {s.decoder} decoder ({EXTRA_HINT} installs a build with both)"
+
+
+def identity(name: str) -> str:
+    """What encodes here: ``<encoder>;av-<PyAV version>;lavc-<libavcodec version>``."""
+    av = _av()
+    lavc = ".".join(str(v) for v in av.library_versions.get("libavcodec", ()))
+    return f"{SPECS[name].encoder};av-{av.__version__};lavc-{lavc}"
+
+
+def _quiet_svt() -> None:
+    import os
+
+    os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its banner on stderr otherwise (errors only)
+
+
+def _encode_frames(s: Spec, crf: int, frames: list[np.ndarray], boost_first: bool = True) -> list[bytes]:
+    av = _av()
+    if s.encoder == "libsvtav1":
+        _quiet_svt()
+    h, w = _frame_size(s, frames[0])
+    cc = av.CodecContext.create(s.encoder, "w")
+    cc.width, cc.height, cc.pix_fmt = w, h, s.pix_fmt
+    cc.time_base = Fraction(1, 25)
+    cc.thread_count = 1
+    cc.options = _options(s, crf, boost_first)
+    packets: list[bytes] = []
+    for i, f in enumerate(frames):
+        vf = av.VideoFrame.from_ndarray(f, format=s.pix_fmt)
+        vf.pts = i
+        packets += [bytes(p) for p in cc.encode(vf)]
+    packets += [bytes(p) for p in cc.encode(None)]
+    return packets
+
+
+def _decode_frames(s: Spec, packets: list[bytes], size: tuple[int, int]) -> list[np.ndarray]:
+    av = _av()
+    dc = av.CodecContext.create(s.decoder, "r")
+    dc.thread_count = 1
+    frames = []
+    for p in packets:
+        frames += dc.decode(av.Packet(p))
+    frames += dc.decode(None)
+    out = []
+    for f in frames:
+        if (f.height, f.width) != size:
+            raise ContainerError(f"{s.name} P-frame decoded to {f.height}x{f.width}, expected {size[0]}x{size[1]}")
+        if f.format.name not in (s.pix_fmt, s.pix_fmt.replace("yuv", "yuvj")):
+            raise ContainerError(f"{s.name} P-frame decoded to pixel format {f.format.name}, expected {s.pix_fmt}")
+        out.append(np.ascontiguousarray(f.to_ndarray()))
+    return out
+
+
+def _frame_size(s: Spec, planes: np.ndarray) -> tuple[int, int]:
+    return (planes.shape[1], planes.shape[2]) if s.chroma == 444 else (planes.shape[0] * 2 // 3, planes.shape[1])
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()[:DIGEST_BYTES]
+
+
+# ----------------------------------------------------------------------------- colour and planes
+def rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:
+    """uint8 ``[h, w, 3]`` RGB -> uint8 ``[3, h, w]`` full-range BT.601 YCbCr, 16-bit fixed point."""
+    r, g, b = (rgb[..., i].astype(np.int32) for i in range(3))
+    y = (19595 * r + 38470 * g + 7471 * b + 32768) >> 16
+    cb = (-11059 * r - 21709 * g + 32768 * b + (128 << 16) + 32768) >> 16
+    cr = (32768 * r - 27439 * g - 5329 * b + (128 << 16) + 32768) >> 16
+    return np.clip(np.stack([y, cb, cr]), 0, 255).astype(np.uint8)
+
+
+def ycbcr_to_rgb(ycc: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`rgb_to_ycbcr` (rounded, clipped): uint8 ``[3, h, w]`` -> uint8 ``[h, w, 3]``."""
+    y, cb, cr = (ycc[i].astype(np.int32) for i in range(3))
+    cb, cr = cb - 128, cr - 128
+    r = y + ((91881 * cr + 32768) >> 16)
+    g = y + ((-22554 * cb - 46802 * cr + 32768) >> 16)
+    b = y + ((116130 * cb + 32768) >> 16)
+    return np.clip(np.stack([r, g, b], axis=-1), 0, 255).astype(np.uint8)
+
+
+def _padded_size(s: Spec, h: int, w: int) -> tuple[int, int]:
+    def up(n):
+        return max(-(-n // s.multiple) * s.multiple, s.min_side)
+
+    return up(h), up(w)
+
+
+def to_planes(s: Spec, rgb: np.ndarray) -> np.ndarray:
+    """The frame the encoder is given: padded (edge), YCbCr, 4:4:4 ``[3,H,W]`` or 4:2:0 packed ``[H*3/2, W]``."""
+    h, w = rgb.shape[:2]
+    ph, pw = _padded_size(s, h, w)
+    ycc = rgb_to_ycbcr(np.pad(rgb, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge"))
+    if s.chroma == 444:
+        return np.ascontiguousarray(ycc)
+    c = ycc[1:].astype(np.int32).reshape(2, ph // 2, 2, pw // 2, 2).sum(axis=(2, 4))
+    c = ((c + 2) >> 2).astype(np.uint8)
+    return np.ascontiguousarray(np.concatenate([ycc[0].ravel(), c[0].ravel(), c[1].ravel()]).reshape(ph * 3 // 2, pw))
+
+
+def from_planes(s: Spec, planes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Inverse of :func:`to_planes` (chroma repeated 2x2 for 4:2:0), cropped to ``size``: uint8 ``[h, w, 3]``."""
+    if s.chroma == 444:
+        ycc = planes
+    else:
+        ph, pw = planes.shape[0] * 2 // 3, planes.shape[1]
+        flat = planes.reshape(-1)
+        y = flat[:ph * pw].reshape(ph, pw)
+        n = (ph // 2) * (pw // 2)
+        cb = flat[ph * pw:ph * pw + n].reshape(ph // 2, pw // 2).repeat(2, 0).repeat(2, 1)
+        cr = flat[ph * pw + n:ph * pw + 2 * n].reshape(ph // 2, pw // 2).repeat(2, 0).repeat(2, 1)
+        ycc = np.stack([y, cb, cr])
+    return np.ascontiguousarray(ycbcr_to_rgb(ycc)[:size[0], :size[1]])
+
+
+# ----------------------------------------------------------------------------- the codec
+def _check_ref(name: str, ref, shape: tuple[int, ...]) -> np.ndarray:
+    if ref is None:
+        raise InputError(f"codec {name} predicts from the reference: it needs the reference at the LR size")
+    ref = np.asarray(ref)
+    if ref.dtype != np.uint8 or ref.shape != tuple(shape):
+        raise InputError(f"codec {name}: the reference at LR size is {ref.dtype} {list(ref.shape)}, expected uint8 {list(shape)}")
+    return np.ascontiguousarray(ref)
+
+
+def first_frame(name: str, ref: np.ndarray, quality: int | None = None, crf: int | None = None) -> tuple[bytes, np.ndarray]:
+    """Frame 0 as the decoder regenerates it: ``(bitstream, reconstruction uint8 [h, w, 3])``."""
+    s = SPECS[name]
+    ref = _check_ref(name, ref, np.shape(ref))
+    crf = crf_for(name, quality) if crf is None else crf
+    packets = _encode_frames(s, crf, [to_planes(s, ref)])
+    if len(packets) != 1:
+        raise InputError(f"{s.encoder} produced {len(packets)} packets for one frame")
+    frames = _decode_frames(s, packets, _padded_size(s, *ref.shape[:2]))
+    return packets[0], from_planes(s, frames[0], ref.shape[:2])
+
+
+def intra_size(name: str, arr: np.ndarray, quality: int | None = None) -> int:
+    """Bytes of ``arr`` coded intra-only by the same encoder at the same quality (the same options
+    without the frame-0 boost): the baseline the P-frame is compared with."""
+    s = SPECS[name]
+    packets = _encode_frames(s, crf_for(name, quality), [to_planes(s, np.ascontiguousarray(arr))], boost_first=False)
+    return sum(len(p) for p in packets)
+
+
+def encode(name: str, arr: np.ndarray, quality: int | None, ref: np.ndarray) -> bytes:
+    """The LR section: payload header + the P-frame coding ``arr`` predicted from ``ref`` (both uint8 ``[h, w, 3]``)."""
+    s = SPECS[name]
+    ref = _check_ref(name, ref, arr.shape)
+    crf = crf_for(name, quality)
+    f0 = to_planes(s, ref)
+    packets = _encode_frames(s, crf, [f0, to_planes(s, arr)])
+    if len(packets) != 2:
+        raise InputError(f"{s.encoder} produced {len(packets)} packets for two frames, expected 2")
+    alone = _encode_frames(s, crf, [f0])
+    if alone[:1] != packets[:1]:  # the decoder would not be able to rebuild frame 0
+        raise InputError(f"{s.encoder} is not deterministic here: frame 0 alone differs from frame 0 of the stream")
+    ident = identity(name).encode("ascii")[:255]
+    return struct.pack("<BBB", PAYLOAD_VERSION, crf, len(ident)) + ident + _digest(packets[0]) + packets[1]
+
+
+def parse(name: str, data: bytes) -> tuple[int, str, bytes, bytes]:
+    """``(crf, encoder identity, frame-0 digest, P-frame bitstream)`` of an LR section; ContainerError if malformed."""
+    s = SPECS[name]
+    if len(data) < 3:
+        raise ContainerError(f"{name} LR section is too short ({len(data)} bytes)")
+    version, crf, n = struct.unpack_from("<BBB", data, 0)
+    if version != PAYLOAD_VERSION:
+        raise ContainerError(f"{name} LR section has payload version {version}; this refscale reads {PAYLOAD_VERSION}")
+    if not s.crf_min <= crf <= s.crf_max:
+        raise ContainerError(f"{name} LR section: CRF {crf} out of range {s.crf_min}..{s.crf_max}")
+    end = 3 + n + DIGEST_BYTES
+    if n < 1 or len(data) <= end:
+        raise ContainerError(f"{name} LR section is truncated")
+    raw = data[3:3 + n]
+    if not all(0x21 <= c <= 0x7E for c in raw):
+        raise ContainerError(f"{name} LR section: encoder identity is not printable ASCII")
+    return crf, raw.decode("ascii"), data[3 + n:end], data[end:]
+
+
+def decode(name: str, data: bytes, size: tuple[int, int], ref: np.ndarray, exact: bool = True) -> np.ndarray:
+    """Rebuild the LR image uint8 ``[h, w, 3]`` from its section and the reference at LR size.
+    ``exact``: refuse when frame 0 regenerated here differs from the encoder's (see module doc)."""
+    s = SPECS[name]
+    crf, ident, digest, pframe = parse(name, bytes(data))
+    ref = _check_ref(name, ref, (size[0], size[1], 3))
+    f0 = _encode_frames(s, crf, [to_planes(s, ref)])
+    if len(f0) != 1:
+        raise ContainerError(f"{s.encoder} produced {len(f0)} packets for frame 0")
+    if exact and _digest(f0[0]) != digest:
+        mine = identity(name)
+        why = ("the same build: the reference at LR size or the encoder's output differs on this machine"
+               if mine == ident else f"this machine has {mine}")
+        raise ContainerError(f"cannot rebuild the encoder's first frame for {name}: the file was written with {ident}, "
+                             f"{why}; decode with the same PyAV build")
+    frames = _decode_frames(s, [f0[0], pframe], _padded_size(s, *size))
+    if len(frames) != 2:
+        raise ContainerError(f"{name} P-frame did not decode ({len(frames)} frames from 2 packets)")
+    return from_planes(s, frames[1], size)
