@@ -6,9 +6,12 @@
 
 ``run`` measures, per image, PSNR-Y and SSIM-Y against bits per HR pixel for
 
-* ``full``: each codec alone at full resolution (the bare codec bitstream, no container:
-  this favours the codec by the ~100 container bytes a refscale file carries);
-* every ``--models`` pipeline: ``model.encode`` once, then the LR coded by each codec at each
+* ``full``: each still codec alone at full resolution (the bare codec bitstream, no container:
+  this favours the codec by the ~100 container bytes a refscale file carries); each inter codec
+  at full resolution through the ``inter-*`` model and a real ``.rsc`` (a P-frame predicted from
+  the reference, issue 19), and the same encoder intra-only (``h264-intra`` etc., bare bitstream);
+* every ``--models`` pipeline: ``model.encode`` once (once more with the reference at LR size
+  for the inter codecs: the LR coded as a P-frame from the equally downscaled reference), then the LR coded by each codec at each
   quality inside a real ``.rsc`` (``Packet.to_bytes``: the rate is the *whole file*, header and
   similarity map included) and decoded with ``model.decode`` (t = 1, seed 0, one draw).
 
@@ -37,16 +40,24 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks folder: report_common
 from report_common import write_section  # noqa: E402
 
-from refscale import codecs, metrics, zoo  # noqa: E402
+from refscale import codecs, inter, metrics, zoo  # noqa: E402
 from refscale.container import Packet  # noqa: E402
 from refscale.data import discover, iter_full_images  # noqa: E402
 from refscale.imageio import is_greyscale_file  # noqa: E402
 from refscale.rd import bd  # noqa: E402
 
-CODECS = ("jpeg", "webp", "avif", "jxl", "j2k")
+STILL = ("jpeg", "webp", "avif", "jxl", "j2k")
+INTER = ("h264-inter", "hevc-inter", "av1-inter")  # P-frame from the reference (refscale.inter)
+CODECS = STILL + INTER
+#: the intra-only curve of each inter codec's encoder (pipeline ``full`` only; not a container codec)
+INTRA = {c: c.replace("-inter", "-intra") for c in INTER}
+ALL = CODECS + tuple(INTRA.values())  # every curve label, in report order
 #: quality sweeps: 7 points each, spanning ~0.02-2 bpp at full resolution and at x2 / x4 on OSCD
-#: (j2k's quality is a target PSNR 20 + 0.3 q dB, so its useful range is lower)
+#: (j2k's quality is a target PSNR 20 + 0.3 q dB, so its useful range is lower; inter codecs:
+#: CRF = 51 (100 - q) / 99, i.e. CRF 46 .. 5 for x264/x265)
 QUALITIES = {
+    **{c: (10, 25, 40, 55, 70, 80, 90) for c in INTER},
+    **{c: (10, 25, 40, 55, 70, 80, 90) for c in INTRA.values()},
     "jpeg": (5, 15, 30, 50, 70, 85, 95),
     "webp": (5, 15, 30, 50, 70, 85, 95),
     "avif": (5, 15, 30, 45, 60, 75, 90),
@@ -91,13 +102,29 @@ def run(args) -> None:
     for sample, (name, hr, ref) in zip(samples, iter_full_images(samples, multiple=CROP)):
         h, w = hr.shape[-2:]
         grey = is_greyscale_file(sample.hr)
-        todo = [(c, q) for c in codec_list for q in QUALITIES[c] if _key(name, FULL, c, q) not in points]
+        full_codecs = [x for c in codec_list for x in ((c, INTRA[c]) if c in INTER else (c,))]
+        todo = [(c, q) for c in full_codecs for q in QUALITIES[c] if _key(name, FULL, c, q) not in points]
+        if any(c in INTER for c, _ in todo) and ref is None:
+            raise SystemExit(f"the inter codecs need references; {name} has none")
         start = time.perf_counter()
         hr_u8 = metrics.to_uint8(hr)[0].permute(1, 2, 0).numpy().copy()
+        inter_packets = {}
         for c, q in todo:
-            data = codecs.encode_image(hr_u8, c, q)
-            hat = torch.from_numpy(codecs.decode_image(data, c, (h, w))).permute(2, 0, 1)[None].float() / 255
-            points[_key(name, FULL, c, q)] = {"bpp": len(data) * 8 / (h * w), **_scores(hat, hr, grey)}
+            if c in INTER:  # through the container, like any refscale file
+                imodel = zoo.load(f"inter-{c.split('-')[0]}")
+                if c not in inter_packets:
+                    inter_packets[c] = imodel.encode(hr, ref)
+                data = inter_packets[c].to_bytes(c, q)
+                hat = imodel.decode(Packet.from_bytes(data), ref)
+                nbytes = len(data)
+            elif c.endswith("-intra"):
+                nbytes, rec = inter.intra(c.replace("-intra", "-inter"), hr_u8, q)
+                hat = torch.from_numpy(rec).permute(2, 0, 1)[None].float() / 255
+            else:
+                data = codecs.encode_image(hr_u8, c, q)
+                nbytes = len(data)
+                hat = torch.from_numpy(codecs.decode_image(data, c, (h, w))).permute(2, 0, 1)[None].float() / 255
+            points[_key(name, FULL, c, q)] = {"bpp": nbytes * 8 / (h * w), **_scores(hat, hr, grey)}
         if todo:
             print(f"{name} {FULL}: {len(todo)} points, {time.perf_counter() - start:.1f} s", flush=True)
             _save(results, out)
@@ -110,10 +137,12 @@ def run(args) -> None:
                 raise SystemExit(f"{mname} needs references; {name} has none")
             start = time.perf_counter()
             with torch.inference_mode():
-                packet = model.encode(hr, r, precision=args.precision)
+                packet = model.encode(hr, r, precision=args.precision) if any(c in STILL for c, _ in todo) else None
+                if any(c in INTER for c, _ in todo):  # the same LR, plus the reference at LR size
+                    inter_packet = model.encode(hr, ref, precision=args.precision, codec=INTER[0])
                 for c, q in todo:
-                    data = packet.to_bytes(c, q)
-                    hat = model.decode(Packet.from_bytes(data), r, seed=0)
+                    data = (inter_packet if c in INTER else packet).to_bytes(c, q)
+                    hat = model.decode(Packet.from_bytes(data), ref if c in INTER else r, seed=0)
                     points[_key(name, mname, c, q)] = {"bpp": len(data) * 8 / (h * w), **_scores(hat, hr, grey)}
             print(f"{name} {mname}: {len(todo)} points, {time.perf_counter() - start:.1f} s", flush=True)
             _save(results, out)
@@ -152,7 +181,7 @@ def _pts(curve: list[dict], metric: str = "psnr_y") -> list[tuple[float, float]]
 def bd_table(cs: dict) -> list[dict]:
     rows = []
     anchors = {codec: c for (pipe, codec), c in cs.items() if pipe == FULL}
-    for (pipe, codec), c in sorted(cs.items(), key=lambda kv: (_scale(kv[0][0]), kv[0][0], CODECS.index(kv[0][1]))):
+    for (pipe, codec), c in sorted(cs.items(), key=lambda kv: (_scale(kv[0][0]), kv[0][0], ALL.index(kv[0][1]))):
         for anchor_codec, anchor in anchors.items():
             if (pipe, codec) == (FULL, anchor_codec):
                 continue
@@ -182,24 +211,27 @@ def report_markdown(cs: dict, rows: list[dict], name: str, command: str) -> str:
               "same PSNR-Y; ranges are the overlap the deltas integrate over):", "",
               "| pipeline | codec | BD-rate | over PSNR-Y | BD-PSNR | over bpp |", "|---|---|---:|---|---:|---|"]
     for r in rows:
-        if r["codec"] != r["anchor"]:
+        same = r["codec"] == r["anchor"] or (r["pipeline"] == FULL and INTRA.get(r["codec"]) == r["anchor"])
+        if not same:
             continue
         pr = "-" if r["psnr_range"] is None else f"{r['psnr_range'][0]:.1f}-{r['psnr_range'][1]:.1f} dB"
         br = "-" if r["bpp_range"] is None else f"{r['bpp_range'][0]:.3f}-{r['bpp_range'][1]:.3f}"
         lines.append(f"| {r['pipeline']} | {r['codec']} | {_fmt(r['bd_rate'], '+.1f')}{'' if r['bd_rate'] is None else ' %'} "
                      f"| {pr} | {_fmt(r['bd_psnr'], '+.2f')}{'' if r['bd_psnr'] is None else ' dB'} | {br} |")
-    anchors = [c for c in CODECS if (FULL, c) in cs]
-    lines += ["", "**BD-rate (%) against each codec alone** (rows: pipeline + codec; `-`: no overlap):", "",
+    anchors = [c for c in STILL + tuple(INTRA.values()) if (FULL, c) in cs]
+    lines += ["", "**BD-rate (%) against each still codec alone and each video encoder intra-only** "
+              "(rows: pipeline + codec; `-`: no overlap):", "",
               "| pipeline + codec | " + " | ".join(f"vs {a}" for a in anchors) + " |",
               "|---|" + "---:|" * len(anchors)]
     table: dict[tuple[str, str], dict[str, float | None]] = {}
     for r in rows:
         table.setdefault((r["pipeline"], r["codec"]), {})[r["anchor"]] = r["bd_rate"]
     for (pipe, codec), vals in table.items():
-        lines.append(f"| {pipe} + {codec} | " + " | ".join(_fmt(vals.get(a), "+.1f") for a in anchors) + " |")
+        if any(vals.get(a) is not None for a in anchors):
+            lines.append(f"| {pipe} + {codec} | " + " | ".join(_fmt(vals.get(a), "+.1f") for a in anchors) + " |")
     lines += ["", "**Best pipeline at a given rate** (highest mean PSNR-Y among all curves that reach that rate; "
               "linear in log-rate between measured points):", "",
-              "| bpp | best | PSNR-Y | best codec alone | PSNR-Y | best rescaler + codec | PSNR-Y |", "|---:|---|---:|---|---:|---|---:|"]
+              "| bpp | best | PSNR-Y | best at full resolution | PSNR-Y | best rescaler + codec | PSNR-Y |", "|---:|---|---:|---|---:|---|---:|"]
     for rate in RATES:
         found = {k: psnr_at(c, rate) for k, c in cs.items()}
         found = {k: v for k, v in found.items() if v is not None}
@@ -234,6 +266,9 @@ def figures(cs: dict, name: str, folder: Path) -> list[Path]:
                     continue
                 ax.plot(*zip(*_pts(curve)), marker="o", ms=3, label=f"{codec} alone" if pipe == FULL else f"{pipe} + {codec}",
                         lw=2 if pipe == FULL else 1.3, color="black" if pipe == FULL else None)
+            for extra, style in ((INTRA.get(codec), ":"), ("avif" if codec in INTER else None, "--")):
+                if extra and (FULL, extra) in cs:  # inter codecs: beside their intra-only curve and AVIF
+                    ax.plot(*zip(*_pts(cs[(FULL, extra)])), ls=style, color="grey", marker=".", label=f"{extra} alone")
             ax.set_xscale("log")
             ax.set_xlabel("bits per HR pixel (whole file)")
             ax.set_ylabel("PSNR-Y (dB)")
@@ -249,7 +284,11 @@ def figures(cs: dict, name: str, folder: Path) -> list[Path]:
 
 
 def report(args) -> None:
-    results = json.loads(Path(args.results).read_text())
+    results = {"meta": {"qualities": QUALITIES}, "points": {}}
+    for path in args.results:
+        part = json.loads(Path(path).read_text())
+        results["meta"]["qualities"] = {**results["meta"]["qualities"], **part["meta"]["qualities"]}
+        results["points"].update(part["points"])
     cs = curves(results)
     rows = bd_table(cs)
     command = args.command or " ".join(["python benchmarks/rd_curves.py", *sys.argv[1:]])
@@ -278,7 +317,7 @@ def main(argv=None) -> None:
     r.add_argument("--out", required=True, help="results JSON (read first if it exists: resumes)")
     r.set_defaults(func=run)
     p = sub.add_parser("report", help="BD table, figures, docs section")
-    p.add_argument("--results", required=True)
+    p.add_argument("--results", required=True, nargs="+", help="one or more results JSON files of `run`")
     p.add_argument("--name", required=True, help="dataset label, e.g. oscd (figure names, docs markers)")
     p.add_argument("--figures", default=None, help="folder for rd_<name>_<codec>_x<s>.png")
     p.add_argument("--json", default=None, help="also write curves and BD rows here")

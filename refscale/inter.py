@@ -284,12 +284,20 @@ def first_frame(name: str, ref: np.ndarray, quality: int | None = None, crf: int
     return packets[0], from_planes(s, frames[0], ref.shape[:2])
 
 
-def intra_size(name: str, arr: np.ndarray, quality: int | None = None) -> int:
-    """Bytes of ``arr`` coded intra-only by the same encoder at the same quality (the same options
-    without the frame-0 boost): the baseline the P-frame is compared with."""
+def intra(name: str, arr: np.ndarray, quality: int | None = None) -> tuple[int, np.ndarray]:
+    """``arr`` coded intra-only by the same encoder at the same quality (the same options without
+    the frame-0 boost): ``(bytes, reconstruction uint8 [h, w, 3])``, the baseline the P-frame is
+    compared with."""
     s = SPECS[name]
-    packets = _encode_frames(s, crf_for(name, quality), [to_planes(s, np.ascontiguousarray(arr))], boost_first=False)
-    return sum(len(p) for p in packets)
+    arr = np.ascontiguousarray(arr)
+    packets = _encode_frames(s, crf_for(name, quality), [to_planes(s, arr)], boost_first=False)
+    frames = _decode_frames(s, packets, _padded_size(s, *arr.shape[:2]))
+    return sum(len(p) for p in packets), from_planes(s, frames[0], arr.shape[:2])
+
+
+def intra_size(name: str, arr: np.ndarray, quality: int | None = None) -> int:
+    """Bytes of :func:`intra` (the intra-only baseline)."""
+    return intra(name, arr, quality)[0]
 
 
 def encode(name: str, arr: np.ndarray, quality: int | None, ref: np.ndarray) -> bytes:
