@@ -151,23 +151,39 @@ def run(args) -> None:
 
 # ============================================================================= report
 def curves(results: dict) -> dict[tuple[str, str], list[dict]]:
-    """``{(pipeline, codec): [{q, bpp, psnr_y, ssim_y}, ...]}``: means over the images that have
-    every point of that pipeline and codec (a curve is only drawn from complete images)."""
+    """``{(pipeline, codec): [{q, images, bpp, psnr_y, ssim_y}, ...]}``: means over the images
+    that are complete (every quality) in *every* curve, so that all curves, and so every BD
+    delta, average the same images; images missing from some curve are dropped with a note."""
     by: dict[tuple[str, str], dict[str, dict[int, dict]]] = {}
     for key, p in results["points"].items():
         image, pipe, codec, q = key.split("|")
         by.setdefault((pipe, codec), {}).setdefault(image, {})[int(q)] = p
+    qs = {codec: tuple(results["meta"]["qualities"][codec]) for _, codec in by}
+    complete = {k: {im for im, pts in images.items() if all(q in pts for q in qs[k[1]])} for k, images in by.items()}
+    common = set.intersection(*complete.values()) if complete else set()
+    dropped = set.union(*complete.values()) - common if complete else set()
+    if dropped:
+        print(f"note: {len(dropped)} image(s) not in every curve, left out: {', '.join(sorted(dropped))}", file=sys.stderr)
     out = {}
     for (pipe, codec), images in by.items():
-        qs = tuple(results["meta"]["qualities"][codec])
-        complete = [pts for pts in images.values() if all(q in pts for q in qs)]
-        if not complete:
-            continue
-        out[(pipe, codec)] = [
-            {"q": q, "images": len(complete), **{k: float(np.mean([pts[q][k] for pts in complete])) for k in ("bpp", "psnr_y", "ssim_y")}}
-            for q in qs
-        ]
+        pts_list = [images[im] for im in sorted(common)]
+        if pts_list:
+            out[(pipe, codec)] = [
+                {"q": q, "images": len(pts_list), **{k: float(np.mean([pts[q][k] for pts in pts_list])) for k in ("bpp", "psnr_y", "ssim_y")}}
+                for q in qs[codec]
+            ]
     return out
+
+
+def select(results: dict, pipelines: list[str] | None, codecs_: list[str] | None, images: list[str] | None) -> dict:
+    """The results restricted to some pipelines, codec curves (e.g. ``h264-intra``) and images."""
+    keep = {}
+    for key, p in results["points"].items():
+        image, pipe, codec, _ = key.split("|")
+        if (pipelines and pipe not in pipelines) or (codecs_ and codec not in codecs_) or (images and image not in images):
+            continue
+        keep[key] = p
+    return {**results, "points": keep}
 
 
 def _scale(pipe: str) -> int:
@@ -289,7 +305,7 @@ def report(args) -> None:
         part = json.loads(Path(path).read_text())
         results["meta"]["qualities"] = {**results["meta"]["qualities"], **part["meta"]["qualities"]}
         results["points"].update(part["points"])
-    cs = curves(results)
+    cs = curves(select(results, args.pipelines, args.curves, args.images))
     rows = bd_table(cs)
     command = args.command or " ".join(["python benchmarks/rd_curves.py", *sys.argv[1:]])
     md = report_markdown(cs, rows, args.name, command)
@@ -319,6 +335,9 @@ def main(argv=None) -> None:
     p = sub.add_parser("report", help="BD table, figures, docs section")
     p.add_argument("--results", required=True, nargs="+", help="one or more results JSON files of `run`")
     p.add_argument("--name", required=True, help="dataset label, e.g. oscd (figure names, docs markers)")
+    p.add_argument("--pipelines", nargs="*", default=None, help="only these pipelines (full, bicubic-x2, ...)")
+    p.add_argument("--curves", nargs="*", default=None, help="only these codec curves (jpeg, ..., h264-inter, h264-intra)")
+    p.add_argument("--images", nargs="*", default=None, help="only these images")
     p.add_argument("--figures", default=None, help="folder for rd_<name>_<codec>_x<s>.png")
     p.add_argument("--json", default=None, help="also write curves and BD rows here")
     p.add_argument("--write", default=None, help="docs/results.md: replace the <!-- rd:<name>:start/end --> block")
