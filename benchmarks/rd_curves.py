@@ -100,8 +100,12 @@ def run(args) -> None:
     for m in models.values():
         m.eval()
     for sample, (name, hr, ref) in zip(samples, iter_full_images(samples, multiple=CROP)):
+        if args.reverse:  # the older image as the new one, predicted from the newer
+            if ref is None:
+                raise SystemExit(f"--reverse needs pairs; {name} has no reference")
+            name, hr, ref = f"{name}~reverse", ref, hr
         h, w = hr.shape[-2:]
-        grey = is_greyscale_file(sample.hr)
+        grey = is_greyscale_file(sample.ref if args.reverse else sample.hr)
         full_codecs = [x for c in codec_list for x in ((c, INTRA[c]) if c in INTER else (c,))]
         todo = [(c, q) for c in full_codecs for q in QUALITIES[c] if _key(name, FULL, c, q) not in points]
         if any(c in INTER for c, _ in todo) and ref is None:
@@ -329,6 +333,7 @@ def main(argv=None) -> None:
     r.add_argument("--codecs", nargs="*", default=list(CODECS), choices=CODECS)
     r.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None)
     r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--reverse", action="store_true", help="swap image and reference (names get ~reverse)")
     r.add_argument("--limit", type=int, default=0, help="first N images only (a quick look)")
     r.add_argument("--out", required=True, help="results JSON (read first if it exists: resumes)")
     r.set_defaults(func=run)
