@@ -115,8 +115,8 @@ class RasterRecord:
             raise bad("one (lo, hi) range per band expected")
         for r in self.ranges:
             if not (isinstance(r, (list, tuple)) and len(r) == 2 and all(_is_num(v) and math.isfinite(v) for v in r)
-                    and r[0] < r[1]):
-                raise bad(f"range {r!r} must be two finite numbers lo < hi")
+                    and r[0] < r[1] and math.isfinite(r[1] - r[0])):
+                raise bad(f"range {r!r} must be two finite numbers lo < hi (with a finite hi - lo)")
         if not isinstance(self.descriptions, list) or len(self.descriptions) != len(self.bands) or \
                 not all(d is None or (isinstance(d, str) and len(d) <= 1024) for d in self.descriptions):
             raise bad("one description (a string of at most 1024 characters, or null) per band expected")
