@@ -147,8 +147,8 @@ GEOTIFF_TAGS = {33550: "ModelPixelScale", 33922: "ModelTiepoint", 34264: "ModelT
 
 
 def tiff_tags(path: str | os.PathLike) -> dict[int, int] | None:
-    """The tags of a TIFF's first image (classic or BigTIFF): ``{tag: first value}`` (the value of
-    SHORT/LONG tags, else 0), read without decoding pixels; None if the file is not a TIFF."""
+    """The tags of a TIFF's first image (classic or BigTIFF): ``{tag: value}`` (the value of a
+    single SHORT/LONG, else 0), read without decoding pixels; None if the file is not a TIFF."""
     import struct
 
     try:
@@ -173,8 +173,11 @@ def tiff_tags(path: str | os.PathLike) -> dict[int, int] | None:
     for k in range(len(table) // entry_size):
         entry = table[k * entry_size:(k + 1) * entry_size]
         tag, typ = struct.unpack(e + "HH", entry[:4])
+        (count,) = struct.unpack(e + ("Q" if big else "I"), entry[4:12] if big else entry[4:8])
         value_at = entry[12:] if big else entry[8:]
-        if typ == 3:  # SHORT
+        if count != 1:
+            tags[tag] = 0
+        elif typ == 3:  # SHORT
             tags[tag] = struct.unpack(e + "H", value_at[:2])[0]
         elif typ in (4, 16):  # LONG, LONG8
             tags[tag] = struct.unpack(e + ("Q" if typ == 16 else "I"), value_at[:8 if typ == 16 else 4])[0]

@@ -15,11 +15,13 @@ section, docs/format.md) lets the decoder undo them:
    NaN -> 0 with a warning) and back ``v = lo + x * (hi - lo)`` in float64, rounded half to
    even and clipped to the dtype's range for integer dtypes. uint8 data use ``lo, hi = 0, 255``
    (the identity of the 8-bit pipeline). Other dtypes use, per band, the
-   :data:`DEFAULT_RANGE` percentiles of the band's valid pixels (finite, not nodata), or
+   :data:`DEFAULT_RANGE` percentiles of the band's valid pixels (finite, not nodata: the
+   minimum and the maximum), or
    ``value_range``: ``"pLO,HI"`` percentiles, or ``"LO,HI"`` / ``(LO, HI)`` the same fixed
    range for every band (e.g. ``0,10000`` for reflectance). Integer dtypes round ``lo`` down
    and ``hi`` up to integers; ``hi <= lo`` (a constant band) becomes ``lo + 1``. Pixels outside
-   ``[lo, hi]`` are clipped: that, and the model's 8-bit LR, is what the mapping costs
+   ``[lo, hi]`` are clipped (none with the default): that, and the model's 8-bit LR, is what the
+   mapping costs
    (``benchmarks/raster_roundtrip.py``; docs/results.md, "Real rasters (issue 16)").
 3. **Georeferencing** (rasterio): CRS as WKT, the affine geotransform, nodata, dtype, band
    count and descriptions are recorded; the decoder writes them back (``.tif``, optionally a
@@ -58,9 +60,11 @@ from refscale.imageio import (CODECS_EXTRA_HINT, GEOTIFF_TAGS, TIFF_PLANAR_CONFI
                               _array_to_tensor, publish, read_array, tiff_tags, write_image)
 
 GEO_EXTRA_HINT = "pip install 'refscale[geo]'"
-#: percentiles of each band's valid pixels that map to 0 and 1 when no range is given
-#: (measured: benchmarks/raster_roundtrip.py)
-DEFAULT_RANGE = "p0.1,99.9"
+#: percentiles of each band's valid pixels that map to 0 and 1 when no range is given: the
+#: band's minimum and maximum, so the mapping clips nothing. Measured (benchmarks/raster_roundtrip.py,
+#: docs/results.md "Real rasters (issue 16)"): clipping even 0.1% of the pixels per tail costs
+#: more (on the 16-bit scale) than the coarser 8-bit steps of the full range, end to end too
+DEFAULT_RANGE = "p0,100"
 TIFF_SUFFIXES = (".tif", ".tiff")
 #: source dtypes a record may name
 DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")

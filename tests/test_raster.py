@@ -312,3 +312,22 @@ def test_to_model_of_uint8_equals_the_8bit_path():
         warnings.simplefilter("error")
         rec = RasterRecord("uint8", 3, [1, 2, 3], [(0.0, 255.0)] * 3)
         assert np.array_equal(from_model(t, rec), a)
+
+
+def test_multiband_tiff_without_rasterio(tmp_path, monkeypatch):
+    """No geo extra: a plain (not georeferenced) 13-band TIFF is read by imagecodecs, with the same
+    band rules (no stray libtiff line, no 'cannot identify image file')."""
+    tifffile = pytest.importorskip("tifffile")
+    pytest.importorskip("imagecodecs")
+    a = np.repeat(scene(border=0), 4, axis=0)[:13]
+    for planar in ("contig", "separate"):
+        path = tmp_path / f"{planar}.tif"
+        tifffile.imwrite(path, a if planar == "separate" else np.ascontiguousarray(np.moveaxis(a, 0, -1)),
+                         photometric="minisblack", planarconfig=planar)
+        monkeypatch.setattr(raster, "have_rasterio", lambda: False)
+        with pytest.raises(InputError, match="13 bands"):
+            read_raster(path)
+        img = read_raster(path, bands=[4, 3, 2])
+        lo, hi = img.record.ranges[0]
+        assert img.record.crs is None and img.record.band_count == 13
+        assert torch.equal(img.tensor[0, 0], torch.from_numpy(np.clip((a[3].astype(np.float32) - np.float32(lo)) / np.float32(hi - lo), 0, 1)))
