@@ -112,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "than 3 bands; recorded, and decoding writes these bands")
     e.add_argument("--range", dest="value_range", default=None, metavar="LO,HI",
                    help="intensity mapping of 12/16-bit and float data to the model's 8-bit domain, recorded and inverted "
-                        "on decoding: LO,HI for every band (e.g. 0,10000) or pLO,HI percentiles of each band's valid pixels "
-                        "(default p0,100: each band's minimum and maximum, nothing clipped; 8-bit data are used as they are)")
+                        "on decoding: LO,HI for every band (e.g. 0,10000), pLO,HI percentiles of each band's valid pixels (e.g. p2,98) "
+                        "or jLO,HI of the bands together (default j0,100: their minimum and maximum, nothing clipped, "
+                        "colour balance kept; 8-bit data are used as they are)")
     e.add_argument("--tile", type=int, default=None, help="process in tiles of N HR pixels (default: automatic above 1 Mpx; 0 = never)")
     e.add_argument("--resample-ref", action="store_true", help="resize a reference of another size to the image size (bicubic)")
     e.add_argument("--no-register", dest="register", action="store_false",

@@ -346,15 +346,15 @@ class Header:
             raise ContainerError(f"scale {self.scale} out of range 1..{MAX_SCALE}")
         (h, w), (ph, pw) = self.size, self.padded_size
         if min(h, w) < 1 or max(ph, pw) > MAX_SIDE:
-            raise ContainerError(f"image size {h}x{w} (padded {ph}x{pw}) out of range 1..{MAX_SIDE}")
+            raise ContainerError(f"image size {w}x{h} (padded {pw}x{ph}, width x height) out of range 1..{MAX_SIDE}")
         if ph * pw > MAX_PIXELS:
-            raise ContainerError(f"padded image {ph}x{pw} has more than {MAX_PIXELS} pixels")
+            raise ContainerError(f"padded image {pw}x{ph} has more than {MAX_PIXELS} pixels")
         if ph < h or pw < w:
-            raise ContainerError(f"padded size {ph}x{pw} is smaller than the image {h}x{w}")
+            raise ContainerError(f"padded size {pw}x{ph} is smaller than the image {w}x{h} (width x height)")
         if ph % self.scale or pw % self.scale:
-            raise ContainerError(f"padded size {ph}x{pw} is not a multiple of the scale {self.scale}")
+            raise ContainerError(f"padded size {pw}x{ph} is not a multiple of the scale {self.scale}")
         if ph - h >= MAX_PADDING or pw - w >= MAX_PADDING:
-            raise ContainerError(f"padding from {h}x{w} to {ph}x{pw} is implausibly large")
+            raise ContainerError(f"padding from {w}x{h} to {pw}x{ph} is implausibly large")
         if self.tiles is not None:
             t, m = self.tiles["tile"], self.tiles["overlap"]
             if not (1 <= t <= MAX_SIDE and 0 <= m <= t and t % self.scale == 0 and m % self.scale == 0):
@@ -386,7 +386,7 @@ class Header:
             sh, sw = e.shape[-2:]
             if ph % sh or pw % sw or ph // sh != pw // sw:
                 raise ContainerError(
-                    f"side tensor {e.name!r}: spatial size {sh}x{sw} does not divide the padded size {ph}x{pw} by one stride"
+                    f"side tensor {e.name!r}: spatial size {sw}x{sh} does not divide the padded size {pw}x{ph} by one stride"
                 )
             if e.nbytes > 16 * ph * pw:
                 raise ContainerError(f"side tensor {e.name!r}: {e.nbytes} bytes is implausibly large")

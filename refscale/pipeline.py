@@ -181,12 +181,12 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = 1.0, seed:
         if packet.lr is None:  # an inter-frame LR: decoded from the reference at LR size
             lr_ref = lr_reference(ref, model.alignment, s)
             if lr_ref.shape[:2] != (padded[0] // s, padded[1] // s):
-                raise ContainerError(f"padded size {padded[0]}x{padded[1]} in the container does not match the model's alignment")
+                raise ContainerError(f"padded size {padded[1]}x{padded[0]} in the container does not match the model's alignment")
             packet.decode_lr(lr_ref, exact=same)
         ref = registration.apply_shift(ref, registration.from_units(packet.ref_shift)) if model.needs_reference else None
     ref_p = ops.pad_to_multiple(ref, model.alignment)[0] if ref is not None else None
     if ref_p is not None and tuple(ref_p.shape[-2:]) != padded:
-        raise ContainerError(f"padded size {padded[0]}x{padded[1]} in the container does not match the model's alignment")
+        raise ContainerError(f"padded size {padded[1]}x{padded[0]} in the container does not match the model's alignment")
     side = _side_tensors(model, packet)
     if tile is None and packet.tiles is not None and overlap is None:
         layout = _layout(model, padded, packet.tiles["tile"], packet.tiles["overlap"], recorded=True)
@@ -393,7 +393,7 @@ def _check_model(model: Rescaler, packet: Packet, allow_mismatch: bool) -> None:
     align = model.alignment
     ph, pw = packet.padded_size
     if ph % align or pw % align or ph - packet.size[0] >= align or pw - packet.size[1] >= align:
-        raise ContainerError(f"padded size {ph}x{pw} does not fit model {model.name} (alignment {align})")
+        raise ContainerError(f"padded size {pw}x{ph} does not fit model {model.name} (alignment {align})")
 
 
 def stored_lr(packet: Packet) -> torch.Tensor:

@@ -319,7 +319,7 @@ def test_16bit_input_is_handled(files, capsys):
     (files / "hr16.png").write_bytes(imagecodecs.png_encode(arr))
     code, out, err = run(capsys, "encode", files / "hr16.png", "-m", "bicubic-x2", "-o", files / "a.rsc")
     assert code == 0, err
-    assert "uint16" in out and "mapped p0,100" in out
+    assert "uint16" in out and "mapped j0,100" in out
     assert run(capsys, "encode", files / "hr.png", "-m", "bicubic-x2", "-o", files / "b.rsc")[0] == 0
     a, b = (Packet.from_bytes((files / n).read_bytes()) for n in ("a.rsc", "b.rsc"))
     assert a.raster.dtype == "uint16" and a.version == 3 and b.raster is None and b.version == 2

@@ -122,6 +122,14 @@ def test_16bit_mapping_round_trip_error_is_bounded(tmp_path):
     for c, (lo, hi) in enumerate(rec.ranges):
         inside = (arr[c] >= lo) & (arr[c] <= hi)
         assert np.abs(back8[c][inside].astype(float) - arr[c][inside]).max() <= (hi - lo) / 255 / 2 + 0.5
+    assert rec.ranges == [(float(arr.min()), float(arr.max()))] * 3  # default j0,100: one range, nothing clipped
+    nod = read_raster(write_geotiff(tmp_path / "n.tif", scene()[:3], nodata=0)).record  # 0 border excluded
+    assert nod.ranges[0][0] == float(scene()[:3][scene()[:3] > 0].min())
+    per_band = read_raster(tmp_path / "a.tif", value_range="p2,98").record
+    assert per_band.rule == "p2,98" and len(set(per_band.ranges)) == 3
+    for bad in ("2,1", "p5,101", "x", "1,2,3"):
+        with pytest.raises(InputError, match="range"):
+            read_raster(tmp_path / "a.tif", value_range=bad)
     fixed = read_raster(tmp_path / "a.tif", value_range="0,10000").record
     assert fixed.ranges == [(0.0, 10000.0)] * 3 and fixed.rule == "fixed 0,10000"
     assert np.array_equal(from_model(read_raster(tmp_path / "a.tif", value_range="0,10000").tensor, fixed), arr)
