@@ -192,7 +192,7 @@ def require(codec: str) -> Codec:
             from refscale import inter
 
             raise InputError(f"codec {name} is not available on this machine: {inter.missing_reason(name)}")
-        hint = "the codecs extra: pip install 'refscale[codecs]'" if CODECS[name].library == "imagecodecs" else "a Pillow build with this format"
+        hint = "imagecodecs, the codecs extra: pip install 'refscale[codecs]'" if CODECS[name].library == "imagecodecs" else "a Pillow build with this format"
         raise InputError(f"codec {name} is not available on this machine (needs {hint})")
     return CODECS[name]
 
