@@ -135,7 +135,7 @@ class RasterRecord:
         if self.transform is not None:
             t = self.transform
             if not (isinstance(t, (list, tuple)) and len(t) == 6 and all(_is_num(v) and math.isfinite(v) for v in t)) \
-                    or t[0] * t[4] - t[1] * t[3] == 0:
+                    or not (math.isfinite(t[0] * t[4] - t[1] * t[3]) and t[0] * t[4] - t[1] * t[3] != 0):
                 raise bad(f"transform {t!r} must be six finite numbers with a non-zero determinant")
 
     def to_bytes(self) -> bytes:
@@ -168,6 +168,8 @@ class RasterRecord:
             raise ContainerError(f"raster record must be a JSON object with the keys {', '.join(sorted(_KEYS))}")
         if obj["v"] != RECORD_VERSION:
             raise ContainerError(f"raster record version {obj['v']!r} unknown (this refscale reads {RECORD_VERSION})")
+        if not isinstance(obj["descriptions"], list):
+            raise ContainerError("raster record: descriptions must be a list (one string or null per band)")
         nodata = obj["nodata"]
         if isinstance(nodata, str):
             if nodata not in ("nan", "inf", "-inf"):
@@ -206,7 +208,8 @@ def _is_int(v) -> bool:
 
 
 def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A JSON number a float holds (huge integers would overflow float arithmetic)."""
+    return isinstance(v, float) or (_is_int(v) and abs(v) <= 2 ** 53)
 
 
 # ============================================================================= reading

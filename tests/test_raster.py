@@ -310,6 +310,11 @@ def test_record_round_trip_and_refusals():
             RasterRecord.from_bytes(zlib.compress(text))
     with pytest.raises(ContainerError, match="zlib"):
         RasterRecord.from_bytes(r.to_bytes()[:-3])
+    good = json.loads(zlib.decompress(r.to_bytes()))
+    for key, value in (("band_count", 10 ** 400), ("ranges", [[0, 10 ** 400]] * 3), ("nodata", 10 ** 300),
+                       ("transform", [1e300, 0, 0, 0, 1e300, 0]), ("bands", "4,3,2"), ("descriptions", None)):
+        with pytest.raises(ContainerError, match="raster record"):
+            RasterRecord.from_bytes(zlib.compress(json.dumps({**good, key: value}).encode()))
 
 
 def test_to_model_of_uint8_equals_the_8bit_path():
