@@ -105,7 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--codec", default=None, help=codec_help)
     _add_quality_options(e, q_help)
     e.add_argument("-o", "--output", required=True, help="output .rsc file (or folder for several inputs)")
-    e.add_argument("--lr-out", help="also save the viewable LR image as stored in the container (file, or folder for a batch)")
+    e.add_argument("--lr-out", help="also save the viewable LR image as stored in the container (file, or folder for a batch); "
+                                    "lr.tif for a GeoTIFF input: georeferenced, geotransform scaled by the factor")
+    e.add_argument("--bands", default=None, metavar="B,B,B",
+                   help="the three bands the model sees, 1-based like rasterio (e.g. 4,3,2); needed for files with 2 or more "
+                        "than 3 bands; recorded, and decoding writes these bands")
+    e.add_argument("--range", dest="value_range", default=None, metavar="LO,HI",
+                   help="intensity mapping of 12/16-bit and float data to the model's 8-bit domain, recorded and inverted "
+                        "on decoding: LO,HI for every band (e.g. 0,10000), pLO,HI percentiles of each band's valid pixels (e.g. p2,98) "
+                        "or jLO,HI of the bands together (default j0,100: their minimum and maximum, nothing clipped, "
+                        "colour balance kept; 8-bit data are used as they are)")
     e.add_argument("--tile", type=int, default=None, help="process in tiles of N HR pixels (default: automatic above 1 Mpx; 0 = never)")
     e.add_argument("--resample-ref", action="store_true", help="resize a reference of another size to the image size (bicubic)")
     e.add_argument("--no-register", dest="register", action="store_false",
@@ -128,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--allow-mismatch", action="store_true", help="decode even if the container was made by other weights (experts)")
     d.add_argument("--allow-other-reference", action="store_true",
                    help="decode with a reference other than the one the image was encoded with (warns; e.g. a re-encoded copy)")
+    d.add_argument("--cog", action="store_true",
+                   help="write -o x.tif as a Cloud Optimized GeoTIFF (tiled, with overviews; needs the geo extra)")
     d.add_argument("--force", action="store_true", help="overwrite existing outputs")
     d.set_defaults(func=cmd_decode)
 
@@ -192,6 +203,10 @@ def cmd_encode(args) -> int:
         codecs.require(codecs.canonical(args.codec))
         codecs.check_quality(args.codec, args.quality)
     check_budget(args.quality, args.bpp, args.max_bytes)
+    from refscale.raster import parse_bands, parse_range
+
+    bands = parse_bands(args.bands)  # refuse bad --bands / --range before the model loads
+    parse_range(args.value_range)
     batch = files.is_batch(files.existing(args.input, "input"))
     model = _load_model(args.model)
     codec = codecs.canonical(args.codec or model.default_codec)  # inter-* models: their inter codec
@@ -203,20 +218,25 @@ def cmd_encode(args) -> int:
     def run(job) -> str:
         r = files.encode_file(job, model, codec=codec, quality=quality, bpp=args.bpp, max_bytes=args.max_bytes,
                               tile=args.tile, resample_ref=args.resample_ref, precision=args.precision,
-                              register=args.register, force=args.force, progress=not batch and _tty())
+                              register=args.register, force=args.force, progress=not batch and _tty(),
+                              bands=bands, value_range=args.value_range)
         h, w = r["size"]
         q = "" if r["quality"] is None else f" q{r['quality']}"
-        return f"{r['output']}: {r['bytes']:,} bytes, {r['bpp']:.4f} bpp ({h}x{w}, {r['model']}, {r['codec']}{q})"
+        rec = r["raster"]
+        extra = "" if rec is None else f", {rec.dtype} bands {','.join(map(str, rec.bands))}" + \
+            (f" mapped {rec.rule}" if rec.rule != "identity" else "") + (", georeferenced" if rec.georeferenced else "")
+        return f"{r['output']}: {r['bytes']:,} bytes, {r['bpp']:.4f} bpp ({w}x{h}, {r['model']}, {r['codec']}{q}{extra})"
 
     return _run_jobs(jobs, run, "encode")
 
 
 def cmd_decode(args) -> int:
     from refscale import files
-    from refscale.imageio import write_image
 
     batch = files.is_batch(files.existing(args.input, "input"))
     jobs = files.decode_jobs(args.input, args.output, ref=args.ref)
+    if args.cog and any(j.output.suffix.lower() not in (".tif", ".tiff") for j in jobs):
+        raise InputError("--cog writes a Cloud Optimized GeoTIFF: the output must be a .tif file")
     files.preflight(jobs, args.force, image_outputs=True)
     models = {}
     if args.model:
@@ -231,8 +251,11 @@ def cmd_decode(args) -> int:
             resample_ref=args.resample_ref, precision=args.precision, progress=not batch and _tty())
         if args.ref and not model.needs_reference:
             warned.append(1)
-        write_image(hr, job.output, overwrite=args.force)
-        return f"{job.output}: {packet.size[0]}x{packet.size[1]} from {job.input.name} ({model.name}, seed {args.seed})"
+        files.write_decoded(hr, packet, job.output, cog=args.cog, force=args.force)
+        rec = packet.raster
+        extra = "" if rec is None else f", {rec.dtype} bands {','.join(map(str, rec.bands))}" + \
+            (", georeferenced" if rec.georeferenced else "")
+        return f"{job.output}: {packet.size[1]}x{packet.size[0]} from {job.input.name} ({model.name}, seed {args.seed}{extra})"
 
     return _run_jobs(jobs, run, "decode")
 

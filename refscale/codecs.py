@@ -69,7 +69,7 @@ def _pil_decode(fmt: str):
 
         with Image.open(io.BytesIO(data), formats=[fmt]) as im:
             if (im.height, im.width) != tuple(size):
-                raise ContainerError(f"LR image is {im.height}x{im.width}, header says {size[0]}x{size[1]}")
+                raise ContainerError(f"LR image is {im.width}x{im.height}, header says {size[1]}x{size[0]} (width x height)")
             if im.mode != "RGB":
                 raise ContainerError(f"LR image has mode {im.mode}, expected RGB")
             im.load()
@@ -192,7 +192,7 @@ def require(codec: str) -> Codec:
             from refscale import inter
 
             raise InputError(f"codec {name} is not available on this machine: {inter.missing_reason(name)}")
-        hint = "pip install imagecodecs" if CODECS[name].library == "imagecodecs" else "a Pillow build with this format"
+        hint = "imagecodecs, the codecs extra: pip install 'refscale[codecs]'" if CODECS[name].library == "imagecodecs" else "a Pillow build with this format"
         raise InputError(f"codec {name} is not available on this machine (needs {hint})")
     return CODECS[name]
 

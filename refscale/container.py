@@ -10,7 +10,10 @@ the image was encoded with (version 2; :func:`reference_fingerprint`), the scale
 padded image size, the tile layout, the LR codec and quality, and describes each section
 (length and CRC32). The sections follow in header order: the LR image bitstream (for an
 inter-frame codec, a P-frame predicted from the reference; :mod:`refscale.inter`), then
-one losslessly compressed side tensor per entry (e.g. RefScale's similarity map).
+one losslessly compressed side tensor per entry (e.g. RefScale's similarity map), then (format
+version 3 only) the raster record: georeferencing, source dtype, bands and the intensity
+mapping of a GeoTIFF / 16-bit / float input (:mod:`refscale.raster`). A file without a raster
+record is written as version 2, byte for byte what earlier versions wrote.
 
 The reader (:func:`read_header`, :meth:`Packet.from_bytes`) checks magic, version,
 lengths, every CRC, sizes and their consistency, codec and dtype names and pixel-count
@@ -36,10 +39,12 @@ import numpy as np
 
 from refscale import codecs
 from refscale.errors import ContainerError, InputError
+from refscale.raster import RasterRecord
 
 MAGIC = b"\x89RSC\r\n\x1a\n"
-VERSION = 2  # what the writer writes
-READABLE_VERSIONS = (1, 2)  # version 1: no reference fingerprint
+VERSION = 3  # the newest version the writer writes: 3 when the packet has a raster record, else 2
+READABLE_VERSIONS = (1, 2, 3)  # version 1: no reference fingerprint; 2: no raster record
+MAX_RASTER_BYTES = 1 << 20  # decompressed raster record (JSON)
 PREAMBLE = 14  # magic (8) + version (2) + header length (4)
 
 #: limits a reader enforces (also on writing, so every file we write can be read back)
@@ -79,6 +84,9 @@ class Packet:
     the encoder was given, ``None`` for models without one (and in version-1 files);
     ``ref_shift`` is the translation ``(dy, dx)`` the encoder applied to that reference before the
     model saw it (registration), in units of ``refscale.registration.SHIFT_UNIT`` pixels.
+    ``raster`` (:class:`refscale.raster.RasterRecord`) records what the 8-bit image the model saw
+    came from when that was not a plain 8-bit file: source dtype, band indices and descriptions,
+    the per-band intensity mapping, nodata, CRS and geotransform (format version 3).
 
     Inter-frame LR codecs (``h264-inter``, ...; :mod:`refscale.inter`) predict the LR from the
     reference at the LR's size, ``lr_ref`` (uint8 ``[h, w, 3]``, not stored: the encoder sets it,
@@ -102,6 +110,7 @@ class Packet:
     ref_hash: str | None = None
     ref_shift: tuple[int, int] = (0, 0)
     version: int = VERSION  # of the file it was read from
+    raster: RasterRecord | None = None  # file-level metadata and intensity mapping (refscale.raster)
     lr_ref: np.ndarray | None = field(default=None, repr=False, compare=False)  # inter codecs only
     lr_data: bytes | None = field(default=None, repr=False, compare=False)  # inter codecs: the undecoded section
 
@@ -173,8 +182,9 @@ class Packet:
         if self.lr is None:
             raise ContainerError("the packet's LR image is not decoded yet (decode_lr with the reference, or refscale.pipeline.decode)")
         side_arrays = {name: smallest_integer_array(name, arr) for name, arr in self.side.items()}
+        raster = self.raster.to_bytes() if self.raster is not None else None
         header = Header(
-            version=VERSION, model=str(self.model), weights_hash=str(self.weights_hash), ref_hash=self.ref_hash,
+            version=3 if raster is not None else 2, model=str(self.model), weights_hash=str(self.weights_hash), ref_hash=self.ref_hash,
             ref_shift=tuple(int(v) for v in self.ref_shift), scale=int(self.scale),
             size=_pair(self.size), padded_size=_pair(self.padded_size), tiles=_tiles(self.tiles),
             precision=str(self.precision), codec=codec, quality=None, lr_length=0, lr_crc=0,
@@ -183,6 +193,8 @@ class Packet:
                 for name, a in side_arrays.items()
             ],
         )
+        if raster is not None:
+            header.raster_length, header.raster_crc = len(raster), zlib.crc32(raster)
         header.validate()
         lr = np.asarray(self.lr)
         if lr.dtype != np.uint8 or lr.shape != (*header.lr_size, 3):
@@ -196,6 +208,8 @@ class Packet:
             method, blob = _compress(raw)
             entry.compression, entry.length, entry.crc = method, len(blob), zlib.crc32(blob)
             blobs.append(blob)
+        if raster is not None:
+            blobs.append(raster)  # the raster section follows the side sections
         return header, blobs
 
     @classmethod
@@ -216,11 +230,12 @@ class Packet:
             pos += e.length
             side[e.name] = np.frombuffer(raw, dtype=np.dtype(e.dtype).newbyteorder("<")).astype(e.dtype).reshape(e.shape)
             side_dtypes[e.name] = e.restore
+        raster = RasterRecord.from_bytes(data[pos:pos + h.raster_length]) if h.raster_length else None
         packet = cls(
             model=h.model, weights_hash=h.weights_hash, scale=h.scale, size=h.size, padded_size=h.padded_size,
             tiles=h.tiles, lr=lr, side=side, codec=h.codec, quality=h.quality, side_dtypes=side_dtypes,
             precision=h.precision, ref_hash=h.ref_hash, ref_shift=h.ref_shift, version=h.version,
-            lr_data=lr_data if inter else None,
+            lr_data=lr_data if inter else None, raster=raster,
         )
         if inter and lr_ref is not None:
             packet.decode_lr(lr_ref)
@@ -246,6 +261,7 @@ class Packet:
             "lr_size": [int(self.padded_size[0]) // int(self.scale), int(self.padded_size[1]) // int(self.scale)], "tiles": self.tiles,
             "precision": self.precision, "codec": self.codec, "quality": self.quality,
             "side": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in self.side.items()},
+            "raster": self.raster.summary() if self.raster is not None else None,
         }
         if data is not None:
             out.update(_sizes_and_bpp(data, _pair(self.size)))
@@ -296,6 +312,8 @@ class Header:
     lr_crc: int
     side: list[SideEntry]
     header_bytes: int = 0  # preamble + body + CRC, set by pack/read
+    raster_length: int = 0  # version 3: bytes of the raster section (0: none)
+    raster_crc: int = 0
 
     @property
     def lr_size(self) -> tuple[int, int]:
@@ -303,7 +321,7 @@ class Header:
 
     @property
     def total_bytes(self) -> int:
-        return self.header_bytes + self.lr_length + sum(e.length for e in self.side)
+        return self.header_bytes + self.lr_length + sum(e.length for e in self.side) + self.raster_length
 
     # ------------------------------------------------------------------ rules shared by writer and reader
     def validate(self) -> None:
@@ -315,6 +333,11 @@ class Header:
             raise ContainerError("reference fingerprint must be 64 lowercase hex digits (SHA-256)")
         if self.version == 1 and self.ref_hash is not None:
             raise ContainerError("format version 1 has no reference fingerprint")
+        if self.version < 3 and (self.raster_length or self.raster_crc):
+            raise ContainerError(f"format version {self.version} has no raster record")
+        if self.raster_length > MAX_RASTER_BYTES or (self.raster_length == 0 and self.raster_crc):
+            raise ContainerError(f"raster record entry {self.raster_length}/{self.raster_crc} invalid "
+                                 f"(length 0..{MAX_RASTER_BYTES}, CRC 0 when there is none)")
         if any(abs(v) > MAX_SHIFT_UNITS for v in self.ref_shift):
             raise ContainerError(f"reference shift {list(self.ref_shift)} out of range (|v| <= {MAX_SHIFT_UNITS})")
         if self.ref_hash is None and any(self.ref_shift):
@@ -323,15 +346,15 @@ class Header:
             raise ContainerError(f"scale {self.scale} out of range 1..{MAX_SCALE}")
         (h, w), (ph, pw) = self.size, self.padded_size
         if min(h, w) < 1 or max(ph, pw) > MAX_SIDE:
-            raise ContainerError(f"image size {h}x{w} (padded {ph}x{pw}) out of range 1..{MAX_SIDE}")
+            raise ContainerError(f"image size {w}x{h} (padded {pw}x{ph}, width x height) out of range 1..{MAX_SIDE}")
         if ph * pw > MAX_PIXELS:
-            raise ContainerError(f"padded image {ph}x{pw} has more than {MAX_PIXELS} pixels")
+            raise ContainerError(f"padded image {pw}x{ph} has more than {MAX_PIXELS} pixels")
         if ph < h or pw < w:
-            raise ContainerError(f"padded size {ph}x{pw} is smaller than the image {h}x{w}")
+            raise ContainerError(f"padded size {pw}x{ph} is smaller than the image {w}x{h} (width x height)")
         if ph % self.scale or pw % self.scale:
-            raise ContainerError(f"padded size {ph}x{pw} is not a multiple of the scale {self.scale}")
+            raise ContainerError(f"padded size {pw}x{ph} is not a multiple of the scale {self.scale}")
         if ph - h >= MAX_PADDING or pw - w >= MAX_PADDING:
-            raise ContainerError(f"padding from {h}x{w} to {ph}x{pw} is implausibly large")
+            raise ContainerError(f"padding from {w}x{h} to {pw}x{ph} is implausibly large")
         if self.tiles is not None:
             t, m = self.tiles["tile"], self.tiles["overlap"]
             if not (1 <= t <= MAX_SIDE and 0 <= m <= t and t % self.scale == 0 and m % self.scale == 0):
@@ -363,7 +386,7 @@ class Header:
             sh, sw = e.shape[-2:]
             if ph % sh or pw % sw or ph // sh != pw // sw:
                 raise ContainerError(
-                    f"side tensor {e.name!r}: spatial size {sh}x{sw} does not divide the padded size {ph}x{pw} by one stride"
+                    f"side tensor {e.name!r}: spatial size {sw}x{sh} does not divide the padded size {pw}x{ph} by one stride"
                 )
             if e.nbytes > 16 * ph * pw:
                 raise ContainerError(f"side tensor {e.name!r}: {e.nbytes} bytes is implausibly large")
@@ -388,6 +411,8 @@ class Header:
             body += _str8(e.name) + _str8(e.dtype) + _str8(e.restore) + struct.pack("<B", len(e.shape))
             body += struct.pack(f"<{len(e.shape)}I", *e.shape)
             body += _str8(e.compression) + struct.pack("<II", e.length, e.crc)
+        if self.version >= 3:
+            body += struct.pack("<II", self.raster_length, self.raster_crc)
         head = MAGIC + struct.pack("<HI", self.version, len(body)) + bytes(body)
         self.header_bytes = len(head) + 4
         return head + struct.pack("<I", zlib.crc32(head))
@@ -444,6 +469,7 @@ def read_header(data: bytes) -> Header:
         compression = r.str8("side compression")
         length, scrc = r.unpack("<II", "side section entry")
         side.append(SideEntry(name, dtype, restore, tuple(shape), compression, length, scrc))
+    raster_length, raster_crc = r.unpack("<II", "raster record entry") if version >= 3 else (0, 0)
     if r.pos != len(r.data):
         raise ContainerError(f"header has {len(r.data) - r.pos} unexpected trailing bytes")
     if tile == 0 and overlap != 0:
@@ -451,13 +477,17 @@ def read_header(data: bytes) -> Header:
     header = Header(
         version, model, weights_hash, ref_hash, tuple(ref_shift), scale, (h, w), (ph, pw), {"tile": tile, "overlap": overlap} if tile else None,
         precision, codec, quality or None, lr_length, lr_crc, side, header_bytes=end + 4,
+        raster_length=raster_length, raster_crc=raster_crc,
     )
     header.validate()
     if header.total_bytes != len(data):
         what = "truncated" if len(data) < header.total_bytes else "has trailing bytes"
         raise ContainerError(f"file {what}: {len(data)} bytes, header describes {header.total_bytes}")
     pos = header.header_bytes
-    for label, length, crc in [("LR image", lr_length, lr_crc)] + [(f"side tensor {e.name!r}", e.length, e.crc) for e in side]:
+    sections = [("LR image", lr_length, lr_crc)] + [(f"side tensor {e.name!r}", e.length, e.crc) for e in side]
+    if raster_length:
+        sections.append(("raster record", raster_length, raster_crc))
+    for label, length, crc in sections:
         if length < 1:
             raise ContainerError(f"{label} section is empty")
         if zlib.crc32(data[pos:pos + length]) != crc:
@@ -471,12 +501,15 @@ def section_sizes(data: bytes) -> dict[str, int]:
     h = read_header(data)
     out = {"total": h.total_bytes, "header": h.header_bytes, "lr": h.lr_length, "side": sum(e.length for e in h.side)}
     out.update({f"side:{e.name}": e.length for e in h.side})
+    if h.raster_length:
+        out["raster"] = h.raster_length
     return out
 
 
 def inspect(data: bytes) -> dict[str, Any]:
     """What ``refscale info`` prints: the validated header, section sizes and bpp, without decoding pixels."""
     h = read_header(data)
+    raster = RasterRecord.from_bytes(data[h.total_bytes - h.raster_length:]) if h.raster_length else None
     return {
         "format_version": h.version, "model": h.model, "weights_hash": h.weights_hash,
         "reference_fingerprint": h.ref_hash, "reference_shift": list(h.ref_shift), "scale": h.scale,
@@ -484,6 +517,7 @@ def inspect(data: bytes) -> dict[str, Any]:
         "precision": h.precision,
         "codec": h.codec, "quality": h.quality,
         "side": {e.name: {"dtype": e.dtype, "shape": list(e.shape), "compression": e.compression} for e in h.side},
+        "raster": raster.summary() if raster is not None else None,
         **_sizes_and_bpp(data, h.size),
     }
 

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-from refscale import codecs, pipeline
+from refscale import codecs, pipeline, raster
 from refscale.container import Packet, bytes_for_bpp, check_budget
 from refscale.data import discover, read_manifest
 from refscale.errors import InputError, ModelError
-from refscale.imageio import write_image
+from refscale.imageio import publish
 from refscale.protocol import Rescaler
 from refscale.zoo import load
 
@@ -157,9 +157,15 @@ def _check_image_suffix(path: Path) -> None:
 # ----------------------------------------------------------------------------- work
 def encode_file(job: Job, model: Rescaler, *, codec: str | None = None, quality: int | None = None, bpp: float | None = None,
                 max_bytes: int | None = None, tile=None, resample_ref: bool = False, precision: str | None = None,
-                register: bool = True, force: bool = False, progress: bool = False) -> dict:
+                register: bool = True, force: bool = False, progress: bool = False, bands=None,
+                value_range=None) -> dict:
     """Encode one job: write the container (and the LR as the receiver sees it). Returns
-    ``{"output", "bytes", "bpp", "size", "model", "codec", "quality"}``. ``codec=None``: the model's default.
+    ``{"output", "bytes", "bpp", "size", "model", "codec", "quality", "raster"}``. ``codec=None``: the model's default.
+
+    ``bands`` (e.g. ``[4, 3, 2]``, 1-based) and ``value_range`` (``"p2,98"``, ``"0,10000"``):
+    how a raster's bands and intensities reach the model (:func:`refscale.raster.read_raster`);
+    a GeoTIFF, 16-bit or float input is recorded in the container so decoding gives it back.
+    With a raster record, an LR written to a ``.tif`` is a GeoTIFF (:func:`refscale.raster.write_lr`).
 
     ``bpp`` or ``max_bytes``: a budget for the whole file instead of a quality (the quality is
     chosen by :meth:`refscale.Packet.fit`); the budget is checked before anything is written."""
@@ -167,7 +173,8 @@ def encode_file(job: Job, model: Rescaler, *, codec: str | None = None, quality:
     quality = codecs.check_quality(codec, quality)
     codecs.require(codec)
     check_budget(quality, bpp, max_bytes)
-    packet = pipeline.encode(model, job.input, job.ref, tile=tile, resample_ref=resample_ref, precision=precision,
+    image = raster.read_raster(job.input, bands=bands, value_range=value_range)
+    packet = pipeline.encode(model, image, job.ref, tile=tile, resample_ref=resample_ref, precision=precision,
                              register=register, progress=progress, codec=codec, quality=quality)
     if bpp is not None:
         max_bytes = bytes_for_bpp(bpp, packet.size)
@@ -177,10 +184,17 @@ def encode_file(job: Job, model: Rescaler, *, codec: str | None = None, quality:
         data = packet.to_bytes(codec=codec, quality=quality)
     write_bytes(job.output, data, force)
     if job.lr_output is not None:
-        write_image(Packet.from_bytes(data, lr_ref=packet.lr_ref).lr, job.lr_output, overwrite=force)
+        raster.write_lr(Packet.from_bytes(data, lr_ref=packet.lr_ref).lr, job.lr_output, packet.raster, packet.scale,
+                        overwrite=force)
     h, w = packet.size
     return {"output": job.output, "bytes": len(data), "bpp": len(data) * 8 / (h * w), "size": (h, w),
-            "model": model.name, "codec": codec, "quality": quality}
+            "model": model.name, "codec": codec, "quality": quality, "raster": packet.raster}
+
+
+def write_decoded(hr: torch.Tensor, packet: Packet, path, *, cog: bool = False, force: bool = False) -> Path:
+    """Write a decoded image: 8-bit by suffix for a plain container; with a raster record, the
+    original dtype, bands, descriptions and georeferencing (``cog``: a Cloud Optimized GeoTIFF)."""
+    return raster.write_decoded(hr, path, packet.raster, cog=cog, overwrite=force)
 
 
 def model_for(packet: Packet, model=None, cache: dict | None = None) -> Rescaler:
@@ -237,7 +251,7 @@ def write_bytes(path, data: bytes, force: bool = False) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException as e:
         try:
             os.unlink(tmp)

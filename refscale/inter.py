@@ -193,7 +193,7 @@ def _decode_frames(s: Spec, packets: list[bytes], size: tuple[int, int]) -> list
     out = []
     for f in frames:
         if (f.height, f.width) != size:
-            raise ContainerError(f"{s.name} P-frame decoded to {f.height}x{f.width}, expected {size[0]}x{size[1]}")
+            raise ContainerError(f"{s.name} P-frame decoded to {f.width}x{f.height}, expected {size[1]}x{size[0]} (width x height)")
         if f.format.name not in (s.pix_fmt, s.pix_fmt.replace("yuv", "yuvj")):
             raise ContainerError(f"{s.name} P-frame decoded to pixel format {f.format.name}, expected {s.pix_fmt}")
         out.append(np.ascontiguousarray(f.to_ndarray()))

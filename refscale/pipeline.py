@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import warnings
 
 import numpy as np
 import torch
 
-from refscale import codecs, ops, registration, tiling
+from refscale import codecs, ops, raster, registration, tiling
 from refscale.container import Packet, reference_fingerprint, smallest_integer_array
 from refscale.errors import ContainerError, InputError, ModelError
 from refscale.imageio import as_image_tensor
@@ -75,7 +76,13 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
            register: bool = True, codec: str | None = None, quality: int | None = None) -> Packet:
     """Downscale one image into a :class:`Packet` (LR rounded to 8 bits, side info as integers).
 
-    ``hr`` and ``ref``: tensors ``[1,3,H,W]``/``[3,H,W]`` in [0,1], ``HxWx3`` arrays or paths.
+    ``hr`` and ``ref``: tensors ``[1,3,H,W]``/``[3,H,W]`` in [0,1], ``HxWx3`` arrays or paths; ``hr``
+    may also be a :class:`refscale.raster.RasterImage` (``read_raster(path, bands=..., value_range=...)``).
+    A path, or a raster image, that is not plain 8-bit RGB (a GeoTIFF, 16-bit, float, chosen bands)
+    gives the packet a raster record (``packet.raster``; format version 3) that the decoder's
+    writer uses to give back the original dtype, bands and georeferencing
+    (:func:`refscale.raster.write_decoded`); the reference file is then read with the same bands
+    and mapping.
     ``tile``: core tile size in HR pixels (rounded up to the alignment); ``None`` tiles only
     images above :data:`AUTO_TILE_PIXELS`, ``0`` never tiles. ``overlap``: context margin in HR
     pixels (default ``DEFAULT_OVERLAP_LR * scale``). ``register`` (reference models): estimate
@@ -84,11 +91,14 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
     ``codec``, ``quality``: what ``packet.to_bytes()`` writes by default (default: the model's
     ``default_codec``); an inter-frame codec keeps the reference for the LR codec (``lr_ref``).
     """
-    hr = _image(hr, "image")
+    if isinstance(hr, (str, os.PathLike)):
+        hr = raster.read_raster(hr)
+    record = hr.record if isinstance(hr, raster.RasterImage) else None
+    hr = _image(hr.tensor if isinstance(hr, raster.RasterImage) else hr, "image")
     size = tuple(hr.shape[-2:])
     codec = codecs.canonical(model.default_codec if codec is None else codec)
     quality = codecs.check_quality(codec, quality)
-    ref, ref_hash = _reference(model, ref, size, resample_ref, codec)
+    ref, ref_hash = _reference(model, ref, size, resample_ref, codec, record)
     lr_ref = lr_reference(ref, model.alignment, model.scale) if ref is not None else None
     if not model.needs_reference:
         ref = None  # kept for the LR codec only
@@ -136,7 +146,7 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
         model=model.name, weights_hash=model.weights_hash(), scale=s, size=size, padded_size=padded,
         tiles={"tile": layout[0], "overlap": layout[1]} if len(windows) > 1 else None,
         lr=lr_u8, side=side_np, side_dtypes=side_dtypes, precision=precision, ref_hash=ref_hash,
-        ref_shift=shift, codec=codec, quality=quality, lr_ref=lr_ref,
+        ref_shift=shift, codec=codec, quality=quality, lr_ref=lr_ref, raster=record,
     )
 
 
@@ -165,18 +175,18 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = 1.0, seed:
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise InputError(f"seed must be an integer >= 0, got {seed!r}")
     size, padded, s = tuple(packet.size), tuple(packet.padded_size), model.scale
-    ref, ref_hash = _reference(model, ref, size, resample_ref, packet.codec)
+    ref, ref_hash = _reference(model, ref, size, resample_ref, packet.codec, packet.raster)
     if ref is not None:
         same = _check_reference(packet, ref_hash, allow_other_reference)
         if packet.lr is None:  # an inter-frame LR: decoded from the reference at LR size
             lr_ref = lr_reference(ref, model.alignment, s)
             if lr_ref.shape[:2] != (padded[0] // s, padded[1] // s):
-                raise ContainerError(f"padded size {padded[0]}x{padded[1]} in the container does not match the model's alignment")
+                raise ContainerError(f"padded size {padded[1]}x{padded[0]} in the container does not match the model's alignment")
             packet.decode_lr(lr_ref, exact=same)
         ref = registration.apply_shift(ref, registration.from_units(packet.ref_shift)) if model.needs_reference else None
     ref_p = ops.pad_to_multiple(ref, model.alignment)[0] if ref is not None else None
     if ref_p is not None and tuple(ref_p.shape[-2:]) != padded:
-        raise ContainerError(f"padded size {padded[0]}x{padded[1]} in the container does not match the model's alignment")
+        raise ContainerError(f"padded size {padded[1]}x{padded[0]} in the container does not match the model's alignment")
     side = _side_tensors(model, packet)
     if tile is None and packet.tiles is not None and overlap is None:
         layout = _layout(model, padded, packet.tiles["tile"], packet.tiles["overlap"], recorded=True)
@@ -264,9 +274,11 @@ def _check_reference(packet: Packet, got: str, allow_other: bool) -> bool:
 
 
 def _reference(model: Rescaler, ref, size: tuple[int, int], resample: bool,
-               codec: str = "png") -> tuple[torch.Tensor | None, str | None]:
+               codec: str = "png", record=None) -> tuple[torch.Tensor | None, str | None]:
     """``(reference at the image size, fingerprint of the reference as given)``; ``(None, None)``
-    for models without one, unless the LR ``codec`` predicts from the reference."""
+    for models without one, unless the LR ``codec`` predicts from the reference. A reference
+    file of an image with a raster ``record`` is read with its bands and intensity mapping
+    (:func:`refscale.raster.read_reference`)."""
     if not model.needs_reference and not codecs.needs_reference(codec):
         if ref is not None:
             warnings.warn(f"model {model.name} takes no reference; ignoring it", stacklevel=3)
@@ -274,13 +286,15 @@ def _reference(model: Rescaler, ref, size: tuple[int, int], resample: bool,
     model.check_reference(ref)
     if ref is None:
         raise ModelError(f"LR codec {codec} predicts from a reference image: give one (--ref)")
+    if record is not None and isinstance(ref, (str, os.PathLike)):
+        ref = raster.read_reference(ref, record)
     ref = _image(ref, "reference")
     given = fingerprint(ref)
     rsize = tuple(ref.shape[-2:])
     if rsize != tuple(size):
         if not resample:
             raise InputError(
-                f"reference is {rsize[0]}x{rsize[1]} but the image is {size[0]}x{size[1]}; give a co-registered "
+                f"reference is {rsize[1]}x{rsize[0]} but the image is {size[1]}x{size[0]} (width x height); give a co-registered "
                 "reference of the same size (or resample it: --resample-ref / resample_ref=True)"
             )
         ref = ops.imresize(ref, size=tuple(size)).clamp(0, 1)
@@ -379,7 +393,7 @@ def _check_model(model: Rescaler, packet: Packet, allow_mismatch: bool) -> None:
     align = model.alignment
     ph, pw = packet.padded_size
     if ph % align or pw % align or ph - packet.size[0] >= align or pw - packet.size[1] >= align:
-        raise ContainerError(f"padded size {ph}x{pw} does not fit model {model.name} (alignment {align})")
+        raise ContainerError(f"padded size {pw}x{ph} does not fit model {model.name} (alignment {align})")
 
 
 def stored_lr(packet: Packet) -> torch.Tensor:

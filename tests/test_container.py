@@ -28,7 +28,7 @@ def spec_read(data: bytes) -> dict:
     """Parse a container following docs/format.md only (no refscale code)."""
     assert data[:8] == bytes([0x89, 0x52, 0x53, 0x43, 0x0D, 0x0A, 0x1A, 0x0A])
     version, n = struct.unpack_from("<HI", data, 8)
-    assert version in (1, 2)
+    assert version in (1, 2, 3)
     assert struct.unpack_from("<I", data, 14 + n)[0] == zlib.crc32(data[:14 + n])
     pos = 14
 
@@ -47,7 +47,7 @@ def spec_read(data: bytes) -> dict:
 
     out = {"model": str8(), "hash": data[pos:pos + 32].hex(), "ref": None, "version": version}
     pos += 32
-    if version == 2:
+    if version >= 2:
         (flag,) = take("<B")
         assert flag in (0, 1)
         if flag:
@@ -66,6 +66,7 @@ def spec_read(data: bytes) -> dict:
         comp = str8()
         length, crc = take("<II")
         side.append((name, dtype, restore, shape, comp, length, crc))
+    raster_len, raster_crc = take("<II") if version == 3 else (0, 0)
     assert pos == 14 + n
     pos += 4
     out["lr_bytes"] = data[pos:pos + lr_len]
@@ -83,6 +84,14 @@ def spec_read(data: bytes) -> dict:
             raw = lzma.decompress(blob, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 2**24}])
         out["side"][name] = (np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape), restore)
         pos += length
+    out["raster"] = None
+    if raster_len:
+        blob = data[pos:pos + raster_len]
+        assert zlib.crc32(blob) == raster_crc
+        import json
+
+        out["raster"] = json.loads(zlib.decompress(blob).decode("utf-8"))
+        pos += raster_len
     assert pos == len(data)
     return out
 
@@ -247,7 +256,7 @@ def test_reader_refuses_wrong_magic_version_truncation_and_crcs():
     cases = {
         "bad magic": b"GIF89a" + data[6:],
         "PNG image": b"\x89PNG\r\n\x1a\n" + data[8:],
-        "version 3": data[:8] + b"\x03\x00" + data[10:],
+        "version 4": data[:8] + b"\x04\x00" + data[10:],
         "truncated": data[:-3],
         "trailing": data + b"\0",
         "header checksum": data[:20] + bytes([data[20] ^ 1]) + data[21:],
@@ -258,8 +267,8 @@ def test_reader_refuses_wrong_magic_version_truncation_and_crcs():
         with pytest.raises(ContainerError) as err:
             Packet.from_bytes(bad)
         assert "\n" not in str(err.value), label
-    with pytest.raises(ContainerError, match="version 3"):
-        Packet.from_bytes(cases["version 3"])
+    with pytest.raises(ContainerError, match="version 4"):
+        Packet.from_bytes(cases["version 4"])
     with pytest.raises(ContainerError, match="PNG"):
         Packet.from_bytes(cases["PNG image"])
 
@@ -328,3 +337,57 @@ def test_reference_fingerprint_field_and_version_1_files():
     with pytest.raises(ContainerError, match="64 lowercase hex"):
         p.ref_hash, p.ref_shift = "xyz", (0, 0)
         p.to_bytes()
+
+
+# ----------------------------------------------------------------------------- format version 3: the raster record
+def raster_packet() -> Packet:
+    from refscale.raster import RasterRecord
+
+    p = make_packet()
+    p.raster = RasterRecord(dtype="uint16", band_count=13, bands=[4, 3, 2], ranges=[(120.0, 3100.0), (90.0, 2800.0), (60.0, 2500.0)],
+                            descriptions=["B04", "B03", None], rule="p0.1,99.9", nodata=0.0,
+                            crs='PROJCS["WGS 84 / UTM zone 31N",GEOGCS["WGS 84"]]', transform=(10.0, 0.0, 399960.0, 0.0, -10.0, 5000040.0))
+    return p
+
+
+def test_raster_record_is_version_3_and_matches_docs():
+    p = raster_packet()
+    data = p.to_bytes()
+    spec = spec_read(data)
+    assert spec["version"] == 3 and spec["raster"]["bands"] == [4, 3, 2] and spec["raster"]["band_count"] == 13
+    assert spec["raster"]["ranges"][0] == [120.0, 3100.0] and spec["raster"]["transform"][0] == 10.0
+    assert spec["raster"]["descriptions"] == ["B04", "B03", None] and spec["raster"]["nodata"] == 0.0
+    assert set(spec["raster"]) == {"v", "dtype", "band_count", "bands", "descriptions", "ranges", "rule", "nodata", "crs", "transform"}
+    q = Packet.from_bytes(data)
+    assert q.version == 3 and q.raster == p.raster and np.array_equal(q.lr, p.lr)
+    sizes = section_sizes(data)
+    assert sizes["raster"] > 0 and sizes["total"] == len(data) == sizes["header"] + sizes["lr"] + sizes["side"] + sizes["raster"]
+    assert inspect(data)["raster"]["crs"] == "WGS 84 / UTM zone 31N"
+    plain = make_packet().to_bytes()  # no record: version 2, as before
+    assert read_header(plain).version == 2 and spec_read(plain)["raster"] is None
+
+
+def test_raster_record_damage_is_refused():
+    data = raster_packet().to_bytes()
+    h = read_header(data)
+    assert h.raster_length > 0
+    for cut in (1, h.raster_length // 2, h.raster_length):
+        with pytest.raises(ContainerError, match="truncated"):
+            Packet.from_bytes(data[:-cut])
+    bad = bytearray(data)
+    bad[-3] ^= 0x20
+    with pytest.raises(ContainerError, match="raster record section checksum"):
+        Packet.from_bytes(bytes(bad))
+    # a valid CRC over a record that is not valid JSON / breaks a rule
+    start = h.total_bytes - h.raster_length
+    for blob in (zlib.compress(b"{}"), zlib.compress(b'{"v": 1'), b"not zlib"):
+        body = bytearray(data[14:h.header_bytes - 4])
+        body[-8:] = struct.pack("<II", len(blob), zlib.crc32(blob))
+        head = data[:10] + struct.pack("<I", len(body)) + bytes(body)
+        forged = head + struct.pack("<I", zlib.crc32(head)) + data[h.header_bytes:start] + blob
+        with pytest.raises(ContainerError, match="raster record"):
+            Packet.from_bytes(forged)
+    v2 = bytearray(data)  # version 2 cannot carry one
+    v2[8] = 2
+    with pytest.raises(ContainerError):
+        Packet.from_bytes(rewrite_header(bytes(v2), lambda b: None))

@@ -1,4 +1,4 @@
-"""Fuzzing the .rsc reader and decoder: 4,000 damaged containers.
+"""Fuzzing the .rsc reader and decoder: 6,000 damaged containers (format versions 2 and 3).
 
 Random truncations, bit flips, header edits (with the header CRC repaired, so the checks behind
 it are exercised) and section edits (with the section CRCs repaired, so the image and
@@ -20,9 +20,10 @@ import torch
 from refscale import codecs
 from refscale.container import Packet, read_header
 from refscale.errors import RefScaleError
+from refscale.raster import RasterRecord, from_model
 from test_pipeline import ToyRef, pair
 
-CASES_PER_BASE = 2000  # two base containers -> 4,000 cases (about 1 s)
+CASES_PER_BASE = 2000  # three base containers -> 6,000 cases (about 2 s)
 
 
 class Hang(Exception):
@@ -39,7 +40,11 @@ def bases():
     plain = model.encode(hr, ref).to_bytes()
     codec = "webp" if codecs.available_codecs()["webp"] else "png"
     tiled = model.encode(hr, ref, tile=8, overlap=4).to_bytes(codec=codec)
-    return model, ref, [plain, tiled]
+    geo = model.encode(hr, ref)  # format version 3: with a raster record (GeoTIFF, 16-bit, bands)
+    geo.raster = RasterRecord(dtype="uint16", band_count=4, bands=[4, 3, 2], ranges=[(100.0, 3000.0)] * 3,
+                              descriptions=["B08", "B04", None], rule="p0.1,99.9", nodata=0.0,
+                              crs='PROJCS["WGS 84 / UTM zone 31N"]', transform=(10.0, 0.0, 399960.0, 0.0, -10.0, 5000040.0))
+    return model, ref, [plain, tiled, geo.to_bytes()]
 
 
 def fix_header_crc(data: bytes) -> bytes:
@@ -57,6 +62,8 @@ def section_edit(data: bytes, rng) -> bytes:
     for e in h.side:
         spans.append((pos, e.length, struct.pack("<II", e.length, e.crc)))
         pos += e.length
+    if h.raster_length:
+        spans.append((pos, h.raster_length, struct.pack("<II", h.raster_length, h.raster_crc)))
     start, length, entry = spans[rng.integers(len(spans))]
     out = bytearray(data)
     for _ in range(rng.integers(1, 4)):
@@ -115,6 +122,9 @@ def test_fuzz_container_and_decoder():
                 try:
                     packet = Packet.from_bytes(bad)
                     out = model.decode(packet, ref, seed=case)
+                    if packet.raster is not None:  # the decoded image maps back through the record
+                        back = from_model(out, packet.raster)
+                        assert back.shape == (len(packet.raster.bands), *packet.size)
                 except RefScaleError as e:
                     assert "\n" not in str(e)
                     outcomes["refused"] += 1
@@ -131,7 +141,7 @@ def test_fuzz_container_and_decoder():
                 slowest = max(slowest, time.perf_counter() - start)
     finally:
         signal.signal(signal.SIGALRM, old)
-    assert sum(outcomes.values()) >= 2000
+    assert sum(outcomes.values()) >= 6000
     # both outcomes occur: damage inside pixel data with repaired CRCs still decodes
     assert outcomes["decoded"] > 20 and outcomes["refused"] > 1000, outcomes
     assert slowest < 5.0

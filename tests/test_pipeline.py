@@ -153,7 +153,7 @@ def test_reference_of_another_size_is_refused_with_a_hint_or_resampled():
     assert packet.size == (32, 32)
     good_ref = pair(32, 32)[1]
     packet = model.encode(hr, good_ref)
-    with pytest.raises(InputError, match="30x32 but the image is 32x32"):
+    with pytest.raises(InputError, match="32x30 but the image is 32x32"):  # width x height
         model.decode(packet, ref)
 
 
