@@ -74,8 +74,10 @@ PARTS = ("encoder", "decoder")
 DEFAULT_OPSET = 17
 #: the size of the example tile a dynamic graph is traced with (HR pixels, rounded up to the alignment)
 TRACE_SIDE = 64
-#: tolerance of the export check (max |PyTorch - ONNX Runtime|, float outputs in [0,1]); tests use it too
+#: tolerance of the export check: |PyTorch - ONNX Runtime| of float outputs in [0,1] (measured ~1e-6) ...
 TOLERANCE = 1e-4
+#: ... for all but this share of the values (internal rounding, see :func:`compare`); tests use both
+MAX_SHARE = 0.01
 EXTRA = "pip install 'refscale[onnx]'"
 FORMAT = "refscale-onnx-1"
 #: keys of the metadata block (all prefixed with ``refscale.``)
@@ -433,9 +435,10 @@ def export_onnx(model: Rescaler, part: str, path: str | os.PathLike, *, tile: in
             side = tile or max(_round_up(96, align), _round_up(min_side, align))
             diff = check_graph(model, str(raw), part, side, side, batch=1 if tile else 2)
             meta["check"] = {"max_abs_diff": diff, "tolerance": TOLERANCE, "probe": f"{side}x{side} procedural pair"}
-            if diff["float"] > TOLERANCE:
-                raise ModelError(f"exported {part} of {model.name} differs from PyTorch by {diff['float']:.3g} "
-                                 f"(> {TOLERANCE}); not written")
+            if not within_tolerance(diff):
+                raise ModelError(f"exported {part} of {model.name} differs from PyTorch: {diff['float_share']:.2%} of "
+                                 f"the values by more than {TOLERANCE} (max {diff['float']:.3g}), {diff['levels']:.2%} "
+                                 f"of the levels; not written")
         _set_metadata(proto, meta)
         onnx.checker.check_model(proto)
         final = Path(tmp) / "final.onnx"
@@ -596,23 +599,39 @@ def _fp32(model: Rescaler):
 
 
 def compare(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> dict[str, float]:
-    """``{"float": max |diff| over float outputs, "levels": share of integer values that differ,
-    "levels_max": max |diff| of integer values}``."""
-    out = {"float": 0.0, "levels": 0.0, "levels_max": 0.0}
-    n_int = n_diff = 0
+    """``{"float": max |diff| over float outputs, "float_share": share of float values that differ by
+    more than TOLERANCE, "levels": share of integer values that differ, "levels_max": max |diff| of
+    integer values}``. Graphs that round inside (FGRN's 8-bit representation, RefScale's similarity
+    levels) can move a value that float rounding puts at a .5 boundary by one step; that shows in
+    ``float_share`` / ``levels`` as a few elements, not in all of them."""
+    out = {"float": 0.0, "float_share": 0.0, "levels": 0.0, "levels_max": 0.0}
+    n_int = n_diff = n_float = n_float_diff = 0
     for k, a in ours.items():
         b = np.asarray(theirs[k])
         if a.shape != b.shape:
             raise ModelError(f"output {k}: shape {list(b.shape)} from ONNX Runtime, {list(a.shape)} from PyTorch")
         if np.issubdtype(a.dtype, np.floating):
-            out["float"] = max(out["float"], float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()))
+            d = np.abs(a.astype(np.float64) - b.astype(np.float64))
+            out["float"] = max(out["float"], float(d.max()))
+            n_float += d.size
+            n_float_diff += int((d > TOLERANCE).sum())
         else:
             d = np.abs(a.astype(np.int64) - b.astype(np.int64))
             n_int += d.size
             n_diff += int((d != 0).sum())
             out["levels_max"] = max(out["levels_max"], float(d.max()))
     out["levels"] = n_diff / n_int if n_int else 0.0
+    out["float_share"] = n_float_diff / n_float if n_float else 0.0
     return out
+
+
+def within_tolerance(diff: dict[str, float]) -> bool:
+    """The export check: no float value off by one 8-bit level (1/255) or more, at most
+    :data:`MAX_SHARE` of them beyond :data:`TOLERANCE` and of the integer levels moved, by one
+    level at most. (Graphs without internal rounding, IRN and bicubic, stay within TOLERANCE
+    everywhere; the tests check that too.)"""
+    return diff["float"] < 1 / 255 and diff["float_share"] <= MAX_SHARE and diff["levels"] <= MAX_SHARE \
+        and diff["levels_max"] <= 1
 
 
 def check_graph(model: Rescaler, path: str, part: str, h: int, w: int, batch: int = 1, seed: int = 0,
@@ -637,6 +656,31 @@ class OnboardOutput:
     padded_size: tuple[int, int]
     tiles: dict | None
     seconds: float = 0.0
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """The hand-over file of the downlink (``.npz``: ``lr``, ``side_<name>``, ``size``,
+        ``padded_size``, ``tiles`` = [tile, overlap] or [0, 0]) that ``refscale wrap`` reads."""
+        path = Path(path)
+        tiles = [self.tiles["tile"], self.tiles["overlap"]] if self.tiles else [0, 0]
+        np.savez(path, lr=self.lr, size=np.array(self.size), padded_size=np.array(self.padded_size),
+                 tiles=np.array(tiles), **{f"side_{k}": v for k, v in self.side.items()})
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> OnboardOutput:
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                data = {k: f[k] for k in f.files}
+        except (OSError, ValueError) as e:
+            raise InputError(f"cannot read {path}: {e}") from None
+        if "lr" not in data:
+            raise InputError(f"{path} has no 'lr' array")
+        lr = data["lr"]
+        size = tuple(int(v) for v in data["size"]) if "size" in data else None
+        padded = tuple(int(v) for v in data["padded_size"]) if "padded_size" in data else None
+        t = [int(v) for v in data.get("tiles", [0, 0])]
+        side = {k[5:]: v for k, v in data.items() if k.startswith("side_")}
+        return cls(lr, side, size, padded, {"tile": t[0], "overlap": t[1]} if t[0] else None)
 
 
 def onboard_encode(graph: Graph | str | os.PathLike, hr, ref=None, *, tile: int | None = None,
@@ -752,6 +796,42 @@ def wrap(lr, side: dict[str, Any] | None, meta: dict[str, Any] | str | os.PathLi
                   ref_hash=ref_hash, ref_shift=(0, 0), codec=codec, quality=quality)
 
 
+def wrap_files(lr: str | os.PathLike, graph: str | os.PathLike, *, side: dict[str, str | os.PathLike] | None = None,
+               ref=None, ref_hash: str | None = None, size: tuple[int, int] | None = None, tiles: dict | None = None,
+               codec: str | None = None, quality: int | None = None) -> Packet:
+    """:func:`wrap` from files (what ``refscale wrap`` calls): ``lr`` is the ``.npz`` of
+    :meth:`OnboardOutput.save` (LR, side tensors, sizes and tiles in one file), a ``.npy`` array
+    (float before rounding, or uint8) or an 8-bit image file; ``side`` maps names to ``.npy``
+    files (for a ``.npz`` they override its arrays); ``graph`` is the exported encoder (its metadata
+    names the model); arguments given here override what the ``.npz`` holds."""
+    from refscale.imageio import read_image
+
+    meta = read_metadata(graph)
+    p = Path(lr)
+    if not p.is_file():
+        raise InputError(f"LR file not found: {p}")
+    sides: dict[str, np.ndarray] = {}
+    if p.suffix.lower() == ".npz":
+        out = OnboardOutput.load(p)
+        lr_arr, sides = out.lr, dict(out.side)
+        size = size or out.size
+        tiles = tiles if tiles is not None else out.tiles
+    elif p.suffix.lower() == ".npy":
+        lr_arr = _load_npy(p)
+    else:
+        lr_arr = read_image(p)
+    for name, q in (side or {}).items():
+        sides[name] = _load_npy(Path(q))
+    return wrap(lr_arr, sides, meta, size=size, ref=ref, ref_hash=ref_hash, tiles=tiles, codec=codec, quality=quality)
+
+
+def _load_npy(p: Path) -> np.ndarray:
+    try:
+        return np.load(p, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read {p}: {e}") from None
+
+
 def _smallest(name: str, a: np.ndarray) -> np.ndarray:
     from refscale.container import smallest_integer_array
 
@@ -785,5 +865,5 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-__all__ = ["export_onnx", "read_metadata", "Graph", "onboard_encode", "wrap", "OnboardOutput", "unsupported_reason",
+__all__ = ["export_onnx", "read_metadata", "Graph", "onboard_encode", "wrap", "wrap_files", "OnboardOutput", "unsupported_reason",
            "check_graph", "reference_outputs", "latent", "compare", "require_onnx", "TOLERANCE", "DEFAULT_OPSET"]
