@@ -383,7 +383,13 @@ def cmd_demo(args) -> int:
 def cmd_export(args) -> int:
     from refscale import export
 
+    from refscale.zoo import architectures
+
     export.require_onnx()  # before the model loads
+    spec = architectures().get(args.model)
+    reason = export.refusal(spec.cls.arch, args.model) if spec is not None else None
+    if reason:  # refused before building it (TADM would first ask for its backbone)
+        raise ModelError(reason)
     out = Path(args.output)
     if out.exists() and not args.force:
         raise InputError(f"{out} exists; use --force to overwrite it")

@@ -100,16 +100,21 @@ def require_onnx():
 # ============================================================================= what can be exported
 def unsupported_reason(model: Rescaler) -> str | None:
     """``None`` when ``model`` can be exported, else why not (one sentence)."""
-    kind = _kind(model)
-    if kind is not None:
+    if _kind(model) is not None:
         return None
-    if model.arch == "tadm":
-        return (f"{model.name} cannot be exported to ONNX: TADM runs a Stable Diffusion backbone the user supplies, "
+    return refusal(model.arch, model.name) or \
+        f"{model.name} ({type(model).__name__}) cannot be exported to ONNX: no export graph for this architecture"
+
+
+def refusal(arch: str, name: str) -> str | None:
+    """Why an architecture family that is known not to export (TADM, inter-*) is refused; else None."""
+    if arch == "tadm":
+        return (f"{name} cannot be exported to ONNX: TADM runs a Stable Diffusion backbone the user supplies, "
                 "with stochastic per-patch time steps; run it on the ground")
-    if model.arch == "inter":
-        return (f"{model.name} cannot be exported to ONNX: the inter-* modes are video codecs (FFmpeg through PyAV), "
+    if arch == "inter":
+        return (f"{name} cannot be exported to ONNX: the inter-* modes are video codecs (FFmpeg through PyAV), "
                 "not networks; export a rescaler and run the codec on board")
-    return f"{model.name} ({type(model).__name__}) cannot be exported to ONNX: no export graph for this architecture"
+    return None
 
 
 def _kind(model: Rescaler) -> str | None:
@@ -348,8 +353,13 @@ def signature(model: Rescaler) -> Signature:
     """The side tensors (one probe through ``downscale``), the latent channels and the reference."""
     n = _round_up(32, model.alignment)
     hr, ref = _probe(model, n, n, seed=0)
-    with torch.no_grad():
-        lr, side = model.downscale(hr, ref)
+    was = model.training
+    model.eval()  # never a training-mode pass (ActNorm's data-dependent init) on the caller's model
+    try:
+        with torch.no_grad(), _fp32(model):
+            _, side = model.downscale(hr, ref)
+    finally:
+        model.train(was)
     sides = {}
     for k in sorted(side):
         t = side[k]
