@@ -174,3 +174,9 @@ def test_bad_part_and_wrap_checks(exported, tmp_path):
         export.wrap(lr, {}, paths["encoder"], size=(20, 20))
     with pytest.raises(Exception, match="side tensors"):
         export.wrap(lr, {"smap": np.zeros((1, 1, 8, 8))}, paths["encoder"])
+
+
+def test_cli_refuses_tadm_and_inter_by_name(tmp_path, capsys):
+    for name in ("tadm-x16", "inter-h264"):
+        assert cli.main(["export", "-m", name, "--part", "encoder", "-o", str(tmp_path / "x.onnx")]) == 2
+        assert "cannot be exported to ONNX" in capsys.readouterr().err
