@@ -26,10 +26,13 @@ diffusion backbone the user supplies, stochastic per-patch time steps) and the `
 (video codecs, not networks).
 
 Exporter: torch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``): it needs
-no further package and traces the models' shape arithmetic as dynamic ONNX shape operations;
-torch.export (``dynamo=True``, needs ``onnxscript``) stops at the models' shape checks (Haar's
-even sides, RefScale's resize branches) without hand-written dimension constraints. Torch warns
-that the TorchScript exporter is deprecated; when it is removed this module needs the dynamo path.
+no further package and traces the models' shape arithmetic as dynamic ONNX shape operations (the
+tests run every graph on sizes and batches other than the traced one). The dynamo path
+(``dynamo=True``) needs ``onnxscript``, one more dependency, and its ``torch.export`` refuses plain
+dynamic dimensions here (tried with torch 2.13: ``Dim("h")`` on IRN and RefScale fails with
+"Constraints violated", the Haar squeezes need even sides; ``Dim.AUTO`` traces), so it would need
+derived dimensions per model. Torch warns that the TorchScript exporter is deprecated; when it is
+removed, this module moves to ``dynamo=True`` with ``Dim.AUTO``.
 
 Metadata (ONNX ``metadata_props``, strings; :func:`read_metadata`): ``refscale.model``,
 ``refscale.weights_hash``, ``refscale.scale``, ``refscale.tile`` (0 = dynamic), ``refscale.opset``
