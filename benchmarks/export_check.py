@@ -174,12 +174,10 @@ def main(argv=None) -> int:
     import onnxruntime
 
     result["onnxruntime"] = onnxruntime.__version__
-    for name in [n for n in zoo.architectures() if n.startswith(("tadm", "inter"))]:
-        try:
-            reason = export.unsupported_reason(zoo.build(name))
-        except Exception as e:  # noqa: BLE001 - e.g. the diffusion extra missing
-            reason = f"cannot be built here ({str(e).splitlines()[0][:80]})"
-        result["not_exportable"][name] = reason
+    for name, spec in zoo.architectures().items():
+        reason = export.refusal(spec.cls.arch, name)
+        if reason:
+            result["not_exportable"][name] = reason
     with tempfile.TemporaryDirectory() as tmp:
         for name in models:
             t0 = time.perf_counter()
