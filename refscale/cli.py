@@ -10,6 +10,8 @@
     refscale evaluate --data DIR -m MODEL [--split test] [--draws 5] [--codec C] [-q Q] --json out.json [--md out.md]
     refscale train CONFIG.yaml [--resume] [--out RUN_DIR]
     refscale demo [-m refscale-x2] [-o DIR]
+    refscale export -m MODEL --part encoder|decoder -o model.onnx [--tile N] [--opset 17]   # pip install 'refscale[onnx]'
+    refscale wrap onboard.npz --onnx encoder.onnx [--ref REF.png] -o scene.rsc                # on-board outputs -> .rsc
 
 Behaviour shared by every command:
 
@@ -181,6 +183,41 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="seed of the synthetic pair")
     g.add_argument("--codec", default="png", help=codec_help)
     g.set_defaults(func=cmd_demo)
+
+    x = sub.add_parser("export", help="export a model's encoder or decoder to ONNX (on-board deployment; the onnx extra)",
+                       description="Export one direction of a model to an ONNX graph that takes padded tiles, with a "
+                                   "refscale.* metadata block, checked against PyTorch with ONNX Runtime "
+                                   "(pip install 'refscale[onnx]'). See refscale/export.py.")
+    x.add_argument("-m", "--model", required=True, help="catalogue name or .safetensors path")
+    x.add_argument("--part", required=True, choices=("encoder", "decoder"),
+                   help="encoder: HR (+ reference) -> LR before rounding + side map; decoder: LR, side, reference, z -> HR")
+    x.add_argument("-o", "--output", required=True, help="output .onnx file")
+    x.add_argument("--tile", type=int, default=None,
+                   help="fix the graph to N x N HR windows (default: dynamic batch, height and width)")
+    x.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    x.add_argument("--no-check", dest="check", action="store_false",
+                   help="skip the ONNX Runtime vs PyTorch check on a procedural pair")
+    x.add_argument("--force", action="store_true", help="overwrite an existing output")
+    x.set_defaults(func=cmd_export)
+
+    w = sub.add_parser("wrap", help="build a .rsc container from the outputs of an exported encoder (on board -> ground)",
+                       description="Wrap the LR (before or after 8-bit rounding) and side maps made on board with an "
+                                   "exported encoder into a .rsc container that refscale decode decodes.")
+    w.add_argument("lr", metavar="LR", help=".npz from refscale.export.OnboardOutput.save (LR, side maps, sizes, tiles), "
+                                            "or the padded LR as .npy (float in [0,1] before rounding, or uint8) or 8-bit image")
+    w.add_argument("--onnx", required=True, help="the exported encoder graph (its metadata names model, weights, scale)")
+    w.add_argument("--side", action="append", default=[], metavar="[NAME=]FILE.npy",
+                   help="a side tensor as .npy (repeatable; NAME may be left out when the model has one, e.g. smap)")
+    w.add_argument("--ref", help="the reference image as uploaded (its fingerprint is recorded)")
+    w.add_argument("--ref-fingerprint", default=None, help="instead of --ref: its fingerprint (64 hex digits)")
+    w.add_argument("--size", default=None, metavar="WIDTHxHEIGHT", help="image size before padding (default: the padded size)")
+    w.add_argument("--tile", type=int, default=None, help="tile core used on board, HR pixels (recorded for the decoder)")
+    w.add_argument("--overlap", type=int, default=None, help="tile overlap used on board, HR pixels")
+    w.add_argument("--codec", default=None, help="LR codec of the container (default png, lossless)")
+    w.add_argument("-q", "--quality", type=int, default=None, help="codec quality")
+    w.add_argument("-o", "--output", required=True, help="output .rsc file")
+    w.add_argument("--force", action="store_true", help="overwrite an existing output")
+    w.set_defaults(func=cmd_wrap)
     return p
 
 
@@ -362,6 +399,69 @@ def cmd_demo(args) -> int:
         raise InputError(f"--size must be at least 16, got {args.size}")
     run_demo(args.model, out_dir=args.output, size=args.size, seed=args.seed, codec=codecs.canonical(args.codec),
              synthetic=args.synthetic)
+    return 0
+
+
+# ============================================================================= export, wrap
+def cmd_export(args) -> int:
+    from refscale import export
+
+    from refscale.zoo import architectures
+
+    export.require_onnx()  # before the model loads
+    spec = architectures().get(args.model)
+    reason = export.refusal(spec.cls.arch, args.model) if spec is not None else None
+    if reason:  # refused before building it (TADM would first ask for its backbone)
+        raise ModelError(reason)
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        raise InputError(f"{out} exists; use --force to overwrite it")
+    model = _load_model(args.model)
+    meta = export.export_onnx(model, args.part, out, tile=args.tile, opset=args.opset, check=args.check, overwrite=True)
+    shape = f"{meta['tile']}x{meta['tile']} windows" if meta["tile"] else \
+        f"dynamic N, H, W (multiples of {meta['alignment']}, >= {meta['min_side']})"
+    ins = ", ".join(i["name"] for i in meta["inputs"])
+    outs = ", ".join(o["name"] for o in meta["outputs"])
+    check = meta.get("check")
+    checked = f"; ONNX Runtime vs PyTorch max |diff| {check['max_abs_diff']['float']:.2g}" if check else ""
+    print(f"{out}: {meta['model']} {meta['part']} x{meta['scale']}, {shape}, opset {meta['opset']}; "
+          f"{ins} -> {outs}{checked}")
+    return 0
+
+
+def cmd_wrap(args) -> int:
+    from refscale import export, files
+
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        raise InputError(f"{out} exists; use --force to overwrite it")
+    meta = export.read_metadata(files.existing(args.onnx, "ONNX file"))
+    side = {}
+    for item in args.side:
+        name, sep, path = item.partition("=")
+        if not sep:
+            names = list((meta.get("container") or {}).get("side", {}))
+            if len(names) != 1:
+                raise InputError(f"--side {item}: give NAME=FILE (model {meta['model']} has side tensors {names})")
+            name, path = names[0], item
+        side[name] = files.existing(path, "side tensor")
+    size = None
+    if args.size:
+        try:
+            w, h = (int(v) for v in args.size.lower().split("x"))
+        except ValueError:
+            raise InputError(f"--size must be WIDTHxHEIGHT, got {args.size!r}") from None
+        size = (h, w)
+    tiles = None
+    if args.tile is not None:
+        tiles = {"tile": args.tile, "overlap": args.overlap or 0}
+    ref = files.existing(args.ref, "reference") if args.ref else None
+    packet = export.wrap_files(files.existing(args.lr, "LR"), args.onnx, side=side, ref=ref,
+                               ref_hash=args.ref_fingerprint, size=size, tiles=tiles, codec=args.codec, quality=args.quality)
+    data = packet.to_bytes()
+    files.write_bytes(out, data, args.force)
+    h, w = packet.size
+    print(f"{out}: {len(data):,} bytes, {len(data) * 8 / (h * w):.4f} bpp ({w}x{h}, {packet.model}, {packet.codec})")
     return 0
 
 
