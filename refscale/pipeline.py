@@ -63,6 +63,10 @@ DEFAULT_PRECISION = "auto"
 #: Calibrated on the OSCD train cities, error rates on the test cities: benchmarks/reference_check.py
 #: and docs/results.md, "The reference, end to end".
 MIN_REFERENCE_AGREEMENT = 0.2
+#: the latent temperature ``decode`` samples ``z ~ t * N(0, I)`` with by default (stochastic models;
+#: the CLI, ``refscale evaluate`` and :func:`refscale.evaluate.evaluate` use it too). Chosen on
+#: the held-out train cities: benchmarks/temperature.py and docs/results.md, "Temperature".
+DEFAULT_TEMPERATURE = 1.0
 
 
 # ============================================================================= encode
@@ -130,7 +134,7 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
 
 
 # ============================================================================= decode
-def decode(model: Rescaler, packet, ref=None, *, temperature: float = 1.0, seed: int = 0, tile: int | None = None,
+def decode(model: Rescaler, packet, ref=None, *, temperature: float = DEFAULT_TEMPERATURE, seed: int = 0, tile: int | None = None,
            overlap: int | None = None, allow_mismatch: bool = False, progress: bool = False,
            resample_ref: bool = False, precision: str | None = None,
            allow_other_reference: bool = False) -> torch.Tensor:
