@@ -80,6 +80,7 @@ def measure(name: str, images: list, shifts, rotations) -> list[dict]:
     model = refscale.load(name)
     rows = []
     conds = conditions(shifts, rotations) if model.needs_reference else [("none", 0.0)]
+    cities_on: dict[str, dict] = {}  # the registered run of the current condition, by city
     for kind, amount in conds:
         for register in ((True, False) if model.needs_reference else (True,)):
             start, cities = time.perf_counter(), []
