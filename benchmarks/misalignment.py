@@ -148,12 +148,12 @@ def figure(rows: list[dict], path: Path) -> None:
                     ax.axhline(r["psnr_y"], ls="--", lw=1, color="gray" if "bicubic" in r["model"] else "tab:green",
                                label=f"{r['model']} (no reference)")
             for name in sorted({r["model"] for r in rows if r["scale"] == scale and r["register"] is not None}):
-                for register, style in ((True, "o-"), (False, "s:")):
+                for register, style, size in ((True, "o-", 5), (False, "s:", 9)):
                     pts = [r for r in rows if r["model"] == name and r["register"] == register
                            and (r["kind"] == kind or r["amount"] == 0)]
                     pts.sort(key=lambda r: r["amount"])
-                    ax.plot([r["amount"] for r in pts], [r["psnr_y"] for r in pts], style,
-                            label=f"{name}, registration {'on' if register else 'off'}")
+                    ax.plot([r["amount"] for r in pts], [r["psnr_y"] for r in pts], style, ms=size,
+                            mfc="none" if not register else None, label=f"{name}, registration {'on' if register else 'off'}")
             ax.set_xlabel(unit)
             ax.set_ylabel("PSNR-Y (dB), t = 1, seed 0")
             ax.set_title(f"x{scale}, OSCD test cities")
