@@ -119,15 +119,16 @@ def to_markdown(rows: list[dict]) -> str:
             out += [f"**{name}** (x{scale}), {len(mine[0]['cities'])} test cities; flat lines: "
                     + ", ".join(f"{r['model']} {r['psnr_y']:.2f} dB (SI {r['si_lr']:.3f})" for r in flat), "",
                     "| reference | PSNR-Y, registered | PSNR-Y, not registered | mean S, reg. / not | SI (LR), reg. / not "
-                    "| recorded shift (mean dy, dx) | 'unrelated' warnings, reg. / not |",
+                    "| recorded shift: mean (dy, dx), largest component | 'unrelated' warnings, reg. / not |",
                     "|---|---:|---:|---:|---:|---|---:|"]
             for kind, amount in dict.fromkeys((r["kind"], r["amount"]) for r in mine):
                 on, off = (next(r for r in mine if r["kind"] == kind and r["amount"] == amount and r["register"] == g)
                            for g in (True, False))
-                shift = np.mean([c["shift"] for c in on["cities"]], axis=0)
+                shifts = np.array([c["shift"] for c in on["cities"]])
+                shift, largest = shifts.mean(axis=0), np.abs(shifts).max()
                 out.append(f"| {_label(kind, amount)} | {on['psnr_y']:.2f} | {off['psnr_y']:.2f} | "
                            f"{on['similarity']:.3f} / {off['similarity']:.3f} | {on['si_lr']:.3f} / {off['si_lr']:.3f} | "
-                           f"({shift[0]:.2f}, {shift[1]:.2f}) | {on['warned']} / {off['warned']} |")
+                           f"({shift[0]:.2f}, {shift[1]:.2f}), {largest:.1f} | {on['warned']} / {off['warned']} |")
             out.append("")
     return "\n".join(out)
 
