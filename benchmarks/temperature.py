@@ -2,8 +2,7 @@
 
     python benchmarks/temperature.py --data ../shared/data/oscd --cities aguasclaras bordeaux \\
         --out runs/temperature/val.json --md runs/temperature/val.md
-    python benchmarks/temperature.py --data ../shared/data/oscd --split test --temperatures 1 0.5 \\
-        --out runs/temperature/test.json
+    python benchmarks/temperature.py --load runs/temperature/val.json runs/temperature/fine.json --md table.md
 
 Every (model, temperature) is one ``refscale.evaluate.evaluate`` run (the real ``.rsc`` path, PNG
 LR): ``z ~ t * N(0, I)``, PSNR/SSIM on Y (BasicSR, border = scale) averaged over ``--draws``
@@ -52,11 +51,18 @@ def main() -> int:
     ap.add_argument("--temperatures", nargs="+", type=float, default=list(TEMPERATURES))
     ap.add_argument("--draws", type=int, default=3, help="decodes averaged at t > 0 (seeds 0..draws-1)")
     ap.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None)
+    ap.add_argument("--load", nargs="+", type=Path, default=None, help="tabulate earlier --out files together instead")
     ap.add_argument("--out", type=Path, help="JSON of every evaluation")
     ap.add_argument("--md", type=Path, help="the Markdown table")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.load:
+        text = to_markdown([r for p in args.load for r in json.loads(p.read_text())["results"]])
+        print(text)
+        if args.md:
+            args.md.write_text(text)
+        return 0
     cities = args.cities or (None if args.split else ["aguasclaras", "bordeaux"])
     samples = [s for s in discover(args.data, split=args.split) if cities is None or s.name in cities]
     results = []
