@@ -121,7 +121,7 @@ def to_markdown(rows: list[dict]) -> str:
                     "| reference | PSNR-Y, registered | PSNR-Y, not registered | mean S, reg. / not | SI (LR), reg. / not "
                     "| recorded shift: mean (dy, dx), largest component | 'unrelated' warnings, reg. / not |",
                     "|---|---:|---:|---:|---:|---|---:|"]
-            for kind, amount in dict.fromkeys((r["kind"], r["amount"]) for r in mine):
+            for kind, amount in sorted({(r["kind"], r["amount"]) for r in mine}, key=lambda c: (c[0] != "shift", c[1])):
                 on, off = (next(r for r in mine if r["kind"] == kind and r["amount"] == amount and r["register"] == g)
                            for g in (True, False))
                 shifts = np.array([c["shift"] for c in on["cities"]])
