@@ -7,10 +7,11 @@ mod-crop — and its reference if the model needs one):
    ``.rsc`` bytes; ``bpp`` = all bytes * 8 / (H*W), ``bpp_lr`` / ``bpp_side`` from the section
    sizes (the header counts only in ``bpp``).
 2. ``hr_hat = model.decode(Packet.from_bytes(data), ref, seed=d, temperature=temperature)`` for
-   ``d < draws`` (deterministic models and temperature 0: one draw); PSNR/SSIM on Y and RGB with ``crop_border = scale``
-   (BasicSR, :mod:`refscale.metrics`) averaged over the draws. For an HR stored as a greyscale
-   file the Y metrics use the grey value itself (:func:`refscale.metrics.grey_luma`), the
-   convention of the published bicubic tables (Set14's bridge).
+   ``d < draws`` (deterministic models and temperature 0: one draw); PSNR/SSIM on Y and RGB
+   with ``crop_border = scale`` (BasicSR, :mod:`refscale.metrics`) averaged over the draws. For
+   an HR stored as a greyscale file the Y metrics use the grey value itself
+   (:func:`refscale.metrics.grey_luma`), the convention of the published bicubic tables (Set14's
+   bridge).
 3. ``si_lr``: SI (RefScale eq. 15) of the LR image as stored in the container (after the codec).
 4. ``seconds``: wall time of encode + serialisation + one decode (the mean over draws).
    ``precision``: the model arithmetic (``fp32``/``bf16``; ``auto`` resolves as in
@@ -57,8 +58,8 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
     """Evaluate ``model`` on ``samples``; returns the DESIGN.md evaluation dict.
 
     ``draws`` decodes of different seeds are averaged for stochastic models (``model.stochastic``);
-    deterministic models (and any model at temperature 0) are decoded once and report ``draws: 1``. ``dataset`` and ``split`` only
-    label the result (default: the samples' common folder name, and None). ``lr_dir``: also save
+    deterministic models (and any model at temperature 0) are decoded once and report
+    ``draws: 1``. ``dataset`` and ``split`` only label the result (default: the samples' common folder name, and None). ``lr_dir``: also save
     the stored LR images there as ``<name>.png`` (existing files only with ``overwrite``).
     ``precision``: ``fp32``, ``bf16`` or ``auto``/None (the pipeline default). ``temperature``:
     the latent temperature of every decode (stochastic models; default the pipeline's).

@@ -134,16 +134,16 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
 
 
 # ============================================================================= decode
-def decode(model: Rescaler, packet, ref=None, *, temperature: float = DEFAULT_TEMPERATURE, seed: int = 0, tile: int | None = None,
-           overlap: int | None = None, allow_mismatch: bool = False, progress: bool = False,
+def decode(model: Rescaler, packet, ref=None, *, temperature: float = DEFAULT_TEMPERATURE, seed: int = 0,
+           tile: int | None = None, overlap: int | None = None, allow_mismatch: bool = False, progress: bool = False,
            resample_ref: bool = False, precision: str | None = None,
            allow_other_reference: bool = False) -> torch.Tensor:
     """Rebuild the HR image ``[1,3,H,W]`` (float32 in [0,1]) from a :class:`Packet` (or its bytes).
 
     ``temperature``: stochastic models draw their latent ``z ~ temperature * N(0, I)`` (seeded by
     ``seed``); the default :data:`DEFAULT_TEMPERATURE` = 1, the distribution the models were
-    trained on, gave the highest PSNR-Y of every shipped invertible model on the held-out cities
-    (lower temperatures are much worse, 0 included: docs/results.md, "Temperature").
+    trained on, gave the highest PSNR-Y (to 0.01 dB) of every shipped invertible model on the
+    held-out cities (lower temperatures are much worse, 0 included: docs/results.md, "Temperature").
     The tile layout and precision default to what the encoder recorded. ``allow_mismatch``
     decodes a packet made by other weights of the same scale (for experts; results are
     unlikely to be good). A reference whose :func:`fingerprint` differs from the one the encoder
