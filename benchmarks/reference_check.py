@@ -49,8 +49,9 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "oscd")
     ap.add_argument("-m", "--models", nargs="+", default=["refscale-x2", "refscale-x4"])
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     split = json.loads((args.data / "split.json").read_text())
     results = {}
     for name in args.models:

@@ -4,10 +4,10 @@
 
     refscale encode HR.png --ref REF.png [-m refscale-x2] [--codec png] [-q Q] -o scene.rsc [--lr-out lr.png]
     refscale encode HR.png --ref REF.png -m inter-h264 -q 60 -o scene.rsc    # a P-frame from the reference
-    refscale decode scene.rsc --ref REF.png -o rebuilt.png [--temperature 1.0] [--seed 0]
+    refscale decode scene.rsc --ref REF.png -o rebuilt.png [--temperature T] [--seed 0]
     refscale info scene.rsc
     refscale models
-    refscale evaluate --data DIR -m MODEL [--split test] [--draws 5] [--codec C] [-q Q] --json out.json [--md out.md]
+    refscale evaluate --data DIR -m MODEL [--split test] [--draws 5] [--temperature T] [--codec C] [-q Q] --json out.json [--md out.md]
     refscale train CONFIG.yaml [--resume] [--out RUN_DIR]
     refscale demo [-m refscale-x2] [-o DIR]
     refscale export -m MODEL --part encoder|decoder -o model.onnx [--tile N] [--opset 17]   # pip install 'refscale[onnx]'
@@ -36,6 +36,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from refscale import pipeline
 from refscale.errors import InputError, ModelError, RefScaleError
 
 
@@ -131,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--ref", help="reference image (for a batch: a folder or manifest whose samples are named like the containers)")
     d.add_argument("-m", "--model", default=None, help="model to decode with (default: the one recorded in the container)")
     d.add_argument("-o", "--output", required=True, help="output image (format by suffix; or a folder for several inputs)")
-    d.add_argument("--temperature", type=float, default=1.0, help="latent temperature for stochastic models (default 1.0)")
+    d.add_argument("--temperature", type=float, default=pipeline.DEFAULT_TEMPERATURE,
+                   help=f"latent temperature for stochastic models (default {pipeline.DEFAULT_TEMPERATURE:g})")
     d.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same pixels (default 0)")
     d.add_argument("--tile", type=int, default=None, help="tile size in HR pixels (default: as recorded by the encoder)")
     d.add_argument("--resample-ref", action="store_true", help="resize a reference of another size to the image size (bicubic)")
@@ -157,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("-m", "--model", required=True, help="catalogue name or .safetensors path")
     v.add_argument("--split", default=None, help="split from the dataset's split.json (e.g. test)")
     v.add_argument("--draws", type=int, default=1, help="decodes averaged per image for stochastic models (default 1)")
+    v.add_argument("--temperature", type=float, default=pipeline.DEFAULT_TEMPERATURE,
+                   help=f"latent temperature of every decode (stochastic models; default {pipeline.DEFAULT_TEMPERATURE:g})")
     v.add_argument("--codec", default="png", help=codec_help)
     _add_quality_options(v, q_help)
     v.add_argument("--json", dest="json_out", default=None, help="write the result JSON here (default: print it)")
@@ -364,7 +368,7 @@ def cmd_evaluate(args) -> int:
     result = evaluate(model, samples, draws=args.draws, codec=codec, quality=quality, bpp=args.bpp,
                       max_bytes=args.max_bytes, progress=_tty(),
                       dataset=Path(args.data).name, split=args.split, lr_dir=args.save_lr, overwrite=args.force,
-                      precision=args.precision)
+                      precision=args.precision, temperature=args.temperature)
     text = json.dumps(result, indent=2) + "\n"
     if args.json_out:
         files.write_bytes(Path(args.json_out), text.encode(), args.force)

@@ -6,11 +6,12 @@ mod-crop — and its reference if the model needs one):
 1. ``packet = model.encode(hr, ref)``; ``data = packet.to_bytes(codec, quality)``: the real
    ``.rsc`` bytes; ``bpp`` = all bytes * 8 / (H*W), ``bpp_lr`` / ``bpp_side`` from the section
    sizes (the header counts only in ``bpp``).
-2. ``hr_hat = model.decode(Packet.from_bytes(data), ref, seed=d)`` for ``d < draws``
-   (deterministic models: one draw); PSNR/SSIM on Y and RGB with ``crop_border = scale``
-   (BasicSR, :mod:`refscale.metrics`) averaged over the draws. For an HR stored as a greyscale
-   file the Y metrics use the grey value itself (:func:`refscale.metrics.grey_luma`), the
-   convention of the published bicubic tables (Set14's bridge).
+2. ``hr_hat = model.decode(Packet.from_bytes(data), ref, seed=d, temperature=temperature)`` for
+   ``d < draws`` (deterministic models and temperature 0: one draw); PSNR/SSIM on Y and RGB
+   with ``crop_border = scale`` (BasicSR, :mod:`refscale.metrics`) averaged over the draws. For
+   an HR stored as a greyscale file the Y metrics use the grey value itself
+   (:func:`refscale.metrics.grey_luma`), the convention of the published bicubic tables (Set14's
+   bridge).
 3. ``si_lr``: SI (RefScale eq. 15) of the LR image as stored in the container (after the codec).
 4. ``seconds``: wall time of encode + serialisation + one decode (the mean over draws).
    ``precision``: the model arithmetic (``fp32``/``bf16``; ``auto`` resolves as in
@@ -34,7 +35,7 @@ from refscale.data import Sample, iter_full_images
 from refscale.errors import InputError
 from refscale.imageio import is_greyscale_file, write_image
 from refscale.protocol import Rescaler
-from refscale.pipeline import stored_lr
+from refscale.pipeline import DEFAULT_TEMPERATURE, stored_lr
 
 METRIC_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "si_lr", "bpp", "bpp_lr", "bpp_side", "seconds")
 
@@ -51,16 +52,18 @@ def _dataset_name(samples: list[Sample]) -> str:
 
 
 def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str = "png", quality: int | None = None,
-             progress: bool = True, bpp: float | None = None, max_bytes: int | None = None, *, dataset: str | None = None, split: str | None = None,
+             progress: bool = True, *, bpp: float | None = None, max_bytes: int | None = None,
+             dataset: str | None = None, split: str | None = None,
              lr_dir: str | os.PathLike | None = None, overwrite: bool = False,
-             precision: str | None = None) -> dict:
+             precision: str | None = None, temperature: float = DEFAULT_TEMPERATURE) -> dict:
     """Evaluate ``model`` on ``samples``; returns the DESIGN.md evaluation dict.
 
     ``draws`` decodes of different seeds are averaged for stochastic models (``model.stochastic``);
-    deterministic models are decoded once and report ``draws: 1``. ``dataset`` and ``split`` only
-    label the result (default: the samples' common folder name, and None). ``lr_dir``: also save
+    deterministic models (and any model at temperature 0) are decoded once and report
+    ``draws: 1``. ``dataset`` and ``split`` only label the result (default: the samples' common folder name, and None). ``lr_dir``: also save
     the stored LR images there as ``<name>.png`` (existing files only with ``overwrite``).
-    ``precision``: ``fp32``, ``bf16`` or ``auto``/None (the pipeline default).
+    ``precision``: ``fp32``, ``bf16`` or ``auto``/None (the pipeline default). ``temperature``:
+    the latent temperature of every decode (stochastic models; default the pipeline's).
     ``bpp`` / ``max_bytes``: a budget for each whole ``.rsc`` file instead of ``quality`` (the
     codec quality is chosen per image by :meth:`refscale.Packet.fit`; each row records it).
     """
@@ -72,7 +75,7 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
         check_lr_dir(samples, lr_dir, overwrite)
     model.eval()
     scale = model.scale
-    draws = max(1, int(draws)) if model.stochastic else 1
+    draws = max(1, int(draws)) if model.stochastic and temperature > 0 else 1  # t = 0: z = 0, no randomness
     precision = resolve_precision(model, precision)
     images = []
     bar = tqdm(total=len(samples), desc=f"evaluate {model.name}", unit="img", disable=not progress, dynamic_ncols=True)
@@ -94,7 +97,7 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
             hr_y = metrics.grey_luma(hr) if grey else hr
             for d in range(draws):
                 start = time.perf_counter()
-                hr_hat = model.decode(Packet.from_bytes(data), ref, seed=d)
+                hr_hat = model.decode(Packet.from_bytes(data), ref, seed=d, temperature=temperature)
                 t_decode += time.perf_counter() - start
                 hat_y = metrics.grey_luma(hr_hat) if grey else hr_hat
                 scores["psnr_y"] += float(metrics.psnr(hat_y, hr_y, crop_border=scale, y_channel=True)[0]) / draws
@@ -127,6 +130,7 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
         "split": split,
         "draws": draws,
         "precision": precision,
+        "temperature": float(temperature),
         "codec": codec,
         "budget": {"bpp": bpp} if bpp is not None else ({"bytes": max_bytes} if max_bytes is not None else None),
         "images": images,

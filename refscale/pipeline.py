@@ -68,6 +68,10 @@ DEFAULT_PRECISION = "auto"
 #: Calibrated on the OSCD train cities, error rates on the test cities: benchmarks/reference_check.py
 #: and docs/results.md, "The reference, end to end".
 MIN_REFERENCE_AGREEMENT = 0.2
+#: the latent temperature ``decode`` samples ``z ~ t * N(0, I)`` with by default (stochastic models;
+#: the CLI, ``refscale evaluate`` and :func:`refscale.evaluate.evaluate` use it too). Chosen on
+#: the held-out train cities: benchmarks/temperature.py and docs/results.md, "Temperature".
+DEFAULT_TEMPERATURE = 1.0
 
 
 # ============================================================================= encode
@@ -151,12 +155,16 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
 
 
 # ============================================================================= decode
-def decode(model: Rescaler, packet, ref=None, *, temperature: float = 1.0, seed: int = 0, tile: int | None = None,
-           overlap: int | None = None, allow_mismatch: bool = False, progress: bool = False,
+def decode(model: Rescaler, packet, ref=None, *, temperature: float = DEFAULT_TEMPERATURE, seed: int = 0,
+           tile: int | None = None, overlap: int | None = None, allow_mismatch: bool = False, progress: bool = False,
            resample_ref: bool = False, precision: str | None = None,
            allow_other_reference: bool = False) -> torch.Tensor:
     """Rebuild the HR image ``[1,3,H,W]`` (float32 in [0,1]) from a :class:`Packet` (or its bytes).
 
+    ``temperature``: stochastic models draw their latent ``z ~ temperature * N(0, I)`` (seeded by
+    ``seed``); the default :data:`DEFAULT_TEMPERATURE` = 1, the distribution the models were
+    trained on, gave the highest PSNR-Y (to 0.01 dB) of every shipped invertible model on the
+    held-out cities (lower temperatures are much worse, 0 included: docs/results.md, "Temperature").
     The tile layout and precision default to what the encoder recorded. ``allow_mismatch``
     decodes a packet made by other weights of the same scale (for experts; results are
     unlikely to be good). A reference whose :func:`fingerprint` differs from the one the encoder

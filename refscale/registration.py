@@ -11,7 +11,9 @@ rounded to :data:`SHIFT_UNIT` pixels, recorded in the container as integers and 
 and decoder see the same warped reference. The warp is a cubic spline (``scipy.ndimage.shift``,
 order 3) in float64 with reflected borders: the strip the shift uncovers is filled with the
 mirrored image rather than a constant, so Ref-Net does not see an artificial edge there (our
-choice; the similarity map is free to fall there). Rotation is not estimated.
+choice; the similarity map is free to fall there). Rotation is not estimated, and on a rotated
+reference the estimate is meaningless (spurious shifts of up to 278 px were recorded for 5-10
+degree rotations of the OSCD test references: benchmarks/misalignment.py, docs/results.md).
 """
 from __future__ import annotations
 

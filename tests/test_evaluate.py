@@ -14,7 +14,7 @@ from refscale.protocol import Rescaler
 from refscale.ops import bicubic_down, bicubic_up, quantize_8bit
 from tests.conftest import synthetic_image
 
-TOP_KEYS = {"model", "scale", "dataset", "split", "draws", "precision", "codec", "budget", "images", "mean"}
+TOP_KEYS = {"model", "scale", "dataset", "split", "draws", "precision", "temperature", "codec", "budget", "images", "mean"}
 IMAGE_KEYS = {"name", "quality", *METRIC_KEYS}  # DESIGN.md's keys, plus the codec settings used
 
 
@@ -128,6 +128,26 @@ def test_draws_average_stochastic_reference_model(tmp_path):
         evaluate(model, discover(tmp_path / "single.png"), progress=False)
 
 
+def test_evaluate_temperature_reaches_every_decode(tmp_path):
+    (tmp_path / "p").mkdir()
+    write_image(synthetic_image(16, 16, 0), tmp_path / "p" / "hr.png")
+    write_image(synthetic_image(16, 16, 5), tmp_path / "p" / "ref.png")
+    samples = discover(tmp_path)
+    model = NoisyRef(scale=2)
+    from refscale.container import Packet
+    from refscale.imageio import read_image
+
+    hr, ref = read_image(tmp_path / "p" / "hr.png"), read_image(tmp_path / "p" / "ref.png")
+    data = model.encode(hr, ref).to_bytes()
+    score = lambda t, d: float(psnr(model.decode(Packet.from_bytes(data), ref, seed=d, temperature=t), hr, crop_border=2)[0])  # noqa: E731
+    cold = evaluate(model, samples, draws=3, progress=False, temperature=0.0)
+    assert cold["draws"] == 1 and cold["temperature"] == 0.0  # z = 0: one decode says it all
+    assert cold["images"][0]["psnr_y"] == pytest.approx(score(0.0, 0), abs=1e-9)
+    hot = evaluate(model, samples, draws=2, progress=False, temperature=2.0)
+    assert hot["draws"] == 2 and hot["images"][0]["psnr_y"] == pytest.approx((score(2.0, 0) + score(2.0, 1)) / 2, abs=1e-9)
+    assert hot["images"][0]["psnr_y"] < cold["images"][0]["psnr_y"]
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_evaluate_runs_and_records_the_requested_precision(singles, precision):
     torch.manual_seed(0)
@@ -159,3 +179,11 @@ def test_cli_evaluate_precision(singles, tmp_path):
     out = tmp_path / "r.json"
     assert main(["evaluate", "--data", str(singles), "-m", "bicubic-x2", "--precision", "bf16", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["precision"] == "fp32"  # bicubic has no bf16 path: recorded as run
+
+
+def test_cli_evaluate_temperature(singles, tmp_path):
+    from refscale.cli import main
+
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--data", str(singles), "-m", "bicubic-x2", "--temperature", "0.5", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["temperature"] == 0.5

@@ -1,0 +1,209 @@
+"""Robustness to a misaligned reference (issue 14, item 4; RefScale supplement Fig. 6, extended).
+
+    python benchmarks/misalignment.py --data ../shared/data/oscd --models refscale-x2 irn-x2 bicubic-x2 \\
+        --out runs/misalignment/x2.json --md runs/misalignment/x2.md
+    python benchmarks/misalignment.py --load runs/misalignment/x2.json runs/misalignment/x4.json \\
+        --md runs/misalignment/all.md --figure docs/figures/misalignment.png
+
+The archive image the ground station holds (img1) is misaligned to the new image (img2) *before*
+encoding, and encoder and decoder both get that same misaligned image, as in the real workflow:
+shifted by ``(d, d)`` px (down and right) or rotated by ``a`` degrees about the centre, cubic
+spline (scipy.ndimage, order 3), the border the warp uncovers filled by mirror reflection
+(``mode="mirror"``, as refscale.registration's own warp: no artificial edge for Ref-Net to see),
+clipped and rounded to 8 bits like any image file. Each reference model is encoded with
+registration on (the default) and off (``register=False``); the decoder replays whatever the
+container records. When registration estimates no shift, registration on and off give identical
+pixels, so the "off" run is not repeated. Registration is translation only: rotations are not
+compensated. Models without a reference run once (flat lines).
+
+Per condition, the mean over the cities of: PSNR-Y (BasicSR, border = scale; t = 1, seed 0, one
+draw), SI of the stored LR, the mean of the transmitted similarity map (levels / (L - 1), 0..1),
+the shift registration recorded, and how many decodes warned that the reference looks unrelated.
+Every image goes through the real ``.rsc`` bytes (PNG LR).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+import refscale
+from refscale import metrics, pipeline, registration
+from refscale.container import Packet
+from refscale.data import discover, iter_full_images
+
+SHIFTS = (0, 2, 5, 20, 40)
+ROTATIONS = (1, 5, 10)
+
+
+def misalign(ref: torch.Tensor, kind: str, amount: float) -> torch.Tensor:
+    """``ref`` [1,3,H,W] shifted by (amount, amount) px or rotated by amount degrees, mirrored border, 8-bit."""
+    if amount == 0:
+        return ref
+    a = ref.double()[0].numpy()
+    if kind == "shift":
+        out = [ndimage.shift(c, (amount, amount), order=3, mode="mirror") for c in a]
+    else:
+        out = [ndimage.rotate(c, amount, reshape=False, order=3, mode="mirror") for c in a]
+    return torch.from_numpy(np.round(np.clip(np.stack(out), 0, 1) * 255) / 255).float()[None]
+
+
+def run_one(model, hr, ref, register: bool) -> dict:
+    """Encode -> .rsc bytes -> decode (t = 1, seed 0) of one image; the scores of that draw."""
+    packet = Packet.from_bytes(model.encode(hr, ref, register=register).to_bytes())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rec = model.decode(packet, ref, temperature=1.0, seed=0)
+    s = model.scale
+    smap = packet.side.get("smap")
+    return {
+        "psnr_y": float(metrics.psnr(rec, hr, crop_border=s, y_channel=True)[0]),
+        "si_lr": float(metrics.spatial_information(pipeline.stored_lr(packet))[0]),
+        "similarity": None if smap is None else float(np.mean(smap) / (model.levels_q - 1)),
+        "shift": list(registration.from_units(packet.ref_shift)),
+        "warned": any("looks unrelated" in str(w.message) for w in caught),
+    }
+
+
+def conditions(shifts, rotations) -> list[tuple[str, float]]:
+    return [("shift", float(d)) for d in shifts] + [("rotate", float(a)) for a in rotations]
+
+
+def measure(name: str, images: list, shifts, rotations) -> list[dict]:
+    model = refscale.load(name)
+    rows = []
+    conds = conditions(shifts, rotations) if model.needs_reference else [("none", 0.0)]
+    cities_on: dict[str, dict] = {}  # the registered run of the current condition, by city
+    for kind, amount in conds:
+        for register in ((True, False) if model.needs_reference else (True,)):
+            start, cities = time.perf_counter(), []
+            for city, hr, ref in images:
+                if not model.needs_reference:
+                    r = run_one(model, hr, None, True)
+                elif not register and cities_on[city]["shift"] == [0.0, 0.0]:
+                    r = dict(cities_on[city])  # nothing was warped: the same pixels as with registration
+                else:
+                    r = run_one(model, hr, misalign(ref, kind, amount), register)
+                cities.append({"city": city, **r})
+            if register:
+                cities_on = {c["city"]: c for c in cities}
+            row = {"model": name, "scale": model.scale, "kind": kind, "amount": amount,
+                   "register": register if model.needs_reference else None,
+                   "psnr_y": float(np.mean([c["psnr_y"] for c in cities])),
+                   "si_lr": float(np.mean([c["si_lr"] for c in cities])),
+                   "similarity": None if cities[0]["similarity"] is None else float(np.mean([c["similarity"] for c in cities])),
+                   "warned": sum(c["warned"] for c in cities), "seconds": time.perf_counter() - start, "cities": cities}
+            rows.append(row)
+            print(f"{name} {kind} {amount:g} register={register}: PSNR-Y {row['psnr_y']:.2f} SI {row['si_lr']:.3f} "
+                  f"S {row['similarity']} warned {row['warned']} ({row['seconds']:.0f} s)", flush=True)
+    return rows
+
+
+def _label(kind: str, amount: float) -> str:
+    return "aligned" if amount == 0 else (f"shift {amount:g} px" if kind == "shift" else f"rotation {amount:g} deg")
+
+
+def to_markdown(rows: list[dict]) -> str:
+    out = []
+    for scale in sorted({r["scale"] for r in rows}):
+        flat = [r for r in rows if r["scale"] == scale and r["register"] is None]
+        for name in sorted({r["model"] for r in rows if r["scale"] == scale and r["register"] is not None}):
+            mine = [r for r in rows if r["model"] == name]
+            out += [f"**{name}** (x{scale}), {len(mine[0]['cities'])} test cities; flat lines: "
+                    + ", ".join(f"{r['model']} {r['psnr_y']:.2f} dB (SI {r['si_lr']:.3f})" for r in flat), "",
+                    "| reference | PSNR-Y, registered | PSNR-Y, not registered | mean S, reg. / not | SI (LR), reg. / not "
+                    "| recorded shift: mean (dy, dx), largest component | 'unrelated' warnings, reg. / not |",
+                    "|---|---:|---:|---:|---:|---|---:|"]
+            for kind, amount in sorted({(r["kind"], r["amount"]) for r in mine}, key=lambda c: (c[0] != "shift", c[1])):
+                on, off = (next(r for r in mine if r["kind"] == kind and r["amount"] == amount and r["register"] == g)
+                           for g in (True, False))
+                shifts = np.array([c["shift"] for c in on["cities"]])
+                shift, largest = shifts.mean(axis=0), np.abs(shifts).max()
+                out.append(f"| {_label(kind, amount)} | {on['psnr_y']:.2f} | {off['psnr_y']:.2f} | "
+                           f"{on['similarity']:.3f} / {off['similarity']:.3f} | {on['si_lr']:.3f} / {off['si_lr']:.3f} | "
+                           f"({shift[0]:.2f}, {shift[1]:.2f}), {largest:.1f} | {on['warned']} / {off['warned']} |")
+            out.append("")
+    return "\n".join(out)
+
+
+def figure(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scales = sorted({r["scale"] for r in rows})
+    fig, axes = plt.subplots(len(scales), 2, figsize=(11, 3.8 * len(scales)), squeeze=False, sharey="row")
+    for row_axes, scale in zip(axes, scales):
+        for ax, kind, unit in zip(row_axes, ("shift", "rotate"), ("shift of the reference (px, in x and in y)",
+                                                                    "rotation of the reference (degrees)")):
+            for r in rows:
+                if r["scale"] == scale and r["register"] is None:
+                    ax.axhline(r["psnr_y"], ls="--", lw=1, color="gray" if "bicubic" in r["model"] else "tab:green",
+                               label=f"{r['model']} (no reference)")
+            for name in sorted({r["model"] for r in rows if r["scale"] == scale and r["register"] is not None}):
+                for register, style, size in ((True, "o-", 5), (False, "s:", 9)):
+                    pts = [r for r in rows if r["model"] == name and r["register"] == register
+                           and (r["kind"] == kind or r["amount"] == 0)]
+                    pts.sort(key=lambda r: r["amount"])
+                    ax.plot([r["amount"] for r in pts], [r["psnr_y"] for r in pts], style, ms=size,
+                            mfc="none" if not register else None, label=f"{name}, registration {'on' if register else 'off'}")
+            ax.set_xlabel(unit)
+            ax.set_ylabel("PSNR-Y (dB), t = 1, seed 0")
+            ax.set_title(f"x{scale}, OSCD test cities")
+            ax.grid(alpha=0.3)
+        row_axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print("wrote", path)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "oscd")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--cities", nargs="+", default=None, help="only these cities of the split (a quick check)")
+    ap.add_argument("--models", nargs="+", default=["refscale-x2", "irn-x2", "bicubic-x2"])
+    ap.add_argument("--shifts", nargs="+", type=float, default=SHIFTS)
+    ap.add_argument("--rotations", nargs="+", type=float, default=ROTATIONS)
+    ap.add_argument("--load", nargs="+", type=Path, default=None, help="report earlier --out files instead of measuring")
+    ap.add_argument("--out", type=Path, help="JSON of every condition and city")
+    ap.add_argument("--md", type=Path, help="Markdown tables")
+    ap.add_argument("--figure", type=Path, help="PNG figure (needs matplotlib: the report extra)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.load:
+        rows = [r for p in args.load for r in json.loads(p.read_text())["rows"]]
+    else:
+        start = time.perf_counter()
+        samples = [s for s in discover(args.data, split=args.split) if not args.cities or s.name in args.cities]
+        rows = []
+        for name in args.models:
+            scale = refscale.load(name).scale
+            images = list(iter_full_images(samples, multiple=scale))
+            rows += measure(name, images, args.shifts, args.rotations)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps({"data": str(args.data), "split": args.split, "rows": rows,
+                                            "seconds": time.perf_counter() - start}, indent=1) + "\n")
+    text = to_markdown(rows)
+    print(text)
+    if args.md:
+        args.md.parent.mkdir(parents=True, exist_ok=True)
+        args.md.write_text(text)
+    if args.figure:
+        figure(rows, args.figure)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
