@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -191,7 +192,7 @@ def select(results: dict, pipelines: list[str] | None, codecs_: list[str] | None
 
 
 def _scale(pipe: str) -> int:
-    return 1 if pipe == FULL else int(pipe.rsplit("-x", 1)[1])
+    return 1 if pipe == FULL else int(re.search(r"-x(\d+)", pipe).group(1))  # irn-x2, fgrn-x2-oscd
 
 
 def _pts(curve: list[dict], metric: str = "psnr_y") -> list[tuple[float, float]]:
