@@ -210,6 +210,37 @@ def bd_table(cs: dict) -> list[dict]:
     return rows
 
 
+def per_image_bd(results: dict, pipe: str, codec: str, anchor: str) -> dict[str, float | None]:
+    """BD-rate of ``pipe + codec`` against ``full + anchor`` image by image (the spread the mean
+    curves hide: season, change, haze)."""
+    pts: dict[tuple[str, str], dict[str, list[tuple[float, float]]]] = {}
+    for key, p in results["points"].items():
+        image, pp, c, _ = key.split("|")
+        pts.setdefault((pp, c), {}).setdefault(image, []).append((p["bpp"], p["psnr_y"]))
+    test, base = pts.get((pipe, codec), {}), pts.get((FULL, anchor), {})
+    return {im: bd(base[im], test[im])["bd_rate"] for im in sorted(set(test) & set(base))}
+
+
+def spread_markdown(results: dict) -> list[str]:
+    """Per-image BD-rate of each full-resolution inter codec against AVIF and its own intra-only."""
+    lines = []
+    for codec in INTER:
+        for anchor in ("avif", INTRA[codec]):
+            per = {k: v for k, v in per_image_bd(results, FULL, codec, anchor).items() if v is not None}
+            if not per:
+                continue
+            vals = sorted(per.values())
+            worst = max(per, key=per.get)
+            if not lines:
+                lines = ["", "**Spread over images** (BD-rate of each image's own curves; `~reverse`: the pair "
+                         "the other way round):", "",
+                         "| inter codec | vs | images | min | median | max (image) | images with fewer bits |",
+                         "|---|---|---:|---:|---:|---|---:|"]
+            lines.append(f"| {codec} | {anchor} | {len(vals)} | {vals[0]:+.1f} % | {vals[len(vals) // 2]:+.1f} % "
+                         f"| {per[worst]:+.1f} % ({worst}) | {sum(v < 0 for v in vals)} |")
+    return lines
+
+
 def psnr_at(curve: list[dict], rate: float) -> float | None:
     """PSNR of a mean curve at ``rate`` (linear in log-rate between its points; None outside)."""
     pts = sorted(_pts(curve))
@@ -314,6 +345,7 @@ def report(args) -> None:
     rows = bd_table(cs)
     command = args.command or " ".join(["python benchmarks/rd_curves.py", *sys.argv[1:]])
     md = report_markdown(cs, rows, args.name, command)
+    md += "\n".join(spread_markdown(select(results, args.pipelines, args.curves, args.images)))
     print(md)
     if args.json:
         Path(args.json).write_text(json.dumps({"curves": {f"{p}|{c}": v for (p, c), v in cs.items()}, "bd": rows}, indent=1))
