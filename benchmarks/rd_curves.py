@@ -155,28 +155,32 @@ def run(args) -> None:
 
 
 # ============================================================================= report
-def curves(results: dict) -> dict[tuple[str, str], list[dict]]:
-    """``{(pipeline, codec): [{q, images, bpp, psnr_y, ssim_y}, ...]}``: means over the images
-    that are complete (every quality) in *every* curve, so that all curves, and so every BD
-    delta, average the same images; images missing from some curve are dropped with a note."""
+def curves(results: dict, images: list[str] | None = None) -> dict[tuple[str, str], list[dict]]:
+    """``{(pipeline, codec): [{q, images, bpp, psnr_y, ssim_y}, ...]}``: means over one common set
+    of images (``images``, default every image the full-resolution curves have complete), so that
+    all curves, and so every BD delta, average the same images; a curve not complete on that set
+    is left out with a note."""
     by: dict[tuple[str, str], dict[str, dict[int, dict]]] = {}
     for key, p in results["points"].items():
         image, pipe, codec, q = key.split("|")
         by.setdefault((pipe, codec), {}).setdefault(image, {})[int(q)] = p
     qs = {codec: tuple(results["meta"]["qualities"][codec]) for _, codec in by}
-    complete = {k: {im for im, pts in images.items() if all(q in pts for q in qs[k[1]])} for k, images in by.items()}
-    common = set.intersection(*complete.values()) if complete else set()
-    dropped = set.union(*complete.values()) - common if complete else set()
-    if dropped:
-        print(f"note: {len(dropped)} image(s) not in every curve, left out: {', '.join(sorted(dropped))}", file=sys.stderr)
+    complete = {k: {im for im, pts in v.items() if all(q in pts for q in qs[k[1]])} for k, v in by.items()}
+    if images:
+        common = set(images)
+    else:
+        full = [v for k, v in complete.items() if k[0] == FULL]
+        common = set.intersection(*full) if full else set()
     out = {}
-    for (pipe, codec), images in by.items():
-        pts_list = [images[im] for im in sorted(common)]
-        if pts_list:
-            out[(pipe, codec)] = [
-                {"q": q, "images": len(pts_list), **{k: float(np.mean([pts[q][k] for pts in pts_list])) for k in ("bpp", "psnr_y", "ssim_y")}}
-                for q in qs[codec]
-            ]
+    for (pipe, codec), per_image in by.items():
+        if not common or not common <= complete[(pipe, codec)]:
+            print(f"note: {pipe} + {codec} is not complete on the {len(common)} images; left out", file=sys.stderr)
+            continue
+        pts_list = [per_image[im] for im in sorted(common)]
+        out[(pipe, codec)] = [
+            {"q": q, "images": len(pts_list), **{k: float(np.mean([pts[q][k] for pts in pts_list])) for k in ("bpp", "psnr_y", "ssim_y")}}
+            for q in qs[codec]
+        ]
     return out
 
 
@@ -341,7 +345,7 @@ def report(args) -> None:
         part = json.loads(Path(path).read_text())
         results["meta"]["qualities"] = {**results["meta"]["qualities"], **part["meta"]["qualities"]}
         results["points"].update(part["points"])
-    cs = curves(select(results, args.pipelines, args.curves, args.images))
+    cs = curves(select(results, args.pipelines, args.curves, args.images), args.images)
     rows = bd_table(cs)
     command = args.command or " ".join(["python benchmarks/rd_curves.py", *sys.argv[1:]])
     md = report_markdown(cs, rows, args.name, command)
