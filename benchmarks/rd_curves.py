@@ -349,7 +349,9 @@ def report(args) -> None:
     rows = bd_table(cs)
     command = args.command or " ".join(["python benchmarks/rd_curves.py", *sys.argv[1:]])
     md = report_markdown(cs, rows, args.name, command)
-    md += "\n".join(spread_markdown(select(results, args.pipelines, args.curves, args.images)))
+    spread = spread_markdown(select(results, args.pipelines, args.curves, args.images))
+    if spread:
+        md += "\n" + "\n".join(spread)
     print(md)
     if args.json:
         Path(args.json).write_text(json.dumps({"curves": {f"{p}|{c}": v for (p, c), v in cs.items()}, "bd": rows}, indent=1))
