@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import re
 import sys
 import time
@@ -214,7 +215,7 @@ def bd_table(cs: dict) -> list[dict]:
     return rows
 
 
-def per_image_bd(results: dict, pipe: str, codec: str, anchor: str) -> dict[str, float | None]:
+def per_image_bd(results: dict, pipe: str, codec: str, anchor: str, images: set[str] | None = None) -> dict[str, float | None]:
     """BD-rate of ``pipe + codec`` against ``full + anchor`` image by image (the spread the mean
     curves hide: season, change, haze)."""
     pts: dict[tuple[str, str], dict[str, list[tuple[float, float]]]] = {}
@@ -222,25 +223,27 @@ def per_image_bd(results: dict, pipe: str, codec: str, anchor: str) -> dict[str,
         image, pp, c, _ = key.split("|")
         pts.setdefault((pp, c), {}).setdefault(image, []).append((p["bpp"], p["psnr_y"]))
     test, base = pts.get((pipe, codec), {}), pts.get((FULL, anchor), {})
-    return {im: bd(base[im], test[im])["bd_rate"] for im in sorted(set(test) & set(base))}
+    both = set(test) & set(base) & (images if images is not None else set(test))
+    return {im: bd(base[im], test[im])["bd_rate"] for im in sorted(both) if min(len(base[im]), len(test[im])) >= 4}
 
 
-def spread_markdown(results: dict) -> list[str]:
+def spread_markdown(results: dict, images: set[str] | None = None) -> list[str]:
     """Per-image BD-rate of each full-resolution inter codec against AVIF and its own intra-only."""
     lines = []
     for codec in INTER:
         for anchor in ("avif", INTRA[codec]):
-            per = {k: v for k, v in per_image_bd(results, FULL, codec, anchor).items() if v is not None}
+            per = {k: v for k, v in per_image_bd(results, FULL, codec, anchor, images).items() if v is not None}
             if not per:
                 continue
             vals = sorted(per.values())
             worst = max(per, key=per.get)
+            median = statistics.median(vals)
             if not lines:
                 lines = ["", "**Spread over images** (BD-rate of each image's own curves; `~reverse`: the pair "
                          "the other way round):", "",
                          "| inter codec | vs | images | min | median | max (image) | images with fewer bits |",
                          "|---|---|---:|---:|---:|---|---:|"]
-            lines.append(f"| {codec} | {anchor} | {len(vals)} | {vals[0]:+.1f} % | {vals[len(vals) // 2]:+.1f} % "
+            lines.append(f"| {codec} | {anchor} | {len(vals)} | {vals[0]:+.1f} % | {median:+.1f} % "
                          f"| {per[worst]:+.1f} % ({worst}) | {sum(v < 0 for v in vals)} |")
     return lines
 
@@ -263,16 +266,17 @@ def report_markdown(cs: dict, rows: list[dict], name: str, command: str) -> str:
     lines = [f"R-D on {name}: means over {n_images} images per quality (PSNR-Y / SSIM-Y, 4 px border cropped; rate = "
              "whole .rsc file per HR pixel; the codec alone = its bare bitstream). Regenerate with:", "",
              f"    {command}", ""]
-    lines += ["**BD against the same codec alone at full resolution** (negative BD-rate = fewer bits for the "
-              "same PSNR-Y; ranges are the overlap the deltas integrate over):", "",
-              "| pipeline | codec | BD-rate | over PSNR-Y | BD-PSNR | over bpp |", "|---|---|---:|---|---:|---|"]
+    lines += ["**BD against the same codec alone at full resolution** (an inter codec at full resolution: against "
+              "its encoder intra-only; negative BD-rate = fewer bits for the same PSNR-Y; ranges are the overlap "
+              "the deltas integrate over):", "",
+              "| pipeline | codec | against | BD-rate | over PSNR-Y | BD-PSNR | over bpp |", "|---|---|---|---:|---|---:|---|"]
     for r in rows:
         same = r["codec"] == r["anchor"] or (r["pipeline"] == FULL and INTRA.get(r["codec"]) == r["anchor"])
         if not same:
             continue
         pr = "-" if r["psnr_range"] is None else f"{r['psnr_range'][0]:.1f}-{r['psnr_range'][1]:.1f} dB"
         br = "-" if r["bpp_range"] is None else f"{r['bpp_range'][0]:.3f}-{r['bpp_range'][1]:.3f}"
-        lines.append(f"| {r['pipeline']} | {r['codec']} | {_fmt(r['bd_rate'], '+.1f')}{'' if r['bd_rate'] is None else ' %'} "
+        lines.append(f"| {r['pipeline']} | {r['codec']} | {r['anchor']} alone | {_fmt(r['bd_rate'], '+.1f')}{'' if r['bd_rate'] is None else ' %'} "
                      f"| {pr} | {_fmt(r['bd_psnr'], '+.2f')}{'' if r['bd_psnr'] is None else ' dB'} | {br} |")
     anchors = [c for c in STILL + tuple(INTRA.values()) if (FULL, c) in cs]
     lines += ["", "**BD-rate (%) against each still codec alone and each video encoder intra-only** "
@@ -349,7 +353,7 @@ def report(args) -> None:
     rows = bd_table(cs)
     command = args.command or " ".join(["python benchmarks/rd_curves.py", *sys.argv[1:]])
     md = report_markdown(cs, rows, args.name, command)
-    spread = spread_markdown(select(results, args.pipelines, args.curves, args.images))
+    spread = spread_markdown(select(results, args.pipelines, args.curves, args.images), set(args.images or []) or None)
     if spread:
         md += "\n" + "\n".join(spread)
     print(md)

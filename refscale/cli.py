@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--draws", type=int, default=1, help="decodes averaged per image for stochastic models (default 1)")
     v.add_argument("--temperature", type=float, default=pipeline.DEFAULT_TEMPERATURE,
                    help=f"latent temperature of every decode (stochastic models; default {pipeline.DEFAULT_TEMPERATURE:g})")
-    v.add_argument("--codec", default="png", help=codec_help)
+    v.add_argument("--codec", default=None, help=codec_help)
     _add_quality_options(v, q_help)
     v.add_argument("--json", dest="json_out", default=None, help="write the result JSON here (default: print it)")
     v.add_argument("--md", dest="md_out", default=None, help="also write a Markdown table here")
@@ -343,14 +343,13 @@ def cmd_models(args) -> int:
 def cmd_evaluate(args) -> int:
     from refscale import codecs, files
     from refscale.data import discover
+    from refscale.container import check_budget
     from refscale.evaluate import check_lr_dir, evaluate, to_markdown
 
-    from refscale.container import check_budget
-
-    codec = codecs.canonical(args.codec)
-    quality = codecs.check_quality(codec, args.quality)
-    check_budget(quality, args.bpp, args.max_bytes)
-    codecs.require(codec)
+    if args.codec is not None:  # refuse a bad codec or budget before the model loads
+        codecs.require(codecs.canonical(args.codec))
+        codecs.check_quality(args.codec, args.quality)
+    check_budget(args.quality, args.bpp, args.max_bytes)
     if args.draws < 1:
         raise InputError(f"--draws must be >= 1, got {args.draws}")
     outputs = [Path(p) for p in (args.json_out, args.md_out) if p]
@@ -361,10 +360,14 @@ def cmd_evaluate(args) -> int:
     if args.save_lr:  # before the model loads: a refused folder costs nothing
         check_lr_dir(samples, args.save_lr, args.force)
     model = _load_model(args.model)
-    if model.needs_reference:
+    codec = codecs.canonical(args.codec or model.default_codec)  # inter-* models: their inter codec
+    quality = codecs.check_quality(codec, args.quality)
+    codecs.require(codec)
+    if model.needs_reference or codecs.needs_reference(codec):
         missing = [s.name for s in samples if s.ref is None]
         if missing:
-            raise ModelError(f"model {model.name} needs references; {args.data} has none for {', '.join(missing[:3])}")
+            who = f"model {model.name}" if model.needs_reference else f"codec {codec}"
+            raise ModelError(f"{who} needs references; {args.data} has none for {', '.join(missing[:3])}")
     result = evaluate(model, samples, draws=args.draws, codec=codec, quality=quality, bpp=args.bpp,
                       max_bytes=args.max_bytes, progress=_tty(),
                       dataset=Path(args.data).name, split=args.split, lr_dir=args.save_lr, overwrite=args.force,

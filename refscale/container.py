@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import lzma
+import numbers
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -181,6 +182,9 @@ class Packet:
         """The header (LR fields still empty) and the compressed side sections."""
         if self.lr is None:
             raise ContainerError("the packet's LR image is not decoded yet (decode_lr with the reference, or refscale.pipeline.decode)")
+        if codecs.needs_reference(codec) and (self.lr_ref is None or self.ref_hash is None):
+            raise ContainerError(f"codec {codec} predicts the LR from the reference: encode with the reference "
+                                 f"(refscale.pipeline.encode(..., codec={codec!r}))")
         side_arrays = {name: smallest_integer_array(name, arr) for name, arr in self.side.items()}
         raster = self.raster.to_bytes() if self.raster is not None else None
         header = Header(
@@ -199,9 +203,6 @@ class Packet:
         lr = np.asarray(self.lr)
         if lr.dtype != np.uint8 or lr.shape != (*header.lr_size, 3):
             raise ContainerError(f"LR must be uint8 {[*header.lr_size, 3]} (padded size / scale), got {lr.dtype} {list(lr.shape)}")
-        if codecs.needs_reference(codec) and (self.lr_ref is None or self.ref_hash is None):
-            raise ContainerError(f"codec {codec} predicts the LR from the reference: encode with the reference "
-                                 f"(refscale.pipeline.encode(..., codec={codec!r}))")
         blobs = []
         for entry in header.side:
             raw = np.ascontiguousarray(side_arrays[entry.name], dtype=np.dtype(entry.dtype).newbyteorder("<")).tobytes()
@@ -627,17 +628,25 @@ def check_budget(quality: int | None = None, bpp: float | None = None, max_bytes
     if len(given) > 1:
         raise InputError(f"give one of a codec quality, a bpp budget or a byte budget, not {' and '.join(given)}")
     if bpp is not None:
-        bytes_for_bpp(bpp, (1, 1))
-    if max_bytes is not None and (isinstance(max_bytes, bool) or int(max_bytes) != max_bytes or max_bytes < 1):
+        _check_bpp(bpp)
+    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, numbers.Integral) or max_bytes < 1):
         raise InputError(f"the byte budget must be a positive integer, got {max_bytes!r}")
+
+
+def _check_bpp(bpp) -> float:
+    bpp = float(bpp)
+    if not bpp > 0 or bpp == float("inf"):
+        raise InputError(f"the bit budget must be a positive number of bits per pixel, got {bpp}")
+    return bpp
 
 
 def bytes_for_bpp(bpp: float, size: tuple[int, int]) -> int:
     """The whole-file byte budget of ``bpp`` bits per pixel of an ``(H, W)`` image (rounded down)."""
-    bpp = float(bpp)
-    if not bpp > 0 or bpp == float("inf"):
-        raise InputError(f"the bit budget must be a positive number of bits per pixel, got {bpp}")
-    return int(bpp * size[0] * size[1] // 8)
+    bpp = _check_bpp(bpp)
+    n = int(bpp * size[0] * size[1] // 8)
+    if n < 1:
+        raise InputError(f"{bpp} bpp of a {size[1]}x{size[0]} image is less than one byte")
+    return n
 
 
 def _sizes_and_bpp(data: bytes, size: tuple[int, int]) -> dict[str, Any]:

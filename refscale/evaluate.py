@@ -51,7 +51,7 @@ def _dataset_name(samples: list[Sample]) -> str:
         return ""
 
 
-def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str = "png", quality: int | None = None,
+def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str | None = None, quality: int | None = None,
              progress: bool = True, *, bpp: float | None = None, max_bytes: int | None = None,
              dataset: str | None = None, split: str | None = None,
              lr_dir: str | os.PathLike | None = None, overwrite: bool = False,
@@ -66,10 +66,12 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
     the latent temperature of every decode (stochastic models; default the pipeline's).
     ``bpp`` / ``max_bytes``: a budget for each whole ``.rsc`` file instead of ``quality`` (the
     codec quality is chosen per image by :meth:`refscale.Packet.fit`; each row records it).
+    ``codec=None``: the model's default codec (PNG, or an ``inter-*`` model's P-frame codec).
     """
     from refscale.container import Packet, bytes_for_bpp, check_budget, section_sizes
     from refscale.pipeline import resolve_precision
 
+    codec = codecs.canonical(model.default_codec if codec is None else codec)
     check_budget(quality, bpp, max_bytes)
     if lr_dir is not None:
         check_lr_dir(samples, lr_dir, overwrite)

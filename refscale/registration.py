@@ -19,6 +19,8 @@ a shift is therefore kept only when it makes the two images' detail agree better
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -52,8 +54,10 @@ def estimate_shift(new: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     a, b = _luma(_centre(new, MAX_SIDE)), _luma(_centre(ref, MAX_SIDE))
     shift, _, _ = phase_cross_correlation(a, b, upsample_factor=20, normalization="phase")
     dy, dx = (round(float(s) / SHIFT_UNIT) * SHIFT_UNIT for s in shift)
-    if not is_none((dy, dx)) and not _improves(a, b, (dy, dx)):
-        return 0.0, 0.0  # a peak that does not line the images up (rotation, another place): no shift
+    if not is_none((dy, dx)) and not _improves(a, b, (dy, dx)):  # rotation, another place, heavy change
+        warnings.warn(f"registration: the best shift ({dy:.2f}, {dx:.2f}) px does not line the reference up with the "
+                      "image (rotated, much changed or another place?); no shift applied")
+        return 0.0, 0.0
     return dy, dx
 
 
@@ -73,9 +77,10 @@ def _improves(new: np.ndarray, ref: np.ndarray, shift: tuple[float, float]) -> b
     """True when moving ``ref`` by ``shift`` raises the correlation of the two lumas' detail band
     (a difference of Gaussians, 1-4 px) and brings it to at least :data:`MIN_AGREEMENT`. Phase
     correlation always returns *some* peak; on a rotated reference it is spurious (shifts of up
-    to 278 px for 5-10 degree rotations of the OSCD test references). Measured on six OSCD test
-    cities: a true shift of 0.6-2 px reaches 0.54-0.92 after registration, a reference rotated by
-    2-10 degrees at most 0.14 whatever shift is tried (docs/results.md)."""
+    to 278 px for 5-10 degree rotations of the OSCD test references). :data:`MIN_AGREEMENT` is the
+    plausibility check's threshold (``pipeline.MIN_REFERENCE_AGREEMENT``, calibrated on the train
+    cities); checked afterwards on the test cities: a true shift of 0.6-2 px reaches 0.54-0.92, a
+    reference rotated by 2-10 degrees at most 0.14 whatever shift is tried (docs/results.md)."""
     from scipy.ndimage import shift as nd_shift
 
     a = _band(new)

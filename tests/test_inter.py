@@ -280,3 +280,16 @@ def test_a_byte_budget_chooses_the_quality_for_inter_codecs_too(codec):
     assert read_header(data).quality == q
     with pytest.raises(InputError, match="budget"):
         packet.fit(codec, lowest - 1)
+
+
+def test_evaluate_uses_the_inter_models_own_codec(tmp_path):
+    from refscale.data import discover
+    from refscale.evaluate import evaluate
+    from refscale.imageio import write_image
+
+    new, ref = pair(48, 64, noise=0.03)
+    write_image(new, tmp_path / "p" / "hr.png")
+    write_image(ref, tmp_path / "p" / "ref.png")
+    model = zoo.load(MODEL[INTER[0]])
+    result = evaluate(model, discover(tmp_path), progress=False)
+    assert result["codec"] == INTER[0] and np.isfinite(result["mean"]["psnr_y"])  # not a lossless PNG
