@@ -17,7 +17,8 @@
 
 Every image is mod-cropped to a multiple of 4 so all pipelines see the same pixels, and every
 metric crops 4 px of border (BasicSR convention, the largest scale). Results are cached per
-(image, pipeline, codec, quality) in the ``--out`` JSON, so an interrupted run resumes.
+(image, pipeline, codec, quality) in the ``--out`` JSON, so an interrupted run resumes (one
+``run`` per ``--out`` file at a time: two writers would overwrite each other's points).
 
 ``report`` averages rate and PSNR over the images at each quality (a curve per pipeline and
 codec), computes BD-rate / BD-PSNR (``refscale.rd``: ``bjontegaard``, pchip, over the
