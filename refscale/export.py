@@ -684,16 +684,22 @@ class OnboardOutput:
         try:
             with np.load(path, allow_pickle=False) as f:
                 data = {k: f[k] for k in f.files}
-        except (OSError, ValueError) as e:
-            raise InputError(f"cannot read {path}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - a corrupt or foreign file (zip, npy, pickle) is the user's input
+            raise InputError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         if "lr" not in data:
             raise InputError(f"{path} has no 'lr' array")
-        lr = data["lr"]
-        size = tuple(int(v) for v in data["size"]) if "size" in data else None
-        padded = tuple(int(v) for v in data["padded_size"]) if "padded_size" in data else None
-        t = [int(v) for v in data.get("tiles", [0, 0])]
+        try:
+            lr = data["lr"]
+            size = tuple(int(v) for v in data["size"]) if "size" in data else None
+            padded = tuple(int(v) for v in data["padded_size"]) if "padded_size" in data else None
+            t = [int(v) for v in data.get("tiles", [0, 0])]
+            tiles = {"tile": t[0], "overlap": t[1]} if t[0] else None
+        except (TypeError, ValueError, IndexError):
+            raise InputError(f"{path}: 'size', 'padded_size' and 'tiles' must be pairs of integers") from None
+        if size is not None and len(size) != 2 or padded is not None and len(padded) != 2:
+            raise InputError(f"{path}: 'size' and 'padded_size' must be pairs of integers")
         side = {k[5:]: v for k, v in data.items() if k.startswith("side_")}
-        return cls(lr, side, size, padded, {"tile": t[0], "overlap": t[1]} if t[0] else None)
+        return cls(lr, side, size, padded, tiles)
 
 
 def onboard_encode(graph: Graph | str | os.PathLike, hr, ref=None, *, tile: int | None = None,

@@ -180,3 +180,14 @@ def test_cli_refuses_tadm_and_inter_by_name(tmp_path, capsys):
     for name in ("tadm-x16", "inter-h264"):
         assert cli.main(["export", "-m", name, "--part", "encoder", "-o", str(tmp_path / "x.onnx")]) == 2
         assert "cannot be exported to ONNX" in capsys.readouterr().err
+
+
+def test_a_corrupt_onboard_file_is_a_one_line_error(tmp_path):
+    from refscale.errors import InputError
+    from refscale.export import OnboardOutput
+
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04garbage")
+    np.savez(tmp_path / "short.npz", lr=np.zeros((4, 4, 3)), tiles=np.array([5]))
+    for name in ("bad.npz", "short.npz"):
+        with pytest.raises(InputError):
+            OnboardOutput.load(tmp_path / name)
