@@ -84,8 +84,12 @@ def _webp_args(q):
     return {"quality": q, "method": 6}
 
 
+#: the JPEG quality when none is given (Pillow has no lossless JPEG)
+JPEG_DEFAULT_QUALITY = 95
+
+
 def _jpeg_args(q):
-    return {"quality": 95 if q is None else q}
+    return {"quality": JPEG_DEFAULT_QUALITY if q is None else q}
 
 
 # ----------------------------------------------------------------------------- imagecodecs codecs
@@ -214,6 +218,21 @@ def check_quality(codec: str, quality: int | None) -> int | None:
 def needs_reference(codec: str) -> bool:
     """True for an inter-frame codec, which predicts the LR from the reference at the LR's size."""
     return CODECS[canonical(codec)].needs_reference
+
+
+def effective_quality(codec: str, quality: int | None) -> int | None:
+    """The quality ``encode_image`` really uses: ``quality``, else the codec's default for a lossy
+    codec (JPEG 95, the inter codecs ``refscale.inter.DEFAULT_QUALITY``), else ``None`` (lossless)."""
+    name = canonical(codec)
+    if quality is not None:
+        return int(quality)
+    if name == "jpeg":
+        return JPEG_DEFAULT_QUALITY
+    if CODECS[name].needs_reference:
+        from refscale.inter import DEFAULT_QUALITY
+
+        return DEFAULT_QUALITY
+    return None
 
 
 def is_lossless(codec: str, quality: int | None) -> bool:

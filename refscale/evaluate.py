@@ -89,7 +89,10 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
             start = time.perf_counter()
             packet = model.encode(hr, ref, precision=precision, codec=codec, quality=quality)
             budget = bytes_for_bpp(bpp, (h, w)) if bpp is not None else max_bytes
-            data, used_quality = packet.fit(codec, budget) if budget is not None else (packet.to_bytes(codec, quality), quality)
+            if budget is not None:
+                data, used_quality = packet.fit(codec, budget)
+            else:
+                data, used_quality = packet.to_bytes(codec, quality), codecs.effective_quality(codec, quality)
             t_encode = time.perf_counter() - start
             sizes = section_sizes(data)
             stored = Packet.from_bytes(data, lr_ref=packet.lr_ref)

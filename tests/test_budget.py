@@ -95,3 +95,14 @@ def test_evaluate_at_equal_rate(tmp_path, capsys):
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["budget"] == {"bpp": 0.8} and result["codec"] == "jpeg"
     assert all(r["bpp"] <= 0.8 and 1 <= r["quality"] <= 100 for r in result["images"])
+
+
+def test_evaluate_rows_record_the_quality_really_used(tmp_path):
+    from refscale.data import discover
+    from refscale.evaluate import evaluate
+
+    write_image(synthetic_image(64, 80, seed=1), tmp_path / "a.png")
+    rows = evaluate(zoo.load("bicubic-x2"), discover(tmp_path), codec="jpeg", progress=False)["images"]
+    assert rows[0]["quality"] == codecs.JPEG_DEFAULT_QUALITY  # not None: JPEG has no lossless default
+    rows = evaluate(zoo.load("bicubic-x2"), discover(tmp_path), codec="png", progress=False)["images"]
+    assert rows[0]["quality"] is None  # lossless
