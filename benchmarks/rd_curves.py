@@ -198,7 +198,8 @@ def select(results: dict, pipelines: list[str] | None, codecs_: list[str] | None
 
 
 def _scale(pipe: str) -> int:
-    return 1 if pipe == FULL else int(re.search(r"-x(\d+)", pipe).group(1))  # irn-x2, fgrn-x2-oscd
+    m = re.search(r"-x(\d+)", pipe)  # irn-x2, fgrn-x2-oscd; scale 1 for the codec alone and inter-*
+    return int(m.group(1)) if m else 1
 
 
 def _pts(curve: list[dict], metric: str = "psnr_y") -> list[tuple[float, float]]:

@@ -236,23 +236,38 @@ def _add_quality_options(parser, q_help: str) -> None:
     g.add_argument("--bytes", dest="max_bytes", type=int, default=None, help="size budget in bytes for the whole .rsc file")
 
 
-def cmd_encode(args) -> int:
-    from refscale import codecs, files
+def _check_quality_options(args) -> None:
+    """Refuse a bad --codec / -q / --bpp / --bytes before the model loads."""
+    from refscale import codecs
     from refscale.container import check_budget
 
-    if args.codec is not None:  # refuse a bad codec or budget before the model loads
+    if args.codec is not None:
         codecs.require(codecs.canonical(args.codec))
         codecs.check_quality(args.codec, args.quality)
     check_budget(args.quality, args.bpp, args.max_bytes)
+
+
+def _codec_and_quality(args, model) -> tuple[str, int | None]:
+    """The codec (default: the model's, e.g. an inter-* model's P-frame codec) and its checked quality."""
+    from refscale import codecs
+
+    codec = codecs.canonical(args.codec or model.default_codec)
+    quality = codecs.check_quality(codec, args.quality)
+    codecs.require(codec)
+    return codec, quality
+
+
+def cmd_encode(args) -> int:
+    from refscale import files
+
+    _check_quality_options(args)
     from refscale.raster import parse_bands, parse_range
 
     bands = parse_bands(args.bands)  # refuse bad --bands / --range before the model loads
     parse_range(args.value_range)
     batch = files.is_batch(files.existing(args.input, "input"))
     model = _load_model(args.model)
-    codec = codecs.canonical(args.codec or model.default_codec)  # inter-* models: their inter codec
-    quality = codecs.check_quality(codec, args.quality)
-    codecs.require(codec)
+    codec, quality = _codec_and_quality(args, model)
     jobs = files.encode_jobs(args.input, args.output, model, ref=args.ref, lr_out=args.lr_out, codec=codec)
     files.preflight(jobs, args.force)
 
@@ -343,13 +358,9 @@ def cmd_models(args) -> int:
 def cmd_evaluate(args) -> int:
     from refscale import codecs, files
     from refscale.data import discover
-    from refscale.container import check_budget
     from refscale.evaluate import check_lr_dir, evaluate, to_markdown
 
-    if args.codec is not None:  # refuse a bad codec or budget before the model loads
-        codecs.require(codecs.canonical(args.codec))
-        codecs.check_quality(args.codec, args.quality)
-    check_budget(args.quality, args.bpp, args.max_bytes)
+    _check_quality_options(args)
     if args.draws < 1:
         raise InputError(f"--draws must be >= 1, got {args.draws}")
     outputs = [Path(p) for p in (args.json_out, args.md_out) if p]
@@ -360,9 +371,7 @@ def cmd_evaluate(args) -> int:
     if args.save_lr:  # before the model loads: a refused folder costs nothing
         check_lr_dir(samples, args.save_lr, args.force)
     model = _load_model(args.model)
-    codec = codecs.canonical(args.codec or model.default_codec)  # inter-* models: their inter codec
-    quality = codecs.check_quality(codec, args.quality)
-    codecs.require(codec)
+    codec, quality = _codec_and_quality(args, model)
     if model.needs_reference or codecs.needs_reference(codec):
         missing = [s.name for s in samples if s.ref is None]
         if missing:
