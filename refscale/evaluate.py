@@ -13,7 +13,8 @@ mod-crop — and its reference if the model needs one):
    (:func:`refscale.metrics.grey_luma`), the convention of the published bicubic tables (Set14's
    bridge).
 3. ``si_lr``: SI (RefScale eq. 15) of the LR image as stored in the container (after the codec).
-4. ``seconds``: wall time of encode + serialisation + one decode (the mean over draws).
+4. ``seconds``: wall time of encode + serialisation + one decode (the mean over draws); with a
+   budget, the serialisation at the quality found, not the search for it.
    ``precision``: the model arithmetic (``fp32``/``bf16``; ``auto`` resolves as in
    :mod:`refscale.pipeline`); the decoder repeats what the container records. The result
    records the resolved value.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 
 from tqdm import tqdm
@@ -79,7 +81,7 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
     scale = model.scale
     draws = max(1, int(draws)) if model.stochastic and temperature > 0 else 1  # t = 0: z = 0, no randomness
     precision = resolve_precision(model, precision)
-    images = []
+    images, over_budget = [], []
     bar = tqdm(total=len(samples), desc=f"evaluate {model.name}", unit="img", disable=not progress, dynamic_ncols=True)
     try:
         for sample, (name, hr, ref) in zip(samples, iter_full_images(samples, multiple=scale)):
@@ -88,12 +90,20 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
             h, w = hr.shape[-2:]
             start = time.perf_counter()
             packet = model.encode(hr, ref, precision=precision, codec=codec, quality=quality)
-            budget = bytes_for_bpp(bpp, (h, w)) if bpp is not None else max_bytes
-            if budget is not None:
-                data, used_quality = packet.fit(codec, budget)
-            else:
-                data, used_quality = packet.to_bytes(codec, quality), codecs.effective_quality(codec, quality)
             t_encode = time.perf_counter() - start
+            budget = bytes_for_bpp(bpp, (h, w)) if bpp is not None else max_bytes
+            used_quality = codecs.effective_quality(codec, quality)
+            if budget is not None:
+                try:
+                    _, used_quality = packet.fit(codec, budget)
+                except InputError as e:
+                    over_budget.append({"name": name, "error": str(e)})
+                    warnings.warn(f"{name}: {e}; left out of the means")
+                    bar.update(1)
+                    continue
+            start = time.perf_counter()  # the search is not timed: one serialisation at the quality used
+            data = packet.to_bytes(codec, used_quality)
+            t_encode += time.perf_counter() - start
             sizes = section_sizes(data)
             stored = Packet.from_bytes(data, lr_ref=packet.lr_ref)
             scores = {k: 0.0 for k in ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")}
@@ -127,6 +137,8 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
             bar.set_postfix(psnr_y=f"{row['psnr_y']:.2f}")
     finally:
         bar.close()
+    if over_budget and not images:
+        raise InputError(f"no image fits the budget ({over_budget[0]['error']})")
     mean = {k: sum(r[k] for r in images) / len(images) for k in METRIC_KEYS} if images else {k: None for k in METRIC_KEYS}
     return {
         "model": model.name,
@@ -139,6 +151,7 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
         "codec": codec,
         "budget": {"bpp": bpp} if bpp is not None else ({"bytes": max_bytes} if max_bytes is not None else None),
         "images": images,
+        "over_budget": over_budget,
         "mean": mean,
     }
 
@@ -180,4 +193,7 @@ def to_markdown(result: dict) -> str:
     for row in result["images"]:
         lines.append(f"| {row['name']} | {cells(row)} |")
     lines.append(f"| **mean** | {cells(result['mean'])} |")
+    if result.get("over_budget"):
+        names = ", ".join(r["name"] for r in result["over_budget"])
+        lines += ["", f"Left out, over the budget even at the lowest quality: {names}."]
     return "\n".join(lines) + "\n"

@@ -184,8 +184,12 @@ def encode_file(job: Job, model: Rescaler, *, codec: str | None = None, quality:
         data = packet.to_bytes(codec=codec, quality=quality)
     write_bytes(job.output, data, force)
     if job.lr_output is not None:
-        raster.write_lr(Packet.from_bytes(data, lr_ref=packet.lr_ref).lr, job.lr_output, packet.raster, packet.scale,
-                        overwrite=force)
+        try:
+            raster.write_lr(Packet.from_bytes(data, lr_ref=packet.lr_ref).lr, job.lr_output, packet.raster,
+                            packet.scale, overwrite=force)
+        except BaseException:
+            Path(job.output).unlink(missing_ok=True)  # both outputs or neither
+            raise
     h, w = packet.size
     return {"output": job.output, "bytes": len(data), "bpp": len(data) * 8 / (h * w), "size": (h, w),
             "model": model.name, "codec": codec, "quality": quality, "raster": packet.raster}

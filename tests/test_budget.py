@@ -106,3 +106,23 @@ def test_evaluate_rows_record_the_quality_really_used(tmp_path):
     assert rows[0]["quality"] == codecs.JPEG_DEFAULT_QUALITY  # not None: JPEG has no lossless default
     rows = evaluate(zoo.load("bicubic-x2"), discover(tmp_path), codec="png", progress=False)["images"]
     assert rows[0]["quality"] is None  # lossless
+
+
+def test_evaluate_leaves_out_an_image_over_the_budget_and_says_so(tmp_path):
+    from refscale.data import discover
+    from refscale.evaluate import evaluate, to_markdown
+
+    model = zoo.load("bicubic-x2")
+    small, large = synthetic_image(64, 80, seed=1), synthetic_image(256, 320, seed=2)
+    write_image(small, tmp_path / "a_small.png")
+    write_image(large, tmp_path / "b_large.png")
+    least = [len(model.encode(im).to_bytes("jpeg", 1)) for im in (small, large)]
+    assert least[0] < least[1]
+    with pytest.warns(UserWarning, match="b_large"):
+        result = evaluate(model, discover(tmp_path), codec="jpeg", max_bytes=sum(least) // 2, progress=False)
+    assert [r["name"] for r in result["images"]] == ["a_small"]
+    assert [r["name"] for r in result["over_budget"]] == ["b_large"]
+    assert result["mean"]["bpp"] == result["images"][0]["bpp"]
+    assert "b_large" in to_markdown(result)
+    with pytest.raises(InputError, match="no image fits"), pytest.warns(UserWarning):
+        evaluate(model, discover(tmp_path), codec="jpeg", max_bytes=least[0] - 1, progress=False)

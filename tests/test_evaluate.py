@@ -14,7 +14,7 @@ from refscale.protocol import Rescaler
 from refscale.ops import bicubic_down, bicubic_up, quantize_8bit
 from tests.conftest import synthetic_image
 
-TOP_KEYS = {"model", "scale", "dataset", "split", "draws", "precision", "temperature", "codec", "budget", "images", "mean"}
+TOP_KEYS = {"model", "scale", "dataset", "split", "draws", "precision", "temperature", "codec", "budget", "images", "over_budget", "mean"}
 IMAGE_KEYS = {"name", "quality", *METRIC_KEYS}  # DESIGN.md's keys, plus the codec settings used
 
 

@@ -72,3 +72,16 @@ def test_clear_refusals(scenes):
     assert data  # (the weights existed before)
     with pytest.raises(InputError, match="no .rsc files"):
         files.decode_jobs(scenes / "alone", scenes / "o")
+
+
+def test_a_failed_lr_write_leaves_no_container(scenes, monkeypatch):
+    model = zoo.load(str(scenes / "toyref.safetensors"))
+    job = files.encode_jobs(scenes / "pairs", scenes / "out", model, lr_out=scenes / "lr")[0]
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files.raster, "write_lr", disk_full)
+    with pytest.raises(OSError):
+        files.encode_file(job, model)
+    assert not job.output.exists() and not job.lr_output.exists()
