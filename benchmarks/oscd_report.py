@@ -2,7 +2,7 @@
 
     python benchmarks/oscd_report.py all --data ../shared/data/oscd --scales 2 4 --write docs/results.md
 
-* ``table``: ``refscale evaluate --split test --draws 5`` for bicubic, IRN and RefScale at each
+* ``table``: ``refscale evaluate --split test --draws 5`` for bicubic, IRN, RefScale and FGRN at each
   scale (the shipped weights unless ``--weights-dir`` points at run folders), written to
   ``--out`` as JSON/Markdown; prints our rows beside the paper's Table 1 (RS dataset) and the
   training budget from each model card, and replaces the marked section of
@@ -18,7 +18,7 @@
 * ``heldout``: the full held-out train cities (aguasclaras, bordeaux; never trained on), PNG LR,
   t = 1, ``--draws`` seeds: PSNR-Y overall, inside and outside the changed areas
   (``change_mask.png``) and the colour error (mean signed error per RGB channel, 8-bit levels)
-  for bicubic, IRN, RefScale and ``--extra`` weights. The shipping rule of the training campaign
+  for bicubic, IRN, RefScale, FGRN and ``--extra`` weights. The shipping rule of the training campaign
   (issue 13: ship only a >= 0.2 dB gain) reads this table; no test city is touched.
 
 Test cities are only touched by ``table`` and ``figures``; nothing here tunes anything.
@@ -54,9 +54,21 @@ START, END = "<!-- oscd-table:start -->", "<!-- oscd-table:end -->"
 
 def model_ref(arch: str, scale: int, weights_dir: Path | None) -> str:
     """Catalogue name, or the final weights of a run folder ``<weights_dir>/<arch>-x<s>-oscd``."""
-    if arch == "bicubic" or weights_dir is None:
+    if arch == "bicubic":
         return f"{arch}-x{scale}"
+    if weights_dir is None:  # the catalogue's fgrn-xN are the natural-image weights
+        return f"fgrn-x{scale}-oscd" if arch == "fgrn" else f"{arch}-x{scale}"
     return str(weights_dir / f"{arch}-x{scale}-oscd" / f"{arch}-x{scale}-oscd.safetensors")
+
+
+LEARNED = ("irn", "refscale", "fgrn")
+
+
+def learned_refs(scale: int, weights_dir: Path | None) -> list[str]:
+    """IRN, RefScale and FGRN at ``scale``: a run folder's weights where they exist, else the shipped ones."""
+    refs = [model_ref(arch, scale, weights_dir) for arch in LEARNED]
+    return [r if not r.endswith(".safetensors") or Path(r).exists() else model_ref(arch, scale, None)
+            for r, arch in zip(refs, LEARNED)]
 
 
 def cmd_table(args) -> str:
@@ -67,7 +79,7 @@ def cmd_table(args) -> str:
     ]
     commands = []
     for scale in args.scales:
-        for arch in ("bicubic", "irn", "refscale"):
+        for arch in ("bicubic", *LEARNED):
             ref = model_ref(arch, scale, args.weights_dir)
             stem = f"{arch}_x{scale}"
             cmd = ["refscale", "evaluate", "--data", str(args.data), "--split", "test", "-m", ref,
@@ -83,9 +95,10 @@ def cmd_table(args) -> str:
             m = r["mean"]
             card = zoo.card_for(ref)
             budget = training_budget(card)
-            p = PAPER[(arch, scale)]
+            p = PAPER.get((arch, scale))
+            paper = "-" if p is None else f"{p[0]:.2f} / {p[1]:.3f} / {p[2]:.3f} / {p[3]:.2f}"
             lines.append(f"| x{scale} | {arch} | {m['psnr_y']:.2f} | {m['ssim_y']:.4f} | {m['psnr_rgb']:.2f} | {m['si_lr']:.3f} | "
-                         f"{m['bpp']:.3f} | {m['bpp_side']:.4f} | {p[0]:.2f} / {p[1]:.3f} / {p[2]:.3f} / {p[3]:.2f} | {budget} |")
+                         f"{m['bpp']:.3f} | {m['bpp_side']:.4f} | {paper} | {budget} |")
     text = "\n".join(lines) + "\n\nCommands:\n\n```\n" + "\n".join(commands) + "\n```\n"
     print(text)
     return text
@@ -285,10 +298,7 @@ def cmd_heldout(args) -> str:
     rows = []
     extras = list(args.extra)
     for scale in args.scales:
-        refs = [f"bicubic-x{scale}"]
-        for arch in ("irn", "refscale"):  # a run folder's weights, else the shipped ones
-            r = model_ref(arch, scale, args.weights_dir)
-            refs.append(r if not r.endswith(".safetensors") or Path(r).exists() else f"{arch}-x{scale}")
+        refs = [f"bicubic-x{scale}", *learned_refs(scale, args.weights_dir)]
         refs += [e for e in extras if zoo.card_for(e).get("arch", "").endswith(f"-x{scale}")]
         for ref in refs:
             model = refscale.load(ref)
@@ -326,7 +336,7 @@ def cmd_heldout(args) -> str:
 
 
 def cmd_curves(args) -> None:
-    """Validation PSNR-Y vs step of IRN and RefScale at each scale (and any ``--extra`` weights),
+    """Validation PSNR-Y vs step of IRN, RefScale and FGRN at each scale (and any ``--extra`` weights),
     from the ``val_history`` of each model card, which spans continued runs (``model.init_weights``)."""
     import matplotlib
 
@@ -336,9 +346,7 @@ def cmd_curves(args) -> None:
     FIG_DIR.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, len(args.scales), figsize=(6.5 * len(args.scales), 4.8), squeeze=False)
     for ax, scale in zip(axes[0], args.scales):
-        refs = [model_ref(arch, scale, args.weights_dir) for arch in ("irn", "refscale")]
-        refs = [r if Path(r).exists() or not r.endswith(".safetensors") else f"{arch}-x{scale}"
-                for r, arch in zip(refs, ("irn", "refscale"))]  # no run folder: the shipped card
+        refs = learned_refs(scale, args.weights_dir)
         refs += [e for e in args.extra if zoo.card_for(e).get("arch", "").endswith(f"-x{scale}")]
         bicubic = None
         for ref in refs:
