@@ -436,6 +436,14 @@ def test_record_round_trip_and_refusals():
             RasterRecord.from_bytes(zlib.compress(text))
     with pytest.raises(ContainerError, match="zlib"):
         RasterRecord.from_bytes(r.to_bytes()[:-3])
+    masked = record(nodata=0.0, mask=raster.Mask.from_bool(np.eye(5, 6, dtype=bool)[None]))
+    blob = masked.to_bytes()
+    assert RasterRecord.from_bytes(blob) == masked and json.loads(zlib.decompress(blob))["v"] == 2
+    json_end = len(blob) - json.loads(zlib.decompress(blob))["mask"]["length"]
+    for bad in (blob[:-1], blob + b"x", blob[:json_end], blob[:json_end] + zlib.compress(b"\0" * 4),
+                r.to_bytes() + blob[json_end:]):
+        with pytest.raises(ContainerError, match="raster record"):
+            RasterRecord.from_bytes(bad)
     good = json.loads(zlib.decompress(r.to_bytes()))
     for key, value in (("band_count", 10 ** 400), ("ranges", [[0, 10 ** 400]] * 3), ("nodata", 10 ** 300),
                        ("transform", [1e300, 0, 0, 0, 1e300, 0]), ("bands", "4,3,2"), ("descriptions", None)):
