@@ -173,12 +173,14 @@ def _check_image_suffix(path: Path) -> None:
 def encode_file(job: Job, model: Rescaler, *, codec: str | None = None, quality: int | None = None, bpp: float | None = None,
                 max_bytes: int | None = None, tile=None, resample_ref: bool = False, precision: str | None = None,
                 register: bool = True, force: bool = False, progress: bool = False, bands=None,
-                value_range=None) -> dict:
+                value_range=None, windowed: bool | None = None) -> dict:
     """Encode one job: write the container (and the LR as the receiver sees it). Returns
     ``{"output", "bytes", "bpp", "size", "model", "codec", "quality", "raster"}``. ``codec=None``: the model's default.
 
     ``bands`` (e.g. ``[4, 3, 2]``, 1-based) and ``value_range`` (``"p2,98"``, ``"0,10000"``):
-    how a raster's bands and intensities reach the model (:func:`refscale.raster.read_raster`);
+    how a raster's bands and intensities reach the model (:func:`refscale.raster.read_raster`;
+    ``windowed``: read a TIFF window by window, default: when it is larger than
+    :data:`refscale.raster.WINDOWED_PIXELS`);
     a GeoTIFF, 16-bit or float input is recorded in the container so decoding gives it back.
     With a raster record, an LR written to a ``.tif`` is a GeoTIFF (:func:`refscale.raster.write_lr`).
 
@@ -188,7 +190,7 @@ def encode_file(job: Job, model: Rescaler, *, codec: str | None = None, quality:
     quality = codecs.check_quality(codec, quality)
     codecs.require(codec)
     check_budget(quality, bpp, max_bytes)
-    image = raster.read_raster(job.input, bands=bands, value_range=value_range)
+    image = raster.read_raster(job.input, bands=bands, value_range=value_range, windowed=windowed)
     packet = pipeline.encode(model, image, job.ref, tile=tile, resample_ref=resample_ref, precision=precision,
                              register=register, progress=progress, codec=codec, quality=quality)
     if bpp is not None:

@@ -37,8 +37,21 @@ A plain 8-bit RGB (or greyscale) file without georeferencing and without ``bands
 Without rasterio, a TIFF with GeoTIFF tags is refused with a message naming the ``geo`` extra
 instead of silently losing its georeferencing.
 
-Not yet (issue 16 items 4-5): nodata and NaN pixels are only recorded, not masked before the
-model nor restored after; scenes are read whole (no windowed reading).
+**Pixels without data** (equal to the nodata value, or NaN / not finite in float data) are
+masked: before the model, each window the pipeline runs is filled (:func:`fill`, :data:`FILL`:
+every such pixel takes the value of the nearest valid pixel of its band in the window, so the
+valid border is extended outward and no step between data and fill leaks into the valid pixels
+through the model's support); after decoding they get the nodata value back (NaN for float data
+without one; :func:`restore_nodata`). The decoder knows where they were from the record's mask
+(:class:`Mask`: one bit plane shared by the bands, or one per band, zlib-compressed; record
+version 2). A reference's nodata is not filled: the model sees it as it maps (NaN as 0).
+
+**Scenes larger than memory** (:class:`RasterScene`, :class:`TiffSink`): a TIFF with more than
+:data:`WINDOWED_PIXELS` pixels is read window by window, in the pipeline's own tile windows
+(:mod:`refscale.tiling`), after one streaming pass over strips for the ranges and the mask; its
+reference too, and the decoder writes the rebuilt scene window by window. Memory then holds the
+tiles of one batch, one row of decoded cores, the 8-bit LR (the container stores it as one
+image: scene / scale^2 x 3 bytes) and the mask (1 bit per pixel), not the scene.
 """
 from __future__ import annotations
 
@@ -432,19 +445,26 @@ def read_reference(path, record: RasterRecord | None) -> torch.Tensor:
     src = _read_source(p)
     if src is None:
         src = _source_from_array(read_array(p), p)
-    b = src.arr.shape[0]
+    indexes, ranges = _reference_mapping(p.name, src.arr.shape[0], src.arr.dtype, record)
+    return to_model(src.arr[[i - 1 for i in indexes]], ranges, p.name)
+
+
+def _reference_mapping(name: str, b: int, dtype: np.dtype, record: RasterRecord) -> tuple[list[int], list]:
+    """The bands (1-based) of a reference with ``b`` bands of ``dtype`` that the model sees, and
+    their ranges: the image's bands (or all, when it has just as many), the image's recorded
+    ranges (identity for 8-bit data)."""
     if b >= max(record.bands):
-        sel = src.arr[[i - 1 for i in record.bands]]
+        indexes = list(record.bands)
     elif b == len(record.bands):
-        sel = src.arr
+        indexes = list(range(1, b + 1))
     else:
-        raise InputError(f"reference {p.name} has {b} bands; the image uses bands {','.join(map(str, record.bands))}")
-    if sel.dtype == np.uint8:
-        return to_model(sel, [(0.0, 255.0)] * len(sel), p.name)
-    if sel.dtype.name != record.dtype:
-        raise InputError(f"reference {p.name} is {sel.dtype.name} but the image was {record.dtype}: give a reference "
+        raise InputError(f"reference {name} has {b} bands; the image uses bands {','.join(map(str, record.bands))}")
+    if dtype == np.uint8:
+        return indexes, [(0.0, 255.0)] * len(indexes)
+    if np.dtype(dtype).name != record.dtype:
+        raise InputError(f"reference {name} is {np.dtype(dtype).name} but the image was {record.dtype}: give a reference "
                          "of the same type (mapped with the image's recorded ranges) or an 8-bit one")
-    return to_model(sel, record.ranges, p.name)
+    return indexes, record.ranges
 
 
 def to_model(sel: np.ndarray, ranges, name: str, warn_nan: bool = True, warn_grey: bool = True) -> torch.Tensor:
@@ -734,19 +754,7 @@ class RasterScene:
         with _open_rasterio(p) as src:
             b, dtype = src.count, np.dtype(src.dtypes[0])
             size = (src.height, src.width)
-        if b >= max(record.bands):
-            indexes = list(record.bands)
-        elif b == len(record.bands):
-            indexes = list(range(1, b + 1))
-        else:
-            raise InputError(f"reference {p.name} has {b} bands; the image uses bands {','.join(map(str, record.bands))}")
-        if dtype == np.uint8:
-            ranges = [(0.0, 255.0)] * len(indexes)
-        elif dtype.name != record.dtype:
-            raise InputError(f"reference {p.name} is {dtype.name} but the image was {record.dtype}: give a reference "
-                             "of the same type (mapped with the image's recorded ranges) or an 8-bit one")
-        else:
-            ranges = record.ranges
+        indexes, ranges = _reference_mapping(p.name, b, dtype, record)
         return cls(p, indexes, ranges, size, masked=False)
 
     def window(self, y0: int, y1: int, x0: int, x1: int) -> tuple[torch.Tensor, np.ndarray | None]:
