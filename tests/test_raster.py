@@ -232,6 +232,26 @@ def test_nodata_border_is_masked_filled_and_restored(tmp_path, capsys):
     assert np.array_equal(lr_arr[0] == 0, blocks) and (lr_arr[:, ~blocks] >= 1).all()
 
 
+def test_containers_from_before_the_mask_still_decode(tmp_path):
+    """A raster record without a mask (record version 1: what refscale wrote before nodata was
+    masked) reads as before: same bytes, no mask, pixels mapped back as they are."""
+    src = write_geotiff(tmp_path / "n.tif", scene()[:3], nodata=0)
+    img = read_raster(src)
+    old_record = RasterRecord(**{**vars(img.record), "mask": None})
+    packet = pipeline.encode(zoo.load("bicubic-x2"), raster.RasterImage(img.tensor, old_record))
+    data = packet.to_bytes()
+    import zlib
+
+    start = len(data) - read_header(data).raster_length
+    assert json.loads(zlib.decompress(data[start:]))["v"] == 1 and set(json.loads(zlib.decompress(data[start:]))) == \
+        {"v", "dtype", "band_count", "bands", "descriptions", "ranges", "rule", "nodata", "crs", "transform"}
+    q = Packet.from_bytes(data)
+    assert q.raster.mask is None and q.raster == old_record
+    raster.write_decoded(pipeline.decode(zoo.load("bicubic-x2"), q), tmp_path / "out.tif", q.raster)
+    with rasterio.open(tmp_path / "out.tif") as o:
+        assert o.nodata == 0 and o.read().shape == (3, 40, 48)
+
+
 def test_greyscale_and_per_band_masks(tmp_path):
     arr = scene(border=2)[:3]
     arr[2, 20, 20] = 0  # nodata in one band only: three planes, that band alone restored
@@ -239,6 +259,12 @@ def test_greyscale_and_per_band_masks(tmp_path):
     assert img.record.mask.planes == 3 and img.record.mask.rows()[2, 20, 20] and not img.record.mask.rows()[0, 20, 20]
     back = raster.restore_nodata(from_model(img.tensor, img.record), img.record.mask.rows(), img.record)
     assert back[2, 20, 20] == 0 and back[0, 20, 20] == arr[0, 20, 20]
+    with pytest.warns(UserWarning, match="greyscale"):
+        grey = read_raster(tmp_path / "p.tif", bands=[3])
+    model = zoo.load("bicubic-x2")
+    out = from_model(pipeline.decode(model, pipeline.encode(model, grey)), grey.record)
+    raster.restore_nodata(out, grey.record.mask.rows(), grey.record)
+    assert grey.record.mask.planes == 1 and np.array_equal(out[0] == 0, arr[2] == 0)
     x = torch.zeros(1, 3, 4, 5)
     x[..., 1:, 1:] = torch.arange(12.0).reshape(3, 4)
     m = np.zeros((1, 1, 4, 5), bool)
