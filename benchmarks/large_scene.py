@@ -26,8 +26,8 @@ from CPU time; the load average is printed at the start and the end.
 
 3. **``--geotiff N[,N...]``: GeoTIFF scenes larger than memory** (issue 16, item 5): for each size
    a synthetic N x N uint16 GeoTIFF (3 bands, reflectance-like 0..10200, UTM 31N, 10 m pixels,
-   a nodata swath edge over the left ~10% and a reference GeoTIFF for reference models), written
-   strip by strip; then per model, each phase in a *fresh process*, the file API the CLI uses:
+   a nodata swath edge over the left ~10% and a reference GeoTIFF for reference models; above
+   4096 x 4096 a 4096 x 4096 synthetic pair tiled with mirroring), written strip by strip; then per model, each phase in a *fresh process*, the file API the CLI uses:
    ``files.encode_file`` (the scene read window by window: ``raster.RasterScene``) and
    ``files.decode_to_file`` (written window by window: ``raster.TiffSink``), with peak RSS and
    wall / CPU time of each phase, container bytes, and PSNR on the 16-bit scale over the valid
@@ -123,6 +123,14 @@ def load() -> str:
 
 
 def peak_rss() -> int:
+    """The process's peak resident memory: VmHWM of its own address space (Linux). Not
+    ``getrusage``'s ru_maxrss, which a child started by fork + exec inherits from the forked copy
+    of its parent (a parent that had written a large scene made every worker look as large)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
@@ -237,32 +245,41 @@ def full_scene(names: list[str], height: int, width: int, threads: int) -> list[
 
 
 # ----------------------------------------------------------------------------- part 3: GeoTIFF scenes larger than memory
-def write_scene(path: Path, ref_path: Path | None, n: int, strip: int = 1024) -> None:
-    """The synthetic uint16 GeoTIFF (and reference) of part 3, written strip by strip."""
+def write_scene(path: Path, ref_path: Path | None, n: int, strip: int = 1024, base: int = 4096) -> None:
+    """The synthetic uint16 GeoTIFF (and reference) of part 3, written strip by strip. A scene
+    larger than ``base`` tiles a ``base x base`` synthetic pair, mirrored at every seam (the
+    generator costs about 4 s per Mpx on this machine)."""
     import rasterio
     from rasterio.crs import CRS
     from rasterio.transform import from_origin
     from rasterio.windows import Window
-    from refscale.synthetic import synthetic_revisit_pair
+
+    b = min(n, base)
+    new, old = synthetic_pair(b, b, strip=strip)
+
+    def mirror(i: np.ndarray) -> np.ndarray:
+        i = i % (2 * b)
+        return np.where(i < b, i, 2 * b - 1 - i)
 
     profile = {"driver": "GTiff", "width": n, "height": n, "count": 3, "dtype": "uint16", "crs": CRS.from_epsg(32631),
                "transform": from_origin(399960.0, 5000040.0, 10.0, 10.0), "compress": "deflate", "tiled": True,
                "BIGTIFF": "IF_SAFER"}
-    dsts = [rasterio.open(path, "w", nodata=0, **profile)]
+    dsts = [(rasterio.open(path, "w", nodata=0, **profile), new)]
     if ref_path is not None:
-        dsts.append(rasterio.open(ref_path, "w", **profile))
+        dsts.append((rasterio.open(ref_path, "w", **profile), old))
     rng = np.random.default_rng(0)
-    for i, y in enumerate(range(0, n, strip)):
+    cols = mirror(np.arange(n))
+    for y in range(0, n, strip):
         h = min(strip, n - y)
-        pair = synthetic_revisit_pair(h, n, seed=100 + i)
-        for k, dst in enumerate(dsts):
-            v = np.moveaxis(pair[k], -1, 0).astype(np.float32)
+        rows = mirror(np.arange(y, y + h))
+        for k, (dst, img) in enumerate(dsts):
+            v = np.moveaxis(img[np.ix_(rows, cols)], -1, 0).astype(np.float32)
             arr = np.clip(np.rint(40 * (v + rng.random(v.shape, np.float32))), 1, 10200).astype(np.uint16)
             if k == 0:
                 yy, xx = np.mgrid[y:y + h, 0:n]
                 arr[:, xx + 0.2 * yy < 0.1 * n] = 0  # the swath edge: nodata
             dst.write(arr, window=Window(0, y, n, h))
-    for dst in dsts:
+    for dst, _ in dsts:
         dst.close()
 
 

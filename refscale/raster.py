@@ -91,6 +91,9 @@ _MASK_KEYS = {"planes", "height", "width", "length"}
 WINDOWED_PIXELS = 4096 * 4096
 #: rows per strip of the streaming passes over a windowed scene (statistics, mask, fingerprint)
 STRIP_ROWS = 256
+#: GDAL's block cache for windowed scenes, MB (GDAL's own default is 5% of the RAM, which a
+#: scene read once window by window would fill); the environment variable GDAL_CACHEMAX wins
+GDAL_CACHE_MB = 256
 
 
 # ============================================================================= the nodata mask
@@ -687,6 +690,7 @@ class RasterScene:
 
     def __init__(self, path: Path, indexes: list[int], ranges, size: tuple[int, int], nodata=None,
                  record: RasterRecord | None = None, masked: bool = True):
+        _limit_gdal_cache()
         self.path, self.indexes, self.ranges, self.size = path, indexes, ranges, size
         self.nodata, self.record, self.masked = nodata, record, masked
         self._src = None
@@ -700,6 +704,7 @@ class RasterScene:
             h, w = src.height, src.width
             if not force and h * w <= WINDOWED_PIXELS:
                 return None
+            _limit_gdal_cache()
             meta = _rasterio_source(src, None)
             dtype = np.dtype(src.dtypes[0])
             if dtype.name not in DTYPES or len(set(src.dtypes)) != 1:
@@ -790,6 +795,14 @@ class RasterScene:
 
     def __del__(self):
         self.close()
+
+
+def _limit_gdal_cache() -> None:
+    """Cap GDAL's block cache at :data:`GDAL_CACHE_MB` for the windowed paths (unless GDAL_CACHEMAX is set)."""
+    if "GDAL_CACHEMAX" not in os.environ:
+        from rasterio.env import set_gdal_config
+
+        set_gdal_config("GDAL_CACHEMAX", GDAL_CACHE_MB)
 
 
 def _open_rasterio(p: Path):
@@ -1015,6 +1028,7 @@ class TiffSink:
             os.close(fd)
             self.tmps.append(tmp)
         self.dtype = np.dtype(record.dtype)
+        _limit_gdal_cache()
         profile = _profile(record, record.transform, (len(record.bands), *size), self.dtype, record.nodata)
         profile.update(BIGTIFF="IF_SAFER", blockysize=1)  # strips of one row: any row range is whole strips
         with _rasterio_errors(self.p, *self.tmps):
