@@ -772,6 +772,8 @@ class RasterScene:
             self._src = rasterio.open(self.path)
         sel = self._src.read(self.indexes, window=Window(x0, y0, x1 - x0, y1 - y0))
         bad = invalid_pixels(sel, self.nodata) if self.masked else None
+        if bad is not None and len(bad) > 1 and all(np.array_equal(bad[0], m) for m in bad[1:]):
+            bad = bad[:1]  # one plane for all bands, as the record stores it: filled once
         return to_model(sel, self.ranges, self.path.name, warn_nan=not self.masked, warn_grey=False), bad
 
     def fingerprint(self) -> str:
