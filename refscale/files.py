@@ -190,7 +190,7 @@ def encode_file(job: Job, model: Rescaler, *, codec: str | None = None, quality:
     quality = codecs.check_quality(codec, quality)
     codecs.require(codec)
     check_budget(quality, bpp, max_bytes)
-    image = raster.read_raster(job.input, bands=bands, value_range=value_range, windowed=windowed)
+    image = raster.read_raster(job.input, bands=bands, value_range=value_range, windowed=windowed, progress=progress)
     packet = pipeline.encode(model, image, job.ref, tile=tile, resample_ref=resample_ref, precision=precision,
                              register=register, progress=progress, codec=codec, quality=quality)
     if bpp is not None:

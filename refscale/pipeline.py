@@ -104,7 +104,8 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
     size = tuple(hr.shape[-2:]) if scene is None else scene.size
     codec = codecs.canonical(model.default_codec if codec is None else codec)
     quality = codecs.check_quality(codec, quality)
-    ref, ref_hash = _reference(model, ref, size, resample_ref, codec, record, windowed=scene is not None)
+    ref, ref_hash = _reference(model, ref, size, resample_ref, codec, record, windowed=scene is not None,
+                               progress=progress)
     lr_ref = lr_reference(ref, model.alignment, model.scale) if isinstance(ref, torch.Tensor) else None
     if not model.needs_reference:
         ref = None  # kept for the LR codec only
@@ -202,7 +203,8 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = DEFAULT_TE
         raise InputError(f"seed must be an integer >= 0, got {seed!r}")
     size, padded, s = tuple(packet.size), tuple(packet.padded_size), model.scale
     windowed = sink is not None and packet.raster is not None
-    ref, ref_hash = _reference(model, ref, size, resample_ref, packet.codec, packet.raster, windowed=windowed)
+    ref, ref_hash = _reference(model, ref, size, resample_ref, packet.codec, packet.raster, windowed=windowed,
+                               progress=progress)
     if isinstance(ref, raster.RasterScene):
         _check_reference(packet, ref_hash, allow_other_reference)
         if any(packet.ref_shift):
@@ -357,7 +359,8 @@ def _check_reference(packet: Packet, got: str, allow_other: bool) -> bool:
 
 
 def _reference(model: Rescaler, ref, size: tuple[int, int], resample: bool,
-               codec: str = "png", record=None, windowed: bool = False) -> tuple[torch.Tensor | None, str | None]:
+               codec: str = "png", record=None, windowed: bool = False,
+               progress: bool = False) -> tuple[torch.Tensor | None, str | None]:
     """``(reference at the image size, fingerprint of the reference as given)``; ``(None, None)``
     for models without one, unless the LR ``codec`` predicts from the reference. A reference
     file of an image with a raster ``record`` is read with its bands and intensity mapping
@@ -377,7 +380,7 @@ def _reference(model: Rescaler, ref, size: tuple[int, int], resample: bool,
         if scene.size != tuple(size):
             raise InputError(f"reference is {scene.size[1]}x{scene.size[0]} but the image is {size[1]}x{size[0]} "
                              "(width x height); a reference read window by window must have the image's size")
-        return scene, scene.fingerprint()
+        return scene, scene.fingerprint(progress)
     if record is not None and isinstance(ref, (str, os.PathLike)):
         ref = raster.read_reference(ref, record)
     ref = _image(ref, "reference")

@@ -383,17 +383,19 @@ def parse_range(spec) -> tuple[str, float, float] | None:
     return kind, lo, hi
 
 
-def read_raster(path, bands=None, value_range=None, windowed: bool | None = None) -> RasterImage | RasterScene:
+def read_raster(path, bands=None, value_range=None, windowed: bool | None = None,
+                progress: bool = False) -> RasterImage | RasterScene:
     """Read an image or raster file for encoding (module doc): the model's tensor and the record.
     ``windowed``: a TIFF read by rasterio becomes a :class:`RasterScene`, read window by window
-    by the pipeline (``None``: when it has more than :data:`WINDOWED_PIXELS` pixels)."""
+    by the pipeline (``None``: when it has more than :data:`WINDOWED_PIXELS` pixels; ``progress``:
+    a progress bar over the strips of its first pass)."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"image not found: {p}")
     bands = parse_bands(bands)
     spec = parse_range(value_range)
     if windowed is not False and p.suffix.lower() in TIFF_SUFFIXES and have_rasterio():
-        scene = RasterScene.open_image(p, bands, spec, force=bool(windowed))
+        scene = RasterScene.open_image(p, bands, spec, force=bool(windowed), progress=progress)
         if scene is not None:
             return scene
     elif windowed:
@@ -696,7 +698,7 @@ class RasterScene:
         self._src = None
 
     @classmethod
-    def open_image(cls, p: Path, bands, spec, force: bool = False) -> RasterScene | None:
+    def open_image(cls, p: Path, bands, spec, force: bool = False, progress: bool = False) -> RasterScene | None:
         """The scene of an image to encode (None when not ``force`` and it is small enough to read whole)."""
         from rasterio.windows import Window
 
@@ -719,7 +721,7 @@ class RasterScene:
             n = len(bands)
             lo, hi = [math.inf] * n, [-math.inf] * n
             bits = None  # packed mask rows, one plane until the bands' masks differ
-            for y in range(0, h, STRIP_ROWS):
+            for y in _strips(h, progress, f"scan {p.name}"):
                 sel = src.read(bands, window=Window(0, y, w, min(STRIP_ROWS, h - y)))
                 bad = invalid_pixels(sel, meta.nodata)
                 for c in range(n):
@@ -776,7 +778,7 @@ class RasterScene:
             bad = bad[:1]  # one plane for all bands, as the record stores it: filled once
         return to_model(sel, self.ranges, self.path.name, warn_nan=not self.masked, warn_grey=False), bad
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, progress: bool = False) -> str:
         """:func:`refscale.container.reference_fingerprint` of the scene's 8-bit pixels, in one pass of strips."""
         import hashlib
         import struct
@@ -785,7 +787,7 @@ class RasterScene:
 
         h, w = self.size
         digest = hashlib.sha256(b"refscale-reference-v1" + struct.pack("<III", h, w, 3))
-        for y in range(0, h, STRIP_ROWS):
+        for y in _strips(h, progress, f"fingerprint {self.path.name}"):
             t, _ = self.window(y, min(y + STRIP_ROWS, h), 0, w)
             digest.update(to_uint8(t)[0].permute(1, 2, 0).contiguous().numpy().tobytes())
         return digest.hexdigest()
@@ -797,6 +799,16 @@ class RasterScene:
 
     def __del__(self):
         self.close()
+
+
+def _strips(h: int, progress: bool, desc: str):
+    """Strip origins ``0, STRIP_ROWS, ...`` below ``h``, with a progress bar if asked."""
+    ys = range(0, h, STRIP_ROWS)
+    if not progress:
+        return ys
+    from tqdm import tqdm
+
+    return tqdm(ys, desc=desc, unit="strip", leave=False, dynamic_ncols=True)
 
 
 def _limit_gdal_cache() -> None:

@@ -288,7 +288,7 @@ def test_windowed_path_equals_the_in_memory_path(tmp_path, monkeypatch, model_na
     ref_path = write_geotiff(tmp_path / "ref.tif", scene(101, 117, seed=5, border=0)[:3], nodata=None)
     model = ToyRef() if model_name == "toyref" else zoo.load(model_name)
     ref = ref_path if model.needs_reference else None
-    whole, lazy = read_raster(src), read_raster(src, windowed=True)
+    whole, lazy = read_raster(src), read_raster(src, windowed=True, progress=True)
     assert isinstance(lazy, raster.RasterScene) and lazy.record == whole.record and lazy.record.mask is not None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the windowed path warns that it does not register
