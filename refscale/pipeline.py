@@ -12,6 +12,9 @@ Written once against the :class:`~refscale.protocol.Rescaler` protocol:
   faster on a CPU than one huge convolution. Side maps are cropped and stitched the same way
   (their stride, HR size / side size, is read from the shapes). The layout is recorded in the
   container; the decoder repeats it by default.
+  A :class:`refscale.raster.RasterScene` (a GeoTIFF larger than memory) is read window by
+  window, its reference too, and ``decode(..., sink=TiffSink(...))`` writes the rebuilt scene
+  window by window; pixels without data are filled in each window (:func:`refscale.raster.fill`).
 * **Precision.** Models that support it (``set_speed``, :mod:`refscale.nn.speed`) run their
   convolutions in bfloat16 with channels_last when ``precision="bf16"`` (``"auto"``, the default:
   only on CPUs with native bf16). The container records
