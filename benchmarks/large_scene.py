@@ -2,6 +2,7 @@
 
     python benchmarks/large_scene.py [--models bicubic-x2,irn-x2,refscale-x2] [--height 3456 --width 6264]
                                      [--check-size 1024] [--skip-check] [--skip-large] [--threads N]
+    python benchmarks/large_scene.py --geotiff 4000,8000,20000 --models bicubic-x2 [--in-memory-too] [--threads N]
 
 Two parts, per model (shipped weights when present; otherwise a random model whose ActNorms are
 initialised on the image and whose parameters are perturbed, so no coupling is the identity;
@@ -22,6 +23,16 @@ such a model is fine for timing and for *differences* in PSNR, not for absolute 
 Timing: wall-clock megapixels/s, and the process's CPU seconds (``time.process_time``, all
 threads). On a shared machine wall time depends on what else runs, so speed-ups are computed
 from CPU time; the load average is printed at the start and the end.
+
+3. **``--geotiff N[,N...]``: GeoTIFF scenes larger than memory** (issue 16, item 5): for each size
+   a synthetic N x N uint16 GeoTIFF (3 bands, reflectance-like 0..10200, UTM 31N, 10 m pixels,
+   a nodata swath edge over the left ~10% and a reference GeoTIFF for reference models; above
+   4096 x 4096 a 4096 x 4096 synthetic pair tiled with mirroring), written strip by strip; then per model, each phase in a *fresh process*, the file API the CLI uses:
+   ``files.encode_file`` (the scene read window by window: ``raster.RasterScene``) and
+   ``files.decode_to_file`` (written window by window: ``raster.TiffSink``), with peak RSS and
+   wall / CPU time of each phase, container bytes, and PSNR on the 16-bit scale over the valid
+   pixels (peak 10000; computed afterwards in strips). ``--in-memory-too`` repeats each size with
+   the whole scene in memory (``windowed=False``) for comparison. Parts 1 and 2 are skipped.
 
 CPU heavy (tens of minutes on 2 cores): run it alone, not while tests run.
 """
@@ -112,6 +123,14 @@ def load() -> str:
 
 
 def peak_rss() -> int:
+    """The process's peak resident memory: VmHWM of its own address space (Linux). Not
+    ``getrusage``'s ru_maxrss, which a child started by fork + exec inherits from the forked copy
+    of its parent (a parent that had written a large scene made every worker look as large)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
@@ -224,6 +243,121 @@ def full_scene(names: list[str], height: int, width: int, threads: int) -> list[
     return results
 
 
+
+# ----------------------------------------------------------------------------- part 3: GeoTIFF scenes larger than memory
+def write_scene(path: Path, ref_path: Path | None, n: int, strip: int = 1024, base: int = 4096) -> None:
+    """The synthetic uint16 GeoTIFF (and reference) of part 3, written strip by strip. A scene
+    larger than ``base`` tiles a ``base x base`` synthetic pair, mirrored at every seam (the
+    generator costs about 4 s per Mpx on this machine)."""
+    import rasterio
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    b = min(n, base)
+    new, old = synthetic_pair(b, b, strip=strip)
+
+    def mirror(i: np.ndarray) -> np.ndarray:
+        i = i % (2 * b)
+        return np.where(i < b, i, 2 * b - 1 - i)
+
+    profile = {"driver": "GTiff", "width": n, "height": n, "count": 3, "dtype": "uint16", "crs": CRS.from_epsg(32631),
+               "transform": from_origin(399960.0, 5000040.0, 10.0, 10.0), "compress": "deflate", "tiled": True,
+               "BIGTIFF": "IF_SAFER"}
+    dsts = [(rasterio.open(path, "w", nodata=0, **profile), new)]
+    if ref_path is not None:
+        dsts.append((rasterio.open(ref_path, "w", **profile), old))
+    rng = np.random.default_rng(0)
+    cols = mirror(np.arange(n))
+    for y in range(0, n, strip):
+        h = min(strip, n - y)
+        rows = mirror(np.arange(y, y + h))
+        for k, (dst, img) in enumerate(dsts):
+            v = np.moveaxis(img[np.ix_(rows, cols)], -1, 0).astype(np.float32)
+            arr = np.clip(np.rint(40 * (v + rng.random(v.shape, np.float32))), 1, 10200).astype(np.uint16)
+            if k == 0:
+                yy, xx = np.mgrid[y:y + h, 0:n]
+                arr[:, xx + 0.2 * yy < 0.1 * n] = 0  # the swath edge: nodata
+            dst.write(arr, window=Window(0, y, n, h))
+    for dst, _ in dsts:
+        dst.close()
+
+
+def geo_worker(phase: str, name: str, tif: str, ref: str, rsc: str, out: str, windowed: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    from refscale import files, zoo
+    from refscale.files import Job
+
+    model = zoo.load(name)
+    win = {"auto": None, "yes": True, "no": False}[windowed]
+    with Clock() as c:
+        if phase == "encode":
+            r = files.encode_file(Job("scene", Path(tif), Path(ref) if model.needs_reference else None, Path(rsc)), model,
+                                  force=True, windowed=win, register=False)
+            extra = {"bytes": r["bytes"], "bpp": r["bpp"]}
+        else:
+            files.decode_to_file(rsc, out, ref if model.needs_reference else None, model=model, force=True, windowed=win,
+                                 seed=0)
+            extra = {}
+    print("RESULT " + json.dumps({"wall_s": c.wall, "cpu_s": c.cpu, "peak_rss_gib": peak_rss() / GIB, **extra}), flush=True)
+
+
+def psnr_valid(a_path: Path, b_path: Path, peak: float = 10000.0, rows: int = 512) -> float:
+    """PSNR of two uint16 GeoTIFFs over the pixels that are not nodata in ``a``, in strips."""
+    import rasterio
+    from rasterio.windows import Window
+
+    sse, count = 0.0, 0
+    with rasterio.open(a_path) as a, rasterio.open(b_path) as b:
+        for y in range(0, a.height, rows):
+            win = Window(0, y, a.width, min(rows, a.height - y))
+            x, z = a.read(window=win).astype(np.float64), b.read(window=win).astype(np.float64)
+            valid = x != a.nodata
+            sse += float(((x - z)[valid] ** 2).sum())
+            count += int(valid.sum())
+    return float("inf") if sse == 0 else 10 * np.log10(peak ** 2 * count / sse)
+
+
+def geotiff_runs(sizes: list[int], names: list[str], threads: int, in_memory_too: bool, keep: Path | None) -> list[dict]:
+    from refscale import zoo
+
+    results = []
+    refs_needed = any(zoo.build(n).needs_reference for n in names)
+    print(f"  {'model':<13} {'size':>11} {'path':<9} {'enc s':>7} {'enc CPU':>8} {'enc RSS':>8} {'dec s':>7} {'dec CPU':>8} "
+          f"{'dec RSS':>8} {'bpp':>6} {'PSNR16':>7}", flush=True)
+    for n in sizes:
+        with tempfile.TemporaryDirectory(prefix="refscale-geo-", dir=keep) as tmp:
+            tmp = Path(tmp)
+            t0 = time.perf_counter()
+            write_scene(tmp / "scene.tif", tmp / "ref.tif" if refs_needed else None, n)
+            print(f"  ({n}x{n} uint16 GeoTIFF written in {time.perf_counter() - t0:.0f} s, "
+                  f"{(tmp / 'scene.tif').stat().st_size / 1e6:.0f} MB, load {load()})", flush=True)
+            for name in names:
+                for windowed in (["yes", "no"] if in_memory_too else ["yes"]):
+                    r = {"model": name, "size": n, "windowed": windowed == "yes"}
+                    for phase in ("encode", "decode"):
+                        cmd = [sys.executable, __file__, "--geo-worker", phase, name, str(tmp / "scene.tif"),
+                               str(tmp / "ref.tif"), str(tmp / "scene.rsc"), str(tmp / "out.tif"), windowed,
+                               "--threads", str(threads)]
+                        proc = subprocess.run(cmd, capture_output=True, text=True)
+                        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+                        if proc.returncode != 0 or not lines:
+                            r[phase] = {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+                            break
+                        r[phase] = json.loads(lines[-1][7:])
+                    if "error" in r.get("encode", {}) or "error" in r.get("decode", {}):
+                        print(f"  {name:<13} {n}x{n} FAILED: {r.get('encode', {}).get('error') or r['decode']['error']}", flush=True)
+                        results.append(r)
+                        continue
+                    r["psnr16"] = psnr_valid(tmp / "scene.tif", tmp / "out.tif")
+                    e, d = r["encode"], r["decode"]
+                    print(f"  {name:<13} {f'{n}x{n}':>11} {'windowed' if r['windowed'] else 'in memory':<9} "
+                          f"{e['wall_s']:>7.0f} {e['cpu_s']:>8.0f} {e['peak_rss_gib']:>6.2f}Gi {d['wall_s']:>7.0f} {d['cpu_s']:>8.0f} "
+                          f"{d['peak_rss_gib']:>6.2f}Gi {e['bpp']:>6.3f} {r['psnr16']:>7.2f}  (load {load()})", flush=True)
+                    results.append(r)
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="bicubic-x2,irn-x2,refscale-x2")
@@ -235,15 +369,26 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", default=None, help="also write all results here")
     ap.add_argument("--worker", nargs=3, metavar=("MODEL", "HR", "REF"), help=argparse.SUPPRESS)
+    ap.add_argument("--geotiff", default=None, help="part 3 only: comma-separated scene sizes N (N x N GeoTIFFs)")
+    ap.add_argument("--in-memory-too", action="store_true", help="part 3: also run each size with the scene in memory")
+    ap.add_argument("--tmp", type=Path, default=None, help="part 3: folder for the temporary scenes (default: the system's)")
+    ap.add_argument("--geo-worker", nargs=7, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         worker(*args.worker, threads=args.threads)
+        return
+    if args.geo_worker:
+        geo_worker(*args.geo_worker, threads=args.threads)
         return
     torch.set_num_threads(args.threads)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     print(f"refscale large-scene benchmark: torch {torch.__version__}, {args.threads} threads, models {', '.join(names)}, "
           f"load average {load()}")
     out = {"check": [], "full": []}
+    if args.geotiff:
+        out["geotiff"] = geotiff_runs([int(v) for v in args.geotiff.split(",")], names, args.threads, args.in_memory_too,
+                                      args.tmp)
+        args.skip_check = args.skip_large = True
     if not args.skip_check:
         out["check"] = [check_settings(n, args.check_size) for n in names]
     if not args.skip_large:

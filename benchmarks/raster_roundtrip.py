@@ -1,6 +1,7 @@
 """What the intensity mapping of 12/16-bit rasters costs (issue 16, item 2; refscale/raster.py).
 
     python benchmarks/raster_roundtrip.py [--data ../shared/data/oscd] [--city dubai] [--models bicubic-x2 refscale-x2]
+    python benchmarks/raster_roundtrip.py --nodata [--city dubai] [--models bicubic-x2 refscale-x2]
 
 Two rasters, written as GeoTIFFs in a temporary folder and read back through
 ``refscale.raster.read_raster`` exactly as ``refscale encode`` reads them:
@@ -21,10 +22,20 @@ domain of the stored LR: ``round(x * 255) / 255``), as RMSE and PSNR on the orig
 whole chain for each model (encode, PNG LR, decode, inverse mapping): PSNR on the original
 scale over the whole image, seed 0, temperature 1 (models without a reference on the synthetic
 raster, which has none; on the city, refscale-x2 with img1 as the reference).
+
+``--nodata`` (item 4): the city with pixels without data, once as uint16 with nodata 0 (a
+diagonal swath edge covering the left ~20% of the scene, as at the edge of a Sentinel-2 orbit,
+plus 6 square holes of 15-31 px) and once as float32 reflectance (value / 10000) with NaN in the
+same places. For each fill rule (``refscale.raster.FILL``: nearest, mean, zero) and without the
+mask (the behaviour before item 4: nodata mapped like data, NaN as 0): PSNR on the original
+scale over the valid pixels and over the valid pixels within 4 px of a pixel without data (where
+a poor fill leaks in), and whether the pixels without data come back exactly (nodata / NaN) and
+no other pixel becomes one.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -141,6 +152,77 @@ def chain(models, path, ref, arr, peak, fixed, what="the synthetic 12-bit raster
     return rows
 
 
+def load_city(data: Path, name: str):
+    """The city's img2 / img1 as uint16 reflectance-like arrays and its footprint's geotransform (EPSG:4326)."""
+    from rasterio.transform import from_bounds
+
+    city = data / name
+    new, old = reflectance_like(city / "img2.png", 0), reflectance_like(city / "img1.png", 1)
+    geo = json.loads((city / f"{name}.geojson").read_text())
+    ring = np.array(geo["features"][0]["geometry"]["coordinates"][0])
+    (x0, y0), (x1, y1) = ring.min(0), ring.max(0)
+    _, h, w = new.shape
+    return city, new, old, from_bounds(x0, y0, x1, y1, w, h)
+
+
+def with_holes(arr: np.ndarray) -> np.ndarray:
+    """bool [H, W]: the pixels without data of the --nodata study (module doc)."""
+    _, h, w = arr.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    bad = xx + 0.3 * yy < 0.2 * w
+    rng = np.random.default_rng(2)
+    for _ in range(6):
+        r, y, x = rng.integers(7, 16), rng.integers(40, h - 40), rng.integers(w // 3, w - 40)
+        bad[y - r:y + r + 1, x - r:x + r + 1] = True
+    return bad
+
+
+def nodata_study(models, tmp: Path, new: np.ndarray, old: np.ndarray, crs, transform) -> list[dict]:
+    from scipy.ndimage import binary_dilation
+
+    bad = with_holes(new)
+    ring = binary_dilation(bad, np.ones((9, 9), bool)) & ~bad
+    u16 = np.where(bad, 0, np.maximum(new, 1)).astype(np.uint16)  # valid values start at 1: 0 is nodata
+    f32 = np.where(bad, np.nan, new / 10000.0).astype(np.float32)
+    cases = {"uint16, nodata 0": (u16, 0, 10000.0, old), "float32, NaN": (f32, None, 1.0, (old / 10000.0).astype(np.float32))}
+    print(f"\nNodata and NaN: {int(bad.sum()):,} of {bad.size:,} pixels without data ({100 * bad.mean():.1f}%), "
+          f"{int(ring.sum()):,} valid pixels within 4 px of them\n")
+    print("| data | model | fill | PSNR, valid pixels | PSNR, valid within 4 px | no-data pixels back exactly | valid pixels made no-data |")
+    print("|---|---|---|---:|---:|---|---:|")
+    rows = []
+    for label, (arr, nodata, peak, ref_arr) in cases.items():
+        import rasterio
+
+        path, ref = tmp / f"holes-{arr.dtype.name}.tif", tmp / f"holes-ref-{arr.dtype.name}.tif"
+        for p_, a_, nd in ((path, arr, nodata), (ref, ref_arr, None)):
+            with rasterio.open(p_, "w", driver="GTiff", width=a_.shape[2], height=a_.shape[1], count=3,
+                               dtype=a_.dtype.name, crs=crs, transform=transform, nodata=nd) as dst:
+                dst.write(a_)
+        img = raster.read_raster(path)
+        for name in models:
+            model = zoo.load(name)
+            r = ref if model.needs_reference else None
+            for fill in ("nearest", "mean", "zero", "no mask"):
+                raster.FILL = fill if fill != "no mask" else "nearest"
+                src = img if fill != "no mask" else raster.RasterImage(img.tensor, dataclasses.replace(img.record, mask=None))
+                packet = Packet.from_bytes(pipeline.encode(model, src, r, register=False).to_bytes())
+                hr = pipeline.decode(model, packet, r, seed=0)
+                back = raster.from_model(hr, img.record)
+                if fill != "no mask":
+                    raster.restore_nodata(back, img.record.mask.rows(), img.record)
+                gone = np.isnan(back) if nodata is None else back == nodata
+                valid = ~bad[None].repeat(3, 0)
+                vals = lambda m: (np.nan_to_num(arr[m]), np.nan_to_num(back[m]))  # noqa: E731
+                row = {"data": label, "model": name, "fill": fill, "psnr_valid": psnr(*vals(valid), peak),
+                       "psnr_ring": psnr(*vals(ring[None].repeat(3, 0)), peak),
+                       "restored": bool(gone[:, bad].all()), "made_nodata": int(gone[valid].sum())}
+                rows.append(row)
+                print(f"| {label} | {name} | {fill} | {row['psnr_valid']:.2f} dB | {row['psnr_ring']:.2f} dB | "
+                      f"{'yes' if row['restored'] else 'no'} | {row['made_nodata']} |", flush=True)
+    raster.FILL = "nearest"
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "oscd")
@@ -148,27 +230,30 @@ def main() -> None:
     ap.add_argument("--models", nargs="*", default=["bicubic-x2", "refscale-x2"])
     ap.add_argument("--synthetic-models", nargs="*", default=["bicubic-x2", "irn-x2"])
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--nodata", action="store_true", help="only the nodata / NaN study (module doc)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from rasterio.crs import CRS
-    from rasterio.transform import from_bounds, from_origin
+    from rasterio.transform import from_origin
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        if args.nodata:
+            city, new, old, transform = load_city(args.data, args.city)
+            out["nodata"] = nodata_study(args.models, tmp, new, old, CRS.from_epsg(4326), transform)
+            if args.json:
+                args.json.write_text(json.dumps(out, indent=2, default=float) + "\n")
+            return
         syn = synthetic_12bit()
         p = write_tif(tmp / "synthetic12.tif", syn, CRS.from_epsg(32631), from_origin(399960, 5000040, 10, 10))
         out["synthetic_12bit"] = mapping_rows(p, syn, 4095, "0,4095")
         print_rows("Synthetic 12-bit raster, 512 x 512 x 3, values 0..4095", out["synthetic_12bit"], 4095)
         out["synthetic_chain"] = chain(args.synthetic_models, p, None, syn, 4095, "0,4095")
 
-        city = args.data / args.city
-        new, old = reflectance_like(city / "img2.png", 0), reflectance_like(city / "img1.png", 1)
-        geo = json.loads((city / f"{args.city}.geojson").read_text())
-        ring = np.array(geo["features"][0]["geometry"]["coordinates"][0])
-        (x0, y0), (x1, y1) = ring.min(0), ring.max(0)
+        city, new, old, transform = load_city(args.data, args.city)
         _, h, w = new.shape
-        transform = from_bounds(x0, y0, x1, y1, w, h)
+        (x0, y1), (x1, y0) = transform * (0, 0), transform * (w, h)
         pn = write_tif(tmp / "new.tif", new, CRS.from_epsg(4326), transform)
         pr = write_tif(tmp / "ref.tif", old, CRS.from_epsg(4326), transform)
         out["oscd"] = mapping_rows(pn, new, 10000, "0,10000")

@@ -300,14 +300,14 @@ def cmd_decode(args) -> int:
     warned = []
 
     def run(job) -> str:
-        hr, packet, model = files.decode_file(
-            job.input, job.ref, model=args.model, cache=models, warn_ref=bool(args.ref) and not warned,
+        packet, model = files.decode_to_file(
+            job.input, job.output, job.ref, model=args.model, cache=models, warn_ref=bool(args.ref) and not warned,
+            cog=args.cog, force=args.force,
             temperature=args.temperature, seed=args.seed, tile=args.tile, allow_mismatch=args.allow_mismatch,
             allow_other_reference=args.allow_other_reference,
             resample_ref=args.resample_ref, precision=args.precision, progress=not batch and _tty())
         if args.ref and not model.needs_reference:
             warned.append(1)
-        files.write_decoded(hr, packet, job.output, cog=args.cog, force=args.force)
         rec = packet.raster
         extra = "" if rec is None else f", {rec.dtype} bands {','.join(map(str, rec.bands))}" + \
             (", georeferenced" if rec.georeferenced else "")

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import io
 import re
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable
@@ -67,7 +68,14 @@ def _pil_decode(fmt: str):
     def dec(data: bytes, size: tuple[int, int]) -> np.ndarray:
         from PIL import Image
 
-        with Image.open(io.BytesIO(data), formats=[fmt]) as im:
+        with warnings.catch_warnings():  # the size is the header's, bounded by the container's pixel limit
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                im = Image.open(io.BytesIO(data), formats=[fmt])
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
+        with im:
             if (im.height, im.width) != tuple(size):
                 raise ContainerError(f"LR image is {im.width}x{im.height}, header says {size[1]}x{size[0]} (width x height)")
             if im.mode != "RGB":

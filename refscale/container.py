@@ -45,13 +45,13 @@ from refscale.raster import RasterRecord
 MAGIC = b"\x89RSC\r\n\x1a\n"
 VERSION = 3  # the newest version the writer writes: 3 when the packet has a raster record, else 2
 READABLE_VERSIONS = (1, 2, 3)  # version 1: no reference fingerprint; 2: no raster record
-MAX_RASTER_BYTES = 1 << 20  # decompressed raster record (JSON)
+MAX_RASTER_BYTES = 1 << 20  # the raster record's JSON stream; its nodata mask adds max_raster_bytes
 PREAMBLE = 14  # magic (8) + version (2) + header length (4)
 
 #: limits a reader enforces (also on writing, so every file we write can be read back)
 MAX_HEADER_BYTES = 1 << 16
 MAX_SIDE = 1 << 18  # longest image side, pixels
-MAX_PIXELS = 1 << 28  # padded HR pixels (268 Mpx)
+MAX_PIXELS = 1 << 30  # padded HR pixels (1073 Mpx; 2^28 before the windowed scenes of issue 16)
 MAX_SCALE = 64
 MAX_PADDING = 1024  # padded minus original size, per side (models align to far less)
 MAX_SIDE_TENSORS = 16
@@ -186,6 +186,7 @@ class Packet:
             raise ContainerError(f"codec {codec} predicts the LR from the reference: encode with the reference "
                                  f"(refscale.pipeline.encode(..., codec={codec!r}))")
         side_arrays = {name: smallest_integer_array(name, arr) for name, arr in self.side.items()}
+        _check_mask(self.raster, _pair(self.size))
         raster = self.raster.to_bytes() if self.raster is not None else None
         header = Header(
             version=3 if raster is not None else 2, model=str(self.model), weights_hash=str(self.weights_hash), ref_hash=self.ref_hash,
@@ -232,6 +233,7 @@ class Packet:
             side[e.name] = np.frombuffer(raw, dtype=np.dtype(e.dtype).newbyteorder("<")).astype(e.dtype).reshape(e.shape)
             side_dtypes[e.name] = e.restore
         raster = RasterRecord.from_bytes(data[pos:pos + h.raster_length]) if h.raster_length else None
+        _check_mask(raster, h.size)
         packet = cls(
             model=h.model, weights_hash=h.weights_hash, scale=h.scale, size=h.size, padded_size=h.padded_size,
             tiles=h.tiles, lr=lr, side=side, codec=h.codec, quality=h.quality, side_dtypes=side_dtypes,
@@ -336,9 +338,10 @@ class Header:
             raise ContainerError("format version 1 has no reference fingerprint")
         if self.version < 3 and (self.raster_length or self.raster_crc):
             raise ContainerError(f"format version {self.version} has no raster record")
-        if self.raster_length > MAX_RASTER_BYTES or (self.raster_length == 0 and self.raster_crc):
+        limit = max_raster_bytes(self.size)
+        if self.raster_length > limit or (self.raster_length == 0 and self.raster_crc):
             raise ContainerError(f"raster record entry {self.raster_length}/{self.raster_crc} invalid "
-                                 f"(length 0..{MAX_RASTER_BYTES}, CRC 0 when there is none)")
+                                 f"(length 0..{limit}, CRC 0 when there is none)")
         if any(abs(v) > MAX_SHIFT_UNITS for v in self.ref_shift):
             raise ContainerError(f"reference shift {list(self.ref_shift)} out of range (|v| <= {MAX_SHIFT_UNITS})")
         if self.ref_hash is None and any(self.ref_shift):
@@ -497,6 +500,15 @@ def read_header(data: bytes) -> Header:
     return header
 
 
+def max_raster_bytes(size: tuple[int, int]) -> int:
+    """The longest raster section of an image of ``size`` (H, W): 1 MiB for the record's JSON
+    stream plus a zlib stream of a nodata mask of 3 bit planes (stored uncompressible: 5 bytes
+    per 16 KiB block, 6 bytes of frame)."""
+    h, w = (int(v) for v in size)
+    mask = 3 * h * (-(-w // 8))
+    return MAX_RASTER_BYTES + mask + 5 * (mask // 16384 + 1) + 6
+
+
 def section_sizes(data: bytes) -> dict[str, int]:
     """Byte counts of a valid container: ``total``, ``header``, ``lr``, ``side`` and ``side:<name>`` each."""
     h = read_header(data)
@@ -557,6 +569,12 @@ def _check_name(text: str, what: str) -> None:
 def _str8(text: str) -> bytes:
     _check_name(text, "name")
     return struct.pack("<B", len(text)) + text.encode("ascii")
+
+
+def _check_mask(record: RasterRecord | None, size: tuple[int, int]) -> None:
+    if record is not None and record.mask is not None and (record.mask.height, record.mask.width) != tuple(size):
+        raise ContainerError(f"raster record: the nodata mask is {record.mask.width}x{record.mask.height}, "
+                             f"the image {size[1]}x{size[0]}")
 
 
 def _pair(v) -> tuple[int, int]:

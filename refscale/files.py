@@ -30,7 +30,7 @@ import torch
 from refscale import codecs, pipeline, raster
 from refscale.container import Packet, bytes_for_bpp, check_budget
 from refscale.data import discover, read_manifest
-from refscale.errors import InputError, ModelError
+from refscale.errors import InputError, ModelError, RefScaleError
 from refscale.imageio import publish
 from refscale.protocol import Rescaler
 from refscale.zoo import load
@@ -97,7 +97,22 @@ def decode_jobs(src, output, ref=None) -> list[Job]:
     else:
         items = [(src.stem, src, None)]
     refs = reference_lookup(ref, batch)
-    return [Job(name, path, refs(name) or own, _target(Path(output), name, ".png", batch)) for name, path, own in items]
+    return [Job(name, path, refs(name) or own, _target(Path(output), name, _decoded_suffix(path) if batch else ".png", batch))
+            for name, path, own in items]
+
+
+def _decoded_suffix(path: Path) -> str:
+    """``.tif`` for a container whose raster record a PNG cannot hold (georeferencing, or a dtype
+    other than 8/16-bit unsigned), else ``.png`` (a 16-bit PNG for uint16)."""
+    from refscale.container import inspect
+
+    try:
+        rec = inspect(read_bytes(path))["raster"]
+    except RefScaleError:
+        return ".png"  # a damaged file fails with its own message when it is decoded
+    if rec is not None and (rec["crs"] is not None or rec["transform"] is not None or rec["dtype"] not in ("uint8", "uint16")):
+        return ".tif"
+    return ".png"
 
 
 def _target(out: Path, name: str, suffix: str, batch: bool) -> Path:
@@ -158,12 +173,14 @@ def _check_image_suffix(path: Path) -> None:
 def encode_file(job: Job, model: Rescaler, *, codec: str | None = None, quality: int | None = None, bpp: float | None = None,
                 max_bytes: int | None = None, tile=None, resample_ref: bool = False, precision: str | None = None,
                 register: bool = True, force: bool = False, progress: bool = False, bands=None,
-                value_range=None) -> dict:
+                value_range=None, windowed: bool | None = None) -> dict:
     """Encode one job: write the container (and the LR as the receiver sees it). Returns
     ``{"output", "bytes", "bpp", "size", "model", "codec", "quality", "raster"}``. ``codec=None``: the model's default.
 
     ``bands`` (e.g. ``[4, 3, 2]``, 1-based) and ``value_range`` (``"p2,98"``, ``"0,10000"``):
-    how a raster's bands and intensities reach the model (:func:`refscale.raster.read_raster`);
+    how a raster's bands and intensities reach the model (:func:`refscale.raster.read_raster`;
+    ``windowed``: read a TIFF window by window, default: when it is larger than
+    :data:`refscale.raster.WINDOWED_PIXELS`);
     a GeoTIFF, 16-bit or float input is recorded in the container so decoding gives it back.
     With a raster record, an LR written to a ``.tif`` is a GeoTIFF (:func:`refscale.raster.write_lr`).
 
@@ -173,7 +190,7 @@ def encode_file(job: Job, model: Rescaler, *, codec: str | None = None, quality:
     quality = codecs.check_quality(codec, quality)
     codecs.require(codec)
     check_budget(quality, bpp, max_bytes)
-    image = raster.read_raster(job.input, bands=bands, value_range=value_range)
+    image = raster.read_raster(job.input, bands=bands, value_range=value_range, windowed=windowed, progress=progress)
     packet = pipeline.encode(model, image, job.ref, tile=tile, resample_ref=resample_ref, precision=precision,
                              register=register, progress=progress, codec=codec, quality=quality)
     if bpp is not None:
@@ -221,12 +238,45 @@ def model_for(packet: Packet, model=None, cache: dict | None = None) -> Rescaler
     return found
 
 
+def decode_to_file(src, output, ref=None, *, model=None, cache: dict | None = None, warn_ref: bool = True,
+                   cog: bool = False, force: bool = False, windowed: bool | None = None,
+                   **decode_options) -> tuple[Packet, Rescaler]:
+    """Decode a ``.rsc`` file and write the image to ``output`` (:func:`write_decoded`). A raster
+    written to a ``.tif`` goes window by window (:class:`refscale.raster.TiffSink`: memory does not
+    grow with the scene) when ``windowed``, or by default when its padded size exceeds
+    :data:`refscale.raster.WINDOWED_PIXELS` and nothing needs the whole image (no recorded
+    registration shift, no inter-frame LR codec). Returns ``(packet, model)``."""
+    packet, m, ref = _open_container(src, ref, model, cache, warn_ref)
+    output = Path(output)
+    big = packet.padded_size[0] * packet.padded_size[1] > raster.WINDOWED_PIXELS
+    if windowed is None:
+        windowed = big and not any(packet.ref_shift) and not codecs.needs_reference(packet.codec)
+    if not (windowed and packet.raster is not None and output.suffix.lower() in raster.TIFF_SUFFIXES
+            and raster.have_rasterio()):
+        write_decoded(pipeline.decode(m, packet, ref, **decode_options), packet, output, cog=cog, force=force)
+        return packet, m
+    sink = raster.TiffSink(output, packet.raster, packet.size, packet.padded_size, cog=cog, overwrite=force)
+    try:
+        pipeline.decode(m, packet, ref, sink=sink, **decode_options)
+    except BaseException:
+        sink.abort()
+        raise
+    sink.close()
+    return packet, m
+
+
 def decode_file(src, ref=None, *, model=None, cache: dict | None = None, warn_ref: bool = True,
                 **decode_options) -> tuple[torch.Tensor, Packet, Rescaler]:
     """Decode a ``.rsc`` file (path or bytes) with the model it names (or ``model``). Returns
     ``(hr [1,3,H,W], packet, model)``; ``decode_options`` go to :func:`refscale.pipeline.decode`
     (temperature, seed, tile, allow_mismatch, resample_ref, precision, progress). A reference
     given to a model that takes none is ignored (with a warning if ``warn_ref``)."""
+    packet, m, ref = _open_container(src, ref, model, cache, warn_ref)
+    return pipeline.decode(m, packet, ref, **decode_options), packet, m
+
+
+def _open_container(src, ref, model, cache, warn_ref) -> tuple[Packet, Rescaler, object]:
+    """The packet, its model, and the reference (None for a model and codec that take none)."""
     data = src if isinstance(src, (bytes, bytearray)) else read_bytes(Path(src))
     packet = Packet.from_bytes(bytes(data))
     m = model_for(packet, model, cache)
@@ -234,7 +284,7 @@ def decode_file(src, ref=None, *, model=None, cache: dict | None = None, warn_re
         if warn_ref:
             warnings.warn(f"model {m.name} takes no reference; --ref ignored")
         ref = None
-    return pipeline.decode(m, packet, ref, **decode_options), packet, m
+    return packet, m, ref
 
 
 # ----------------------------------------------------------------------------- file helpers

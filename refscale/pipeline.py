@@ -12,6 +12,9 @@ Written once against the :class:`~refscale.protocol.Rescaler` protocol:
   faster on a CPU than one huge convolution. Side maps are cropped and stitched the same way
   (their stride, HR size / side size, is read from the shapes). The layout is recorded in the
   container; the decoder repeats it by default.
+  A :class:`refscale.raster.RasterScene` (a GeoTIFF larger than memory) is read window by
+  window, its reference too, and ``decode(..., sink=TiffSink(...))`` writes the rebuilt scene
+  window by window; pixels without data are filled in each window (:func:`refscale.raster.fill`).
 * **Precision.** Models that support it (``set_speed``, :mod:`refscale.nn.speed`) run their
   convolutions in bfloat16 with channels_last when ``precision="bf16"`` (``"auto"``, the default:
   only on CPUs with native bf16). The container records
@@ -97,41 +100,54 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
     """
     if isinstance(hr, (str, os.PathLike)):
         hr = raster.read_raster(hr)
-    record = hr.record if isinstance(hr, raster.RasterImage) else None
-    hr = _image(hr.tensor if isinstance(hr, raster.RasterImage) else hr, "image")
-    size = tuple(hr.shape[-2:])
+    scene = hr if isinstance(hr, raster.RasterScene) else None
+    record = hr.record if isinstance(hr, (raster.RasterImage, raster.RasterScene)) else None
+    if scene is None:
+        hr = _image(hr.tensor if isinstance(hr, raster.RasterImage) else hr, "image")
+    size = tuple(hr.shape[-2:]) if scene is None else scene.size
     codec = codecs.canonical(model.default_codec if codec is None else codec)
     quality = codecs.check_quality(codec, quality)
-    ref, ref_hash = _reference(model, ref, size, resample_ref, codec, record)
-    lr_ref = lr_reference(ref, model.alignment, model.scale) if ref is not None else None
+    ref, ref_hash = _reference(model, ref, size, resample_ref, codec, record, windowed=scene is not None,
+                               progress=progress)
+    lr_ref = lr_reference(ref, model.alignment, model.scale) if isinstance(ref, torch.Tensor) else None
     if not model.needs_reference:
         ref = None  # kept for the LR codec only
     shift = (0, 0)
     if ref is not None and register:
-        estimate = registration.estimate_shift(hr, ref)
-        shift = (0, 0) if registration.is_none(estimate) else registration.to_units(estimate)
-        ref = registration.apply_shift(ref, registration.from_units(shift))
+        if isinstance(ref, raster.RasterScene) or scene is not None:
+            warnings.warn("a scene read window by window is not registered to its reference: give a co-registered "
+                          "reference (registration off)", stacklevel=2)
+        else:
+            estimate = registration.estimate_shift(hr, ref)
+            shift = (0, 0) if registration.is_none(estimate) else registration.to_units(estimate)
+            ref = registration.apply_shift(ref, registration.from_units(shift))
     align = model.alignment
-    hr_p, _ = ops.pad_to_multiple(hr, align)
-    ref_p = ops.pad_to_multiple(ref, align)[0] if ref is not None else None
-    padded = tuple(hr_p.shape[-2:])
+    padded = (_round_up(size[0], align), _round_up(size[1], align))
+    if scene is None:
+        mask = record.mask.rows() if record is not None and record.mask is not None else None
+        read_hr = _window_reader(hr, torch.from_numpy(mask)[None] if mask is not None else None, align)
+    else:
+        read_hr = _scene_reader(scene, padded)
+    read_ref = None if ref is None else _scene_reader(ref, padded) if isinstance(ref, raster.RasterScene) \
+        else _window_reader(ref, None, align)
     layout = _layout(model, padded, tile, overlap)
     precision = resolve_precision(model, precision)
     s = model.scale
 
-    lr = torch.empty(1, 3, padded[0] // s, padded[1] // s)
+    lr_u8 = np.empty((padded[0] // s, padded[1] // s, 3), np.uint8)
     side: dict[str, torch.Tensor] = {}
     (wh, ww), windows = tiling.grid(padded, *layout, model.alignment)
     with _inference(model, precision):
         for batch in _progress(tiling.batches(windows, (wh, ww), BATCH_PIXELS), progress, "encode"):
-            x = torch.cat([hr_p[..., w.y:w.y + wh, w.x:w.x + ww] for w in batch])
-            r = torch.cat([ref_p[..., w.y:w.y + wh, w.x:w.x + ww] for w in batch]) if ref_p is not None else None
+            x = _batch(read_hr, batch, wh, ww)
+            r = _batch(read_ref, batch, wh, ww) if read_ref is not None else None
             lr_b, side_b = model.downscale(x, r)
             if tuple(lr_b.shape) != (len(batch), 3, wh // s, ww // s):
                 raise ModelError(f"{model.name}.downscale returned {list(lr_b.shape)}, expected {[len(batch), 3, wh // s, ww // s]}")
             for i, w in enumerate(batch):
                 y0, y1, x0, x1 = w.core
-                lr[..., y0 // s:y1 // s, x0 // s:x1 // s] = lr_b[i:i + 1, :, (y0 - w.y) // s:(y1 - w.y) // s, (x0 - w.x) // s:(x1 - w.x) // s]
+                core = lr_b[i:i + 1, :, (y0 - w.y) // s:(y1 - w.y) // s, (x0 - w.x) // s:(x1 - w.x) // s]
+                lr_u8[y0 // s:y1 // s, x0 // s:x1 // s] = to_uint8(core)[0].permute(1, 2, 0).numpy()
             for name, t in side_b.items():
                 stride = _stride(model, name, t, (wh, ww), align)
                 if name not in side:
@@ -141,7 +157,6 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
                     side[name][..., y0 // stride:y1 // stride, x0 // stride:x1 // stride] = \
                         t[i:i + 1, :, (y0 - w.y) // stride:(y1 - w.y) // stride, (x0 - w.x) // stride:(x1 - w.x) // stride]
 
-    lr_u8 = to_uint8(lr)[0].permute(1, 2, 0).contiguous().numpy()
     side_np, side_dtypes = {}, {}
     for name, t in side.items():
         side_np[name] = smallest_integer_array(name, _integer_array(model, name, t))
@@ -158,8 +173,15 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
 def decode(model: Rescaler, packet, ref=None, *, temperature: float = DEFAULT_TEMPERATURE, seed: int = 0,
            tile: int | None = None, overlap: int | None = None, allow_mismatch: bool = False, progress: bool = False,
            resample_ref: bool = False, precision: str | None = None,
-           allow_other_reference: bool = False) -> torch.Tensor:
+           allow_other_reference: bool = False, sink=None) -> torch.Tensor | None:
     """Rebuild the HR image ``[1,3,H,W]`` (float32 in [0,1]) from a :class:`Packet` (or its bytes).
+
+    ``sink`` (e.g. :class:`refscale.raster.TiffSink`): instead of assembling the image, hand each
+    decoded core to ``sink.put((y0, y1, x0, x1), core)`` as it is ready (row-major, padded
+    coordinates) and return None; a reference path is then read window by window too
+    (:meth:`refscale.raster.RasterScene.open_reference`), so memory does not grow with the scene.
+    Such a reference cannot be moved by a recorded registration shift, and its agreement with
+    the LR is not checked.
 
     ``temperature``: stochastic models draw their latent ``z ~ temperature * N(0, I)`` (seeded by
     ``seed``); the default :data:`DEFAULT_TEMPERATURE` = 1, the distribution the models were
@@ -183,8 +205,15 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = DEFAULT_TE
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise InputError(f"seed must be an integer >= 0, got {seed!r}")
     size, padded, s = tuple(packet.size), tuple(packet.padded_size), model.scale
-    ref, ref_hash = _reference(model, ref, size, resample_ref, packet.codec, packet.raster)
-    if ref is not None:
+    windowed = sink is not None and packet.raster is not None
+    ref, ref_hash = _reference(model, ref, size, resample_ref, packet.codec, packet.raster, windowed=windowed,
+                               progress=progress)
+    if isinstance(ref, raster.RasterScene):
+        _check_reference(packet, ref_hash, allow_other_reference)
+        if any(packet.ref_shift):
+            raise InputError("the container records a registration shift: decode it in memory (a reference read "
+                             "window by window cannot be moved)")
+    elif ref is not None:
         same = _check_reference(packet, ref_hash, allow_other_reference)
         if packet.lr is None:  # an inter-frame LR: decoded from the reference at LR size
             lr_ref = lr_reference(ref, model.alignment, s)
@@ -192,9 +221,10 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = DEFAULT_TE
                 raise ContainerError(f"padded size {padded[1]}x{padded[0]} in the container does not match the model's alignment")
             packet.decode_lr(lr_ref, exact=same)
         ref = registration.apply_shift(ref, registration.from_units(packet.ref_shift)) if model.needs_reference else None
-    ref_p = ops.pad_to_multiple(ref, model.alignment)[0] if ref is not None else None
-    if ref_p is not None and tuple(ref_p.shape[-2:]) != padded:
+    if _round_up(size[0], model.alignment) != padded[0] or _round_up(size[1], model.alignment) != padded[1]:
         raise ContainerError(f"padded size {padded[1]}x{padded[0]} in the container does not match the model's alignment")
+    read_ref = None if ref is None else _scene_reader(ref, padded) if isinstance(ref, raster.RasterScene) \
+        else _window_reader(ref, None, model.alignment)
     side = _side_tensors(model, packet)
     if tile is None and packet.tiles is not None and overlap is None:
         layout = _layout(model, padded, packet.tiles["tile"], packet.tiles["overlap"], recorded=True)
@@ -203,31 +233,81 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = DEFAULT_TE
     # "auto" on decode means what the encoder chose (the condition must be computed the same way)
     precision = resolve_precision(model, packet.precision if precision in (None, "auto") else precision)
 
-    lr = stored_lr(packet)
-    if ref_p is not None:
-        agreement = reference_agreement(lr, ref_p, s)
+    lr = np.asarray(packet.lr)
+    if isinstance(ref, torch.Tensor):
+        agreement = reference_agreement(stored_lr(packet), ops.pad_to_multiple(ref, model.alignment)[0], s)
         if not agreement >= MIN_REFERENCE_AGREEMENT:  # also nan (a flat reference)
             warnings.warn(f"the reference looks unrelated to this image (agreement of their detail "
                           f"{agreement:.2f} < {MIN_REFERENCE_AGREEMENT}); is it the right place?", stacklevel=2)
-    out = torch.empty(1, 3, *padded)
+    out = torch.empty(1, 3, *padded) if sink is None else None
     (wh, ww), windows = tiling.grid(padded, *layout, model.alignment)
     groups = tiling.batches(windows, (wh, ww), BATCH_PIXELS)
     with _inference(model, precision):
         for b, batch in enumerate(_progress(groups, progress, "decode")):
             gen = torch.Generator().manual_seed(int(seed) if len(groups) == 1 else _batch_seed(int(seed), b))
-            x = torch.cat([lr[..., w.y // s:(w.y + wh) // s, w.x // s:(w.x + ww) // s] for w in batch])
+            x = torch.cat([torch.from_numpy(np.ascontiguousarray(lr[w.y // s:(w.y + wh) // s, w.x // s:(w.x + ww) // s]))
+                           .permute(2, 0, 1).unsqueeze(0).float() / 255.0 for w in batch])
             side_b = {}
             for name, t in side.items():
                 st = padded[0] // t.shape[-2]
                 side_b[name] = torch.cat([t[..., w.y // st:(w.y + wh) // st, w.x // st:(w.x + ww) // st] for w in batch])
-            r = torch.cat([ref_p[..., w.y:w.y + wh, w.x:w.x + ww] for w in batch]) if ref_p is not None else None
+            r = _batch(read_ref, batch, wh, ww) if read_ref is not None else None
             y = model.upscale(x, side_b, r, temperature=float(temperature), generator=gen)
             if tuple(y.shape) != (len(batch), 3, wh, ww):
                 raise ModelError(f"{model.name}.upscale returned {list(y.shape)}, expected {[len(batch), 3, wh, ww]}")
             for i, w in enumerate(batch):
                 y0, y1, x0, x1 = w.core
-                out[..., y0:y1, x0:x1] = y[i:i + 1, :, y0 - w.y:y1 - w.y, x0 - w.x:x1 - w.x]
-    return ops.crop_to(out, size).clamp_(0, 1).nan_to_num_(0.0)
+                core = y[i:i + 1, :, y0 - w.y:y1 - w.y, x0 - w.x:x1 - w.x]
+                if sink is None:
+                    out[..., y0:y1, x0:x1] = core
+                else:
+                    sink.put(w.core, core.clamp(0, 1).nan_to_num(0.0))
+    return None if sink is not None else ops.crop_to(out, size).clamp_(0, 1).nan_to_num_(0.0)
+
+
+# ============================================================================= windows
+def _window_reader(t: torch.Tensor, mask: torch.Tensor | None, align: int):
+    """Windows of an image held in memory, padded to the alignment as a whole (and of its mask of
+    pixels without data ``[1,C,H,W]`` bool, padded alike)."""
+    t_p = ops.pad_to_multiple(t, align)[0]
+    m_p = None if mask is None else ops.pad_to_multiple(mask.to(torch.uint8), align)[0].bool()
+
+    def read(y: int, x: int, h: int, w: int):
+        m = None if m_p is None else m_p[..., y:y + h, x:x + w].numpy()
+        return t_p[..., y:y + h, x:x + w], m
+
+    return read
+
+
+def _scene_reader(scene: raster.RasterScene, padded: tuple[int, int]):
+    """Windows of a scene read from its file (:class:`refscale.raster.RasterScene`), padded past the
+    image's bottom/right edge exactly as :func:`refscale.ops.pad_to_multiple` pads the whole image."""
+    (h, w), (ph, pw) = scene.size, padded
+    mode = "replicate" if ph - h >= h or pw - w >= w else "reflect"
+
+    def read(y: int, x: int, wh: int, ww: int):
+        y1, x1 = min(y + wh, h), min(x + ww, w)
+        t, m = scene.window(y, y1, x, x1)
+        pad = (0, x + ww - x1, 0, y + wh - y1)
+        if any(pad):
+            t = torch.nn.functional.pad(t, pad, mode=mode)
+            if m is not None:
+                m = torch.nn.functional.pad(torch.from_numpy(m).to(torch.uint8)[None], pad, mode=mode)[0].bool().numpy()
+        return t, (None if m is None else m[None])
+
+    return read
+
+
+def _batch(read, batch: list, wh: int, ww: int) -> torch.Tensor:
+    """The windows of a batch stacked, their pixels without data filled (:func:`refscale.raster.fill`)."""
+    parts = [read(w.y, w.x, wh, ww) for w in batch]
+    x = torch.cat([t for t, _ in parts])
+    if any(m is not None for _, m in parts):
+        c = max(m.shape[1] for _, m in parts if m is not None)
+        masks = np.stack([np.broadcast_to(m[0], (c, wh, ww)) if m is not None else np.zeros((c, wh, ww), bool)
+                          for _, m in parts])
+        x = raster.fill(x.contiguous(), masks)
+    return x
 
 
 # ============================================================================= helpers
@@ -282,11 +362,13 @@ def _check_reference(packet: Packet, got: str, allow_other: bool) -> bool:
 
 
 def _reference(model: Rescaler, ref, size: tuple[int, int], resample: bool,
-               codec: str = "png", record=None) -> tuple[torch.Tensor | None, str | None]:
+               codec: str = "png", record=None, windowed: bool = False,
+               progress: bool = False) -> tuple[torch.Tensor | None, str | None]:
     """``(reference at the image size, fingerprint of the reference as given)``; ``(None, None)``
     for models without one, unless the LR ``codec`` predicts from the reference. A reference
     file of an image with a raster ``record`` is read with its bands and intensity mapping
-    (:func:`refscale.raster.read_reference`)."""
+    (:func:`refscale.raster.read_reference`); with ``windowed``, a reference path becomes a
+    :class:`refscale.raster.RasterScene` read window by window, fingerprinted in one pass."""
     if not model.needs_reference and not codecs.needs_reference(codec):
         if ref is not None:
             warnings.warn(f"model {model.name} takes no reference; ignoring it", stacklevel=3)
@@ -294,6 +376,14 @@ def _reference(model: Rescaler, ref, size: tuple[int, int], resample: bool,
     model.check_reference(ref)
     if ref is None:
         raise ModelError(f"LR codec {codec} predicts from a reference image: give one (--ref)")
+    if windowed and isinstance(ref, (str, os.PathLike)):
+        if codecs.needs_reference(codec):
+            raise InputError(f"LR codec {codec} predicts from the whole reference: it cannot be read window by window")
+        scene = raster.RasterScene.open_reference(ref, record)
+        if scene.size != tuple(size):
+            raise InputError(f"reference is {scene.size[1]}x{scene.size[0]} but the image is {size[1]}x{size[0]} "
+                             "(width x height); a reference read window by window must have the image's size")
+        return scene, scene.fingerprint(progress)
     if record is not None and isinstance(ref, (str, os.PathLike)):
         ref = raster.read_reference(ref, record)
     ref = _image(ref, "reference")

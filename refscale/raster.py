@@ -37,8 +37,21 @@ A plain 8-bit RGB (or greyscale) file without georeferencing and without ``bands
 Without rasterio, a TIFF with GeoTIFF tags is refused with a message naming the ``geo`` extra
 instead of silently losing its georeferencing.
 
-Not yet (issue 16 items 4-5): nodata and NaN pixels are only recorded, not masked before the
-model nor restored after; scenes are read whole (no windowed reading).
+**Pixels without data** (equal to the nodata value, or NaN / not finite in float data) are
+masked: before the model, each window the pipeline runs is filled (:func:`fill`, :data:`FILL`:
+every such pixel takes the value of the nearest valid pixel of its band in the window, so the
+valid border is extended outward and no step between data and fill leaks into the valid pixels
+through the model's support); after decoding they get the nodata value back (NaN for float data
+without one; :func:`restore_nodata`). The decoder knows where they were from the record's mask
+(:class:`Mask`: one bit plane shared by the bands, or one per band, zlib-compressed; record
+version 2). A reference's nodata is not filled: the model sees it as it maps (NaN as 0).
+
+**Scenes larger than memory** (:class:`RasterScene`, :class:`TiffSink`): a TIFF with more than
+:data:`WINDOWED_PIXELS` pixels is read window by window, in the pipeline's own tile windows
+(:mod:`refscale.tiling`), after one streaming pass over strips for the ranges and the mask; its
+reference too, and the decoder writes the rebuilt scene window by window. Memory then holds the
+tiles of one batch, one row of decoded cores, the 8-bit LR (the container stores it as one
+image: scene / scale^2 x 3 bytes) and the mask (1 bit per pixel), not the scene.
 """
 from __future__ import annotations
 
@@ -70,9 +83,59 @@ DEFAULT_RANGE = "j0,100"
 TIFF_SUFFIXES = (".tif", ".tiff")
 #: source dtypes a record may name
 DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # the newest record version: 2 when it carries a nodata mask, else 1 (as before)
 MAX_RECORD_BYTES = 1 << 20
 _KEYS = {"v", "dtype", "band_count", "bands", "descriptions", "ranges", "rule", "nodata", "crs", "transform"}
+_MASK_KEYS = {"planes", "height", "width", "length"}
+#: scenes with more pixels than this are read and written window by window (rasterio) by default
+WINDOWED_PIXELS = 4096 * 4096
+#: rows per strip of the streaming passes over a windowed scene (statistics, mask, fingerprint)
+STRIP_ROWS = 256
+#: GDAL's block cache for windowed scenes, MB (GDAL's own default is 5% of the RAM, which a
+#: scene read once window by window would fill); the environment variable GDAL_CACHEMAX wins
+GDAL_CACHE_MB = 256
+
+
+# ============================================================================= the nodata mask
+@dataclass(frozen=True)
+class Mask:
+    """Which pixels had no data (nodata value or NaN), ``planes x height x width`` bits: one
+    plane shared by all bands the model saw, or one per band. ``bits`` are the rows packed
+    with :func:`numpy.packbits` (most significant bit first, each row padded to whole bytes),
+    C order; a set bit is a pixel without data."""
+
+    planes: int
+    height: int
+    width: int
+    bits: bytes
+
+    @property
+    def row_bytes(self) -> int:
+        return -(-self.width // 8)
+
+    @classmethod
+    def from_bool(cls, invalid: np.ndarray) -> Mask:
+        """From a bool array ``[C, H, W]`` (True = no data); identical planes are stored once."""
+        if len(invalid) > 1 and all(np.array_equal(invalid[0], m) for m in invalid[1:]):
+            invalid = invalid[:1]
+        c, h, w = invalid.shape
+        return cls(c, h, w, np.packbits(invalid, axis=-1).tobytes())
+
+    @classmethod
+    def from_packed(cls, packed: np.ndarray, width: int) -> Mask:
+        """From packed rows ``[C, H, ceil(W / 8)]`` (identical planes stored once)."""
+        if len(packed) > 1 and all(np.array_equal(packed[0], m) for m in packed[1:]):
+            packed = packed[:1]
+        return cls(packed.shape[0], packed.shape[1], width, np.ascontiguousarray(packed).tobytes())
+
+    def packed(self) -> np.ndarray:
+        return np.frombuffer(self.bits, np.uint8).reshape(self.planes, self.height, self.row_bytes)
+
+    def rows(self, y0: int = 0, y1: int | None = None) -> np.ndarray:
+        """bool ``[planes, y1 - y0, width]`` of rows ``y0..y1``."""
+        return np.unpackbits(self.packed()[:, y0:y1], axis=-1, count=self.width).astype(bool)
+
+
 
 
 # ============================================================================= the record
@@ -95,6 +158,7 @@ class RasterRecord:
     nodata: float | None = None
     crs: str | None = None
     transform: tuple[float, ...] | None = None
+    mask: Mask | None = None  # pixels without data, restored on decoding (record version 2)
 
     def __post_init__(self):
         if self.descriptions is None and isinstance(self.bands, list):
@@ -137,19 +201,32 @@ class RasterRecord:
             if not (isinstance(t, (list, tuple)) and len(t) == 6 and all(_is_num(v) and math.isfinite(v) for v in t)) \
                     or not (math.isfinite(t[0] * t[4] - t[1] * t[3]) and t[0] * t[4] - t[1] * t[3] != 0):
                 raise bad(f"transform {t!r} must be six finite numbers with a non-zero determinant")
+        m = self.mask
+        if m is not None:
+            if not (isinstance(m, Mask) and all(_is_int(v) for v in (m.planes, m.height, m.width))
+                    and m.planes in (1, len(self.bands)) and 1 <= m.height <= 1 << 18 and 1 <= m.width <= 1 << 18):
+                raise bad(f"mask must have 1 or {len(self.bands)} planes of 1..262144 x 1..262144 pixels")
+            if not isinstance(m.bits, bytes) or len(m.bits) != m.planes * m.height * m.row_bytes:
+                raise bad("mask bits do not match its size")
 
     def to_bytes(self) -> bytes:
-        """The raster section: a zlib stream of UTF-8 JSON (docs/format.md)."""
+        """The raster section: a zlib stream of UTF-8 JSON; with a mask (record version 2) followed
+        by a zlib stream of its packed bits (docs/format.md)."""
         self.validate()
         nodata = self.nodata
         if nodata is not None and not math.isfinite(nodata):
             nodata = "nan" if math.isnan(nodata) else ("inf" if nodata > 0 else "-inf")
-        obj = {"v": RECORD_VERSION, "dtype": self.dtype, "band_count": int(self.band_count),
+        obj = {"v": 1 if self.mask is None else 2, "dtype": self.dtype, "band_count": int(self.band_count),
                "bands": [int(b) for b in self.bands], "descriptions": list(self.descriptions),
                "ranges": [[float(lo), float(hi)] for lo, hi in self.ranges], "rule": self.rule, "nodata": nodata,
                "crs": self.crs, "transform": None if self.transform is None else [float(v) for v in self.transform]}
+        mask = b""
+        if self.mask is not None:
+            mask = zlib.compress(self.mask.bits, 9)
+            obj["mask"] = {"planes": self.mask.planes, "height": self.mask.height, "width": self.mask.width,
+                           "length": len(mask)}
         text = json.dumps(obj, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
-        return zlib.compress(text.encode("utf-8"), 9)
+        return zlib.compress(text.encode("utf-8"), 9) + mask
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> RasterRecord:
@@ -158,16 +235,22 @@ class RasterRecord:
             raw = d.decompress(bytes(blob), MAX_RECORD_BYTES + 1)
         except zlib.error as e:
             raise ContainerError(f"raster record does not decompress: {e}") from None
-        if len(raw) > MAX_RECORD_BYTES or not d.eof or d.unused_data:
+        if len(raw) > MAX_RECORD_BYTES or not d.eof:
             raise ContainerError("raster record is not one complete zlib stream of at most 1 MiB")
+        rest = d.unused_data
         try:
             obj = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
         except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise ContainerError(f"raster record is not UTF-8 JSON ({type(e).__name__})") from None
-        if not isinstance(obj, dict) or set(obj) != _KEYS:
-            raise ContainerError(f"raster record must be a JSON object with the keys {', '.join(sorted(_KEYS))}")
-        if obj["v"] != RECORD_VERSION:
-            raise ContainerError(f"raster record version {obj['v']!r} unknown (this refscale reads {RECORD_VERSION})")
+        if not isinstance(obj, dict) or obj.get("v") not in (1, 2):
+            version = obj.get("v") if isinstance(obj, dict) else None
+            raise ContainerError(f"raster record version {version!r} unknown (this refscale reads 1 and 2)")
+        keys = _KEYS | ({"mask"} if obj["v"] == 2 else set())
+        if set(obj) != keys:
+            raise ContainerError(f"raster record version {obj['v']} must be a JSON object with the keys {', '.join(sorted(keys))}")
+        mask = _read_mask(obj["mask"], rest) if obj["v"] == 2 else None
+        if mask is None and rest:
+            raise ContainerError("raster record has trailing bytes")
         if not isinstance(obj["descriptions"], list):
             raise ContainerError("raster record: descriptions must be a list (one string or null per band)")
         nodata = obj["nodata"]
@@ -179,7 +262,7 @@ class RasterRecord:
                   ranges=[tuple(r) if isinstance(r, list) else r for r in obj["ranges"]] if isinstance(obj["ranges"], list) else obj["ranges"],
                   descriptions=obj["descriptions"],
                   rule=obj["rule"], nodata=nodata, crs=obj["crs"],
-                  transform=tuple(obj["transform"]) if isinstance(obj["transform"], list) else obj["transform"])
+                  transform=tuple(obj["transform"]) if isinstance(obj["transform"], list) else obj["transform"], mask=mask)
         rec.validate()
         return rec
 
@@ -188,7 +271,28 @@ class RasterRecord:
         return {"dtype": self.dtype, "band_count": self.band_count, "bands": list(self.bands),
                 "descriptions": list(self.descriptions), "ranges": [list(r) for r in self.ranges], "rule": self.rule,
                 "nodata": None if self.nodata is None else (self.nodata if math.isfinite(self.nodata) else str(self.nodata)),
-                "crs": crs_name(self.crs), "transform": None if self.transform is None else list(self.transform)}
+                "crs": crs_name(self.crs), "transform": None if self.transform is None else list(self.transform),
+                "nodata_pixels": None if self.mask is None else
+                [int(np.bitwise_count(plane).sum()) for plane in self.mask.packed()]}
+
+
+def _read_mask(spec, blob: bytes) -> Mask:
+    """The mask stream after the record's JSON, bounded by the size the JSON declares."""
+    if not isinstance(spec, dict) or set(spec) != _MASK_KEYS or not all(_is_int(spec[k]) for k in _MASK_KEYS):
+        raise ContainerError(f"raster record: mask must be an object of the integers {', '.join(sorted(_MASK_KEYS))}")
+    planes, h, w = spec["planes"], spec["height"], spec["width"]
+    if not (planes in (1, 3) and 1 <= h <= 1 << 18 and 1 <= w <= 1 << 18) or spec["length"] != len(blob):
+        raise ContainerError(f"raster record: mask {spec} invalid (1 or 3 planes, sizes 1..262144, "
+                             f"length = the {len(blob)} bytes after the record)")
+    n = planes * h * (-(-w // 8))
+    d = zlib.decompressobj()
+    try:
+        bits = d.decompress(blob, n + 1)
+    except zlib.error as e:
+        raise ContainerError(f"raster record: mask does not decompress: {e}") from None
+    if len(bits) != n or not d.eof or d.unused_data:
+        raise ContainerError(f"raster record: mask does not decompress to its {n} bytes")
+    return Mask(planes, h, w, bits)
 
 
 def crs_name(wkt: str | None) -> str | None:
@@ -224,7 +328,7 @@ class RasterImage:
 
 @dataclass
 class _Source:
-    arr: np.ndarray  # [B, H, W] in the file's dtype
+    arr: np.ndarray | None  # [B, H, W] in the file's dtype (None: metadata only)
     descriptions: list[str | None]
     kinds: list[str]  # colour interpretation per band ('' when unknown)
     crs: str | None = None
@@ -279,13 +383,23 @@ def parse_range(spec) -> tuple[str, float, float] | None:
     return kind, lo, hi
 
 
-def read_raster(path, bands=None, value_range=None) -> RasterImage:
-    """Read an image or raster file for encoding (module doc): the model's tensor and the record."""
+def read_raster(path, bands=None, value_range=None, windowed: bool | None = None,
+                progress: bool = False) -> RasterImage | RasterScene:
+    """Read an image or raster file for encoding (module doc): the model's tensor and the record.
+    ``windowed``: a TIFF read by rasterio becomes a :class:`RasterScene`, read window by window
+    by the pipeline (``None``: when it has more than :data:`WINDOWED_PIXELS` pixels; ``progress``:
+    a progress bar over the strips of its first pass)."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"image not found: {p}")
     bands = parse_bands(bands)
     spec = parse_range(value_range)
+    if windowed is not False and p.suffix.lower() in TIFF_SUFFIXES and have_rasterio():
+        scene = RasterScene.open_image(p, bands, spec, force=bool(windowed), progress=progress)
+        if scene is not None:
+            return scene
+    elif windowed:
+        raise InputError(f"reading {p.name} window by window needs a TIFF and rasterio ({GEO_EXTRA_HINT})")
     src = _read_source(p)
     if src is None:  # not a TIFF: Pillow (16-bit colour PNG through imagecodecs)
         arr = read_array(p)
@@ -294,7 +408,8 @@ def read_raster(path, bands=None, value_range=None) -> RasterImage:
         src = _source_from_array(arr, p)
     b, h, w = src.arr.shape
     dtype = src.arr.dtype
-    plain = dtype == np.uint8 and b in (1, 3) and bands is None and spec is None and src.crs is None and src.transform is None
+    plain = dtype == np.uint8 and b in (1, 3) and bands is None and spec is None and src.crs is None and \
+        src.transform is None and src.nodata is None
     if plain:
         return RasterImage(_array_to_tensor(np.moveaxis(src.arr, 0, -1), p.name), None)
     if dtype.name not in DTYPES:
@@ -302,11 +417,24 @@ def read_raster(path, bands=None, value_range=None) -> RasterImage:
     bands = _choose_bands(src, bands, p.name)
     sel = src.arr[[i - 1 for i in bands]]
     ranges, rule = _ranges(sel, src.nodata, spec)
+    invalid = invalid_pixels(sel, src.nodata)
     record = RasterRecord(dtype=dtype.name, band_count=b, bands=bands, ranges=ranges,
                           descriptions=[src.descriptions[i - 1] for i in bands], rule=rule,
-                          nodata=src.nodata, crs=src.crs, transform=src.transform)
+                          nodata=src.nodata, crs=src.crs, transform=src.transform,
+                          mask=None if invalid is None else Mask.from_bool(invalid))
     record.validate()
-    return RasterImage(to_model(sel, ranges, p.name), record)
+    return RasterImage(to_model(sel, ranges, p.name, warn_nan=False), record)
+
+
+def invalid_pixels(sel: np.ndarray, nodata) -> np.ndarray | None:
+    """bool ``[C, H, W]``: samples without data (equal to ``nodata``, or not finite), or None if there are none."""
+    bad = None
+    if np.issubdtype(sel.dtype, np.floating):
+        bad = ~np.isfinite(sel)
+    if nodata is not None and not math.isnan(nodata):
+        eq = sel == nodata
+        bad = eq if bad is None else bad | eq
+    return bad if bad is not None and bad.any() else None
 
 
 def read_reference(path, record: RasterRecord | None) -> torch.Tensor:
@@ -322,34 +450,88 @@ def read_reference(path, record: RasterRecord | None) -> torch.Tensor:
     src = _read_source(p)
     if src is None:
         src = _source_from_array(read_array(p), p)
-    b = src.arr.shape[0]
+    indexes, ranges = _reference_mapping(p.name, src.arr.shape[0], src.arr.dtype, record)
+    return to_model(src.arr[[i - 1 for i in indexes]], ranges, p.name)
+
+
+def _reference_mapping(name: str, b: int, dtype: np.dtype, record: RasterRecord) -> tuple[list[int], list]:
+    """The bands (1-based) of a reference with ``b`` bands of ``dtype`` that the model sees, and
+    their ranges: the image's bands (or all, when it has just as many), the image's recorded
+    ranges (identity for 8-bit data)."""
     if b >= max(record.bands):
-        sel = src.arr[[i - 1 for i in record.bands]]
+        indexes = list(record.bands)
     elif b == len(record.bands):
-        sel = src.arr
+        indexes = list(range(1, b + 1))
     else:
-        raise InputError(f"reference {p.name} has {b} bands; the image uses bands {','.join(map(str, record.bands))}")
-    if sel.dtype == np.uint8:
-        return to_model(sel, [(0.0, 255.0)] * len(sel), p.name)
-    if sel.dtype.name != record.dtype:
-        raise InputError(f"reference {p.name} is {sel.dtype.name} but the image was {record.dtype}: give a reference "
+        raise InputError(f"reference {name} has {b} bands; the image uses bands {','.join(map(str, record.bands))}")
+    if dtype == np.uint8:
+        return indexes, [(0.0, 255.0)] * len(indexes)
+    if np.dtype(dtype).name != record.dtype:
+        raise InputError(f"reference {name} is {np.dtype(dtype).name} but the image was {record.dtype}: give a reference "
                          "of the same type (mapped with the image's recorded ranges) or an 8-bit one")
-    return to_model(sel, record.ranges, p.name)
+    return indexes, record.ranges
 
 
-def to_model(sel: np.ndarray, ranges, name: str) -> torch.Tensor:
-    """``[C, H, W]`` source pixels (C = 1 or 3) -> ``[1,3,H,W]`` float32 in [0,1] (module doc, step 2)."""
+def to_model(sel: np.ndarray, ranges, name: str, warn_nan: bool = True, warn_grey: bool = True) -> torch.Tensor:
+    """``[C, H, W]`` source pixels (C = 1 or 3) -> ``[1,3,H,W]`` float32 in [0,1] (module doc, step 2).
+    NaN becomes 0 (the image's are masked and filled by the pipeline; ``warn_nan`` for a reference's)."""
     out = np.empty(sel.shape, np.float32)
     for c, (lo, hi) in enumerate(ranges):
         out[c] = (sel[c].astype(np.float32) - np.float32(lo)) / np.float32(hi - lo)
     if np.isnan(out).any():
-        warnings.warn(f"{name} has NaN pixels; given to the model as 0 (not restored on decoding)", stacklevel=3)
+        if warn_nan:
+            warnings.warn(f"{name} has NaN pixels; given to the model as 0", stacklevel=3)
         np.nan_to_num(out, copy=False, nan=0.0)
     np.clip(out, 0.0, 1.0, out=out)
     if out.shape[0] == 1:
-        warnings.warn(f"{name} is greyscale; converted to RGB", stacklevel=3)
+        if warn_grey:
+            warnings.warn(f"{name} is greyscale; converted to RGB", stacklevel=3)
         out = np.repeat(out, 3, axis=0)
     return torch.from_numpy(np.ascontiguousarray(out)).unsqueeze(0)
+
+
+#: how pixels without data are filled in each window before the model sees it: "nearest" (the
+#: value of the nearest valid pixel of the same band in the window, i.e. the valid border
+#: extended outward), "mean" (the window's mean of the band's valid pixels) or "zero". Measured
+#: (benchmarks/raster_roundtrip.py --nodata; docs/results.md, "Real rasters (issue 16)"): see there
+FILL = "nearest"
+
+
+def fill(x: torch.Tensor, invalid: np.ndarray, mode: str | None = None) -> torch.Tensor:
+    """Fill the pixels without data of a batch of windows ``x`` ``[N,3,h,w]`` (in place) so they do
+    not poison their valid neighbours through the model's support; ``invalid`` bool ``[N,C,h,w]``
+    (C = 1: all channels; C = 3: per channel). Per window, so tiled, untiled and windowed runs
+    fill alike; a band without any valid pixel in the window becomes 0. Returns ``x``."""
+    from scipy import ndimage
+
+    mode = FILL if mode is None else mode
+    a = x.numpy()
+    for n in range(a.shape[0]):
+        for c in range(invalid.shape[1]):
+            m = invalid[n, c]
+            if not m.any():
+                continue
+            chans = range(3) if invalid.shape[1] == 1 else (c,)
+            if m.all() or mode == "zero":
+                for ch in chans:
+                    a[n, ch][m] = 0.0
+            elif mode == "mean":
+                for ch in chans:
+                    a[n, ch][m] = a[n, ch][~m].mean()
+            else:
+                iy, ix = ndimage.distance_transform_edt(m, return_distances=False, return_indices=True)
+                for ch in chans:
+                    a[n, ch] = a[n, ch][iy, ix]
+    return x
+
+
+def restore_nodata(arr: np.ndarray, invalid: np.ndarray, record: RasterRecord) -> np.ndarray:
+    """Write the record's nodata value (NaN for float data without one) into ``arr`` ``[C, h, w]``
+    where ``invalid`` (``[1 or C, h, w]``) is set: the pixels that had no data get it back."""
+    value = float("nan") if record.nodata is None else record.nodata
+    if invalid.any() and _representable(value, arr.dtype):
+        arr[np.broadcast_to(invalid, arr.shape)] = value
+    return arr
 
 
 def from_model(x, record: RasterRecord) -> np.ndarray:
@@ -373,7 +555,7 @@ def from_model(x, record: RasterRecord) -> np.ndarray:
 
 
 def _choose_bands(src: _Source, bands: list[int] | None, name: str) -> list[int]:
-    b = src.arr.shape[0]
+    b = len(src.descriptions)
     if bands is None:
         if b in (1, 3):
             return list(range(1, b + 1))
@@ -396,7 +578,6 @@ def _ranges(sel: np.ndarray, nodata, spec) -> tuple[list[tuple[float, float]], s
     if spec is None and sel.dtype == np.uint8:
         return [(0.0, 255.0)] * len(sel), "identity"
     kind, a, b = spec if spec is not None else parse_range(DEFAULT_RANGE)
-    rule = f"{kind}{a:g},{b:g}" if kind != "fixed" else f"fixed {a:g},{b:g}"
     integer = np.issubdtype(sel.dtype, np.integer)
 
     def percentiles(values: np.ndarray) -> tuple[float, float]:
@@ -407,15 +588,18 @@ def _ranges(sel: np.ndarray, nodata, spec) -> tuple[list[tuple[float, float]], s
             return 0.0, 1.0
         return tuple(float(v) for v in np.percentile(valid, (a, b)))
 
+    per = [percentiles(band) for band in sel] if kind == "p" else None
     joint = percentiles(sel) if kind == "j" else None
+    return _finish_ranges((kind, a, b), per, joint, len(sel), integer)
+
+
+def _finish_ranges(spec, per, joint, n: int, integer: bool) -> tuple[list[tuple[float, float]], str]:
+    """The ranges from each band's (``per``) or all bands' (``joint``) percentiles, and the rule."""
+    kind, a, b = spec
+    rule = f"{kind}{a:g},{b:g}" if kind != "fixed" else f"fixed {a:g},{b:g}"
     out = []
-    for band in sel:
-        if kind == "p":
-            lo, hi = percentiles(band)
-        elif kind == "j":
-            lo, hi = joint
-        else:
-            lo, hi = a, b
+    for c in range(n):
+        lo, hi = per[c] if kind == "p" else joint if kind == "j" else (a, b)
         if integer:
             lo, hi = float(math.floor(lo)), float(math.ceil(hi))
         if not hi > lo:
@@ -478,13 +662,171 @@ def _read_rasterio(p: Path) -> _Source:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(p) as src:
-                arr = src.read()
-                identity = tuple(src.transform)[:6] == (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
-                transform = None if identity and src.crs is None else tuple(float(v) for v in tuple(src.transform)[:6])
-                crs = src.crs.to_wkt() if src.crs is not None else None
-                kinds = [ci.name for ci in src.colorinterp]
-                return _Source(arr, list(src.descriptions), kinds, crs=crs, transform=transform,
-                               nodata=None if src.nodata is None else float(src.nodata), tiff=True)
+                return _rasterio_source(src, src.read())
+    except RasterioIOError as e:
+        raise InputError(f"cannot read image {p}: {str(e).splitlines()[0]}") from None
+
+
+def _rasterio_source(src, arr: np.ndarray | None) -> _Source:
+    """The metadata of an open rasterio dataset (and its pixels ``arr``, or None)."""
+    identity = tuple(src.transform)[:6] == (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+    transform = None if identity and src.crs is None else tuple(float(v) for v in tuple(src.transform)[:6])
+    crs = src.crs.to_wkt() if src.crs is not None else None
+    kinds = [ci.name for ci in src.colorinterp]
+    return _Source(arr, list(src.descriptions), kinds, crs=crs, transform=transform,
+                   nodata=None if src.nodata is None else float(src.nodata), tiff=True)
+
+
+
+# ============================================================================= windowed scenes
+class RasterScene:
+    """A raster read window by window (rasterio), for scenes larger than memory.
+
+    :meth:`open_image` makes one streaming pass over strips of :data:`STRIP_ROWS` rows for the
+    record (the ranges: minimum and maximum of the valid pixels, i.e. ``j0,100``, ``p0,100`` or a
+    fixed range; other percentiles would need the whole scene and are refused) and the nodata
+    mask; :meth:`open_reference` maps a reference with an image's record and fingerprints it in
+    one pass. :meth:`window` then reads ``[1,3,h,w]`` in [0,1] and the pixels without data of any
+    window: the same values :func:`read_raster` / :func:`read_reference` give for that region, so
+    the pipeline's windowed and in-memory paths see the same pixels."""
+
+    def __init__(self, path: Path, indexes: list[int], ranges, size: tuple[int, int], nodata=None,
+                 record: RasterRecord | None = None, masked: bool = True):
+        _limit_gdal_cache()
+        self.path, self.indexes, self.ranges, self.size = path, indexes, ranges, size
+        self.nodata, self.record, self.masked = nodata, record, masked
+        self._src = None
+
+    @classmethod
+    def open_image(cls, p: Path, bands, spec, force: bool = False, progress: bool = False) -> RasterScene | None:
+        """The scene of an image to encode (None when not ``force`` and it is small enough to read whole)."""
+        from rasterio.windows import Window
+
+        with _open_rasterio(p) as src:
+            h, w = src.height, src.width
+            if not force and h * w <= WINDOWED_PIXELS:
+                return None
+            _limit_gdal_cache()
+            meta = _rasterio_source(src, None)
+            dtype = np.dtype(src.dtypes[0])
+            if dtype.name not in DTYPES or len(set(src.dtypes)) != 1:
+                raise InputError(f"{p.name}: unsupported pixel type {', '.join(sorted(set(src.dtypes)))} "
+                                 f"(supported: {', '.join(DTYPES)})")
+            bands = _choose_bands(meta, bands, p.name)
+            kind, a, b = spec if spec is not None else (("fixed", 0.0, 255.0) if dtype == np.uint8
+                                                        else parse_range(DEFAULT_RANGE))
+            if kind != "fixed" and (a, b) != (0.0, 100.0):
+                raise InputError(f"{p.name} ({w}x{h}) is read window by window: percentile ranges other than 0,100 "
+                                 "need the whole scene; use --range j0,100, p0,100 or LO,HI")
+            n = len(bands)
+            lo, hi = [math.inf] * n, [-math.inf] * n
+            bits = None  # packed mask rows, one plane until the bands' masks differ
+            for y in _strips(h, progress, f"scan {p.name}"):
+                sel = src.read(bands, window=Window(0, y, w, min(STRIP_ROWS, h - y)))
+                bad = invalid_pixels(sel, meta.nodata)
+                for c in range(n):
+                    valid = sel[c] if bad is None else sel[c][~bad[c]]
+                    if valid.size:
+                        lo[c], hi[c] = min(lo[c], float(valid.min())), max(hi[c], float(valid.max()))
+                if bad is None:
+                    continue
+                planes = 1 if all(np.array_equal(bad[0], m) for m in bad[1:]) else n
+                if bits is None:
+                    bits = np.zeros((planes, h, -(-w // 8)), np.uint8)
+                elif planes > bits.shape[0]:
+                    bits = np.repeat(bits, n, axis=0)
+                bits[:, y:y + len(sel[0])] = np.packbits(bad[:bits.shape[0]], axis=-1)
+        per = [(a_, b_) if a_ <= b_ else (0.0, 1.0) for a_, b_ in zip(lo, hi)]
+        joint = (min(lo), max(hi)) if min(lo) <= max(hi) else (0.0, 1.0)
+        if spec is None and dtype == np.uint8:
+            ranges, rule = [(0.0, 255.0)] * n, "identity"
+        else:
+            ranges, rule = _finish_ranges((kind, a, b), per, joint, n, np.issubdtype(dtype, np.integer))
+        record = RasterRecord(dtype=dtype.name, band_count=len(meta.descriptions), bands=bands, ranges=ranges,
+                              descriptions=[meta.descriptions[i - 1] for i in bands], rule=rule, nodata=meta.nodata,
+                              crs=meta.crs, transform=meta.transform,
+                              mask=None if bits is None else Mask.from_packed(bits, w))
+        record.validate()
+        if n == 1:
+            warnings.warn(f"{p.name} is greyscale; converted to RGB", stacklevel=3)
+        return cls(p, bands, ranges, (h, w), meta.nodata, record)
+
+    @classmethod
+    def open_reference(cls, path, record: RasterRecord) -> RasterScene:
+        """The reference of an image with ``record``, window by window (as :func:`read_reference`:
+        its nodata and NaN are given to the model as they map, not filled)."""
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"image not found: {p}")
+        with _open_rasterio(p) as src:
+            b, dtype = src.count, np.dtype(src.dtypes[0])
+            size = (src.height, src.width)
+        indexes, ranges = _reference_mapping(p.name, b, dtype, record)
+        return cls(p, indexes, ranges, size, masked=False)
+
+    def window(self, y0: int, y1: int, x0: int, x1: int) -> tuple[torch.Tensor, np.ndarray | None]:
+        """Rows ``y0..y1``, columns ``x0..x1``: ``([1,3,h,w] in [0,1], bool [C,h,w] without data or None)``."""
+        from rasterio.windows import Window
+
+        if self._src is None:
+            import rasterio
+
+            self._src = rasterio.open(self.path)
+        sel = self._src.read(self.indexes, window=Window(x0, y0, x1 - x0, y1 - y0))
+        bad = invalid_pixels(sel, self.nodata) if self.masked else None
+        if bad is not None and len(bad) > 1 and all(np.array_equal(bad[0], m) for m in bad[1:]):
+            bad = bad[:1]  # one plane for all bands, as the record stores it: filled once
+        return to_model(sel, self.ranges, self.path.name, warn_nan=not self.masked, warn_grey=False), bad
+
+    def fingerprint(self, progress: bool = False) -> str:
+        """:func:`refscale.container.reference_fingerprint` of the scene's 8-bit pixels, in one pass of strips."""
+        import hashlib
+        import struct
+
+        from refscale.metrics import to_uint8
+
+        h, w = self.size
+        digest = hashlib.sha256(b"refscale-reference-v1" + struct.pack("<III", h, w, 3))
+        for y in _strips(h, progress, f"fingerprint {self.path.name}"):
+            t, _ = self.window(y, min(y + STRIP_ROWS, h), 0, w)
+            digest.update(to_uint8(t)[0].permute(1, 2, 0).contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+    def close(self) -> None:
+        if self._src is not None:
+            self._src.close()
+            self._src = None
+
+    def __del__(self):
+        self.close()
+
+
+def _strips(h: int, progress: bool, desc: str):
+    """Strip origins ``0, STRIP_ROWS, ...`` below ``h``, with a progress bar if asked."""
+    ys = range(0, h, STRIP_ROWS)
+    if not progress:
+        return ys
+    from tqdm import tqdm
+
+    return tqdm(ys, desc=desc, unit="strip", leave=False, dynamic_ncols=True)
+
+
+def _limit_gdal_cache() -> None:
+    """Cap GDAL's block cache at :data:`GDAL_CACHE_MB` for the windowed paths (unless GDAL_CACHEMAX is set)."""
+    if "GDAL_CACHEMAX" not in os.environ:
+        from rasterio.env import set_gdal_config
+
+        set_gdal_config("GDAL_CACHEMAX", GDAL_CACHE_MB)
+
+
+def _open_rasterio(p: Path):
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(p)
     except RasterioIOError as e:
         raise InputError(f"cannot read image {p}: {str(e).splitlines()[0]}") from None
 
@@ -499,6 +841,8 @@ def write_decoded(x, path, record: RasterRecord | None, *, cog: bool = False, ov
             return write_image(x, path, overwrite=overwrite)
         record = RasterRecord(dtype="uint8", band_count=3, bands=[1, 2, 3], ranges=[(0.0, 255.0)] * 3)
     arr = from_model(x, record)
+    if record.mask is not None:
+        restore_nodata(arr, record.mask.rows(), record)
     return _write(arr, Path(path), record, record.transform, cog=cog, overwrite=overwrite, nodata=record.nodata)
 
 
@@ -519,7 +863,25 @@ def write_lr(lr_u8: np.ndarray, path, record: RasterRecord | None, scale: int, *
     lr_transform = None if t is None else (t[0] * scale, t[1] * scale, t[2], t[3] * scale, t[4] * scale, t[5])
     scales = [(hi - lo) / 255.0 for lo, hi in record.ranges]
     offsets = [lo for lo, _ in record.ranges]
-    return _write(arr, p, record, lr_transform, overwrite=overwrite, scales_offsets=(scales, offsets))
+    nodata = None
+    if record.mask is not None:  # an LR pixel is nodata (0) when none of its image pixels has data
+        arr = np.maximum(arr, 1)
+        arr[np.broadcast_to(_lr_mask(record.mask, scale, arr.shape[1:]), arr.shape)] = 0
+        nodata = 0
+    return _write(arr, p, record, lr_transform, overwrite=overwrite, nodata=nodata, scales_offsets=(scales, offsets))
+
+
+def _lr_mask(mask: Mask, scale: int, lr_size: tuple[int, int], rows: int = 256) -> np.ndarray:
+    """bool ``[planes, h, w]``: LR pixels all of whose ``scale x scale`` image pixels are without
+    data (the padding past the image's edge repeats its last row and column)."""
+    h, w = lr_size
+    out = np.empty((mask.planes, h, w), bool)
+    for y in range(0, h, rows):
+        y1 = min(y + rows, h)
+        m = mask.rows(min(y * scale, mask.height - 1), min(y1 * scale, mask.height))
+        m = np.pad(m, ((0, 0), (0, (y1 - y) * scale - m.shape[1]), (0, w * scale - m.shape[2])), mode="edge")
+        out[:, y:y1] = m.reshape(mask.planes, y1 - y, scale, w, scale).all(axis=(2, 4))
+    return out
 
 
 def _write(arr: np.ndarray, p: Path, record: RasterRecord, transform, *, cog: bool = False, overwrite: bool = False,
@@ -588,44 +950,148 @@ def _unlink(path) -> None:
 
 def _write_rasterio(arr: np.ndarray, p: Path, record: RasterRecord, transform, *, cog: bool, nodata,
                     scales_offsets) -> Path:
-    import rasterio
+    c, h, w = arr.shape
+    profile = _profile(record, transform, (c, h, w), arr.dtype, nodata)
+    if cog:
+        profile.update(driver="COG", overview_resampling="average")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp.tif", dir=p.parent)
+    os.close(fd)
+    with _rasterio_errors(p, tmp):
+        with _open_for_writing(tmp, profile) as dst:
+            dst.write(arr)
+            _describe(dst, record, scales_offsets)
+        publish(tmp, p)
+    return p
+
+
+def _profile(record: RasterRecord, transform, shape: tuple[int, int, int], dtype, nodata) -> dict:
     from rasterio.crs import CRS
-    from rasterio.errors import NotGeoreferencedWarning, RasterioError
     from rasterio.transform import Affine
 
-    c, h, w = arr.shape
-    profile = {"driver": "COG" if cog else "GTiff", "width": w, "height": h, "count": c, "dtype": arr.dtype.name,
-               "compress": "deflate"}
-    if cog:
-        profile["overview_resampling"] = "average"
+    c, h, w = shape
+    profile = {"driver": "GTiff", "width": w, "height": h, "count": c, "dtype": np.dtype(dtype).name, "compress": "deflate"}
     if record.crs is not None:
         profile["crs"] = CRS.from_wkt(record.crs)
     if transform is not None:
         profile["transform"] = Affine(*transform)
-    if nodata is not None and _representable(nodata, arr.dtype):
+    if nodata is not None and _representable(nodata, np.dtype(dtype)):
         profile["nodata"] = nodata
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp.tif", dir=p.parent)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(tmp, "w", **profile) as dst:
-                dst.write(arr)
-                for i, d in enumerate(record.descriptions if len(record.descriptions) == c else [None] * c, 1):
-                    if d:
-                        dst.set_band_description(i, d)
-                if scales_offsets is not None:
-                    dst.scales, dst.offsets = tuple(scales_offsets[0]), tuple(scales_offsets[1])
-                dst.update_tags(REFSCALE_BANDS=",".join(map(str, record.bands)), REFSCALE_SOURCE_DTYPE=record.dtype)
-        publish(tmp, p)
-    except RasterioError as e:
-        _unlink(tmp)
-        raise InputError(f"cannot write {p}: {str(e).splitlines()[0]}") from None
-    except BaseException:
-        _unlink(tmp)
-        raise
-    return p
+    return profile
+
+
+def _open_for_writing(path, profile):
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return rasterio.open(path, "w", **profile)
+
+
+def _describe(dst, record: RasterRecord, scales_offsets=None) -> None:
+    c = dst.count
+    for i, d in enumerate(record.descriptions if len(record.descriptions) == c else [None] * c, 1):
+        if d:
+            dst.set_band_description(i, d)
+    if scales_offsets is not None:
+        dst.scales, dst.offsets = tuple(scales_offsets[0]), tuple(scales_offsets[1])
+    dst.update_tags(REFSCALE_BANDS=",".join(map(str, record.bands)), REFSCALE_SOURCE_DTYPE=record.dtype)
+
+
+class _rasterio_errors:
+    """Remove the temporary ``tmp`` on any failure; rasterio's errors become one-line :class:`InputError`."""
+
+    def __init__(self, p: Path, *tmps):
+        self.p, self.tmps = p, tmps
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, e, tb):
+        if kind is None:
+            return False
+        for t in self.tmps:
+            _unlink(t)
+        from rasterio.errors import RasterioError
+
+        if isinstance(e, RasterioError):
+            raise InputError(f"cannot write {self.p}: {str(e).splitlines()[0]}") from None
+        return False
+
+
+class TiffSink:
+    """Writes a decoded scene into a GeoTIFF window by window (``refscale.pipeline.decode(...,
+    sink=...)``): each core ``[1,3,h,w]`` is mapped back (:func:`from_model`), gets its nodata back
+    (:func:`restore_nodata`), and waits in a buffer for the rest of its row of cores, which is
+    then written as one full-width strip; memory is one row of cores, not the scene. The file
+    is written under a temporary name and published by :meth:`close` (``cog``: copied into a
+    Cloud Optimized GeoTIFF by GDAL first)."""
+
+    def __init__(self, path, record: RasterRecord, size: tuple[int, int], padded: tuple[int, int], *,
+                 cog: bool = False, overwrite: bool = False):
+        self.p, self.record, self.size, self.padded, self.cog = Path(path), record, size, padded, cog
+        if self.p.suffix.lower() not in TIFF_SUFFIXES:
+            raise InputError(f"writing window by window needs a .tif output, not {self.p.name}")
+        if self.p.exists() and not overwrite:
+            raise InputError(f"{self.p} exists; refusing to overwrite it")
+        self.p.parent.mkdir(parents=True, exist_ok=True)
+        self.tmps = []
+        for suffix in (".tmp.tif", ".cog.tif") if cog else (".tmp.tif",):
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.p.name}.", suffix=suffix, dir=self.p.parent)
+            os.close(fd)
+            self.tmps.append(tmp)
+        self.dtype = np.dtype(record.dtype)
+        _limit_gdal_cache()
+        profile = _profile(record, record.transform, (len(record.bands), *size), self.dtype, record.nodata)
+        profile.update(BIGTIFF="IF_SAFER", blockysize=1)  # strips of one row: any row range is whole strips
+        with _rasterio_errors(self.p, *self.tmps):
+            self.dst = _open_for_writing(self.tmps[0], profile)
+        self.rows: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+
+    def put(self, core: tuple[int, int, int, int], y: torch.Tensor) -> None:
+        """One decoded core (padded coordinates ``y0, y1, x0, x1``) ``[1,3,y1-y0,x1-x0]``."""
+        (h, w), (y0, y1, x0, x1) = self.size, core
+        if y0 >= h:
+            return  # padding rows only
+        yc, xc = min(y1, h), min(x1, w)
+        if y0 not in self.rows:
+            mask = self.record.mask.rows(y0, yc) if self.record.mask is not None else None
+            self.rows[y0] = (np.empty((len(self.record.bands), yc - y0, w), self.dtype), mask)
+        buf, mask = self.rows[y0]
+        if x0 < w:
+            a = from_model(y[..., :yc - y0, :xc - x0], self.record)
+            if mask is not None:
+                restore_nodata(a, mask[:, :, x0:xc], self.record)
+            buf[:, :, x0:xc] = a
+        if x1 >= self.padded[1]:
+            from rasterio.windows import Window
+
+            with _rasterio_errors(self.p, *self.tmps):
+                self.dst.write(buf, window=Window(0, y0, w, yc - y0))
+            del self.rows[y0]
+
+    def close(self) -> Path:
+        with _rasterio_errors(self.p, *self.tmps):
+            if self.rows:
+                raise InputError(f"{self.p}: {len(self.rows)} rows of tiles were never completed")
+            _describe(self.dst, self.record)
+            self.dst.close()
+            out = self.tmps[0]
+            if self.cog:
+                from rasterio.shutil import copy
+
+                copy(self.tmps[0], self.tmps[1], driver="COG", compress="deflate", overview_resampling="average",
+                     BIGTIFF="IF_SAFER")
+                _unlink(self.tmps[0])
+                out = self.tmps[1]
+            publish(out, self.p)
+        return self.p
+
+    def abort(self) -> None:
+        self.dst.close()
+        for t in self.tmps:
+            _unlink(t)
 
 
 def _representable(v: float, dtype: np.dtype) -> bool:

@@ -90,7 +90,15 @@ def spec_read(data: bytes) -> dict:
         assert zlib.crc32(blob) == raster_crc
         import json
 
-        out["raster"] = json.loads(zlib.decompress(blob).decode("utf-8"))
+        d = zlib.decompressobj()
+        out["raster"] = json.loads(d.decompress(blob).decode("utf-8"))
+        if out["raster"]["v"] == 2:  # a nodata mask follows: packed bit rows, zlib
+            m = out["raster"]["mask"]
+            assert len(d.unused_data) == m["length"]
+            bits = np.frombuffer(zlib.decompress(d.unused_data), np.uint8).reshape(m["planes"], m["height"], -(-m["width"] // 8))
+            out["mask"] = np.unpackbits(bits, axis=-1, count=m["width"]).astype(bool)
+        else:
+            assert not d.unused_data
         pos += raster_len
     assert pos == len(data)
     return out
@@ -365,6 +373,29 @@ def test_raster_record_is_version_3_and_matches_docs():
     assert inspect(data)["raster"]["crs"] == "WGS 84 / UTM zone 31N"
     plain = make_packet().to_bytes()  # no record: version 2, as before
     assert read_header(plain).version == 2 and spec_read(plain)["raster"] is None
+
+
+def test_raster_record_with_a_mask_is_record_version_2_and_matches_docs():
+    from refscale.raster import Mask
+
+    p = raster_packet()
+    h, w = p.size
+    invalid = np.zeros((3, h, w), bool)
+    invalid[:, :2] = True
+    invalid[1, 5, 7] = True  # one band differs: three planes
+    p.raster.mask = Mask.from_bool(invalid)
+    data = p.to_bytes()
+    spec = spec_read(data)
+    assert spec["version"] == 3 and spec["raster"]["v"] == 2 and spec["raster"]["mask"]["planes"] == 3
+    assert np.array_equal(spec["mask"], invalid)
+    q = Packet.from_bytes(data)
+    assert q.raster == p.raster and np.array_equal(q.raster.mask.rows(), invalid)
+    invalid[1, 5, 7] = False
+    assert Mask.from_bool(invalid).planes == 1  # shared by all bands: stored once
+    p.raster.mask = Mask.from_bool(invalid[:, :, 1:])
+    with pytest.raises(ContainerError, match="mask"):  # a mask of another size than the image
+        p.to_bytes()
+    assert spec_read(raster_packet().to_bytes())["raster"]["v"] == 1  # without a mask: record version 1, as before
 
 
 def test_raster_record_damage_is_refused():

@@ -1,4 +1,5 @@
-"""Fuzzing the .rsc reader and decoder: 6,000 damaged containers (format versions 2 and 3).
+"""Fuzzing the .rsc reader and decoder: 8,000 damaged containers (format versions 2 and 3, raster
+record versions 1 and 2, i.e. without and with a nodata mask).
 
 Random truncations, bit flips, header edits (with the header CRC repaired, so the checks behind
 it are exercised) and section edits (with the section CRCs repaired, so the image and
@@ -20,10 +21,10 @@ import torch
 from refscale import codecs
 from refscale.container import Packet, read_header
 from refscale.errors import RefScaleError
-from refscale.raster import RasterRecord, from_model
+from refscale.raster import Mask, RasterRecord, from_model, restore_nodata
 from test_pipeline import ToyRef, pair
 
-CASES_PER_BASE = 2000  # three base containers -> 6,000 cases (about 2 s)
+CASES_PER_BASE = 2000  # four base containers -> 8,000 cases (about 3 s)
 
 
 class Hang(Exception):
@@ -44,7 +45,13 @@ def bases():
     geo.raster = RasterRecord(dtype="uint16", band_count=4, bands=[4, 3, 2], ranges=[(100.0, 3000.0)] * 3,
                               descriptions=["B08", "B04", None], rule="p0.1,99.9", nodata=0.0,
                               crs='PROJCS["WGS 84 / UTM zone 31N"]', transform=(10.0, 0.0, 399960.0, 0.0, -10.0, 5000040.0))
-    return model, ref, [plain, tiled, geo.to_bytes()]
+    masked = model.encode(hr, ref)  # raster record version 2: with a nodata mask after the JSON
+    invalid = np.zeros((3, 32, 32), bool)
+    invalid[:, :3] = True
+    invalid[2, 10:12, 4:9] = True
+    masked.raster = RasterRecord(dtype="float32", band_count=3, bands=[1, 2, 3], ranges=[(0.0, 1.0)] * 3,
+                                 nodata=float("nan"), mask=Mask.from_bool(invalid))
+    return model, ref, [plain, tiled, geo.to_bytes(), masked.to_bytes()]
 
 
 def fix_header_crc(data: bytes) -> bytes:
@@ -125,6 +132,8 @@ def test_fuzz_container_and_decoder():
                     if packet.raster is not None:  # the decoded image maps back through the record
                         back = from_model(out, packet.raster)
                         assert back.shape == (len(packet.raster.bands), *packet.size)
+                        if packet.raster.mask is not None:
+                            restore_nodata(back, packet.raster.mask.rows(), packet.raster)
                 except RefScaleError as e:
                     assert "\n" not in str(e)
                     outcomes["refused"] += 1

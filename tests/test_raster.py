@@ -171,18 +171,170 @@ def test_16bit_colour_png_without_imagecodecs_is_refused_not_reduced(tmp_path, m
         read_raster(tmp_path / "a.png")
 
 
-def test_float_raster_with_nan_is_mapped_and_warned(tmp_path):
+def test_float_raster_nan_is_masked_and_restored(tmp_path, capsys):
+    """NaN pixels of a float raster (no nodata value): masked, filled before the model, NaN again
+    after decoding, and not spreading: every other pixel decodes finite and close."""
     arr = scene(border=0)[:3].astype(np.float32) / 10000
-    arr[0, 10, 10] = np.nan
+    arr[:, 10:14, 20:23] = np.nan  # a hole in all bands
+    arr[1, 30, 5] = np.nan  # and one in one band
     write_geotiff(tmp_path / "f.tif", arr, nodata=None)
-    with pytest.warns(UserWarning, match="NaN"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # masked, no NaN warning any more
         img = read_raster(tmp_path / "f.tif")
     assert img.record.dtype == "float32" and torch.isfinite(img.tensor).all()
-    back = from_model(img.tensor, img.record)
-    lo, hi = img.record.ranges[1]
-    inside = (arr[1] >= lo) & (arr[1] <= hi)
-    assert back.dtype == np.float32 and np.abs(back[1] - arr[1])[inside].max() < 1e-5 and inside.mean() > 0.99
-    assert back[0, 10, 10] == img.record.ranges[0][0]  # NaN came back as the band's low value (item 4: not restored)
+    m = img.record.mask
+    assert m.planes == 3 and np.array_equal(m.rows(), np.isnan(arr))
+    assert run(capsys, "encode", tmp_path / "f.tif", "-m", "bicubic-x2", "-o", tmp_path / "f.rsc")[0] == 0
+    code, _, err = run(capsys, "decode", tmp_path / "f.rsc", "-o", tmp_path / "out.tif")
+    assert code == 0, err
+    with rasterio.open(tmp_path / "out.tif") as o:
+        out = o.read()
+    assert np.array_equal(np.isnan(out), np.isnan(arr))  # NaN exactly where it was, nowhere else
+    from scipy.ndimage import binary_dilation
+
+    valid = ~np.isnan(arr)
+    near = valid & binary_dilation(~valid, np.ones((1, 7, 7), bool))  # valid, within 3 px of a NaN
+    assert near.sum() > 20 and psnr16(arr[near], out[near], 1.0) > 30 and psnr16(arr[valid], out[valid], 1.0) > 30
+
+
+def test_nodata_border_is_masked_filled_and_restored(tmp_path, capsys):
+    """A nodata border (value 0): masked, filled from the valid pixels before the model, written
+    back as nodata; the valid pixels next to it decode as well as the interior (no dark halo)."""
+    arr = scene(48, 64, border=0)[:3]
+    arr[:, :6, :] = 0
+    arr[:, :, :5] = 0
+    arr[:, 30:33, 40:44] = 0  # a nodata hole
+    src = write_geotiff(tmp_path / "n.tif", arr, nodata=0)
+    bad = arr == 0
+    code, _, err = run(capsys, "encode", src, "-m", "bicubic-x2", "-o", tmp_path / "n.rsc", "--lr-out", tmp_path / "lr.tif")
+    assert code == 0, err
+    info = json.loads(run(capsys, "info", tmp_path / "n.rsc")[1])
+    assert info["raster"]["nodata_pixels"] == [int(bad[0].sum())]  # one plane: all bands share it
+    assert run(capsys, "decode", tmp_path / "n.rsc", "-o", tmp_path / "out.tif")[0] == 0
+    with rasterio.open(tmp_path / "out.tif") as o:
+        assert o.nodata == 0
+        out = o.read()
+    assert np.array_equal(out == 0, bad)  # nodata kept, and no valid pixel became nodata
+    valid = ~bad
+    ring = valid & np.roll(bad, 2, axis=1) | valid & np.roll(bad, 2, axis=2) | valid & np.roll(bad, -2, axis=2)
+    assert ring.sum() > 100
+    assert psnr16(arr[ring], out[ring], 10000) > psnr16(arr[valid], out[valid], 10000) - 3  # no halo next to the border
+    # without the mask (the old behaviour: nodata given to the model as the low value) the ring suffers
+    packet = pipeline.encode(zoo.load("bicubic-x2"), raster.RasterImage(read_raster(src).tensor, None))
+    old = pipeline.decode(zoo.load("bicubic-x2"), packet)
+    old16 = from_model(old, read_raster(src).record)
+    assert psnr16(arr[ring], old16[ring], 10000) < psnr16(arr[ring], out[ring], 10000) - 4
+
+    with rasterio.open(tmp_path / "lr.tif") as lr:  # the LR carries the nodata value too
+        assert lr.nodata == 0 and lr.transform == TRANSFORM @ Affine.scale(2)
+        lr_arr = lr.read()
+    blocks = bad[0].reshape(24, 2, 32, 2).all(axis=(1, 3))
+    assert np.array_equal(lr_arr[0] == 0, blocks) and (lr_arr[:, ~blocks] >= 1).all()
+
+
+def test_containers_from_before_the_mask_still_decode(tmp_path):
+    """A raster record without a mask (record version 1: what refscale wrote before nodata was
+    masked) reads as before: same bytes, no mask, pixels mapped back as they are."""
+    src = write_geotiff(tmp_path / "n.tif", scene()[:3], nodata=0)
+    img = read_raster(src)
+    old_record = RasterRecord(**{**vars(img.record), "mask": None})
+    packet = pipeline.encode(zoo.load("bicubic-x2"), raster.RasterImage(img.tensor, old_record))
+    data = packet.to_bytes()
+    import zlib
+
+    start = len(data) - read_header(data).raster_length
+    assert json.loads(zlib.decompress(data[start:]))["v"] == 1 and set(json.loads(zlib.decompress(data[start:]))) == \
+        {"v", "dtype", "band_count", "bands", "descriptions", "ranges", "rule", "nodata", "crs", "transform"}
+    q = Packet.from_bytes(data)
+    assert q.raster.mask is None and q.raster == old_record
+    raster.write_decoded(pipeline.decode(zoo.load("bicubic-x2"), q), tmp_path / "out.tif", q.raster)
+    with rasterio.open(tmp_path / "out.tif") as o:
+        assert o.nodata == 0 and o.read().shape == (3, 40, 48)
+
+
+def test_greyscale_and_per_band_masks(tmp_path):
+    arr = scene(border=2)[:3]
+    arr[2, 20, 20] = 0  # nodata in one band only: three planes, that band alone restored
+    img = read_raster(write_geotiff(tmp_path / "p.tif", arr, nodata=0))
+    assert img.record.mask.planes == 3 and img.record.mask.rows()[2, 20, 20] and not img.record.mask.rows()[0, 20, 20]
+    back = raster.restore_nodata(from_model(img.tensor, img.record), img.record.mask.rows(), img.record)
+    assert back[2, 20, 20] == 0 and back[0, 20, 20] == arr[0, 20, 20]
+    with pytest.warns(UserWarning, match="greyscale"):
+        grey = read_raster(tmp_path / "p.tif", bands=[3])
+    model = zoo.load("bicubic-x2")
+    out = from_model(pipeline.decode(model, pipeline.encode(model, grey)), grey.record)
+    raster.restore_nodata(out, grey.record.mask.rows(), grey.record)
+    assert grey.record.mask.planes == 1 and np.array_equal(out[0] == 0, arr[2] == 0)
+    x = torch.zeros(1, 3, 4, 5)
+    x[..., 1:, 1:] = torch.arange(12.0).reshape(3, 4)
+    m = np.zeros((1, 1, 4, 5), bool)
+    m[..., 0, :] = m[..., :, 0] = True
+    filled = raster.fill(x.clone(), m)
+    assert torch.equal(filled[..., 1:, 1:], x[..., 1:, 1:]) and filled[0, 0, 0, 0] == 0 and filled[0, 1, 0, 3] == 2
+    assert torch.equal(raster.fill(x.clone(), np.ones((1, 1, 4, 5), bool)), torch.zeros(1, 3, 4, 5))
+
+
+# ----------------------------------------------------------------------------- windowed scenes
+@pytest.mark.parametrize("model_name", ["bicubic-x2", "toyref"])
+def test_windowed_path_equals_the_in_memory_path(tmp_path, monkeypatch, model_name):
+    """A scene read and written window by window (RasterScene, TiffSink) gives the same record,
+    the same container bytes and the same decoded file as the in-memory path, bit for bit:
+    odd size (padding), a nodata border and hole, tiles, strips of the streaming passes that
+    do not line up with the tiles, and (toyref) a uint16 reference read window by window too."""
+    monkeypatch.setattr(raster, "STRIP_ROWS", 7)
+    arr = scene(101, 117, seed=4, border=4)[:3]
+    arr[:, 50:60, 70:75] = 0
+    src = write_geotiff(tmp_path / "big.tif", arr, nodata=0)
+    ref_path = write_geotiff(tmp_path / "ref.tif", scene(101, 117, seed=5, border=0)[:3], nodata=None)
+    model = ToyRef() if model_name == "toyref" else zoo.load(model_name)
+    ref = ref_path if model.needs_reference else None
+    whole, lazy = read_raster(src), read_raster(src, windowed=True, progress=True)
+    assert isinstance(lazy, raster.RasterScene) and lazy.record == whole.record and lazy.record.mask is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the windowed path warns that it does not register
+        a = pipeline.encode(model, whole, ref, tile=32, overlap=8, register=False)
+        b = pipeline.encode(model, lazy, ref, tile=32, overlap=8)
+    assert a.to_bytes() == b.to_bytes()
+    packet = Packet.from_bytes(a.to_bytes())
+    raster.write_decoded(pipeline.decode(model, packet, ref), tmp_path / "mem.tif", packet.raster)
+    sink = raster.TiffSink(tmp_path / "win.tif", packet.raster, packet.size, packet.padded_size)
+    assert pipeline.decode(model, packet, ref, sink=sink) is None
+    sink.close()
+    with rasterio.open(tmp_path / "mem.tif") as m, rasterio.open(tmp_path / "win.tif") as w:
+        assert np.array_equal(m.read(), w.read()) and (m.crs, m.transform, m.nodata) == (w.crs, w.transform, w.nodata)
+        assert w.descriptions == m.descriptions and (w.read() == 0).sum() == (arr == 0).sum()
+    with pytest.raises(InputError, match="percentile"):
+        read_raster(src, windowed=True, value_range="p2,98")
+
+
+def test_cli_decodes_large_scenes_window_by_window(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(raster, "WINDOWED_PIXELS", 1000)  # every scene of this test is "large"
+    src = write_geotiff(tmp_path / "s.tif", scene(40, 48)[:3])
+    assert run(capsys, "encode", src, "-m", "bicubic-x2", "-o", tmp_path / "s.rsc")[0] == 0
+    calls = []
+    real = raster.TiffSink.put
+    monkeypatch.setattr(raster.TiffSink, "put", lambda self, *a: calls.append(1) or real(self, *a))
+    for cog in ([], ["--cog"]):
+        out = tmp_path / f"out{len(cog)}.tif"
+        code, _, err = run(capsys, "decode", tmp_path / "s.rsc", "-o", out, *cog)
+        assert code == 0, err
+        with rasterio.open(out) as o, rasterio.open(src) as i:
+            assert o.crs == i.crs and o.transform == i.transform and np.array_equal(o.read() == 0, i.read() == 0)
+            assert (o.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG") == bool(cog)
+    assert calls and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_batch_decode_keeps_a_rasters_format(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    write_geotiff(tmp_path / "g.tif", scene()[:3])
+    write_image(synthetic_image(16, 16), tmp_path / "p.png")
+    for name in ("g.tif", "p.png"):
+        assert run(capsys, "encode", tmp_path / name, "-m", "bicubic-x2", "-o", tmp_path / "in" / f"{name[0]}.rsc")[0] == 0
+    code, _, err = run(capsys, "decode", tmp_path / "in", "-o", tmp_path / "out")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["g.tif", "p.png"]
+    with rasterio.open(tmp_path / "out" / "g.tif") as g:
+        assert g.crs == CRS_UTM and g.dtypes[0] == "uint16"
 
 
 # ----------------------------------------------------------------------------- bands
@@ -310,6 +462,14 @@ def test_record_round_trip_and_refusals():
             RasterRecord.from_bytes(zlib.compress(text))
     with pytest.raises(ContainerError, match="zlib"):
         RasterRecord.from_bytes(r.to_bytes()[:-3])
+    masked = record(nodata=0.0, mask=raster.Mask.from_bool(np.eye(5, 6, dtype=bool)[None]))
+    blob = masked.to_bytes()
+    assert RasterRecord.from_bytes(blob) == masked and json.loads(zlib.decompress(blob))["v"] == 2
+    json_end = len(blob) - json.loads(zlib.decompress(blob))["mask"]["length"]
+    for bad in (blob[:-1], blob + b"x", blob[:json_end], blob[:json_end] + zlib.compress(b"\0" * 4),
+                r.to_bytes() + blob[json_end:]):
+        with pytest.raises(ContainerError, match="raster record"):
+            RasterRecord.from_bytes(bad)
     good = json.loads(zlib.decompress(r.to_bytes()))
     for key, value in (("band_count", 10 ** 400), ("ranges", [[0, 10 ** 400]] * 3), ("nodata", 10 ** 300),
                        ("transform", [1e300, 0, 0, 0, 1e300, 0]), ("bands", "4,3,2"), ("descriptions", None)):
