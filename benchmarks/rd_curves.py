@@ -68,6 +68,13 @@ QUALITIES = {
     "j2k": (5, 15, 25, 35, 45, 55, 70),
 }
 CROP = 4  # border cropped by every metric (the largest scale)
+
+
+def sweep(points: int) -> dict[str, tuple[int, ...]]:
+    """``points`` qualities of each codec's sweep, evenly spread over :data:`QUALITIES` (ends kept)."""
+    if not 2 <= points <= 7:
+        raise SystemExit(f"--points must be 2..7, got {points}")
+    return {c: tuple(qs[round(i * (len(qs) - 1) / (points - 1))] for i in range(points)) for c, qs in QUALITIES.items()}
 FULL = "full"  # the pipeline name of "the codec alone at full resolution"
 RATES = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)  # bpp at which the report names the best pipeline
 
@@ -92,8 +99,18 @@ def run(args) -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {"meta": {}, "points": {}}
-    results["meta"].update(data=str(args.data), split=args.split, crop=CROP, qualities=QUALITIES,
+    qualities = sweep(args.points)
+    old_q = {c: list(q) for c, q in results["meta"].get("qualities", qualities).items()}
+    if results["points"] and old_q != {c: list(q) for c, q in qualities.items()}:
+        raise SystemExit(f"{out} was measured with another quality sweep; use the same --points or a new --out")
+    weights = {name: zoo.card_for(name).get("sha256") for name in args.models}
+    for name, sha in weights.items():  # points of other weights must not be mixed in silently
+        old = results["meta"].get("weights", {}).get(name, sha)
+        if old != sha:
+            raise SystemExit(f"{out} holds {name} points of other weights (sha256 {old[:12]}, now {sha[:12]}); use a new --out")
+    results["meta"].update(data=str(args.data), split=args.split, crop=CROP, qualities=qualities,
                            precision=args.precision, draws=1, temperature=1.0, seed=0)
+    results["meta"].setdefault("weights", {}).update(weights)
     points = results["points"]
     codec_list = [c for c in args.codecs if codecs.available_codecs()[c]]
     samples = discover(args.data, split=args.split)
@@ -110,7 +127,7 @@ def run(args) -> None:
         h, w = hr.shape[-2:]
         grey = is_greyscale_file(sample.ref if args.reverse else sample.hr)
         full_codecs = [x for c in codec_list for x in ((c, INTRA[c]) if c in INTER else (c,))]
-        todo = [(c, q) for c in full_codecs for q in QUALITIES[c] if _key(name, FULL, c, q) not in points]
+        todo = [(c, q) for c in full_codecs for q in qualities[c] if _key(name, FULL, c, q) not in points]
         if any(c in INTER for c, _ in todo) and ref is None:
             raise SystemExit(f"the inter codecs need references; {name} has none")
         start = time.perf_counter()
@@ -136,7 +153,7 @@ def run(args) -> None:
             print(f"{name} {FULL}: {len(todo)} points, {time.perf_counter() - start:.1f} s", flush=True)
             _save(results, out)
         for mname, model in models.items():
-            todo = [(c, q) for c in codec_list for q in QUALITIES[c] if _key(name, mname, c, q) not in points]
+            todo = [(c, q) for c in codec_list for q in qualities[c] if _key(name, mname, c, q) not in points]
             if not todo:
                 continue
             r = ref if model.needs_reference else None
@@ -380,6 +397,7 @@ def main(argv=None) -> None:
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--reverse", action="store_true", help="swap image and reference (names get ~reverse)")
     r.add_argument("--limit", type=int, default=0, help="first N images only (a quick look)")
+    r.add_argument("--points", type=int, default=7, help="qualities per curve, evenly spread over each codec's sweep (2..7)")
     r.add_argument("--out", required=True, help="results JSON (read first if it exists: resumes)")
     r.set_defaults(func=run)
     p = sub.add_parser("report", help="BD table, figures, docs section")
