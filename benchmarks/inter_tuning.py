@@ -29,14 +29,16 @@ from report_common import write_section  # noqa: E402
 
 from refscale import inter, metrics  # noqa: E402
 from refscale.data import discover, iter_full_images  # noqa: E402
+from refscale.ops import centre_crop  # noqa: E402
 from refscale.rd import bd  # noqa: E402
 
 QUALITIES = (10, 40, 55, 70, 90)  # rd_curves --points 5 for the inter codecs
 CROP = 4
-#: candidate settings per codec; the first is the current default (inter.SETTINGS, payload version 1)
+#: candidate ``preset/tune`` per codec (tune "none": the encoder's default, psy optimisations and
+#: adaptive quantisation on; "nopsy": the same with psy off); the first is payload version 1's
 CANDIDATES = {
-    "h264-inter": ("medium/psnr", "slow/psnr", "medium/none"),
-    "hevc-inter": ("medium/psnr", "slow/psnr", "medium/none"),
+    "h264-inter": ("medium/psnr", "slow/psnr", "medium/none", "slow/none", "slow/nopsy"),
+    "hevc-inter": ("medium/psnr", "slow/psnr", "medium/none", "slow/none", "slow/nopsy"),
     "av1-inter": ("8/none", "6/none", "8/0"),
 }
 
@@ -70,9 +72,8 @@ def run(args) -> None:
     points = results["points"]
     samples = discover(args.data, split=args.split)[: args.limit or None]
     for name, hr, ref in iter_full_images(samples, multiple=CROP):
-        if args.crop:  # the centre args.crop x args.crop (CPU time)
-            top, left = (hr.shape[-2] - args.crop) // 2, (hr.shape[-1] - args.crop) // 2
-            hr, ref = (t[..., max(top, 0):max(top, 0) + args.crop, max(left, 0):max(left, 0) + args.crop] for t in (hr, ref))
+        if args.crop:  # CPU time
+            hr, ref = centre_crop(hr, args.crop), centre_crop(ref, args.crop)
         for image, new, old in ((name, hr, ref), (f"{name}~reverse", ref, hr)):
             a, r = _u8(new), _u8(old)
             h, w = a.shape[:2]

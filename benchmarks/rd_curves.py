@@ -47,6 +47,7 @@ from refscale import codecs, inter, metrics, zoo  # noqa: E402
 from refscale.container import Packet  # noqa: E402
 from refscale.data import discover, iter_full_images  # noqa: E402
 from refscale.imageio import is_greyscale_file  # noqa: E402
+from refscale.ops import centre_crop  # noqa: E402
 from refscale.rd import bd  # noqa: E402
 
 STILL = ("jpeg", "webp", "avif", "jxl", "j2k")
@@ -108,7 +109,9 @@ def run(args) -> None:
         old = results["meta"].get("weights", {}).get(name, sha)
         if old != sha:
             raise SystemExit(f"{out} holds {name} points of other weights (sha256 {old[:12]}, now {sha[:12]}); use a new --out")
-    results["meta"].update(data=str(args.data), split=args.split, crop=CROP, qualities=qualities,
+    if results["points"] and results["meta"].get("centre_crop", 0) != args.crop:
+        raise SystemExit(f"{out} was measured with --crop {results['meta'].get('centre_crop', 0)}; use the same or a new --out")
+    results["meta"].update(data=str(args.data), split=args.split, crop=CROP, centre_crop=args.crop, qualities=qualities,
                            precision=args.precision, draws=1, temperature=1.0, seed=0)
     results["meta"].setdefault("weights", {}).update(weights)
     points = results["points"]
@@ -120,6 +123,8 @@ def run(args) -> None:
     for m in models.values():
         m.eval()
     for sample, (name, hr, ref) in zip(samples, iter_full_images(samples, multiple=CROP)):
+        if args.crop:  # the centre args.crop px (a multiple of 4): CPU time
+            hr, ref = centre_crop(hr, args.crop), (centre_crop(ref, args.crop) if ref is not None else None)
         if args.reverse:  # the older image as the new one, predicted from the newer
             if ref is None:
                 raise SystemExit(f"--reverse needs pairs; {name} has no reference")
@@ -397,6 +402,7 @@ def main(argv=None) -> None:
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--reverse", action="store_true", help="swap image and reference (names get ~reverse)")
     r.add_argument("--limit", type=int, default=0, help="first N images only (a quick look)")
+    r.add_argument("--crop", type=int, default=0, help="only the centre N x N px of each image (N a multiple of 4; 0: whole images)")
     r.add_argument("--points", type=int, default=7, help="qualities per curve, evenly spread over each codec's sweep (2..7)")
     r.add_argument("--out", required=True, help="results JSON (read first if it exists: resumes)")
     r.set_defaults(func=run)

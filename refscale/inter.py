@@ -35,6 +35,10 @@ both reconstructing the reference within one level of the YCbCr planes; SVT-AV1 
 key frame only by ``key-frame-qindex-offset=-64`` (its limit), so AV1's frame 0 stays lossy and
 AV1 saves fewer bits. All encoders run single-threaded, without B-frames, lookahead, scene cuts
 or temporal filtering, with PSNR tuning (psy optimisations off) where the encoder has it.
+Across machines (tests/test_inter.py): x265's info SEI is off from payload version 2 on (it
+records the CPU feature mask); with every library's assembly switched off (a CPU without SIMD)
+the file is byte-identical and decodes to the same pixels, and golden hashes of a tiny pair pin
+frame 0, the P-frame and the decoded image for the PyAV build they were recorded with.
 
 **Quality.** refscale's ``quality`` 1..100 (``None`` = :data:`DEFAULT_QUALITY`) maps linearly
 to the encoder's CRF: ``crf = round(51 * (100 - q) / 99)`` for x264/x265 (q=100 -> CRF 0, q=60
@@ -97,7 +101,8 @@ SPECS: dict[str, Spec] = {
 #: preset and tune of each codec by payload version (the decoder regenerates frame 0 with the
 #: version its file records). Version 2 also turns off x265's info SEI (``info=0``): that SEI
 #: carries the encoder's CPU feature mask (``cpuid=``), so frame 0's bitstream, and with it the
-#: digest, depended on the CPU. ``tune`` "none": the encoder's default (psy optimisations on).
+#: digest, depended on the CPU. ``tune`` "none": the encoder's default (psy optimisations and
+#: adaptive quantisation on); "nopsy": the default with the psy optimisations off (AQ on).
 SETTINGS: dict[int, dict[str, dict[str, str]]] = {
     1: {"h264-inter": {"preset": "medium", "tune": "psnr"},
         "hevc-inter": {"preset": "medium", "tune": "psnr"},
@@ -120,14 +125,15 @@ def _options(s: Spec, crf: int, boost_first: bool = True, version: int = PAYLOAD
     tuning sweep), frame 0 near-lossless (see module doc); ``boost_first=False``: frame 0 at the
     CRF like any other (the intra-only baseline, :func:`intra_size`)."""
     st = {**SETTINGS[version][s.name], **(settings or {})}
-    tune = {"tune": st["tune"]} if st["tune"] != "none" else {}
+    tune = {"tune": st["tune"]} if st["tune"] not in ("none", "nopsy") else {}
     if s.encoder == "libx264":
         return {"preset": st["preset"], **tune, "crf": str(crf),
-                "x264-params": ("zones=0,0,q=0:" if boost_first else "") + "keyint=infinite:scenecut=0:bframes=0:"
-                               "rc-lookahead=0:sync-lookahead=0:threads=1:sliced-threads=0"}
+                "x264-params": ("zones=0,0,q=0:" if boost_first else "") + ("psy=0:" if st["tune"] == "nopsy" else "") +
+                               "keyint=infinite:scenecut=0:bframes=0:rc-lookahead=0:sync-lookahead=0:threads=1:sliced-threads=0"}
     if s.encoder == "libx265":
         return {"preset": st["preset"], **tune, "crf": str(crf),
                 "x265-params": ("ipratio=1024:" if boost_first else "") + ("info=0:" if version >= 2 else "") +
+                               ("psy-rd=0:psy-rdoq=0:" if st["tune"] == "nopsy" else "") +
                                "keyint=250:scenecut=0:bframes=0:rc-lookahead=0:frame-threads=1:pools=none:wpp=0:log-level=none"}
     return {"preset": st["preset"], "crf": str(crf),
             "svtav1-params": "pred-struct=1:scd=0:lp=1:keyint=250:enable-tf=0:enable-overlays=0" +
