@@ -100,20 +100,20 @@ def report(args) -> None:
     for key, p in results["points"].items():
         image, codec, cand, q = key.split("|")
         by.setdefault((codec, cand), {}).setdefault(image, {})[int(q)] = p
-    images = set.intersection(*(set(im for im, pts in v.items() if len(pts) == len(QUALITIES)) for v in by.values()))
+    complete = {k: {im for im, pts in v.items() if len(pts) == len(QUALITIES)} for k, v in by.items()}
     where = f"centre {results['meta']['centre_crop']} px crops of the" if results["meta"].get("centre_crop") else "the whole"
-    lines = [f"Inter-codec settings on {where} OSCD {results['meta']['split']} pairs, both directions ({len(images)} pairs; "
-             "P-frame bits per pixel, PSNR-Y, 4 px border cropped; 5 qualities). BD-rate against the codec's current "
-             "default (bjontegaard, pchip, over the overlapping range; negative = fewer bits for the same PSNR-Y); "
-             "encode time of both frames, one thread. Regenerate with:", "", f"    {args.command}", "",
-             "| codec | preset / tune | BD-rate (mean curve) | over PSNR-Y | median per pair | pairs with fewer bits | BD-PSNR | encode s per Mpx |",
-             "|---|---|---:|---|---:|---:|---:|---:|"]
+    lines = [f"Inter-codec settings on {where} OSCD {results['meta']['split']} pairs, both directions (P-frame bits "
+             "per pixel, PSNR-Y, 4 px border cropped; 5 qualities). BD-rate against the codec's current default on the "
+             "pairs both have measured (bjontegaard, pchip, over the overlapping range; negative = fewer bits for the "
+             "same PSNR-Y); encode time of both frames, one thread, median. Regenerate with:", "", f"    {args.command}", "",
+             "| codec | preset / tune | pairs | BD-rate (mean curve) | over PSNR-Y | median per pair | pairs with fewer bits | BD-PSNR | encode s per Mpx |",
+             "|---|---|---:|---:|---|---:|---:|---:|---:|"]
     for codec, cands in CANDIDATES.items():
         if (codec, cands[0]) not in by:
             continue
         base = by[(codec, cands[0])]
 
-        def mean_curve(per, ims=images):
+        def mean_curve(per, ims):
             return [(float(np.mean([per[im][q]["bpp"] for im in ims])), float(np.mean([per[im][q]["psnr_y"] for im in ims]))) for q in QUALITIES]
 
         def curve(per, im):
@@ -123,15 +123,16 @@ def report(args) -> None:
             if (codec, cand) not in by:
                 continue
             per = by[(codec, cand)]
+            images = complete[(codec, cand)] & complete[(codec, cands[0])]
             speed = statistics.median(per[im][q]["encode_s"] / per[im][q]["mpx"] for im in images for q in QUALITIES)
             if cand == cands[0]:
-                lines.append(f"| {codec} | {cand} (default) | - | - | - | - | - | {speed:.2f} |")
+                lines.append(f"| {codec} | {cand} (default) | {len(images)} | - | - | - | - | - | {speed:.2f} |")
                 continue
-            m = bd(mean_curve(base), mean_curve(per))
+            m = bd(mean_curve(base, images), mean_curve(per, images))
             each = [bd(curve(base, im), curve(per, im))["bd_rate"] for im in sorted(images)]
             each = [e for e in each if e is not None]
             rng = "-" if m["psnr_range"] is None else f"{m['psnr_range'][0]:.1f}-{m['psnr_range'][1]:.1f} dB"
-            lines.append(f"| {codec} | {cand} | {m['bd_rate']:+.1f} % | {rng} | {statistics.median(each):+.1f} % | "
+            lines.append(f"| {codec} | {cand} | {len(images)} | {m['bd_rate']:+.1f} % | {rng} | {statistics.median(each):+.1f} % | "
                          f"{sum(e < 0 for e in each)} of {len(each)} | {m['bd_psnr']:+.2f} dB | {speed:.2f} |")
     md = "\n".join(lines)
     print(md)

@@ -368,10 +368,12 @@ def figures(cs: dict, name: str, folder: Path) -> list[Path]:
 
 
 def report(args) -> None:
-    results = {"meta": {"qualities": QUALITIES}, "points": {}}
-    for path in args.results:
+    results = {"meta": {"qualities": {}}, "points": {}}
+    for path in args.results:  # a codec's curves use the qualities every file that has it measured
         part = json.loads(Path(path).read_text())
-        results["meta"]["qualities"] = {**results["meta"]["qualities"], **part["meta"]["qualities"]}
+        for c, qs in part["meta"]["qualities"].items():
+            have = results["meta"]["qualities"].get(c)
+            results["meta"]["qualities"][c] = [q for q in qs if have is None or q in have]
         results["points"].update(part["points"])
     cs = curves(select(results, args.pipelines, args.curves, args.images), args.images)
     rows = bd_table(cs)
