@@ -101,9 +101,13 @@ def report(args) -> None:
         image, codec, cand, q = key.split("|")
         by.setdefault((codec, cand), {}).setdefault(image, {})[int(q)] = p
     complete = {k: {im for im, pts in v.items() if len(pts) == len(QUALITIES)} for k, v in by.items()}
+    if args.common:  # only the pairs every candidate of the codec has
+        for codec in CANDIDATES:
+            common = set.intersection(*[v for k, v in complete.items() if k[0] == codec] or [set()])
+            complete.update({k: common for k in complete if k[0] == codec})
     where = f"centre {results['meta']['centre_crop']} px crops of the" if results["meta"].get("centre_crop") else "the whole"
     lines = [f"Inter-codec settings on {where} OSCD {results['meta']['split']} pairs, both directions (P-frame bits "
-             "per pixel, PSNR-Y, 4 px border cropped; 5 qualities). BD-rate against the codec's current default on the "
+             "per pixel, PSNR-Y, 4 px border cropped; 5 qualities). BD-rate against payload version 1's settings (the first row of each codec) on the "
              "pairs both have measured (bjontegaard, pchip, over the overlapping range; negative = fewer bits for the "
              "same PSNR-Y); encode time of both frames, one thread, median. Regenerate with:", "", f"    {args.command}", "",
              "| codec | preset / tune | pairs | BD-rate (mean curve) | over PSNR-Y | median per pair | pairs with fewer bits | BD-PSNR | encode s per Mpx |",
@@ -126,7 +130,7 @@ def report(args) -> None:
             images = complete[(codec, cand)] & complete[(codec, cands[0])]
             speed = statistics.median(per[im][q]["encode_s"] / per[im][q]["mpx"] for im in images for q in QUALITIES)
             if cand == cands[0]:
-                lines.append(f"| {codec} | {cand} (default) | {len(images)} | - | - | - | - | - | {speed:.2f} |")
+                lines.append(f"| {codec} | {cand} (version 1) | {len(images)} | - | - | - | - | - | {speed:.2f} |")
                 continue
             m = bd(mean_curve(base, images), mean_curve(per, images))
             each = [bd(curve(base, im), curve(per, im))["bd_rate"] for im in sorted(images)]
@@ -153,6 +157,7 @@ def main(argv=None) -> None:
     r.set_defaults(func=run)
     p = sub.add_parser("report", help="BD-rate table of the candidates")
     p.add_argument("--results", required=True)
+    p.add_argument("--common", action="store_true", help="every row of a codec on the pairs all its candidates have")
     p.add_argument("--write", default=None, help="docs/results.md: replace the <!-- inter-tuning --> block")
     p.add_argument("--command", default=None, help="the command line to quote (default: this one)")
     p.set_defaults(func=report)
