@@ -243,9 +243,11 @@ def per_image_bd(results: dict, pipe: str, codec: str, anchor: str, images: set[
     """BD-rate of ``pipe + codec`` against ``full + anchor`` image by image (the spread the mean
     curves hide: season, change, haze)."""
     pts: dict[tuple[str, str], dict[str, list[tuple[float, float]]]] = {}
+    qs = results["meta"]["qualities"]
     for key, p in results["points"].items():
-        image, pp, c, _ = key.split("|")
-        pts.setdefault((pp, c), {}).setdefault(image, []).append((p["bpp"], p["psnr_y"]))
+        image, pp, c, q = key.split("|")
+        if int(q) in qs[c]:  # the sweep the mean curves use
+            pts.setdefault((pp, c), {}).setdefault(image, []).append((p["bpp"], p["psnr_y"]))
     test, base = pts.get((pipe, codec), {}), pts.get((FULL, anchor), {})
     both = set(test) & set(base) & (images if images is not None else set(test))
     return {im: bd(base[im], test[im])["bd_rate"] for im in sorted(both) if min(len(base[im]), len(test[im])) >= 4}
