@@ -49,7 +49,7 @@ lossless (the colour conversion is not), so :func:`refscale.codecs.is_lossless` 
 
 **The LR section** of an inter codec (docs/format.md, "Inter-frame LR sections")::
 
-    u8 payload version (1) | u8 CRF | str8 encoder identity | 8 bytes frame-0 digest | P-frame bitstream
+    u8 payload version (2; 1 is read) | u8 CRF | str8 encoder identity | 8 bytes frame-0 digest | P-frame bitstream
 
 The identity (``libx264;av-18.1.0;lavc-62.28.102``) names what wrote the file; the digest is the
 first 8 bytes of the SHA-256 of frame 0's bitstream as the encoder produced it. The decoder
