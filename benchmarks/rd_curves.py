@@ -47,6 +47,7 @@ from refscale import codecs, inter, metrics, zoo  # noqa: E402
 from refscale.container import Packet  # noqa: E402
 from refscale.data import discover, iter_full_images  # noqa: E402
 from refscale.imageio import is_greyscale_file  # noqa: E402
+from refscale.ops import centre_crop  # noqa: E402
 from refscale.rd import bd  # noqa: E402
 
 STILL = ("jpeg", "webp", "avif", "jxl", "j2k")
@@ -68,6 +69,13 @@ QUALITIES = {
     "j2k": (5, 15, 25, 35, 45, 55, 70),
 }
 CROP = 4  # border cropped by every metric (the largest scale)
+
+
+def sweep(points: int) -> dict[str, tuple[int, ...]]:
+    """``points`` qualities of each codec's sweep, evenly spread over :data:`QUALITIES` (ends kept)."""
+    if not 2 <= points <= 7:
+        raise SystemExit(f"--points must be 2..7, got {points}")
+    return {c: tuple(qs[round(i * (len(qs) - 1) / (points - 1))] for i in range(points)) for c, qs in QUALITIES.items()}
 FULL = "full"  # the pipeline name of "the codec alone at full resolution"
 RATES = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)  # bpp at which the report names the best pipeline
 
@@ -92,8 +100,20 @@ def run(args) -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {"meta": {}, "points": {}}
-    results["meta"].update(data=str(args.data), split=args.split, crop=CROP, qualities=QUALITIES,
+    qualities = sweep(args.points)
+    old_q = {c: list(q) for c, q in results["meta"].get("qualities", qualities).items()}
+    if results["points"] and old_q != {c: list(q) for c, q in qualities.items()}:
+        raise SystemExit(f"{out} was measured with another quality sweep; use the same --points or a new --out")
+    weights = {name: zoo.card_for(name).get("sha256") for name in args.models}
+    for name, sha in weights.items():  # points of other weights must not be mixed in silently
+        old = results["meta"].get("weights", {}).get(name, sha)
+        if old != sha:
+            raise SystemExit(f"{out} holds {name} points of other weights (sha256 {old[:12]}, now {sha[:12]}); use a new --out")
+    if results["points"] and results["meta"].get("centre_crop", 0) != args.crop:
+        raise SystemExit(f"{out} was measured with --crop {results['meta'].get('centre_crop', 0)}; use the same or a new --out")
+    results["meta"].update(data=str(args.data), split=args.split, crop=CROP, centre_crop=args.crop, qualities=qualities,
                            precision=args.precision, draws=1, temperature=1.0, seed=0)
+    results["meta"].setdefault("weights", {}).update(weights)
     points = results["points"]
     codec_list = [c for c in args.codecs if codecs.available_codecs()[c]]
     samples = discover(args.data, split=args.split)
@@ -103,6 +123,8 @@ def run(args) -> None:
     for m in models.values():
         m.eval()
     for sample, (name, hr, ref) in zip(samples, iter_full_images(samples, multiple=CROP)):
+        if args.crop:  # the centre args.crop px (a multiple of 4): CPU time
+            hr, ref = centre_crop(hr, args.crop), (centre_crop(ref, args.crop) if ref is not None else None)
         if args.reverse:  # the older image as the new one, predicted from the newer
             if ref is None:
                 raise SystemExit(f"--reverse needs pairs; {name} has no reference")
@@ -110,7 +132,7 @@ def run(args) -> None:
         h, w = hr.shape[-2:]
         grey = is_greyscale_file(sample.ref if args.reverse else sample.hr)
         full_codecs = [x for c in codec_list for x in ((c, INTRA[c]) if c in INTER else (c,))]
-        todo = [(c, q) for c in full_codecs for q in QUALITIES[c] if _key(name, FULL, c, q) not in points]
+        todo = [(c, q) for c in full_codecs for q in qualities[c] if _key(name, FULL, c, q) not in points]
         if any(c in INTER for c, _ in todo) and ref is None:
             raise SystemExit(f"the inter codecs need references; {name} has none")
         start = time.perf_counter()
@@ -136,7 +158,7 @@ def run(args) -> None:
             print(f"{name} {FULL}: {len(todo)} points, {time.perf_counter() - start:.1f} s", flush=True)
             _save(results, out)
         for mname, model in models.items():
-            todo = [(c, q) for c in codec_list for q in QUALITIES[c] if _key(name, mname, c, q) not in points]
+            todo = [(c, q) for c in codec_list for q in qualities[c] if _key(name, mname, c, q) not in points]
             if not todo:
                 continue
             r = ref if model.needs_reference else None
@@ -221,9 +243,11 @@ def per_image_bd(results: dict, pipe: str, codec: str, anchor: str, images: set[
     """BD-rate of ``pipe + codec`` against ``full + anchor`` image by image (the spread the mean
     curves hide: season, change, haze)."""
     pts: dict[tuple[str, str], dict[str, list[tuple[float, float]]]] = {}
+    qs = results["meta"]["qualities"]
     for key, p in results["points"].items():
-        image, pp, c, _ = key.split("|")
-        pts.setdefault((pp, c), {}).setdefault(image, []).append((p["bpp"], p["psnr_y"]))
+        image, pp, c, q = key.split("|")
+        if int(q) in qs[c]:  # the sweep the mean curves use
+            pts.setdefault((pp, c), {}).setdefault(image, []).append((p["bpp"], p["psnr_y"]))
     test, base = pts.get((pipe, codec), {}), pts.get((FULL, anchor), {})
     both = set(test) & set(base) & (images if images is not None else set(test))
     return {im: bd(base[im], test[im])["bd_rate"] for im in sorted(both) if min(len(base[im]), len(test[im])) >= 4}
@@ -346,10 +370,12 @@ def figures(cs: dict, name: str, folder: Path) -> list[Path]:
 
 
 def report(args) -> None:
-    results = {"meta": {"qualities": QUALITIES}, "points": {}}
-    for path in args.results:
+    results = {"meta": {"qualities": {}}, "points": {}}
+    for path in args.results:  # a codec's curves use the qualities every file that has it measured
         part = json.loads(Path(path).read_text())
-        results["meta"]["qualities"] = {**results["meta"]["qualities"], **part["meta"]["qualities"]}
+        for c, qs in part["meta"]["qualities"].items():
+            have = results["meta"]["qualities"].get(c)
+            results["meta"]["qualities"][c] = [q for q in qs if have is None or q in have]
         results["points"].update(part["points"])
     cs = curves(select(results, args.pipelines, args.curves, args.images), args.images)
     rows = bd_table(cs)
@@ -380,6 +406,8 @@ def main(argv=None) -> None:
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--reverse", action="store_true", help="swap image and reference (names get ~reverse)")
     r.add_argument("--limit", type=int, default=0, help="first N images only (a quick look)")
+    r.add_argument("--crop", type=int, default=0, help="only the centre N x N px of each image (N a multiple of 4; 0: whole images)")
+    r.add_argument("--points", type=int, default=7, help="qualities per curve, evenly spread over each codec's sweep (2..7)")
     r.add_argument("--out", required=True, help="results JSON (read first if it exists: resumes)")
     r.set_defaults(func=run)
     p = sub.add_parser("report", help="BD table, figures, docs section")

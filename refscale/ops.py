@@ -251,6 +251,13 @@ def crop_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x[..., : size[0], : size[1]]
 
 
+def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The centre ``size`` x ``size`` (a side shorter than ``size`` is kept whole)."""
+    h, w = x.shape[-2:]
+    top, left = max(h - size, 0) // 2, max(w - size, 0) // 2
+    return x[..., top: top + size, left: left + size]
+
+
 def mod_crop(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Crop bottom/right to multiples of ``multiple`` (the field's evaluation convention)."""
     h, w = x.shape[-2:]

@@ -220,6 +220,13 @@ def test_pad_falls_back_to_replicate_and_noop():
     assert ops.pad_to_multiple(y, 4)[0] is y
 
 
+def test_centre_crop():
+    x = torch.arange(6 * 9).reshape(1, 1, 6, 9)
+    assert torch.equal(ops.centre_crop(x, 4), x[..., 1:5, 2:6])
+    assert torch.equal(ops.centre_crop(x, 8), x[..., :, 0:8])  # the short side kept whole
+    assert ops.centre_crop(x, 100).shape == x.shape
+
+
 def test_mod_crop():
     x = torch.rand(1, 3, 13, 18)
     assert ops.mod_crop(x, 4).shape[-2:] == (12, 16)
