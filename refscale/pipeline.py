@@ -19,7 +19,8 @@ Written once against the :class:`~refscale.protocol.Rescaler` protocol:
   condition. :data:`DEFAULT_PRECISION` is the measured choice (see ``benchmarks/large_scene.py``).
 * **Checks.** A reference model without a reference is a :class:`ModelError`; a reference
   of another size is an :class:`InputError` (``resample_ref=True`` resizes it with MATLAB
-  bicubic instead); a packet made by other weights is refused unless ``allow_mismatch``.
+  bicubic to 8 bits instead, then registers it like any reference; the decoder resizes the
+  recorded reference by itself); a packet made by other weights is refused unless ``allow_mismatch``.
 * **Inter-frame LR codecs** (``h264-inter``, ... :mod:`refscale.inter`) predict the LR from the
   reference at the LR's size (:func:`lr_reference`), so with them the reference is needed (and
   fingerprinted) even for a model that takes none; the model itself still gets it only if it
@@ -102,7 +103,8 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
     size = tuple(hr.shape[-2:])
     codec = codecs.canonical(model.default_codec if codec is None else codec)
     quality = codecs.check_quality(codec, quality)
-    ref, ref_hash = _reference(model, ref, size, resample_ref, codec, record)
+    ref, ref_hash = _reference(model, ref, codec, record)
+    ref = _to_size(ref, size, resample_ref)
     lr_ref = lr_reference(ref, model.alignment, model.scale) if ref is not None else None
     if not model.needs_reference:
         ref = None  # kept for the LR codec only
@@ -157,7 +159,7 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
 # ============================================================================= decode
 def decode(model: Rescaler, packet, ref=None, *, temperature: float = DEFAULT_TEMPERATURE, seed: int = 0,
            tile: int | None = None, overlap: int | None = None, allow_mismatch: bool = False, progress: bool = False,
-           resample_ref: bool = False, precision: str | None = None,
+           resample_ref: bool | None = None, precision: str | None = None,
            allow_other_reference: bool = False) -> torch.Tensor:
     """Rebuild the HR image ``[1,3,H,W]`` (float32 in [0,1]) from a :class:`Packet` (or its bytes).
 
@@ -170,8 +172,11 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = DEFAULT_TE
     unlikely to be good). A reference whose :func:`fingerprint` differs from the one the encoder
     recorded is refused (:class:`InputError`), unless ``allow_other_reference`` (e.g. a re-encoded
     copy of the archive image), which warns instead; a version-1 container has no fingerprint
-    and decodes with a warning that the reference cannot be checked. The reference is moved by
-    the shift the encoder recorded (registration), exactly as the encoder moved it.
+    and decodes with a warning that the reference cannot be checked. ``resample_ref``: ``None``
+    (default) resamples a reference of another size when it is the one the encoder recorded (the
+    encoder accepts such a reference only with ``resample_ref=True``); ``True``/``False`` force it.
+    The reference is then moved by the shift the encoder recorded (registration), exactly as the
+    encoder moved it.
     """
     if isinstance(packet, (bytes, bytearray, memoryview)):
         packet = Packet.from_bytes(bytes(packet))
@@ -183,9 +188,11 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = DEFAULT_TE
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise InputError(f"seed must be an integer >= 0, got {seed!r}")
     size, padded, s = tuple(packet.size), tuple(packet.padded_size), model.scale
-    ref, ref_hash = _reference(model, ref, size, resample_ref, packet.codec, packet.raster)
+    ref, ref_hash = _reference(model, ref, packet.codec, packet.raster)
     if ref is not None:
         same = _check_reference(packet, ref_hash, allow_other_reference)
+        # the recorded reference of another size: the encoder resampled it (it accepts no other)
+        ref = _to_size(ref, size, resample_ref if resample_ref is not None else ref_hash == packet.ref_hash)
         if packet.lr is None:  # an inter-frame LR: decoded from the reference at LR size
             lr_ref = lr_reference(ref, model.alignment, s)
             if lr_ref.shape[:2] != (padded[0] // s, padded[1] // s):
@@ -281,12 +288,10 @@ def _check_reference(packet: Packet, got: str, allow_other: bool) -> bool:
     return False
 
 
-def _reference(model: Rescaler, ref, size: tuple[int, int], resample: bool,
-               codec: str = "png", record=None) -> tuple[torch.Tensor | None, str | None]:
-    """``(reference at the image size, fingerprint of the reference as given)``; ``(None, None)``
-    for models without one, unless the LR ``codec`` predicts from the reference. A reference
-    file of an image with a raster ``record`` is read with its bands and intensity mapping
-    (:func:`refscale.raster.read_reference`)."""
+def _reference(model: Rescaler, ref, codec: str = "png", record=None) -> tuple[torch.Tensor | None, str | None]:
+    """``(reference as given, its fingerprint)``; ``(None, None)`` for models without one, unless
+    the LR ``codec`` predicts from the reference. A reference file of an image with a raster
+    ``record`` is read with its bands and intensity mapping (:func:`refscale.raster.read_reference`)."""
     if not model.needs_reference and not codecs.needs_reference(codec):
         if ref is not None:
             warnings.warn(f"model {model.name} takes no reference; ignoring it", stacklevel=3)
@@ -297,16 +302,27 @@ def _reference(model: Rescaler, ref, size: tuple[int, int], resample: bool,
     if record is not None and isinstance(ref, (str, os.PathLike)):
         ref = raster.read_reference(ref, record)
     ref = _image(ref, "reference")
-    given = fingerprint(ref)
+    return ref, fingerprint(ref)
+
+
+def _to_size(ref: torch.Tensor | None, size: tuple[int, int], resample: bool) -> torch.Tensor | None:
+    """The reference at the image ``size``: as it is, or (``resample``) resized from another size.
+
+    Normative, so that encoder and decoder get the same pixels: MATLAB bicubic
+    (:func:`refscale.ops.imresize`) in float64, clipped and rounded to 8 bits like any image
+    refscale reads. Registration follows (a footprint that differs by a translation is recovered
+    there); a reference covering another area or at another orientation is not corrected here.
+    """
+    if ref is None or tuple(ref.shape[-2:]) == tuple(size):
+        return ref
     rsize = tuple(ref.shape[-2:])
-    if rsize != tuple(size):
-        if not resample:
-            raise InputError(
-                f"reference is {rsize[1]}x{rsize[0]} but the image is {size[1]}x{size[0]} (width x height); give a co-registered "
-                "reference of the same size (or resample it: --resample-ref / resample_ref=True)"
-            )
-        ref = ops.imresize(ref, size=tuple(size)).clamp(0, 1)
-    return ref, given
+    if not resample:
+        raise InputError(
+            f"reference is {rsize[1]}x{rsize[0]} but the image is {size[1]}x{size[0]} (width x height); give a co-registered "
+            "reference of the same size (or resample it: --resample-ref / resample_ref=True)"
+        )
+    out = ops.imresize(ref.double(), size=tuple(size)).clamp(0, 1)
+    return (torch.round(out * 255) / 255).float()
 
 
 def _layout(model: Rescaler, padded: tuple[int, int], tile, overlap, recorded: bool = False) -> tuple[int, int]:

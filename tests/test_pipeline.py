@@ -151,10 +151,15 @@ def test_reference_of_another_size_is_refused_with_a_hint_or_resampled():
         model.encode(hr, ref)
     packet = model.encode(hr, ref, resample_ref=True)
     assert packet.size == (32, 32)
+    model.decode(packet, ref)  # the recorded reference: resampled as the encoder did, unasked
+    with pytest.raises(InputError, match="resample"):
+        model.decode(packet, ref, resample_ref=False)
     good_ref = pair(32, 32)[1]
     packet = model.encode(hr, good_ref)
-    with pytest.raises(InputError, match="32x30 but the image is 32x32"):  # width x height
+    with pytest.raises(InputError, match="not the one"):  # another reference is refused first
         model.decode(packet, ref)
+    with pytest.raises(InputError, match="32x30 but the image is 32x32"), pytest.warns(UserWarning):  # width x height
+        model.decode(packet, ref, allow_other_reference=True)
 
 
 def test_reference_given_to_a_model_without_one_is_ignored_with_a_warning():
@@ -409,7 +414,7 @@ def test_reference_fingerprint_is_of_the_reference_as_given():
     small = ref[..., :20, :28]
     packet = model.encode(hr, small, resample_ref=True)
     assert packet.ref_hash == pipeline.fingerprint(small)
-    model.decode(packet, small, resample_ref=True)  # the same reference: no error
+    model.decode(packet, small)  # the same reference: no error
     changed = ref.clone()
     changed[0, 1, 5, 7] = (torch.round(changed[0, 1, 5, 7] * 255) + (1 if changed[0, 1, 5, 7] < 0.5 else -1)) / 255
     full = model.encode(hr, ref)
@@ -463,6 +468,34 @@ def test_registration_recovers_a_known_shift(shift, monkeypatch):
     est = registration.estimate_shift(new, _moved(old, shift))
     assert np.abs(np.add(est, shift)).max() <= 0.25, est
     assert registration.is_none(registration.estimate_shift(new, old))  # the pair as shipped is registered
+
+
+def test_a_reference_of_another_size_is_resampled_then_registered(monkeypatch):
+    """A reference at another resolution whose footprint is offset by a translation (5, -7 px):
+    the encoder resamples it, registers it and records the shift; the decoder, given the same
+    file and no option, resamples and warps it identically: bit-identical reference pixels for
+    the model at both ends (hence the same F_c)."""
+    from refscale.demo import real_pair
+    from refscale.imageio import as_image_tensor
+
+    new, old = (as_image_tensor(a) for a in real_pair())
+    hr = new[..., 16:112, 16:144]
+    footprint = old[..., 16 + 5:112 + 5, 16 - 7:144 - 7]  # the archive image covers an offset area
+    ref = torch.round(ops.imresize(footprint.double(), scale=1.5).clamp(0, 1) * 255).float() / 255
+    assert ref.shape[-2:] == (144, 192)
+    model = ToyRef()
+    seen = {"encode": [], "decode": []}
+    down, up = model.downscale, model.upscale
+    monkeypatch.setattr(model, "downscale", lambda x, r=None: (seen["encode"].append(r.clone()), down(x, r))[1])
+    monkeypatch.setattr(model, "upscale", lambda lr, side=None, r=None, **kw: (seen["decode"].append(r.clone()), up(lr, side, r, **kw))[1])
+    packet = Packet.from_bytes(model.encode(hr, ref, tile=0, resample_ref=True).to_bytes())
+    encoded = seen["encode"][-1]
+    assert encoded.shape[-2:] == hr.shape[-2:]
+    assert np.abs(np.subtract(packet.ref_shift, (500, -700))).max() <= 25  # within 0.25 px
+    assert packet.ref_hash == pipeline.fingerprint(ref)  # of the file as given
+    model.decode(packet, ref, tile=0)
+    assert torch.equal(encoded, seen["decode"][-1])
+    assert torch.equal(encoded, torch.round(encoded * 255) / 255)  # 8-bit pixels, nothing machine-dependent left
 
 
 @pytest.mark.parametrize("degrees", [5, 10])
