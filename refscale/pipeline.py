@@ -91,8 +91,8 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
     ``tile``: core tile size in HR pixels (rounded up to the alignment); ``None`` tiles only
     images above :data:`AUTO_TILE_PIXELS`, ``0`` never tiles. ``overlap``: context margin in HR
     pixels (default ``DEFAULT_OVERLAP_LR * scale``). ``register`` (reference models): estimate
-    the reference's translation against the image and move it into place
-    (:mod:`refscale.registration`); the shift is recorded and the decoder repeats it.
+    the reference's translation (and small rotation) against the image and move it into place
+    (:mod:`refscale.registration`); the transform is recorded and the decoder repeats it.
     ``codec``, ``quality``: what ``packet.to_bytes()`` writes by default (default: the model's
     ``default_codec``); an inter-frame codec keeps the reference for the LR codec (``lr_ref``).
     """
@@ -108,11 +108,12 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
     lr_ref = lr_reference(ref, model.alignment, model.scale) if ref is not None else None
     if not model.needs_reference:
         ref = None  # kept for the LR codec only
-    shift = (0, 0)
+    shift, rotation = (0, 0), 0
     if ref is not None and register:
-        estimate = registration.estimate_shift(hr, ref)
-        shift = (0, 0) if registration.is_none(estimate) else registration.to_units(estimate)
-        ref = registration.apply_shift(ref, registration.from_units(shift))
+        estimate, angle = registration.estimate_transform(hr, ref)
+        rotation = registration.rotation_to_units(angle)
+        shift = (0, 0) if registration.is_none(estimate) and not rotation else registration.to_units(estimate)
+        ref = registration.apply_shift(ref, registration.from_units(shift), registration.rotation_from_units(rotation))
     align = model.alignment
     hr_p, _ = ops.pad_to_multiple(hr, align)
     ref_p = ops.pad_to_multiple(ref, align)[0] if ref is not None else None
@@ -152,7 +153,7 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
         model=model.name, weights_hash=model.weights_hash(), scale=s, size=size, padded_size=padded,
         tiles={"tile": layout[0], "overlap": layout[1]} if len(windows) > 1 else None,
         lr=lr_u8, side=side_np, side_dtypes=side_dtypes, precision=precision, ref_hash=ref_hash,
-        ref_shift=shift, codec=codec, quality=quality, lr_ref=lr_ref, raster=record,
+        ref_shift=shift, ref_rotation=rotation, codec=codec, quality=quality, lr_ref=lr_ref, raster=record,
     )
 
 
@@ -175,8 +176,8 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = DEFAULT_TE
     and decodes with a warning that the reference cannot be checked. ``resample_ref``: ``None``
     (default) resamples a reference of another size when it is the one the encoder recorded (the
     encoder accepts such a reference only with ``resample_ref=True``); ``True``/``False`` force it.
-    The reference is then moved by the shift the encoder recorded (registration), exactly as the
-    encoder moved it.
+    The reference is then moved by the transform the encoder recorded (registration), exactly as
+    the encoder moved it.
     """
     if isinstance(packet, (bytes, bytearray, memoryview)):
         packet = Packet.from_bytes(bytes(packet))
@@ -198,7 +199,8 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = DEFAULT_TE
             if lr_ref.shape[:2] != (padded[0] // s, padded[1] // s):
                 raise ContainerError(f"padded size {padded[1]}x{padded[0]} in the container does not match the model's alignment")
             packet.decode_lr(lr_ref, exact=same)
-        ref = registration.apply_shift(ref, registration.from_units(packet.ref_shift)) if model.needs_reference else None
+        ref = registration.apply_shift(ref, registration.from_units(packet.ref_shift),
+                                       registration.rotation_from_units(packet.ref_rotation)) if model.needs_reference else None
     ref_p = ops.pad_to_multiple(ref, model.alignment)[0] if ref is not None else None
     if ref_p is not None and tuple(ref_p.shape[-2:]) != padded:
         raise ContainerError(f"padded size {padded[1]}x{padded[0]} in the container does not match the model's alignment")

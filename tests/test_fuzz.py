@@ -1,4 +1,4 @@
-"""Fuzzing the .rsc reader and decoder: 6,000 damaged containers (format versions 2 and 3).
+"""Fuzzing the .rsc reader and decoder: 8,000 damaged containers (format versions 2, 3 and 4).
 
 Random truncations, bit flips, header edits (with the header CRC repaired, so the checks behind
 it are exercised) and section edits (with the section CRCs repaired, so the image and
@@ -23,7 +23,7 @@ from refscale.errors import RefScaleError
 from refscale.raster import RasterRecord, from_model
 from test_pipeline import ToyRef, pair
 
-CASES_PER_BASE = 2000  # three base containers -> 6,000 cases (about 2 s)
+CASES_PER_BASE = 2000  # four base containers -> 8,000 cases (about 3 s)
 
 
 class Hang(Exception):
@@ -44,7 +44,10 @@ def bases():
     geo.raster = RasterRecord(dtype="uint16", band_count=4, bands=[4, 3, 2], ranges=[(100.0, 3000.0)] * 3,
                               descriptions=["B08", "B04", None], rule="p0.1,99.9", nodata=0.0,
                               crs='PROJCS["WGS 84 / UTM zone 31N"]', transform=(10.0, 0.0, 399960.0, 0.0, -10.0, 5000040.0))
-    return model, ref, [plain, tiled, geo.to_bytes()]
+    turned = model.encode(hr, ref)  # format version 4: a reference rotation (registration)
+    turned.ref_rotation = -250
+    assert Packet.from_bytes(turned.to_bytes()).version == 4
+    return model, ref, [plain, tiled, geo.to_bytes(), turned.to_bytes()]
 
 
 def fix_header_crc(data: bytes) -> bytes:
@@ -141,7 +144,7 @@ def test_fuzz_container_and_decoder():
                 slowest = max(slowest, time.perf_counter() - start)
     finally:
         signal.signal(signal.SIGALRM, old)
-    assert sum(outcomes.values()) >= 6000
+    assert sum(outcomes.values()) >= 8000
     # both outcomes occur: damage inside pixel data with repaired CRCs still decodes
     assert outcomes["decoded"] > 20 and outcomes["refused"] > 1000, outcomes
     assert slowest < 5.0
