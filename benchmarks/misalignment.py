@@ -4,22 +4,27 @@
         --out runs/misalignment/x2.json --md runs/misalignment/x2.md
     python benchmarks/misalignment.py --load runs/misalignment/x2.json runs/misalignment/x4.json \\
         --md runs/misalignment/all.md --figure docs/figures/misalignment.png
+    python benchmarks/misalignment.py --split train --cities aguasclaras bordeaux --models refscale-x2 \\
+        --shifts 20 --rotations 5 --border-modes mirror nearest constant --out runs/border/val.json
 
 The archive image the ground station holds (img1) is misaligned to the new image (img2) *before*
 encoding, and encoder and decoder both get that same misaligned image, as in the real workflow:
 shifted by ``(d, d)`` px (down and right) or rotated by ``a`` degrees about the centre, cubic
-spline (scipy.ndimage, order 3), the border the warp uncovers filled by mirror reflection
-(``mode="mirror"``, as refscale.registration's own warp: no artificial edge for Ref-Net to see),
+spline (scipy.ndimage, order 3), the border the warp uncovers filled by mirror reflection,
 clipped and rounded to 8 bits like any image file. Each reference model is encoded with
 registration on (the default) and off (``register=False``); the decoder replays whatever the
-container records. When registration estimates no shift, registration on and off give identical
-pixels, so the "off" run is not repeated. Registration is translation only: rotations are not
-compensated. Models without a reference run once (flat lines).
+container records. When registration estimates no transform, registration on and off give
+identical pixels, so the "off" run is not repeated. Models without a reference run once (flat lines).
 
 Per condition, the mean over the cities of: PSNR-Y (BasicSR, border = scale; t = 1, seed 0, one
 draw), SI of the stored LR, the mean of the transmitted similarity map (levels / (L - 1), 0..1),
 the shift registration recorded, and how many decodes warned that the reference looks unrelated.
 Every image goes through the real ``.rsc`` bytes (PNG LR).
+
+``--border-modes``: the fill of the strip the *registration* warp uncovers
+(``refscale.registration.BORDER``, set alike for encoder and decoder) compared on the registered
+runs: PSNR-Y over the image, inside that strip and elsewhere, and the mean similarity map inside
+the strip and elsewhere (:func:`strip_scores`).
 """
 from __future__ import annotations
 
@@ -72,6 +77,7 @@ def run_one(model, hr, ref, register: bool, strip: bool = False) -> dict:
         "si_lr": float(metrics.spatial_information(pipeline.stored_lr(packet))[0]),
         "similarity": None if smap is None else float(np.mean(smap) / (model.levels_q - 1)),
         "shift": list(registration.from_units(packet.ref_shift)),
+        "rotation": registration.rotation_from_units(packet.ref_rotation),
         "warned": any("looks unrelated" in str(w.message) for w in caught),
         **(strip_scores(model, packet, rec, hr) if strip else {}),
     }
@@ -80,7 +86,8 @@ def run_one(model, hr, ref, register: bool, strip: bool = False) -> dict:
 def strip_scores(model, packet, rec, hr) -> dict:
     """In the strip the registration warp filled from outside the reference
     (:func:`refscale.registration.uncovered`) and elsewhere: PSNR-Y and the mean similarity."""
-    mask = registration.uncovered(tuple(hr.shape[-2:]), registration.from_units(packet.ref_shift))
+    mask = registration.uncovered(tuple(hr.shape[-2:]), registration.from_units(packet.ref_shift),
+                                  registration.rotation_from_units(packet.ref_rotation))
     err = ((metrics._prepare(rec, 0, True) - metrics._prepare(hr, 0, True)) ** 2)[0, 0].numpy()
     psnr = lambda m: float(10 * np.log10(255.0 ** 2 / err[m].mean())) if m.any() else None  # noqa: E731
     out = {"strip_share": float(mask.mean()), "psnr_y_strip": psnr(mask), "psnr_y_rest": psnr(~mask)}
@@ -153,7 +160,7 @@ def measure(name: str, images: list, shifts, rotations) -> list[dict]:
             for city, hr, ref in images:
                 if not model.needs_reference:
                     r = run_one(model, hr, None, True)
-                elif not register and cities_on[city]["shift"] == [0.0, 0.0]:
+                elif not register and cities_on[city]["shift"] == [0.0, 0.0] and not cities_on[city].get("rotation"):
                     r = dict(cities_on[city])  # nothing was warped: the same pixels as with registration
                 else:
                     r = run_one(model, hr, misalign(ref, kind, amount), register)
@@ -185,16 +192,19 @@ def to_markdown(rows: list[dict]) -> str:
             out += [f"**{name}** (x{scale}), {len(mine[0]['cities'])} test cities; flat lines: "
                     + ", ".join(f"{r['model']} {r['psnr_y']:.2f} dB (SI {r['si_lr']:.3f})" for r in flat), "",
                     "| reference | PSNR-Y, registered | PSNR-Y, not registered | mean S, reg. / not | SI (LR), reg. / not "
-                    "| recorded shift: mean (dy, dx), largest component | 'unrelated' warnings, reg. / not |",
-                    "|---|---:|---:|---:|---:|---|---:|"]
+                    "| recorded shift: mean (dy, dx), largest component | recorded rotation: mean, range (deg) "
+                    "| 'unrelated' warnings, reg. / not |",
+                    "|---|---:|---:|---:|---:|---|---|---:|"]
             for kind, amount in sorted({(r["kind"], r["amount"]) for r in mine}, key=lambda c: (c[0] != "shift", c[1])):
                 on, off = (next(r for r in mine if r["kind"] == kind and r["amount"] == amount and r["register"] == g)
                            for g in (True, False))
                 shifts = np.array([c["shift"] for c in on["cities"]])
                 shift, largest = shifts.mean(axis=0), np.abs(shifts).max()
+                turns = np.array([c.get("rotation", 0.0) for c in on["cities"]])
                 out.append(f"| {_label(kind, amount)} | {on['psnr_y']:.2f} | {off['psnr_y']:.2f} | "
                            f"{on['similarity']:.3f} / {off['similarity']:.3f} | {on['si_lr']:.3f} / {off['si_lr']:.3f} | "
-                           f"({shift[0]:.2f}, {shift[1]:.2f}), {largest:.1f} | {on['warned']} / {off['warned']} |")
+                           f"({shift[0]:.2f}, {shift[1]:.2f}), {largest:.1f} | {turns.mean():.2f}, {turns.min():.2f}..{turns.max():.2f} "
+                           f"| {on['warned']} / {off['warned']} |")
             out.append("")
     return "\n".join(out)
 
