@@ -442,6 +442,15 @@ def test_decoder_warns_when_the_reference_looks_unrelated():
     assert "not the one" in texts and "looks unrelated" in texts
 
 
+def _record_references(model, monkeypatch) -> dict:
+    """The reference tensors ``model`` is given, by ``"encode"`` (downscale) and ``"decode"`` (upscale)."""
+    seen = {"encode": [], "decode": []}
+    down, up = model.downscale, model.upscale
+    monkeypatch.setattr(model, "downscale", lambda x, r=None: (seen["encode"].append(r.clone()), down(x, r))[1])
+    monkeypatch.setattr(model, "upscale", lambda lr, side=None, r=None, **kw: (seen["decode"].append(r.clone()), up(lr, side, r, **kw))[1])
+    return seen
+
+
 def _moved(img: torch.Tensor, shift) -> torch.Tensor:
     """``img`` translated by ``shift`` pixels (cubic spline), independently of refscale.registration."""
     from scipy.ndimage import shift as nd_shift
@@ -484,10 +493,7 @@ def test_a_reference_of_another_size_is_resampled_then_registered(monkeypatch):
     ref = torch.round(ops.imresize(footprint.double(), scale=1.5).clamp(0, 1) * 255).float() / 255
     assert ref.shape[-2:] == (144, 192)
     model = ToyRef()
-    seen = {"encode": [], "decode": []}
-    down, up = model.downscale, model.upscale
-    monkeypatch.setattr(model, "downscale", lambda x, r=None: (seen["encode"].append(r.clone()), down(x, r))[1])
-    monkeypatch.setattr(model, "upscale", lambda lr, side=None, r=None, **kw: (seen["decode"].append(r.clone()), up(lr, side, r, **kw))[1])
+    seen = _record_references(model, monkeypatch)
     packet = Packet.from_bytes(model.encode(hr, ref, tile=0, resample_ref=True).to_bytes())
     encoded = seen["encode"][-1]
     assert encoded.shape[-2:] == hr.shape[-2:]
@@ -515,10 +521,7 @@ def test_registration_recovers_a_known_rotation(degrees, shift, monkeypatch):
                                         for c in old.double()[0].numpy()])).float()[None].clamp(0, 1)
     ref = torch.round(_moved(turned, shift) * 255) / 255
     model = ToyRef()
-    seen = {"encode": [], "decode": []}
-    down, up = model.downscale, model.upscale
-    monkeypatch.setattr(model, "downscale", lambda x, r=None: (seen["encode"].append(r.clone()), down(x, r))[1])
-    monkeypatch.setattr(model, "upscale", lambda lr, side=None, r=None, **kw: (seen["decode"].append(r.clone()), up(lr, side, r, **kw))[1])
+    seen = _record_references(model, monkeypatch)
     packet = Packet.from_bytes(model.encode(new, ref, tile=0).to_bytes())
     assert packet.version == 4 and abs(registration.rotation_from_units(packet.ref_rotation) + degrees) <= 0.15
     encoded = seen["encode"][-1]
@@ -558,10 +561,7 @@ def test_encoder_and_decoder_see_the_same_registered_reference(monkeypatch):
     new, old = (as_image_tensor(a)[..., :96, :128] for a in real_pair())
     ref = _moved(old, (4.0, -6.5))
     model = ToyRef()
-    seen = {"encode": [], "decode": []}
-    down, up = model.downscale, model.upscale
-    monkeypatch.setattr(model, "downscale", lambda hr, r=None: (seen["encode"].append(r.clone()), down(hr, r))[1])
-    monkeypatch.setattr(model, "upscale", lambda lr, side=None, r=None, **kw: (seen["decode"].append(r.clone()), up(lr, side, r, **kw))[1])
+    seen = _record_references(model, monkeypatch)
     packet = Packet.from_bytes(model.encode(new, ref, tile=0).to_bytes())
     encoded = seen["encode"][-1]  # (the decoder may probe the model with other inputs later)
     assert packet.ref_shift != (0, 0) and np.abs(np.add(packet.ref_shift, (400, -650))).max() <= 25
