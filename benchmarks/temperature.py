@@ -52,6 +52,11 @@ def to_markdown(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _save(out: Path | None, samples: list, results: list[dict], start: float) -> None:
+    write_text(out, json.dumps({"cities": [s.name for s in samples], "results": results,
+                                "seconds": time.perf_counter() - start}, indent=1) + "\n")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_study_options(ap, out="JSON of every evaluation")
@@ -81,13 +86,13 @@ def main() -> int:
             r = evaluate(model, samples, draws=args.draws, progress=False, split=args.split, precision=args.precision,
                          temperature=t)
             results.append(r)
+            _save(args.out, samples, results, start)  # after every evaluation: a stopped run keeps what it measured
             print(f"{name} t={t:g}: PSNR-Y {r['mean']['psnr_y']:.3f} SSIM-Y {r['mean']['ssim_y']:.4f} "
                   f"({r['draws']} draws, {len(r['images'])} images, {time.perf_counter() - start:.0f} s)", flush=True)
     text = to_markdown(results)
     print(text)
     print(f"{time.perf_counter() - start:.0f} s")
-    write_text(args.out, json.dumps({"cities": [s.name for s in samples], "results": results,
-                                     "seconds": time.perf_counter() - start}, indent=1) + "\n")
+    _save(args.out, samples, results, start)
     write_text(args.md, text)
     return 0
 

@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--resample-ref", action="store_true",
                    help="resize a reference of another size to the image size (bicubic, 8-bit), then register it like any other")
     e.add_argument("--no-register", dest="register", action="store_false",
-                   help="do not estimate and correct a translation of the reference (default: register it; recorded for the decoder)")
+                   help="do not estimate and correct a translation and small rotation of the reference (default: register it; "
+                        "recorded for the decoder)")
     _add_precision_option(e)
     e.add_argument("--force", action="store_true", help="overwrite existing outputs")
     e.set_defaults(func=cmd_encode)
