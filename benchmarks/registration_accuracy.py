@@ -10,7 +10,13 @@
 3. The guard against spurious peaks: each OSCD test city's img1 shifted by 0.6 / 2 px or rotated
    by 1-10 degrees (scipy, mirrored borders): the detail-band correlation before and after the
    peak's shift, and the shift registration records (none when the guard rejects the peak).
-4. Cost of estimate_shift and of the reference fingerprint on a 6264 x 3456 scene.
+4. Cost of estimate_shift, estimate_transform and the reference fingerprint on a 6264 x 3456 scene.
+5. Rotation (estimate_transform): the 24 OSCD pairs as distributed (no rotation should be
+   recorded), then each test city's img1 turned by known angles (scipy.ndimage.rotate, mirrored
+   borders; -3 degrees also moved by (7, -4) px): the angle recorded, and the detail-band
+   correlation with img2 before and after the recorded warp (central part, 40 px from the border).
+
+    python benchmarks/registration_accuracy.py --parts 5
 """
 from __future__ import annotations
 
@@ -58,11 +64,54 @@ def guard_table(data: Path, cities: list[str]) -> None:
         print(f"| {c} | " + " | ".join(cells) + " |")
 
 
+def rotation_table(data: Path, cities: list[str], train: list[str]) -> None:
+    import warnings
+
+    from scipy.ndimage import rotate
+
+    warnings.simplefilter("ignore")
+    start = time.perf_counter()
+    found = {c: registration.estimate_transform(read_image(data / c / "img2.png"), read_image(data / c / "img1.png"))
+             for c in train + cities}
+    print(f"OSCD pairs as distributed: {sum(a != 0 for _, a in found.values())} of {len(found)} get a rotation "
+          f"({', '.join(f'{c} {a:.2f}' for c, (_, a) in found.items() if a)}); {time.perf_counter() - start:.0f} s")
+    cases = [(1.0, (0, 0)), (2.0, (0, 0)), (5.0, (0, 0)), (10.0, (0, 0)), (-3.0, (7, -4))]
+    print("| city | img1 as is | " + " | ".join(f"{a:g} deg{f', shift {s}' if any(s) else ''}" for a, s in cases) + " |")
+    print("|---|---:|" + "---|" * len(cases))
+    errors, times = [], []
+    for c in cities:
+        new, old = read_image(data / c / "img2.png"), read_image(data / c / "img1.png")
+        band = registration._band(registration._luma(new))[40:-40, 40:-40]
+        agree = lambda x: registration._correlation(band, registration._band(registration._luma(x))[40:-40, 40:-40])  # noqa: E731
+        cells = []
+        for angle, shift in cases:
+            a = old.double()[0].numpy()
+            ref = moved(torch.from_numpy(np.stack([rotate(ch, angle, reshape=False, order=3, mode="mirror") for ch in a]))
+                        .float()[None].clamp(0, 1), shift)
+            ref = torch.round(ref * 255) / 255
+            t = time.perf_counter()
+            sh, got = registration.estimate_transform(new, ref)
+            times.append(time.perf_counter() - t)
+            errors.append(abs(got + angle))
+            cells.append(f"{got:.2f}: {agree(ref):.2f} -> {agree(registration.apply_shift(ref, sh, got)):.2f}")
+        print(f"| {c} | {agree(old):.2f} | " + " | ".join(cells) + " |")
+    errors = np.array(errors)
+    print(f"angle error: median {np.median(errors):.2f}, largest {errors.max():.2f} degrees; "
+          f"estimate_transform {np.median(times):.2f} s median, {max(times):.2f} s largest (1 thread)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "oscd")
+    ap.add_argument("--parts", nargs="+", type=int, default=[1, 2, 3, 4, 5],
+                    help="5: the rotation part; any of 1-4: parts 1-4 (default: all)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    split = json.loads((args.data / "split.json").read_text()) if (args.data / "split.json").is_file() else None
+    if 5 in args.parts and split:
+        rotation_table(args.data, split["test"], split["train"])
+    if not set(args.parts) & {1, 2, 3, 4}:
+        return
     new, old = (as_image_tensor(a) for a in real_pair())
     shifts = [(0.3, 0.6), (3.4, -5.7), (-12.25, 7.5), (20.0, -40.0), (0.5, 0.0)]
     print("| true shift (px) | estimated (384 px) | error | estimated (central 160 px) | error |")
@@ -89,9 +138,13 @@ def main() -> None:
     registration.estimate_shift(scene, scene)
     t_reg = time.perf_counter() - t
     t = time.perf_counter()
+    registration.estimate_transform(scene, scene)
+    t_tr = time.perf_counter() - t
+    t = time.perf_counter()
     pipeline.fingerprint(scene)
     t_fp = time.perf_counter() - t
-    print(f"6264 x 3456 scene, 1 thread: estimate_shift {t_reg:.2f} s, reference fingerprint {t_fp:.2f} s")
+    print(f"6264 x 3456 scene, 1 thread: estimate_shift {t_reg:.2f} s, estimate_transform (with the rotation) {t_tr:.2f} s, "
+          f"reference fingerprint {t_fp:.2f} s")
 
 
 if __name__ == "__main__":

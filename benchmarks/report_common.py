@@ -1,14 +1,35 @@
-"""Helpers shared by the report scripts (oscd_report.py, natural_report.py)."""
+"""Helpers shared by the report scripts (oscd_report.py, natural_report.py, the issue-14 studies)."""
 from __future__ import annotations
 
 import argparse
 import re
 from pathlib import Path
 
+#: the shared OSCD folder next to the repository (../shared/data/oscd)
+OSCD = Path(__file__).resolve().parents[2] / "shared" / "data" / "oscd"
+
+
 def add_precision_option(ap: argparse.ArgumentParser) -> None:
     """``--precision``, passed on to every ``refscale evaluate`` a report runs."""
     ap.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None,
                     help="model arithmetic passed to refscale evaluate (default: its default, auto)")
+
+
+def add_study_options(ap: argparse.ArgumentParser, data: Path = OSCD, out: str = "JSON of every measurement") -> None:
+    """The options of a study that measures or re-tabulates: ``--data``, ``--out`` (JSON),
+    ``--md`` (Markdown), ``--load`` (earlier ``--out`` files instead of measuring), ``--threads``."""
+    ap.add_argument("--data", type=Path, default=data, help=f"dataset folder (default {data})")
+    ap.add_argument("--load", nargs="+", type=Path, default=None, help="tabulate earlier --out files instead of measuring")
+    ap.add_argument("--out", type=Path, help=out)
+    ap.add_argument("--md", type=Path, help="the Markdown table(s)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+
+
+def write_text(path: Path | None, text: str) -> None:
+    """Write ``text`` to ``path`` (its folder created) when a path is given."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
 
 
 def training_budget(card: dict) -> str:

@@ -24,47 +24,60 @@ import refscale
 from refscale.data import discover
 from refscale.evaluate import evaluate
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks folder: report_common
+from report_common import add_precision_option, add_study_options, write_text  # noqa: E402
+
 TEMPERATURES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 MODELS = ("refscale-x2", "irn-x2", "refscale-x4", "irn-x4")
+#: the held-out train cities of the OSCD training configs (val_names): the only ones the default is chosen on
+VAL_CITIES = ("aguasclaras", "bordeaux")
+
+
+def _column(r: dict) -> str:
+    label = " ".join(str(v) for v in (r.get("dataset"), r.get("split")) if v)
+    return f"{r['model']} ({label})" if label else r["model"]
 
 
 def to_markdown(results: list[dict]) -> str:
-    models = list(dict.fromkeys(r["model"] for r in results))
+    """One row per temperature, one column per (model, dataset): PSNR-Y / SSIM-Y."""
+    cols = list(dict.fromkeys(_column(r) for r in results))
     temps = sorted({r["temperature"] for r in results})
-    at = {(r["model"], r["temperature"]): r["mean"] for r in results}
-    lines = ["| t | " + " | ".join(f"{m} PSNR-Y / SSIM-Y" for m in models) + " |", "|---:|" + "---:|" * len(models)]
+    at = {(_column(r), r["temperature"]): r["mean"] for r in results}
+    lines = ["| t | " + " | ".join(f"{c} PSNR-Y / SSIM-Y" for c in cols) + " |", "|---:|" + "---:|" * len(cols)]
     for t in temps:
-        cells = [f"{at[m, t]['psnr_y']:.2f} / {at[m, t]['ssim_y']:.4f}" if (m, t) in at else "" for m in models]
+        cells = [f"{at[c, t]['psnr_y']:.2f} / {at[c, t]['ssim_y']:.4f}" if (c, t) in at else "" for c in cols]
         lines.append(f"| {t:g} | " + " | ".join(cells) + " |")
-    best = {m: max((r for r in results if r["model"] == m), key=lambda r: r["mean"]["psnr_y"])["temperature"] for m in models}
-    lines += ["", "highest PSNR-Y at t = " + ", ".join(f"{m} {t:g}" for m, t in best.items())]
+    best = {c: max((r for r in results if _column(r) == c), key=lambda r: r["mean"]["psnr_y"])["temperature"] for c in cols}
+    lines += ["", "highest PSNR-Y at t = " + ", ".join(f"{c} {t:g}" for c, t in best.items())]
     return "\n".join(lines) + "\n"
+
+
+def _save(out: Path | None, samples: list, results: list[dict], start: float) -> None:
+    write_text(out, json.dumps({"cities": [s.name for s in samples], "results": results,
+                                "seconds": time.perf_counter() - start}, indent=1) + "\n")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "oscd")
+    add_study_options(ap, out="JSON of every evaluation")
     ap.add_argument("--split", default=None, help="a split of split.json (e.g. test)")
-    ap.add_argument("--cities", nargs="+", default=None, help="only these samples (default with no --split: the "
-                                                                 "training configs' val_names, aguasclaras bordeaux)")
+    ap.add_argument("--cities", nargs="+", default=None, help="only these samples (default for an OSCD folder with no "
+                                                                 "--split: the held-out train cities, aguasclaras bordeaux; "
+                                                                 "otherwise every image)")
     ap.add_argument("--models", nargs="+", default=list(MODELS))
     ap.add_argument("--temperatures", nargs="+", type=float, default=list(TEMPERATURES))
     ap.add_argument("--draws", type=int, default=3, help="decodes averaged at t > 0 (seeds 0..draws-1)")
-    ap.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None)
-    ap.add_argument("--load", nargs="+", type=Path, default=None, help="tabulate earlier --out files together instead")
-    ap.add_argument("--out", type=Path, help="JSON of every evaluation")
-    ap.add_argument("--md", type=Path, help="the Markdown table")
-    ap.add_argument("--threads", type=int, default=1)
+    add_precision_option(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.load:
         text = to_markdown([r for p in args.load for r in json.loads(p.read_text())["results"]])
         print(text)
-        if args.md:
-            args.md.write_text(text)
+        write_text(args.md, text)
         return 0
-    cities = args.cities or (None if args.split else ["aguasclaras", "bordeaux"])
-    samples = [s for s in discover(args.data, split=args.split) if cities is None or s.name in cities]
+    samples = discover(args.data, split=args.split)
+    names = args.cities or (VAL_CITIES if args.split is None and (args.data / "split.json").is_file() else None)
+    samples = [s for s in samples if names is None or s.name in names]
     results = []
     start = time.perf_counter()
     for name in args.models:
@@ -73,18 +86,14 @@ def main() -> int:
             r = evaluate(model, samples, draws=args.draws, progress=False, split=args.split, precision=args.precision,
                          temperature=t)
             results.append(r)
+            _save(args.out, samples, results, start)  # after every evaluation: a stopped run keeps what it measured
             print(f"{name} t={t:g}: PSNR-Y {r['mean']['psnr_y']:.3f} SSIM-Y {r['mean']['ssim_y']:.4f} "
-                  f"({r['draws']} draws, {len(r['images'])} images)", flush=True)
+                  f"({r['draws']} draws, {len(r['images'])} images, {time.perf_counter() - start:.0f} s)", flush=True)
     text = to_markdown(results)
     print(text)
     print(f"{time.perf_counter() - start:.0f} s")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"cities": [s.name for s in samples], "results": results,
-                                        "seconds": time.perf_counter() - start}, indent=1) + "\n")
-    if args.md:
-        args.md.parent.mkdir(parents=True, exist_ok=True)
-        args.md.write_text(text)
+    _save(args.out, samples, results, start)
+    write_text(args.md, text)
     return 0
 
 

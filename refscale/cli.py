@@ -119,9 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "or jLO,HI of the bands together (default j0,100: their minimum and maximum, nothing clipped, "
                         "colour balance kept; 8-bit data are used as they are)")
     e.add_argument("--tile", type=int, default=None, help="process in tiles of N HR pixels (default: automatic above 1 Mpx; 0 = never)")
-    e.add_argument("--resample-ref", action="store_true", help="resize a reference of another size to the image size (bicubic)")
+    e.add_argument("--resample-ref", action="store_true",
+                   help="resize a reference of another size to the image size (bicubic, 8-bit), then register it like any other")
     e.add_argument("--no-register", dest="register", action="store_false",
-                   help="do not estimate and correct a translation of the reference (default: register it; recorded for the decoder)")
+                   help="do not estimate and correct a translation and small rotation of the reference (default: register it; "
+                        "recorded for the decoder)")
     _add_precision_option(e)
     e.add_argument("--force", action="store_true", help="overwrite existing outputs")
     e.set_defaults(func=cmd_encode)
@@ -136,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"latent temperature for stochastic models (default {pipeline.DEFAULT_TEMPERATURE:g})")
     d.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same pixels (default 0)")
     d.add_argument("--tile", type=int, default=None, help="tile size in HR pixels (default: as recorded by the encoder)")
-    d.add_argument("--resample-ref", action="store_true", help="resize a reference of another size to the image size (bicubic)")
+    d.add_argument("--resample-ref", action="store_true", default=None,
+                   help="resize a reference of another size to the image size (default: only the reference the encoder "
+                        "recorded, which it resized too)")
     d.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="model arithmetic (default: as recorded)")
     d.add_argument("--allow-mismatch", action="store_true", help="decode even if the container was made by other weights (experts)")
     d.add_argument("--allow-other-reference", action="store_true",

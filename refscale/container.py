@@ -11,9 +11,11 @@ padded image size, the tile layout, the LR codec and quality, and describes each
 (length and CRC32). The sections follow in header order: the LR image bitstream (for an
 inter-frame codec, a P-frame predicted from the reference; :mod:`refscale.inter`), then
 one losslessly compressed side tensor per entry (e.g. RefScale's similarity map), then (format
-version 3 only) the raster record: georeferencing, source dtype, bands and the intensity
-mapping of a GeoTIFF / 16-bit / float input (:mod:`refscale.raster`). A file without a raster
-record is written as version 2, byte for byte what earlier versions wrote.
+version 3 and later) the raster record: georeferencing, source dtype, bands and the intensity
+mapping of a GeoTIFF / 16-bit / float input (:mod:`refscale.raster`). Version 4 adds the rotation
+of the reference (registration) after its shift. Each file is written in the oldest version that
+holds it: a file without a rotation or a raster record is version 2, byte for byte what earlier
+versions wrote; without a rotation, version 3.
 
 The reader (:func:`read_header`, :meth:`Packet.from_bytes`) checks magic, version,
 lengths, every CRC, sizes and their consistency, codec and dtype names and pixel-count
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import lzma
+import math
 import numbers
 import struct
 import zlib
@@ -43,8 +46,8 @@ from refscale.errors import ContainerError, InputError
 from refscale.raster import RasterRecord
 
 MAGIC = b"\x89RSC\r\n\x1a\n"
-VERSION = 3  # the newest version the writer writes: 3 when the packet has a raster record, else 2
-READABLE_VERSIONS = (1, 2, 3)  # version 1: no reference fingerprint; 2: no raster record
+VERSION = 4  # the newest version the writer writes: 4 with a reference rotation, 3 with a raster record, else 2
+READABLE_VERSIONS = (1, 2, 3, 4)  # version 1: no reference fingerprint; 2: no raster record; 3: no rotation
 MAX_RASTER_BYTES = 1 << 20  # the raster record's JSON stream; its nodata mask adds max_raster_bytes
 PREAMBLE = 14  # magic (8) + version (2) + header length (4)
 
@@ -58,6 +61,7 @@ MAX_SIDE_TENSORS = 16
 MAX_NDIM = 6
 MAX_NAME = 255
 MAX_SHIFT_UNITS = 100 * MAX_SIDE  # reference shift, in 1/100 px
+MAX_ROTATION_UNITS = 18000  # reference rotation, in 1/100 degree
 
 #: storage dtypes of side tensors (always little-endian), smallest first
 SIDE_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "int64")
@@ -84,7 +88,8 @@ class Packet:
     repeats by default; ``ref_hash`` is the :func:`reference_fingerprint` (hex) of the reference
     the encoder was given, ``None`` for models without one (and in version-1 files);
     ``ref_shift`` is the translation ``(dy, dx)`` the encoder applied to that reference before the
-    model saw it (registration), in units of ``refscale.registration.SHIFT_UNIT`` pixels.
+    model saw it (registration), in units of ``refscale.registration.SHIFT_UNIT`` pixels, after
+    turning it by ``ref_rotation`` units of ``refscale.registration.ROTATION_UNIT`` degrees (version 4).
     ``raster`` (:class:`refscale.raster.RasterRecord`) records what the 8-bit image the model saw
     came from when that was not a plain 8-bit file: source dtype, band indices and descriptions,
     the per-band intensity mapping, nodata, CRS and geotransform (format version 3).
@@ -110,6 +115,7 @@ class Packet:
     precision: str = "fp32"
     ref_hash: str | None = None
     ref_shift: tuple[int, int] = (0, 0)
+    ref_rotation: int = 0
     version: int = VERSION  # of the file it was read from
     raster: RasterRecord | None = None  # file-level metadata and intensity mapping (refscale.raster)
     lr_ref: np.ndarray | None = field(default=None, repr=False, compare=False)  # inter codecs only
@@ -189,8 +195,9 @@ class Packet:
         _check_mask(self.raster, _pair(self.size))
         raster = self.raster.to_bytes() if self.raster is not None else None
         header = Header(
-            version=3 if raster is not None else 2, model=str(self.model), weights_hash=str(self.weights_hash), ref_hash=self.ref_hash,
-            ref_shift=tuple(int(v) for v in self.ref_shift), scale=int(self.scale),
+            version=4 if self.ref_rotation else 3 if raster is not None else 2, model=str(self.model),
+            weights_hash=str(self.weights_hash), ref_hash=self.ref_hash,
+            ref_shift=tuple(int(v) for v in self.ref_shift), ref_rotation=int(self.ref_rotation), scale=int(self.scale),
             size=_pair(self.size), padded_size=_pair(self.padded_size), tiles=_tiles(self.tiles),
             precision=str(self.precision), codec=codec, quality=None, lr_length=0, lr_crc=0,
             side=[
@@ -237,7 +244,7 @@ class Packet:
         packet = cls(
             model=h.model, weights_hash=h.weights_hash, scale=h.scale, size=h.size, padded_size=h.padded_size,
             tiles=h.tiles, lr=lr, side=side, codec=h.codec, quality=h.quality, side_dtypes=side_dtypes,
-            precision=h.precision, ref_hash=h.ref_hash, ref_shift=h.ref_shift, version=h.version,
+            precision=h.precision, ref_hash=h.ref_hash, ref_shift=h.ref_shift, ref_rotation=h.ref_rotation, version=h.version,
             lr_data=lr_data if inter else None, raster=raster,
         )
         if inter and lr_ref is not None:
@@ -259,7 +266,8 @@ class Packet:
         """A JSON-ready summary; with the file's ``data`` also byte counts per section and bpp."""
         out: dict[str, Any] = {
             "format_version": self.version, "model": self.model, "weights_hash": self.weights_hash,
-            "reference_fingerprint": self.ref_hash, "reference_shift": list(self.ref_shift), "scale": int(self.scale),
+            "reference_fingerprint": self.ref_hash, "reference_shift": list(self.ref_shift),
+            "reference_rotation": int(self.ref_rotation), "scale": int(self.scale),
             "size": list(_pair(self.size)), "padded_size": list(_pair(self.padded_size)),
             "lr_size": [int(self.padded_size[0]) // int(self.scale), int(self.padded_size[1]) // int(self.scale)], "tiles": self.tiles,
             "precision": self.precision, "codec": self.codec, "quality": self.quality,
@@ -294,7 +302,7 @@ class SideEntry:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        return math.prod(int(d) for d in self.shape) * np.dtype(self.dtype).itemsize  # Python ints: no overflow
 
 
 @dataclass
@@ -317,6 +325,7 @@ class Header:
     header_bytes: int = 0  # preamble + body + CRC, set by pack/read
     raster_length: int = 0  # version 3: bytes of the raster section (0: none)
     raster_crc: int = 0
+    ref_rotation: int = 0  # version 4: the reference's rotation, 1/100 degree
 
     @property
     def lr_size(self) -> tuple[int, int]:
@@ -344,6 +353,12 @@ class Header:
                                  f"(length 0..{limit}, CRC 0 when there is none)")
         if any(abs(v) > MAX_SHIFT_UNITS for v in self.ref_shift):
             raise ContainerError(f"reference shift {list(self.ref_shift)} out of range (|v| <= {MAX_SHIFT_UNITS})")
+        if self.version < 4 and self.ref_rotation:
+            raise ContainerError(f"format version {self.version} has no reference rotation")
+        if abs(self.ref_rotation) > MAX_ROTATION_UNITS:
+            raise ContainerError(f"reference rotation {self.ref_rotation} out of range (|v| <= {MAX_ROTATION_UNITS})")
+        if self.ref_hash is None and self.ref_rotation:
+            raise ContainerError("a reference rotation without a reference")
         if self.ref_hash is None and any(self.ref_shift):
             raise ContainerError("a reference shift without a reference")
         if not 1 <= self.scale <= MAX_SCALE:
@@ -404,6 +419,8 @@ class Header:
             body += struct.pack("<B", self.ref_hash is not None)
             if self.ref_hash is not None:
                 body += bytes.fromhex(self.ref_hash) + struct.pack("<ii", *self.ref_shift)
+                if self.version >= 4:
+                    body += struct.pack("<i", self.ref_rotation)
         body += struct.pack("<HIIII", self.scale, *self.size, *self.padded_size)
         t = self.tiles or {"tile": 0, "overlap": 0}
         body += struct.pack("<II", t["tile"], t["overlap"])
@@ -453,8 +470,9 @@ def read_header(data: bytes) -> Header:
             raise ContainerError(f"reference flag must be 0 or 1, got {has_ref}")
         ref_hash = r.take(32, "reference fingerprint").hex() if has_ref else None
         ref_shift = r.unpack("<ii", "reference shift") if has_ref else (0, 0)
+        (ref_rotation,) = r.unpack("<i", "reference rotation") if has_ref and version >= 4 else (0,)
     else:
-        ref_shift = (0, 0)
+        ref_shift, ref_rotation = (0, 0), 0
     scale, h, w, ph, pw = r.unpack("<HIIII", "sizes")
     tile, overlap = r.unpack("<II", "tile layout")
     precision = r.str8("precision")
@@ -481,7 +499,7 @@ def read_header(data: bytes) -> Header:
     header = Header(
         version, model, weights_hash, ref_hash, tuple(ref_shift), scale, (h, w), (ph, pw), {"tile": tile, "overlap": overlap} if tile else None,
         precision, codec, quality or None, lr_length, lr_crc, side, header_bytes=end + 4,
-        raster_length=raster_length, raster_crc=raster_crc,
+        raster_length=raster_length, raster_crc=raster_crc, ref_rotation=ref_rotation,
     )
     header.validate()
     if header.total_bytes != len(data):
@@ -525,7 +543,8 @@ def inspect(data: bytes) -> dict[str, Any]:
     raster = RasterRecord.from_bytes(data[h.total_bytes - h.raster_length:]) if h.raster_length else None
     return {
         "format_version": h.version, "model": h.model, "weights_hash": h.weights_hash,
-        "reference_fingerprint": h.ref_hash, "reference_shift": list(h.ref_shift), "scale": h.scale,
+        "reference_fingerprint": h.ref_hash, "reference_shift": list(h.ref_shift), "reference_rotation": h.ref_rotation,
+        "scale": h.scale,
         "size": list(h.size), "padded_size": list(h.padded_size), "lr_size": list(h.lr_size), "tiles": h.tiles,
         "precision": h.precision,
         "codec": h.codec, "quality": h.quality,

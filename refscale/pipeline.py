@@ -22,7 +22,8 @@ Written once against the :class:`~refscale.protocol.Rescaler` protocol:
   condition. :data:`DEFAULT_PRECISION` is the measured choice (see ``benchmarks/large_scene.py``).
 * **Checks.** A reference model without a reference is a :class:`ModelError`; a reference
   of another size is an :class:`InputError` (``resample_ref=True`` resizes it with MATLAB
-  bicubic instead); a packet made by other weights is refused unless ``allow_mismatch``.
+  bicubic to 8 bits instead, then registers it like any reference; the decoder resizes the
+  recorded reference by itself); a packet made by other weights is refused unless ``allow_mismatch``.
 * **Inter-frame LR codecs** (``h264-inter``, ... :mod:`refscale.inter`) predict the LR from the
   reference at the LR's size (:func:`lr_reference`), so with them the reference is needed (and
   fingerprinted) even for a model that takes none; the model itself still gets it only if it
@@ -93,8 +94,8 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
     ``tile``: core tile size in HR pixels (rounded up to the alignment); ``None`` tiles only
     images above :data:`AUTO_TILE_PIXELS`, ``0`` never tiles. ``overlap``: context margin in HR
     pixels (default ``DEFAULT_OVERLAP_LR * scale``). ``register`` (reference models): estimate
-    the reference's translation against the image and move it into place
-    (:mod:`refscale.registration`); the shift is recorded and the decoder repeats it.
+    the reference's translation (and small rotation) against the image and move it into place
+    (:mod:`refscale.registration`); the transform is recorded and the decoder repeats it.
     ``codec``, ``quality``: what ``packet.to_bytes()`` writes by default (default: the model's
     ``default_codec``); an inter-frame codec keeps the reference for the LR codec (``lr_ref``).
     """
@@ -107,20 +108,22 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
     size = tuple(hr.shape[-2:]) if scene is None else scene.size
     codec = codecs.canonical(model.default_codec if codec is None else codec)
     quality = codecs.check_quality(codec, quality)
-    ref, ref_hash = _reference(model, ref, size, resample_ref, codec, record, windowed=scene is not None,
-                               progress=progress)
+    ref, ref_hash = _reference(model, ref, size, codec, record, windowed=scene is not None, progress=progress)
+    if isinstance(ref, torch.Tensor):
+        ref = _to_size(ref, size, resample_ref)
     lr_ref = lr_reference(ref, model.alignment, model.scale) if isinstance(ref, torch.Tensor) else None
     if not model.needs_reference:
         ref = None  # kept for the LR codec only
-    shift = (0, 0)
+    shift, rotation = (0, 0), 0
     if ref is not None and register:
         if isinstance(ref, raster.RasterScene) or scene is not None:
             warnings.warn("a scene read window by window is not registered to its reference: give a co-registered "
                           "reference (registration off)", stacklevel=2)
         else:
-            estimate = registration.estimate_shift(hr, ref)
-            shift = (0, 0) if registration.is_none(estimate) else registration.to_units(estimate)
-            ref = registration.apply_shift(ref, registration.from_units(shift))
+            estimate, angle = registration.estimate_transform(hr, ref)
+            rotation = registration.rotation_to_units(angle)
+            shift = (0, 0) if registration.is_none(estimate) and not rotation else registration.to_units(estimate)
+            ref = registration.apply_shift(ref, registration.from_units(shift), registration.rotation_from_units(rotation))
     align = model.alignment
     padded = (_round_up(size[0], align), _round_up(size[1], align))
     if scene is None:
@@ -165,14 +168,14 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
         model=model.name, weights_hash=model.weights_hash(), scale=s, size=size, padded_size=padded,
         tiles={"tile": layout[0], "overlap": layout[1]} if len(windows) > 1 else None,
         lr=lr_u8, side=side_np, side_dtypes=side_dtypes, precision=precision, ref_hash=ref_hash,
-        ref_shift=shift, codec=codec, quality=quality, lr_ref=lr_ref, raster=record,
+        ref_shift=shift, ref_rotation=rotation, codec=codec, quality=quality, lr_ref=lr_ref, raster=record,
     )
 
 
 # ============================================================================= decode
 def decode(model: Rescaler, packet, ref=None, *, temperature: float = DEFAULT_TEMPERATURE, seed: int = 0,
            tile: int | None = None, overlap: int | None = None, allow_mismatch: bool = False, progress: bool = False,
-           resample_ref: bool = False, precision: str | None = None,
+           resample_ref: bool | None = None, precision: str | None = None,
            allow_other_reference: bool = False, sink=None) -> torch.Tensor | None:
     """Rebuild the HR image ``[1,3,H,W]`` (float32 in [0,1]) from a :class:`Packet` (or its bytes).
 
@@ -192,8 +195,11 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = DEFAULT_TE
     unlikely to be good). A reference whose :func:`fingerprint` differs from the one the encoder
     recorded is refused (:class:`InputError`), unless ``allow_other_reference`` (e.g. a re-encoded
     copy of the archive image), which warns instead; a version-1 container has no fingerprint
-    and decodes with a warning that the reference cannot be checked. The reference is moved by
-    the shift the encoder recorded (registration), exactly as the encoder moved it.
+    and decodes with a warning that the reference cannot be checked. ``resample_ref``: ``None``
+    (default) resamples a reference of another size when it is the one the encoder recorded (the
+    encoder accepts such a reference only with ``resample_ref=True``); ``True``/``False`` force it.
+    The reference is then moved by the transform the encoder recorded (registration), exactly as
+    the encoder moved it.
     """
     if isinstance(packet, (bytes, bytearray, memoryview)):
         packet = Packet.from_bytes(bytes(packet))
@@ -206,21 +212,23 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = DEFAULT_TE
         raise InputError(f"seed must be an integer >= 0, got {seed!r}")
     size, padded, s = tuple(packet.size), tuple(packet.padded_size), model.scale
     windowed = sink is not None and packet.raster is not None
-    ref, ref_hash = _reference(model, ref, size, resample_ref, packet.codec, packet.raster, windowed=windowed,
-                               progress=progress)
+    ref, ref_hash = _reference(model, ref, size, packet.codec, packet.raster, windowed=windowed, progress=progress)
     if isinstance(ref, raster.RasterScene):
         _check_reference(packet, ref_hash, allow_other_reference)
-        if any(packet.ref_shift):
-            raise InputError("the container records a registration shift: decode it in memory (a reference read "
+        if any(packet.ref_shift) or packet.ref_rotation:
+            raise InputError("the container records a registration transform: decode it in memory (a reference read "
                              "window by window cannot be moved)")
     elif ref is not None:
         same = _check_reference(packet, ref_hash, allow_other_reference)
+        # the recorded reference of another size: the encoder resampled it (it accepts no other)
+        ref = _to_size(ref, size, resample_ref if resample_ref is not None else ref_hash == packet.ref_hash)
         if packet.lr is None:  # an inter-frame LR: decoded from the reference at LR size
             lr_ref = lr_reference(ref, model.alignment, s)
             if lr_ref.shape[:2] != (padded[0] // s, padded[1] // s):
                 raise ContainerError(f"padded size {padded[1]}x{padded[0]} in the container does not match the model's alignment")
             packet.decode_lr(lr_ref, exact=same)
-        ref = registration.apply_shift(ref, registration.from_units(packet.ref_shift)) if model.needs_reference else None
+        ref = registration.apply_shift(ref, registration.from_units(packet.ref_shift),
+                                       registration.rotation_from_units(packet.ref_rotation)) if model.needs_reference else None
     if _round_up(size[0], model.alignment) != padded[0] or _round_up(size[1], model.alignment) != padded[1]:
         raise ContainerError(f"padded size {padded[1]}x{padded[0]} in the container does not match the model's alignment")
     read_ref = None if ref is None else _scene_reader(ref, padded) if isinstance(ref, raster.RasterScene) \
@@ -361,14 +369,13 @@ def _check_reference(packet: Packet, got: str, allow_other: bool) -> bool:
     return False
 
 
-def _reference(model: Rescaler, ref, size: tuple[int, int], resample: bool,
-               codec: str = "png", record=None, windowed: bool = False,
-               progress: bool = False) -> tuple[torch.Tensor | None, str | None]:
-    """``(reference at the image size, fingerprint of the reference as given)``; ``(None, None)``
-    for models without one, unless the LR ``codec`` predicts from the reference. A reference
-    file of an image with a raster ``record`` is read with its bands and intensity mapping
-    (:func:`refscale.raster.read_reference`); with ``windowed``, a reference path becomes a
-    :class:`refscale.raster.RasterScene` read window by window, fingerprinted in one pass."""
+def _reference(model: Rescaler, ref, size: tuple[int, int], codec: str = "png", record=None, windowed: bool = False,
+               progress: bool = False) -> tuple[torch.Tensor | raster.RasterScene | None, str | None]:
+    """``(reference as given, its fingerprint)``; ``(None, None)`` for models without one, unless
+    the LR ``codec`` predicts from the reference. A reference file of an image with a raster
+    ``record`` is read with its bands and intensity mapping (:func:`refscale.raster.read_reference`);
+    with ``windowed``, a reference path becomes a :class:`refscale.raster.RasterScene` of the
+    image's ``size``, read window by window and fingerprinted in one pass."""
     if not model.needs_reference and not codecs.needs_reference(codec):
         if ref is not None:
             warnings.warn(f"model {model.name} takes no reference; ignoring it", stacklevel=3)
@@ -387,16 +394,27 @@ def _reference(model: Rescaler, ref, size: tuple[int, int], resample: bool,
     if record is not None and isinstance(ref, (str, os.PathLike)):
         ref = raster.read_reference(ref, record)
     ref = _image(ref, "reference")
-    given = fingerprint(ref)
+    return ref, fingerprint(ref)
+
+
+def _to_size(ref: torch.Tensor | None, size: tuple[int, int], resample: bool) -> torch.Tensor | None:
+    """The reference at the image ``size``: as it is, or (``resample``) resized from another size.
+
+    Normative, so that encoder and decoder get the same pixels: MATLAB bicubic
+    (:func:`refscale.ops.imresize`) in float64, clipped and rounded to 8 bits like any image
+    refscale reads. Registration follows (a footprint that differs by a translation is recovered
+    there); a reference covering another area or at another orientation is not corrected here.
+    """
+    if ref is None or tuple(ref.shape[-2:]) == tuple(size):
+        return ref
     rsize = tuple(ref.shape[-2:])
-    if rsize != tuple(size):
-        if not resample:
-            raise InputError(
-                f"reference is {rsize[1]}x{rsize[0]} but the image is {size[1]}x{size[0]} (width x height); give a co-registered "
-                "reference of the same size (or resample it: --resample-ref / resample_ref=True)"
-            )
-        ref = ops.imresize(ref, size=tuple(size)).clamp(0, 1)
-    return ref, given
+    if not resample:
+        raise InputError(
+            f"reference is {rsize[1]}x{rsize[0]} but the image is {size[1]}x{size[0]} (width x height); give a co-registered "
+            "reference of the same size (or resample it: --resample-ref / resample_ref=True)"
+        )
+    out = ops.imresize(ref.double(), size=tuple(size)).clamp(0, 1)
+    return (torch.round(out * 255) / 255).float()
 
 
 def _layout(model: Rescaler, padded: tuple[int, int], tile, overlap, recorded: bool = False) -> tuple[int, int]:

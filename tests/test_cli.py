@@ -217,6 +217,9 @@ def test_wrong_reference_size(files, capsys):
     code, _, err = run(capsys, "encode", files / "hr.png", "--ref", files / "ref_small.png", "-m", w, "-o", files / "x.rsc",
                        "--resample-ref")
     assert code == 0, err
+    code, _, err = run(capsys, "decode", files / "x.rsc", "--ref", files / "ref_small.png", "-m", w, "-o", files / "x.png")
+    assert code == 0, err  # the recorded reference is resampled as the encoder did, without the option
+    assert (files / "x.png").exists()
 
 
 def test_reference_missing_for_a_reference_model(files, capsys):

@@ -28,7 +28,7 @@ def spec_read(data: bytes) -> dict:
     """Parse a container following docs/format.md only (no refscale code)."""
     assert data[:8] == bytes([0x89, 0x52, 0x53, 0x43, 0x0D, 0x0A, 0x1A, 0x0A])
     version, n = struct.unpack_from("<HI", data, 8)
-    assert version in (1, 2, 3)
+    assert version in (1, 2, 3, 4)
     assert struct.unpack_from("<I", data, 14 + n)[0] == zlib.crc32(data[:14 + n])
     pos = 14
 
@@ -54,6 +54,7 @@ def spec_read(data: bytes) -> dict:
             out["ref"] = data[pos:pos + 32].hex()
             pos += 32
             out["ref_shift"] = take("<ii")
+            out["ref_rotation"] = take("<i")[0] if version >= 4 else 0
     out["scale"], h, w, ph, pw, out["tile"], out["overlap"] = take("<HIIIIII")
     out["size"], out["padded"] = (h, w), (ph, pw)
     out["precision"], out["codec"] = str8(), str8()
@@ -66,7 +67,7 @@ def spec_read(data: bytes) -> dict:
         comp = str8()
         length, crc = take("<II")
         side.append((name, dtype, restore, shape, comp, length, crc))
-    raster_len, raster_crc = take("<II") if version == 3 else (0, 0)
+    raster_len, raster_crc = take("<II") if version >= 3 else (0, 0)
     assert pos == 14 + n
     pos += 4
     out["lr_bytes"] = data[pos:pos + lr_len]
@@ -116,6 +117,36 @@ def test_file_matches_docs_format_md():
     assert spec["lr_bytes"][:8] == b"\x89PNG\r\n\x1a\n"  # a plain PNG file inside
     smap, restore = spec["side"]["smap"]
     assert np.array_equal(smap, p.side["smap"]) and restore == "float32"
+
+
+def test_reference_rotation_is_version_4_as_docs_format_md():
+    """A rotation makes the file version 4 (the field after the shift); without one it stays
+    version 2, byte for byte; out of range, in an older version or without a reference: refused."""
+    p = make_packet()
+    p.ref_hash, p.ref_shift = "ab" * 32, (-150, 7)
+    before = p.to_bytes()
+    p.ref_rotation = -321
+    data = p.to_bytes()
+    spec = spec_read(data)
+    assert spec["version"] == 4 and spec["ref_shift"] == (-150, 7) and spec["ref_rotation"] == -321
+    back = Packet.from_bytes(data)
+    assert back.version == 4 and back.ref_rotation == -321 and back.info()["reference_rotation"] == -321
+    p.ref_rotation = 0
+    assert p.to_bytes() == before and Packet.from_bytes(before).ref_rotation == 0
+    p.ref_rotation = 18001
+    with pytest.raises(ContainerError, match="rotation .* out of range"):
+        p.to_bytes()
+    header = read_header(data)
+    header.version = 3
+    with pytest.raises(ContainerError, match="version 3 has no reference rotation"):
+        header.validate()
+    q = make_packet()
+    q.ref_rotation = 5
+    with pytest.raises(ContainerError, match="without a reference"):
+        q.to_bytes()
+    for cut in (14 + 7 + 32 + 1 + 32 + 8 + 2, len(data) - 1):  # inside the rotation field; the last byte
+        with pytest.raises(ContainerError):
+            Packet.from_bytes(data[:cut])
 
 
 def test_format_md_exists_and_names_every_field():
@@ -264,7 +295,7 @@ def test_reader_refuses_wrong_magic_version_truncation_and_crcs():
     cases = {
         "bad magic": b"GIF89a" + data[6:],
         "PNG image": b"\x89PNG\r\n\x1a\n" + data[8:],
-        "version 4": data[:8] + b"\x04\x00" + data[10:],
+        "version 5": data[:8] + b"\x05\x00" + data[10:],
         "truncated": data[:-3],
         "trailing": data + b"\0",
         "header checksum": data[:20] + bytes([data[20] ^ 1]) + data[21:],
@@ -275,8 +306,8 @@ def test_reader_refuses_wrong_magic_version_truncation_and_crcs():
         with pytest.raises(ContainerError) as err:
             Packet.from_bytes(bad)
         assert "\n" not in str(err.value), label
-    with pytest.raises(ContainerError, match="version 4"):
-        Packet.from_bytes(cases["version 4"])
+    with pytest.raises(ContainerError, match="version 5"):
+        Packet.from_bytes(cases["version 5"])
     with pytest.raises(ContainerError, match="PNG"):
         Packet.from_bytes(cases["PNG image"])
 

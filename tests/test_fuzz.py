@@ -1,5 +1,5 @@
-"""Fuzzing the .rsc reader and decoder: 8,000 damaged containers (format versions 2 and 3, raster
-record versions 1 and 2, i.e. without and with a nodata mask).
+"""Fuzzing the .rsc reader and decoder: 8,000 damaged containers (format versions 2, 3 and 4;
+raster record versions 1 and 2, i.e. without and with a nodata mask).
 
 Random truncations, bit flips, header edits (with the header CRC repaired, so the checks behind
 it are exercised) and section edits (with the section CRCs repaired, so the image and
@@ -51,7 +51,10 @@ def bases():
     invalid[2, 10:12, 4:9] = True
     masked.raster = RasterRecord(dtype="float32", band_count=3, bands=[1, 2, 3], ranges=[(0.0, 1.0)] * 3,
                                  nodata=float("nan"), mask=Mask.from_bool(invalid))
-    return model, ref, [plain, tiled, geo.to_bytes(), masked.to_bytes()]
+    turned = model.encode(hr, ref)  # format version 4: a reference rotation (registration)
+    turned.ref_rotation = -250
+    assert Packet.from_bytes(turned.to_bytes()).version == 4
+    return model, ref, [plain, tiled, geo.to_bytes(), masked.to_bytes(), turned.to_bytes()]
 
 
 def fix_header_crc(data: bytes) -> bytes:
@@ -150,7 +153,7 @@ def test_fuzz_container_and_decoder():
                 slowest = max(slowest, time.perf_counter() - start)
     finally:
         signal.signal(signal.SIGALRM, old)
-    assert sum(outcomes.values()) >= 6000
+    assert sum(outcomes.values()) >= 8000
     # both outcomes occur: damage inside pixel data with repaired CRCs still decodes
     assert outcomes["decoded"] > 20 and outcomes["refused"] > 1000, outcomes
     assert slowest < 5.0

@@ -151,10 +151,15 @@ def test_reference_of_another_size_is_refused_with_a_hint_or_resampled():
         model.encode(hr, ref)
     packet = model.encode(hr, ref, resample_ref=True)
     assert packet.size == (32, 32)
+    model.decode(packet, ref)  # the recorded reference: resampled as the encoder did, unasked
+    with pytest.raises(InputError, match="resample"):
+        model.decode(packet, ref, resample_ref=False)
     good_ref = pair(32, 32)[1]
     packet = model.encode(hr, good_ref)
-    with pytest.raises(InputError, match="32x30 but the image is 32x32"):  # width x height
+    with pytest.raises(InputError, match="not the one"):  # another reference is refused first
         model.decode(packet, ref)
+    with pytest.raises(InputError, match="32x30 but the image is 32x32"), pytest.warns(UserWarning):  # width x height
+        model.decode(packet, ref, allow_other_reference=True)
 
 
 def test_reference_given_to_a_model_without_one_is_ignored_with_a_warning():
@@ -409,7 +414,7 @@ def test_reference_fingerprint_is_of_the_reference_as_given():
     small = ref[..., :20, :28]
     packet = model.encode(hr, small, resample_ref=True)
     assert packet.ref_hash == pipeline.fingerprint(small)
-    model.decode(packet, small, resample_ref=True)  # the same reference: no error
+    model.decode(packet, small)  # the same reference: no error
     changed = ref.clone()
     changed[0, 1, 5, 7] = (torch.round(changed[0, 1, 5, 7] * 255) + (1 if changed[0, 1, 5, 7] < 0.5 else -1)) / 255
     full = model.encode(hr, ref)
@@ -435,6 +440,15 @@ def test_decoder_warns_when_the_reference_looks_unrelated():
         model.decode(packet, other, allow_other_reference=True)
     texts = " | ".join(str(w.message) for w in record)
     assert "not the one" in texts and "looks unrelated" in texts
+
+
+def _record_references(model, monkeypatch) -> dict:
+    """The reference tensors ``model`` is given, by ``"encode"`` (downscale) and ``"decode"`` (upscale)."""
+    seen = {"encode": [], "decode": []}
+    down, up = model.downscale, model.upscale
+    monkeypatch.setattr(model, "downscale", lambda x, r=None: (seen["encode"].append(r.clone()), down(x, r))[1])
+    monkeypatch.setattr(model, "upscale", lambda lr, side=None, r=None, **kw: (seen["decode"].append(r.clone()), up(lr, side, r, **kw))[1])
+    return seen
 
 
 def _moved(img: torch.Tensor, shift) -> torch.Tensor:
@@ -465,6 +479,62 @@ def test_registration_recovers_a_known_shift(shift, monkeypatch):
     assert registration.is_none(registration.estimate_shift(new, old))  # the pair as shipped is registered
 
 
+def test_a_reference_of_another_size_is_resampled_then_registered(monkeypatch):
+    """A reference at another resolution whose footprint is offset by a translation (5, -7 px):
+    the encoder resamples it, registers it and records the shift; the decoder, given the same
+    file and no option, resamples and warps it identically: bit-identical reference pixels for
+    the model at both ends (hence the same F_c)."""
+    from refscale.demo import real_pair
+    from refscale.imageio import as_image_tensor
+
+    new, old = (as_image_tensor(a) for a in real_pair())
+    hr = new[..., 16:112, 16:144]
+    footprint = old[..., 16 + 5:112 + 5, 16 - 7:144 - 7]  # the archive image covers an offset area
+    ref = torch.round(ops.imresize(footprint.double(), scale=1.5).clamp(0, 1) * 255).float() / 255
+    assert ref.shape[-2:] == (144, 192)
+    model = ToyRef()
+    seen = _record_references(model, monkeypatch)
+    packet = Packet.from_bytes(model.encode(hr, ref, tile=0, resample_ref=True).to_bytes())
+    encoded = seen["encode"][-1]
+    assert encoded.shape[-2:] == hr.shape[-2:]
+    assert np.abs(np.subtract(packet.ref_shift, (500, -700))).max() <= 25  # within 0.25 px
+    assert packet.ref_hash == pipeline.fingerprint(ref)  # of the file as given
+    model.decode(packet, ref, tile=0)
+    assert torch.equal(encoded, seen["decode"][-1])
+    assert torch.equal(encoded, torch.round(encoded * 255) / 255)  # 8-bit pixels, nothing machine-dependent left
+
+
+@pytest.mark.parametrize("degrees, shift", [(3.0, (0.0, 0.0)), (-5.0, (4.0, -7.0)), (1.0, (0.0, 0.0))])
+def test_registration_recovers_a_known_rotation(degrees, shift, monkeypatch):
+    """The demo pair's 2015 image turned by a known angle (scipy.ndimage.rotate) and moved:
+    encode records the inverse turn to within 0.15 degree and a shift that lines the reference
+    up (its detail agrees with the new image as well as the untouched pair's does); decode
+    applies the identical warp (bit-identical reference pixels for the model at both ends)."""
+    from scipy.ndimage import rotate
+
+    from refscale import registration
+    from refscale.demo import real_pair
+    from refscale.imageio import as_image_tensor
+
+    new, old = (as_image_tensor(a) for a in real_pair())
+    turned = torch.from_numpy(np.stack([rotate(c, degrees, reshape=False, order=3, mode="mirror")
+                                        for c in old.double()[0].numpy()])).float()[None].clamp(0, 1)
+    ref = torch.round(_moved(turned, shift) * 255) / 255
+    model = ToyRef()
+    seen = _record_references(model, monkeypatch)
+    packet = Packet.from_bytes(model.encode(new, ref, tile=0).to_bytes())
+    assert packet.version == 4 and abs(registration.rotation_from_units(packet.ref_rotation) + degrees) <= 0.15
+    encoded = seen["encode"][-1]
+
+    def agreement(x):  # the detail band, away from the border the warps filled
+        a, b = (registration._band(registration._luma(t))[40:-40, 40:-40] for t in (new, x))
+        return registration._correlation(a, b)
+
+    assert agreement(encoded) >= agreement(old) - 0.03 and agreement(ref) < agreement(old) - 0.2
+    model.decode(packet, ref, tile=0)
+    assert torch.equal(encoded, seen["decode"][-1])
+
+
 @pytest.mark.parametrize("degrees", [5, 10])
 def test_a_rotated_reference_gets_no_spurious_shift(degrees):
     """Phase correlation finds a peak on any pair; on a rotated reference it is meaningless (up to
@@ -491,10 +561,7 @@ def test_encoder_and_decoder_see_the_same_registered_reference(monkeypatch):
     new, old = (as_image_tensor(a)[..., :96, :128] for a in real_pair())
     ref = _moved(old, (4.0, -6.5))
     model = ToyRef()
-    seen = {"encode": [], "decode": []}
-    down, up = model.downscale, model.upscale
-    monkeypatch.setattr(model, "downscale", lambda hr, r=None: (seen["encode"].append(r.clone()), down(hr, r))[1])
-    monkeypatch.setattr(model, "upscale", lambda lr, side=None, r=None, **kw: (seen["decode"].append(r.clone()), up(lr, side, r, **kw))[1])
+    seen = _record_references(model, monkeypatch)
     packet = Packet.from_bytes(model.encode(new, ref, tile=0).to_bytes())
     encoded = seen["encode"][-1]  # (the decoder may probe the model with other inputs later)
     assert packet.ref_shift != (0, 0) and np.abs(np.add(packet.ref_shift, (400, -650))).max() <= 25
