@@ -108,7 +108,7 @@ def run(args) -> None:
     for name, sha in weights.items():  # points of other weights must not be mixed in silently
         old = results["meta"].get("weights", {}).get(name, sha)
         if old != sha:
-            raise SystemExit(f"{out} holds {name} points of other weights (sha256 {old[:12]}, now {sha[:12]}); use a new --out")
+            raise SystemExit(f"{out} holds {name} points of other weights (sha256 {str(old)[:12]}, now {str(sha)[:12]}); use a new --out")
     if results["points"] and results["meta"].get("centre_crop", 0) != args.crop:
         raise SystemExit(f"{out} was measured with --crop {results['meta'].get('centre_crop', 0)}; use the same or a new --out")
     results["meta"].update(data=str(args.data), split=args.split, crop=CROP, centre_crop=args.crop, qualities=qualities,

@@ -121,6 +121,11 @@ class Packet:
     lr_ref: np.ndarray | None = field(default=None, repr=False, compare=False)  # inter codecs only
     lr_data: bytes | None = field(default=None, repr=False, compare=False)  # inter codecs: the undecoded section
 
+    @property
+    def registered(self) -> bool:
+        """The encoder moved the reference (a recorded shift or rotation) before the model saw it."""
+        return any(self.ref_shift) or bool(self.ref_rotation)
+
     # ------------------------------------------------------------------ writing
     def to_bytes(self, codec: str | None = None, quality: int | None = None, *, max_bytes: int | None = None) -> bytes:
         """The ``.rsc`` file. ``codec=None`` keeps ``self.codec`` / ``self.quality``.

@@ -14,7 +14,8 @@ mod-crop — and its reference if the model needs one):
    bridge).
 3. ``si_lr``: SI (RefScale eq. 15) of the LR image as stored in the container (after the codec).
 4. ``seconds``: wall time of encode + serialisation + one decode (the mean over draws); with a
-   budget, the serialisation at the quality found, not the search for it.
+   budget, encode + decode only (the search for the quality, which serialises several times,
+   is not timed).
    ``precision``: the model arithmetic (``fp32``/``bf16``; ``auto`` resolves as in
    :mod:`refscale.pipeline`); the decoder repeats what the container records. The result
    records the resolved value.
@@ -92,18 +93,18 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
             packet = model.encode(hr, ref, precision=precision, codec=codec, quality=quality)
             t_encode = time.perf_counter() - start
             budget = bytes_for_bpp(bpp, (h, w)) if bpp is not None else max_bytes
-            used_quality = codecs.effective_quality(codec, quality)
-            if budget is not None:
+            if budget is None:
+                start = time.perf_counter()
+                data, used_quality = packet.to_bytes(codec, quality), codecs.effective_quality(codec, quality)
+                t_encode += time.perf_counter() - start
+            else:  # the search for the quality (several serialisations) is not timed
                 try:
-                    _, used_quality = packet.fit(codec, budget)
+                    data, used_quality = packet.fit(codec, budget)
                 except InputError as e:
                     over_budget.append({"name": name, "error": str(e)})
                     warnings.warn(f"{name}: {e}; left out of the means")
                     bar.update(1)
                     continue
-            start = time.perf_counter()  # the search is not timed: one serialisation at the quality used
-            data = packet.to_bytes(codec, used_quality)
-            t_encode += time.perf_counter() - start
             sizes = section_sizes(data)
             stored = Packet.from_bytes(data, lr_ref=packet.lr_ref)
             scores = {k: 0.0 for k in ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")}

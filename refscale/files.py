@@ -245,12 +245,12 @@ def decode_to_file(src, output, ref=None, *, model=None, cache: dict | None = No
     written to a ``.tif`` goes window by window (:class:`refscale.raster.TiffSink`: memory does not
     grow with the scene) when ``windowed``, or by default when its padded size exceeds
     :data:`refscale.raster.WINDOWED_PIXELS` and nothing needs the whole image (no recorded
-    registration shift, no inter-frame LR codec). Returns ``(packet, model)``."""
+    registration transform, no inter-frame LR codec). Returns ``(packet, model)``."""
     packet, m, ref = _open_container(src, ref, model, cache, warn_ref)
     output = Path(output)
     big = packet.padded_size[0] * packet.padded_size[1] > raster.WINDOWED_PIXELS
     if windowed is None:
-        windowed = big and not any(packet.ref_shift) and not codecs.needs_reference(packet.codec)
+        windowed = big and not packet.registered and not codecs.needs_reference(packet.codec)
     if not (windowed and packet.raster is not None and output.suffix.lower() in raster.TIFF_SUFFIXES
             and raster.have_rasterio()):
         write_decoded(pipeline.decode(m, packet, ref, **decode_options), packet, output, cog=cog, force=force)
@@ -258,10 +258,10 @@ def decode_to_file(src, output, ref=None, *, model=None, cache: dict | None = No
     sink = raster.TiffSink(output, packet.raster, packet.size, packet.padded_size, cog=cog, overwrite=force)
     try:
         pipeline.decode(m, packet, ref, sink=sink, **decode_options)
+        sink.close()
     except BaseException:
         sink.abort()
         raise
-    sink.close()
     return packet, m
 
 

@@ -215,7 +215,7 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = DEFAULT_TE
     ref, ref_hash = _reference(model, ref, size, packet.codec, packet.raster, windowed=windowed, progress=progress)
     if isinstance(ref, raster.RasterScene):
         _check_reference(packet, ref_hash, allow_other_reference)
-        if any(packet.ref_shift) or packet.ref_rotation:
+        if packet.registered:
             raise InputError("the container records a registration transform: decode it in memory (a reference read "
                              "window by window cannot be moved)")
     elif ref is not None:

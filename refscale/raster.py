@@ -216,7 +216,7 @@ class RasterRecord:
         nodata = self.nodata
         if nodata is not None and not math.isfinite(nodata):
             nodata = "nan" if math.isnan(nodata) else ("inf" if nodata > 0 else "-inf")
-        obj = {"v": 1 if self.mask is None else 2, "dtype": self.dtype, "band_count": int(self.band_count),
+        obj = {"v": 1 if self.mask is None else RECORD_VERSION, "dtype": self.dtype, "band_count": int(self.band_count),
                "bands": [int(b) for b in self.bands], "descriptions": list(self.descriptions),
                "ranges": [[float(lo), float(hi)] for lo, hi in self.ranges], "rule": self.rule, "nodata": nodata,
                "crs": self.crs, "transform": None if self.transform is None else [float(v) for v in self.transform]}
@@ -242,9 +242,9 @@ class RasterRecord:
             obj = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
         except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise ContainerError(f"raster record is not UTF-8 JSON ({type(e).__name__})") from None
-        if not isinstance(obj, dict) or obj.get("v") not in (1, 2):
+        if not isinstance(obj, dict) or obj.get("v") not in range(1, RECORD_VERSION + 1):
             version = obj.get("v") if isinstance(obj, dict) else None
-            raise ContainerError(f"raster record version {version!r} unknown (this refscale reads 1 and 2)")
+            raise ContainerError(f"raster record version {version!r} unknown (this refscale reads 1 to {RECORD_VERSION})")
         keys = _KEYS | ({"mask"} if obj["v"] == 2 else set())
         if set(obj) != keys:
             raise ContainerError(f"raster record version {obj['v']} must be a JSON object with the keys {', '.join(sorted(keys))}")
@@ -273,7 +273,7 @@ class RasterRecord:
                 "nodata": None if self.nodata is None else (self.nodata if math.isfinite(self.nodata) else str(self.nodata)),
                 "crs": crs_name(self.crs), "transform": None if self.transform is None else list(self.transform),
                 "nodata_pixels": None if self.mask is None else
-                [int(np.bitwise_count(plane).sum()) for plane in self.mask.packed()]}
+                [int(np.unpackbits(plane).sum()) for plane in self.mask.packed()]}  # padding bits are 0
 
 
 def _read_mask(spec, blob: bytes) -> Mask:
@@ -769,9 +769,7 @@ class RasterScene:
         from rasterio.windows import Window
 
         if self._src is None:
-            import rasterio
-
-            self._src = rasterio.open(self.path)
+            self._src = _open_rasterio(self.path)
         sel = self._src.read(self.indexes, window=Window(x0, y0, x1 - x0, y1 - y0))
         bad = invalid_pixels(sel, self.nodata) if self.masked else None
         if bad is not None and len(bad) > 1 and all(np.array_equal(bad[0], m) for m in bad[1:]):

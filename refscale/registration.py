@@ -27,6 +27,8 @@ import warnings
 import numpy as np
 import torch
 
+from refscale import ops
+
 #: side of the central window of larger images that is correlated
 MAX_SIDE = 1024
 #: the recorded shift's unit, in pixels, and the recorded rotation's, in degrees (the container stores integers)
@@ -53,12 +55,6 @@ def _luma(x: torch.Tensor) -> np.ndarray:
     return (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]).numpy()
 
 
-def _centre(x: torch.Tensor, side: int) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    t, left = max(0, (h - side) // 2), max(0, (w - side) // 2)
-    return x[..., t:t + side, left:left + side]
-
-
 def _peak(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """The phase-correlation shift moving luma ``b`` onto luma ``a``, rounded to :data:`SHIFT_UNIT`."""
     from skimage.registration import phase_cross_correlation
@@ -78,7 +74,7 @@ def estimate_shift(new: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
 
 def _guarded_shift(new: torch.Tensor, ref: torch.Tensor):
     """``(shift, None)``, or ``((0, 0), peak)`` when the correlation peak does not line the detail up."""
-    a, b = _luma(_centre(new, MAX_SIDE)), _luma(_centre(ref, MAX_SIDE))
+    a, b = _luma(ops.centre_crop(new, MAX_SIDE)), _luma(ops.centre_crop(ref, MAX_SIDE))
     peak = _peak(a, b)
     if not is_none(peak) and not _improves(a, b, peak):  # rotation, another place, heavy change
         return (0.0, 0.0), peak
@@ -121,7 +117,7 @@ def estimate_transform(new: torch.Tensor, ref: torch.Tensor) -> tuple[tuple[floa
         turned = _warp(b, (0.0, 0.0), angle, order=1)
         local = _peak(a, turned)
         band = _band(a)
-        score = lambda sh, an: _correlation(band, _band(_warp(b, sh, an, order=1)))  # noqa: E731
+        score = lambda sh, an: _correlation(band, _band(_warp(b, sh, an, order=1, mode="mirror")))  # noqa: E731
         if score(local, angle) > score(shift, 0.0) and _improves(a, b, local, angle):
             # the window turned about its own centre; the same turn about the image centre moves by (I - M)(cw - c)
             cw = np.add(origin, (np.array(a.shape) - 1) / 2) - (np.array(new.shape[-2:]) - 1) / 2

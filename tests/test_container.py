@@ -149,6 +149,17 @@ def test_reference_rotation_is_version_4_as_docs_format_md():
             Packet.from_bytes(data[:cut])
 
 
+def test_a_rotation_alone_counts_as_registered():
+    """Decoding window by window cannot move the reference: a recorded turn without a shift must
+    send it to the in-memory path as a shift does (files.decode_to_file, pipeline.decode)."""
+    p = make_packet()
+    assert not p.registered
+    p.ref_hash, p.ref_rotation = "ab" * 32, 250
+    assert p.registered and Packet.from_bytes(p.to_bytes()).registered
+    p.ref_rotation, p.ref_shift = 0, (0, -3)
+    assert p.registered
+
+
 def test_format_md_exists_and_names_every_field():
     from pathlib import Path
 
