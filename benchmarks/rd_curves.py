@@ -181,7 +181,8 @@ def run(args) -> None:
 # ============================================================================= report
 def curves(results: dict, images: list[str] | None = None) -> dict[tuple[str, str], list[dict]]:
     """``{(pipeline, codec): [{q, images, bpp, psnr_y, ssim_y}, ...]}``: means over one common set
-    of images (``images``, default every image the full-resolution curves have complete), so that
+    of images (``images``, default every image the full-resolution curves, or without them all
+    curves, have complete), so that
     all curves, and so every BD delta, average the same images; a curve not complete on that set
     is left out with a note."""
     by: dict[tuple[str, str], dict[str, dict[int, dict]]] = {}
@@ -191,9 +192,12 @@ def curves(results: dict, images: list[str] | None = None) -> dict[tuple[str, st
     qs = {codec: tuple(results["meta"]["qualities"][codec]) for _, codec in by}
     complete = {k: {im for im, pts in v.items() if all(q in pts for q in qs[k[1]])} for k, v in by.items()}
     if images:
-        common = set(images)
-    else:
-        full = [v for k, v in complete.items() if k[0] == FULL]
+        known = set().union(*complete.values())
+        if set(images) - known:
+            print(f"note: no complete curve has {', '.join(sorted(set(images) - known))}; left out", file=sys.stderr)
+        common = set(images) & known
+    else:  # the full-resolution curves' images, or without them every curve's
+        full = [v for k, v in complete.items() if k[0] == FULL] or list(complete.values())
         common = set.intersection(*full) if full else set()
     out = {}
     for (pipe, codec), per_image in by.items():

@@ -37,3 +37,22 @@ def test_order_of_points_does_not_matter_and_too_few_points_are_refused():
         bd(ANCHOR, ANCHOR[:3])
     with pytest.raises(InputError, match="positive"):
         bd(ANCHOR, [(0.0, 30.0)] + ANCHOR[1:])
+
+
+def test_report_curves_without_full_resolution_or_with_an_unknown_image():
+    """benchmarks/rd_curves.py: a report of rescaler curves alone keeps them (the common images
+    come from every curve when no full-resolution curve is selected); an unknown image name in
+    ``images`` is noted and ignored instead of emptying every curve."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import rd_curves
+
+    points = {f"{im}|bicubic-x2|jpeg|{q}": {"bpp": q / 100, "psnr_y": 30 + q / 10, "ssim_y": 0.9}
+              for im in ("a", "b") for q in (10, 50)}
+    results = {"points": points, "meta": {"qualities": {"jpeg": [10, 50]}}}
+    out = rd_curves.curves(results)
+    assert [p["images"] for p in out[("bicubic-x2", "jpeg")]] == [2, 2]
+    out = rd_curves.curves(results, images=["a", "nope"])
+    assert [p["images"] for p in out[("bicubic-x2", "jpeg")]] == [1, 1]
