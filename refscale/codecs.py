@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import io
 import re
-import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable
@@ -68,13 +67,12 @@ def _pil_decode(fmt: str):
     def dec(data: bytes, size: tuple[int, int]) -> np.ndarray:
         from PIL import Image
 
-        with warnings.catch_warnings():  # the size is the header's, bounded by the container's pixel limit
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                im = Image.open(io.BytesIO(data), formats=[fmt])
-            finally:
-                Image.MAX_IMAGE_PIXELS = limit
+        # the size is the header's, bounded by the container's pixel limit: no bomb check
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            im = Image.open(io.BytesIO(data), formats=[fmt])
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
         with im:
             if (im.height, im.width) != tuple(size):
                 raise ContainerError(f"LR image is {im.width}x{im.height}, header says {size[1]}x{size[0]} (width x height)")
@@ -162,8 +160,10 @@ CODECS.update({name: _inter_codec(name) for name in ("h264-inter", "hevc-inter",
 ALIASES = {"jpg": "jpeg", "jpegxl": "jxl", "jpeg2000": "j2k", "jp2": "j2k", "h265-inter": "hevc-inter"}
 
 
-def canonical(codec: str) -> str:
-    """The canonical codec name, or :class:`InputError` for an unknown one."""
+def canonical(codec: str | None, default: str | None = None) -> str:
+    """The canonical codec name (``codec=None``: ``default``, e.g. a model's ``default_codec``),
+    or :class:`InputError` for an unknown one."""
+    codec = default if codec is None else codec
     name = ALIASES.get(str(codec).lower(), str(codec).lower())
     if name not in CODECS:
         raise InputError(f"unknown codec {codec!r}; known: {', '.join(CODECS)}")

@@ -284,12 +284,18 @@ class Packet:
         return out
 
 
+def reference_hasher(shape: tuple[int, int, int]):
+    """A SHA-256 object primed for :func:`reference_fingerprint` of a reference of ``shape``
+    ``(H, W, C)``; feed it the 8-bit pixels ``[rows, W, C]`` (C order) strip by strip, top to bottom."""
+    return hashlib.sha256(b"refscale-reference-v1" + struct.pack("<III", *shape))
+
+
 def reference_fingerprint(ref_u8: np.ndarray) -> str:
     """SHA-256 (hex) of a reference as the encoder was given it (before resampling and
     registration): its 8-bit pixels ``[H, W, 3]`` (C order) with the shape. Computed by the
     encoder and checked by the decoder (docs/format.md)."""
     a = np.ascontiguousarray(ref_u8, dtype=np.uint8)
-    h = hashlib.sha256(b"refscale-reference-v1" + struct.pack("<III", *a.shape))
+    h = reference_hasher(a.shape)
     h.update(memoryview(a).cast("B"))
     return h.hexdigest()
 

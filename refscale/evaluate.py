@@ -74,7 +74,7 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
     from refscale.container import Packet, bytes_for_bpp, check_budget, section_sizes
     from refscale.pipeline import resolve_precision
 
-    codec = codecs.canonical(model.default_codec if codec is None else codec)
+    codec = codecs.canonical(codec, model.default_codec)
     check_budget(quality, bpp, max_bytes)
     if lr_dir is not None:
         check_lr_dir(samples, lr_dir, overwrite)

@@ -186,7 +186,7 @@ def encode_file(job: Job, model: Rescaler, *, codec: str | None = None, quality:
 
     ``bpp`` or ``max_bytes``: a budget for the whole file instead of a quality (the quality is
     chosen by :meth:`refscale.Packet.fit`); the budget is checked before anything is written."""
-    codec = codecs.canonical(model.default_codec if codec is None else codec)
+    codec = codecs.canonical(codec, model.default_codec)
     quality = codecs.check_quality(codec, quality)
     codecs.require(codec)
     check_budget(quality, bpp, max_bytes)

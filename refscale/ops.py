@@ -241,9 +241,15 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "reflect") -> tu
     ph, pw = (-h) % multiple, (-w) % multiple
     if ph == 0 and pw == 0:
         return x, (h, w)
-    if mode == "reflect" and (ph >= h or pw >= w):
-        mode = "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode), (h, w)
+    return F.pad(x, (0, pw, 0, ph), mode=padding_mode((h, w), (h + ph, w + pw), mode)), (h, w)
+
+
+def padding_mode(size: tuple[int, int], padded: tuple[int, int], mode: str = "reflect") -> str:
+    """The mode :func:`pad_to_multiple` pads ``size`` to ``padded`` with: reflect falls back to
+    replicate when the padding is not smaller than the image side (encoder and decoder agree)."""
+    if mode == "reflect" and (padded[0] - size[0] >= size[0] or padded[1] - size[1] >= size[1]):
+        return "replicate"
+    return mode
 
 
 def crop_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

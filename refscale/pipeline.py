@@ -106,7 +106,7 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
     if scene is None:
         hr = _image(hr.tensor if isinstance(hr, raster.RasterImage) else hr, "image")
     size = tuple(hr.shape[-2:]) if scene is None else scene.size
-    codec = codecs.canonical(model.default_codec if codec is None else codec)
+    codec = codecs.canonical(codec, model.default_codec)
     quality = codecs.check_quality(codec, quality)
     ref, ref_hash = _reference(model, ref, size, codec, record, windowed=scene is not None, progress=progress)
     if isinstance(ref, torch.Tensor):
@@ -253,8 +253,7 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = DEFAULT_TE
     with _inference(model, precision):
         for b, batch in enumerate(_progress(groups, progress, "decode")):
             gen = torch.Generator().manual_seed(int(seed) if len(groups) == 1 else _batch_seed(int(seed), b))
-            x = torch.cat([torch.from_numpy(np.ascontiguousarray(lr[w.y // s:(w.y + wh) // s, w.x // s:(w.x + ww) // s]))
-                           .permute(2, 0, 1).unsqueeze(0).float() / 255.0 for w in batch])
+            x = torch.cat([u8_to_float(lr[w.y // s:(w.y + wh) // s, w.x // s:(w.x + ww) // s]) for w in batch])
             side_b = {}
             for name, t in side.items():
                 st = padded[0] // t.shape[-2]
@@ -290,8 +289,8 @@ def _window_reader(t: torch.Tensor, mask: torch.Tensor | None, align: int):
 def _scene_reader(scene: raster.RasterScene, padded: tuple[int, int]):
     """Windows of a scene read from its file (:class:`refscale.raster.RasterScene`), padded past the
     image's bottom/right edge exactly as :func:`refscale.ops.pad_to_multiple` pads the whole image."""
-    (h, w), (ph, pw) = scene.size, padded
-    mode = "replicate" if ph - h >= h or pw - w >= w else "reflect"
+    h, w = scene.size
+    mode = ops.padding_mode((h, w), padded)
 
     def read(y: int, x: int, wh: int, ww: int):
         y1, x1 = min(y + wh, h), min(x + ww, w)
@@ -514,7 +513,12 @@ def _check_model(model: Rescaler, packet: Packet, allow_mismatch: bool) -> None:
 
 def stored_lr(packet: Packet) -> torch.Tensor:
     """The LR image as the container holds it (after the codec), ``[1,3,h,w]`` float in [0,1]."""
-    return torch.from_numpy(np.ascontiguousarray(packet.lr)).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+    return u8_to_float(packet.lr)
+
+
+def u8_to_float(a: np.ndarray) -> torch.Tensor:
+    """8-bit pixels ``[h, w, 3]`` as a ``[1, 3, h, w]`` float tensor in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).unsqueeze(0).float() / 255.0
 
 
 def resolve_precision(model: Rescaler, precision: str | None) -> str:

@@ -116,16 +116,12 @@ class Mask:
     @classmethod
     def from_bool(cls, invalid: np.ndarray) -> Mask:
         """From a bool array ``[C, H, W]`` (True = no data); identical planes are stored once."""
-        if len(invalid) > 1 and all(np.array_equal(invalid[0], m) for m in invalid[1:]):
-            invalid = invalid[:1]
-        c, h, w = invalid.shape
-        return cls(c, h, w, np.packbits(invalid, axis=-1).tobytes())
+        return cls.from_packed(np.packbits(invalid, axis=-1), invalid.shape[-1])
 
     @classmethod
     def from_packed(cls, packed: np.ndarray, width: int) -> Mask:
         """From packed rows ``[C, H, ceil(W / 8)]`` (identical planes stored once)."""
-        if len(packed) > 1 and all(np.array_equal(packed[0], m) for m in packed[1:]):
-            packed = packed[:1]
+        packed = shared_plane(packed)
         return cls(packed.shape[0], packed.shape[1], width, np.ascontiguousarray(packed).tobytes())
 
     def packed(self) -> np.ndarray:
@@ -136,6 +132,13 @@ class Mask:
         return np.unpackbits(self.packed()[:, y0:y1], axis=-1, count=self.width).astype(bool)
 
 
+
+
+def shared_plane(planes: np.ndarray) -> np.ndarray:
+    """``planes[:1]`` when all planes ``[C, ...]`` are identical (one mask for every band), else ``planes``."""
+    if len(planes) > 1 and all(np.array_equal(planes[0], m) for m in planes[1:]):
+        return planes[:1]
+    return planes
 
 
 # ============================================================================= the record
@@ -706,7 +709,6 @@ class RasterScene:
             h, w = src.height, src.width
             if not force and h * w <= WINDOWED_PIXELS:
                 return None
-            _limit_gdal_cache()
             meta = _rasterio_source(src, None)
             dtype = np.dtype(src.dtypes[0])
             if dtype.name not in DTYPES or len(set(src.dtypes)) != 1:
@@ -730,7 +732,7 @@ class RasterScene:
                         lo[c], hi[c] = min(lo[c], float(valid.min())), max(hi[c], float(valid.max()))
                 if bad is None:
                     continue
-                planes = 1 if all(np.array_equal(bad[0], m) for m in bad[1:]) else n
+                planes = len(shared_plane(bad))
                 if bits is None:
                     bits = np.zeros((planes, h, -(-w // 8)), np.uint8)
                 elif planes > bits.shape[0]:
@@ -772,19 +774,17 @@ class RasterScene:
             self._src = _open_rasterio(self.path)
         sel = self._src.read(self.indexes, window=Window(x0, y0, x1 - x0, y1 - y0))
         bad = invalid_pixels(sel, self.nodata) if self.masked else None
-        if bad is not None and len(bad) > 1 and all(np.array_equal(bad[0], m) for m in bad[1:]):
-            bad = bad[:1]  # one plane for all bands, as the record stores it: filled once
+        if bad is not None:
+            bad = shared_plane(bad)  # one plane for all bands, as the record stores it: filled once
         return to_model(sel, self.ranges, self.path.name, warn_nan=not self.masked, warn_grey=False), bad
 
     def fingerprint(self, progress: bool = False) -> str:
         """:func:`refscale.container.reference_fingerprint` of the scene's 8-bit pixels, in one pass of strips."""
-        import hashlib
-        import struct
-
+        from refscale.container import reference_hasher
         from refscale.metrics import to_uint8
 
         h, w = self.size
-        digest = hashlib.sha256(b"refscale-reference-v1" + struct.pack("<III", h, w, 3))
+        digest = reference_hasher((h, w, 3))
         for y in _strips(h, progress, f"fingerprint {self.path.name}"):
             t, _ = self.window(y, min(y + STRIP_ROWS, h), 0, w)
             digest.update(to_uint8(t)[0].permute(1, 2, 0).contiguous().numpy().tobytes())
