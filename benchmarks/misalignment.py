@@ -88,8 +88,7 @@ def strip_scores(model, packet, rec, hr) -> dict:
     (:func:`refscale.registration.uncovered`) and elsewhere: PSNR-Y and the mean similarity."""
     mask = registration.uncovered(tuple(hr.shape[-2:]), registration.from_units(packet.ref_shift),
                                   registration.rotation_from_units(packet.ref_rotation))
-    err = ((metrics._prepare(rec, 0, True) - metrics._prepare(hr, 0, True)) ** 2)[0, 0].numpy()
-    psnr = lambda m: float(10 * np.log10(255.0 ** 2 / err[m].mean())) if m.any() else None  # noqa: E731
+    psnr = lambda m: metrics.psnr_y_masked(rec, hr, m) if m.any() else None  # noqa: E731  (no border: the strip is one)
     out = {"strip_share": float(mask.mean()), "psnr_y_strip": psnr(mask), "psnr_y_rest": psnr(~mask)}
     smap = packet.side.get("smap")
     if smap is not None:

@@ -266,19 +266,6 @@ def cmd_probe(args) -> str:
     return text
 
 
-def masked_psnr_y(rec: torch.Tensor, hr: torch.Tensor, mask: torch.Tensor, border: int) -> float:
-    """PSNR-Y (BasicSR conventions, as ``refscale.metrics.psnr``) over the pixels where ``mask`` is
-    true, the ``border`` pixels on every side left out; ``nan`` for an empty mask."""
-    from refscale.metrics import _prepare
-
-    x, y = _prepare(rec, border, True), _prepare(hr, border, True)
-    m = mask[border:-border, border:-border] if border else mask
-    if not bool(m.any()):
-        return float("nan")
-    mse = float(((x - y)[0, 0][m] ** 2).mean())
-    return 10.0 * float(np.log10(255.0**2 / mse))
-
-
 @torch.no_grad()
 def cmd_heldout(args) -> str:
     """Held-out train cities, whole images: PSNR-Y overall / in changed areas / elsewhere and the
@@ -286,7 +273,7 @@ def cmd_heldout(args) -> str:
     import refscale
     from refscale.container import Packet
     from refscale.imageio import read_image
-    from refscale.metrics import psnr
+    from refscale.metrics import psnr, psnr_y_masked
 
     from PIL import Image
 
@@ -311,8 +298,8 @@ def cmd_heldout(args) -> str:
                 for seed in range(args.draws if model.stochastic else 1):
                     rec = model.decode(packet, r, seed=seed)
                     per["all"].append(float(psnr(rec, hr, crop_border=scale)[0]))
-                    per["changed"].append(masked_psnr_y(rec, hr, mask, scale))
-                    per["unchanged"].append(masked_psnr_y(rec, hr, ~mask, scale))
+                    per["changed"].append(psnr_y_masked(rec, hr, mask, scale))
+                    per["unchanged"].append(psnr_y_masked(rec, hr, ~mask, scale))
                     diff = torch.round(rec.clamp(0, 1) * 255) - torch.round(hr * 255)
                     per["err"].append(diff[0].mean(dim=(1, 2)).numpy())
                 for k in per:

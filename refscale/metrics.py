@@ -25,6 +25,9 @@ image (``Tensor[N]``, float64).
 """
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -59,6 +62,21 @@ def psnr(a: torch.Tensor, b: torch.Tensor, crop_border: int = 0, y_channel: bool
     x, y = _prepare(a, crop_border, y_channel), _prepare(b, crop_border, y_channel)
     mse = ((x - y) ** 2).flatten(1).mean(dim=1)
     return 10.0 * torch.log10(255.0**2 / mse)  # mse == 0 -> inf
+
+
+def psnr_y_masked(a: torch.Tensor, b: torch.Tensor, mask, crop_border: int = 0) -> float:
+    """PSNR-Y in dB (as :func:`psnr`) of one image pair over the pixels where ``mask`` ``[H, W]``
+    (bool tensor or array) is true, ``crop_border`` pixels on every side left out; ``nan`` when
+    no pixel is left."""
+    _check_pair(a, b)
+    x, y = _prepare(a, crop_border, True), _prepare(b, crop_border, True)
+    m = torch.as_tensor(np.asarray(mask, dtype=bool))
+    if crop_border:
+        m = m[crop_border:-crop_border, crop_border:-crop_border]
+    if not bool(m.any()):
+        return float("nan")
+    mse = float(((x - y)[0, 0][m] ** 2).mean())
+    return 10.0 * math.log10(255.0**2 / mse) if mse > 0 else math.inf
 
 
 def _ssim_map_mean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

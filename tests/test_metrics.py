@@ -137,3 +137,16 @@ def test_reference_agreement_tells_the_same_place_from_another():
     assert same > 0.9
     assert abs(reference_agreement(lr, other, 2)) < 0.3
     assert math.isnan(reference_agreement(lr, torch.full_like(hr, 0.5), 2))
+
+
+def test_psnr_y_masked_scores_only_the_masked_pixels():
+    hr = synthetic_image(32, 40, seed=2)
+    rec = hr.clone()
+    rec[..., :, :20] = (rec[..., :, :20] + 8 / 255).clamp(0, 1)  # an error in the left half only
+    left = np.zeros((32, 40), bool)
+    left[:, :20] = True
+    assert metrics.psnr_y_masked(rec, hr, left) == pytest.approx(float(metrics.psnr(rec[..., :20], hr[..., :20])))
+    assert metrics.psnr_y_masked(rec, hr, ~left) == math.inf  # the right half is untouched
+    whole = np.ones((32, 40), bool)  # the whole image with a border left out: as psnr
+    assert metrics.psnr_y_masked(rec, hr, whole, 4) == pytest.approx(float(metrics.psnr(rec, hr, 4)))
+    assert math.isnan(metrics.psnr_y_masked(rec, hr, np.zeros((32, 40), bool)))
