@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks folder: report_common
+from rd_curves import CROP, _save, sweep  # noqa: E402
 from report_common import write_section  # noqa: E402
 
 from refscale import inter, metrics  # noqa: E402
@@ -32,14 +32,14 @@ from refscale.data import discover, iter_full_images  # noqa: E402
 from refscale.ops import centre_crop  # noqa: E402
 from refscale.rd import bd  # noqa: E402
 
-QUALITIES = (10, 40, 55, 70, 90)  # rd_curves --points 5 for the inter codecs
-CROP = 4
+QUALITIES = sweep(5)["h264-inter"]  # rd_curves --points 5 of the inter codecs (10, 40, 55, 70, 90)
 #: candidate ``preset/tune`` per codec (tune "none": the encoder's default, psy optimisations and
 #: adaptive quantisation on; "nopsy": the same with psy off); the first is payload version 1's
+VERSION_1 = {c: f"{v['preset']}/{v['tune']}" for c, v in inter.SETTINGS[1].items()}
 CANDIDATES = {
-    "h264-inter": ("medium/psnr", "slow/psnr", "medium/none", "slow/none", "slow/nopsy"),
-    "hevc-inter": ("medium/psnr", "slow/psnr", "medium/none", "slow/none", "slow/nopsy"),
-    "av1-inter": ("8/none", "6/none", "8/0"),
+    "h264-inter": (VERSION_1["h264-inter"], "slow/psnr", "medium/none", "slow/none", "slow/nopsy"),
+    "hevc-inter": (VERSION_1["hevc-inter"], "slow/psnr", "medium/none", "slow/none", "slow/nopsy"),
+    "av1-inter": (VERSION_1["av1-inter"], "6/none", "8/0"),
 }
 
 
@@ -88,9 +88,7 @@ def run(args) -> None:
                         "encode_s": seconds, "mpx": h * w / 1e6}
                 if todo:
                     print(f"{image} {codec}: {len(todo)} points, {time.perf_counter() - start:.1f} s", flush=True)
-                    tmp = out.with_suffix(".tmp")
-                    tmp.write_text(json.dumps(results, indent=1))
-                    os.replace(tmp, out)
+                    _save(results, out)
     print("wrote", out)
 
 
