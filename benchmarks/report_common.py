@@ -33,11 +33,16 @@ def write_text(path: Path | None, text: str) -> None:
 
 
 def training_budget(card: dict) -> str:
-    """'N steps x batch B x P px, H h' from a model card ('-' for untrained models)."""
+    """'N steps x batch B x P px, H h' from a model card ('-' for untrained models); a warm start
+    is named: 'W (K steps) + N steps x ...' (H: the wall time of all K + N steps)."""
     if not card.get("iterations"):
         return "-"
     data_cfg = card.get("training_config", {}).get("data", {})
-    return (f"{card['iterations']} steps x batch {data_cfg.get('batch_size', '?')} x "
+    init = card.get("init_from") or {}
+    steps = str(card["iterations"])
+    if init.get("iterations"):
+        steps = f"{init['weights']} ({init['iterations']} steps) + {card['iterations'] - init['iterations']}"
+    return (f"{steps} steps x batch {data_cfg.get('batch_size', '?')} x "
             f"{data_cfg.get('patch_size', '?')} px, {card.get('wall_time_s', 0) / 3600:.2f} h")
 
 
