@@ -207,6 +207,17 @@ def test_init_weights_continue_a_finished_run(pairs, tmp_path):
     assert [h["step"] for h in card3["val_history"]] == [0, 3, 4, 6, 7]  # 6: the 2-step run's final validation
 
 
+def test_history_of_a_warm_start_from_other_validation_images_is_left_out():
+    # same validation crops (bicubic baseline equal within 0.01 dB): joined, without the step-0 repeat
+    before = [{"step": 0, "psnr_y": 20.0, "bicubic_psnr_y": 30.0}, {"step": 100, "psnr_y": 25.0, "bicubic_psnr_y": 30.004}]
+    run = [{"step": 100, "psnr_y": 25.0, "bicubic_psnr_y": 30.0}, {"step": 150, "psnr_y": 26.0, "bicubic_psnr_y": 30.0}]
+    assert [h["step"] for h in engine._join_history(before, run)] == [0, 100, 150]
+    # another dataset's validation (e.g. an OSCD model continued on natural images): only this run's
+    other = [{"step": 100, "psnr_y": 21.0, "bicubic_psnr_y": 26.7}, {"step": 150, "psnr_y": 22.0, "bicubic_psnr_y": 26.7}]
+    assert engine._join_history(before, other) == other
+    assert engine._join_history(before + other, [{"step": 150, "psnr_y": 22.0, "bicubic_psnr_y": 26.7}]) == other
+
+
 def test_nan_guard_skips_bad_steps(pairs, tmp_path):
     cfg = tiny_config(pairs, steps=6, model={"config": {"width": 8, "nan_calls": [2, 3]}})
     result = engine.train(cfg, tmp_path / "run")
