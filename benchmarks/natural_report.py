@@ -5,6 +5,8 @@
 * ``table``: ``refscale evaluate`` (PSNR/SSIM on Y, border cropped by the scale) of bicubic,
   IRN and FGRN at 2x and 4x on Set5, Set14 and Urban100, beside the paper's IRN and FGRN rows
   (FGRN Table 1) and each model's training budget from its card.
+* ``curves``: validation PSNR-Y against the training step of every natural model (model cards'
+  ``val_history``), ``docs/figures/natural_learning_curves.png``.
 * ``lrq``: PIQE and NIQE of the LR images of bicubic, IRN and FGRN on the same sets, beside FGRN
   Table 2: ``python benchmarks/lr_quality.py --lr DIR`` on the LR images that ``table`` saved
   (``refscale evaluate --save-lr``), so no model runs twice; run ``table`` first.
@@ -22,7 +24,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks folder: report_common
-from report_common import add_precision_option, training_budget, write_section  # noqa: E402
+from report_common import add_precision_option, learning_curves, training_budget, write_section  # noqa: E402
 
 from refscale.zoo import card_for
 
@@ -131,9 +133,17 @@ def cmd_lr_quality(args) -> str:
     return text
 
 
+def cmd_curves(args) -> None:
+    """Validation PSNR-Y vs step of IRN and FGRN at each scale, from the model cards' ``val_history``."""
+    panels = [(f"x{scale}: natural-image validation crops (BSD68 + Sun-Hays80)",
+               [model_ref(arch, scale, args.weights_dir) for arch in ARCHS if arch != "bicubic"], {})
+              for scale in args.scales]
+    learning_curves(panels, ROOT / "docs" / "figures" / "natural_learning_curves.png")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("table", "lrq", "all"))
+    ap.add_argument("what", choices=("table", "lrq", "curves", "all"))
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "natural")
     ap.add_argument("--scales", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS, help="test sets (default: all three)")
@@ -150,6 +160,8 @@ def main() -> None:
         parts.append(cmd_table(args))
     if args.what in ("lrq", "all"):
         parts.append(cmd_lr_quality(args))
+    if args.what in ("curves", "all"):
+        cmd_curves(args)
     if args.write and parts:
         write_section(args.write, "\n\n".join(parts), START, END)
 

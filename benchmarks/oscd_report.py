@@ -38,7 +38,7 @@ import torch
 from refscale import zoo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks folder: report_common
-from report_common import add_precision_option, training_budget, write_section  # noqa: E402
+from report_common import add_precision_option, learning_curves, training_budget, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIG_DIR = ROOT / "docs" / "figures"
@@ -325,39 +325,12 @@ def cmd_heldout(args) -> str:
 def cmd_curves(args) -> None:
     """Validation PSNR-Y vs step of IRN, RefScale and FGRN at each scale (and any ``--extra`` weights),
     from the ``val_history`` of each model card, which spans continued runs (``model.init_weights``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    FIG_DIR.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, len(args.scales), figsize=(6.5 * len(args.scales), 4.8), squeeze=False)
-    for ax, scale in zip(axes[0], args.scales):
-        refs = learned_refs(scale, args.weights_dir)
-        refs += [e for e in args.extra if zoo.card_for(e).get("arch", "").endswith(f"-x{scale}")]
-        bicubic = None
-        for ref in refs:
-            card = zoo.card_for(ref)
-            hist = [h for h in zoo.val_history(card) if "psnr_y" in h]
-            if not hist:
-                print(f"{ref}: no val_history in its card, left out", file=sys.stderr)
-                continue
-            steps = [h["step"] for h in hist]
-            label = Path(ref).stem if ref in args.extra else card.get("name", Path(ref).stem)  # extras: by file name
-            ax.plot(steps, [h["psnr_y"] for h in hist], marker=".", label=label)
-            bicubic = hist[-1].get("bicubic_psnr_y", bicubic)
-        if bicubic is not None:
-            ax.axhline(bicubic, ls="--", color="gray", lw=1, label="bicubic down/up")
-        ax.set_xlabel("training step (batch 8; crops in the model cards)")
-        ax.set_ylabel("validation PSNR-Y (dB), t = 1")
-        ax.set_title(f"x{scale}: held-out train cities aguasclaras + bordeaux")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = FIG_DIR / "oscd_learning_curves.png"
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    print("wrote", path.relative_to(ROOT))
+    panels = []
+    for scale in args.scales:
+        extra = [e for e in args.extra if zoo.card_for(e).get("arch", "").endswith(f"-x{scale}")]
+        panels.append((f"x{scale}: held-out train cities aguasclaras + bordeaux", learned_refs(scale, args.weights_dir) + extra,
+                       {e: Path(e).stem for e in extra}))  # extras: by file name
+    learning_curves(panels, FIG_DIR / "oscd_learning_curves.png")
 
 
 def main() -> None:

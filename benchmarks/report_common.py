@@ -9,6 +9,45 @@ from pathlib import Path
 OSCD = Path(__file__).resolve().parents[2] / "shared" / "data" / "oscd"
 
 
+def learning_curves(panels: list[tuple[str, list[str], dict[str, str]]], path: Path) -> None:
+    """One panel per ``(title, weights refs, labels)``: validation PSNR-Y against the training step,
+    from each model card's ``val_history`` (which spans continued runs; ``labels`` names a ref
+    other than by its card's name), with the bicubic baseline of the validation crops."""
+    import sys
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from refscale import zoo
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
+    for ax, (title, refs, labels) in zip(axes[0], panels):
+        bicubic = None
+        for ref in refs:
+            card = zoo.card_for(ref)
+            hist = [h for h in zoo.val_history(card) if "psnr_y" in h]
+            if not hist:
+                print(f"{ref}: no val_history in its card, left out", file=sys.stderr)
+                continue
+            label = labels.get(ref, card.get("name", Path(ref).stem))
+            ax.plot([h["step"] for h in hist], [h["psnr_y"] for h in hist], marker=".", label=label)
+            bicubic = hist[-1].get("bicubic_psnr_y", bicubic)
+        if bicubic is not None:
+            ax.axhline(bicubic, ls="--", color="gray", lw=1, label="bicubic down/up")
+        ax.set_xlabel("training step (batch 8; crops in the model cards)")
+        ax.set_ylabel("validation PSNR-Y (dB), t = 1")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    print("wrote", path)
+
+
 def add_precision_option(ap: argparse.ArgumentParser) -> None:
     """``--precision``, passed on to every ``refscale evaluate`` a report runs."""
     ap.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None,
