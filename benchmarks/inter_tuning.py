@@ -33,9 +33,10 @@ from refscale.ops import centre_crop  # noqa: E402
 from refscale.rd import bd  # noqa: E402
 
 QUALITIES = sweep(5)["h264-inter"]  # rd_curves --points 5 of the inter codecs (10, 40, 55, 70, 90)
+#: payload version 1's ``preset/tune`` per codec (refscale.inter.SETTINGS), the baseline of the sweep
+VERSION_1 = {c: f"{v['preset']}/{v['tune']}" for c, v in inter.SETTINGS[1].items()}
 #: candidate ``preset/tune`` per codec (tune "none": the encoder's default, psy optimisations and
 #: adaptive quantisation on; "nopsy": the same with psy off); the first is payload version 1's
-VERSION_1 = {c: f"{v['preset']}/{v['tune']}" for c, v in inter.SETTINGS[1].items()}
 CANDIDATES = {
     "h264-inter": (VERSION_1["h264-inter"], "slow/psnr", "medium/none", "slow/none", "slow/nopsy"),
     "hevc-inter": (VERSION_1["hevc-inter"], "slow/psnr", "medium/none", "slow/none", "slow/nopsy"),

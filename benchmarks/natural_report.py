@@ -160,7 +160,7 @@ def main() -> None:
         parts.append(cmd_table(args))
     if args.what in ("lrq", "all"):
         parts.append(cmd_lr_quality(args))
-    if args.what in ("curves", "all"):
+    if args.what == "curves":
         cmd_curves(args)
     if args.write and parts:
         write_section(args.write, "\n\n".join(parts), START, END)

@@ -72,15 +72,18 @@ def write_text(path: Path | None, text: str) -> None:
 
 
 def training_budget(card: dict) -> str:
-    """'N steps x batch B x P px, H h' from a model card ('-' for untrained models); a warm start
-    is named: 'W (K steps) + N steps x ...' (H: the wall time of all K + N steps)."""
+    """'N steps x batch B x P px, H h' from a model card ('-' for untrained models); a continued
+    run 'K + N steps x ...', a warm start from other weights 'W (K steps) + N steps x ...' (B, P:
+    of the last N steps; H: the wall time of all K + N)."""
     if not card.get("iterations"):
         return "-"
     data_cfg = card.get("training_config", {}).get("data", {})
     init = card.get("init_from") or {}
     steps = str(card["iterations"])
     if init.get("iterations"):
-        steps = f"{init['weights']} ({init['iterations']} steps) + {card['iterations'] - init['iterations']}"
+        source, own = Path(init["weights"]).stem, card["iterations"] - init["iterations"]
+        # a continuation of the same weights: 'K + N'; a warm start from other weights names them
+        steps = f"{init['iterations']} + {own}" if source == card.get("name") else f"{source} ({init['iterations']} steps) + {own}"
     return (f"{steps} steps x batch {data_cfg.get('batch_size', '?')} x "
             f"{data_cfg.get('patch_size', '?')} px, {card.get('wall_time_s', 0) / 3600:.2f} h")
 

@@ -255,7 +255,7 @@ def _codec_and_quality(args, model) -> tuple[str, int | None]:
     """The codec (default: the model's, e.g. an inter-* model's P-frame codec) and its checked quality."""
     from refscale import codecs
 
-    codec = codecs.canonical(args.codec or model.default_codec)
+    codec = codecs.canonical(args.codec, model.default_codec)
     quality = codecs.check_quality(codec, args.quality)
     codecs.require(codec)
     return codec, quality

@@ -805,7 +805,7 @@ def wrap(lr, side: dict[str, Any] | None, meta: dict[str, Any] | str | os.PathLi
         ref_hash = None
     from refscale import codecs
 
-    codec = codecs.canonical(codec or c.get("codec", "png"))
+    codec = codecs.canonical(codec, c.get("codec", "png"))
     if codecs.needs_reference(codec):
         raise InputError(f"wrap writes intra LR codecs only, not {codec}")
     quality = codecs.check_quality(codec, quality)

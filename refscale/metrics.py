@@ -65,10 +65,12 @@ def psnr(a: torch.Tensor, b: torch.Tensor, crop_border: int = 0, y_channel: bool
 
 
 def psnr_y_masked(a: torch.Tensor, b: torch.Tensor, mask, crop_border: int = 0) -> float:
-    """PSNR-Y in dB (as :func:`psnr`) of one image pair over the pixels where ``mask`` ``[H, W]``
-    (bool tensor or array) is true, ``crop_border`` pixels on every side left out; ``nan`` when
-    no pixel is left."""
+    """PSNR-Y in dB (as :func:`psnr`) of one image pair ``[1,3,H,W]`` over the pixels where ``mask``
+    ``[H, W]`` (bool tensor or array) is true, ``crop_border`` pixels on every side left out; a
+    float (not ``Tensor[N]``), ``nan`` when no pixel is left."""
     _check_pair(a, b)
+    if a.shape[0] != 1:
+        raise ValueError(f"psnr_y_masked scores one image pair, got a batch of {a.shape[0]}")
     x, y = _prepare(a, crop_border, True), _prepare(b, crop_border, True)
     m = torch.as_tensor(np.asarray(mask, dtype=bool))
     if crop_border:

@@ -116,6 +116,8 @@ class Mask:
     @classmethod
     def from_bool(cls, invalid: np.ndarray) -> Mask:
         """From a bool array ``[C, H, W]`` (True = no data); identical planes are stored once."""
+        if invalid.ndim != 3:
+            raise ValueError(f"a mask is a bool array [C, H, W], got shape {invalid.shape}")
         return cls.from_packed(np.packbits(invalid, axis=-1), invalid.shape[-1])
 
     @classmethod
@@ -709,6 +711,7 @@ class RasterScene:
             h, w = src.height, src.width
             if not force and h * w <= WINDOWED_PIXELS:
                 return None
+            _limit_gdal_cache()  # before the scan (also set by __init__, for references)
             meta = _rasterio_source(src, None)
             dtype = np.dtype(src.dtypes[0])
             if dtype.name not in DTYPES or len(set(src.dtypes)) != 1:

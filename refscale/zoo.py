@@ -76,11 +76,30 @@ def card_for(name: str | os.PathLike) -> dict[str, Any]:
     return weights_cards().get(default_weights(text) or text, {})
 
 
+#: validation entries whose bicubic baselines differ by more than this were measured on other
+#: images (OSCD and natural crops differ by 7-9 dB; a model's alignment moves the same crops by ~0.01)
+SAME_VALIDATION_DB = 0.5
+
+
+def same_validation(entries: list[dict[str, Any]], like: dict[str, Any]) -> list[dict[str, Any]]:
+    """The validation ``entries`` measured on the same crops as ``like``: told apart by the bicubic
+    baseline of the crops, ``bicubic_psnr_y`` (within :data:`SAME_VALIDATION_DB`); entries without
+    it are kept."""
+    if "bicubic_psnr_y" not in like:
+        return list(entries)
+    b = like["bicubic_psnr_y"]
+    return [h for h in entries if abs(h.get("bicubic_psnr_y", b) - b) <= SAME_VALIDATION_DB]
+
+
 def val_history(card: dict[str, Any]) -> list[dict[str, Any]]:
-    """A card's validation history ``[{"step", "psnr_y", ...}]``; for cards written before the
-    engine recorded it, the one final validation (``metrics``) at ``iterations``."""
+    """A card's validation history ``[{"step", "psnr_y", ...}]`` on its own validation crops (a
+    warm start's entries from another dataset, :func:`same_validation`, are left out); for cards
+    written before the engine recorded it, the one final validation (``metrics``) at ``iterations``."""
+    if card.get("val_history"):
+        hist = list(card["val_history"])
+        return same_validation(hist, hist[-1])
     if card.get("val_history") is not None:
-        return list(card["val_history"])
+        return []
     metrics = {k[4:]: v for k, v in card.get("metrics", {}).items() if k.startswith("val_")}
     return [{"step": card.get("iterations", 0), **metrics}] if metrics else []
 

@@ -464,3 +464,17 @@ def test_raster_record_damage_is_refused():
     v2[8] = 2
     with pytest.raises(ContainerError):
         Packet.from_bytes(rewrite_header(bytes(v2), lambda b: None))
+
+
+def test_reference_fingerprint_is_pinned():
+    # docs/format.md: SHA-256 of b"refscale-reference-v1", <III H W C, then the 8-bit pixels in C order;
+    # a change here breaks every file written before it. The strip-by-strip hasher gives the same.
+    from refscale.container import reference_fingerprint, reference_hasher
+
+    a = (np.arange(5 * 7 * 3, dtype=np.int64) * 37 % 256).astype(np.uint8).reshape(5, 7, 3)
+    golden = "4c8189a23377ba44f9af81068a944e8a76ef00d9dc8f81ad32a40a7849f2f4e8"
+    assert reference_fingerprint(a) == golden
+    h = reference_hasher(a.shape)
+    for rows in (a[:2], a[2:]):
+        h.update(rows.tobytes())
+    assert h.hexdigest() == golden

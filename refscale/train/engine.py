@@ -350,11 +350,9 @@ def _val_history(log: Path, offset: int) -> list[dict]:
 def _join_history(before: list[dict], run: list[dict]) -> list[dict]:
     """The source card's history, then this run's without its step-0 repeat of the last entry.
     Entries of the source validated on other images (a warm start from another dataset, e.g. a
-    natural-image model from an OSCD one) are left out: they are told apart by the bicubic
-    baseline of the validation crops, ``bicubic_psnr_y`` (equal within 0.01 dB on the same crops)."""
-    if run and "bicubic_psnr_y" in run[0]:
-        same = run[0]["bicubic_psnr_y"]
-        before = [h for h in before if abs(h.get("bicubic_psnr_y", same) - same) <= 0.01]
+    natural-image model from an OSCD one) are left out (:func:`refscale.zoo.same_validation`)."""
+    if run:
+        before = zoo.same_validation(before, run[0])
     if before and run and run[0]["step"] == before[-1]["step"]:
         run = run[1:]
     return before + run
