@@ -244,7 +244,10 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = DEFAULT_TE
     lr = np.asarray(packet.lr)
     if isinstance(ref, torch.Tensor):
         agreement = reference_agreement(stored_lr(packet), ops.pad_to_multiple(ref, model.alignment)[0], s)
-        if not agreement >= MIN_REFERENCE_AGREEMENT:  # also nan (a flat reference)
+        if math.isnan(agreement):  # a flat LR (e.g. the lowest codec quality) or a flat reference
+            warnings.warn("the stored LR or the reference has no detail to compare, so whether the reference "
+                          "shows the same place was not checked", stacklevel=2)
+        elif agreement < MIN_REFERENCE_AGREEMENT:
             warnings.warn(f"the reference looks unrelated to this image (agreement of their detail "
                           f"{agreement:.2f} < {MIN_REFERENCE_AGREEMENT}); is it the right place?", stacklevel=2)
     out = torch.empty(1, 3, *padded) if sink is None else None

@@ -440,6 +440,11 @@ def test_decoder_warns_when_the_reference_looks_unrelated():
         model.decode(packet, other, allow_other_reference=True)
     texts = " | ".join(str(w.message) for w in record)
     assert "not the one" in texts and "looks unrelated" in texts
+    # a flat reference cannot be checked: said as such, not as an agreement of "nan"
+    with pytest.warns(UserWarning) as record:
+        model.decode(packet, torch.full_like(hr, 0.5), allow_other_reference=True)
+    texts = " | ".join(str(w.message) for w in record)
+    assert "no detail to compare" in texts and "nan" not in texts
 
 
 def _record_references(model, monkeypatch) -> dict:
