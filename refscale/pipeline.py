@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from refscale import codecs, ops, raster, registration, tiling
-from refscale.container import Packet, reference_fingerprint, smallest_integer_array
+from refscale.container import Packet, reference_fingerprint, reference_hasher, smallest_integer_array
 from refscale.errors import ContainerError, InputError, ModelError
 from refscale.imageio import as_image_tensor
 from refscale.metrics import reference_agreement, to_uint8
@@ -331,10 +331,16 @@ def _image(x, what: str) -> torch.Tensor:
     return t.clamp(0, 1)
 
 
-def fingerprint(ref: torch.Tensor) -> str:
+def fingerprint(ref, progress: bool = False) -> str:
     """The reference fingerprint (``refscale.container.reference_fingerprint``) of a reference
     tensor as it was given (before resampling and registration), from its 8-bit pixels: exactly
-    what the receiver holds, independent of float arithmetic that may differ between machines."""
+    what the receiver holds, independent of float arithmetic that may differ between machines.
+    A :class:`refscale.raster.RasterScene` is hashed strip by strip (one pass, the same digest)."""
+    if isinstance(ref, raster.RasterScene):
+        digest = reference_hasher((*ref.size, 3))
+        for rows in ref.rows_u8(progress):
+            digest.update(rows.tobytes())
+        return digest.hexdigest()
     return reference_fingerprint(to_uint8(ref)[0].permute(1, 2, 0).contiguous().numpy())
 
 
@@ -392,7 +398,7 @@ def _reference(model: Rescaler, ref, size: tuple[int, int], codec: str = "png", 
         if scene.size != tuple(size):
             raise InputError(f"reference is {scene.size[1]}x{scene.size[0]} but the image is {size[1]}x{size[0]} "
                              "(width x height); a reference read window by window must have the image's size")
-        return scene, scene.fingerprint(progress)
+        return scene, fingerprint(scene, progress)
     if record is not None and isinstance(ref, (str, os.PathLike)):
         ref = raster.read_reference(ref, record)
     ref = _image(ref, "reference")

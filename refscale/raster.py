@@ -781,17 +781,15 @@ class RasterScene:
             bad = shared_plane(bad)  # one plane for all bands, as the record stores it: filled once
         return to_model(sel, self.ranges, self.path.name, warn_nan=not self.masked, warn_grey=False), bad
 
-    def fingerprint(self, progress: bool = False) -> str:
-        """:func:`refscale.container.reference_fingerprint` of the scene's 8-bit pixels, in one pass of strips."""
-        from refscale.container import reference_hasher
+    def rows_u8(self, progress: bool = False):
+        """The scene's 8-bit pixels ``[rows, W, 3]``, strip by strip from the top (what
+        :func:`refscale.pipeline.fingerprint` hashes for a scene read window by window)."""
         from refscale.metrics import to_uint8
 
         h, w = self.size
-        digest = reference_hasher((h, w, 3))
         for y in _strips(h, progress, f"fingerprint {self.path.name}"):
             t, _ = self.window(y, min(y + STRIP_ROWS, h), 0, w)
-            digest.update(to_uint8(t)[0].permute(1, 2, 0).contiguous().numpy().tobytes())
-        return digest.hexdigest()
+            yield to_uint8(t)[0].permute(1, 2, 0).contiguous().numpy()
 
     def close(self) -> None:
         if self._src is not None:
