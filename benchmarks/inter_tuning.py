@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks folder: report_common
-from rd_curves import CROP, _save, sweep  # noqa: E402
+from rd_curves import CROP, save_results, sweep  # noqa: E402
 from report_common import write_section  # noqa: E402
 
 from refscale import inter, metrics  # noqa: E402
@@ -89,7 +89,7 @@ def run(args) -> None:
                         "encode_s": seconds, "mpx": h * w / 1e6}
                 if todo:
                     print(f"{image} {codec}: {len(todo)} points, {time.perf_counter() - start:.1f} s", flush=True)
-                    _save(results, out)
+                    save_results(results, out)
     print("wrote", out)
 
 

@@ -90,7 +90,8 @@ def _scores(hat: torch.Tensor, hr: torch.Tensor, grey: bool) -> dict:
     return {"psnr_y": float(metrics.psnr(a, b, crop_border=CROP)[0]), "ssim_y": float(metrics.ssim(a, b, crop_border=CROP)[0])}
 
 
-def _save(results: dict, path: Path) -> None:
+def save_results(results: dict, path: Path) -> None:
+    """Write ``results`` to ``path`` as JSON atomically (a stopped run keeps every point it saved)."""
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=1))
     os.replace(tmp, path)
@@ -156,7 +157,7 @@ def run(args) -> None:
             points[_key(name, FULL, c, q)] = {"bpp": nbytes * 8 / (h * w), **_scores(hat, hr, grey)}
         if todo:
             print(f"{name} {FULL}: {len(todo)} points, {time.perf_counter() - start:.1f} s", flush=True)
-            _save(results, out)
+            save_results(results, out)
         for mname, model in models.items():
             todo = [(c, q) for c in codec_list for q in qualities[c] if _key(name, mname, c, q) not in points]
             if not todo:
@@ -174,7 +175,7 @@ def run(args) -> None:
                     hat = model.decode(Packet.from_bytes(data), ref if c in INTER else r, seed=0)
                     points[_key(name, mname, c, q)] = {"bpp": len(data) * 8 / (h * w), **_scores(hat, hr, grey)}
             print(f"{name} {mname}: {len(todo)} points, {time.perf_counter() - start:.1f} s", flush=True)
-            _save(results, out)
+            save_results(results, out)
     print("wrote", out)
 
 
