@@ -180,6 +180,13 @@ def run(args) -> None:
 
 
 # ============================================================================= report
+def _points(results: dict):
+    """``(image, pipeline, codec, quality, point)`` for every point of a results file."""
+    for key, p in results["points"].items():
+        image, pipe, codec, q = key.split("|")
+        yield image, pipe, codec, int(q), p
+
+
 def curves(results: dict, images: list[str] | None = None) -> dict[tuple[str, str], list[dict]]:
     """``{(pipeline, codec): [{q, images, bpp, psnr_y, ssim_y}, ...]}``: means over one common set
     of images (``images``, default every image the full-resolution curves, or without them all
@@ -187,9 +194,8 @@ def curves(results: dict, images: list[str] | None = None) -> dict[tuple[str, st
     all curves, and so every BD delta, average the same images; a curve not complete on that set
     is left out with a note."""
     by: dict[tuple[str, str], dict[str, dict[int, dict]]] = {}
-    for key, p in results["points"].items():
-        image, pipe, codec, q = key.split("|")
-        by.setdefault((pipe, codec), {}).setdefault(image, {})[int(q)] = p
+    for image, pipe, codec, q, p in _points(results):
+        by.setdefault((pipe, codec), {}).setdefault(image, {})[q] = p
     qs = {codec: tuple(results["meta"]["qualities"][codec]) for _, codec in by}
     complete = {k: {im for im, pts in v.items() if all(q in pts for q in qs[k[1]])} for k, v in by.items()}
     if images:
@@ -215,12 +221,8 @@ def curves(results: dict, images: list[str] | None = None) -> dict[tuple[str, st
 
 def select(results: dict, pipelines: list[str] | None, codecs_: list[str] | None, images: list[str] | None) -> dict:
     """The results restricted to some pipelines, codec curves (e.g. ``h264-intra``) and images."""
-    keep = {}
-    for key, p in results["points"].items():
-        image, pipe, codec, _ = key.split("|")
-        if (pipelines and pipe not in pipelines) or (codecs_ and codec not in codecs_) or (images and image not in images):
-            continue
-        keep[key] = p
+    keep = {_key(image, pipe, codec, q): p for image, pipe, codec, q, p in _points(results)
+            if not ((pipelines and pipe not in pipelines) or (codecs_ and codec not in codecs_) or (images and image not in images))}
     return {**results, "points": keep}
 
 
@@ -249,9 +251,8 @@ def per_image_bd(results: dict, pipe: str, codec: str, anchor: str, images: set[
     curves hide: season, change, haze)."""
     pts: dict[tuple[str, str], dict[str, list[tuple[float, float]]]] = {}
     qs = results["meta"]["qualities"]
-    for key, p in results["points"].items():
-        image, pp, c, q = key.split("|")
-        if int(q) in qs[c]:  # the sweep the mean curves use
+    for image, pp, c, q, p in _points(results):
+        if q in qs[c]:  # the sweep the mean curves use
             pts.setdefault((pp, c), {}).setdefault(image, []).append((p["bpp"], p["psnr_y"]))
     test, base = pts.get((pipe, codec), {}), pts.get((FULL, anchor), {})
     both = set(test) & set(base) & (images if images is not None else set(test))
