@@ -72,20 +72,30 @@ def write_text(path: Path | None, text: str) -> None:
 
 
 def training_budget(card: dict) -> str:
-    """'N steps x batch B x P px, H h' from a model card ('-' for untrained models); a continued
-    run 'K + N steps x ...', a warm start from other weights 'W (K steps) + N steps x ...' (B, P:
-    of the last N steps; H: the wall time of all K + N)."""
+    """'N steps x batch B x P px, H h' from a model card ('-' for untrained models). A card
+    continued from earlier weights lists its stages, 'K + M + N steps (the last N: batch B x P
+    px)', following the ``init_from`` records back to the first weights of another name, which
+    it names: 'W (K steps) + N steps x ...' (a warm start, e.g. a natural-image model from an
+    OSCD one). B and P are known for the last stage only; H is the wall time of all stages."""
     if not card.get("iterations"):
         return "-"
     data_cfg = card.get("training_config", {}).get("data", {})
-    init = card.get("init_from") or {}
-    steps = str(card["iterations"])
-    if init.get("iterations"):
-        source, own = Path(init["weights"]).stem, card["iterations"] - init["iterations"]
-        # a continuation of the same weights: 'K + N'; a warm start from other weights names them
-        steps = f"{init['iterations']} + {own}" if source == card.get("name") else f"{source} ({init['iterations']} steps) + {own}"
-    return (f"{steps} steps x batch {data_cfg.get('batch_size', '?')} x "
-            f"{data_cfg.get('patch_size', '?')} px, {card.get('wall_time_s', 0) / 3600:.2f} h")
+    stages, steps, source, init = [], card["iterations"], None, card.get("init_from") or {}
+    while init.get("iterations"):
+        stages.insert(0, steps - init["iterations"])
+        steps = init["iterations"]
+        if Path(init["weights"]).stem != card.get("name"):
+            source = Path(init["weights"]).stem
+            break
+        init = init.get("init_from") or {}
+    shape = f"batch {data_cfg.get('batch_size', '?')} x {data_cfg.get('patch_size', '?')} px"
+    hours = f"{card.get('wall_time_s', 0) / 3600:.2f} h"
+    if not stages:
+        return f"{steps} steps x {shape}, {hours}"
+    first = f"{source} ({steps} steps)" if source else str(steps)
+    if source and len(stages) == 1:  # a warm start, then one run: the shape is that run's
+        return f"{first} + {stages[0]} steps x {shape}, {hours}"
+    return f"{' + '.join([first, *map(str, stages)])} steps (the last {stages[-1]}: {shape}), {hours}"
 
 
 def write_section(results: Path, body: str, start: str, end: str) -> None:

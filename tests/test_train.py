@@ -10,6 +10,7 @@ import json
 import math
 import os
 import signal
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -198,6 +199,11 @@ def test_init_weights_continue_a_finished_run(pairs, tmp_path):
     bad = tiny_config(pairs, steps=3, model={"config": {"width": 16}, "init_weights": first["weights"]})
     with pytest.raises(ConfigError, match="init_weights"):
         engine.train(bad, tmp_path / "bad")
+    # a chain of continuations: the card keeps every stage's record (report_common.training_budget lists them)
+    fourth = engine.train(tiny_config(pairs, steps=2, model={"init_weights": second["weights"]}), tmp_path / "fourth")
+    card4 = json.loads(Path(fourth["weights"]).with_suffix(".json").read_text())
+    assert card4["iterations"] == 9 and card4["init_from"]["iterations"] == 7
+    assert card4["init_from"]["init_from"]["iterations"] == 4 and "init_from" not in card4["init_from"]["init_from"]
     # a resumed continuation keeps what it started from (from its checkpoint, not the source again)
     engine.train(tiny_config(pairs, steps=2, model={"init_weights": first["weights"]}), tmp_path / "third")
     os.remove(first["weights"])  # the source is gone; the resume must not need it
@@ -476,3 +482,22 @@ def test_training_step_status_combines_processes():
     assert status == "spike" and float(gnorm) > 0 and all(torch.equal(a, b) for a, b in zip(before, params))
     _, _, status = engine.training_step(model.training_losses, opt, params, hr, ref, skip_above=1e30)
     assert status == "ok" and any(not torch.equal(a, b) for a, b in zip(before, params))
+
+
+def test_training_budget_lists_the_stages_of_a_chain():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from report_common import training_budget
+
+    data = {"training_config": {"data": {"batch_size": 8, "patch_size": 64}}, "wall_time_s": 7200}
+    assert training_budget({"name": "irn-x2", **data, "iterations": 500}) == "500 steps x batch 8 x 64 px, 2.00 h"
+    assert training_budget({"name": "irn-x2"}) == "-"
+    cont = {"name": "irn-x2", **data, "iterations": 700, "init_from": {"weights": "irn-x2", "iterations": 500}}
+    assert training_budget(cont) == "500 + 200 steps (the last 200: batch 8 x 64 px), 2.00 h"
+    # a continuation (a run's file of the same name) of a warm start from other weights names them
+    chain = {"name": "irn-x2-natural", **data, "iterations": 6400,
+             "init_from": {"weights": "/runs/a/irn-x2-natural.safetensors", "iterations": 5600,
+                           "init_from": {"weights": "irn-x2-oscd", "iterations": 5200,
+                                         "init_from": {"weights": "irn-x2-oscd", "iterations": 4000}}}}
+    assert training_budget(chain) == "irn-x2-oscd (5200 steps) + 400 + 800 steps (the last 800: batch 8 x 64 px), 2.00 h"
+    warm = {"name": "irn-x4-natural", **data, "iterations": 2566, "init_from": {"weights": "irn-x4-oscd", "iterations": 2396}}
+    assert training_budget(warm) == "irn-x4-oscd (2396 steps) + 170 steps x batch 8 x 64 px, 2.00 h"

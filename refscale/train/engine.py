@@ -314,7 +314,8 @@ def _load_init_weights(model: nn.Module, spec: str) -> dict:
     """Copy the weights ``spec`` (a weights name or ``.safetensors`` path) into ``model``.
 
     Returns what the final card records about them: the source, its weights hash, and the steps,
-    wall time and validation history of its own card (zero / empty without a card).
+    wall time and validation history of its own card (zero / empty without a card), and that
+    card's own ``init_from`` (so a card names every stage of a chain of warm starts).
     """
     src = zoo.load(spec)
     if (src.arch, src.scale) == (model.arch, model.scale) and src.config == model.config:
@@ -329,7 +330,8 @@ def _load_init_weights(model: nn.Module, spec: str) -> dict:
                           f"not the {model.arch}-x{model.scale} being trained with config {model.config}")
     card = zoo.card_for(spec)
     return {"weights": str(spec), "weights_hash": src.weights_hash(), "iterations": int(card.get("iterations", 0)),
-            "wall_time_s": float(card.get("wall_time_s", 0.0)), "val_history": zoo.val_history(card)}
+            "wall_time_s": float(card.get("wall_time_s", 0.0)), "val_history": zoo.val_history(card),
+            **({"init_from": card["init_from"]} if card.get("init_from") else {})}
 
 
 def _val_history(log: Path, offset: int) -> list[dict]:
