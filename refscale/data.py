@@ -41,6 +41,7 @@ class Sample:
     name: str
     hr: Path
     ref: Path | None = None
+    repeat: int = 1  # how many times one epoch of PairCropDataset visits it (manifest column 4)
 
 
 def _is_image(p: Path) -> bool:
@@ -55,11 +56,13 @@ def _find_image(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def read_manifest(path: str | os.PathLike, first: str = "hr") -> list[tuple[str, Path, Path | None]]:
-    """A CSV manifest ``<first>,ref[,name]`` (``first`` = ``hr`` for images, ``rsc`` for containers)
-    as ``(name, path, ref or None)`` rows: an optional header row starting with ``first``, ``#``
-    comments and blank lines skipped, paths relative to the manifest, names unique (default: the
-    first file's stem). Every listed file must exist."""
+def read_manifest(path: str | os.PathLike, first: str = "hr", with_repeat: bool = False) -> list[tuple]:
+    """A CSV manifest ``<first>,ref[,name[,repeat]]`` (``first`` = ``hr`` for images, ``rsc`` for
+    containers) as ``(name, path, ref or None)`` rows (``(name, path, ref, repeat)`` with
+    ``with_repeat``): an optional header row starting with ``first``, ``#`` comments and blank
+    lines skipped, paths relative to the manifest, names unique (default: the first file's stem).
+    Every listed file must exist. ``repeat`` (a positive integer, default 1) weights a row in
+    training: one epoch visits it that many times."""
     path = Path(path)
     base = path.parent
     items: list[tuple[str, Path, Path | None]] = []
@@ -77,13 +80,16 @@ def read_manifest(path: str | os.PathLike, first: str = "hr") -> list[tuple[str,
         main = base / row[0]
         ref = base / row[1] if len(row) > 1 and row[1] else None
         name = row[2] if len(row) > 2 and row[2] else Path(row[0]).stem
+        repeat = row[3] if len(row) > 3 and row[3] else "1"
+        if not repeat.isdigit() or int(repeat) < 1:
+            raise InputError(f"{path.name} line {lineno}: repeat must be a positive integer, got {repeat!r}")
         for p in (main, ref):
             if p is not None and not p.is_file():
                 raise InputError(f"{path.name} line {lineno}: file not found: {p}")
-        items.append((name, main, ref))
+        items.append((name, main, ref, int(repeat)) if with_repeat else (name, main, ref))
     if not items:
         raise InputError(f"no {'containers' if first == 'rsc' else 'images'} listed in {path}")
-    if len({n for n, _, _ in items}) != len(items):
+    if len({item[0] for item in items}) != len(items):
         raise InputError(f"{path.name}: names are not unique; add a name column")
     return items
 
@@ -112,7 +118,7 @@ def discover(path: str | os.PathLike, split: str | None = None) -> list[Sample]:
         raise InputError(f"dataset path not found: {p}")
     if p.is_file():
         if p.suffix.lower() == ".csv":
-            samples = [Sample(*row) for row in read_manifest(p)]
+            samples = [Sample(*row) for row in read_manifest(p, with_repeat=True)]
             if split is not None:
                 raise InputError("--split needs a folder with split.json, not a manifest")
         elif _is_image(p):
@@ -149,6 +155,42 @@ def discover(path: str | os.PathLike, split: str | None = None) -> list[Sample]:
     return sorted(samples, key=lambda s: s.name)
 
 
+#: colour augmentation (``PairCropDataset(colour=p)``): each transform's own probability, applied
+#: in this order once an item is chosen for colour augmentation (probability ``p``). Our choice
+#: (issue 26): the shipped OSCD models had seen 12 cities' palette only and painted vegetation of
+#: other photographs purple; the ranges are those of common photometric augmentation.
+COLOUR_STEPS = {"permute": 0.5, "grey": 0.1, "saturation": 0.5, "gamma": 0.5, "gain": 0.5}
+
+
+def colour_augment(images: list[torch.Tensor], rng: np.random.Generator) -> list[torch.Tensor]:
+    """One random photometric transform applied identically to every ``[3,H,W]`` float image of
+    ``images`` (HR and its reference: the same place under the same palette change; the real
+    differences between the two dates stay in the data): channel permutation, greyscale,
+    saturation x U(0.4, 1.6), gamma U(0.6, 1.6), gain x U(0.7, 1.3) (clipped at 1: saturated
+    areas, as over-exposed scenes have), each with its :data:`COLOUR_STEPS` probability; the
+    result is rounded to 8 bits like the images the model meets."""
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+    draws = {k: rng.random() < p for k, p in COLOUR_STEPS.items()}
+    perm = rng.permutation(3)
+    sat, gamma, gain = rng.uniform(0.4, 1.6), rng.uniform(0.6, 1.6), rng.uniform(0.7, 1.3)
+    out = []
+    for x in images:
+        if draws["permute"]:
+            x = x[torch.as_tensor(perm)]
+        grey = (x * luma).sum(0, keepdim=True)
+        if draws["grey"]:
+            x = grey.expand_as(x)
+        elif draws["saturation"]:
+            x = grey + sat * (x - grey)
+        x = x.clamp(0, 1)
+        if draws["gamma"]:
+            x = x ** gamma
+        if draws["gain"]:
+            x = x * gain
+        out.append(torch.round(x.clamp(0, 1) * 255) / 255)
+    return out
+
+
 def _to_uint8_chw(x: torch.Tensor) -> torch.Tensor:
     return torch.round(x[0].clamp(0, 1) * 255).to(torch.uint8)
 
@@ -160,16 +202,18 @@ class PairCropDataset(Dataset):
     samples have no reference — the single-image training set). All images are decoded once
     and kept as uint8. Augmentation: horizontal flip, vertical flip and transpose, each with
     probability 1/2 (the 8 dihedral transforms: flips and 90-degree rotations), applied
-    identically to both images. ``both_directions`` doubles the set with the roles swapped.
-    ``repeats`` makes one epoch visit every sample that many times (small datasets such as
-    OSCD have 14 training scenes). Randomness is drawn from ``seed``, the item index, a
+    identically to both images; ``colour`` (a probability, default 0) adds
+    :func:`colour_augment`, also identical for both. ``both_directions`` doubles the set with the
+    roles swapped. ``repeats`` makes one epoch visit every sample that many times (small datasets
+    such as OSCD have 14 training scenes), on top of each sample's own ``repeat`` (a manifest's
+    weight column). Randomness is drawn from ``seed``, the item index, a
     per-copy draw counter and, in DataLoader workers, the worker's seed (which torch draws anew
     each epoch from the main process's seeded generator), so runs are reproducible and
     epochs differ.
     """
 
     def __init__(self, samples: list[Sample], patch_size: int, augment: bool = True, both_directions: bool = False,
-                 scale_multiple: int = 1, seed: int = 0, repeats: int = 1):
+                 scale_multiple: int = 1, seed: int = 0, repeats: int = 1, colour: float = 0.0):
         if not samples:
             raise InputError("PairCropDataset needs at least one sample")
         if patch_size % scale_multiple:
@@ -183,6 +227,9 @@ class PairCropDataset(Dataset):
         self.both_directions = both_directions and self.paired
         self.seed = int(seed)
         self.repeats = int(repeats)
+        self.colour = float(colour)
+        if not 0.0 <= self.colour <= 1.0:
+            raise InputError(f"colour augmentation probability must be in [0, 1], got {colour}")
         self.names: list[str] = []
         self.images: list[tuple[torch.Tensor, torch.Tensor | None]] = []
         for s in samples:
@@ -194,15 +241,17 @@ class PairCropDataset(Dataset):
                 raise InputError(f"{s.name}: image {tuple(hr.shape[1:])} is smaller than the patch size {patch_size}")
             self.names.append(s.name)
             self.images.append((hr, ref))
+        #: one entry per visit of an epoch (before directions and ``repeats``): image index, weighted
+        self._visits = [i for i, s in enumerate(samples) for _ in range(max(1, int(s.repeat)))]
         self._draws = 0
 
     def __len__(self) -> int:
-        return len(self.images) * (2 if self.both_directions else 1) * self.repeats
+        return len(self._visits) * (2 if self.both_directions else 1) * self.repeats
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        n = len(self.images)
+        n = len(self._visits)
         k = index % (2 * n if self.both_directions else n)
-        hr, ref = self.images[k % n]
+        hr, ref = self.images[self._visits[k % n]]
         if k >= n:  # reverse temporal direction
             hr, ref = ref, hr
         info = torch.utils.data.get_worker_info()
@@ -222,6 +271,8 @@ class PairCropDataset(Dataset):
             if flips[2]:
                 img = img.transpose(-1, -2)
             out[key] = img.float().div(255.0).contiguous()
+        if self.colour and rng.random() < self.colour:
+            out = dict(zip(out, colour_augment(list(out.values()), rng)))
         return out
 
 

@@ -13,6 +13,10 @@ averaged over the batch:
 * ``hr_rec``  = lambda_rec * Charbonnier(f^-1([Q(LR), z~N(0,1)]), HR), lambda_rec = 1, where
   Q is the 8-bit quantizer with a straight-through gradient.
 
+Training options of ours (``model.train_options``, :class:`refscale.nn.invertible.LatentTraining`):
+the temperature range of the sampled ``z`` and a penalty on LR values outside [0, 1]; the
+defaults are IRN's recipe.
+
 The optimiser settings of the reference (Adam 2e-4, betas 0.9/0.999, weight decay 1e-5,
 learning-rate halving every 100k steps, gradient-norm clipping 10, batch 16 x 144 px) belong
 to the training configs, not to this module.
@@ -23,7 +27,8 @@ import torch
 
 from refscale import ops
 from refscale.errors import ModelError
-from refscale.nn.invertible import AffineCoupling, FlowSequence, HaarSqueeze, dense_subnet, exact, sample_latent
+from refscale.nn.invertible import (AffineCoupling, FlowSequence, HaarSqueeze, LatentTraining, dense_subnet, exact,
+                                    sample_latent)
 from refscale.nn.losses import sum_charbonnier, sum_l2
 from refscale.nn.speed import FastInference
 from refscale.ops import levels_for_scale
@@ -32,7 +37,7 @@ from refscale.protocol import Rescaler, register
 
 @register("irn-x4", scale=4, weights="irn-x4-oscd")
 @register("irn-x2", scale=2, weights="irn-x2-oscd")
-class IRN(FastInference, Rescaler):
+class IRN(LatentTraining, FastInference, Rescaler):
     """Invertible Rescaling Net; ``irn-x2`` / ``irn-x4``. Config keys are the constructor arguments."""
 
     arch = "irn"
@@ -59,6 +64,10 @@ class IRN(FastInference, Rescaler):
         self.lambda_fit, self.lambda_rec, self.lambda_ce = lambda_fit, float(lambda_rec), float(lambda_ce)
         self.gaussian_scale = float(gaussian_scale)
 
+    def configure_training(self, step: int, **options) -> None:
+        """Training-only options (:class:`refscale.nn.invertible.LatentTraining`)."""
+        self.set_latent_training(**options)
+
     # ------------------------------------------------------------------ protocol
     def downscale(self, hr, ref=None):
         with self.speed_context(hr):
@@ -80,8 +89,11 @@ class IRN(FastInference, Rescaler):
             guide = ops.bicubic_down(hr.float(), self.scale).detach()
         lr_fit = self.lambda_fit * sum_l2(lr - guide)
         z_l2 = self.lambda_ce * sum_l2(z)
-        z_sample = self.gaussian_scale * torch.randn_like(z)
+        z_sample = self.gaussian_scale * self.training_latent(z)
         hr_hat = self.flow.inverse(torch.cat([ops.quantize_8bit(lr), z_sample], 1))
         hr_rec = self.lambda_rec * sum_charbonnier(hr_hat - hr)
-        return {"total": lr_fit + z_l2 + hr_rec, "lr_fit": lr_fit, "z_l2": z_l2, "hr_rec": hr_rec}
+        terms = {"lr_fit": lr_fit, "z_l2": z_l2, "hr_rec": hr_rec}
+        if self.lr_range_weight:
+            terms["lr_range"] = self.lr_range_loss(lr)
+        return {"total": sum(terms.values()), **terms}
 

@@ -58,7 +58,8 @@ blocks, measured no gain and were removed; the numbers stay in docs/results.md.)
 Training-only options (``configure_training``, set by the engine from ``model.train_options``):
 ``guide_ramp_steps`` ramps the eq. 5 blur in linearly (``S`` in eq. 5 is multiplied by
 ``min(1, step / guide_ramp_steps)``; ``F_c`` always uses ``S``), so that a saturated ``S`` of a
-fresh Ref-Net does not strip a warm-started LR of its detail at once. Parameter groups
+fresh Ref-Net does not strip a warm-started LR of its detail at once; ``latent_temperature`` and
+``lr_range_weight`` as IRN's (:class:`refscale.nn.invertible.LatentTraining`). Parameter groups
 (:meth:`parameter_groups`, learning-rate multipliers ``optim.lr_mult``): ``refnet``, ``cond``
 (the condition weights of the INN) and ``flow`` (the rest).
 
@@ -84,6 +85,7 @@ from refscale.nn.invertible import (
     FlowSequence,
     HaarSqueeze,
     InvConv1x1,
+    LatentTraining,
     dense_subnet,
     exact,
     sample_latent,
@@ -143,7 +145,7 @@ class RefNet(nn.Module):
 
 @register("refscale-x4", scale=4, weights="refscale-x4-oscd")
 @register("refscale-x2", scale=2, weights="refscale-x2-oscd")
-class RefScaleNet(FastInference, Rescaler):
+class RefScaleNet(LatentTraining, FastInference, Rescaler):
     """RefScale (``refscale-x2`` / ``refscale-x4``); config keys are the constructor arguments."""
 
     arch = "refscale"
@@ -211,8 +213,10 @@ class RefScaleNet(FastInference, Rescaler):
             self.levels.append(FlowSequence(mods))
 
     # ------------------------------------------------------------------ training set-up
-    def configure_training(self, step: int, guide_ramp_steps: int = 0) -> None:
-        """Training-only options for ``step`` (the engine calls this before every step)."""
+    def configure_training(self, step: int, guide_ramp_steps: int = 0, **latent_options) -> None:
+        """Training-only options for ``step`` (the engine calls this before every step); the
+        latent temperature and LR range options: :class:`refscale.nn.invertible.LatentTraining`."""
+        self.set_latent_training(**latent_options)
         ramp = int(guide_ramp_steps)
         self.guide_strength = 1.0 if ramp <= 0 else min(1.0, step / ramp)
 
@@ -377,10 +381,12 @@ class RefScaleNet(FastInference, Rescaler):
             s = resize(self.dequantize_smap(q), lr.shape[-2:]) * self.guide_strength
             lr_guide = sum_l2((bic - lr) * (1 - s)) + sum_l2((blur - lr) * s)  # eq. 5
         z_l2 = sum_l2(z)  # eq. 13
-        z_sample = torch.randn_like(z)
+        z_sample = self.training_latent(z)
         hr_hat = self.flow_inverse(torch.cat([ops.quantize_8bit(lr), z_sample], 1), fc)
         hr_rec = sum_charbonnier(hr_hat - hr)  # eq. 12
         terms = {"hr_rec": self.lambda_hr * hr_rec, "lr_guide": self.lambda_lr * lr_guide,
                  "z_l2": self.lambda_distr * z_l2}
-        return {"total": terms["hr_rec"] + terms["lr_guide"] + terms["z_l2"], **terms}
+        if self.lr_range_weight:
+            terms["lr_range"] = self.lr_range_loss(lr)
+        return {"total": sum(terms.values()), **terms}
 

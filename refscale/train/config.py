@@ -8,7 +8,7 @@ A config has these sections (every key optional except ``model.arch``, ``data.pa
     model:     {arch: refscale-x2, config: {...constructor overrides...}, module: null, init_weights: null,
                 train_options: {...}}
     optim:     {name: adam, lr, betas, eps, weight_decay, grad_clip, lr_mult: {group: factor}}
-    data:      {path, split, val_names, val_split, patch_size, both_directions, augment, batch_size}
+    data:      {path, split, val_names, val_split, patch_size, both_directions, augment, colour_augment, batch_size}
     schedule:  {steps, warmup_steps, decay, decay_start, min_lr, milestones, gamma}   # see below
     precision: {bf16, channels_last, threads}       # bf16: true | false | auto (bf16 autocast only where native)
     checkpoint:{every_minutes, every_steps, keep}
@@ -72,6 +72,7 @@ DEFAULTS: dict[str, Any] = {
         "patch_size": 128,
         "both_directions": False,
         "augment": True,
+        "colour_augment": 0.0,
         "batch_size": 8,
     },
     "optim": {"name": "adam", "lr": 2e-4, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "grad_clip": None,

@@ -495,7 +495,7 @@ class Trainer:
         self.rank_seed = cfg["seed"] + 7919 * dist.rank  # per-process randomness from here on
         self.dataset = rdata.PairCropDataset(self.train_samples, d["patch_size"], augment=d["augment"],
                                              both_directions=d["both_directions"], scale_multiple=model.alignment,
-                                             seed=self.rank_seed)
+                                             seed=self.rank_seed, colour=d["colour_augment"])
         _seed_everything(self.rank_seed)
         self.sampler = _Sampler(len(self.dataset), d["batch_size"], cfg["seed"], dist.rank, dist.world)
         self.val_crops = _val_crops(self.val_samples, cfg, model.alignment, self.use_ref) if dist.main else []
