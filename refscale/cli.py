@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-register", dest="register", action="store_false",
                    help="do not estimate and correct a translation and small rotation of the reference (default: register it; "
                         "recorded for the decoder)")
+    e.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="do not decode the result here to check it block by block against bicubic (default: check, and "
+                        "code the blocks where the model is worse with the bicubic fallback; recorded for the decoder)")
     _add_precision_option(e)
     e.add_argument("--force", action="store_true", help="overwrite existing outputs")
     e.set_defaults(func=cmd_encode)
@@ -134,9 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--ref", help="reference image (for a batch: a folder or manifest whose samples are named like the containers)")
     d.add_argument("-m", "--model", default=None, help="model to decode with (default: the one recorded in the container)")
     d.add_argument("-o", "--output", required=True, help="output image (format by suffix; or a folder for several inputs)")
-    d.add_argument("--temperature", type=float, default=pipeline.DEFAULT_TEMPERATURE,
-                   help=f"latent temperature for stochastic models (default {pipeline.DEFAULT_TEMPERATURE:g})")
-    d.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same pixels (default 0)")
+    d.add_argument("--temperature", type=float, default=None,
+                   help="latent temperature for stochastic models (default: the one the encoder verified, else "
+                        f"{pipeline.DEFAULT_TEMPERATURE:g})")
+    d.add_argument("--seed", type=int, default=None,
+                   help="random seed; the same seed gives the same pixels (default: the one the encoder verified, else 0)")
     d.add_argument("--tile", type=int, default=None, help="tile size in HR pixels (default: as recorded by the encoder)")
     d.add_argument("--resample-ref", action="store_true", default=None,
                    help="resize a reference of another size to the image size (default: only the reference the encoder "
@@ -169,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quality_options(v, q_help)
     v.add_argument("--json", dest="json_out", default=None, help="write the result JSON here (default: print it)")
     v.add_argument("--md", dest="md_out", default=None, help="also write a Markdown table here")
+    v.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="encode without the verifying encoder's bicubic fallback (default: as refscale encode, verified)")
     v.add_argument("--save-lr", default=None, metavar="DIR", help="also save each stored LR image as DIR/<name>.png")
     _add_precision_option(v)
     v.add_argument("--force", action="store_true", help="overwrite existing outputs")
@@ -279,13 +286,18 @@ def cmd_encode(args) -> int:
         r = files.encode_file(job, model, codec=codec, quality=quality, bpp=args.bpp, max_bytes=args.max_bytes,
                               tile=args.tile, resample_ref=args.resample_ref, precision=args.precision,
                               register=args.register, force=args.force, progress=not batch and _tty(),
-                              bands=bands, value_range=args.value_range)
+                              bands=bands, value_range=args.value_range, verify=args.verify)
         h, w = r["size"]
         q = "" if r["quality"] is None else f" q{r['quality']}"
         rec = r["raster"]
         extra = "" if rec is None else f", {rec.dtype} bands {','.join(map(str, rec.bands))}" + \
             (f" mapped {rec.rule}" if rec.rule != "identity" else "") + (", georeferenced" if rec.georeferenced else "")
-        return f"{r['output']}: {r['bytes']:,} bytes, {r['bpp']:.4f} bpp ({w}x{h}, {r['model']}, {r['codec']}{q}{extra})"
+        v = r["verify"]
+        checked = "" if v is None else (
+            f"; verified: {v['fallback_blocks']} of {v['blocks']} blocks to bicubic, RGB {v['psnr_rgb']:.2f} dB "
+            f"(bicubic {v['bicubic_psnr_rgb']:.2f}), worst block {v['worst_block_psnr_rgb']:.2f} dB "
+            f"(bicubic there {v['bicubic_there']:.2f}), {v['seconds']:.1f} s")
+        return f"{r['output']}: {r['bytes']:,} bytes, {r['bpp']:.4f} bpp ({w}x{h}, {r['model']}, {r['codec']}{q}{extra}){checked}"
 
     return _run_jobs(jobs, run, "encode")
 
@@ -315,7 +327,8 @@ def cmd_decode(args) -> int:
         rec = packet.raster
         extra = "" if rec is None else f", {rec.dtype} bands {','.join(map(str, rec.bands))}" + \
             (", georeferenced" if rec.georeferenced else "")
-        return f"{job.output}: {packet.size[1]}x{packet.size[0]} from {job.input.name} ({model.name}, seed {args.seed}{extra})"
+        seed = args.seed if args.seed is not None else packet.verification.seed if packet.verification is not None else 0
+        return f"{job.output}: {packet.size[1]}x{packet.size[0]} from {job.input.name} ({model.name}, seed {seed}{extra})"
 
     return _run_jobs(jobs, run, "decode")
 
@@ -384,7 +397,7 @@ def cmd_evaluate(args) -> int:
     result = evaluate(model, samples, draws=args.draws, codec=codec, quality=quality, bpp=args.bpp,
                       max_bytes=args.max_bytes, progress=_tty(),
                       dataset=Path(args.data).name, split=args.split, lr_dir=args.save_lr, overwrite=args.force,
-                      precision=args.precision, temperature=args.temperature)
+                      precision=args.precision, temperature=args.temperature, verify=args.verify)
     text = json.dumps(result, indent=2) + "\n"
     if args.json_out:
         files.write_bytes(Path(args.json_out), text.encode(), args.force)

@@ -58,7 +58,7 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
              progress: bool = True, *, bpp: float | None = None, max_bytes: int | None = None,
              dataset: str | None = None, split: str | None = None,
              lr_dir: str | os.PathLike | None = None, overwrite: bool = False,
-             precision: str | None = None, temperature: float = DEFAULT_TEMPERATURE) -> dict:
+             precision: str | None = None, temperature: float = DEFAULT_TEMPERATURE, verify: bool = True) -> dict:
     """Evaluate ``model`` on ``samples``; returns the DESIGN.md evaluation dict.
 
     ``draws`` decodes of different seeds are averaged for stochastic models (``model.stochastic``);
@@ -70,6 +70,9 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
     ``bpp`` / ``max_bytes``: a budget for each whole ``.rsc`` file instead of ``quality`` (the
     codec quality is chosen per image by :meth:`refscale.Packet.fit`; each row records it).
     ``codec=None``: the model's default codec (PNG, or an ``inter-*`` model's P-frame codec).
+    ``verify``: encode with the verifying encoder (the default, as ``refscale encode``; each row
+    records the fraction of blocks that fell back to bicubic, ``fallback``); the first draw
+    (seed 0) decodes what the encoder checked.
     """
     from refscale.container import Packet, bytes_for_bpp, check_budget, section_sizes
     from refscale.pipeline import resolve_precision
@@ -90,7 +93,7 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
                 ref = None
             h, w = hr.shape[-2:]
             start = time.perf_counter()
-            packet = model.encode(hr, ref, precision=precision, codec=codec, quality=quality)
+            packet = model.encode(hr, ref, precision=precision, codec=codec, quality=quality, verify=verify)
             t_encode = time.perf_counter() - start
             budget = bytes_for_bpp(bpp, (h, w)) if bpp is not None else max_bytes
             if budget is None:
@@ -131,6 +134,8 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
                 "bpp_lr": metrics.bits_per_pixel(sizes["lr"], h, w),
                 "bpp_side": metrics.bits_per_pixel(sizes["side"], h, w),
                 "quality": used_quality,
+                "fallback": (packet.verify_report["fallback_blocks"] / packet.verify_report["blocks"]
+                             if packet.verify_report else None),
                 "seconds": t_encode + t_decode / draws,
             }
             images.append(row)
@@ -148,6 +153,7 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
         "split": split,
         "draws": draws,
         "precision": precision,
+        "verify": bool(verify),
         "temperature": float(temperature),
         "codec": codec,
         "budget": {"bpp": bpp} if bpp is not None else ({"bytes": max_bytes} if max_bytes is not None else None),

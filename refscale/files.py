@@ -173,9 +173,11 @@ def _check_image_suffix(path: Path) -> None:
 def encode_file(job: Job, model: Rescaler, *, codec: str | None = None, quality: int | None = None, bpp: float | None = None,
                 max_bytes: int | None = None, tile=None, resample_ref: bool = False, precision: str | None = None,
                 register: bool = True, force: bool = False, progress: bool = False, bands=None,
-                value_range=None, windowed: bool | None = None) -> dict:
+                value_range=None, windowed: bool | None = None, verify: bool = True) -> dict:
     """Encode one job: write the container (and the LR as the receiver sees it). Returns
-    ``{"output", "bytes", "bpp", "size", "model", "codec", "quality", "raster"}``. ``codec=None``: the model's default.
+    ``{"output", "bytes", "bpp", "size", "model", "codec", "quality", "raster", "verify"}``
+    (``verify``: the verifying encoder's report, ``refscale.pipeline.encode``, or None).
+    ``codec=None``: the model's default.
 
     ``bands`` (e.g. ``[4, 3, 2]``, 1-based) and ``value_range`` (``"p2,98"``, ``"0,10000"``):
     how a raster's bands and intensities reach the model (:func:`refscale.raster.read_raster`;
@@ -192,7 +194,7 @@ def encode_file(job: Job, model: Rescaler, *, codec: str | None = None, quality:
     check_budget(quality, bpp, max_bytes)
     image = raster.read_raster(job.input, bands=bands, value_range=value_range, windowed=windowed, progress=progress)
     packet = pipeline.encode(model, image, job.ref, tile=tile, resample_ref=resample_ref, precision=precision,
-                             register=register, progress=progress, codec=codec, quality=quality)
+                             register=register, progress=progress, codec=codec, quality=quality, verify=verify)
     if bpp is not None:
         max_bytes = bytes_for_bpp(bpp, packet.size)
     if max_bytes is not None:
@@ -209,7 +211,8 @@ def encode_file(job: Job, model: Rescaler, *, codec: str | None = None, quality:
             raise
     h, w = packet.size
     return {"output": job.output, "bytes": len(data), "bpp": len(data) * 8 / (h * w), "size": (h, w),
-            "model": model.name, "codec": codec, "quality": quality, "raster": packet.raster}
+            "model": model.name, "codec": codec, "quality": quality, "raster": packet.raster,
+            "verify": packet.verify_report}
 
 
 def write_decoded(hr: torch.Tensor, packet: Packet, path, *, cog: bool = False, force: bool = False) -> Path:

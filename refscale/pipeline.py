@@ -28,6 +28,19 @@ Written once against the :class:`~refscale.protocol.Rescaler` protocol:
   reference at the LR's size (:func:`lr_reference`), so with them the reference is needed (and
   fingerprinted) even for a model that takes none; the model itself still gets it only if it
   uses one.
+* **Verification** (``encode(..., verify=True)``, the default; issue 26). The encoder has the HR
+  image, so it decodes its own packet exactly as the receiver will (the LR after the codec, the
+  seed and temperature it records) and compares it, block by block (:data:`VERIFY_BLOCK` HR
+  pixels), with the plain bicubic pipeline at the same scale. A block whose RGB PSNR falls below
+  bicubic's by more than :data:`VERIFY_MARGIN_DB`, or that has more pixels off by more than
+  :data:`VERIFY_OFF_LEVELS` levels than bicubic has there, is stored as the bicubic LR and
+  decoded by bicubic upscaling (the fallback); the check repeats until no block fails (a fallback
+  block changes its neighbours' context), and the packet records the blocks' modes
+  (:class:`refscale.container.Verification`, format version 5) and a summary
+  (``packet.verify_report``). It costs one decode (more when blocks fall back). Not done for
+  bicubic and the scale-1 inter modes (nothing to check), nor for a scene read window by window
+  (it is never whole in memory; a warning says so). With a lossy LR codec the check sees the LR
+  after the codec at the packet's quality (the codec's default when a byte budget will choose it).
 * **Determinism.** Decoding randomness comes only from ``torch.Generator`` objects seeded from
   ``seed`` (untiled: ``seed`` itself; tiled: one generator per batch of windows, seeded with
   ``SeedSequence([seed, batch index])``), so the same container, reference and seed give the
@@ -36,6 +49,7 @@ Written once against the :class:`~refscale.protocol.Rescaler` protocol:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import warnings
@@ -44,7 +58,7 @@ import numpy as np
 import torch
 
 from refscale import codecs, ops, raster, registration, tiling
-from refscale.container import Packet, reference_fingerprint, reference_hasher, smallest_integer_array
+from refscale.container import Packet, Verification, reference_fingerprint, reference_hasher, smallest_integer_array
 from refscale.errors import ContainerError, InputError, ModelError
 from refscale.imageio import as_image_tensor
 from refscale.metrics import reference_agreement, to_uint8
@@ -76,12 +90,25 @@ MIN_REFERENCE_AGREEMENT = 0.2
 #: the CLI, ``refscale evaluate`` and :func:`refscale.evaluate.evaluate` use it too). Chosen on
 #: the held-out train cities: benchmarks/temperature.py and docs/results.md, "Temperature".
 DEFAULT_TEMPERATURE = 1.0
+#: the verifying encoder (see the module doc): block side in HR pixels (rounded up to the model's
+#: alignment), the RGB PSNR margin below bicubic a block may have, and the error in 8-bit levels
+#: past which a pixel counts as wrong (a block may have ``VERIFY_OFF_SLACK`` of its pixels more
+#: of those than bicubic, at least one). Our choice: blocks small enough to isolate a wrongly
+#: coloured field, large enough for a stable PSNR; margin 0, so a verified image is never worse
+#: than bicubic in any block the encoder checked.
+VERIFY_BLOCK = 64
+VERIFY_MARGIN_DB = 0.0
+VERIFY_OFF_LEVELS = 40
+VERIFY_OFF_SLACK = 1e-3
+#: the most decodes one verification runs before it gives every still-failing block to bicubic
+VERIFY_MAX_ROUNDS = 4
 
 
 # ============================================================================= encode
 def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: int | None = None,
            progress: bool = False, resample_ref: bool = False, precision: str | None = None,
-           register: bool = True, codec: str | None = None, quality: int | None = None) -> Packet:
+           register: bool = True, codec: str | None = None, quality: int | None = None,
+           verify: bool = True) -> Packet:
     """Downscale one image into a :class:`Packet` (LR rounded to 8 bits, side info as integers).
 
     ``hr`` and ``ref``: tensors ``[1,3,H,W]``/``[3,H,W]`` in [0,1], ``HxWx3`` arrays or paths; ``hr``
@@ -98,6 +125,8 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
     (:mod:`refscale.registration`); the transform is recorded and the decoder repeats it.
     ``codec``, ``quality``: what ``packet.to_bytes()`` writes by default (default: the model's
     ``default_codec``); an inter-frame codec keeps the reference for the LR codec (``lr_ref``).
+    ``verify``: decode the packet here and fall back to bicubic where the model is worse (see the
+    module doc, "Verification"); the summary is ``packet.verify_report``.
     """
     if isinstance(hr, (str, os.PathLike)):
         hr = raster.read_raster(hr)
@@ -109,6 +138,7 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
     codec = codecs.canonical(codec, model.default_codec)
     quality = codecs.check_quality(codec, quality)
     ref, ref_hash = _reference(model, ref, size, codec, record, windowed=scene is not None, progress=progress)
+    ref_given = ref
     if isinstance(ref, torch.Tensor):
         ref = _to_size(ref, size, resample_ref)
     lr_ref = lr_reference(ref, model.alignment, model.scale) if isinstance(ref, torch.Tensor) else None
@@ -164,16 +194,132 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
     for name, t in side.items():
         side_np[name] = smallest_integer_array(name, _integer_array(model, name, t))
         side_dtypes[name] = str(t.dtype).replace("torch.", "")
-    return Packet(
+    packet = Packet(
         model=model.name, weights_hash=model.weights_hash(), scale=s, size=size, padded_size=padded,
         tiles={"tile": layout[0], "overlap": layout[1]} if len(windows) > 1 else None,
         lr=lr_u8, side=side_np, side_dtypes=side_dtypes, precision=precision, ref_hash=ref_hash,
         ref_shift=shift, ref_rotation=rotation, codec=codec, quality=quality, lr_ref=lr_ref, raster=record,
     )
+    if verify and verifiable(model):
+        if scene is not None:
+            warnings.warn("a scene read window by window is not verified against bicubic (it is never whole in "
+                          "memory)", stacklevel=2)
+        else:
+            hr_p = _batch(read_hr, [tiling.Window(0, 0, (0, padded[0], 0, padded[1]))], *padded)
+            _verify(model, packet, hr_p, ref_given, resample_ref, progress)
+    return packet
+
+
+# ============================================================================= verification
+def verifiable(model: Rescaler) -> bool:
+    """Models the verifying encoder checks: every rescaler except bicubic itself and the scale-1
+    inter modes."""
+    return model.scale > 1 and model.arch != "bicubic"
+
+
+def verify_block(model: Rescaler) -> int:
+    """The verification block side of ``model`` in HR pixels (:data:`VERIFY_BLOCK`, at least 8 LR
+    pixels, rounded up to the alignment)."""
+    return _round_up(max(VERIFY_BLOCK, 8 * model.scale), model.alignment)
+
+
+def _as_received(packet: Packet, lr_u8: np.ndarray) -> np.ndarray:
+    """The LR the receiver will decode: ``lr_u8`` through the packet's codec at its quality."""
+    if codecs.is_lossless(packet.codec, packet.quality):
+        return lr_u8
+    ref = packet.lr_ref if codecs.needs_reference(packet.codec) else None
+    data = codecs.encode_image(lr_u8, packet.codec, packet.quality, ref=ref)
+    return codecs.decode_image(data, packet.codec, lr_u8.shape[:2], ref=ref)
+
+
+def _block_errors(x: torch.Tensor, hr: torch.Tensor, size: tuple[int, int], block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per block of ``block`` pixels (inside the original ``size``): the RGB squared error summed
+    over 8-bit values, and the count of pixels with a channel off by more than
+    :data:`VERIFY_OFF_LEVELS` levels."""
+    h, w = size
+    d = to_uint8(x[..., :h, :w]).to(torch.int32) - to_uint8(hr[..., :h, :w]).to(torch.int32)
+    sq = (d * d).sum(1)[0].double()
+    off = (d.abs().amax(1)[0] > VERIFY_OFF_LEVELS).double()
+    rows, cols = Verification.grid((h, w), block)
+    pad = (0, cols * block - w, 0, rows * block - h)
+
+    def per_block(t):
+        t = torch.nn.functional.pad(t, pad)
+        return t.reshape(rows, block, cols, block).sum((1, 3)).numpy()
+
+    return per_block(sq), per_block(off)
+
+
+def _verify(model: Rescaler, packet: Packet, hr_p: torch.Tensor, ref, resample_ref: bool, progress: bool) -> None:
+    """The verifying encoder (module doc): decode ``packet`` as the receiver will, fall back to
+    bicubic block by block where the model is worse, and record the modes and a report in it."""
+    import time
+
+    start = time.perf_counter()
+    s, size, padded = model.scale, tuple(packet.size), tuple(packet.padded_size)
+    block = verify_block(model)
+    rows, cols = Verification.grid(padded, block)
+    lr_model = packet.lr
+    bic_lr = to_uint8(ops.bicubic_down(hr_p, s))[0].permute(1, 2, 0).contiguous().numpy()
+    bic = ops.bicubic_up(u8_to_float(_as_received(packet, bic_lr)), s).clamp(0, 1)
+    sq_b, off_b = _block_errors(bic, hr_p, size, block)
+    px = _block_pixels(size, block)
+    lb = block // s
+
+    def attempt(fallback: np.ndarray):
+        """The LR with the fallback blocks' bicubic LR, and its per-block errors as decoded."""
+        lr = lr_model.copy()
+        for i, j in zip(*np.nonzero(fallback)):
+            lr[i * lb:(i + 1) * lb, j * lb:(j + 1) * lb] = bic_lr[i * lb:(i + 1) * lb, j * lb:(j + 1) * lb]
+        trial = dataclasses.replace(packet, lr=_as_received(packet, lr), verify_report=None,
+                                    verification=Verification(block, 0, DEFAULT_TEMPERATURE, fallback.copy()))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the reference's checks speak when the receiver decodes
+            out = decode(model, trial, ref, resample_ref=resample_ref, progress=progress)
+        return lr, _block_errors(out, hr_p, size, block)
+
+    fallback = np.zeros((rows, cols), bool)
+    for rounds in range(1, VERIFY_MAX_ROUNDS + 1):
+        lr, (sq_m, off_m) = attempt(fallback)
+        worse = sq_m > sq_b * 10 ** (VERIFY_MARGIN_DB / 10) + 1e-9
+        wrong = off_m > off_b + np.maximum(1, VERIFY_OFF_SLACK * px)
+        bad = (worse | wrong) & ~fallback
+        if not bad.any():
+            break
+        fallback |= bad
+    else:  # still failing after the last round: the whole image goes to bicubic
+        fallback[:] = True
+        lr, (sq_m, off_m) = attempt(fallback)
+    packet.lr = lr
+    packet.verification = Verification(block, 0, DEFAULT_TEMPERATURE, fallback)
+    psnr_m = _psnr_from(sq_m, px)
+    k = int(np.argmin(np.where(px > 0, psnr_m, np.inf)))
+    total = lambda sq: float(10 * np.log10(255.0**2 * 3 * px.sum() / max(sq.sum(), 1e-12)))  # noqa: E731
+    packet.verify_report = {
+        "blocks": int(fallback.size), "fallback_blocks": int(fallback.sum()), "block": block, "rounds": rounds,
+        "psnr_rgb": total(sq_m), "bicubic_psnr_rgb": total(sq_b),
+        "worst_block_psnr_rgb": float(psnr_m.flat[k]), "bicubic_there": float(_psnr_from(sq_b, px).flat[k]),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _block_pixels(size: tuple[int, int], block: int) -> np.ndarray:
+    """Pixels of each block inside the original ``size``."""
+    h, w = size
+    rows, cols = Verification.grid((h, w), block)
+    hs = np.minimum(block, h - np.arange(rows) * block)
+    ws = np.minimum(block, w - np.arange(cols) * block)
+    return np.outer(hs, ws).astype(np.float64)
+
+
+def _psnr_from(sq: np.ndarray, px: np.ndarray) -> np.ndarray:
+    """RGB PSNR of each block from its summed squared 8-bit error and pixel count."""
+    with np.errstate(divide="ignore"):
+        return 10 * np.log10(255.0**2 * 3 * px / np.maximum(sq, 1e-12))
 
 
 # ============================================================================= decode
-def decode(model: Rescaler, packet, ref=None, *, temperature: float = DEFAULT_TEMPERATURE, seed: int = 0,
+def decode(model: Rescaler, packet, ref=None, *, temperature: float | None = None, seed: int | None = None,
            tile: int | None = None, overlap: int | None = None, allow_mismatch: bool = False, progress: bool = False,
            resample_ref: bool | None = None, precision: str | None = None,
            allow_other_reference: bool = False, sink=None) -> torch.Tensor | None:
@@ -187,9 +333,10 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = DEFAULT_TE
     the LR is not checked.
 
     ``temperature``: stochastic models draw their latent ``z ~ temperature * N(0, I)`` (seeded by
-    ``seed``); the default :data:`DEFAULT_TEMPERATURE` = 1, the distribution the models were
-    trained on, gave the highest PSNR-Y (to 0.01 dB) of every shipped invertible model on the
-    held-out cities (lower temperatures are much worse, 0 included: docs/results.md, "Temperature").
+    ``seed``). ``None`` (default): the seed and temperature the verifying encoder checked, as the
+    file records them, else seed 0 and :data:`DEFAULT_TEMPERATURE` (docs/results.md,
+    "Temperature"). Blocks the file marks as fallback are rebuilt by bicubic upscaling of their LR
+    (:class:`refscale.container.Verification`).
     The tile layout and precision default to what the encoder recorded. ``allow_mismatch``
     decodes a packet made by other weights of the same scale (for experts; results are
     unlikely to be good). A reference whose :func:`fingerprint` differs from the one the encoder
@@ -206,6 +353,11 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = DEFAULT_TE
     if not isinstance(packet, Packet):
         raise InputError(f"decode needs a Packet or the bytes of a .rsc file, got {type(packet).__name__}")
     _check_model(model, packet, allow_mismatch)
+    checked = packet.verification
+    if temperature is None:
+        temperature = checked.temperature if checked is not None else DEFAULT_TEMPERATURE
+    if seed is None:
+        seed = checked.seed if checked is not None else 0
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
         raise InputError(f"temperature must be a finite number >= 0, got {temperature!r}")
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
@@ -265,6 +417,8 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = DEFAULT_TE
             y = model.upscale(x, side_b, r, temperature=float(temperature), generator=gen)
             if tuple(y.shape) != (len(batch), 3, wh, ww):
                 raise ModelError(f"{model.name}.upscale returned {list(y.shape)}, expected {[len(batch), 3, wh, ww]}")
+            if checked is not None:
+                _bicubic_fallback(y, x, batch, checked, s)
             for i, w in enumerate(batch):
                 y0, y1, x0, x1 = w.core
                 core = y[i:i + 1, :, y0 - w.y:y1 - w.y, x0 - w.x:x1 - w.x]
@@ -273,6 +427,23 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = DEFAULT_TE
                 else:
                     sink.put(w.core, core.clamp(0, 1).nan_to_num(0.0))
     return None if sink is not None else ops.crop_to(out, size).clamp_(0, 1).nan_to_num_(0.0)
+
+
+def _bicubic_fallback(y: torch.Tensor, x: torch.Tensor, batch: list, checked: Verification, s: int) -> None:
+    """Overwrite, in the decoded windows ``y``, the cores' pixels of the blocks the verifying
+    encoder gave to bicubic with the bicubic upscale of the windows' LR ``x``."""
+    b = checked.block
+    for i, w in enumerate(batch):
+        y0, y1, x0, x1 = w.core
+        rows, cols = slice(y0 // b, (y1 - 1) // b + 1), slice(x0 // b, (x1 - 1) // b + 1)
+        marks = np.argwhere(checked.fallback[rows, cols])
+        if not len(marks):
+            continue
+        up = ops.bicubic_up(x[i:i + 1], s).to(y.dtype)
+        for r, c in marks + (rows.start, cols.start):
+            by0, by1 = max(r * b, y0), min((r + 1) * b, y1)
+            bx0, bx1 = max(c * b, x0), min((c + 1) * b, x1)
+            y[i, :, by0 - w.y:by1 - w.y, bx0 - w.x:bx1 - w.x] = up[0, :, by0 - w.y:by1 - w.y, bx0 - w.x:bx1 - w.x]
 
 
 # ============================================================================= windows

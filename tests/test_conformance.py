@@ -83,13 +83,13 @@ def test_protocol_container_and_determinism(case):
     model = build(case)
     h, w = odd_size(model)
     hr, ref = inputs(model, h, w)
-    packet = pipeline.encode(model, hr, ref, precision="fp32")
+    packet = pipeline.encode(model, hr, ref, precision="fp32", verify=False)
     s = model.scale
     assert tuple(packet.size) == (h, w)
     assert packet.lr.shape == (packet.padded_size[0] // s, packet.padded_size[1] // s, 3) and packet.lr.dtype == np.uint8
     assert packet.precision == "fp32" and packet.model == model.name
     data = packet.to_bytes()
-    again = pipeline.encode(model, hr, ref, precision="fp32").to_bytes()
+    again = pipeline.encode(model, hr, ref, precision="fp32", verify=False).to_bytes()
     assert again == data  # encoding is deterministic
     back = Packet.from_bytes(data, lr_ref=packet.lr_ref)  # lr_ref: an inter-frame LR codec's reference
     assert back.precision == "fp32"

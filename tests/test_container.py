@@ -28,7 +28,7 @@ def spec_read(data: bytes) -> dict:
     """Parse a container following docs/format.md only (no refscale code)."""
     assert data[:8] == bytes([0x89, 0x52, 0x53, 0x43, 0x0D, 0x0A, 0x1A, 0x0A])
     version, n = struct.unpack_from("<HI", data, 8)
-    assert version in (1, 2, 3, 4)
+    assert version in (1, 2, 3, 4, 5)
     assert struct.unpack_from("<I", data, 14 + n)[0] == zlib.crc32(data[:14 + n])
     pos = 14
 
@@ -68,6 +68,7 @@ def spec_read(data: bytes) -> dict:
         length, crc = take("<II")
         side.append((name, dtype, restore, shape, comp, length, crc))
     raster_len, raster_crc = take("<II") if version >= 3 else (0, 0)
+    verify_len, verify_crc = take("<II") if version >= 5 else (0, 0)
     assert pos == 14 + n
     pos += 4
     out["lr_bytes"] = data[pos:pos + lr_len]
@@ -101,6 +102,15 @@ def spec_read(data: bytes) -> dict:
         else:
             assert not d.unused_data
         pos += raster_len
+    out["verification"] = None
+    if verify_len:
+        blob = data[pos:pos + verify_len]
+        assert zlib.crc32(blob) == verify_crc
+        block, seed, t, rows, cols = struct.unpack_from("<HIIII", blob)
+        bits = np.frombuffer(zlib.decompress(blob[18:]), np.uint8)
+        fallback = np.unpackbits(bits, count=rows * cols, bitorder="little").astype(bool).reshape(rows, cols)
+        out["verification"] = {"block": block, "seed": seed, "temperature": t / 1000, "fallback": fallback}
+        pos += verify_len
     assert pos == len(data)
     return out
 
@@ -306,7 +316,7 @@ def test_reader_refuses_wrong_magic_version_truncation_and_crcs():
     cases = {
         "bad magic": b"GIF89a" + data[6:],
         "PNG image": b"\x89PNG\r\n\x1a\n" + data[8:],
-        "version 5": data[:8] + b"\x05\x00" + data[10:],
+        "version 6": data[:8] + b"\x06\x00" + data[10:],
         "truncated": data[:-3],
         "trailing": data + b"\0",
         "header checksum": data[:20] + bytes([data[20] ^ 1]) + data[21:],
@@ -317,8 +327,8 @@ def test_reader_refuses_wrong_magic_version_truncation_and_crcs():
         with pytest.raises(ContainerError) as err:
             Packet.from_bytes(bad)
         assert "\n" not in str(err.value), label
-    with pytest.raises(ContainerError, match="version 5"):
-        Packet.from_bytes(cases["version 5"])
+    with pytest.raises(ContainerError, match="version 6"):
+        Packet.from_bytes(cases["version 6"])
     with pytest.raises(ContainerError, match="PNG"):
         Packet.from_bytes(cases["PNG image"])
 
@@ -478,3 +488,60 @@ def test_reference_fingerprint_is_pinned():
     for rows in (a[:2], a[2:]):
         h.update(rows.tobytes())
     assert h.hexdigest() == golden
+
+
+# ----------------------------------------------------------------------------- format version 5: the verification record
+def verified_packet(fallback=None):
+    from refscale.container import Verification
+
+    p = make_packet(h=70, w=45)  # padded 70 x 46: 3 x 2 blocks of 32
+    rows, cols = Verification.grid(p.padded_size, 32)
+    fb = np.zeros((rows, cols), bool) if fallback is None else fallback
+    p.verification = Verification(block=32, seed=7, temperature=0.8, fallback=fb)
+    return p
+
+
+def test_verification_record_round_trips_and_matches_docs():
+    fb = np.array([[True, False], [False, False], [True, True]])
+    p = verified_packet(fb)
+    data = p.to_bytes()
+    spec = spec_read(data)
+    assert spec["version"] == 5
+    v = spec["verification"]
+    assert (v["block"], v["seed"], v["temperature"]) == (32, 7, 0.8) and np.array_equal(v["fallback"], fb)
+    q = Packet.from_bytes(data)
+    assert q.version == 5 and q.verification.block == 32 and q.verification.seed == 7
+    assert q.verification.temperature == 0.8 and np.array_equal(q.verification.fallback, fb)
+    assert q.info()["verification"]["fallback_blocks"] == 3
+    from refscale.container import inspect
+
+    assert inspect(data)["verification"] == {"block": 32, "seed": 7, "temperature": 0.8, "blocks": 6, "fallback_blocks": 3}
+    plain = make_packet(h=70, w=45).to_bytes()  # without a record: the older version, byte for byte
+    assert read_header(plain).version == 2 and len(plain) < len(data)
+
+
+def test_verification_record_refused_when_inconsistent():
+    from refscale.container import Verification
+
+    p = verified_packet()
+    p.verification = Verification(block=32, seed=0, temperature=1.0, fallback=np.zeros((2, 2), bool))  # 3 rows needed
+    data = p.to_bytes()
+    with pytest.raises(ContainerError, match="does not cover"):
+        Packet.from_bytes(data)
+    p.verification = Verification(block=33, seed=0, temperature=1.0, fallback=np.zeros((3, 2), bool))
+    with pytest.raises(ContainerError, match="multiple of the scale"):
+        Packet.from_bytes(p.to_bytes())
+    good = bytearray(verified_packet().to_bytes())
+    h = read_header(bytes(good))
+    v4 = bytearray(good)
+    v4[8:10] = b"\x04\x00"  # version 4 has no verification fields: the header no longer parses
+    with pytest.raises(ContainerError):
+        Packet.from_bytes(bytes(v4))
+    start = h.total_bytes - h.verify_length
+    cut = bytes(good[:start + 18]) + zlib.compress(b"\xff" * 9)  # a zlib stream of the wrong size, CRC fixed up
+    body_end = 14 + struct.unpack_from("<I", good, 10)[0]
+    patched = bytearray(cut)
+    struct.pack_into("<II", patched, body_end - 8, len(cut) - start, zlib.crc32(cut[start:]))
+    struct.pack_into("<I", patched, body_end, zlib.crc32(bytes(patched[:body_end])))
+    with pytest.raises(ContainerError, match="wrong size"):
+        Packet.from_bytes(bytes(patched))

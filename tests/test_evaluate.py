@@ -14,8 +14,8 @@ from refscale.protocol import Rescaler
 from refscale.ops import bicubic_down, bicubic_up, quantize_8bit
 from tests.conftest import synthetic_image
 
-TOP_KEYS = {"model", "scale", "dataset", "split", "draws", "precision", "temperature", "codec", "budget", "images", "over_budget", "mean"}
-IMAGE_KEYS = {"name", "quality", *METRIC_KEYS}  # DESIGN.md's keys, plus the codec settings used
+TOP_KEYS = {"model", "scale", "dataset", "split", "draws", "precision", "verify", "temperature", "codec", "budget", "images", "over_budget", "mean"}
+IMAGE_KEYS = {"name", "quality", "fallback", *METRIC_KEYS}  # DESIGN.md's keys, plus the codec settings used
 
 
 @pytest.fixture
@@ -152,7 +152,7 @@ def test_evaluate_temperature_reaches_every_decode(tmp_path):
 def test_evaluate_runs_and_records_the_requested_precision(singles, precision):
     torch.manual_seed(0)
     model = zoo.build("irn-x2", blocks=[1], gc=4).eval()
-    result = evaluate(model, discover(singles), progress=False, precision=precision)
+    result = evaluate(model, discover(singles), progress=False, precision=precision, verify=False)
     assert result["precision"] == precision
     seen = []
     original = model.set_speed
@@ -162,7 +162,7 @@ def test_evaluate_runs_and_records_the_requested_precision(singles, precision):
         return original(**kw)
 
     model.set_speed = spy
-    evaluate(model, discover(singles), progress=False, precision=precision)
+    evaluate(model, discover(singles), progress=False, precision=precision, verify=False)
     # each encode/decode sets the requested arithmetic, then restores the model's own (fp32)
     assert seen[0::2] == [precision == "bf16"] * (len(seen) // 2) and seen[1::2] == [False] * (len(seen) // 2)
     assert len(seen) == 2 * 2 * 2  # two images, one encode and one decode each

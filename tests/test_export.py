@@ -94,7 +94,7 @@ def test_onboard_to_ground_round_trip(case, exported):
     assert board.tiles is not None and board.size == (h, w)
     packet = export.wrap(board.lr, board.side, paths["encoder"], size=board.size, ref=ref, tiles=board.tiles)
     back = Packet.from_bytes(packet.to_bytes())
-    ground = pipeline.encode(model, hr, ref, tile=48, overlap=16, register=False, precision="fp32")
+    ground = pipeline.encode(model, hr, ref, tile=48, overlap=16, register=False, precision="fp32", verify=False)
     assert back.tiles == ground.tiles and back.padded_size == ground.padded_size and back.ref_hash == ground.ref_hash
     lr_diff = np.abs(back.lr.astype(int) - ground.lr.astype(int))
     assert lr_diff.max() <= 1 and (lr_diff > 0).mean() < 0.001  # a float ulp can move a value across .5
