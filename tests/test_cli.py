@@ -367,3 +367,18 @@ def test_decode_refuses_another_reference(files, capsys):
     assert code == 0 and "no reference fingerprint" in err and (files / "v1.png").is_file()
     info = json.loads(run(capsys, "info", files / "v1.rsc")[1])
     assert info["format_version"] == 1 and info["reference_fingerprint"] is None
+
+
+def test_an_image_of_a_few_pixels_with_a_reference_model(tmp_path, capsys):
+    """Issue 26, item 5.1: refscale-x2 on a 3x3 image: encoded unregistered (one warning line), decoded."""
+    hr = synthetic_image(3, 3, seed=1)
+    write_image(hr, tmp_path / "hr.png")
+    write_image((hr * 0.9 + 0.05).clamp(0, 1), tmp_path / "ref.png")
+    code, _, err = run(capsys, "encode", tmp_path / "hr.png", "--ref", tmp_path / "ref.png", "-m", "refscale-x2",
+                       "-o", tmp_path / "x.rsc")
+    assert code == 0, err
+    assert err.strip().splitlines() == [line for line in err.strip().splitlines() if line.startswith("refscale: warning: ")]
+    assert "too small" in err and "Traceback" not in err
+    code, _, err = run(capsys, "decode", tmp_path / "x.rsc", "--ref", tmp_path / "ref.png", "-o", tmp_path / "out.png")
+    assert code == 0, err
+    assert Image.open(tmp_path / "out.png").size == (3, 3)
