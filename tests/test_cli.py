@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -382,3 +383,72 @@ def test_an_image_of_a_few_pixels_with_a_reference_model(tmp_path, capsys):
     code, _, err = run(capsys, "decode", tmp_path / "x.rsc", "--ref", tmp_path / "ref.png", "-o", tmp_path / "out.png")
     assert code == 0, err
     assert Image.open(tmp_path / "out.png").size == (3, 3)
+
+
+def _no_work(monkeypatch):
+    """Make encoding or decoding fail loudly (not a RefScaleError): an output refused before the work never gets there."""
+    from refscale import pipeline
+
+    def boom(*a, **k):
+        raise AssertionError("the work started before the output was checked")
+
+    monkeypatch.setattr(pipeline, "encode", boom)
+    monkeypatch.setattr(pipeline, "decode", boom)
+
+
+def test_an_unwritable_output_is_refused_before_the_work(files, capsys, monkeypatch):
+    """Issue 26, item 5.2: an output whose folder is a regular file (unwritable even for root), or
+    where no file can be created, is refused in one line before encoding or decoding, for one
+    file, a batch, and the API under them; evaluate, export and wrap check their outputs too."""
+    assert run(capsys, "encode", files / "hr.png", "-m", "bicubic-x2", "-o", files / "ok.rsc")[0] == 0
+    (files / "plain").write_text("a file, not a folder")
+    (files / "batch").mkdir()
+    write_image(synthetic_image(16, 16, 0), files / "batch" / "a.png")
+    _no_work(monkeypatch)
+    bad = files / "plain" / "sub"
+    for argv in (("encode", files / "hr.png", "-m", "bicubic-x2", "-o", bad / "x.rsc"),
+                 ("encode", files / "hr.png", "-m", "bicubic-x2", "-o", files / "y.rsc", "--lr-out", bad / "lr.png"),
+                 ("encode", files / "batch", "-m", "bicubic-x2", "-o", files / "plain"),
+                 ("decode", files / "ok.rsc", "-o", bad / "x.png"),
+                 ("decode", files / "ok.rsc", "-o", files / "plain" / "x.png"),
+                 ("evaluate", "--data", files / "batch", "-m", "bicubic-x2", "--json", bad / "r.json"),
+                 ("export", "-m", "bicubic-x2", "--part", "encoder", "-o", bad / "x.onnx"),
+                 ("wrap", files / "lr.npy", "--onnx", files / "x.onnx", "-o", bad / "x.rsc")):
+        code, _, err = run(capsys, *argv)
+        if argv[0] == "export" and "refscale[onnx]" in err:
+            continue  # the onnx extra is missing: refused for that first
+        assert_refused(code, err, "cannot write", "plain is not a folder")
+    assert not (files / "y.rsc").exists()
+    import refscale.files as files_api
+    from refscale.errors import InputError
+
+    with pytest.raises(InputError, match="not a folder"):
+        files_api.decode_to_file(files / "ok.rsc", bad / "x.png")
+    job = files_api.Job("hr", files / "hr.png", None, bad / "x.rsc")
+    with pytest.raises(InputError, match="not a folder"):
+        files_api.encode_file(job, zoo.load("bicubic-x2"))
+    # a folder where no file can be created (permissions, read-only file system): simulated, as root writes anyway
+    import tempfile
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    code, _, err = run(capsys, "decode", files / "ok.rsc", "-o", files / "new" / "x.png")
+    assert_refused(code, err, "cannot write", "Permission denied")
+    assert not (files / "new").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into a read-only folder")
+def test_a_read_only_folder_is_refused_before_decoding(files, capsys, monkeypatch):
+    assert run(capsys, "encode", files / "hr.png", "-m", "bicubic-x2", "-o", files / "ok.rsc")[0] == 0
+    (files / "ro").mkdir()
+    (files / "ro").chmod(0o555)
+    try:
+        _no_work(monkeypatch)
+        for argv in (("decode", files / "ok.rsc", "-o", files / "ro" / "x.png"),
+                     ("encode", files / "hr.png", "-m", "bicubic-x2", "-o", files / "ro" / "x.rsc")):
+            code, _, err = run(capsys, *argv)
+            assert_refused(code, err, "cannot write", "Permission denied")
+    finally:
+        (files / "ro").chmod(0o755)
