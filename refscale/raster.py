@@ -13,7 +13,9 @@ section, docs/format.md) lets the decoder undo them:
 2. **Intensity mapping**, per band, invertible on ``[lo, hi]``:
    ``x = clip((float32(v) - float32(lo)) / float32(hi - lo), 0, 1)`` (float32 arithmetic,
    NaN -> 0 with a warning) and back ``v = lo + x * (hi - lo)`` in float64, rounded half to
-   even and clipped to the dtype's range for integer dtypes. uint8 data use ``lo, hi = 0, 255``
+   even and clipped to the dtype's range for integer dtypes; a valid pixel that comes back equal
+   to the nodata value moves to the nearest other value (1 for integers, 1 ulp for floats, on
+   the side of the unrounded value, upwards on a tie), so it is never taken for a pixel without data. uint8 data use ``lo, hi = 0, 255``
    (the identity of the 8-bit pipeline). Other dtypes use by default (:data:`DEFAULT_RANGE`,
    ``"j0,100"``) the minimum and maximum of the valid pixels (finite, not nodata) of the chosen
    bands together, or ``value_range``: ``"pLO,HI"`` percentiles of each band's valid pixels,
@@ -554,9 +556,31 @@ def from_model(x, record: RasterRecord) -> np.ndarray:
         v = lo + a[c] * (hi - lo)
         if np.issubdtype(dtype, np.integer):
             info = np.iinfo(dtype)
-            v = np.clip(np.rint(v), info.min, info.max)
-        out[c] = v.astype(dtype)
+            out[c] = np.clip(np.rint(v), info.min, info.max).astype(dtype)
+        else:
+            out[c] = v.astype(dtype)
+        _off_nodata(out[c], v, record.nodata)
     return out
+
+
+def _off_nodata(band: np.ndarray, v: np.ndarray, nodata) -> None:
+    """Move the pixels of ``band`` (in place) that equal ``nodata`` to the nearest other value of
+    the dtype, on the side of their unrounded values ``v`` (upwards on a tie or at the dtype's
+    minimum, downwards at its maximum): the decoder's valid pixels never read as nodata
+    (:func:`restore_nodata` then writes nodata where the mask says)."""
+    if nodata is None or not _representable(nodata, band.dtype):
+        return  # none, NaN (never equal) or outside the dtype (never produced)
+    hit = band == nodata
+    if not hit.any():
+        return
+    up = v[hit] >= nodata
+    if np.issubdtype(band.dtype, np.integer):
+        info = np.iinfo(band.dtype)
+        up = (up | (nodata == info.min)) & (nodata != info.max)
+        band[hit] = np.where(up, int(nodata) + 1, int(nodata) - 1).astype(band.dtype)
+    else:
+        t = band.dtype.type
+        band[hit] = np.where(up, np.nextafter(t(nodata), t(np.inf)), np.nextafter(t(nodata), t(-np.inf)))
 
 
 def _choose_bands(src: _Source, bands: list[int] | None, name: str) -> list[int]:
