@@ -196,7 +196,8 @@ def encode_file(job: Job, model: Rescaler, *, codec: str | None = None, quality:
                 register: bool = True, force: bool = False, progress: bool = False, bands=None,
                 value_range=None, windowed: bool | None = None) -> dict:
     """Encode one job: write the container (and the LR as the receiver sees it). Returns
-    ``{"output", "bytes", "bpp", "size", "model", "codec", "quality", "raster"}``. ``codec=None``: the model's default.
+    ``{"output", "bytes", "bpp", "size", "model", "codec", "quality", "raster"}`` (``quality``: the one used and
+    recorded, a lossy codec's default when none was given). ``codec=None``: the model's default.
 
     ``bands`` (e.g. ``[4, 3, 2]``, 1-based) and ``value_range`` (``"p2,98"``, ``"0,10000"``):
     how a raster's bands and intensities reach the model (:func:`refscale.raster.read_raster`;
@@ -233,7 +234,7 @@ def encode_file(job: Job, model: Rescaler, *, codec: str | None = None, quality:
             raise
     h, w = packet.size
     return {"output": job.output, "bytes": len(data), "bpp": len(data) * 8 / (h * w), "size": (h, w),
-            "model": model.name, "codec": codec, "quality": quality, "raster": packet.raster}
+            "model": model.name, "codec": codec, "quality": codecs.effective_quality(codec, quality), "raster": packet.raster}
 
 
 def write_decoded(hr: torch.Tensor, packet: Packet, path, *, cog: bool = False, force: bool = False) -> Path:

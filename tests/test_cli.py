@@ -99,6 +99,18 @@ def test_greyscale_input_warns_in_one_line(files, capsys):
     assert code == 0 and "refscale: warning: grey.png is greyscale; converted to RGB" in err and "Warning" not in err
 
 
+def test_jpeg_without_quality_records_the_quality_used(files, capsys):
+    """Issue 26, item 5.6: --codec jpeg without -q recorded quality null; it is JPEG's default, 95."""
+    from refscale.codecs import JPEG_DEFAULT_QUALITY
+
+    code, out, err = run(capsys, "encode", files / "hr.png", "-m", "bicubic-x2", "--codec", "jpeg", "-o", files / "j.rsc")
+    assert code == 0 and f"jpeg q{JPEG_DEFAULT_QUALITY}" in out, err
+    code, out, _ = run(capsys, "info", files / "j.rsc")
+    assert code == 0 and json.loads(out)["quality"] == JPEG_DEFAULT_QUALITY
+    assert run(capsys, "encode", files / "hr.png", "-m", "bicubic-x2", "--codec", "webp", "-o", files / "w.rsc")[0] == 0
+    assert json.loads(run(capsys, "info", files / "w.rsc")[1])["quality"] is None  # a lossless default stays "default"
+
+
 def test_force_overwrites_and_output_folder(files, capsys):
     assert run(capsys, "encode", files / "hr.png", "-m", "bicubic-x2", "-o", files / "b.rsc")[0] == 0
     code, _, err = run(capsys, "encode", files / "hr.png", "-m", "bicubic-x2", "-o", files / "b.rsc", "--codec", "jpeg", "--force")
