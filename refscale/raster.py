@@ -72,7 +72,8 @@ import torch
 
 from refscale.errors import ContainerError, InputError
 from refscale.imageio import (CODECS_EXTRA_HINT, GEOTIFF_TAGS, TIFF_PLANAR_CONFIG, TIFF_SAMPLES_PER_PIXEL,
-                              _array_to_tensor, publish, read_array, tiff_tags, write_image)
+                              _array_to_tensor, frame_count, multi_frame_error, publish, read_array, tiff_tags,
+                              write_image)
 
 GEO_EXTRA_HINT = "pip install 'refscale[geo]'"
 #: the range that maps to 0 and 1 when none is given: the minimum and maximum of the valid pixels
@@ -662,6 +663,9 @@ def _read_source(p: Path) -> _Source | None:
         raise InputError(f"{p.name} is a GeoTIFF ({', '.join(geo)}); keeping its georeferencing needs rasterio: "
                          f"{GEO_EXTRA_HINT} (or convert it to a plain image first)")
     samples = tags.get(TIFF_SAMPLES_PER_PIXEL, 1)
+    pages = frame_count(p)
+    if pages > 1:
+        raise multi_frame_error(p.name, pages)
     try:
         import imagecodecs
     except ImportError:
@@ -691,6 +695,7 @@ def _read_rasterio(p: Path) -> _Source:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(p) as src:
+                _one_page(src, p)
                 return _rasterio_source(src, src.read())
     except RasterioIOError as e:
         raise InputError(f"cannot read image {p}: {str(e).splitlines()[0]}") from None
@@ -849,9 +854,20 @@ def _open_rasterio(p: Path):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(p)
+            src = rasterio.open(p)
     except RasterioIOError as e:
         raise InputError(f"cannot read image {p}: {str(e).splitlines()[0]}") from None
+    _one_page(src, p)
+    return src
+
+
+def _one_page(src, p: Path) -> None:
+    """Refuse (closing ``src``) a TIFF of several pages, which GDAL lists as subdatasets (its
+    overviews and masks are not): reading would take the first page without a word."""
+    pages = len(src.subdatasets)
+    if pages > 1:
+        src.close()
+        raise multi_frame_error(p.name, pages)
 
 
 # ============================================================================= writing
