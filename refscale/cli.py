@@ -384,9 +384,12 @@ def cmd_evaluate(args) -> int:
     for p in outputs:
         if p.exists() and not args.force:
             raise InputError(f"{p} exists; use --force to overwrite it")
+        files.check_writable(p)
     samples = discover(args.data, split=args.split)
     if args.save_lr:  # before the model loads: a refused folder costs nothing
         check_lr_dir(samples, args.save_lr, args.force)
+        if samples:
+            files.check_writable(Path(args.save_lr) / f"{samples[0].name}.png")
     model = _load_model(args.model)
     codec, quality = _codec_and_quality(args, model)
     if model.needs_reference or codecs.needs_reference(codec):
@@ -437,7 +440,7 @@ def cmd_demo(args) -> int:
 
 # ============================================================================= export, wrap
 def cmd_export(args) -> int:
-    from refscale import export
+    from refscale import export, files
 
     from refscale.zoo import architectures
 
@@ -449,6 +452,7 @@ def cmd_export(args) -> int:
     out = Path(args.output)
     if out.exists() and not args.force:
         raise InputError(f"{out} exists; use --force to overwrite it")
+    files.check_writable(out)
     model = _load_model(args.model)
     meta = export.export_onnx(model, args.part, out, tile=args.tile, opset=args.opset, check=args.check, overwrite=True)
     shape = f"{meta['tile']}x{meta['tile']} windows" if meta["tile"] else \
@@ -468,6 +472,7 @@ def cmd_wrap(args) -> int:
     out = Path(args.output)
     if out.exists() and not args.force:
         raise InputError(f"{out} exists; use --force to overwrite it")
+    files.check_writable(out)
     meta = export.read_metadata(files.existing(args.onnx, "ONNX file"))
     side = {}
     for item in args.side:

@@ -219,7 +219,8 @@ class Packet:
         codec = codecs.canonical(codec)
         quality = codecs.check_quality(codec, quality)
         header, side_blobs = self._header_and_side(codec)
-        return _assemble(header, quality, self._lr_bitstream(codec, quality), side_blobs)
+        # the header records the quality used (a lossy codec's default, e.g. JPEG 95, when none is given)
+        return _assemble(header, codecs.effective_quality(codec, quality), self._lr_bitstream(codec, quality), side_blobs)
 
     def fit(self, codec: str, max_bytes: int) -> tuple[bytes, int | None]:
         """The file at the highest codec quality whose *whole* file has at most ``max_bytes``

@@ -776,6 +776,7 @@ def wrap(lr, side: dict[str, Any] | None, meta: dict[str, Any] | str | os.PathLi
     s, align = int(c.get("scale", meta.get("scale"))), int(c.get("alignment", meta.get("alignment")))
     lr_u8 = _lr_uint8(lr)
     padded = (lr_u8.shape[0] * s, lr_u8.shape[1] * s)
+    sized = size is not None
     size = padded if size is None else (int(size[0]), int(size[1]))
     if padded[0] % align or padded[1] % align or not (0 <= padded[0] - size[0] < align and 0 <= padded[1] - size[1] < align):
         raise InputError(f"an LR of {lr_u8.shape[0]}x{lr_u8.shape[1]} (padded {padded[0]}x{padded[1]}) does not fit an image of "
@@ -795,10 +796,15 @@ def wrap(lr, side: dict[str, Any] | None, meta: dict[str, Any] | str | os.PathLi
         side[k] = v.astype(np.int64)
     needs_ref = bool(c.get("needs_reference", meta.get("needs_reference")))
     if needs_ref:
-        if ref_hash is None:
-            if ref is None:
-                raise InputError(f"model {meta['model']} uses a reference: give it (--ref) or its fingerprint")
-            ref_hash = pipeline.fingerprint(pipeline._image(ref, "reference"))
+        if ref_hash is None and ref is None:
+            raise InputError(f"model {meta['model']} uses a reference: give it (--ref) or its fingerprint")
+        if ref is not None:  # the reference the board used has the image's size (no resampling on board)
+            ref = pipeline._image(ref, "reference")
+            (rh, rw), (h, w) = ref.shape[-2:], size
+            if (rh, rw) != (h, w):
+                raise InputError(f"reference is {rw}x{rh} but the image is {w}x{h} (width x height); give the reference "
+                                 "used on board" + ("" if sized else " (and the image size before padding: --size / size=)"))
+            ref_hash = ref_hash or pipeline.fingerprint(ref)
         if len(ref_hash) != 64:
             raise InputError("reference fingerprint must be 64 hex digits")
     else:

@@ -201,6 +201,10 @@ def test_round_trip_every_available_codec(codec):  # the inter-frame codecs: tes
         assert lossy.quality == 60
         err = np.abs(lossy.lr.astype(int) - p.lr.astype(int)).mean()
         assert err < 40  # still the same picture
+    # issue 26, item 5.6: no quality given records the one used (JPEG's default), not "codec default"
+    assert q.quality == codecs.effective_quality(codec, None) and q.info()["quality"] == q.quality
+    if codec == "jpeg":
+        assert q.quality == codecs.JPEG_DEFAULT_QUALITY and data == p.to_bytes(codec, codecs.JPEG_DEFAULT_QUALITY)
 
 
 def test_side_tensors_use_small_dtypes_and_both_compressors():

@@ -143,6 +143,34 @@ def test_wrap_cli_and_decode(exported, tmp_path):
                      "-o", str(tmp_path / "x.png")]) == 2
 
 
+def test_wrap_refuses_a_reference_of_another_size(exported, tmp_path, capsys):
+    """Issue 26, item 5.3: the reference the board used has the image's size; wrap refused none
+    (its container then decoded with another reference to 24.7 dB with only a warning). Now one
+    line, exit 2, nothing written, as encode; the right size still wraps."""
+    from refscale.errors import InputError
+    from refscale.imageio import read_image, write_image
+
+    model, paths = exported("refscale-x2/irn-blocks")
+    hr = synthetic_image(40, 56, seed=1)
+    write_image(synthetic_image(40, 56, seed=2) * 0.5 + hr * 0.5, tmp_path / "ref.png")
+    ref = read_image(tmp_path / "ref.png")
+    board = export.onboard_encode(paths["encoder"], hr, ref)
+    board.save(tmp_path / "board.npz")
+    write_image(ref[..., :36, :], tmp_path / "small.png")
+    with pytest.raises(InputError, match=r"reference is 56x36 but the image is 56x40"):
+        export.wrap(board.lr, board.side, paths["encoder"], size=board.size, ref=ref[..., :36, :])
+    capsys.readouterr()
+    out = tmp_path / "scene.rsc"
+    assert cli.main(["wrap", str(tmp_path / "board.npz"), "--onnx", str(paths["encoder"]), "--ref", str(tmp_path / "small.png"),
+                     "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "reference is 56x36 but the image is 56x40 (width x height)" in err[0]
+    assert not out.exists()
+    assert cli.main(["wrap", str(tmp_path / "board.npz"), "--onnx", str(paths["encoder"]), "--ref", str(tmp_path / "ref.png"),
+                     "-o", str(out)]) == 0
+    assert Packet.from_bytes(out.read_bytes()).ref_hash == pipeline.fingerprint(ref)
+
+
 def test_fixed_tile_graph(tmp_path):
     model = build("irn-x2")
     path = tmp_path / "fixed.onnx"

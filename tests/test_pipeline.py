@@ -575,3 +575,22 @@ def test_encoder_and_decoder_see_the_same_registered_reference(monkeypatch):
     assert not torch.equal(encoded, ref)  # it was moved
     plain = model.encode(new, ref, register=False)
     assert plain.ref_shift == (0, 0)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (3, 7), (8, 40), (31, 64)])
+def test_images_too_small_to_register_are_encoded_unregistered(size):
+    """Issue 26, item 5.1: an image under registration.MIN_SIDE px on a side (under 4 px the
+    rotation estimate had nothing to resample: a traceback) is not registered: a warning, no
+    recorded transform, and a tiny RefScale encodes and decodes it at its own size."""
+    from refscale import registration
+
+    model = zoo.build("refscale-x2", blocks=[1], nf=8, n_rrdb=1, ref_gc=4, gc=8).eval()
+    hr = synthetic_image(*size, seed=1)
+    ref = (hr * 0.9 + 0.05).clamp(0, 1)
+    with pytest.warns(UserWarning, match=f"under {registration.MIN_SIDE} px on a side"):
+        packet = Packet.from_bytes(model.encode(hr, ref).to_bytes())
+    assert packet.ref_shift == (0, 0) and packet.ref_rotation == 0
+    assert model.decode(packet, ref).shape == (1, 3, *size)
+    assert registration.estimate_rotation(np.zeros(size), np.zeros(size)) == 0.0
+    with pytest.warns(UserWarning, match="too small"):
+        assert registration.estimate_shift(hr, ref) == (0.0, 0.0)
