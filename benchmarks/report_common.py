@@ -108,3 +108,38 @@ def write_section(results: Path, body: str, start: str, end: str) -> None:
         text = text.rstrip() + "\n\n" + block + "\n"
     results.write_text(text)
     print("updated", results)
+
+
+def fmt(value, spec: str) -> str:
+    """``format(value, spec)``, or "-" for a value a result does not have (older JSON files)."""
+    return "-" if value is None else format(value, spec)
+
+
+def worst_cell(result: dict) -> str:
+    """'name PSNR-RGB' of the image of lowest PSNR-RGB in a ``refscale evaluate`` result, or "-"."""
+    from refscale.evaluate import worst_image
+
+    w = worst_image(result)
+    return "-" if w is None else f"{w['name']} {w['psnr_rgb']:.2f}"
+
+
+def ood_cell(ood: dict | None, weights: str, sets: tuple[str, ...] | None = None) -> str:
+    """The "out of domain" cell of an at-a-glance table: PSNR-RGB and PSNR-Y of the weights named
+    ``weights`` against bicubic at the same scale on each set (``sets``: only these) of a
+    ``benchmarks/out_of_domain.py`` results file, without the verifying encoder where both were
+    run; bicubic's own cell gives its values. The reason where the weights were not run; "-"
+    where the file has nothing for them."""
+    runs = [r for r in (ood or {}).get("runs", {}).values() if r["weights"] == weights and (sets is None or r["set"] in sets)]
+    skipped = [r["skipped"] for r in runs if r.get("skipped")]
+    if skipped:
+        return skipped[0]
+    verify = False if any(not r["verify"] for r in runs) else True
+    cells = []
+    for r in (r for r in runs if r["verify"] == verify):
+        base = next((b for b in ood["runs"].values() if b["model"] == f"bicubic-x{r['scale']}" and b["set"] == r["set"]
+                     and b["verify"] == verify and b["images"] == r["images"] and not b.get("skipped")), None)
+        if base is None or base is r:
+            cells.append(f"{r['set']} RGB {r['psnr_rgb']:.2f} / Y {r['psnr_y']:.2f}")
+        else:
+            cells.append(f"{r['set']} RGB {r['psnr_rgb'] - base['psnr_rgb']:+.2f} / Y {r['psnr_y'] - base['psnr_y']:+.2f}")
+    return "; ".join(cells) if cells else "-"

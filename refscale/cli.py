@@ -410,7 +410,10 @@ def cmd_evaluate(args) -> int:
         files.write_bytes(Path(args.md_out), to_markdown(result).encode(), args.force)
     mean = result.get("mean") or {}
     if args.json_out and mean.get("psnr_y") is not None:
-        print(f"{model.name}: {len(result['images'])} images, PSNR-Y {mean['psnr_y']:.2f} dB, bpp {mean['bpp']:.4f} -> {args.json_out}")
+        worst = result.get("worst") or {}
+        print(f"{model.name}: {len(result['images'])} images, PSNR-Y {mean['psnr_y']:.2f} dB, PSNR-RGB {mean['psnr_rgb']:.2f} dB "
+              f"(worst {worst.get('name')} {worst.get('psnr_rgb', float('nan')):.2f}), >40 levels {mean['frac_off40']:.2%}, "
+              f"bpp {mean['bpp']:.4f} -> {args.json_out}")
     return 0
 
 

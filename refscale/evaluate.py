@@ -8,7 +8,9 @@ mod-crop — and its reference if the model needs one):
    sizes (the header counts only in ``bpp``).
 2. ``hr_hat = model.decode(Packet.from_bytes(data), ref, seed=d, temperature=temperature)`` for
    ``d < draws`` (deterministic models and temperature 0: one draw); PSNR/SSIM on Y and RGB
-   with ``crop_border = scale`` (BasicSR, :mod:`refscale.metrics`) averaged over the draws. For
+   with ``crop_border = scale`` (BasicSR, :mod:`refscale.metrics`) averaged over the draws, and
+   ``frac_off40``, the fraction of pixels with any RGB channel off by more than 40 levels
+   (:func:`refscale.metrics.fraction_off`: wrong colours that PSNR-Y does not see). For
    an HR stored as a greyscale file the Y metrics use the grey value itself
    (:func:`refscale.metrics.grey_luma`), the convention of the published bicubic tables (Set14's
    bridge).
@@ -22,7 +24,8 @@ mod-crop — and its reference if the model needs one):
 5. With ``lr_dir``: the stored LR image of each sample is written to ``lr_dir/<name>.png`` (for
    looking at it, or for no-reference LR quality: ``python benchmarks/lr_quality.py --lr DIR``).
 
-The result is the DESIGN.md JSON: ``model, scale, dataset, split, draws, images[], mean{}``.
+The result is the DESIGN.md JSON: ``model, scale, dataset, split, draws, images[], mean{}``, and
+``worst{}``: the image with the lowest PSNR-RGB (:func:`worst_image`).
 """
 from __future__ import annotations
 
@@ -40,7 +43,9 @@ from refscale.imageio import is_greyscale_file, write_image
 from refscale.protocol import Rescaler
 from refscale.pipeline import DEFAULT_TEMPERATURE, stored_lr
 
-METRIC_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "si_lr", "bpp", "bpp_lr", "bpp_side", "seconds")
+METRIC_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "frac_off40", "si_lr", "bpp", "bpp_lr", "bpp_side", "seconds")
+#: what the ``worst`` summary repeats of the worst image's row
+WORST_KEYS = ("name", "psnr_rgb", "psnr_y", "frac_off40")
 
 
 def _dataset_name(samples: list[Sample]) -> str:
@@ -110,7 +115,7 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
                     continue
             sizes = section_sizes(data)
             stored = Packet.from_bytes(data, lr_ref=packet.lr_ref)
-            scores = {k: 0.0 for k in ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")}
+            scores = {k: 0.0 for k in ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "frac_off40")}
             t_decode = 0.0
             grey = is_greyscale_file(sample.hr)
             hr_y = metrics.grey_luma(hr) if grey else hr
@@ -123,6 +128,7 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
                 scores["ssim_y"] += float(metrics.ssim(hat_y, hr_y, crop_border=scale, y_channel=True)[0]) / draws
                 scores["psnr_rgb"] += float(metrics.psnr(hr_hat, hr, crop_border=scale, y_channel=False)[0]) / draws
                 scores["ssim_rgb"] += float(metrics.ssim(hr_hat, hr, crop_border=scale, y_channel=False)[0]) / draws
+                scores["frac_off40"] += float(metrics.fraction_off(hr_hat, hr, crop_border=scale)[0]) / draws
             lr = stored_lr(stored)
             if lr_dir is not None:
                 write_image(lr, Path(lr_dir) / f"{name}.png", overwrite=overwrite)
@@ -146,7 +152,7 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
     if over_budget and not images:
         raise InputError(f"no image fits the budget ({over_budget[0]['error']})")
     mean = {k: sum(r[k] for r in images) / len(images) for k in METRIC_KEYS} if images else {k: None for k in METRIC_KEYS}
-    return {
+    result = {
         "model": model.name,
         "scale": scale,
         "dataset": dataset if dataset is not None else _dataset_name(samples),
@@ -161,6 +167,21 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
         "over_budget": over_budget,
         "mean": mean,
     }
+    result["worst"] = worst_image(result)
+    return result
+
+
+def worst_image(result: dict) -> dict | None:
+    """The image of lowest PSNR-RGB in an evaluation result, ``{name, psnr_rgb, psnr_y, frac_off40}``
+    (a key its row lacks is None): ``result["worst"]`` where present, else from ``images`` (results
+    written before it was recorded); None without per-image PSNR-RGB."""
+    if result.get("worst"):
+        return result["worst"]
+    rows = [r for r in result.get("images", []) if r.get("psnr_rgb") is not None]
+    if not rows:
+        return None
+    row = min(rows, key=lambda r: r["psnr_rgb"])
+    return {k: row.get(k) for k in WORST_KEYS}
 
 
 def check_lr_dir(samples: list[Sample], lr_dir: str | os.PathLike, overwrite: bool) -> None:
@@ -178,13 +199,13 @@ def check_lr_dir(samples: list[Sample], lr_dir: str | os.PathLike, overwrite: bo
 
 _COLUMNS = (
     ("psnr_y", "PSNR-Y", ".2f"), ("ssim_y", "SSIM-Y", ".4f"), ("psnr_rgb", "PSNR-RGB", ".2f"),
-    ("ssim_rgb", "SSIM-RGB", ".4f"), ("si_lr", "SI (LR)", ".3f"), ("bpp", "bpp", ".3f"),
+    ("ssim_rgb", "SSIM-RGB", ".4f"), ("frac_off40", ">40 levels", ".2%"), ("si_lr", "SI (LR)", ".3f"), ("bpp", "bpp", ".3f"),
     ("bpp_lr", "bpp LR", ".3f"), ("bpp_side", "bpp side", ".4f"), ("seconds", "s/img", ".2f"),
 )
 
 
 def to_markdown(result: dict) -> str:
-    """A Markdown table: one row per image and a bold mean row."""
+    """A Markdown table: one row per image and a bold mean row, then the worst image (PSNR-RGB)."""
     split = f", split {result['split']}" if result.get("split") else ""
     lines = [
         f"**{result['model']}** (x{result['scale']}) on {result.get('dataset') or 'dataset'}{split}, "
@@ -200,6 +221,9 @@ def to_markdown(result: dict) -> str:
     for row in result["images"]:
         lines.append(f"| {row['name']} | {cells(row)} |")
     lines.append(f"| **mean** | {cells(result['mean'])} |")
+    worst = worst_image(result)
+    if worst:
+        lines += ["", f"Worst image (lowest PSNR-RGB): {worst['name']}, PSNR-RGB {worst['psnr_rgb']:.2f} dB."]
     if result.get("over_budget"):
         names = ", ".join(r["name"] for r in result["over_budget"])
         lines += ["", f"Left out, over the budget even at the lowest quality: {names}."]
