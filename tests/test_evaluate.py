@@ -88,18 +88,18 @@ def test_worst_image_of_results_written_before_it_was_recorded():
     assert worst_image(old) == {"name": "a"}  # the recorded one wins
 
 
-def test_evaluate_passes_verify_to_the_encoder_only_when_given(singles):
+def test_evaluate_passes_verify_to_the_encoder(singles):
     model = zoo.load("bicubic-x2")
     seen = []
 
     def encode(hr, ref=None, **kw):
-        seen.append(kw.get("verify", "absent"))
-        return Rescaler.encode(model, hr, ref, **{k: v for k, v in kw.items() if k != "verify"})
+        seen.append(kw["verify"])
+        return Rescaler.encode(model, hr, ref, **kw)
 
     model.encode = encode
-    evaluate(model, discover(singles), progress=False)
-    evaluate(model, discover(singles), progress=False, verify=False)
-    assert seen == ["absent", "absent", False, False]
+    assert evaluate(model, discover(singles), progress=False)["verify"] is True
+    assert evaluate(model, discover(singles), progress=False, verify=False)["verify"] is False
+    assert seen == [True, True, False, False]
 
 
 def test_greyscale_file_uses_grey_value_as_y(tmp_path):
