@@ -5,7 +5,7 @@
 # docs/results.md, "Equal-budget training runs, session 2").
 # Each line of JOBS is "CONFIG STEPS [run=NAME] [KEY=VALUE ...]"; the run folder is $RUNS/NAME
 # (default: the config name without -cpu); KEY=VALUE are config overrides (--set). The schedule
-# comes from the config (or the line); the queue only sets the steps. Workers run at nice 19.
+# comes from the config (or the line); the queue only sets the steps. Workers run at nice $NICE (default 19).
 # Re-running resumes interrupted runs (--resume) and skips finished ones.
 #   RUNS=/work/runs WORKERS=2 nohup bash scripts/train_queue.sh jobs.txt > /work/runs/queue.log 2>&1 &
 set -euo pipefail
@@ -30,7 +30,7 @@ worker() {
     resume=(); [ -f "$out/checkpoints/latest.json" ] && resume=(--resume)
     echo "== $name: $steps steps -> $out (worker $1, $(date -u +%H:%M:%S))"
     mkdir -p "$out"
-    nice -n 19 refscale train "$config" --out "$out" "${resume[@]}" "${sets[@]}" >>"$out/train.log" 2>&1 \
+    nice -n ${NICE:-19} refscale train "$config" --out "$out" "${resume[@]}" "${sets[@]}" >>"$out/train.log" 2>&1 \
       || echo "== $name: FAILED (see $out/train.log)"
     echo "== $name: done ($(date -u +%H:%M:%S))"
   done
