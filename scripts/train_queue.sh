@@ -7,7 +7,7 @@
 # (default: the config name without -cpu); KEY=VALUE are config overrides (--set). The schedule
 # comes from the config (or the line); the queue only sets the steps. Workers run at nice 19.
 # Re-running resumes interrupted runs (--resume) and skips finished ones.
-#   RUNS=/work/runs WORKERS=2 nohup bash scripts/train_queue.sh jobs.txt > /work/runs/queue.log 2>&1 &
+#   RUNS=runs WORKERS=2 nohup bash scripts/train_queue.sh jobs.txt > runs/queue.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs_file=$(realpath "$1"); runs=${RUNS:-runs}; workers=${WORKERS:-2}
