@@ -59,14 +59,16 @@ MEAN_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "frac_off40", "bpp", "s
 
 
 
-def plan(models: list[str] | None, sets: list[str]) -> list[tuple[str, str, str]]:
+def plan(models: list[str] | None, sets: list[str], in_domain: bool = False) -> list[tuple[str, str, str]]:
     """``(model, set, trained_on)`` of every run, bicubic first on each set; ``models`` restricts
-    the learned ones (bicubic at their scales is always kept)."""
+    the learned ones (bicubic at their scales is always kept); ``in_domain``: the models trained
+    on the set's own domain instead of the other one."""
     todo = []
     for name in sets:
-        learned = list(NATURAL_MODELS) if name == OSCD else list(OSCD_MODELS + REFERENCE_MODELS)
+        natural_here = (name == OSCD) != in_domain
+        learned = list(NATURAL_MODELS) if natural_here else list(OSCD_MODELS + REFERENCE_MODELS)
         learned = [m for m in learned if models is None or m in models]
-        trained_on = "natural" if name == OSCD else "oscd"
+        trained_on = "natural" if natural_here else "oscd"
         scales = sorted({scale_of(m) for m in learned})
         todo += [(f"bicubic-x{s}", name, "-") for s in scales]
         todo += [(m, name, trained_on) for m in learned]
@@ -124,7 +126,7 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)
     results = json.loads(args.out.read_text()) if args.out.exists() else {"runs": {}}
     runs = results["runs"]
-    for model_name, set_name, trained_on in plan(args.models, args.sets):
+    for model_name, set_name, trained_on in plan(args.models, args.sets, args.in_domain):
         key = f"{model_name}|{set_name}|verify={args.verify}"
         if model_name in REFERENCE_MODELS and set_name != OSCD:
             runs[key] = {**entry_head(model_name, set_name, trained_on, args), "images": 0, "skipped": NOT_RUN}
@@ -182,14 +184,15 @@ def to_markdown(results: dict, command: str) -> str:
         f"    {command}",
         "",
         "| test set | trained on | model (weights, sha256) | images | verifying encoder | PSNR-Y | vs bicubic | "
-        "PSNR-RGB | vs bicubic | SSIM-RGB | worst image (PSNR-RGB) | >40 levels |",
-        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---|---:|",
+        "PSNR-RGB | vs bicubic | SSIM-RGB | worst image (PSNR-RGB) | >40 levels | worst image vs bicubic, RGB | "
+        "worst block vs bicubic, RGB | blocks to bicubic |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for r in runs:
         weights = label(r)
         verify = "yes" if r["verify"] else "no"
         if r.get("skipped"):
-            lines.append(f"| {r['set']} | {r['trained_on']} | {weights} | - | {verify} | {r['skipped']} | | | | | | |")
+            lines.append(f"| {r['set']} | {r['trained_on']} | {weights} | - | {verify} | {r['skipped']} | | | | | | | | | |")
             continue
         base = next((b for b in runs if b["model"] == f"bicubic-x{r['scale']}" and b["set"] == r["set"]
                      and b["verify"] == r["verify"] and b["images"] == r["images"] and not b.get("skipped")), None)
@@ -197,9 +200,26 @@ def to_markdown(results: dict, command: str) -> str:
         drgb = "" if base is None or base is r else f"{r['psnr_rgb'] - base['psnr_rgb']:+.2f}"
         w = r.get("worst")
         worst = "-" if not w else f"{w['name']} {w['psnr_rgb']:.2f}"
+        gap, block, fallback = image_checks(r, base)
         lines.append(f"| {r['set']} | {r['trained_on']} | {weights} | {r['images']} | {verify} | {_f(r['psnr_y'], '.2f')} | {dy} "
-                     f"| {_f(r['psnr_rgb'], '.2f')} | {drgb} | {_f(r.get('ssim_rgb'), '.4f')} | {worst} | {_f(r.get('frac_off40'), '.2%')} |")
+                     f"| {_f(r['psnr_rgb'], '.2f')} | {drgb} | {_f(r.get('ssim_rgb'), '.4f')} | {worst} | {_f(r.get('frac_off40'), '.2%')} "
+                     f"| {_f(gap, '+.2f')} | {_f(block, '+.2f')} | {_f(fallback, '.1%')} |")
     return "\n".join(lines) + "\n"
+
+
+def image_checks(r: dict, base: dict | None) -> tuple[float | None, float | None, float | None]:
+    """The checks of the verifying encoder (issue 26): the lowest per-image RGB PSNR minus
+    bicubic's on the same image, the lowest worst-block gap the encoder measured, and the mean
+    fraction of blocks given to bicubic (None where not known)."""
+    rows = (r.get("result") or {}).get("images", [])
+    gap = None
+    if base is not None and base is not r:
+        bic = {b["name"]: b["psnr_rgb"] for b in (base.get("result") or {}).get("images", [])}
+        gaps = [x["psnr_rgb"] - bic[x["name"]] for x in rows if x["name"] in bic]
+        gap = min(gaps) if gaps else None
+    blocks = [x["worst_block_gap"] for x in rows if x.get("worst_block_gap") is not None]
+    fallback = [x["fallback"] for x in rows if x.get("fallback") is not None]
+    return gap, (min(blocks) if blocks else None), (sum(fallback) / len(fallback) if fallback else None)
 
 
 def write_block(path: Path, body: str) -> None:
@@ -212,6 +232,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("../shared/data"), help="folder with oscd/ and natural/ (default ../shared/data)")
     ap.add_argument("--sets", nargs="+", default=[*NATURAL_SETS, OSCD], choices=[*NATURAL_SETS, OSCD])
+    ap.add_argument("--in-domain", action="store_true",
+                    help="the models on their own domain's test sets instead (OSCD models on the OSCD test cities, "
+                         "natural models on Set5/Set14/Urban100): with --verify, the checks of the verifying encoder")
     ap.add_argument("--models", nargs="+", default=None, choices=[*OSCD_MODELS, *REFERENCE_MODELS, *NATURAL_MODELS],
                     help="only these learned models (bicubic at their scales always runs)")
     ap.add_argument("--max-images", type=int, default=0, help="first N images of each set only (0: all)")

@@ -76,8 +76,9 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
     codec quality is chosen per image by :meth:`refscale.Packet.fit`; each row records it).
     ``codec=None``: the model's default codec (PNG, or an ``inter-*`` model's P-frame codec).
     ``verify``: encode with the verifying encoder (the default, as ``refscale encode``; each row
-    records the fraction of blocks that fell back to bicubic, ``fallback``); the first draw
-    (seed 0) decodes what the encoder checked.
+    records the fraction of blocks that fell back to bicubic, ``fallback``, the RGB PSNR of the
+    worst block minus bicubic's there, ``worst_block_gap``, and the check's time,
+    ``verify_seconds``); the first draw (seed 0) decodes what the encoder checked.
     """
     from refscale.container import Packet, bytes_for_bpp, check_budget, section_sizes
     from refscale.pipeline import resolve_precision
@@ -142,6 +143,9 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
                 "quality": used_quality,
                 "fallback": (packet.verify_report["fallback_blocks"] / packet.verify_report["blocks"]
                              if packet.verify_report else None),
+                "worst_block_gap": (packet.verify_report["worst_block_psnr_rgb"] - packet.verify_report["bicubic_there"]
+                                    if packet.verify_report else None),
+                "verify_seconds": packet.verify_report["seconds"] if packet.verify_report else None,
                 "seconds": t_encode + t_decode / draws,
             }
             images.append(row)

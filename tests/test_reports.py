@@ -159,3 +159,17 @@ def test_out_of_domain_cell_of_the_glance_tables():
     assert ood_cell(ood, "irn-x2-natural", ("Set5",)) == "-"
     assert ood_cell(ood, "refscale-x2-oscd") == "needs a reference"
     assert ood_cell(None, "irn-x2-natural") == "-"
+
+
+def test_verification_checks_per_image_and_block():
+    """The verifying encoder's checks: the worst per-image RGB gap to bicubic on the same image,
+    the worst block gap the encoder measured, the mean share of blocks given to bicubic."""
+    base = {"result": {"images": [{"name": "a", "psnr_rgb": 30.0}, {"name": "b", "psnr_rgb": 25.0}]}}
+    run = {"result": {"images": [{"name": "a", "psnr_rgb": 31.0, "worst_block_gap": 0.2, "fallback": 0.5},
+                                 {"name": "b", "psnr_rgb": 24.5, "worst_block_gap": 0.0, "fallback": 0.1}]}}
+    gap, block, fallback = out_of_domain.image_checks(run, base)
+    assert gap == pytest.approx(-0.5) and block == 0.0 and fallback == pytest.approx(0.3)
+    assert out_of_domain.image_checks({"result": {"images": [{"name": "a", "psnr_rgb": 1.0}]}}, None) == (None, None, None)
+    assert [m for m, s, _ in out_of_domain.plan(None, ["oscd"], in_domain=True)][:2] == ["bicubic-x2", "bicubic-x4"]
+    assert "refscale-x2" in [m for m, _, _ in out_of_domain.plan(None, ["oscd"], in_domain=True)]
+    assert "irn-x2-natural" in [m for m, _, _ in out_of_domain.plan(None, ["Set5"], in_domain=True)]

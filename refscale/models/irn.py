@@ -82,6 +82,15 @@ class IRN(LatentTraining, FastInference, Rescaler):
             hr = self.flow.inverse(self.speed_input(y))
         return hr.float().clamp(0, 1).contiguous()
 
+    @torch.no_grad()
+    def forward_latent(self, hr, ref=None):
+        y, _ = self.flow(hr)
+        return y[:, :3], y[:, 3:], {}
+
+    @torch.no_grad()
+    def inverse_latent(self, lr, z, side=None, ref=None):
+        return self.flow.inverse(torch.cat([lr, z], 1))
+
     def training_losses(self, hr, ref=None):
         y, _ = self.flow(hr)
         lr, z = y[:, :3], y[:, 3:]

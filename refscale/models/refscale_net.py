@@ -369,6 +369,17 @@ class RefScaleNet(LatentTraining, FastInference, Rescaler):
             hr = self.flow_inverse(self.speed_input(torch.cat([lr.float(), z], 1)), fc)
         return hr.float().clamp(0, 1).contiguous()
 
+    @torch.no_grad()
+    def forward_latent(self, hr, ref=None):
+        fc, q = self._encoder_side(hr, ref, training=False)
+        y = self.flow_forward(hr, fc)
+        return y[:, :3], y[:, 3:], ({} if q is None else {"smap": q})
+
+    @torch.no_grad()
+    def inverse_latent(self, lr, z, side=None, ref=None):
+        fc = self._decoder_condition(ref, side, (lr.shape[-2] * self.scale, lr.shape[-1] * self.scale), lr.shape[0])
+        return self.flow_inverse(torch.cat([lr, z], 1), fc)
+
     def training_losses(self, hr, ref=None):
         fc, q = self._encoder_side(hr, ref, training=True)
         y = self.flow_forward(hr, fc)

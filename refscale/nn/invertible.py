@@ -334,6 +334,15 @@ class LatentTraining:
         t = torch.rand(z.shape[0], 1, 1, 1, device=z.device, dtype=z.dtype) * (hi - lo) + lo
         return eps * t
 
+    # for analysis (benchmarks/latent_sensitivity.py): the flow with the image's own z
+    def forward_latent(self, hr: torch.Tensor, ref: torch.Tensor | None = None):
+        """``(LR before clipping, z, side)`` of the forward pass."""
+        raise NotImplementedError
+
+    def inverse_latent(self, lr: torch.Tensor, z: torch.Tensor, side=None, ref: torch.Tensor | None = None) -> torch.Tensor:
+        """The HR image decoded from ``lr`` with a given ``z`` (not clipped)."""
+        raise NotImplementedError
+
     def lr_range_loss(self, lr: torch.Tensor) -> torch.Tensor:
         """``lr_range_weight * sum(relu(-LR)^2 + relu(LR - 1)^2)`` (summed over C,H,W, batch mean)."""
         excess = F.relu(-lr.float()) + F.relu(lr.float() - 1)
