@@ -1,6 +1,6 @@
 """FGRN vs IRN on natural images (issue 6): FGRN Table 1 and Table 2 in our numbers.
 
-    python benchmarks/natural_report.py all --weights-dir /work/runs2 --write docs/results.md
+    python benchmarks/natural_report.py all --weights-dir runs --write docs/natural.md
 
 * ``table``: ``refscale evaluate`` (PSNR/SSIM on Y and on RGB, border cropped by the scale) of
   bicubic, IRN and FGRN at 2x and 4x on Set5, Set14 and Urban100, beside the paper's IRN and FGRN

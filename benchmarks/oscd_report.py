@@ -1,12 +1,12 @@
 """The OSCD reproduction of RefScale's Table 1 (issue 5): table, figures, change masks, curves.
 
-    python benchmarks/oscd_report.py all --data ../shared/data/oscd --scales 2 4 --write docs/results.md
+    python benchmarks/oscd_report.py all --data ../shared/data/oscd --scales 2 4 --write docs/oscd.md
 
 * ``table``: ``refscale evaluate --split test --draws 5`` for bicubic, IRN, RefScale and FGRN at each
   scale (the shipped weights unless ``--weights-dir`` points at run folders), written to
   ``--out`` as JSON/Markdown; prints our rows beside the paper's Table 1 (RS dataset) and the
   training budget from each model card, and replaces the marked section of
-  ``docs/results.md`` (``--write docs/results.md``).
+  ``docs/oscd.md`` (``--write docs/oscd.md``).
 * ``glance``: the "Shipped models at a glance" table from the same evaluations (``table``'s JSON
   files in ``--out``; missing ones are run): PSNR/SSIM on Y and RGB, the gain over bicubic, the
   worst image, the >40-levels fraction, SI, bpp, size, training and, with ``--ood`` (the JSON of

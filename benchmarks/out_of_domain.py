@@ -1,7 +1,7 @@
 """Out of domain (issue 26, item 4): every shipped model on the test images of the other domain.
 
     python benchmarks/out_of_domain.py --data ../shared/data --precision bf16 --no-verify \\
-        --out ../eval10/ood.json --md ../eval10/ood.md --write docs/results.md
+        --out ../eval10/ood.json --md ../eval10/ood.md --write docs/robustness.md
 
 * The OSCD-trained models without a reference (``irn-x2`` / ``irn-x4``, i.e. ``irn-x{2,4}-oscd``,
   and ``fgrn-x{2,4}-oscd``) on the natural test sets Set5, Set14 and Urban100 (Urban100: the
@@ -41,6 +41,9 @@ from refscale.data import Sample, discover
 from refscale.evaluate import evaluate, worst_image
 from refscale.imageio import read_image, write_image
 from refscale.ops import centre_crop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks folder: report_common
+from report_common import write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NATURAL_SETS = ("Set5", "Set14", "Urban100")
@@ -220,15 +223,9 @@ def image_checks(r: dict, base: dict | None) -> tuple[float | None, float | None
 
 
 def write_block(path: Path, body: str) -> None:
-    """Replace the ``<!-- ood:start/end -->`` block of ``path`` (append it where absent)."""
-    text = path.read_text()
-    block = f"{START}\n{body.strip()}\n{END}"
-    if START in text:
-        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-    print("updated", path)
+    """Replace the ``<!-- ood:start/end -->`` block in the page that holds it: ``path`` or a
+    Markdown file beside it (``report_common.write_section``; appended to ``path`` where absent)."""
+    write_section(path, body, START, END)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -250,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, required=True, help="results JSON (read first: only missing or stale runs are measured)")
     ap.add_argument("--md", type=Path, default=None, help="the Markdown table")
-    ap.add_argument("--write", type=Path, default=None, help="docs/results.md: replace the <!-- ood:start/end --> block")
+    ap.add_argument("--write", type=Path, default=None, help="docs/robustness.md: replace the <!-- ood:start/end --> block (found in any page beside the file named)")
     ap.add_argument("--table-only", action="store_true", help="tabulate --out without measuring")
     ap.add_argument("--command", default=None, help="the command line to quote in the table (default: this one)")
     args = ap.parse_args(argv)

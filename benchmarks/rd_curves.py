@@ -2,7 +2,7 @@
 
     python benchmarks/rd_curves.py run --data ../shared/data/oscd --split test \\
         --models bicubic-x2 irn-x2 refscale-x2 bicubic-x4 irn-x4 refscale-x4 --precision bf16 --out rd_oscd.json
-    python benchmarks/rd_curves.py report --results rd_oscd.json --name oscd --figures docs/figures --write docs/results.md
+    python benchmarks/rd_curves.py report --results rd_oscd.json --name oscd --figures docs/figures --write docs/rate-distortion.md
 
 ``run`` measures, per image, PSNR-Y and SSIM-Y, PSNR-RGB and SSIM-RGB and the fraction of pixels
 with an RGB channel off by more than 40 levels (``frac_off40``) against bits per HR pixel for
@@ -475,7 +475,7 @@ def main(argv=None) -> None:
     p.add_argument("--images", nargs="*", default=None, help="only these images")
     p.add_argument("--figures", default=None, help="folder for rd_<name>_<codec>_x<s>.png")
     p.add_argument("--json", default=None, help="also write curves and BD rows here")
-    p.add_argument("--write", default=None, help="docs/results.md: replace the <!-- rd:<name>:start/end --> block")
+    p.add_argument("--write", default=None, help="docs/rate-distortion.md or docs/rd-natural.md: replace the <!-- rd:<name>:start/end --> block (found in any page beside the file named)")
     p.add_argument("--command", default=None, help="the command line to quote in the docs (default: this one)")
     p.set_defaults(func=report)
     args = ap.parse_args(argv)

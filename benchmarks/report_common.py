@@ -98,8 +98,23 @@ def training_budget(card: dict) -> str:
     return f"{' + '.join([first, *map(str, stages)])} steps (the last {stages[-1]}: {shape}), {hours}"
 
 
+def page_with(results: Path, start: str) -> Path:
+    """The page that holds the ``start`` marker: ``results`` itself, else the one Markdown file
+    beside it that does (the docs pages keep each regenerated block beside its text, so a block
+    may move between pages: ``--write docs/oscd.md`` finds the ``oscd-glance`` block in
+    ``docs/index.md``), else ``results`` (where the block is then appended)."""
+    if results.is_file() and start in results.read_text():
+        return results
+    holders = [p for p in sorted(results.parent.glob("*.md")) if p != results and start in p.read_text()]
+    if len(holders) > 1:
+        raise SystemExit(f"{start} is in several pages: {', '.join(map(str, holders))}")
+    return holders[0] if holders else results
+
+
 def write_section(results: Path, body: str, start: str, end: str) -> None:
-    """Replace the text between the ``start`` and ``end`` markers (append the block if absent)."""
+    """Replace the text between the ``start`` and ``end`` markers in the page that holds them
+    (:func:`page_with`; append the block to ``results`` if no page does)."""
+    results = page_with(Path(results), start)
     text = results.read_text()
     block = f"{start}\n{body.strip()}\n{end}"
     if start in text:

@@ -1,4 +1,4 @@
-"""The ``refscale`` command line: a thin layer over the Python API (DESIGN.md, "Command line").
+"""The ``refscale`` command line: a thin layer over the Python API (docs/design.md, "Command line").
 
 ::
 

@@ -1,4 +1,4 @@
-"""Datasets: discovering the DESIGN.md layouts, training crops, full-image iteration.
+"""Datasets: discovering the layouts of docs/design.md, training crops, full-image iteration.
 
 * :func:`discover` — a path to a list of :class:`Sample` (name, HR path, reference path or None).
   Layouts, detected in this order:

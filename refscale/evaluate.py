@@ -24,8 +24,8 @@ mod-crop — and its reference if the model needs one):
 5. With ``lr_dir``: the stored LR image of each sample is written to ``lr_dir/<name>.png`` (for
    looking at it, or for no-reference LR quality: ``python benchmarks/lr_quality.py --lr DIR``).
 
-The result is the DESIGN.md JSON: ``model, scale, dataset, split, draws, images[], mean{}``, and
-``worst{}``: the image with the lowest PSNR-RGB (:func:`worst_image`).
+The result is the JSON of docs/design.md ("Evaluation output"): ``model, scale, dataset, split,
+draws, images[], mean{}``, and ``worst{}``: the image with the lowest PSNR-RGB (:func:`worst_image`).
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
              dataset: str | None = None, split: str | None = None,
              lr_dir: str | os.PathLike | None = None, overwrite: bool = False,
              precision: str | None = None, temperature: float = DEFAULT_TEMPERATURE, verify: bool = True) -> dict:
-    """Evaluate ``model`` on ``samples``; returns the DESIGN.md evaluation dict.
+    """Evaluate ``model`` on ``samples``; returns the evaluation dict of docs/design.md.
 
     ``draws`` decodes of different seeds are averaged for stochastic models (``model.stochastic``);
     deterministic models (and any model at temperature 0) are decoded once and report

@@ -10,7 +10,7 @@ everything they do with files lives here, so a script gets the same behaviour::
         files.encode_file(job, model)
     hr, packet, model = files.decode_file("out/city.rsc", ref="archive/city.png")   # the model the file names
 
-Rules (DESIGN.md, "Command line"): outputs are written atomically (:func:`write_bytes`), never
+Rules (docs/design.md, "Command line"): outputs are written atomically (:func:`write_bytes`), never
 replace an existing file without ``force`` and are never one of the inputs (:func:`preflight`).
 A reference model needs a reference for every input; a model without one ignores it with a
 warning. Batch inputs: a folder (pair folders ``<name>/hr.png + ref.png``, OSCD cities, single

@@ -111,7 +111,7 @@ SETTINGS: dict[int, dict[str, dict[str, str]]] = {
         "hevc-inter": {"preset": "medium", "tune": "psnr"},
         "av1-inter": {"preset": "8", "tune": "none"}},  # SVT-AV1's default tune is 1 (PSNR)
 }
-#: Version 2's presets and tunes won the sweep on the OSCD train pairs (docs/results.md, "Encoder
+#: Version 2's presets and tunes won the sweep on the OSCD train pairs (docs/inter.md, "Encoder
 #: settings"): fewer P-frame bits for the same PSNR-Y, for 2-4x the encoding time.
 SETTINGS[2] = {"h264-inter": {"preset": "slow", "tune": "none"},
                "hevc-inter": {"preset": "slow", "tune": "none"},

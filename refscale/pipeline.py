@@ -78,17 +78,17 @@ BATCH_PIXELS = 1024 * 1024
 #: arithmetic for models with ``set_speed``: "fp32", "bf16" or "auto". bf16 + channels_last is much
 #: faster than fp32 on a CPU with native bf16 (AVX512-BF16/AMX) at the same end-to-end PSNR, and
 #: much slower on an AVX2-only CPU, where bf16 is emulated (``benchmarks/large_scene.py`` prints
-#: both; figures in docs/results.md). "auto" (the default) picks bf16 where it is native
+#: both; figures in docs/performance.md). "auto" (the default) picks bf16 where it is native
 #: (:func:`refscale.nn.speed.native_bf16`), else fp32; the container records the choice.
 DEFAULT_PRECISION = "auto"
 #: the decoder warns when the stored LR and the reference agree less than this
 #: (:func:`refscale.metrics.reference_agreement`): the reference then looks like another place.
 #: Calibrated on the OSCD train cities, error rates on the test cities: benchmarks/reference_check.py
-#: and docs/results.md, "The reference, end to end".
+#: and docs/reference.md, "Plausibility check".
 MIN_REFERENCE_AGREEMENT = 0.2
 #: the latent temperature ``decode`` samples ``z ~ t * N(0, I)`` with by default (stochastic models;
 #: the CLI, ``refscale evaluate`` and :func:`refscale.evaluate.evaluate` use it too). Chosen on
-#: the held-out train cities: benchmarks/temperature.py and docs/results.md, "Temperature".
+#: the held-out train cities: benchmarks/temperature.py and docs/evaluation.md, "Temperature".
 DEFAULT_TEMPERATURE = 1.0
 #: the verifying encoder (see the module doc): block side in HR pixels (rounded up to the model's
 #: alignment), the RGB PSNR margin below bicubic a block may have, and the error in 8-bit levels
@@ -334,7 +334,7 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float | None = Non
 
     ``temperature``: stochastic models draw their latent ``z ~ temperature * N(0, I)`` (seeded by
     ``seed``). ``None`` (default): the seed and temperature the verifying encoder checked, as the
-    file records them, else seed 0 and :data:`DEFAULT_TEMPERATURE` (docs/results.md,
+    file records them, else seed 0 and :data:`DEFAULT_TEMPERATURE` (docs/evaluation.md,
     "Temperature"). Blocks the file marks as fallback are rebuilt by bicubic upscaling of their LR
     (:class:`refscale.container.Verification`).
     The tile layout and precision default to what the encoder recorded. ``allow_mismatch``

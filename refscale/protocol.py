@@ -8,7 +8,7 @@ catalogue and weights (``refscale.zoo``), the product path (``refscale.pipeline`
 ``refscale.pipeline`` binds with :func:`bind_pipeline` when it is imported (importing the
 ``refscale`` package does that).
 
-Every model (bicubic, IRN, RefScale, FGRN, TADM) is a :class:`Rescaler` (DESIGN.md, "Python API"):
+Every model (bicubic, IRN, RefScale, FGRN, TADM) is a :class:`Rescaler` (docs/design.md, "Python API"):
 
 * ``downscale(hr, ref=None) -> (lr, side)``
 * ``upscale(lr, side=None, ref=None, *, temperature=1.0, generator=None) -> hr``
@@ -17,7 +17,7 @@ plus ``scale``, ``needs_reference`` and ``name``. Encoding to a ``.rsc`` contain
 evaluation, tiling and the CLI are written once against this protocol
 (``refscale.pipeline``, ``refscale.evaluate``), never per model.
 
-Conventions (DESIGN.md, "Conventions"):
+Conventions (docs/design.md, "Conventions"):
 
 * images are float32 tensors ``[N,3,H,W]`` in [0,1];
 * ``downscale`` receives ``H, W`` that are multiples of :attr:`Rescaler.alignment`

@@ -24,7 +24,7 @@ section, docs/format.md) lets the decoder undo them:
    and ``hi`` up to integers; ``hi <= lo`` (a constant band) becomes ``lo + 1``. Pixels outside
    ``[lo, hi]`` are clipped (none with the default): that, and the model's 8-bit LR, is what the
    mapping costs
-   (``benchmarks/raster_roundtrip.py``; docs/results.md, "Real rasters (issue 16)").
+   (``benchmarks/raster_roundtrip.py``; docs/rasters.md, "The intensity mapping").
 3. **Georeferencing** (rasterio): CRS as WKT, the affine geotransform, nodata, dtype, band
    count and descriptions are recorded; the decoder writes them back (``.tif``, optionally a
    Cloud Optimized GeoTIFF), and the LR written next to a container (``--lr-out lr.tif``) gets
@@ -78,8 +78,8 @@ from refscale.imageio import (CODECS_EXTRA_HINT, GEOTIFF_TAGS, TIFF_PLANAR_CONFI
 GEO_EXTRA_HINT = "pip install 'refscale[geo]'"
 #: the range that maps to 0 and 1 when none is given: the minimum and maximum of the valid pixels
 #: of the chosen bands together ("j0,100"): nothing is clipped and the bands keep their relative
-#: levels (colour balance). Measured (benchmarks/raster_roundtrip.py, docs/results.md "Real rasters
-#: (issue 16)"): clipping even 0.1% of the pixels per tail costs more on the 16-bit scale than the
+#: levels (colour balance). Measured (benchmarks/raster_roundtrip.py, docs/rasters.md "The intensity
+#: mapping"): clipping even 0.1% of the pixels per tail costs more on the 16-bit scale than the
 #: coarser 8-bit steps of the full range, end to end too; a range per band shifts the colours the
 #: learned models see and costs IRN 1 dB on the synthetic raster
 DEFAULT_RANGE = "j0,100"
@@ -501,7 +501,7 @@ def to_model(sel: np.ndarray, ranges, name: str, warn_nan: bool = True, warn_gre
 #: how pixels without data are filled in each window before the model sees it: "nearest" (the
 #: value of the nearest valid pixel of the same band in the window, i.e. the valid border
 #: extended outward), "mean" (the window's mean of the band's valid pixels) or "zero". Measured
-#: (benchmarks/raster_roundtrip.py --nodata; docs/results.md, "Real rasters (issue 16)"): see there
+#: (benchmarks/raster_roundtrip.py --nodata; docs/rasters.md, "Nodata and NaN"): see there
 FILL = "nearest"
 
 

@@ -14,10 +14,10 @@ of "translation" and "rotation + translation" lines the detail up better. The sh
 container as integers and applied by :func:`apply_shift` identically at both ends (the decoder
 never estimates anything), so encoder and decoder see the same warped reference. The warp is a
 cubic spline (``scipy.ndimage``, order 3); the strip it uncovers is filled by :data:`BORDER`
-(mirror reflection: the measured choice, docs/results.md "Registration: the uncovered border").
+(mirror reflection: the measured choice, docs/reference.md "Registration", the uncovered border).
 On an unrelated reference (or a rotation it cannot find) phase correlation still returns a
 peak, a spurious shift (up to 278 px for 5-10 degree rotations of the OSCD test references:
-benchmarks/misalignment.py, docs/results.md); a transform is therefore kept only when it makes
+benchmarks/misalignment.py, docs/reference.md); a transform is therefore kept only when it makes
 the two images' detail agree better (:func:`_improves`), otherwise none is recorded.
 Images under :data:`MIN_SIDE` pixels on a side are not registered at all (nothing is estimated,
 a warning says so): there is too little detail to estimate from.
@@ -47,13 +47,13 @@ MIN_SIDE = 32
 #: angular samples of the polar resampling in estimate_rotation (0.25 degree per row, refined 20x)
 POLAR_ANGLES = 1440
 #: shifts with both components below this (pixels) are treated as none (no warp): the estimate
-#: of a registered pair scatters by up to 0.2 px (the 24 OSCD pairs: docs/results.md)
+#: of a registered pair scatters by up to 0.2 px (the 24 OSCD pairs: docs/reference.md)
 MIN_SHIFT = 0.25
 #: a shift is accepted only if the detail-band correlation it gives reaches this (:func:`_improves`)
 MIN_AGREEMENT = 0.2
 #: how the warp fills the strip it uncovers (``scipy.ndimage`` mode; normative, see :func:`apply_shift`)
 BORDER = "mirror"
-#: the border fills compared (benchmarks/misalignment.py --border-modes; docs/results.md)
+#: the border fills compared (benchmarks/misalignment.py --border-modes; docs/reference.md)
 BORDERS = ("mirror", "nearest", "constant")
 
 
@@ -208,7 +208,7 @@ def _improves(new: np.ndarray, ref: np.ndarray, shift: tuple[float, float], angl
     :data:`MIN_AGREEMENT` is the
     plausibility check's threshold (``pipeline.MIN_REFERENCE_AGREEMENT``, calibrated on the train
     cities); checked afterwards on the test cities: a true shift of 0.6-2 px reaches 0.54-0.92, a
-    reference rotated by 2-10 degrees at most 0.14 whatever shift is tried (docs/results.md)."""
+    reference rotated by 2-10 degrees at most 0.14 whatever shift is tried (docs/reference.md)."""
     a = _band(new)
     before = _correlation(a, _band(ref))
     after = _correlation(a, _band(_warp(ref, shift, angle, order=1, mode="mirror")))

@@ -16,7 +16,7 @@ from tests.conftest import synthetic_image
 
 TOP_KEYS = {"model", "scale", "dataset", "split", "draws", "precision", "verify", "temperature", "codec", "budget", "images",
             "over_budget", "mean", "worst"}
-IMAGE_KEYS = {"name", "quality", "fallback", "worst_block_gap", "verify_seconds", *METRIC_KEYS}  # DESIGN.md's keys, plus the codec settings used
+IMAGE_KEYS = {"name", "quality", "fallback", "worst_block_gap", "verify_seconds", *METRIC_KEYS}  # docs/design.md's keys, plus the codec settings used
 
 
 @pytest.fixture

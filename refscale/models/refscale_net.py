@@ -51,9 +51,10 @@ zero-initialised conv added to the first conv of each DenseBlock
 (:class:`refscale.nn.layers.DenseBlock`, ``cond_channels``): with IRN's ``blocks`` the INN is
 IRN's exactly until those weights learn, so :meth:`RefScaleNet.warm_start` can start it from a
 trained IRN (step 0 reproduces that IRN's LR and reconstruction). The shipped OSCD weights use
-it; why, and what the Glow blocks measured at our budget: docs/results.md, "Training campaign".
+it; why, and what the Glow blocks measured at our budget: docs/training.md, "RefScale on IRN's
+blocks".
 (Two other switches of ours, a detail-layer Ref-Net input and an identity start of the Glow
-blocks, measured no gain and were removed; the numbers stay in docs/results.md.)
+blocks, measured no gain and were removed; docs/training.md has the numbers.)
 
 Training-only options (``configure_training``, set by the engine from ``model.train_options``):
 ``guide_ramp_steps`` ramps the eq. 5 blur in linearly (``S`` in eq. 5 is multiplied by

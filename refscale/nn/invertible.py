@@ -303,7 +303,7 @@ class LatentTraining:
 
     * ``latent_temperature: [t_min, t_max]``: the backward pass of training decodes with
       ``z = t * N(0, I)``, ``t ~ U(t_min, t_max)`` drawn per sample (IRN: ``[1, 1]``). Our choice
-      (issue 26, docs/results.md "Why the invertible models painted wrong colours"): the forward
+      (issue 26, docs/robustness.md "Why the invertible models painted wrong colours"): the forward
       pass drives ``z`` to ~0 (std 0.002-0.008 on every image measured) while IRN's recipe trains
       the inverse on unit-variance ``z`` only, so the inverse learns a large gain along ``z``:
       decoding with the image's own ``z`` gives 44-53 dB RGB, with ``z = 0`` 12-21 dB, and out

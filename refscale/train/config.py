@@ -24,7 +24,7 @@ Learning-rate schedule (``schedule``), one function of the step (``engine.lr_at`
 * ``decay: step`` (default; IRN's MultiStepLR): ``lr * gamma ** (#milestones <= step)``;
 * ``decay: cosine | linear``: ``optim.lr`` held until ``decay_start * steps`` (a fraction, default
   0.75), then a cosine or linear fall to ``min_lr`` (default 0) at ``steps``; ``milestones`` must
-  then be empty. The short-budget recipe (docs/results.md, "Short-budget recipe") is warm-up,
+  then be empty. The short-budget recipe (docs/training.md, "The short-budget recipe") is warm-up,
   constant peak, cosine over the last quarter.
 
 ``data.batch_size`` is the *total* batch over all processes (``torchrun``), so one config means

@@ -17,7 +17,7 @@ One training step (the same on 1 or N processes):
    Spike guard (``guard.max_grad_ratio``, off by default): a gradient norm above that many times
    the median of the last 100 skips the update too (counted in ``spikes``): with norms clipped
    to ``grad_clip`` every step looks alike to Adam, and one outlier batch has thrown IRN-type
-   flows back by hundreds of steps (docs/results.md, "Training campaign");
+   flows back by hundreds of steps (docs/training.md, "The short-budget recipe");
 5. learning rate of the step from :func:`lr_at` (warm-up, then step halving or a constant peak with
    a cosine/linear tail; see :mod:`refscale.train.config`).
 
@@ -711,7 +711,7 @@ def train_from_file(path, out_dir=None, resume: bool = False, overrides: list[st
     """``refscale train CONFIG.yaml [--resume] [--out RUN_DIR] [--set key=value ...]``.
 
     ``out_dir`` defaults to ``runs/<config name>``; ``overrides`` are ``section.key=value``
-    strings (values parsed as YAML), e.g. ``["schedule.steps=100", "data.path=/data/oscd"]``.
+    strings (values parsed as YAML), e.g. ``["schedule.steps=100", "data.path=../shared/data/oscd"]``.
     """
     path = Path(path)
     cfg = load_file(path, overrides)
