@@ -510,3 +510,87 @@ def find_by_fingerprint(fingerprint: str, archive, record=None, size: tuple[int,
         if cache[key] == fingerprint:
             return c.path
     return None
+
+
+def _record_key(record) -> str | None:
+    return None if record is None else repr((record.dtype, list(record.bands), [tuple(r) for r in record.ranges]))
+
+
+def sidecar_path(output) -> Path:
+    """Where ``encode --ref-archive`` records the chosen reference beside a container: ``<output>.ref.json``."""
+    p = Path(output)
+    return p.with_name(p.name + ".ref.json")
+
+
+def write_reference_record(output, sel: Selection, force: bool = False) -> Path:
+    """Record the reference chosen for ``output`` (name, path, fingerprint, scores, the runners-up)."""
+    from refscale.files import write_bytes
+
+    c = sel.chosen
+    rec = {"reference": None if c is None else c.name, "path": None if c is None else str(c.path),
+           "fingerprint": None if c is None else c.fingerprint, "scores": None if c is None else c.as_dict()["scores"],
+           "reason": None if c is not None else "no suitable reference",
+           "candidates": [x.as_dict() for x in sel.candidates[:5]]}
+    return write_bytes(sidecar_path(output), (json.dumps(rec, indent=1) + "\n").encode(), force=force)
+
+
+def reference_for_container(path, archive, cache: dict | None = None) -> Path | None:
+    """The archive image to decode the container ``path`` with: the one whose fingerprint the
+    container records (the ``.ref.json`` beside it, if any, names the file to try first). None
+    for a container that records no reference; an :class:`InputError` when no image matches."""
+    from refscale.container import Packet
+    from refscale.files import read_bytes
+
+    packet = Packet.from_bytes(read_bytes(path))
+    if packet.ref_hash is None:
+        return None
+    cache = {} if cache is None else cache
+    key = ("candidates", str(archive))
+    if key not in cache:
+        cache[key] = read_archive(archive) if not isinstance(archive, list) else archive
+    hint = None
+    side = sidecar_path(path)
+    if side.is_file():
+        try:
+            hint = json.loads(side.read_text()).get("reference")
+        except (OSError, ValueError):
+            hint = None
+    fps = cache.setdefault(("fingerprints", _record_key(packet.raster)), {})
+    found = find_by_fingerprint(packet.ref_hash, cache[key], record=packet.raster, size=packet.size, hint=hint, cache=fps)
+    if found is None:
+        raise InputError(f"no image in the archive {archive} has the reference fingerprint {packet.ref_hash[:12]} "
+                         f"that {Path(path).name} records")
+    return found
+
+
+def encode_jobs(src, output, model, archive, lr_out=None, fallback_model=None, select_options: dict | None = None,
+                echo=None):
+    """``[(job, model, selection)]`` for encoding ``src`` (an image, folder or manifest, as
+    :func:`refscale.files.encode_jobs`) with the reference chosen from ``archive`` for each input.
+    A scene without a suitable reference is coded with ``fallback_model`` (one that takes no
+    reference) when given, else refused (:class:`InputError`) before anything is encoded."""
+    from refscale import files
+    from refscale.data import discover
+
+    src = files.existing(src, "input")
+    batch = files.is_batch(src)
+    samples = [(s.name, s.hr) for s in discover(src)] if batch else [(src.stem, src)]
+    cands = read_archive(archive)
+    cache: dict = {}
+    out, lr = Path(output), Path(lr_out) if lr_out else None
+    result = []
+    for name, hr in samples:
+        sel = select_reference(hr, cands, cache=cache, **(select_options or {}))
+        if echo is not None:
+            echo(sel.explain(top=3))
+        target = out / f"{name}{files.CONTAINER_SUFFIX}" if batch or out.is_dir() else out
+        lr_target = None if lr is None else (lr / f"{name}.png" if batch or lr.is_dir() else lr)
+        m = model
+        if sel.chosen is None:
+            if fallback_model is None:
+                raise InputError(f"{name}: no suitable reference in the archive {archive} "
+                                 "(--fallback-model codes such scenes with a model that takes none)")
+            m = fallback_model
+        ref = None if sel.chosen is None else sel.chosen.path
+        result.append((files.Job(name, Path(hr), ref, target, lr_target), m, sel))
+    return result

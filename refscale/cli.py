@@ -12,6 +12,8 @@
     refscale demo [-m refscale-x2] [-o DIR]
     refscale export -m MODEL --part encoder|decoder -o model.onnx [--tile N] [--opset 17]   # pip install 'refscale[onnx]'
     refscale wrap onboard.npz --onnx encoder.onnx [--ref REF.png] -o scene.rsc                # on-board outputs -> .rsc
+    refscale select-ref NEW.tif --archive DIR|catalog.json [--json]                            # the reference from an archive
+    refscale batch encode|decode IN -o OUT [-m MODEL] [--ref DIR | --ref-archive A] --workers N [--scheduler ADDR]  # on Dask
 
 Behaviour shared by every command:
 
@@ -104,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "then -o is a folder.")
     e.add_argument("input", metavar="HR", help="image, folder or .csv manifest")
     e.add_argument("--ref", help="reference image (for a batch: a folder or manifest whose samples are named like the inputs)")
+    _add_archive_options(e, "encode")
     e.add_argument("-m", "--model", default="refscale-x2", help="catalogue name or .safetensors path (default refscale-x2)")
     e.add_argument("--codec", default=None, help=codec_help)
     _add_quality_options(e, q_help)
@@ -135,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Rebuild HR from a .rsc container (or a folder of them, or a CSV manifest rsc,ref[,name]).")
     d.add_argument("input", metavar="RSC", help=".rsc file, folder of .rsc files or .csv manifest rsc,ref[,name]")
     d.add_argument("--ref", help="reference image (for a batch: a folder or manifest whose samples are named like the containers)")
+    _add_archive_options(d, "decode")
     d.add_argument("-m", "--model", default=None, help="model to decode with (default: the one recorded in the container)")
     d.add_argument("-o", "--output", required=True, help="output image (format by suffix; or a folder for several inputs)")
     d.add_argument("--temperature", type=float, default=None,
@@ -233,7 +237,79 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("-o", "--output", required=True, help="output .rsc file")
     w.add_argument("--force", action="store_true", help="overwrite an existing output")
     w.set_defaults(func=cmd_wrap)
+
+    r = sub.add_parser("select-ref", help="choose the reference for a new scene from an archive (ranked, explained)",
+                       description="Rank an archive's images as references for NEW: footprint overlap, date, valid pixels, "
+                                   "image agreement after registration (docs/archive.md). Exit code 1: no suitable reference.")
+    r.add_argument("input", metavar="NEW", help="the new scene (image or GeoTIFF)")
+    r.add_argument("--archive", required=True, help="folder of images / GeoTIFFs, or a static STAC catalog.json")
+    r.add_argument("--date", default=None, help="the new scene's date (YYYY-MM-DD) when its file does not say")
+    r.add_argument("--bbox", default=None, metavar="W,S,E,N", help="the new scene's lon/lat footprint when its file does not say")
+    _add_select_options(r)
+    r.add_argument("--json", action="store_true", help='print {"chosen": PATH or null, "candidates": [...]} (best first)')
+    r.set_defaults(func=cmd_select_ref)
+
+    b = sub.add_parser("batch", help="encode or decode many scenes on Dask (a local cluster or a scheduler)",
+                       description="One Dask task per scene, resumable (done scenes are skipped), failures isolated, "
+                                   "a JSON report (pip install 'refscale[dask]'; docs/archive.md).")
+    bsub = b.add_subparsers(dest="batch_command", required=True, metavar="encode|decode")
+    for kind in ("encode", "decode"):
+        k = bsub.add_parser(kind, help=f"{kind} a folder or manifest on Dask")
+        k.add_argument("input", metavar="IN", help="folder or CSV manifest (as refscale " + kind + " takes)")
+        k.add_argument("-o", "--output", required=True, help="output folder")
+        k.add_argument("-m", "--model", default="refscale-x2" if kind == "encode" else None,
+                       help="model (encode default refscale-x2; decode default: the one each container names)")
+        k.add_argument("--ref", help="references: a folder or manifest whose samples are named like the inputs")
+        _add_archive_options(k, kind)
+        k.add_argument("--workers", type=int, default=2, help="local cluster: worker processes (default 2)")
+        k.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="a running Dask scheduler (e.g. tcp://10.0.0.1:8786) instead of a local cluster")
+        k.add_argument("--threads", type=int, default=None,
+                       help="torch threads per worker (default: the host's cores // its workers)")
+        k.add_argument("--memory-limit", default="4GiB", help="local cluster: memory bound per worker (default 4GiB)")
+        k.add_argument("--retries", type=int, default=2, help="reschedules of a scene whose worker died (default 2)")
+        k.add_argument("--report", default=None, help="JSON report (default OUT/batch-" + kind + "-report.json)")
+        if kind == "encode":
+            k.add_argument("--codec", default=None, help="LR codec (default: the model's)")
+            k.add_argument("-q", "--quality", type=int, default=None, help="codec quality")
+            k.add_argument("--lr-out", default=None, help="also save the LR images in this folder")
+            k.add_argument("--no-verify", dest="verify", action="store_false", help="as refscale encode --no-verify")
+            k.add_argument("--no-register", dest="register", action="store_false", help="as refscale encode --no-register")
+        else:
+            k.add_argument("--seed", type=int, default=None, help="random seed (default: the one the encoder verified)")
+            k.add_argument("--allow-other-reference", action="store_true", help="as refscale decode")
+        k.add_argument("--force", action="store_true", help="replace outputs that exist but do not verify")
+        k.set_defaults(func=cmd_batch, batch_kind=kind)
     return p
+
+
+def _add_select_options(parser) -> None:
+    from refscale import archive
+
+    parser.add_argument("--min-overlap", type=float, default=archive.MIN_OVERLAP,
+                        help=f"share of the new footprint a candidate must cover (default {archive.MIN_OVERLAP:g})")
+    parser.add_argument("--min-agreement", type=float, default=None,
+                        help="image agreement after registration a candidate needs (default: the decoder's check, "
+                             f"{pipeline.MIN_REFERENCE_AGREEMENT:g})")
+    parser.add_argument("--max-pixels", type=int, default=archive.MAX_PIXELS,
+                        help=f"read the pixels of at most this many candidates (default {archive.MAX_PIXELS})")
+
+
+def _add_archive_options(parser, kind: str) -> None:
+    if kind == "encode":
+        parser.add_argument("--ref-archive", default=None, metavar="DIR|catalog.json",
+                            help="choose each input's reference from this archive (refscale select-ref); the choice is "
+                                 "recorded in OUTPUT.ref.json, its fingerprint in the container")
+        parser.add_argument("--fallback-model", default=None, metavar="MODEL",
+                            help="with --ref-archive: code a scene that has no suitable reference with this model (one "
+                                 "that takes none, e.g. fgrn-x2-oscd); default: refuse such a scene")
+    else:
+        parser.add_argument("--ref-archive", default=None, metavar="DIR|catalog.json",
+                            help="find each container's reference in this archive by the fingerprint it records")
+
+
+def _select_kwargs(args) -> dict:
+    return {"min_overlap": args.min_overlap, "min_agreement": args.min_agreement, "max_pixels": args.max_pixels}
 
 
 # ============================================================================= encode, decode
@@ -279,11 +355,30 @@ def cmd_encode(args) -> int:
     batch = files.is_batch(files.existing(args.input, "input"))
     model = _load_model(args.model)
     codec, quality = _codec_and_quality(args, model)
-    jobs = files.encode_jobs(args.input, args.output, model, ref=args.ref, lr_out=args.lr_out, codec=codec)
+    job_models, selections = {}, {}
+    if args.ref_archive:  # the reference of each input chosen from the archive (refscale.archive)
+        from refscale import archive
+
+        if args.ref:
+            raise InputError("--ref and --ref-archive exclude each other")
+        fallback = _load_model(args.fallback_model) if args.fallback_model else None
+        if fallback is not None and fallback.needs_reference:
+            raise InputError(f"--fallback-model {args.fallback_model} needs a reference itself; choose one that takes none")
+        chosen = archive.encode_jobs(args.input, args.output, model, args.ref_archive, lr_out=args.lr_out,
+                                     fallback_model=fallback, echo=lambda text: print(text, file=sys.stderr))
+        jobs = [j for j, _, _ in chosen]
+        job_models = {j.name: m for j, m, _ in chosen}
+        selections = {j.name: sel for j, _, sel in chosen}
+    else:
+        jobs = files.encode_jobs(args.input, args.output, model, ref=args.ref, lr_out=args.lr_out, codec=codec)
     files.preflight(jobs, args.force)
 
     def run(job) -> str:
-        r = files.encode_file(job, model, codec=codec, quality=quality, bpp=args.bpp, max_bytes=args.max_bytes,
+        if job.name in selections:
+            from refscale import archive
+
+            archive.write_reference_record(job.output, selections[job.name], force=True)
+        r = files.encode_file(job, job_models.get(job.name, model), codec=codec, quality=quality, bpp=args.bpp, max_bytes=args.max_bytes,
                               tile=args.tile, resample_ref=args.resample_ref, precision=args.precision,
                               register=args.register, force=args.force, progress=not batch and _tty(),
                               bands=bands, value_range=args.value_range, verify=args.verify)
@@ -306,6 +401,8 @@ def cmd_decode(args) -> int:
     from refscale import files
 
     batch = files.is_batch(files.existing(args.input, "input"))
+    if args.ref and args.ref_archive:
+        raise InputError("--ref and --ref-archive exclude each other")
     jobs = files.decode_jobs(args.input, args.output, ref=args.ref)
     if args.cog and any(j.output.suffix.lower() not in (".tif", ".tiff") for j in jobs):
         raise InputError("--cog writes a Cloud Optimized GeoTIFF: the output must be a .tif file")
@@ -315,7 +412,13 @@ def cmd_decode(args) -> int:
         models[args.model] = _load_model(args.model)
     warned = []
 
+    found: dict = {}
+
     def run(job) -> str:
+        if args.ref_archive and job.ref is None:  # the reference the container's fingerprint names
+            from refscale import archive
+
+            job.ref = archive.reference_for_container(job.input, args.ref_archive, cache=found)
         packet, model = files.decode_to_file(
             job.input, job.output, job.ref, model=args.model, cache=models, warn_ref=bool(args.ref) and not warned,
             cog=args.cog, force=args.force,
@@ -504,6 +607,80 @@ def cmd_wrap(args) -> int:
     h, w = packet.size
     print(f"{out}: {len(data):,} bytes, {len(data) * 8 / (h * w):.4f} bpp ({w}x{h}, {packet.model}, {packet.codec})")
     return 0
+
+
+# ============================================================================= archive: select-ref, batch
+def cmd_select_ref(args) -> int:
+    from refscale import archive, files
+
+    bounds = None
+    if args.bbox:
+        try:
+            bounds = [float(v) for v in args.bbox.split(",")]
+            assert len(bounds) == 4 and bounds[0] < bounds[2] and bounds[1] < bounds[3]
+        except (ValueError, AssertionError):
+            raise InputError(f"--bbox must be W,S,E,N in degrees (west < east, south < north), got {args.bbox!r}") from None
+    sel = archive.select_reference(files.existing(args.input, "new scene"), args.archive, date=args.date, bounds=bounds,
+                                   **_select_kwargs(args))
+    if args.json:
+        print(json.dumps(sel.as_dict(), indent=1))
+    else:
+        print(sel.explain())
+    return 0 if sel.chosen is not None else 1
+
+
+def cmd_batch(args) -> int:
+    from refscale import batch, files
+
+    batch.require_dask()
+    kind = args.batch_kind
+    src = files.existing(args.input, "input")
+    if not files.is_batch(src):
+        raise InputError(f"refscale batch takes a folder or a CSV manifest, not one file ({src}); use refscale {kind}")
+    if args.ref and args.ref_archive:
+        raise InputError("--ref and --ref-archive exclude each other")
+    out = Path(args.output)
+    opts = {"model": args.model, "threads": args.threads, "force": args.force, "ref_archive": args.ref_archive}
+    if kind == "encode":
+        from refscale import codecs
+        from refscale.zoo import load
+
+        model = load(args.model)  # validates the name here; each worker loads it once for itself
+        codec = codecs.canonical(args.codec, model.default_codec)
+        codecs.require(codec)
+        quality = codecs.check_quality(codec, args.quality)
+        if args.ref_archive:  # references come from the archive, chosen on the workers
+            if args.fallback_model:
+                fb = load(args.fallback_model)
+                if fb.needs_reference:
+                    raise InputError(f"--fallback-model {args.fallback_model} needs a reference itself")
+                opts["fallback_model"] = args.fallback_model
+            jobs = files.encode_jobs(args.input, out, _NoReference(model), lr_out=args.lr_out, codec=None)
+        else:
+            jobs = files.encode_jobs(args.input, out, model, ref=args.ref, lr_out=args.lr_out, codec=codec)
+        opts["encode"] = {"codec": codec, "quality": quality, "register": args.register, "verify": args.verify}
+    else:
+        jobs = files.decode_jobs(args.input, out, ref=args.ref)
+        opts["decode"] = {"seed": args.seed, "allow_other_reference": args.allow_other_reference}
+    files.preflight(jobs, force=True, image_outputs=kind == "decode")  # collisions, inputs, writable; done ones are skipped
+    report = Path(args.report) if args.report else out / f"batch-{kind}-report.json"
+    result = batch.run_batch(kind, jobs, opts, workers=args.workers, scheduler=args.scheduler,
+                             memory_limit=args.memory_limit, retries=args.retries, report=report)
+    for f in result["failures"]:
+        _error(f"{f['name']}: {f['error']}")
+    print(batch.summary_line(result) + f"; report {report}")
+    return 2 if result["failed"] or result["missing"] else 0
+
+
+class _NoReference:
+    """A model stand-in for :func:`refscale.files.encode_jobs` when the references come from an
+    archive later: it asks for none."""
+
+    needs_reference = False
+    default_codec = "png"
+
+    def __init__(self, model):
+        self.name = model.name
 
 
 # ============================================================================= shared helpers
