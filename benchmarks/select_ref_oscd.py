@@ -1,6 +1,6 @@
 """Reference selection over the OSCD archive (issue 29): is each city's own older image chosen?
 
-    python benchmarks/select_ref_oscd.py --data ../shared/data/oscd --work /tmp/eval/select [--json out.json]
+    python benchmarks/select_ref_oscd.py --data ../shared/data/oscd --work ../eval10/select [--json out.json]
 
 Builds, under ``--work``, three archives of all 48 OSCD images (both dates of the 24 cities) with
 random file names (nothing in a name gives the city or the date away):

@@ -48,7 +48,9 @@ from refscale.errors import InputError
 #: image suffixes a folder archive is searched for
 ARCHIVE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
 #: longest side of the working images compared in the pixel stage (the LR compared is half of it)
-WORK_SIDE = 384
+WORK_SIDE = 256
+#: candidates registered with rotation too (the best by translation-only agreement); the rest by translation
+REFINE = 4
 #: default: the share of the new scene's footprint a candidate must cover
 MIN_OVERLAP = 0.5
 #: default: the most candidates whose pixels are read (after the metadata stage); None = all
@@ -326,10 +328,11 @@ def _cut(x: torch.Tensor, cand_bounds: tuple, new_bounds: tuple) -> torch.Tensor
     return x[..., y0:y1, x0:x1]
 
 
-def agreement(new_w: torch.Tensor, cand_w: torch.Tensor) -> tuple[float, tuple, float]:
+def agreement(new_w: torch.Tensor, cand_w: torch.Tensor, rotation: bool = True) -> tuple[float, tuple, float]:
     """``(agreement, shift, angle)``: the candidate (already at the new scene's working size)
-    registered to the new scene, then :func:`refscale.metrics.reference_agreement` of the new
-    scene's x2 LR with it."""
+    registered to the new scene (translation, and with ``rotation`` a small rotation:
+    :func:`refscale.registration.estimate_transform`), then :func:`refscale.metrics.reference_agreement`
+    of the new scene's x2 LR with it."""
     import warnings
 
     from refscale import ops, registration
@@ -337,7 +340,10 @@ def agreement(new_w: torch.Tensor, cand_w: torch.Tensor) -> tuple[float, tuple, 
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        shift, angle = registration.estimate_transform(new_w, cand_w)
+        if rotation:
+            shift, angle = registration.estimate_transform(new_w, cand_w)
+        else:
+            shift, angle = registration.estimate_shift(new_w, cand_w), 0.0
         moved = registration.apply_shift(cand_w, shift, angle) if not registration.is_none(shift) or angle else cand_w
     lr = ops.bicubic_down(new_w, 2)
     a = reference_agreement(lr, moved, 2)
@@ -391,7 +397,7 @@ def _why(c: Candidate) -> str:
 
 def select_reference(new, archive, *, date=None, bounds=None, min_overlap: float = MIN_OVERLAP,
                      min_agreement: float | None = None, max_pixels: int | None = MAX_PIXELS,
-                     work_side: int = WORK_SIDE, cache: dict | None = None) -> Selection:
+                     work_side: int = WORK_SIDE, refine: int = REFINE, cache: dict | None = None) -> Selection:
     """Rank the archive's candidates for the new scene ``new`` (a path) and choose one (module doc).
 
     ``archive``: a folder, a STAC catalog path, or a list of :class:`Candidate` (from
@@ -401,6 +407,7 @@ def select_reference(new, archive, *, date=None, bounds=None, min_overlap: float
     import time
 
     from refscale import pipeline
+    from refscale.metrics import to_uint8
 
     t0 = time.perf_counter()
     if min_agreement is None:
@@ -434,13 +441,15 @@ def select_reference(new, archive, *, date=None, bounds=None, min_overlap: float
         new_px, _ = _read_pixels(new_c.path)
         new_c.fingerprint = pipeline.fingerprint(new_px)
         new_w = _working(new_px, work_side)
+        work = {}
         for c in live:
             key = str(c.path)
             if key not in cache:
                 px, valid = _read_pixels(c.path)
-                cache[key] = (px, valid, pipeline.fingerprint(px))
+                cache[key] = (to_uint8(px), valid, pipeline.fingerprint(px))  # 8-bit: a quarter of the memory
                 n_read += 1
             px, valid, c.fingerprint = cache[key]
+            px = px.float() / 255.0
             if c.valid is None:
                 c.valid = valid
                 c.scores["valid"] = valid
@@ -448,8 +457,17 @@ def select_reference(new, archive, *, date=None, bounds=None, min_overlap: float
                 c.reason = "identical to the new scene (same fingerprint)"
                 continue
             part = _cut(px, c.bounds, new_c.bounds) if c.georeferenced and new_c.bounds is not None and c.bounds else px
-            a, shift, angle = agreement(new_w, _working(part, size=tuple(new_w.shape[-2:])))
-            c.scores.update(agreement=a, shift=[round(v, 2) for v in shift], angle=round(angle, 2))
+            work[id(c)] = _working(part, size=tuple(new_w.shape[-2:]))
+            a, shift, angle = agreement(new_w, work[id(c)], rotation=False)
+            c.scores.update(agreement=a, shift=[round(v, 2) for v in shift], angle=0.0)
+        # the best few by translation alone are registered with rotation too (docs/archive.md)
+        pending = sorted((c for c in live if c.reason is None), key=lambda c: -c.scores["agreement"])
+        for c in pending[:refine]:
+            a, shift, angle = agreement(new_w, work[id(c)], rotation=True)
+            if a > c.scores["agreement"]:
+                c.scores.update(agreement=a, shift=[round(v, 2) for v in shift], angle=round(angle, 2))
+        for c in pending:
+            a = c.scores["agreement"]
             if a < min_agreement:
                 c.reason = f"agreement {a:.3f} < {min_agreement:g} after registration: another place or view"
                 continue
