@@ -48,6 +48,9 @@ DEFAULT_RETRIES = 2
 #: the file MARKER does not exist yet; it is created first), to test recovery from a lost worker
 CRASH_ONCE_ENV = "REFSCALE_BATCH_CRASH_ONCE"
 
+#: what refscale's atomic writes name their temporary files: ``.<output name>.<random><suffix>``
+TEMPORARY_SUFFIXES = (".tmp", ".tmp.tif", ".cog.tif", ".probe")
+
 _MODELS: dict = {}  # per worker process: model spec -> loaded model
 _THREADS: list = []  # per worker process: the torch thread count set once
 _ARCHIVES: dict = {}  # per worker process: archive path -> candidates, pixel cache
@@ -98,7 +101,8 @@ def job_done(job: dict, kind: str) -> bool:
 
 
 def stale_temporaries(jobs: list[dict]) -> list[Path]:
-    """Temporary files an interrupted atomic write left beside the outputs (``.<name>.*.tmp``)."""
+    """Temporary files an interrupted atomic write left beside the outputs (``.<name>.*.tmp`` and
+    the like, :data:`TEMPORARY_SUFFIXES`)."""
     out = []
     by_folder: dict[Path, set] = {}
     for j in jobs:
@@ -110,10 +114,10 @@ def stale_temporaries(jobs: list[dict]) -> list[Path]:
         if not folder.is_dir():
             continue
         for f in folder.iterdir():
-            if f.name.startswith(".") and f.name.endswith(".tmp"):
-                base = f.name[1:].rsplit(".", 2)[0]
-                if base in names:
-                    out.append(f)
+            if not f.name.startswith(".") or not f.name.endswith(TEMPORARY_SUFFIXES):
+                continue
+            if any(f.name.startswith(f".{n}.") for n in names):
+                out.append(f)
     return out
 
 

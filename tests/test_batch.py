@@ -89,6 +89,34 @@ def test_local_cluster_encode_decode_and_resume(tmp_path, capsys, cluster):
     _check_once(out, [f"s{i:02d}" for i in range(4)])
 
 
+def test_ref_archive_on_the_cluster(tmp_path, capsys, cluster):
+    """batch encode --ref-archive chooses each scene's reference on the workers; batch decode
+    --ref-archive finds it again by the fingerprint the container records."""
+    new, arc = tmp_path / "new", tmp_path / "archive"
+    new.mkdir()
+    arc.mkdir()
+    hr, ref = synthetic_revisit_pair(64, 64, seed=0)
+    Image.fromarray(hr).save(new / "s0.png")
+    Image.fromarray(ref).save(arc / "old0.png")
+    rng = np.random.default_rng(5)  # s1: a scene of another kind, from elsewhere
+    blocks = np.kron(rng.random((8, 8, 3)), np.ones((8, 8, 1))) * 0.8 + rng.random((64, 64, 3)) * 0.2
+    Image.fromarray((blocks * 255).astype(np.uint8)).save(new / "s1.png")
+    addr = cluster.scheduler_address
+    out = tmp_path / "out"
+    code = main(["batch", "encode", str(new), "-o", str(out), "-m", "refscale-x2", "--no-verify", "--ref-archive", str(arc),
+                 "--fallback-model", "bicubic-x2", "--scheduler", addr])
+    assert code == 0, capsys.readouterr().err
+    rep = _report(out / "batch-encode-report.json")
+    by = {r["name"]: r for r in rep["results"]}
+    assert by["s0"]["selection"]["chosen"] == "old0.png" and by["s0"]["model"] == "refscale-x2"
+    assert by["s1"]["selection"]["chosen"] is None and by["s1"]["model"] == "bicubic-x2"
+    assert json.loads((out / "s0.rsc.ref.json").read_text())["reference"] == "old0.png"
+    code = main(["batch", "decode", str(out), "-o", str(tmp_path / "back"), "--ref-archive", str(arc), "--scheduler", addr])
+    assert code == 0, capsys.readouterr().err
+    rows = {r["name"]: r for r in _report(tmp_path / "back" / "batch-decode-report.json")["results"]}
+    assert Path(rows["s0"]["reference"]).name == "old0.png" and rows["s1"]["reference"] is None
+
+
 def test_corrupt_scene_and_lost_worker(tmp_path, capsys, monkeypatch):
     """The command's own LocalCluster of two workers. A corrupt input is listed with its one-line
     error while the others finish; a worker killed
