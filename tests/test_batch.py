@@ -108,8 +108,8 @@ def test_ref_archive_on_the_cluster(tmp_path, capsys, cluster):
     assert code == 0, capsys.readouterr().err
     rep = _report(out / "batch-encode-report.json")
     by = {r["name"]: r for r in rep["results"]}
-    assert by["s0"]["selection"]["chosen"] == "old0.png" and by["s0"]["model"] == "refscale-x2"
-    assert by["s1"]["selection"]["chosen"] is None and by["s1"]["model"] == "bicubic-x2"
+    assert by["s0"]["selection"]["chosen"] == "old0.png" and by["s0"]["model"].startswith("refscale-x2")
+    assert by["s1"]["selection"]["chosen"] is None and by["s1"]["model"].startswith("bicubic-x2")
     assert json.loads((out / "s0.rsc.ref.json").read_text())["reference"] == "old0.png"
     code = main(["batch", "decode", str(out), "-o", str(tmp_path / "back"), "--ref-archive", str(arc), "--scheduler", addr])
     assert code == 0, capsys.readouterr().err
