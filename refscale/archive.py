@@ -607,7 +607,7 @@ def encode_jobs(src, output, model, archive, lr_out=None, fallback_model=None, s
         if sel.chosen is None:
             if fallback_model is None:
                 raise InputError(f"{name}: no suitable reference in the archive {archive} "
-                                 "(--fallback-model codes such scenes with a model that takes none)")
+                                 "(without --refuse-without-ref such scenes are coded with a model that takes none)")
             m = fallback_model
         ref = None if sel.chosen is None else sel.chosen.path
         result.append((files.Job(name, Path(hr), ref, target, lr_target), m, sel))

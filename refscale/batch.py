@@ -206,8 +206,7 @@ def _encode(job: dict, opts: dict, row: dict, force: bool) -> None:
                             "fingerprint": None if sel.chosen is None else sel.chosen.fingerprint}
         if sel.chosen is None:
             if not opts.get("fallback_model"):
-                raise InputError("no suitable reference in the archive (give --fallback-model to code such scenes "
-                                 "with a model that takes none)")
+                raise InputError("no suitable reference in the archive (refused: --refuse-without-ref)")
             model = _model(opts["fallback_model"])
             ref = None
         else:

@@ -302,7 +302,9 @@ def _add_archive_options(parser, kind: str) -> None:
                                  "recorded in OUTPUT.ref.json, its fingerprint in the container")
         parser.add_argument("--fallback-model", default=None, metavar="MODEL",
                             help="with --ref-archive: code a scene that has no suitable reference with this model (one "
-                                 "that takes none, e.g. fgrn-x2-oscd); default: refuse such a scene")
+                                 "that takes none, e.g. fgrn-x2-oscd; default bicubic at the model's scale)")
+        parser.add_argument("--refuse-without-ref", action="store_true",
+                            help="with --ref-archive: refuse a scene that has no suitable reference instead")
     else:
         parser.add_argument("--ref-archive", default=None, metavar="DIR|catalog.json",
                             help="find each container's reference in this archive by the fingerprint it records")
@@ -361,7 +363,8 @@ def cmd_encode(args) -> int:
 
         if args.ref:
             raise InputError("--ref and --ref-archive exclude each other")
-        fallback = _load_model(args.fallback_model) if args.fallback_model else None
+        name = _fallback_name(args, model)
+        fallback = _load_model(name) if name else None
         if fallback is not None and fallback.needs_reference:
             raise InputError(f"--fallback-model {args.fallback_model} needs a reference itself; choose one that takes none")
         chosen = archive.encode_jobs(args.input, args.output, model, args.ref_archive, lr_out=args.lr_out,
@@ -650,11 +653,11 @@ def cmd_batch(args) -> int:
         codecs.require(codec)
         quality = codecs.check_quality(codec, args.quality)
         if args.ref_archive:  # references come from the archive, chosen on the workers
-            if args.fallback_model:
-                fb = load(args.fallback_model)
-                if fb.needs_reference:
-                    raise InputError(f"--fallback-model {args.fallback_model} needs a reference itself")
-                opts["fallback_model"] = args.fallback_model
+            name = _fallback_name(args, model)
+            if name:
+                if load(name).needs_reference:
+                    raise InputError(f"--fallback-model {name} needs a reference itself")
+                opts["fallback_model"] = name
             jobs = files.encode_jobs(args.input, out, _NoReference(model), lr_out=args.lr_out, codec=None)
         else:
             jobs = files.encode_jobs(args.input, out, model, ref=args.ref, lr_out=args.lr_out, codec=codec)
@@ -670,6 +673,19 @@ def cmd_batch(args) -> int:
         _error(f"{f['name']}: {f['error']}")
     print(batch.summary_line(result) + f"; report {report}")
     return 2 if result["failed"] or result["missing"] else 0
+
+
+def _fallback_name(args, model) -> str | None:
+    """The model for scenes without a suitable reference: --fallback-model, else bicubic at the
+    model's scale where the catalogue has it; None with --refuse-without-ref."""
+    if args.refuse_without_ref:
+        return None
+    if args.fallback_model:
+        return args.fallback_model
+    from refscale.zoo import architectures
+
+    name = f"bicubic-x{model.scale}"
+    return name if name in architectures() else None
 
 
 class _NoReference:

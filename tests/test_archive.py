@@ -183,8 +183,8 @@ def test_encode_decode_with_ref_archive(scenes, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     assert (tmp_path / "a.png").is_file()
     # a scene without a suitable reference: refused, or coded with the fallback model
-    code = main(["encode", str(scenes["new"] / "d.png"), "--ref-archive", str(scenes["plain"]), "-o", str(tmp_path / "d.rsc")])
-    assert code == 2 and "no suitable reference" in capsys.readouterr().err
     code = main(["encode", str(scenes["new"] / "d.png"), "--ref-archive", str(scenes["plain"]), "-o", str(tmp_path / "d.rsc"),
-                 "--fallback-model", "bicubic-x2"])
+                 "--refuse-without-ref"])
+    assert code == 2 and "no suitable reference" in capsys.readouterr().err
+    code = main(["encode", str(scenes["new"] / "d.png"), "--ref-archive", str(scenes["plain"]), "-o", str(tmp_path / "d.rsc")])
     assert code == 0 and Packet.from_bytes((tmp_path / "d.rsc").read_bytes()).model == "bicubic-x2"
