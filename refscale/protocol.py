@@ -165,9 +165,10 @@ class Rescaler(nn.Module):
 
     def export_graphs(self) -> ExportGraphs:
         """The maps ``refscale.onnx`` exports (:class:`ExportGraphs`). It calls this on a float32,
-        eval-mode copy of the model made for the export, which this may prepare (fp32 arithmetic,
-        precomputed weights). Default: ``downscale`` and ``upscale`` themselves, for models that
-        draw no randomness; stochastic models override it to take ``z`` as an input."""
+        eval-mode copy of the model made for the export, which an override may change to prepare
+        it (fp32 arithmetic, precomputed weights): call it on such a copy only. Default:
+        ``downscale`` and ``upscale`` themselves, for models that draw no randomness; stochastic
+        models override it to take ``z`` as an input."""
         if self.export_refusal:
             raise ModelError(f"{self.name} cannot be exported to ONNX: {self.export_refusal}")
         if self.stochastic:

@@ -381,7 +381,8 @@ class RefScaleNet(LatentTraining, FastInference, Rescaler):
     def export_graphs(self) -> ExportGraphs:
         """Encoder: ``downscale``; decoder: ``upscale`` with the latent as the input ``z`` and the
         condition from :meth:`receiver_condition`; fp32, the 1x1 convolutions precomputed
-        (:func:`refscale.nn.invertible.fix_conv1x1`). The branches on shapes in the resizing depend
+        (:func:`refscale.nn.invertible.fix_conv1x1`, which changes this model: the export calls
+        this on its copy). The branches on shapes in the resizing depend
         only on size ratios, the same for every aligned tile, so one trace fits all sizes."""
         self.set_speed()
         fix_conv1x1(self)

@@ -36,8 +36,7 @@ def require_onnx():
 def refusal(cls: type, name: str) -> str | None:
     """Why an architecture (a :class:`Rescaler` class) is refused before a model is built
     (``export_refusal``: TADM, inter-*); else None."""
-    reason = getattr(cls, "export_refusal", None)
-    return f"{name} cannot be exported to ONNX: {reason}" if reason else None
+    return f"{name} cannot be exported to ONNX: {cls.export_refusal}" if cls.export_refusal else None
 
 
 def unsupported_reason(model: Rescaler) -> str | None:
@@ -69,7 +68,8 @@ def model_graphs(model: Rescaler) -> tuple[Rescaler, ExportGraphs]:
 
 class FlatEncoder(nn.Module):
     """``(hr[, ref]) -> lr`` or ``(lr, *side)`` in the order of ``side_names``: the encoder graph
-    with ONNX's positional outputs."""
+    with ONNX's positional outputs. The model (and an ``nn.Module`` graph) are submodules, so
+    their weights become the graph's initializers."""
 
     def __init__(self, model: Rescaler, encoder: Callable, side_names: list[str]):
         super().__init__()
