@@ -12,7 +12,7 @@ inter-* are listed as not exportable) both graphs are exported (dynamic H/W, ops
 * ``smap !=``: share of similarity-map levels that differ (RefScale);
 * ``HR max|d|``: max |d| of the decoder given the same 8-bit LR, map, reference and z;
 * ``PSNR-Y``: end to end, (refscale encode -> refscale decode) and (ONNX encoder on board ->
-  ``refscale.export.wrap`` -> ``.rsc`` -> refscale decode), mean over tiles, seed 0, t = 1, with
+  ``refscale.onnx.wrap`` -> ``.rsc`` -> refscale decode), mean over tiles, seed 0, t = 1, with
   ``register=False`` (the on-board loop does not register); ``d dB`` = ONNX - PyTorch;
 * speed: HR Mpx/s of one ``--size`` tile, median of ``--reps`` after a warm-up, encoder and
   decoder, ONNX Runtime (CPU provider, fp32) vs PyTorch fp32 and bf16 autocast + channels_last
@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from refscale import export, metrics, pipeline, zoo
+from refscale import metrics, pipeline, zoo
+from refscale import onnx as export
 from refscale.container import Packet
 from refscale.data import discover
 from refscale.imageio import read_image
@@ -175,7 +176,7 @@ def main(argv=None) -> int:
 
     result["onnxruntime"] = onnxruntime.__version__
     for name, spec in zoo.architectures().items():
-        reason = export.refusal(spec.cls.arch, name)
+        reason = export.refusal(spec.cls, name)
         if reason:
             result["not_exportable"][name] = reason
     with tempfile.TemporaryDirectory() as tmp:

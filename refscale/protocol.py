@@ -29,6 +29,10 @@ Conventions (docs/design.md, "Conventions"):
 * ``upscale`` must accept the 8-bit-rounded LR (and a lossily coded one) and the side
   information exactly as ``downscale`` produced it; randomness only through
   ``generator`` so that equal seeds give equal pixels.
+
+ONNX export (``refscale.onnx``) goes through the protocol too: :meth:`Rescaler.export_graphs`
+gives the two traceable maps (:class:`ExportGraphs`), by default ``downscale`` and ``upscale``
+themselves; :attr:`Rescaler.export_refusal` says why a model cannot be exported.
 """
 from __future__ import annotations
 
@@ -75,6 +79,31 @@ def register(name: str, *, weights: str | None = None, **defaults: Any) -> Calla
     return add
 
 
+# ----------------------------------------------------------------------------- export graphs
+@dataclass
+class ExportGraphs:
+    """The two maps of a model that ``refscale.onnx`` traces (:meth:`Rescaler.export_graphs`).
+
+    * ``encoder(hr, ref) -> (lr, side)``: as ``downscale`` (``lr`` before 8-bit rounding);
+    * ``decoder(lr, side, ref, z) -> hr``: as ``upscale``, with its randomness as the input
+      ``z [N, z_channels, H/s, W/s]``, the latent ``upscale`` draws
+      (:func:`refscale.nn.invertible.sample_latent`: ``temperature * N(0, 1)``); ``z`` is None
+      when ``z_channels`` is 0, ``ref`` None for models without a reference.
+
+    Both must trace to the same graph for every aligned size: no data-dependent Python branches
+    (the checks of the inputs stay in the ground-side pipeline). ``nn.Module`` maps are
+    registered in the exported module, so their buffers become the graph's weights.
+    ``side_levels``: the number of integer levels of a side tensor (metadata); ``min_side``: the
+    smallest HR side the graphs take (None: the model's alignment).
+    """
+
+    encoder: Callable
+    decoder: Callable
+    z_channels: int = 0
+    side_levels: dict[str, int] = field(default_factory=dict)
+    min_side: int | None = None
+
+
 # ----------------------------------------------------------------------------- the product path
 _PIPELINE: dict[str, Callable] = {}
 
@@ -101,6 +130,9 @@ class Rescaler(nn.Module):
     stochastic: bool = False
     #: the LR codec a packet is written with unless the caller names one (``refscale.codecs``)
     default_codec: str = "png"
+    #: why the architecture cannot be exported to ONNX (the end of one sentence), or None; read
+    #: from the class, before a model is built
+    export_refusal: str | None = None
 
     def __init__(self, scale: int, **config: Any):
         super().__init__()
@@ -130,6 +162,19 @@ class Rescaler(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         raise NotImplementedError
+
+    def export_graphs(self) -> ExportGraphs:
+        """The maps ``refscale.onnx`` exports (:class:`ExportGraphs`). It calls this on a float32,
+        eval-mode copy of the model made for the export, which an override may change to prepare
+        it (fp32 arithmetic, precomputed weights): call it on such a copy only. Default:
+        ``downscale`` and ``upscale`` themselves, for models that draw no randomness; stochastic
+        models override it to take ``z`` as an input."""
+        if self.export_refusal:
+            raise ModelError(f"{self.name} cannot be exported to ONNX: {self.export_refusal}")
+        if self.stochastic:
+            raise ModelError(f"{self.name} cannot be exported to ONNX: its upscale draws randomness and "
+                             f"{type(self).__name__} gives no export graphs that take it as an input")
+        return ExportGraphs(self.downscale, lambda lr, side, ref, z: self.upscale(lr, side, ref))
 
     def training_losses(self, hr: torch.Tensor, ref: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Loss terms for one training batch; must contain ``"total"`` (what is minimised)."""
