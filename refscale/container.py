@@ -216,8 +216,7 @@ class Packet:
             return self.fit(self.codec if codec is None else codec, max_bytes)[0]
         if codec is None:
             codec, quality = self.codec, (self.quality if quality is None else quality)
-        codec = codecs.canonical(codec)
-        quality = codecs.check_quality(codec, quality)
+        codec, quality = codecs.resolve(codec, quality)
         header, side_blobs = self._header_and_side(codec)
         # the header records the quality used (a lossy codec's default, e.g. JPEG 95, when none is given)
         return _assemble(header, codecs.effective_quality(codec, quality), self._lr_bitstream(codec, quality), side_blobs)

@@ -138,8 +138,7 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
     if scene is None:
         hr = _image(hr.tensor if isinstance(hr, raster.RasterImage) else hr, "image")
     size = tuple(hr.shape[-2:]) if scene is None else scene.size
-    codec = codecs.canonical(codec, model.default_codec)
-    quality = codecs.check_quality(codec, quality)
+    codec, quality = codecs.resolve(codec, quality, model.default_codec)
     ref, ref_hash = _reference(model, ref, size, codec, record, windowed=scene is not None, progress=progress)
     ref_given = ref
     if isinstance(ref, torch.Tensor):
