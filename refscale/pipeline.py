@@ -203,7 +203,7 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
                           "memory)", stacklevel=2)
         else:
             hr_p = tiling.read_windows(read_hr, [tiling.Window(0, 0, (0, padded[0], 0, padded[1]))], padded)
-            _verify(model, packet, hr_p, ref_given, resample_ref, progress)
+            packet = _verify(model, packet, hr_p, ref_given, resample_ref, progress)
     return packet
 
 
@@ -247,9 +247,9 @@ def _block_errors(x: torch.Tensor, hr: torch.Tensor, size: tuple[int, int], bloc
     return per_block(sq), per_block(off)
 
 
-def _verify(model: Rescaler, packet: Packet, hr_p: torch.Tensor, ref, resample_ref: bool, progress: bool) -> None:
+def _verify(model: Rescaler, packet: Packet, hr_p: torch.Tensor, ref, resample_ref: bool, progress: bool) -> Packet:
     """The verifying encoder (module doc): decode ``packet`` as the receiver will, fall back to
-    bicubic block by block where the model is worse, and record the modes and a report in it."""
+    bicubic block by block where the model is worse; the packet with the modes and a report."""
     import time
 
     start = time.perf_counter()
@@ -287,17 +287,17 @@ def _verify(model: Rescaler, packet: Packet, hr_p: torch.Tensor, ref, resample_r
     else:  # still failing after the last round: the whole image goes to bicubic
         fallback[:] = True
         lr, (sq_m, off_m) = attempt(fallback)
-    packet.lr = lr
-    packet.verification = Verification(block, 0, DEFAULT_TEMPERATURE, fallback)
     psnr_m = _psnr_from(sq_m, px)
     k = int(np.argmin(np.where(px > 0, psnr_m, np.inf)))
     total = lambda sq: float(10 * np.log10(255.0**2 * 3 * px.sum() / max(sq.sum(), 1e-12)))  # noqa: E731
-    packet.verify_report = {
+    report = {
         "blocks": int(fallback.size), "fallback_blocks": int(fallback.sum()), "block": block, "rounds": rounds,
         "psnr_rgb": total(sq_m), "bicubic_psnr_rgb": total(sq_b),
         "worst_block_psnr_rgb": float(psnr_m.flat[k]), "bicubic_there": float(_psnr_from(sq_b, px).flat[k]),
         "seconds": time.perf_counter() - start,
     }
+    return dataclasses.replace(packet, lr=lr, verification=Verification(block, 0, DEFAULT_TEMPERATURE, fallback),
+                               verify_report=report)
 
 
 def _block_pixels(size: tuple[int, int], block: int) -> np.ndarray:
@@ -375,8 +375,7 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float | None = Non
             lr_ref = lr_reference(ref, model.alignment, s)
             if lr_ref.shape[:2] != (padded[0] // s, padded[1] // s):
                 raise ContainerError(f"padded size {padded[1]}x{padded[0]} in the container does not match the model's alignment")
-            packet = dataclasses.replace(packet)
-            packet.decode_lr(lr_ref, exact=same)
+            packet = packet.with_lr(lr_ref, exact=same)  # a new packet: the caller's is left as it is
         ref = registration.apply_shift(ref, registration.from_units(packet.ref_shift),
                                        registration.rotation_from_units(packet.ref_rotation)) if model.needs_reference else None
     if _round_up(size[0], model.alignment) != padded[0] or _round_up(size[1], model.alignment) != padded[1]:

@@ -9,6 +9,8 @@ The toy models are defined here and imported by test_cli.py and test_fuzz.py:
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import hashlib
 import subprocess
 import sys
@@ -245,11 +247,11 @@ def test_packet_whose_side_info_does_not_fit_the_model_is_refused():
     model = ToyRef()
     hr, ref = pair(16, 16)
     packet = model.encode(hr, ref)
-    packet.side = {"other": packet.side["smap"]}
+    packet = replace(packet, side={"other": packet.side["smap"]})
     with pytest.raises(ContainerError, match="does not match model"):
         model.decode(packet, ref)
     packet = model.encode(hr, ref)
-    packet.side["smap"] = np.zeros((1, 2, 4, 4), np.uint8)
+    packet = replace(packet, side={"smap": np.zeros((1, 2, 4, 4), np.uint8)})
     with pytest.raises(ContainerError, match="smap"):
         model.decode(packet, ref)
 
