@@ -130,9 +130,9 @@ def speed(model, paths: dict[str, Path], hr, ref, reps: int) -> dict:
             np_feed = {k: v.numpy() for k, v in feed.items()}
             out[f"{part}/onnx/{threads}"] = mpx / timed(lambda: g.session.run(None, np_feed), reps)
             for prec in ("fp32", "bf16"):
-                if not hasattr(model, "set_speed") and prec == "bf16":
+                if not model.supports_bf16 and prec == "bf16":
                     continue
-                if hasattr(model, "set_speed"):
+                if model.supports_bf16:
                     model.set_speed(bf16=prec == "bf16", channels_last=prec == "bf16")
                 gen = torch.Generator()
                 with torch.no_grad():
@@ -142,7 +142,7 @@ def speed(model, paths: dict[str, Path], hr, ref, reps: int) -> dict:
                         sd = {k: feed[k] for k in sig.side}
                         fn = lambda: model.upscale(feed["lr"], sd, r, generator=gen.manual_seed(0))  # noqa: E731
                     out[f"{part}/{prec}/{threads}"] = mpx / timed(fn, reps)
-                if hasattr(model, "set_speed"):
+                if model.supports_bf16:
                     model.set_speed(False, False)
     torch.set_num_threads(old)
     return out

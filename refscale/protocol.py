@@ -4,9 +4,8 @@ This module imports nothing of refscale but its errors. Above it, in this order:
 (``refscale.models``, each class registered with :func:`register` next to its definition), the
 catalogue and weights (``refscale.zoo``), the product path (``refscale.pipeline``,
 ``refscale.evaluate``), the CLI on top. Nothing here imports upwards: the convenience methods
-:meth:`Rescaler.encode` / :meth:`Rescaler.decode` call the pipeline that
-``refscale.pipeline`` binds with :func:`bind_pipeline` when it is imported (importing the
-``refscale`` package does that).
+:meth:`Rescaler.encode` / :meth:`Rescaler.decode` look ``refscale.pipeline`` up by name when
+they are called (:func:`importlib.import_module`), a call upwards at run time, not an import.
 
 Every model (bicubic, IRN, RefScale, FGRN, TADM) is a :class:`Rescaler` (docs/design.md, "Python API"):
 
@@ -25,7 +24,12 @@ Conventions (docs/design.md, "Conventions"):
   in [0,1]; the pipeline rounds it to 8 bits before storing it;
 * ``side`` maps a name to an integer-valued tensor ``[N,C,h,w]`` whose spatial size
   divides the HR size exactly (e.g. RefScale's quantized similarity map); ``{}`` for
-  models without side information. The container stores it losslessly;
+  models without side information. The container stores it losslessly. A model declares its
+  side tensors with :meth:`Rescaler.side_spec` (name -> :class:`SideSpec`: channels, stride,
+  dtype); ``downscale`` must produce exactly those (the pipeline checks it, and the decoder
+  reads the declaration instead of running the model);
+* :attr:`Rescaler.supports_bf16` declares that the model can run its convolutions in bfloat16
+  (``set_speed``; :class:`refscale.nn.speed.FastInference` declares it);
 * ``upscale`` must accept the 8-bit-rounded LR (and a lossily coded one) and the side
   information exactly as ``downscale`` produced it; randomness only through
   ``generator`` so that equal seeds give equal pixels.
@@ -37,6 +41,7 @@ themselves; :attr:`Rescaler.export_refusal` says why a model cannot be exported.
 from __future__ import annotations
 
 import hashlib
+import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -46,6 +51,17 @@ from torch import nn
 from refscale.errors import ModelError
 
 Side = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SideSpec:
+    """One side tensor a model's ``downscale`` produces: ``[N, channels, H/stride, W/stride]`` of
+    torch ``dtype`` (its name, e.g. ``"uint8"``), integer-valued; ``stride`` divides the
+    model's alignment."""
+
+    channels: int
+    stride: int
+    dtype: str = "int64"
 
 
 # ----------------------------------------------------------------------------- registry
@@ -104,21 +120,6 @@ class ExportGraphs:
     min_side: int | None = None
 
 
-# ----------------------------------------------------------------------------- the product path
-_PIPELINE: dict[str, Callable] = {}
-
-
-def bind_pipeline(encode: Callable, decode: Callable) -> None:
-    """Called by ``refscale.pipeline`` on import: the functions behind ``Rescaler.encode/decode``."""
-    _PIPELINE.update(encode=encode, decode=decode)
-
-
-def _pipeline(name: str) -> Callable:
-    if name not in _PIPELINE:  # only when refscale.protocol was imported without the refscale package
-        raise ModelError("the encode/decode pipeline is not loaded; import refscale first")
-    return _PIPELINE[name]
-
-
 class Rescaler(nn.Module):
     """Base class of every rescaler. Subclasses set ``arch`` and implement the two maps."""
 
@@ -133,6 +134,9 @@ class Rescaler(nn.Module):
     #: why the architecture cannot be exported to ONNX (the end of one sentence), or None; read
     #: from the class, before a model is built
     export_refusal: str | None = None
+    #: True when the model can run in bfloat16 with channels_last: it then has ``set_speed(bf16=,
+    #: channels_last=)`` and the attributes ``bf16``, ``channels_last`` (:class:`refscale.nn.speed.FastInference`)
+    supports_bf16: bool = False
 
     def __init__(self, scale: int, **config: Any):
         super().__init__()
@@ -148,6 +152,10 @@ class Rescaler(nn.Module):
     def alignment(self) -> int:
         """HR height and width given to ``downscale`` are multiples of this."""
         return self.scale
+
+    def side_spec(self) -> dict[str, SideSpec]:
+        """The side tensors ``downscale`` produces (name -> :class:`SideSpec`); none by default."""
+        return {}
 
     def downscale(self, hr: torch.Tensor, ref: torch.Tensor | None = None) -> tuple[torch.Tensor, Side]:
         raise NotImplementedError
@@ -217,11 +225,17 @@ class Rescaler(nn.Module):
     # ------------------------------------------------------------------ product API
     def encode(self, hr, ref=None, **kwargs):
         """Downscale one image into a :class:`refscale.Packet` (see ``refscale.pipeline.encode``)."""
-        return _pipeline("encode")(self, hr, ref, **kwargs)
+        return _pipeline().encode(self, hr, ref, **kwargs)
 
     def decode(self, packet, ref=None, **kwargs):
         """Rebuild the HR image ``[1,3,H,W]`` from a packet (see ``refscale.pipeline.decode``)."""
-        return _pipeline("decode")(self, packet, ref, **kwargs)
+        return _pipeline().decode(self, packet, ref, **kwargs)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, scale={self.scale}, needs_reference={self.needs_reference}"
+
+
+def _pipeline():
+    """``refscale.pipeline``, looked up when a convenience method is called: the pipeline sits
+    above the protocol, so this module does not import it (tests/test_layering.py)."""
+    return importlib.import_module("refscale.pipeline")

@@ -87,3 +87,20 @@ def test_layers():
     for name in onnx:
         assert not graph[name] & (models | {"refscale.cli", "refscale.export", "refscale.evaluate", "refscale.zoo"}), name
     assert all("refscale.cli" not in edges for name, edges in graph.items() if name != "refscale.__main__")
+
+
+def test_one_tile_loop_below_the_pipeline():
+    """refscale.tiling (the Tiler of the encoder, decoder and on-board loop) sits below the
+    pipeline: it imports no model, container, pipeline or anything above them."""
+    graph = import_graph()
+    assert graph["refscale.tiling"] <= {"refscale.ops", "refscale.raster"}
+    assert "refscale.tiling" in graph["refscale.pipeline"] and "refscale.tiling" in graph["refscale.onnx.onboard"]
+
+
+def test_protocol_calls_the_pipeline_only_by_name():
+    """Rescaler.encode/decode reach the pipeline at call time (importlib, no import statement and
+    no binding of the pipeline into the protocol at import); nothing else is looked up that way."""
+    text = (ROOT / "protocol.py").read_text()
+    assert text.count("importlib.import_module(") == 1 and 'importlib.import_module("refscale.pipeline")' in text
+    assert "bind_pipeline" not in text and "bind_pipeline" not in (ROOT / "pipeline.py").read_text()
+

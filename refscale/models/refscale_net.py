@@ -96,7 +96,7 @@ from refscale.nn.layers import RRDB, init_convs
 from refscale.nn.losses import sum_charbonnier, sum_l2
 from refscale.nn.speed import FastInference
 from refscale.ops import levels_for_scale
-from refscale.protocol import ExportGraphs, Rescaler, register
+from refscale.protocol import ExportGraphs, Rescaler, SideSpec, register
 
 CONDITIONS = ("none", "reference", "similarity")
 #: constructor keys of removed switches, accepted (and dropped) only at their old default so that
@@ -269,6 +269,14 @@ class RefScaleNet(LatentTraining, FastInference, Rescaler):
         """Spatial size of the transmitted similarity map for an HR image of ``hr_size``."""
         f = self.cond_stride * 2**self.smap_down
         return hr_size[0] // f, hr_size[1] // f
+
+    def side_spec(self) -> dict[str, SideSpec]:
+        """The quantized similarity map ``smap`` (one channel at the map's stride), with the
+        similarity condition only."""
+        if self.condition_kind != "similarity":
+            return {}
+        dtype = "uint8" if self.levels_q <= 256 else "int16"  # as quantize_smap gives it
+        return {"smap": SideSpec(1, self.cond_stride * 2**self.smap_down, dtype)}
 
     # ------------------------------------------------------------------ similarity map
     def quantize_smap(self, s: torch.Tensor, training: bool) -> torch.Tensor:

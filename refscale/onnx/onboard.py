@@ -1,17 +1,16 @@
 """The on-board loop with an exported encoder (:func:`onboard_encode`: pad, tile, run the graph,
-stitch the cores, as :func:`refscale.pipeline.encode` does) and its hand-over file to the ground
+stitch the cores, with the :class:`refscale.tiling.Tiler` of :func:`refscale.pipeline.encode`) and its hand-over file to the ground
 (:class:`OnboardOutput`), which :func:`refscale.onnx.wrap.wrap_files` reads."""
 from __future__ import annotations
 
 import os
 import time
-import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from refscale import ops, pipeline, tiling
+from refscale import pipeline, tiling
 from refscale.errors import InputError, ModelError
 from refscale.onnx.runtime import Graph
 
@@ -82,35 +81,32 @@ def onboard_encode(graph: Graph | str | os.PathLike, hr, ref=None, *, tile: int 
             raise InputError(f"reference is {ref.shape[-2]}x{ref.shape[-1]} but the image is {size[0]}x{size[1]}")
     else:
         ref = None
-    hr_p = ops.pad_to_multiple(hr, align)[0]
-    ref_p = ops.pad_to_multiple(ref, align)[0] if ref is not None else None
-    padded = tuple(hr_p.shape[-2:])
-    layout = pipeline._layout(types.SimpleNamespace(alignment=align, scale=s, name=meta["model"]), padded, tile, overlap)
-    (wh, ww), windows = tiling.grid(padded, *layout, align)
+    padded = (-(-size[0] // align) * align, -(-size[1] // align) * align)
+    read_hr = tiling.memory_reader(hr, None, align)
+    read_ref = tiling.memory_reader(ref, None, align) if ref is not None else None
+    tiler = pipeline.layout(padded, align, s, tile, overlap)
+    wh, ww = tiler.window_size
     fixed = int(meta.get("tile") or 0)
     if fixed and (wh, ww) != (fixed, fixed):
         raise InputError(f"{g.path.name} takes {fixed}x{fixed} windows only; this image and layout give {wh}x{ww} "
                          "(export with a dynamic size, or choose tile/overlap)")
     if min(wh, ww) < int(meta.get("min_side", 1)):
         raise InputError(f"windows of {wh}x{ww} are smaller than the graph's minimum side {meta['min_side']}")
-    lr = np.zeros((1, 3, padded[0] // s, padded[1] // s), np.float32)
+    lr = np.zeros((1, 3, *tiler.map_size(s)), np.float32)
     side: dict[str, np.ndarray] = {}
     t0 = time.perf_counter()
-    for w in windows:
-        feed = {"hr": hr_p[..., w.y:w.y + wh, w.x:w.x + ww]}
-        if ref_p is not None:
-            feed["ref"] = ref_p[..., w.y:w.y + wh, w.x:w.x + ww]
+    for w in tiler.windows:  # one window per run: the graph's batch is what flight software feeds
+        feed = {"hr": tiler.read(read_hr, [w])}
+        if read_ref is not None:
+            feed["ref"] = tiler.read(read_ref, [w])
         out = g.run(**feed)
-        y0, y1, x0, x1 = w.core
-        lr[..., y0 // s:y1 // s, x0 // s:x1 // s] = out["lr"][..., (y0 - w.y) // s:(y1 - w.y) // s, (x0 - w.x) // s:(x1 - w.x) // s]
+        tiler.stitch(lr, out["lr"], [w], s)
         for name, t in out.items():
             if name == "lr":
                 continue
-            st = wh // t.shape[-2]
+            st = wh // t.shape[-2]  # the graph's metadata names no strides: read from the shape
             if name not in side:
-                side[name] = np.zeros((1, t.shape[1], padded[0] // st, padded[1] // st), t.dtype)
-            side[name][..., y0 // st:y1 // st, x0 // st:x1 // st] = \
-                t[..., (y0 - w.y) // st:(y1 - w.y) // st, (x0 - w.x) // st:(x1 - w.x) // st]
+                side[name] = np.zeros((1, t.shape[1], *tiler.map_size(st)), t.dtype)
+            tiler.stitch(side[name], t, [w], st)
     seconds = time.perf_counter() - t0
-    tiles = {"tile": layout[0], "overlap": layout[1]} if len(windows) > 1 else None
-    return OnboardOutput(lr, side, size, padded, tiles, seconds)
+    return OnboardOutput(lr, side, size, padded, tiler.record, seconds)

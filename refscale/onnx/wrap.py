@@ -72,10 +72,9 @@ def wrap(lr, side: dict[str, Any] | None, meta: dict[str, Any] | str | os.PathLi
         ref_hash = None
     from refscale import codecs
 
-    codec = codecs.canonical(codec, c.get("codec", "png"))
+    codec, quality = codecs.resolve(codec, quality, c.get("codec", "png"))
     if codecs.needs_reference(codec):
         raise InputError(f"wrap writes intra LR codecs only, not {codec}")
-    quality = codecs.check_quality(codec, quality)
     return Packet(model=str(meta["model"]), weights_hash=str(meta["weights_hash"]), scale=s, size=size,
                   padded_size=padded, tiles=tiles, lr=lr_u8, side={k: _smallest(k, v) for k, v in side.items()},
                   side_dtypes=dict(c.get("side_dtypes", {})), precision=str(c.get("precision", "fp32")),
