@@ -43,6 +43,7 @@ from PIL import Image
 
 VAL_CITIES = ["aguasclaras", "bordeaux"]
 NAIP_VAL = ["2019-09-04", "2020-08-31"]
+DEFAULT_QUALITIES = [30, 42, 54, 66, 78]  # CRF 36, 30, 24, 18, 11: ~0.03-2.5 bpp at scale 1 on OSCD
 FIELDS = ["hr", "ref", "name", "repeat", "coded", "quality", "scale", "bpp", "bytes", "payload", "split"]
 
 
@@ -97,7 +98,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True, help="folder holding oscd/ and extra/naip-series/")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--scales", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--qualities", type=int, nargs="+", default=[30, 42, 54, 66, 78])
+    ap.add_argument("--qualities", type=int, nargs="+", default=DEFAULT_QUALITIES)
     ap.add_argument("--crop", type=int, default=512, help="largest crop side in HR px (0: whole images)")
     ap.add_argument("--naip-pairs", type=int, default=8)
     ap.add_argument("--codec", default="hevc-inter")

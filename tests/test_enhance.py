@@ -171,3 +171,23 @@ def test_cli_round_trip(tmp_path, capsys):
     want = pipeline.decode(model, (tmp_path / "s.rsc").read_bytes(), ref)
     assert np.array_equal(out, torch.round(want[0] * 255).to(torch.uint8).permute(1, 2, 0).numpy())
     assert Packet.from_bytes((tmp_path / "s.rsc").read_bytes()).codec == "hevc-inter"
+
+
+def test_configs_hold_out_every_cached_validation_row():
+    """The training configs list every validation row the cache builder writes (an unlisted one
+    would be trained on) and the crops fit the model."""
+    import importlib.util
+    from pathlib import Path
+
+    from refscale.train.config import load_file
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("build_codec_cache", root / "scripts" / "build_codec_cache.py")
+    cache = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cache)
+    for s in (1, 2):
+        cfg = load_file(root / "configs" / f"enhance-x{s}-hevc-cpu.yaml")
+        model = zoo.build(cfg["model"]["arch"], **cfg["model"]["config"])
+        assert cfg["data"]["coded"] and cfg["data"]["patch_size"] % model.alignment == 0
+        want = [f"{c}-fwd-q{q}" for c in cache.VAL_CITIES for q in cache.DEFAULT_QUALITIES]
+        assert cfg["data"]["val_names"] == want and cfg["val"]["max_images"] == len(want)
