@@ -29,6 +29,9 @@ TINY = {
     "inter-h264": ({}, 0.0),
     "inter-hevc": ({}, 0.0),
     "inter-av1": ({}, 0.0),
+    # learned decoders on top of the HEVC inter codec (issue 27)
+    "enhance-x1": ({"nf": 8, "blocks": 1}, 0.02),
+    "enhance-x2": ({"nf": 8, "blocks": 1}, 0.02),
 }
 VARIANTS = {  # more configs of a catalogue architecture that ship or are documented
     "refscale-x2/irn-blocks": ("refscale-x2", {**TINY["refscale-x2"][0], "inn_block": "irn"}, 0.02),
