@@ -66,6 +66,8 @@ class InterEnhance(FastInference, Rescaler):
 
     arch = "enhance"
     needs_reference = True
+    export_refusal = ("on board it is the inter codec (nothing learned runs there); its network runs at the "
+                      "ground after the codec's decode")
 
     def __init__(self, scale: int = 1, nf: int = 48, blocks: int = 5, grid: int = 2, codec: str = "hevc-inter"):
         if int(scale) not in (1, 2):
