@@ -39,8 +39,10 @@ Written once against the :class:`~refscale.protocol.Rescaler` protocol:
   decoded by bicubic upscaling (the fallback); the check repeats until no block fails (a fallback
   block changes its neighbours' context), and the packet records the blocks' modes
   (:class:`refscale.container.Verification`, format version 5) and a summary
-  (``packet.verify_report``). It costs one decode (more when blocks fall back). Not done for
-  bicubic and the scale-1 inter modes (nothing to check), nor for a scene read window by window
+  (``packet.verify_report``). It costs one decode (more when blocks fall back). At scale 1 (the
+  learned decoders after the inter codec) the bicubic pipeline is the plain codec's decode, so a
+  fallback block is decoded without the network. Not done for bicubic and the scale-1 inter modes
+  (nothing to check), nor for a scene read window by window
   (it is never whole in memory; a warning says so). With a lossy LR codec the check sees the LR
   after the codec at the packet's quality (the codec's default when a byte budget will choose it).
 * **Determinism.** Decoding randomness comes only from ``torch.Generator`` objects seeded from
@@ -209,9 +211,10 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
 
 # ============================================================================= verification
 def verifiable(model: Rescaler) -> bool:
-    """Models the verifying encoder checks: every rescaler except bicubic itself and the scale-1
-    inter modes."""
-    return model.scale > 1 and model.arch != "bicubic"
+    """Models the verifying encoder checks: every model except bicubic itself and the scale-1 inter
+    modes (nothing to check). At scale 1 (the learned decoders after the inter codec, ``enhance-x1``)
+    the "bicubic pipeline" is the plain codec's decode, so a fallback block means "no enhancement"."""
+    return model.arch not in ("bicubic", "inter")
 
 
 def verify_block(model: Rescaler) -> int:
