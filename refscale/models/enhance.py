@@ -60,7 +60,7 @@ class _ResBlock(nn.Module):
 
 
 @register("enhance-x2", scale=2)
-@register("enhance-x1", scale=1)
+@register("enhance-x1", scale=1, weights="enhance-x1-hevc-oscd")
 class InterEnhance(FastInference, Rescaler):
     """Codec-decoded LR + reference -> HR (module doc); identity / bicubic down on board."""
 
