@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="export a model's encoder or decoder to ONNX (on-board deployment; the onnx extra)",
                        description="Export one direction of a model to an ONNX graph that takes padded tiles, with a "
                                    "refscale.* metadata block, checked against PyTorch with ONNX Runtime "
-                                   "(pip install 'refscale[onnx]'). See refscale/export.py.")
+                                   "(pip install 'refscale[onnx]'). See refscale/onnx.")
     x.add_argument("-m", "--model", required=True, help="catalogue name or .safetensors path")
     x.add_argument("--part", required=True, choices=("encoder", "decoder"),
                    help="encoder: HR (+ reference) -> LR before rounding + side map; decoder: LR, side, reference, z -> HR")
@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("wrap", help="build a .rsc container from the outputs of an exported encoder (on board -> ground)",
                        description="Wrap the LR (before or after 8-bit rounding) and side maps made on board with an "
                                    "exported encoder into a .rsc container that refscale decode decodes.")
-    w.add_argument("lr", metavar="LR", help=".npz from refscale.export.OnboardOutput.save (LR, side maps, sizes, tiles), "
+    w.add_argument("lr", metavar="LR", help=".npz from refscale.onnx.OnboardOutput.save (LR, side maps, sizes, tiles), "
                                             "or the padded LR as .npy (float in [0,1] before rounding, or uint8) or 8-bit image")
     w.add_argument("--onnx", required=True, help="the exported encoder graph (its metadata names model, weights, scale)")
     w.add_argument("--side", action="append", default=[], metavar="[NAME=]FILE.npy",
@@ -549,13 +549,12 @@ def cmd_demo(args) -> int:
 
 # ============================================================================= export, wrap
 def cmd_export(args) -> int:
-    from refscale import export, files
-
+    from refscale import files, onnx
     from refscale.zoo import architectures
 
-    export.require_onnx()  # before the model loads
+    onnx.require_onnx()  # before the model loads
     spec = architectures().get(args.model)
-    reason = export.refusal(spec.cls.arch, args.model) if spec is not None else None
+    reason = onnx.refusal(spec.cls, args.model) if spec is not None else None
     if reason:  # refused before building it (TADM would first ask for its backbone)
         raise ModelError(reason)
     out = Path(args.output)
@@ -563,7 +562,7 @@ def cmd_export(args) -> int:
         raise InputError(f"{out} exists; use --force to overwrite it")
     files.check_writable(out)
     model = _load_model(args.model)
-    meta = export.export_onnx(model, args.part, out, tile=args.tile, opset=args.opset, check=args.check, overwrite=True)
+    meta = onnx.export_onnx(model, args.part, out, tile=args.tile, opset=args.opset, check=args.check, overwrite=True)
     shape = f"{meta['tile']}x{meta['tile']} windows" if meta["tile"] else \
         f"dynamic N, H, W (multiples of {meta['alignment']}, >= {meta['min_side']})"
     ins = ", ".join(i["name"] for i in meta["inputs"])
@@ -576,13 +575,13 @@ def cmd_export(args) -> int:
 
 
 def cmd_wrap(args) -> int:
-    from refscale import export, files
+    from refscale import files, onnx
 
     out = Path(args.output)
     if out.exists() and not args.force:
         raise InputError(f"{out} exists; use --force to overwrite it")
     files.check_writable(out)
-    meta = export.read_metadata(files.existing(args.onnx, "ONNX file"))
+    meta = onnx.read_metadata(files.existing(args.onnx, "ONNX file"))
     side = {}
     for item in args.side:
         name, sep, path = item.partition("=")
@@ -603,7 +602,7 @@ def cmd_wrap(args) -> int:
     if args.tile is not None:
         tiles = {"tile": args.tile, "overlap": args.overlap or 0}
     ref = files.existing(args.ref, "reference") if args.ref else None
-    packet = export.wrap_files(files.existing(args.lr, "LR"), args.onnx, side=side, ref=ref,
+    packet = onnx.wrap_files(files.existing(args.lr, "LR"), args.onnx, side=side, ref=ref,
                                ref_hash=args.ref_fingerprint, size=size, tiles=tiles, codec=args.codec, quality=args.quality)
     data = packet.to_bytes()
     files.write_bytes(out, data, args.force)

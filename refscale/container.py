@@ -33,6 +33,7 @@ expand without limit.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import lzma
 import math
@@ -148,7 +149,7 @@ def max_verify_bytes(padded_size: tuple[int, int], scale: int) -> int:
 
 
 # ============================================================================= the packet
-@dataclass
+@dataclass(frozen=True)
 class Packet:
     """Everything needed to rebuild an image (with the model and, if it needs one, the reference).
 
@@ -173,8 +174,12 @@ class Packet:
     Inter-frame LR codecs (``h264-inter``, ...; :mod:`refscale.inter`) predict the LR from the
     reference at the LR's size, ``lr_ref`` (uint8 ``[h, w, 3]``, not stored: the encoder sets it,
     ``refscale.pipeline.lr_reference``). A packet read from such a file has ``lr = None`` and the
-    section in ``lr_data`` until :meth:`decode_lr` is given the reference (``refscale.pipeline.decode``
-    does that after checking the reference's fingerprint).
+    section in ``lr_data``; :meth:`with_lr` gives the packet with it decoded from the reference
+    (``refscale.pipeline.decode`` does that after checking the reference's fingerprint).
+
+    A packet is immutable (a frozen dataclass; the encoded image, apart from the bytes of any one
+    file of it: :meth:`to_bytes` writes it with the codec and quality asked for). Make a changed
+    copy with :func:`dataclasses.replace`; the library never writes into its arrays.
     """
 
     model: str
@@ -183,7 +188,7 @@ class Packet:
     size: tuple[int, int]
     padded_size: tuple[int, int]
     tiles: dict | None
-    lr: np.ndarray | None  # None: an inter-frame LR not decoded yet (decode_lr)
+    lr: np.ndarray | None  # None: an inter-frame LR not decoded yet (with_lr)
     side: dict[str, np.ndarray] = field(default_factory=dict)
     codec: str = "png"
     quality: int | None = None
@@ -216,8 +221,7 @@ class Packet:
             return self.fit(self.codec if codec is None else codec, max_bytes)[0]
         if codec is None:
             codec, quality = self.codec, (self.quality if quality is None else quality)
-        codec = codecs.canonical(codec)
-        quality = codecs.check_quality(codec, quality)
+        codec, quality = codecs.resolve(codec, quality)
         header, side_blobs = self._header_and_side(codec)
         # the header records the quality used (a lossy codec's default, e.g. JPEG 95, when none is given)
         return _assemble(header, codecs.effective_quality(codec, quality), self._lr_bitstream(codec, quality), side_blobs)
@@ -271,7 +275,7 @@ class Packet:
     def _header_and_side(self, codec: str) -> tuple[Header, list[bytes]]:
         """The header (LR fields still empty) and the compressed side sections."""
         if self.lr is None:
-            raise ContainerError("the packet's LR image is not decoded yet (decode_lr with the reference, or refscale.pipeline.decode)")
+            raise ContainerError("the packet's LR image is not decoded yet (with_lr with the reference, or refscale.pipeline.decode)")
         if codecs.needs_reference(codec) and (self.lr_ref is None or self.ref_hash is None):
             raise ContainerError(f"codec {codec} predicts the LR from the reference: encode with the reference "
                                  f"(refscale.pipeline.encode(..., codec={codec!r}))")
@@ -315,7 +319,7 @@ class Packet:
     def from_bytes(cls, data: bytes, lr_ref: np.ndarray | None = None) -> Packet:
         """Parse and validate a ``.rsc`` file (see module doc); :class:`ContainerError` if anything is off.
         An inter-frame LR is decoded only when ``lr_ref`` (the reference at LR size) is given;
-        otherwise ``lr`` is ``None`` until :meth:`decode_lr`."""
+        otherwise ``lr`` is ``None`` (:meth:`with_lr`)."""
         data = _as_bytes(data)
         h = read_header(data)
         pos = h.header_bytes
@@ -341,19 +345,19 @@ class Packet:
             lr_data=lr_data if inter else None, raster=raster, verification=verification,
         )
         if inter and lr_ref is not None:
-            packet.decode_lr(lr_ref)
+            packet = packet.with_lr(lr_ref)
         return packet
 
-    def decode_lr(self, lr_ref: np.ndarray, exact: bool = True) -> np.ndarray:
-        """Decode an inter-frame LR section with the reference at LR size (uint8 ``[h, w, 3]``);
-        sets and returns ``lr``. ``exact=False``: the reference is knowingly another one (no check
-        that frame 0 was rebuilt as the encoder built it)."""
+    def with_lr(self, lr_ref: np.ndarray, exact: bool = True) -> Packet:
+        """This packet with its inter-frame LR section decoded with the reference at LR size (uint8
+        ``[h, w, 3]``; it becomes ``lr_ref``); itself when the LR is decoded already.
+        ``exact=False``: the reference is knowingly another one (no check that frame 0 was rebuilt
+        as the encoder built it)."""
         if self.lr is not None:
-            return self.lr
+            return self
         size = (self.padded_size[0] // self.scale, self.padded_size[1] // self.scale)
-        self.lr = codecs.decode_image(self.lr_data, self.codec, size, ref=lr_ref, exact=exact)
-        self.lr_ref = np.asarray(lr_ref)
-        return self.lr
+        lr = codecs.decode_image(self.lr_data, self.codec, size, ref=lr_ref, exact=exact)
+        return dataclasses.replace(self, lr=lr, lr_ref=np.asarray(lr_ref))
 
     def info(self, data: bytes | None = None) -> dict[str, Any]:
         """A JSON-ready summary; with the file's ``data`` also byte counts per section and bpp."""

@@ -209,8 +209,7 @@ def encode_file(job: Job, model: Rescaler, *, codec: str | None = None, quality:
 
     ``bpp`` or ``max_bytes``: a budget for the whole file instead of a quality (the quality is
     chosen by :meth:`refscale.Packet.fit`); the budget is checked before anything is written."""
-    codec = codecs.canonical(codec, model.default_codec)
-    quality = codecs.check_quality(codec, quality)
+    codec, quality = codecs.resolve(codec, quality, model.default_codec)
     codecs.require(codec)
     check_budget(quality, bpp, max_bytes)
     for out in (job.output, job.lr_output):

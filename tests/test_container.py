@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -117,7 +118,7 @@ def spec_read(data: bytes) -> dict:
 
 def test_file_matches_docs_format_md():
     p = make_packet(tiles={"tile": 8, "overlap": 4})
-    p.ref_hash, p.ref_shift = "ab" * 32, (-150, 7)
+    p = replace(p, ref_hash="ab" * 32, ref_shift=(-150, 7))
     data = p.to_bytes()
     spec = spec_read(data)
     assert spec["version"] == 2 and spec["ref"] == "ab" * 32 and spec["ref_shift"] == (-150, 7)
@@ -133,17 +134,17 @@ def test_reference_rotation_is_version_4_as_docs_format_md():
     """A rotation makes the file version 4 (the field after the shift); without one it stays
     version 2, byte for byte; out of range, in an older version or without a reference: refused."""
     p = make_packet()
-    p.ref_hash, p.ref_shift = "ab" * 32, (-150, 7)
+    p = replace(p, ref_hash="ab" * 32, ref_shift=(-150, 7))
     before = p.to_bytes()
-    p.ref_rotation = -321
+    p = replace(p, ref_rotation=-321)
     data = p.to_bytes()
     spec = spec_read(data)
     assert spec["version"] == 4 and spec["ref_shift"] == (-150, 7) and spec["ref_rotation"] == -321
     back = Packet.from_bytes(data)
     assert back.version == 4 and back.ref_rotation == -321 and back.info()["reference_rotation"] == -321
-    p.ref_rotation = 0
+    p = replace(p, ref_rotation=0)
     assert p.to_bytes() == before and Packet.from_bytes(before).ref_rotation == 0
-    p.ref_rotation = 18001
+    p = replace(p, ref_rotation=18001)
     with pytest.raises(ContainerError, match="rotation .* out of range"):
         p.to_bytes()
     header = read_header(data)
@@ -151,7 +152,7 @@ def test_reference_rotation_is_version_4_as_docs_format_md():
     with pytest.raises(ContainerError, match="version 3 has no reference rotation"):
         header.validate()
     q = make_packet()
-    q.ref_rotation = 5
+    q = replace(q, ref_rotation=5)
     with pytest.raises(ContainerError, match="without a reference"):
         q.to_bytes()
     for cut in (14 + 7 + 32 + 1 + 32 + 8 + 2, len(data) - 1):  # inside the rotation field; the last byte
@@ -164,9 +165,9 @@ def test_a_rotation_alone_counts_as_registered():
     send it to the in-memory path as a shift does (files.decode_to_file, pipeline.decode)."""
     p = make_packet()
     assert not p.registered
-    p.ref_hash, p.ref_rotation = "ab" * 32, 250
+    p = replace(p, ref_hash="ab" * 32, ref_rotation=250)
     assert p.registered and Packet.from_bytes(p.to_bytes()).registered
-    p.ref_rotation, p.ref_shift = 0, (0, -3)
+    p = replace(p, ref_rotation=0, ref_shift=(0, -3))
     assert p.registered
 
 
@@ -210,12 +211,12 @@ def test_round_trip_every_available_codec(codec):  # the inter-frame codecs: tes
 def test_side_tensors_use_small_dtypes_and_both_compressors():
     rng = np.random.default_rng(1)
     p = make_packet(side=False, h=64, w=64)
-    p.side = {
+    p = replace(p, side={
         "small": rng.integers(0, 4, (1, 1, 32, 32)),  # -> uint8
         "signed": rng.integers(-300, 300, (1, 2, 16, 16)),  # -> int16
         "flat": np.zeros((1, 1, 64, 64), np.int64),
         "noise": rng.integers(0, 256, (1, 1, 8, 8)),  # incompressible, tiny: zlib's smaller header wins
-    }
+    })
     data = p.to_bytes()
     info = inspect(data)
     assert info["side"]["small"]["dtype"] == "uint8" and info["side"]["signed"]["dtype"] == "int16"
@@ -239,7 +240,7 @@ def test_section_sizes_and_bpp():
 
 def test_to_bytes_defaults_to_the_packets_codec():
     p = make_packet()
-    p.codec, p.quality = "webp", 80
+    p = replace(p, codec="webp", quality=80)
     q = Packet.from_bytes(p.to_bytes())
     assert (q.codec, q.quality) == ("webp", 80)
 
@@ -247,19 +248,19 @@ def test_to_bytes_defaults_to_the_packets_codec():
 # ----------------------------------------------------------------------------- writer refusals
 def test_writer_refuses_inconsistent_packets():
     p = make_packet()
-    p.lr = p.lr[:-1]
+    p = replace(p, lr=p.lr[:-1])
     with pytest.raises(ContainerError, match="LR must be"):
         p.to_bytes()
     p = make_packet()
-    p.side["smap"] = p.side["smap"].astype(np.float32)
+    p = replace(p, side={**p.side, "smap": p.side["smap"].astype(np.float32)})
     with pytest.raises(ContainerError, match="integer"):
         p.to_bytes()
     p = make_packet()
-    p.side["smap"] = np.zeros((1, 1, 3, 7), np.uint8)
+    p = replace(p, side={**p.side, "smap": np.zeros((1, 1, 3, 7), np.uint8)})
     with pytest.raises(ContainerError, match="stride"):
         p.to_bytes()
     p = make_packet()
-    p.model = "has space"
+    p = replace(p, model="has space")
     with pytest.raises(ContainerError, match="printable"):
         p.to_bytes()
     with pytest.raises(InputError, match="lossless"):
@@ -381,7 +382,7 @@ def as_version_1(data: bytes) -> bytes:
 
 def test_reference_fingerprint_field_and_version_1_files():
     p = make_packet()
-    p.ref_hash = "cd" * 32
+    p = replace(p, ref_hash="cd" * 32)
     q = Packet.from_bytes(p.to_bytes())
     assert q.ref_hash == "cd" * 32 and q.version == 2 and q.info()["reference_fingerprint"] == "cd" * 32
     none = Packet.from_bytes(make_packet().to_bytes())
@@ -395,12 +396,11 @@ def test_reference_fingerprint_field_and_version_1_files():
         Packet.from_bytes(rewrite_header(bytes(data), lambda b: b.__setitem__(k - 14, 2)))
     with pytest.raises(ContainerError, match="without a reference"):
         Packet.from_bytes(make_packet().to_bytes()).__class__(**{**make_packet().__dict__, "ref_shift": (1, 0)}).to_bytes()
-    p.ref_shift = (10**9, 0)
+    p = replace(p, ref_shift=(10**9, 0))
     with pytest.raises(ContainerError, match="out of range"):
         p.to_bytes()
     with pytest.raises(ContainerError, match="64 lowercase hex"):
-        p.ref_hash, p.ref_shift = "xyz", (0, 0)
-        p.to_bytes()
+        replace(p, ref_hash="xyz", ref_shift=(0, 0)).to_bytes()
 
 
 # ----------------------------------------------------------------------------- format version 3: the raster record
@@ -408,9 +408,9 @@ def raster_packet() -> Packet:
     from refscale.raster import RasterRecord
 
     p = make_packet()
-    p.raster = RasterRecord(dtype="uint16", band_count=13, bands=[4, 3, 2], ranges=[(120.0, 3100.0), (90.0, 2800.0), (60.0, 2500.0)],
+    p = replace(p, raster=RasterRecord(dtype="uint16", band_count=13, bands=[4, 3, 2], ranges=[(120.0, 3100.0), (90.0, 2800.0), (60.0, 2500.0)],
                             descriptions=["B04", "B03", None], rule="p0.1,99.9", nodata=0.0,
-                            crs='PROJCS["WGS 84 / UTM zone 31N",GEOGCS["WGS 84"]]', transform=(10.0, 0.0, 399960.0, 0.0, -10.0, 5000040.0))
+                            crs='PROJCS["WGS 84 / UTM zone 31N",GEOGCS["WGS 84"]]', transform=(10.0, 0.0, 399960.0, 0.0, -10.0, 5000040.0)))
     return p
 
 
@@ -501,7 +501,7 @@ def verified_packet(fallback=None):
     p = make_packet(h=70, w=45)  # padded 70 x 46: 3 x 2 blocks of 32
     rows, cols = Verification.grid(p.padded_size, 32)
     fb = np.zeros((rows, cols), bool) if fallback is None else fallback
-    p.verification = Verification(block=32, seed=7, temperature=0.8, fallback=fb)
+    p = replace(p, verification=Verification(block=32, seed=7, temperature=0.8, fallback=fb))
     return p
 
 
@@ -528,11 +528,11 @@ def test_verification_record_refused_when_inconsistent():
     from refscale.container import Verification
 
     p = verified_packet()
-    p.verification = Verification(block=32, seed=0, temperature=1.0, fallback=np.zeros((2, 2), bool))  # 3 rows needed
+    p = replace(p, verification=Verification(block=32, seed=0, temperature=1.0, fallback=np.zeros((2, 2), bool)))  # 3 rows needed
     data = p.to_bytes()
     with pytest.raises(ContainerError, match="does not cover"):
         Packet.from_bytes(data)
-    p.verification = Verification(block=33, seed=0, temperature=1.0, fallback=np.zeros((3, 2), bool))
+    p = replace(p, verification=Verification(block=33, seed=0, temperature=1.0, fallback=np.zeros((3, 2), bool)))
     with pytest.raises(ContainerError, match="multiple of the scale"):
         Packet.from_bytes(p.to_bytes())
     good = bytearray(verified_packet().to_bytes())

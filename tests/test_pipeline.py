@@ -9,6 +9,8 @@ The toy models are defined here and imported by test_cli.py and test_fuzz.py:
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import hashlib
 import subprocess
 import sys
@@ -26,7 +28,7 @@ from refscale import ops, pipeline, zoo
 from refscale.container import Packet
 from refscale.errors import ContainerError, InputError, ModelError
 from refscale.metrics import psnr, to_uint8
-from refscale.protocol import Rescaler, register
+from refscale.protocol import Rescaler, SideSpec, register
 
 TESTS = Path(__file__).resolve().parent
 
@@ -58,6 +60,9 @@ class ToyRef(Rescaler):
     @property
     def alignment(self) -> int:
         return 2 * self.scale
+
+    def side_spec(self):
+        return {"smap": SideSpec(1, self.alignment, "float32")}
 
     def downscale(self, hr, ref=None):
         self.check_reference(ref)
@@ -195,15 +200,58 @@ def test_non_integer_side_info_is_refused():
         Bad().encode(hr, ref)
 
 
+@pytest.mark.parametrize("change,match", [
+    (lambda side: {}, "side_spec declares"),                                   # undeclared absence
+    (lambda side: {**side, "extra": side["smap"]}, "side_spec declares"),      # undeclared tensor
+    (lambda side: {"smap": side["smap"].to(torch.int16)}, "float32"),          # another dtype
+    (lambda side: {"smap": side["smap"].repeat(1, 2, 1, 1)}, "smap"),          # another channel count
+    (lambda side: {"smap": F.avg_pool2d(side["smap"], 2).round()}, "smap"),    # another stride
+])
+def test_side_tensors_must_be_the_declared_ones(change, match):
+    class Liar(ToyRef):
+        def downscale(self, hr, ref=None):
+            lr, side = super().downscale(hr, ref)
+            return lr, change(side)
+
+    hr, ref = pair(16, 16)
+    with pytest.raises(ModelError, match=match):
+        Liar().encode(hr, ref, verify=False)
+
+
+def test_bad_side_declarations_are_refused():
+    class Odd(ToyRef):
+        def side_spec(self):
+            return {"smap": SideSpec(1, 3, "float32")}  # 3 does not divide the alignment 4
+
+    with pytest.raises(ModelError, match="divides the alignment"):
+        Odd().encode(*pair(16, 16))
+
+
+def test_decode_does_not_run_downscale():
+    class Counting(ToyRef):
+        calls = 0
+
+        def downscale(self, hr, ref=None):
+            type(self).calls += 1
+            return super().downscale(hr, ref)
+
+    model = Counting()
+    hr, ref = pair(16, 16)
+    packet = model.encode(hr, ref, verify=False)
+    Counting.calls = 0
+    model.decode(packet, ref)
+    assert Counting.calls == 0
+
+
 def test_packet_whose_side_info_does_not_fit_the_model_is_refused():
     model = ToyRef()
     hr, ref = pair(16, 16)
     packet = model.encode(hr, ref)
-    packet.side = {"other": packet.side["smap"]}
+    packet = replace(packet, side={"other": packet.side["smap"]})
     with pytest.raises(ContainerError, match="does not match model"):
         model.decode(packet, ref)
     packet = model.encode(hr, ref)
-    packet.side["smap"] = np.zeros((1, 2, 4, 4), np.uint8)
+    packet = replace(packet, side={"smap": np.zeros((1, 2, 4, 4), np.uint8)})
     with pytest.raises(ContainerError, match="smap"):
         model.decode(packet, ref)
 
@@ -381,14 +429,15 @@ def test_precision_is_recorded_and_repeated_by_the_decoder(monkeypatch):
     assert model.encode(hr, precision="bf16").precision == "bf16"
     assert Packet.from_bytes(packet.to_bytes()).precision == packet.precision
     model.seen.clear()
-    model.decode(packet)  # (decode also probes downscale once to learn the side-info layout)
+    model.decode(packet)
     assert [e for e in model.seen if e[0] == "up"] == [("up", packet.precision == "bf16")]
+    assert model.seen == [("up", packet.precision == "bf16")]  # no probe: the side tensors are declared
     model.seen.clear()
     fp32 = model.encode(hr, precision="fp32")
     model.decode(fp32)
     assert fp32.precision == "fp32" and set(model.seen) == {("down", False), ("up", False)}
     assert model.bf16 is False  # the model's own setting is restored
-    assert ToyAvg().encode(hr, precision="bf16").precision == "fp32"  # models without set_speed run fp32
+    assert ToyAvg().encode(hr, precision="bf16").precision == "fp32"  # models without supports_bf16 run fp32
     with pytest.raises(InputError, match="precision"):
         model.encode(hr, precision="fp8")
 

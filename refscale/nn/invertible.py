@@ -129,6 +129,37 @@ class InvConv1x1(InvertibleModule):
             return F.conv2d(y, w_inv.view(self.channels, self.channels, 1, 1))
 
 
+class FixedConv1x1(InvertibleModule):
+    """An :class:`InvConv1x1` with its weight and inverse precomputed (constants in an exported
+    graph): ``forward`` uses ``W`` as computed in float32 from the LU parameters, ``inverse`` uses
+    ``inv(W)`` computed in float64 and cast, exactly as ``InvConv1x1`` computes them at run time.
+    The log-determinant is not kept (zeros)."""
+
+    def __init__(self, conv: InvConv1x1):
+        super().__init__()
+        with torch.no_grad():
+            w = conv.weight().float()
+            c = conv.channels
+            self.register_buffer("w", w.view(c, c, 1, 1).clone())
+            self.register_buffer("w_inv", torch.linalg.inv(w.double()).float().view(c, c, 1, 1))
+
+    def forward(self, x, cond=None):
+        return F.conv2d(x, self.w), x.new_zeros(x.shape[0])
+
+    def inverse(self, y, cond=None):
+        return F.conv2d(y, self.w_inv)
+
+
+def fix_conv1x1(module: nn.Module) -> nn.Module:
+    """Replace every :class:`InvConv1x1` inside ``module`` by its :class:`FixedConv1x1`, in place
+    (for tracing: ``torch.linalg.inv`` has no ONNX operator); returns ``module``."""
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, InvConv1x1):
+                setattr(parent, name, FixedConv1x1(child))
+    return module
+
+
 class ActNorm(InvertibleModule):
     """Glow's ActNorm: ``y = (x + b) * exp(log_scale)`` per channel.
 

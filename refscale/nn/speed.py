@@ -62,6 +62,8 @@ def autocast(enabled: bool, device_type: str = "cpu"):
 class FastInference:
     """Mixin for ``nn.Module`` rescalers: a runtime speed setting (not part of the weights or config)."""
 
+    #: declares the capability to the pipeline (``refscale.protocol.Rescaler.supports_bf16``)
+    supports_bf16: bool = True
     bf16: bool = False
     channels_last: bool = False
 
