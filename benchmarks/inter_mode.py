@@ -1,0 +1,389 @@
+"""The inter-frame mode decision (issue 30): why a P-frame loses to an intra frame, and whether
+``--inter-mode auto`` keeps the better of the two.
+
+    python benchmarks/inter_mode.py why --data ../shared/data/oscd --split train --crop 320 --codec hevc-inter --out why.json
+    python benchmarks/inter_mode.py why-report --results why.json
+    python benchmarks/inter_mode.py check --data ../shared/data/oscd --split test --codec hevc-inter --out check.json
+    python benchmarks/inter_mode.py check-report --results check.json --json check-report.json
+
+``why`` codes each pair (both directions; ``~other``: the new image against another city's older
+image, a reference that predicts nothing) with the variants of :data:`VARIANTS`: the P-frame as
+payload versions 2 and 3 code it, with psy off, with frame 0 at the P-frame's CRF instead of
+near-lossless, predicted from a flat grey frame 0 (the prediction is worth nothing: what the P-frame
+costs beyond intra blocks), with more analysis (preset ``slower``), and the image intra-only. Rate:
+the coded frame's bits per pixel; distortion: PSNR-Y (4 px border cropped) and the full-range
+Y MSE the encoder's decision uses. ``why-report`` gives each variant's BD-rate against the
+version-2 P-frame and against intra-only, image by image, and the PSNR gap between I and P at
+the same quality.
+
+``check`` codes each image through the container (``-m inter-*``) with ``--inter-mode`` inter,
+intra and auto at :data:`CHECK_QUALITIES` and decodes it; ``check-report`` gives per image the
+BD-rate of auto against the better of inter and intra and against inter, and what auto chose.
+Results are cached per point in ``--out`` (one writer at a time).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks folder
+from rd_curves import CROP, save_results  # noqa: E402
+
+from refscale import inter, metrics, zoo  # noqa: E402
+from refscale.container import Packet, read_header  # noqa: E402
+from refscale.data import discover, iter_full_images  # noqa: E402
+from refscale.ops import centre_crop  # noqa: E402
+from refscale.rd import bd  # noqa: E402
+
+#: qualities of ``why`` by how a variant maps quality to the frame QP, chosen so that each curve
+#: spans about the same frame QPs (51, 47, 40, 33, 25, 17): payload version 2's P-frame (CRF 51,
+#: 41, 33, 26, 18, 10 with x264/x265; its QP is the CRF plus about 7 here), version 3 (QP = CRF)
+#: and version 2's intra frame (QP = CRF - 3, the I/P ratio 1.4; also at the P-frame's qualities)
+WHY_QUALITIES = {"P v2": (1, 20, 35, 50, 65, 80), "v3": (1, 9, 23, 36, 52, 67), "I v2": (1, 3, 17, 20, 30, 35, 46, 50, 61, 65, 80)}
+#: qualities of ``check`` (payload version 3: CRF = frame QP for x264/x265: 49, 38, 31, 23, 13)
+CHECK_QUALITIES = (5, 25, 40, 55, 75)
+
+
+def _psy_off(codec: str) -> str:
+    return {"libx264": "psy=0", "libx265": "psy-rd=0:psy-rdoq=0"}.get(inter.SPECS[codec].encoder, "")
+
+
+def variants(codec: str) -> dict[str, dict]:
+    """label -> ``{kind: pair|intra, version, settings, boost, grey}`` for ``codec``."""
+    v3p = inter.SETTINGS[3][codec].get("params", "")
+
+    def join(*p):
+        return ":".join(x for x in p if x)
+
+    out = {
+        "P v2": {"kind": "pair", "version": 2, "sweep": "P v2"},
+        "P v3": {"kind": "pair", "version": 3, "sweep": "v3"},
+        "P v2 psy off": {"kind": "pair", "version": 2, "sweep": "P v2", "settings": {"params": _psy_off(codec)}},
+        "P v2 frame 0 at the CRF": {"kind": "pair", "version": 2, "sweep": "P v2", "boost": False},
+        "P v2 grey frame 0": {"kind": "pair", "version": 2, "sweep": "P v2", "grey": True},
+        "P v2 slower": {"kind": "pair", "version": 2, "sweep": "P v2", "settings": {"preset": "slower" if "av1" not in codec else "4"}},
+        "I v2": {"kind": "intra", "version": 2, "sweep": "I v2"},
+        "I v3": {"kind": "intra", "version": 3, "sweep": "v3"},
+        "I v3 psy off": {"kind": "intra", "version": 3, "sweep": "v3", "settings": {"params": join(v3p, _psy_off(codec))}},
+    }
+    for fast in FAST[codec]:
+        out[f"P v3 {fast}"] = {"kind": "pair", "version": 3, "sweep": "v3", "settings": {"preset": fast}}
+        out[f"I v3 {fast}"] = {"kind": "intra", "version": 3, "sweep": "v3", "settings": {"preset": fast}}
+    if "av1" in codec:
+        out.pop("P v2 psy off")
+        out.pop("I v3 psy off")
+    return out
+
+
+#: candidate presets of the fast first pass of ``auto``
+FAST = {"h264-inter": ("ultrafast",), "hevc-inter": ("ultrafast",), "av1-inter": ("12",)}
+#: the variants measured on the ``~other`` pairs too (the decision's calibration)
+DECISION = ("P v3", "I v3")
+
+
+def _u8(t: torch.Tensor) -> np.ndarray:
+    return metrics.to_uint8(t)[0].permute(1, 2, 0).numpy().copy()
+
+
+def code_variant(codec: str, v: dict, new: np.ndarray, ref: np.ndarray, quality: int) -> dict:
+    s = inter.SPECS[codec]
+    crf = inter.crf_for(codec, quality)
+    h, w = new.shape[:2]
+    settings = v.get("settings")
+    start = time.perf_counter()
+    if v["kind"] == "pair":
+        r = np.full_like(ref, 128) if v.get("grey") else ref
+        packets = inter._encode_frames(s, crf, [inter.to_planes(s, r), inter.to_planes(s, new)], boost_first=v.get("boost", True),
+                                       version=v["version"], settings=settings)
+    else:
+        packets = inter._encode_frames(s, crf, [inter.to_planes(s, new)], boost_first=False, version=v["version"], settings=settings)
+    seconds = time.perf_counter() - start
+    frames = inter._decode_frames(s, packets, inter._padded_size(s, h, w))
+    planes = frames[-1]
+    rec = inter.from_planes(s, planes, (h, w))
+    hat = torch.from_numpy(rec).permute(2, 0, 1)[None].float() / 255
+    ref_t = torch.from_numpy(new).permute(2, 0, 1)[None].float() / 255
+    return {"bpp": len(packets[-1]) * 8 / (h * w), "psnr_y": float(metrics.psnr(hat, ref_t, crop_border=CROP)[0]),
+            "mse_y": inter.luma_mse(s, inter.to_planes(s, new), planes, (h, w)), "encode_s": seconds, "mpx": h * w / 1e6}
+
+
+def _pairs(args):
+    """``(name, new uint8, reference uint8, is_other)``: each pair both ways, then with another city's image."""
+    samples = discover(args.data, split=args.split)[: args.limit or None]
+    images = []
+    for name, hr, ref in iter_full_images(samples, multiple=CROP):
+        if args.crop:
+            hr, ref = centre_crop(hr, args.crop), centre_crop(ref, args.crop)
+        images.append((name, _u8(hr), _u8(ref)))
+    for name, new, ref in images:
+        yield name, new, ref, False
+        yield f"{name}~reverse", ref, new, False
+    if args.crop and args.other:  # another city's older image: equal crops, so any pair fits
+        for i, (name, new, _) in enumerate(images):
+            oname, _, oref = images[(i + 1) % len(images)]
+            yield f"{name}~other", new, _u8_of(oref, new), True
+
+
+def _u8_of(ref: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(ref[: like.shape[0], : like.shape[1]])
+
+
+def why(args) -> None:
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {"meta": {}, "points": {}}
+    results["meta"].update(data=str(args.data), split=args.split, crop=CROP, centre_crop=args.crop, qualities=WHY_QUALITIES,
+                           identity=inter.identity(args.codec))
+    points = results["points"]
+    vs = variants(args.codec)
+    for name, new, ref, other in _pairs(args):
+        start = time.perf_counter()
+        todo = [(label, q) for label in vs for q in WHY_QUALITIES[vs[label]["sweep"]]
+                if (not other or label in DECISION or label.startswith(("P v3 ", "I v3 ")) and "psy" not in label)
+                and f"{name}|{args.codec}|{label}|{q}" not in points]
+        for label, q in todo:
+            points[f"{name}|{args.codec}|{label}|{q}"] = code_variant(args.codec, vs[label], new, ref, q)
+        if todo:
+            print(f"{name} {args.codec}: {len(todo)} points, {time.perf_counter() - start:.1f} s", flush=True)
+            save_results(results, out)
+    print("wrote", out)
+
+
+def _by(results: dict) -> dict:
+    by: dict = {}
+    for key, p in results["points"].items():
+        image, codec, label, q = key.split("|")
+        by.setdefault(codec, {}).setdefault(label, {}).setdefault(image, {})[int(q)] = p
+    return by
+
+
+def _curve(per: dict) -> list[tuple[float, float]]:
+    return [(p["bpp"], p["psnr_y"]) for _, p in sorted(per.items())]
+
+
+def why_report(args) -> None:
+    results = json.loads(Path(args.results).read_text())
+    qs = results["meta"]["qualities"]
+    lines = []
+    for codec, labels in _by(results).items():
+        vs = variants(codec)
+        full = {label: len(qs[v["sweep"]]) for label, v in vs.items()}
+        images = sorted(im for im in labels["P v2"] if "~other" not in im and len(labels["P v2"][im]) == full["P v2"])
+        lines += [f"{codec}: {len(images)} pairs ({'centre ' + str(results['meta']['centre_crop']) + ' px' if results['meta'].get('centre_crop') else 'whole'}, "
+                  f"{results['meta']['split']}), qualities {qs}", "",
+                  "| variant | vs P v2: BD-rate median | min | max | vs I v2: median | min | max (image) | pairs where it beats I v2 | encode s/Mpx |",
+                  "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+        for label, per in labels.items():
+            ims = [im for im in images if im in per and len(per[im]) == full.get(label, 0)]
+            if not ims:
+                continue
+            a = [bd(_curve(labels["P v2"][im]), _curve(per[im]))["bd_rate"] for im in ims]
+            b = {im: bd(_curve(labels["I v2"][im]), _curve(per[im]))["bd_rate"] for im in ims}
+            a = [x for x in a if x is not None]
+            bv = {k: x for k, x in b.items() if x is not None}
+            worst = max(bv, key=bv.get) if bv else None
+            speed = statistics.median(p["encode_s"] / p["mpx"] for im in ims for p in per[im].values())
+
+            def f(x):
+                return "-" if x is None else f"{x:+.1f} %"
+            lines.append(f"| {label} | {f(statistics.median(a) if a else None)} | {f(min(a) if a else None)} | {f(max(a) if a else None)} | "
+                         f"{f(statistics.median(bv.values()) if bv else None)} | {f(min(bv.values()) if bv else None)} | "
+                         f"{f(bv.get(worst))} ({worst}) | {sum(x < 0 for x in bv.values())} of {len(bv)} | {speed:.2f} |")
+        for pl, il in (("P v2", "I v2"), ("P v3", "I v3")):
+            gaps = [labels[il][im][q]["psnr_y"] - labels[pl][im][q]["psnr_y"] for im in images if im in labels.get(il, {})
+                    for q in labels[pl][im] if q in labels[il][im]]
+            if gaps:
+                lines.append(f"\nPSNR-Y of {il} minus {pl} at the same quality: median {statistics.median(gaps):+.2f} dB, "
+                             f"range {min(gaps):+.2f} .. {max(gaps):+.2f} dB")
+        lines.append("")
+    print("\n".join(lines))
+
+
+# ============================================================================= the decision, simulated
+def simulate(args) -> None:
+    """Replay :func:`refscale.inter.choose` on the ``why`` points of version 3 (P v3, I v3 and the
+    fast pass): per image the BD-rate of the resulting curve against the better of P and I."""
+    results = json.loads(Path(args.results).read_text())
+    qs = results["meta"]["qualities"]["v3"]
+    for codec, labels in _by(results).items():
+        crf = {q: inter.crf_for(codec, q) for q in qs}
+        P, I = labels["P v3"], labels["I v3"]
+        images = sorted(im for im in P if im in I and len(P[im]) == len(qs) == len(I[im]))
+        for c in args.lambdas:
+            rows = []
+            for im in images:
+                pick = {q: "inter" if inter.rd_cost(codec, crf[q], P[im][q]["mse_y"], P[im][q]["bpp"], c) <=
+                        inter.rd_cost(codec, crf[q], I[im][q]["mse_y"], I[im][q]["bpp"], c) else "intra" for q in qs}
+                auto = [(P if pick[q] == "inter" else I)[im][q] for q in qs]
+                auto_c = [(p["bpp"], p["psnr_y"]) for p in auto]
+                bi, bp = bd(_curve(I[im]), auto_c)["bd_rate"], bd(_curve(P[im]), auto_c)["bd_rate"]
+                ip = bd(_curve(P[im]), _curve(I[im]))["bd_rate"]
+                better = bi if (ip is not None and ip < 0) else bp
+                rows.append((im, better, bp, "".join("P" if pick[q] == "inter" else "I" for q in qs)))
+            worst = max((r for r in rows if r[1] is not None), key=lambda r: r[1])
+            print(f"{codec} lambda x{c}: auto vs the better: max {worst[1]:+.2f} % ({worst[0]} {worst[3]}), "
+                  f"median {statistics.median(r[1] for r in rows if r[1] is not None):+.2f} %, over 1 %: "
+                  f"{sum(r[1] is not None and r[1] > 1 for r in rows)} of {len(rows)}")
+            if args.verbose:
+                for r in rows:
+                    print(f"   {r[0]:24s} vs better {r[1] if r[1] is None else round(r[1], 2)}  vs P {r[2] if r[2] is None else round(r[2], 2)}  {r[3]}")
+        for fast in FAST[codec]:
+            fp, fi = labels.get(f"P v3 {fast}", {}), labels.get(f"I v3 {fast}", {})
+            ratios = []
+            for im in images:
+                for q in qs:
+                    if im in fp and im in fi and q in fp[im] and q in fi[im]:
+                        slow = inter.rd_cost(codec, crf[q], I[im][q]["mse_y"], I[im][q]["bpp"]) / \
+                            inter.rd_cost(codec, crf[q], P[im][q]["mse_y"], P[im][q]["bpp"])
+                        quick = inter.rd_cost(codec, crf[q], fi[im][q]["mse_y"], fi[im][q]["bpp"]) / \
+                            inter.rd_cost(codec, crf[q], fp[im][q]["mse_y"], fp[im][q]["bpp"])
+                        ratios.append((quick, slow, im, q))
+            if not ratios:
+                continue
+            err = [np.log(sl / qu) for qu, sl, _, _ in ratios]
+            t = {k: statistics.median(p["encode_s"] / p["mpx"] for im in images if im in labels[k] for p in labels[k][im].values())
+                 for k in ("P v3", "I v3", f"P v3 {fast}", f"I v3 {fast}")}
+            print(f"{codec} fast pass {fast}: log(slow I/P cost ratio / fast one) median {statistics.median(err):+.3f}, "
+                  f"range {min(err):+.3f} .. {max(err):+.3f} over {len(err)} points; encode s/Mpx " +
+                  ", ".join(f"{k} {v:.2f}" for k, v in t.items()))
+            for m in (0.05, 0.1, 0.15, 0.2, 0.3):
+                clear = [(qu, sl) for qu, sl, _, _ in ratios if abs(np.log(qu)) > m]
+                wrong = [(qu, sl) for qu, sl in clear if (qu > 1) != (sl > 1)]
+                print(f"   margin {m:.2f}: clear {len(clear)} of {len(ratios)}, of which the slow decision differs {len(wrong)}"
+                      + (f" (slow ratios {', '.join(f'{sl:.3f}' for _, sl in wrong[:5])})" if wrong else ""))
+
+
+# ============================================================================= check: auto vs inter vs intra
+def check(args) -> None:
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {"meta": {}, "points": {}}
+    results["meta"].update(data=str(args.data), split=args.split, crop=CROP, qualities=list(args.qualities),
+                           payload_version=inter.PAYLOAD_VERSION, identity=inter.identity(args.codec))
+    points = results["points"]
+    model = zoo.load(f"inter-{args.codec.split('-')[0]}")
+    samples = discover(args.data, split=args.split)[: args.limit or None]
+    for name, hr, ref in iter_full_images(samples, multiple=CROP):
+        for image, new, old in ((name, hr, ref), (f"{name}~reverse", ref, hr))[: 2 if args.reverse else 1]:
+            todo = [(m, q) for q in args.qualities for m in ("inter", "intra", "auto") if f"{image}|{args.codec}|{m}|{q}" not in points]
+            if not todo:
+                continue
+            start = time.perf_counter()
+            h, w = new.shape[-2:]
+            packet = model.encode(new, old)
+            for mode, q in todo:
+                t0 = time.perf_counter()
+                with inter.default_mode(mode):
+                    data = packet.to_bytes(args.codec, q)
+                seconds = time.perf_counter() - t0
+                head = read_header(data)
+                section = data[head.header_bytes:head.header_bytes + head.lr_length]
+                hat = model.decode(Packet.from_bytes(data), old)
+                points[f"{image}|{args.codec}|{mode}|{q}"] = {
+                    "bpp": len(data) * 8 / (h * w), "psnr_y": float(metrics.psnr(hat, new, crop_border=CROP)[0]),
+                    "chosen": inter.parse(args.codec, section).mode, "encode_s": seconds, "mpx": h * w / 1e6}
+            print(f"{image} {args.codec}: {len(todo)} points, {time.perf_counter() - start:.1f} s", flush=True)
+            save_results(results, out)
+    print("wrote", out)
+
+
+def check_rows(results: dict) -> dict[str, list[dict]]:
+    """codec -> one row per image: BD-rate of auto against inter, intra and the better of the two."""
+    qs = results["meta"]["qualities"]
+    by = _by(results)
+    out = {}
+    for codec, labels in by.items():
+        rows = []
+        for im in sorted(labels.get("auto", {})):
+            if not all(im in labels.get(m, {}) and len(labels[m][im]) == len(qs) for m in ("inter", "intra", "auto")):
+                continue
+            c = {m: _curve(labels[m][im]) for m in ("inter", "intra", "auto")}
+            intra_vs_inter = bd(c["inter"], c["intra"])["bd_rate"]
+            vs_inter, vs_intra = bd(c["inter"], c["auto"])["bd_rate"], bd(c["intra"], c["auto"])["bd_rate"]
+            better = "intra" if intra_vs_inter is not None and intra_vs_inter < 0 else "inter"
+            t = {m: sum(p["encode_s"] for p in labels[m][im].values()) for m in ("inter", "intra", "auto")}
+            rows.append({"image": im, "intra_vs_inter": intra_vs_inter, "better": better,
+                         "auto_vs_better": vs_intra if better == "intra" else vs_inter, "auto_vs_inter": vs_inter,
+                         "auto_vs_intra": vs_intra,
+                         "chosen": "".join("P" if labels["auto"][im][q]["chosen"] == "inter" else "I" for q in qs),
+                         "time_auto_over_inter": t["auto"] / t["inter"]})
+        out[codec] = rows
+    return out
+
+
+def check_report(args) -> None:
+    results = {"meta": None, "points": {}}
+    for path in args.results:
+        part = json.loads(Path(path).read_text())
+        results["meta"] = results["meta"] or part["meta"]
+        results["points"].update(part["points"])
+    table = check_rows(results)
+
+    def f(x):
+        return "-" if x is None else f"{x:+.2f} %"
+
+    for codec, rows in table.items():
+        print(f"\n{codec}: {len(rows)} images, qualities {results['meta']['qualities']} (P = inter chosen, I = intra)\n")
+        print("| image | intra vs inter | better | auto vs the better | auto vs inter | chosen | auto time / inter |")
+        print("|---|---:|---|---:|---:|---|---:|")
+        for r in rows:
+            print(f"| {r['image']} | {f(r['intra_vs_inter'])} | {r['better']} | {f(r['auto_vs_better'])} | {f(r['auto_vs_inter'])} "
+                  f"| {r['chosen']} | {r['time_auto_over_inter']:.2f} |")
+        vals = [r["auto_vs_better"] for r in rows if r["auto_vs_better"] is not None]
+        inter_wins = [r["auto_vs_inter"] for r in rows if r["better"] == "inter" and r["auto_vs_inter"] is not None]
+        if vals:
+            print(f"\nauto vs the better: max {max(vals):+.2f} %, median {statistics.median(vals):+.2f} %, over +1 %: "
+                  f"{sum(v > 1 for v in vals)} of {len(vals)}; where inter is better, auto vs inter max "
+                  f"{max(inter_wins) if inter_wins else float('nan'):+.2f} % ({len(inter_wins)} images); intra better on "
+                  f"{sum(r['better'] == 'intra' for r in rows)}; auto's encode time / inter's: median "
+                  f"{statistics.median(r['time_auto_over_inter'] for r in rows):.2f}, max {max(r['time_auto_over_inter'] for r in rows):.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"meta": results["meta"], "rows": table}, indent=1))
+        print("wrote", args.json)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    w = sub.add_parser("why", help="variants of the P-frame and of intra-only (resumable)")
+    w.add_argument("--data", required=True)
+    w.add_argument("--split", default="train")
+    w.add_argument("--codec", default="hevc-inter", choices=list(inter.SPECS))
+    w.add_argument("--limit", type=int, default=0, help="first N cities only")
+    w.add_argument("--crop", type=int, default=320, help="centre N x N of each image (0: whole images)")
+    w.add_argument("--no-other", dest="other", action="store_false", help="skip the pairs with another city's reference")
+    w.add_argument("--out", required=True)
+    w.set_defaults(func=why)
+    r = sub.add_parser("why-report", help="BD-rates of the variants")
+    r.add_argument("--results", required=True)
+    r.set_defaults(func=why_report)
+    s = sub.add_parser("simulate", help="replay the decision on the why points")
+    s.add_argument("--results", required=True)
+    s.add_argument("--lambdas", nargs="*", type=float, default=[1.0], help="multiples of the codec's lambda")
+    s.add_argument("--verbose", action="store_true")
+    s.set_defaults(func=simulate)
+    c = sub.add_parser("check", help="auto vs inter vs intra through the container (resumable)")
+    c.add_argument("--data", required=True)
+    c.add_argument("--split", default="test")
+    c.add_argument("--codec", default="hevc-inter", choices=list(inter.SPECS))
+    c.add_argument("--reverse", action="store_true", help="also each pair the other way round (names get ~reverse)")
+    c.add_argument("--limit", type=int, default=0)
+    c.add_argument("--qualities", nargs="*", type=int, default=list(CHECK_QUALITIES))
+    c.add_argument("--out", required=True)
+    c.set_defaults(func=check)
+    k = sub.add_parser("check-report", help="per-image BD-rate of auto")
+    k.add_argument("--results", required=True, nargs="+")
+    k.add_argument("--json", default=None)
+    k.set_defaults(func=check_report)
+    args = ap.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
