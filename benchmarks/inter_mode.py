@@ -103,7 +103,7 @@ def code_variant(codec: str, v: dict, new: np.ndarray, ref: np.ndarray, quality:
         packets = inter._encode_frames(s, crf, [inter.to_planes(s, r), inter.to_planes(s, new)], boost_first=v.get("boost", True),
                                        version=v["version"], settings=settings)
     else:
-        packets = inter._encode_frames(s, crf, [inter.to_planes(s, new)], boost_first=False, version=v["version"], settings=settings)
+        packets = inter._code(s, crf, "intra", inter.to_planes(s, new), None, v["version"], settings)  # x264: without its SEI
     seconds = time.perf_counter() - start
     frames = inter._decode_frames(s, packets, inter._padded_size(s, h, w))
     planes = frames[-1]

@@ -175,7 +175,9 @@ def encode_file(job: Job, model: Rescaler, *, codec: str | None = None, quality:
                 register: bool = True, force: bool = False, progress: bool = False, bands=None,
                 value_range=None, windowed: bool | None = None) -> dict:
     """Encode one job: write the container (and the LR as the receiver sees it). Returns
-    ``{"output", "bytes", "bpp", "size", "model", "codec", "quality", "raster"}``. ``codec=None``: the model's default.
+    ``{"output", "bytes", "bpp", "size", "model", "codec", "quality", "raster", "inter_mode"}``
+    (``inter_mode``: what an inter-frame codec coded, ``inter`` or ``intra``; else None).
+    ``codec=None``: the model's default.
 
     ``bands`` (e.g. ``[4, 3, 2]``, 1-based) and ``value_range`` (``"p2,98"``, ``"0,10000"``):
     how a raster's bands and intensities reach the model (:func:`refscale.raster.read_raster`;
@@ -208,8 +210,9 @@ def encode_file(job: Job, model: Rescaler, *, codec: str | None = None, quality:
             Path(job.output).unlink(missing_ok=True)  # both outputs or neither
             raise
     h, w = packet.size
+    mode = codecs.inter_payload(codec, Packet.from_bytes(data).lr_data)["mode"] if codecs.needs_reference(codec) else None
     return {"output": job.output, "bytes": len(data), "bpp": len(data) * 8 / (h * w), "size": (h, w),
-            "model": model.name, "codec": codec, "quality": quality, "raster": packet.raster}
+            "model": model.name, "codec": codec, "quality": quality, "raster": packet.raster, "inter_mode": mode}
 
 
 def write_decoded(hr: torch.Tensor, packet: Packet, path, *, cog: bool = False, force: bool = False) -> Path:

@@ -65,6 +65,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import re
 import struct
 from dataclasses import dataclass
 from fractions import Fraction
@@ -345,7 +346,7 @@ def intra(name: str, arr: np.ndarray, quality: int | None = None) -> tuple[int, 
     it: ``(bytes, reconstruction uint8 [h, w, 3])``."""
     s = SPECS[name]
     arr = np.ascontiguousarray(arr)
-    packets = _encode_frames(s, crf_for(name, quality), [to_planes(s, arr)], boost_first=False)
+    packets = _code(s, crf_for(name, quality), "intra", to_planes(s, arr), None, PAYLOAD_VERSION)
     frames = _decode_frames(s, packets, _padded_size(s, *arr.shape[:2]))
     return sum(len(p) for p in packets), from_planes(s, frames[0], arr.shape[:2])
 
@@ -403,7 +404,16 @@ def _code(s: Spec, crf: int, mode: str, new: np.ndarray, f0: np.ndarray | None, 
     packets = _encode_frames(s, crf, [new], boost_first=False, version=version, settings=settings)
     if len(packets) != 1:
         raise InputError(f"{s.encoder} produced {len(packets)} packets for one frame, expected 1")
-    return packets
+    return [_drop_sei(packets[0])] if s.encoder == "libx264" else packets
+
+
+def _drop_sei(frame: bytes) -> bytes:
+    """An H.264 access unit (Annex B) without its SEI NAL units: x264 writes its version and every
+    option there (about 600 bytes), which no decoder needs."""
+    starts = [m.start() for m in re.finditer(b"\x00\x00\x01", frame)]
+    cuts = [st - 1 if st and frame[st - 1] == 0 else st for st in starts] + [len(frame)]  # a 4-byte start code
+    return frame[:cuts[0]] + b"".join(frame[cuts[i]:cuts[i + 1]] for i, st in enumerate(starts)
+                                      if st + 3 >= len(frame) or frame[st + 3] & 0x1F != 6)
 
 
 def _cost(s: Spec, crf: int, packets: list[bytes], new: np.ndarray, size: tuple[int, int]) -> float:
