@@ -3,8 +3,8 @@
 
     python benchmarks/inter_mode.py why --data ../shared/data/oscd --split train --crop 320 --codec hevc-inter --out why.json
     python benchmarks/inter_mode.py why-report --results why.json
-    python benchmarks/inter_mode.py check --data ../shared/data/oscd --split test --codec hevc-inter --out check.json
-    python benchmarks/inter_mode.py check-report --results check.json --json check-report.json
+    python benchmarks/rd_curves.py run --data ../shared/data/oscd [--reverse] --codecs hevc-inter --points 5 --out rd.json
+    python benchmarks/inter_mode.py check-report --results rd.json [rd-reverse.json] --json check-report.json
 
 ``why`` codes each pair (both directions; ``~other``: the new image against another city's older
 image, a reference that predicts nothing) with the variants of :data:`VARIANTS`: the P-frame as
@@ -16,10 +16,11 @@ Y MSE the encoder's decision uses. ``why-report`` gives each variant's BD-rate a
 version-2 P-frame and against intra-only, image by image, and the PSNR gap between I and P at
 the same quality.
 
-``check`` codes each image through the container (``-m inter-*``) with ``--inter-mode`` inter,
-intra and auto at :data:`CHECK_QUALITIES` and decodes it; ``check-report`` gives per image the
-BD-rate of auto against the better of inter and intra and against inter, and what auto chose.
-Results are cached per point in ``--out`` (one writer at a time).
+``simulate`` replays the decision (:func:`refscale.inter.rd_cost`) on the ``why`` points and
+checks the fast pass. ``check-report`` reads ``rd_curves.py run`` results (each inter codec
+through the container with ``--inter-mode`` inter, intra and auto) and gives per image the BD-rate
+of auto against the better of inter and intra and against inter, what auto chose and its time.
+``why`` results are cached per point in ``--out`` (one writer at a time).
 """
 from __future__ import annotations
 
@@ -34,10 +35,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks folder
-from rd_curves import CROP, save_results  # noqa: E402
+from rd_curves import AUTO, CROP, FULL, INTER, INTRA, MODE, save_results  # noqa: E402
 
-from refscale import inter, metrics, zoo  # noqa: E402
-from refscale.container import Packet, read_header  # noqa: E402
+from refscale import inter, metrics  # noqa: E402
 from refscale.data import discover, iter_full_images  # noqa: E402
 from refscale.ops import centre_crop  # noqa: E402
 from refscale.rd import bd  # noqa: E402
@@ -47,8 +47,6 @@ from refscale.rd import bd  # noqa: E402
 #: 41, 33, 26, 18, 10 with x264/x265; its QP is the CRF plus about 7 here), version 3 (QP = CRF)
 #: and version 2's intra frame (QP = CRF - 3, the I/P ratio 1.4; also at the P-frame's qualities)
 WHY_QUALITIES = {"P v2": (1, 20, 35, 50, 65, 80), "v3": (1, 9, 23, 36, 52, 67), "I v2": (1, 3, 17, 20, 30, 35, 46, 50, 61, 65, 80)}
-#: qualities of ``check`` (payload version 3: CRF = frame QP for x264/x265: 49, 38, 31, 23, 13)
-CHECK_QUALITIES = (5, 25, 40, 55, 75)
 
 
 def _psy_off(codec: str) -> str:
@@ -260,91 +258,69 @@ def simulate(args) -> None:
 
 
 # ============================================================================= check: auto vs inter vs intra
-def check(args) -> None:
-    torch.set_num_threads(1)
-    out = Path(args.out)
-    results = json.loads(out.read_text()) if out.exists() else {"meta": {}, "points": {}}
-    results["meta"].update(data=str(args.data), split=args.split, crop=CROP, qualities=list(args.qualities),
-                           payload_version=inter.PAYLOAD_VERSION, identity=inter.identity(args.codec))
-    points = results["points"]
-    model = zoo.load(f"inter-{args.codec.split('-')[0]}")
-    samples = discover(args.data, split=args.split)[: args.limit or None]
-    for name, hr, ref in iter_full_images(samples, multiple=CROP):
-        for image, new, old in ((name, hr, ref), (f"{name}~reverse", ref, hr))[: 2 if args.reverse else 1]:
-            todo = [(m, q) for q in args.qualities for m in ("inter", "intra", "auto") if f"{image}|{args.codec}|{m}|{q}" not in points]
-            if not todo:
-                continue
-            start = time.perf_counter()
-            h, w = new.shape[-2:]
-            packet = model.encode(new, old)
-            for mode, q in todo:
-                t0 = time.perf_counter()
-                with inter.default_mode(mode):
-                    data = packet.to_bytes(args.codec, q)
-                seconds = time.perf_counter() - t0
-                head = read_header(data)
-                section = data[head.header_bytes:head.header_bytes + head.lr_length]
-                hat = model.decode(Packet.from_bytes(data), old)
-                points[f"{image}|{args.codec}|{mode}|{q}"] = {
-                    "bpp": len(data) * 8 / (h * w), "psnr_y": float(metrics.psnr(hat, new, crop_border=CROP)[0]),
-                    "chosen": inter.parse(args.codec, section).mode, "encode_s": seconds, "mpx": h * w / 1e6}
-            print(f"{image} {args.codec}: {len(todo)} points, {time.perf_counter() - start:.1f} s", flush=True)
-            save_results(results, out)
-    print("wrote", out)
-
-
 def check_rows(results: dict) -> dict[str, list[dict]]:
-    """codec -> one row per image: BD-rate of auto against inter, intra and the better of the two."""
-    qs = results["meta"]["qualities"]
-    by = _by(results)
+    """Inter codec -> one row per image of a ``rd_curves.py run`` (pipeline ``full``): the BD-rate
+    of its ``auto`` curve against the inter and intra curves and against the better of the two
+    (the one with the lower BD-rate against the other), the modes auto chose, its encode time
+    over inter's."""
+    by: dict = {}
+    for key, p in results["points"].items():
+        image, pipe, label, q = key.split("|")
+        if pipe == FULL and label in MODE:
+            by.setdefault(label, {}).setdefault(image, {})[int(q)] = p
     out = {}
-    for codec, labels in by.items():
+    for codec in INTER:
+        labels = {"inter": by.get(codec, {}), "intra": by.get(INTRA[codec], {}), "auto": by.get(AUTO[codec], {})}
+        qs = results["meta"]["qualities"][codec]
         rows = []
-        for im in sorted(labels.get("auto", {})):
-            if not all(im in labels.get(m, {}) and len(labels[m][im]) == len(qs) for m in ("inter", "intra", "auto")):
+        for im in sorted(labels["auto"]):
+            if not all(all(q in labels[m].get(im, {}) for q in qs) for m in labels):
                 continue
-            c = {m: _curve(labels[m][im]) for m in ("inter", "intra", "auto")}
+            c = {m: [(labels[m][im][q]["bpp"], labels[m][im][q]["psnr_y"]) for q in qs] for m in labels}
             intra_vs_inter = bd(c["inter"], c["intra"])["bd_rate"]
             vs_inter, vs_intra = bd(c["inter"], c["auto"])["bd_rate"], bd(c["intra"], c["auto"])["bd_rate"]
             better = "intra" if intra_vs_inter is not None and intra_vs_inter < 0 else "inter"
-            t = {m: sum(p["encode_s"] for p in labels[m][im].values()) for m in ("inter", "intra", "auto")}
+            t = {m: sum(labels[m][im][q]["encode_s"] for q in qs) for m in ("inter", "auto")}
             rows.append({"image": im, "intra_vs_inter": intra_vs_inter, "better": better,
                          "auto_vs_better": vs_intra if better == "intra" else vs_inter, "auto_vs_inter": vs_inter,
                          "auto_vs_intra": vs_intra,
-                         "chosen": "".join("P" if labels["auto"][im][q]["chosen"] == "inter" else "I" for q in qs),
+                         "chosen": "".join("P" if labels["auto"][im][q]["mode"] == "inter" else "I" for q in qs),
                          "time_auto_over_inter": t["auto"] / t["inter"]})
-        out[codec] = rows
+        if rows:
+            out[codec] = rows
     return out
 
 
 def check_report(args) -> None:
-    results = {"meta": None, "points": {}}
+    results = {"meta": {"qualities": {}}, "points": {}}
     for path in args.results:
         part = json.loads(Path(path).read_text())
-        results["meta"] = results["meta"] or part["meta"]
+        results["meta"]["qualities"].update(part["meta"]["qualities"])
         results["points"].update(part["points"])
     table = check_rows(results)
 
     def f(x):
         return "-" if x is None else f"{x:+.2f} %"
 
+    lines = []
     for codec, rows in table.items():
-        print(f"\n{codec}: {len(rows)} images, qualities {results['meta']['qualities']} (P = inter chosen, I = intra)\n")
-        print("| image | intra vs inter | better | auto vs the better | auto vs inter | chosen | auto time / inter |")
-        print("|---|---:|---|---:|---:|---|---:|")
+        lines += [f"{codec}: {len(rows)} images, qualities {results['meta']['qualities'][codec]} (chosen: P = inter, I = intra, per quality)", "",
+                  "| image | intra vs inter | better | auto vs the better | auto vs inter | chosen | auto time / inter |",
+                  "|---|---:|---|---:|---:|---|---:|"]
         for r in rows:
-            print(f"| {r['image']} | {f(r['intra_vs_inter'])} | {r['better']} | {f(r['auto_vs_better'])} | {f(r['auto_vs_inter'])} "
-                  f"| {r['chosen']} | {r['time_auto_over_inter']:.2f} |")
+            lines.append(f"| {r['image']} | {f(r['intra_vs_inter'])} | {r['better']} | {f(r['auto_vs_better'])} | {f(r['auto_vs_inter'])} "
+                         f"| {r['chosen']} | {r['time_auto_over_inter']:.2f} |")
         vals = [r["auto_vs_better"] for r in rows if r["auto_vs_better"] is not None]
         inter_wins = [r["auto_vs_inter"] for r in rows if r["better"] == "inter" and r["auto_vs_inter"] is not None]
+        times = [r["time_auto_over_inter"] for r in rows]
         if vals:
-            print(f"\nauto vs the better: max {max(vals):+.2f} %, median {statistics.median(vals):+.2f} %, over +1 %: "
-                  f"{sum(v > 1 for v in vals)} of {len(vals)}; where inter is better, auto vs inter max "
-                  f"{max(inter_wins) if inter_wins else float('nan'):+.2f} % ({len(inter_wins)} images); intra better on "
-                  f"{sum(r['better'] == 'intra' for r in rows)}; auto's encode time / inter's: median "
-                  f"{statistics.median(r['time_auto_over_inter'] for r in rows):.2f}, max {max(r['time_auto_over_inter'] for r in rows):.2f}")
+            lines += ["", f"auto vs the better: max {max(vals):+.2f} %, median {statistics.median(vals):+.2f} %, over +1 %: "
+                      f"{sum(v > 1 for v in vals)} of {len(vals)}; where inter is better ({len(inter_wins)} images) auto vs inter: "
+                      f"max {max(inter_wins, default=float('nan')):+.2f} %; intra better on {sum(r['better'] == 'intra' for r in rows)}; "
+                      f"auto's encode time / inter's: median {statistics.median(times):.2f}, max {max(times):.2f}", ""]
+    print("\n".join(lines))
     if args.json:
-        Path(args.json).write_text(json.dumps({"meta": results["meta"], "rows": table}, indent=1))
+        Path(args.json).write_text(json.dumps({"rows": table}, indent=1))
         print("wrote", args.json)
 
 
@@ -368,17 +344,8 @@ def main(argv=None) -> None:
     s.add_argument("--lambdas", nargs="*", type=float, default=[1.0], help="multiples of the codec's lambda")
     s.add_argument("--verbose", action="store_true")
     s.set_defaults(func=simulate)
-    c = sub.add_parser("check", help="auto vs inter vs intra through the container (resumable)")
-    c.add_argument("--data", required=True)
-    c.add_argument("--split", default="test")
-    c.add_argument("--codec", default="hevc-inter", choices=list(inter.SPECS))
-    c.add_argument("--reverse", action="store_true", help="also each pair the other way round (names get ~reverse)")
-    c.add_argument("--limit", type=int, default=0)
-    c.add_argument("--qualities", nargs="*", type=int, default=list(CHECK_QUALITIES))
-    c.add_argument("--out", required=True)
-    c.set_defaults(func=check)
-    k = sub.add_parser("check-report", help="per-image BD-rate of auto")
-    k.add_argument("--results", required=True, nargs="+")
+    k = sub.add_parser("check-report", help="per-image BD-rate of auto, from rd_curves.py run results")
+    k.add_argument("--results", required=True, nargs="+", help="results JSON of benchmarks/rd_curves.py run with inter codecs")
     k.add_argument("--json", default=None)
     k.set_defaults(func=check_report)
     args = ap.parse_args(argv)
