@@ -12,7 +12,8 @@
   the P-frame predicted from the reference (``--inter-mode inter``, curve ``h264-inter`` etc.,
   issue 19), the same encoder intra-only (``intra``, curve ``h264-intra``) and whichever of the
   two the encoder chooses per image and quality (``auto``, the default, curve ``h264-auto``; its
-  points record the mode chosen and every inter point its encode time);
+  points record the mode chosen and every inter point its encode time; ``--inter-v2`` adds the
+  P-frame as payload version 2 coded it, curve ``h264-v2``);
 * every ``--models`` pipeline: ``model.encode`` once (once more with the reference at LR size
   for the inter codecs: the LR coded as a P-frame from the equally downscaled reference), then the LR coded by each codec at each
   quality inside a real ``.rsc`` (``Packet.to_bytes``: the rate is the *whole file*, header and
@@ -31,6 +32,8 @@ and scale, and tabulates which pipeline is best at a few rates.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import math
 import os
@@ -60,14 +63,18 @@ CODECS = STILL + INTER
 #: only; curve labels, not container codecs)
 INTRA = {c: c.replace("-inter", "-intra") for c in INTER}
 AUTO = {c: c.replace("-inter", "-auto") for c in INTER}
-MODE = {**{c: "inter" for c in INTER}, **{v: "intra" for v in INTRA.values()}, **{v: "auto" for v in AUTO.values()}}
-ALL = CODECS + tuple(INTRA.values()) + tuple(AUTO.values())  # every curve label, in report order
+#: the P-frame as payload version 2 coded it (the inter mode before issue 30; ``--inter-v2``)
+V2 = {c: c.replace("-inter", "-v2") for c in INTER}
+MODE = {**{c: "inter" for c in INTER}, **{v: "intra" for v in INTRA.values()}, **{v: "auto" for v in AUTO.values()},
+        **{v: "inter" for v in V2.values()}}
+ALL = CODECS + tuple(INTRA.values()) + tuple(AUTO.values()) + tuple(V2.values())  # every curve label, in report order
 #: quality sweeps: 7 points each, spanning ~0.02-2 bpp at full resolution and at x2 / x4 on OSCD
 #: (j2k's quality is a target PSNR 20 + 0.3 q dB, so its useful range is lower; inter codecs:
 #: CRF = 51 (100 - q) / 99, i.e. CRF 51 .. 8 for x264/x265, which with payload version 3 is the
 #: frame QP: version 2's sweep 10 .. 90 put the P-frame at about QP 51 .. 12)
 QUALITIES = {
     **{c: (1, 10, 25, 40, 55, 70, 85) for c in INTER + tuple(INTRA.values()) + tuple(AUTO.values())},
+    **{c: (10, 25, 40, 55, 70, 80, 90) for c in V2.values()},
     "jpeg": (5, 15, 30, 50, 70, 85, 95),
     "webp": (5, 15, 30, 50, 70, 85, 95),
     "avif": (5, 15, 30, 45, 60, 75, 90),
@@ -94,6 +101,17 @@ def _key(image: str, pipeline: str, codec: str, q: int) -> str:
 def _scores(hat: torch.Tensor, hr: torch.Tensor, grey: bool) -> dict:
     a, b = (metrics.grey_luma(hat), metrics.grey_luma(hr)) if grey else (hat, hr)
     return {"psnr_y": float(metrics.psnr(a, b, crop_border=CROP)[0]), "ssim_y": float(metrics.ssim(a, b, crop_border=CROP)[0])}
+
+
+@contextlib.contextmanager
+def _payload_version(version: int):
+    """Inter payloads of another ``version`` inside (the codecs call ``inter.encode`` by name)."""
+    encode = inter.encode
+    inter.encode = functools.partial(encode, version=version)
+    try:
+        yield
+    finally:
+        inter.encode = encode
 
 
 def save_results(results: dict, path: Path) -> None:
@@ -138,7 +156,7 @@ def run(args) -> None:
             name, hr, ref = f"{name}~reverse", ref, hr
         h, w = hr.shape[-2:]
         grey = is_greyscale_file(sample.ref if args.reverse else sample.hr)
-        full_codecs = [x for c in codec_list for x in ((c, INTRA[c], AUTO[c]) if c in INTER else (c,))]
+        full_codecs = [x for c in codec_list for x in ((c, INTRA[c], AUTO[c]) + ((V2[c],) if args.inter_v2 else ()) if c in INTER else (c,))]
         todo = [(c, q) for c in full_codecs for q in qualities[c] if _key(name, FULL, c, q) not in points]
         if any(c in MODE for c, _ in todo) and ref is None:
             raise SystemExit(f"the inter codecs need references; {name} has none")
@@ -153,7 +171,7 @@ def run(args) -> None:
                 if codec not in inter_packets:
                     inter_packets[codec] = imodel.encode(hr, ref)
                 t0 = time.perf_counter()
-                with inter.default_mode(MODE[c]):
+                with inter.default_mode(MODE[c]), _payload_version(2 if c in V2.values() else inter.PAYLOAD_VERSION):
                     data = inter_packets[codec].to_bytes(codec, q)
                 extra = {"encode_s": time.perf_counter() - t0, "mode": codecs.inter_payload(codec, Packet.from_bytes(data).lr_data)["mode"]}
                 hat = imodel.decode(Packet.from_bytes(data), ref)
@@ -422,6 +440,7 @@ def main(argv=None) -> None:
     r.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None)
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--reverse", action="store_true", help="swap image and reference (names get ~reverse)")
+    r.add_argument("--inter-v2", action="store_true", help="also each inter codec's P-frame as payload version 2 coded it (curve h264-v2 etc.)")
     r.add_argument("--limit", type=int, default=0, help="first N images only (a quick look)")
     r.add_argument("--crop", type=int, default=0, help="only the centre N x N px of each image (N a multiple of 4; 0: whole images)")
     r.add_argument("--points", type=int, default=7, help="qualities per curve, evenly spread over each codec's sweep (2..7)")

@@ -3,7 +3,8 @@
 ::
 
     refscale encode HR.png --ref REF.png [-m refscale-x2] [--codec png] [-q Q] -o scene.rsc [--lr-out lr.png]
-    refscale encode HR.png --ref REF.png -m inter-h264 -q 60 -o scene.rsc    # a P-frame from the reference
+    refscale encode HR.png --ref REF.png -m inter-h264 -q 60 -o scene.rsc    # a P-frame from the reference, or intra
+                                                   # where that is cheaper (--inter-mode auto|inter|intra)
     refscale decode scene.rsc --ref REF.png -o rebuilt.png [--temperature T] [--seed 0]
     refscale info scene.rsc
     refscale models

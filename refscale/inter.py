@@ -1,4 +1,5 @@
-"""Inter-frame LR codecs: the LR image coded as a video P-frame predicted from the reference.
+"""Inter-frame LR codecs: the LR image coded as a video P-frame predicted from the reference (or,
+where that costs more, as an intra frame).
 
 Three codecs of the container's LR section, ``h264-inter``, ``hevc-inter`` and ``av1-inter``,
 listed in :data:`refscale.codecs.CODECS` beside the still-image codecs. Unlike those, they need a
@@ -49,7 +50,17 @@ lossless (the colour conversion is not), so :func:`refscale.codecs.is_lossless` 
 
 **The LR section** of an inter codec (docs/format.md, "Inter-frame LR sections")::
 
-    u8 payload version (2; 1 is read) | u8 CRF | str8 encoder identity | 8 bytes frame-0 digest | P-frame bitstream
+    u8 payload version (3; 1 and 2 are read) | u8 CRF | str8 encoder identity
+        | u8 mode (version 3: 1 inter, 0 intra) | inter: 8 bytes frame-0 digest | the P-frame or the intra frame
+
+**The mode** (issue 30). Where the reference predicts badly (much change, another season or
+sensor, haze) a P-frame can cost more than coding the image alone, so payload version 3 may
+hold an intra frame instead, which needs no frame 0 and no reference. ``mode="auto"`` (the
+default, :data:`DEFAULT_MODE`; the CLI's ``--inter-mode``) lets the encoder choose per image
+and quality (:func:`choose`): the cheaper of the two in ``J = D + lambda R`` (:func:`rd_cost`,
+the encoders' own Lagrangian at the frame QP), decided by a fast first pass where the two are
+clearly apart; ``inter`` and ``intra`` force one. Version 3 also gives both modes the same frame
+QP for one quality (``SETTINGS``), so that "the same quality" compares like with like.
 
 The identity (``libx264;av-18.1.0;lavc-62.28.102``) names what wrote the file; the digest is the
 first 8 bytes of the SHA-256 of frame 0's bitstream as the encoder produced it. The decoder
@@ -130,14 +141,18 @@ SETTINGS[2] = {"h264-inter": {"preset": "slow", "tune": "none"},
 #: quality: ``qcomp=0.99`` (x264 / x265: the frame QP is the CRF, not raised by about 7 for a
 #: P-frame whose residual is complex, as with the default 0.6; x265 ignores ``ipratio`` at exactly 1,
 #: so frame 0 would no longer be near-lossless) and, for an intra frame (``intra``, added when
-#: frame 0 is not boosted), no I/P QP ratio (``ipratio=1``; SVT-AV1: the key frame at the CRF's qindex).
+#: frame 0 is not boosted), no I/P QP ratio (``ipratio=1``; SVT-AV1: the key frame at the CRF's
+#: qindex). x265's cu-tree is off (``cutree=0``): without lookahead it has nothing to propagate,
+#: and with ``qcomp=0.99`` it made the P-frame differ between runs of one process (3 bitstreams in
+#: 8 runs of a 64 px OSCD crop at CRF 38; none in 16 without it).
 SETTINGS[3] = {"h264-inter": {**SETTINGS[2]["h264-inter"], "params": "qcomp=0.99", "intra": "ipratio=1"},
-               "hevc-inter": {**SETTINGS[2]["hevc-inter"], "params": "qcomp=0.99", "intra": "ipratio=1"},
+               "hevc-inter": {**SETTINGS[2]["hevc-inter"], "params": "qcomp=0.99:cutree=0", "intra": "ipratio=1"},
                "av1-inter": {**SETTINGS[2]["av1-inter"], "intra": "use-fixed-qindex-offsets=1:key-frame-qindex-offset=0"}}
 #: the Lagrange multiplier's constant of :func:`rd_cost` per codec (calibrated on the OSCD train pairs)
 LAMBDA = {"h264-inter": 0.57, "hevc-inter": 0.57, "av1-inter": 0.57}
-#: the fast first pass of ``auto`` (:func:`choose`): encoder preset, and the log cost ratio beyond
-#: which its decision is kept without coding both candidates with the real settings
+#: the fast first pass of ``auto`` (:func:`choose`): the intra frame's encoder preset, and the log
+#: ratio of its cost to the P-frame's beyond which the P-frame is kept without coding the intra
+#: frame with the real settings (calibrated on the OSCD train pairs)
 FAST_PRESET = {"h264-inter": "ultrafast", "hevc-inter": "ultrafast", "av1-inter": "12"}
 FAST_MARGIN = 0.2
 
@@ -423,21 +438,20 @@ def _cost(s: Spec, crf: int, packets: list[bytes], new: np.ndarray, size: tuple[
 
 def choose(s: Spec, crf: int, new: np.ndarray, f0: np.ndarray, size: tuple[int, int], version: int = PAYLOAD_VERSION,
            ) -> tuple[str, list[bytes], str]:
-    """The ``auto`` decision: ``(mode, its packets, how it was decided)``. Both candidates are coded
-    with the fast preset of :data:`FAST_PRESET` first; where their costs (:func:`rd_cost`) differ by
-    more than :data:`FAST_MARGIN` (log ratio) only the winner is coded with the payload version's
-    settings, otherwise both are and the cheaper is kept."""
+    """The ``auto`` decision: ``(mode, its packets, how it was decided)``. The P-frame is coded
+    first, then the intra frame with the fast preset of :data:`FAST_PRESET`: where that costs
+    (:func:`rd_cost`) more than the P-frame by a log ratio above :data:`FAST_MARGIN` (more than
+    the real settings ever gained over the fast ones on the train pairs) the P-frame is kept;
+    otherwise the intra frame is coded with the real settings and the cheaper of the two kept."""
+    pframe = _code(s, crf, "inter", new, f0, version)
+    j_inter = _cost(s, crf, pframe, new, size)
     fast = FAST_PRESET.get(s.name)
     if fast is not None:
-        quick = {m: _cost(s, crf, _code(s, crf, m, new, f0, version, {"preset": fast}), new, size) for m in ("inter", "intra")}
-        ratio = math.log(quick["intra"] / quick["inter"])
-        if abs(ratio) > FAST_MARGIN:
-            mode = "inter" if ratio > 0 else "intra"
-            return mode, _code(s, crf, mode, new, f0, version), "fast pass"
-    both = {m: _code(s, crf, m, new, f0, version) for m in ("inter", "intra")}
-    cost = {m: _cost(s, crf, p, new, size) for m, p in both.items()}
-    mode = "inter" if cost["inter"] <= cost["intra"] else "intra"
-    return mode, both[mode], "both coded"
+        j_fast = _cost(s, crf, _code(s, crf, "intra", new, None, version, {"preset": fast}), new, size)
+        if math.log(j_fast / j_inter) > FAST_MARGIN:
+            return "inter", pframe, "fast pass"
+    iframe = _code(s, crf, "intra", new, None, version)
+    return ("inter", pframe, "both coded") if j_inter <= _cost(s, crf, iframe, new, size) else ("intra", iframe, "both coded")
 
 
 # ----------------------------------------------------------------------------- the payload
