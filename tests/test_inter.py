@@ -444,13 +444,13 @@ def test_an_unrelated_reference_chooses_intra_and_decodes(codec):
 
 
 @pytest.mark.parametrize("codec", INTER)
-def test_a_near_identical_pair_chooses_inter_by_the_fast_pass(codec):
+def test_a_near_identical_pair_chooses_inter(codec):
     new, ref = pair(64, 96)
     a, r = u8(new), u8(ref)
     s = inter.SPECS[codec]
     crf = inter.crf_for(codec, 40)
     mode, packets, how = inter.choose(s, crf, inter.to_planes(s, a), inter.to_planes(s, r), (64, 96))
-    assert (mode, how, len(packets)) == ("inter", "fast pass", 2)
+    assert (mode, how, len(packets)) == ("inter", "fast pass" if inter.FAST_PRESET[codec] else "both coded", 2)
     section = codecs.encode_image(a, codec, 40, ref=r)
     assert inter.parse(codec, section).mode == "inter"
     assert section == inter.encode(codec, a, 40, r, mode="inter")  # auto wrote what inter writes
