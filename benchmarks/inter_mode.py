@@ -3,7 +3,7 @@
 
     python benchmarks/inter_mode.py why --data ../shared/data/oscd --split train --crop 320 --codec hevc-inter --out why.json
     python benchmarks/inter_mode.py why-report --results why.json
-    python benchmarks/rd_curves.py run --data ../shared/data/oscd [--reverse] --codecs hevc-inter --points 5 --out rd.json
+    python benchmarks/rd_curves.py run --data ../shared/data/oscd [--reverse] --codecs hevc-inter --points 5 --inter-v2 --out rd.json
     python benchmarks/inter_mode.py check-report --results rd.json [rd-reverse.json] --json check-report.json
 
 ``why`` codes each pair (both directions; ``~other``: the new image against another city's older
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks folder
-from rd_curves import AUTO, CROP, FULL, INTER, INTRA, MODE, save_results  # noqa: E402
+from rd_curves import AUTO, CROP, FULL, INTER, INTRA, MODE, V2, save_results  # noqa: E402
 
 from refscale import inter, metrics  # noqa: E402
 from refscale.data import discover, iter_full_images  # noqa: E402
@@ -255,9 +255,9 @@ def simulate(args) -> None:
 # ============================================================================= check: auto vs inter vs intra
 def check_rows(results: dict) -> dict[str, list[dict]]:
     """Inter codec -> one row per image of a ``rd_curves.py run`` (pipeline ``full``): the BD-rate
-    of its ``auto`` curve against the inter and intra curves and against the better of the two
-    (the one with the lower BD-rate against the other), the modes auto chose, its encode time
-    over inter's."""
+    of its ``auto`` curve against the inter and intra curves, against the better of the two (the
+    one with the lower BD-rate against the other) and against payload version 2's P-frame (the
+    inter mode before, ``--inter-v2``), the modes auto chose, its encode time over inter's."""
     by: dict = {}
     for key, p in results["points"].items():
         image, pipe, label, q = key.split("|")
@@ -267,6 +267,7 @@ def check_rows(results: dict) -> dict[str, list[dict]]:
     for codec in INTER:
         labels = {"inter": by.get(codec, {}), "intra": by.get(INTRA[codec], {}), "auto": by.get(AUTO[codec], {})}
         qs = results["meta"]["qualities"][codec]
+        v2, q2 = by.get(V2[codec], {}), results["meta"]["qualities"].get(V2[codec], [])
         rows = []
         for im in sorted(labels["auto"]):
             if not all(all(q in labels[m].get(im, {}) for q in qs) for m in labels):
@@ -276,9 +277,11 @@ def check_rows(results: dict) -> dict[str, list[dict]]:
             vs_inter, vs_intra = bd(c["inter"], c["auto"])["bd_rate"], bd(c["intra"], c["auto"])["bd_rate"]
             better = "intra" if intra_vs_inter is not None and intra_vs_inter < 0 else "inter"
             t = {m: sum(labels[m][im][q]["encode_s"] for q in qs) for m in ("inter", "auto")}
+            vs_v2 = bd([(v2[im][q]["bpp"], v2[im][q]["psnr_y"]) for q in q2], c["auto"])["bd_rate"] \
+                if q2 and all(q in v2.get(im, {}) for q in q2) else None
             rows.append({"image": im, "intra_vs_inter": intra_vs_inter, "better": better,
                          "auto_vs_better": vs_intra if better == "intra" else vs_inter, "auto_vs_inter": vs_inter,
-                         "auto_vs_intra": vs_intra,
+                         "auto_vs_intra": vs_intra, "auto_vs_v2": vs_v2,
                          "chosen": "".join("P" if labels["auto"][im][q]["mode"] == "inter" else "I" for q in qs),
                          "time_auto_over_inter": t["auto"] / t["inter"]})
         if rows:
@@ -300,18 +303,20 @@ def check_report(args) -> None:
     lines = []
     for codec, rows in table.items():
         lines += [f"{codec}: {len(rows)} images, qualities {results['meta']['qualities'][codec]} (chosen: P = inter, I = intra, per quality)", "",
-                  "| image | intra vs inter | better | auto vs the better | auto vs inter | chosen | auto time / inter |",
-                  "|---|---:|---|---:|---:|---|---:|"]
+                  "| image | intra vs inter | better | auto vs the better | auto vs inter | auto vs version 2's inter | chosen | auto time / inter |",
+                  "|---|---:|---|---:|---:|---:|---|---:|"]
         for r in rows:
             lines.append(f"| {r['image']} | {f(r['intra_vs_inter'])} | {r['better']} | {f(r['auto_vs_better'])} | {f(r['auto_vs_inter'])} "
-                         f"| {r['chosen']} | {r['time_auto_over_inter']:.2f} |")
+                         f"| {f(r['auto_vs_v2'])} | {r['chosen']} | {r['time_auto_over_inter']:.2f} |")
         vals = [r["auto_vs_better"] for r in rows if r["auto_vs_better"] is not None]
         inter_wins = [r["auto_vs_inter"] for r in rows if r["better"] == "inter" and r["auto_vs_inter"] is not None]
+        old = [r["auto_vs_v2"] for r in rows if r["better"] == "inter" and r["auto_vs_v2"] is not None]
         times = [r["time_auto_over_inter"] for r in rows]
         if vals:
             lines += ["", f"auto vs the better: max {max(vals):+.2f} %, median {statistics.median(vals):+.2f} %, over +1 %: "
                       f"{sum(v > 1 for v in vals)} of {len(vals)}; where inter is better ({len(inter_wins)} images) auto vs inter: "
-                      f"max {max(inter_wins, default=float('nan')):+.2f} %; intra better on {sum(r['better'] == 'intra' for r in rows)}; "
+                      f"max {max(inter_wins, default=float('nan')):+.2f} %, auto vs version 2's inter: max {max(old, default=float('nan')):+.2f} %, "
+                      f"median {statistics.median(old) if old else float('nan'):+.2f} %; intra better on {sum(r['better'] == 'intra' for r in rows)}; "
                       f"auto's encode time / inter's: median {statistics.median(times):.2f}, max {max(times):.2f}", ""]
     print("\n".join(lines))
     if args.json:
