@@ -149,9 +149,9 @@ SETTINGS[3] = {"h264-inter": {**SETTINGS[2]["h264-inter"], "params": "qcomp=0.99
                "hevc-inter": {**SETTINGS[2]["hevc-inter"], "params": "qcomp=0.99:cutree=0", "intra": "ipratio=1"},
                "av1-inter": {**SETTINGS[2]["av1-inter"], "intra": "use-fixed-qindex-offsets=1:key-frame-qindex-offset=0"}}
 #: the Lagrange multiplier's constant of :func:`rd_cost` per codec: the H.264 (JM, 0.85) and HEVC
-#: (HM, 0.57) reference encoders' own; on the OSCD train pairs the decision was as good from 0.5 to
-#: 1.2 times 0.57 (HEVC) and from 1.2 to 2 times (H.264) (docs/results.md, "Inter mode decision").
-#: AV1: HEVC's, with the CRF scaled to H.264's QP range (not calibrated)
+#: (HM, 0.57) reference encoders' own; on the OSCD train pairs the decision was as good from 0.7 to
+#: 1.2 times these (docs/results.md, "Inter mode decision"). AV1: HEVC's, with the CRF scaled to
+#: H.264's QP range (not calibrated)
 LAMBDA = {"h264-inter": 0.85, "hevc-inter": 0.57, "av1-inter": 0.57}
 #: the fast first pass of ``auto`` (:func:`choose`): the intra frame's encoder preset (None: the
 #: real intra frame is cheap enough, about an eighth of the P-frame's time with x264), and the
@@ -397,10 +397,10 @@ def default_mode(mode: str):
 
 def luma_mse(s: Spec, planes: np.ndarray, coded: np.ndarray, size: tuple[int, int]) -> float:
     """Mean squared error of the full-range Y plane over the image (``size``; padding left out)."""
-    h, w = size
-    diff = planes[0 if s.chroma == 444 else slice(None)][:h, :w].astype(np.int32) - \
-        coded[0 if s.chroma == 444 else slice(None)][:h, :w].astype(np.int32)
-    return float(np.mean(diff.astype(np.float64) ** 2))
+    def luma(p):  # 4:4:4 [3, H, W]; 4:2:0 packed [H * 3/2, W], Y in the first H rows
+        return (p[0] if s.chroma == 444 else p)[:size[0], :size[1]].astype(np.float64)
+
+    return float(np.mean((luma(planes) - luma(coded)) ** 2))
 
 
 def rd_cost(name: str, crf: int, mse: float, bpp: float, scale: float = 1.0) -> float:
