@@ -9,8 +9,12 @@ with an RGB channel off by more than 40 levels (``frac_off40``) against bits per
 
 * ``full``: each still codec alone at full resolution (the bare codec bitstream, no container:
   this favours the codec by the ~100 container bytes a refscale file carries); each inter codec
-  at full resolution through the ``inter-*`` model and a real ``.rsc`` (a P-frame predicted from
-  the reference, issue 19), and the same encoder intra-only (``h264-intra`` etc., bare bitstream);
+  at full resolution through the ``inter-*`` model and a real ``.rsc``, three ways (issue 30):
+  the P-frame predicted from the reference (``--inter-mode inter``, curve ``h264-inter`` etc.,
+  issue 19), the same encoder intra-only (``intra``, curve ``h264-intra``) and whichever of the
+  two the encoder chooses per image and quality (``auto``, the default, curve ``h264-auto``; its
+  points record the mode chosen and every inter point its encode time; ``--inter-v2`` adds the
+  P-frame as payload version 2 coded it, curve ``h264-v2``);
 * every ``--models`` pipeline: ``model.encode`` once (once more with the reference at LR size
   for the inter codecs: the LR coded as a P-frame from the equally downscaled reference), then the LR coded by each codec at each
   quality inside a real ``.rsc`` (``Packet.to_bytes``: the rate is the *whole file*, header and
@@ -31,6 +35,8 @@ highest quality (PSNR-RGB, the worst image, >40 levels).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import math
 import os
@@ -56,15 +62,24 @@ from refscale.rd import bd  # noqa: E402
 STILL = ("jpeg", "webp", "avif", "jxl", "j2k")
 INTER = ("h264-inter", "hevc-inter", "av1-inter")  # P-frame from the reference (refscale.inter)
 CODECS = STILL + INTER
-#: the intra-only curve of each inter codec's encoder (pipeline ``full`` only; not a container codec)
+#: the intra-only curve and the ``--inter-mode auto`` curve of each inter codec (pipeline ``full``
+#: only; curve labels, not container codecs)
 INTRA = {c: c.replace("-inter", "-intra") for c in INTER}
-ALL = CODECS + tuple(INTRA.values())  # every curve label, in report order
+AUTO = {c: c.replace("-inter", "-auto") for c in INTER}
+#: the P-frame as payload version 2 coded it (the inter mode before issue 30; ``--inter-v2``)
+V2 = {c: c.replace("-inter", "-v2") for c in INTER}
+MODE = {**{c: "inter" for c in INTER}, **{v: "intra" for v in INTRA.values()}, **{v: "auto" for v in AUTO.values()},
+        **{v: "inter" for v in V2.values()}}
+ALL = CODECS + tuple(INTRA.values()) + tuple(AUTO.values()) + tuple(V2.values())  # every curve label, in report order
 #: quality sweeps: 7 points each, spanning ~0.02-2 bpp at full resolution and at x2 / x4 on OSCD
 #: (j2k's quality is a target PSNR 20 + 0.3 q dB, so its useful range is lower; inter codecs:
-#: CRF = 51 (100 - q) / 99, i.e. CRF 46 .. 5 for x264/x265)
+#: CRF = 51 (100 - q) / 99, i.e. CRF 51 .. 13 for x264/x265, which with payload version 3 is the
+#: frame QP; version 2's sweep 10 .. 90 put the P-frame at about the same QPs, 51 .. 12, its
+#: --points 5 (10, 40, 55, 70, 90) at QP 51, 38, 30, 22, 12 and version 3's (1, 25, 40, 55, 75)
+#: at 51, 38, 31, 23, 13)
 QUALITIES = {
-    **{c: (10, 25, 40, 55, 70, 80, 90) for c in INTER},
-    **{c: (10, 25, 40, 55, 70, 80, 90) for c in INTRA.values()},
+    **{c: (1, 10, 25, 40, 55, 65, 75) for c in INTER + tuple(INTRA.values()) + tuple(AUTO.values())},
+    **{c: (10, 25, 40, 55, 70, 80, 90) for c in V2.values()},
     "jpeg": (5, 15, 30, 50, 70, 85, 95),
     "webp": (5, 15, 30, 50, 70, 85, 95),
     "avif": (5, 15, 30, 45, 60, 75, 90),
@@ -112,6 +127,17 @@ def _mean_point(q: int, pts_list: list[dict], names: list[str]) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def _payload_version(version: int):
+    """Inter payloads of another ``version`` inside (the codecs call ``inter.encode`` by name)."""
+    encode = inter.encode
+    inter.encode = functools.partial(encode, version=version)
+    try:
+        yield
+    finally:
+        inter.encode = encode
+
+
 def save_results(results: dict, path: Path) -> None:
     """Write ``results`` to ``path`` as JSON atomically (a stopped run keeps every point it saved)."""
     tmp = path.with_suffix(".tmp")
@@ -154,29 +180,31 @@ def run(args) -> None:
             name, hr, ref = f"{name}~reverse", ref, hr
         h, w = hr.shape[-2:]
         grey = is_greyscale_file(sample.ref if args.reverse else sample.hr)
-        full_codecs = [x for c in codec_list for x in ((c, INTRA[c]) if c in INTER else (c,))]
+        full_codecs = [x for c in codec_list for x in ((c, INTRA[c], AUTO[c]) + ((V2[c],) if args.inter_v2 else ()) if c in INTER else (c,))]
         todo = [(c, q) for c in full_codecs for q in qualities[c] if _key(name, FULL, c, q) not in points]
-        if any(c in INTER for c, _ in todo) and ref is None:
+        if any(c in MODE for c, _ in todo) and ref is None:
             raise SystemExit(f"the inter codecs need references; {name} has none")
         start = time.perf_counter()
         hr_u8 = metrics.to_uint8(hr)[0].permute(1, 2, 0).numpy().copy()
         inter_packets = {}
         for c, q in todo:
-            if c in INTER:  # through the container, like any refscale file
+            extra = {}
+            if c in MODE:  # an inter codec through the container, like any refscale file, in one mode
+                codec = next(k for k in INTER if k.split("-")[0] == c.split("-")[0])
                 imodel = zoo.load(f"inter-{c.split('-')[0]}")
-                if c not in inter_packets:
-                    inter_packets[c] = imodel.encode(hr, ref)
-                data = inter_packets[c].to_bytes(c, q)
+                if codec not in inter_packets:
+                    inter_packets[codec] = imodel.encode(hr, ref)
+                t0 = time.perf_counter()
+                with inter.default_mode(MODE[c]), _payload_version(2 if c in V2.values() else inter.PAYLOAD_VERSION):
+                    data = inter_packets[codec].to_bytes(codec, q)
+                extra = {"encode_s": time.perf_counter() - t0, "mode": codecs.inter_payload(codec, Packet.from_bytes(data).lr_data)["mode"]}
                 hat = imodel.decode(Packet.from_bytes(data), ref)
                 nbytes = len(data)
-            elif c.endswith("-intra"):
-                nbytes, rec = inter.intra(c.replace("-intra", "-inter"), hr_u8, q)
-                hat = torch.from_numpy(rec).permute(2, 0, 1)[None].float() / 255
             else:
                 data = codecs.encode_image(hr_u8, c, q)
                 nbytes = len(data)
                 hat = torch.from_numpy(codecs.decode_image(data, c, (h, w))).permute(2, 0, 1)[None].float() / 255
-            points[_key(name, FULL, c, q)] = {"bpp": nbytes * 8 / (h * w), **_scores(hat, hr, grey)}
+            points[_key(name, FULL, c, q)] = {"bpp": nbytes * 8 / (h * w), **_scores(hat, hr, grey), **extra}
         if todo:
             print(f"{name} {FULL}: {len(todo)} points, {time.perf_counter() - start:.1f} s", flush=True)
             save_results(results, out)
@@ -291,10 +319,12 @@ def per_image_bd(results: dict, pipe: str, codec: str, anchor: str, images: set[
 
 
 def spread_markdown(results: dict, images: set[str] | None = None) -> list[str]:
-    """Per-image BD-rate of each full-resolution inter codec against AVIF and its own intra-only."""
+    """Per-image BD-rate of each full-resolution inter codec against AVIF and its own intra-only,
+    and of its ``auto`` curve against both of its modes."""
     lines = []
-    for codec in INTER:
-        for anchor in ("avif", INTRA[codec]):
+    for codec in INTER + tuple(AUTO.values()):
+        anchors = ("avif", INTRA[codec]) if codec in INTER else next((INTRA[k], k) for k, v in AUTO.items() if v == codec)
+        for anchor in anchors:
             per = {k: v for k, v in per_image_bd(results, FULL, codec, anchor, images).items() if v is not None}
             if not per:
                 continue
@@ -333,13 +363,14 @@ def report_markdown(cs: dict, rows: list[dict], name: str, command: str) -> str:
              "rate = whole .rsc file per HR pixel; the codec alone = its bare bitstream; `-`: not measured, e.g. RGB in "
              "results files of before issue 26). Regenerate with:", "",
              f"    {command}", ""]
-    lines += ["**BD against the same codec alone at full resolution** (an inter codec at full resolution: against "
-              "its encoder intra-only; negative BD-rate = fewer bits for the same PSNR-Y; ranges are the overlap "
+    lines += ["**BD against the same codec alone at full resolution** (an inter codec at full resolution, and its "
+              "`auto` curve: against its encoder intra-only; negative BD-rate = fewer bits for the same PSNR-Y; ranges are the overlap "
               "the deltas integrate over):", "",
               "| pipeline | codec | against | BD-rate | over PSNR-Y | BD-PSNR | over bpp | BD-rate RGB | BD-PSNR RGB |",
               "|---|---|---|---:|---|---:|---|---:|---:|"]
     for r in rows:
-        same = r["codec"] == r["anchor"] or (r["pipeline"] == FULL and INTRA.get(r["codec"]) == r["anchor"])
+        intra_of = INTRA.get(r["codec"]) or next((INTRA[k] for k, v in AUTO.items() if v == r["codec"]), None)
+        same = r["codec"] == r["anchor"] or (r["pipeline"] == FULL and intra_of == r["anchor"])
         if not same:
             continue
         pr = "-" if r["psnr_range"] is None else f"{r['psnr_range'][0]:.1f}-{r['psnr_range'][1]:.1f} dB"
@@ -409,7 +440,7 @@ def figures(cs: dict, name: str, folder: Path) -> list[Path]:
                     continue
                 ax.plot(*zip(*_pts(curve)), marker="o", ms=3, label=f"{codec} alone" if pipe == FULL else f"{pipe} + {codec}",
                         lw=2 if pipe == FULL else 1.3, color="black" if pipe == FULL else None)
-            for extra, style in ((INTRA.get(codec), ":"), ("avif" if codec in INTER else None, "--")):
+            for extra, style in ((INTRA.get(codec), ":"), (AUTO.get(codec), "-."), ("avif" if codec in INTER else None, "--")):
                 if extra and (FULL, extra) in cs:  # inter codecs: beside their intra-only curve and AVIF
                     ax.plot(*zip(*_pts(cs[(FULL, extra)])), ls=style, color="grey", marker=".", label=f"{extra} alone")
             ax.set_xscale("log")
@@ -462,6 +493,7 @@ def main(argv=None) -> None:
     r.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None)
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--reverse", action="store_true", help="swap image and reference (names get ~reverse)")
+    r.add_argument("--inter-v2", action="store_true", help="also each inter codec's P-frame as payload version 2 coded it (curve h264-v2 etc.)")
     r.add_argument("--limit", type=int, default=0, help="first N images only (a quick look)")
     r.add_argument("--crop", type=int, default=0, help="only the centre N x N px of each image (N a multiple of 4; 0: whole images)")
     r.add_argument("--points", type=int, default=7, help="qualities per curve, evenly spread over each codec's sweep (2..7)")

@@ -3,7 +3,8 @@
 ::
 
     refscale encode HR.png --ref REF.png [-m refscale-x2] [--codec png] [-q Q] -o scene.rsc [--lr-out lr.png]
-    refscale encode HR.png --ref REF.png -m inter-h264 -q 60 -o scene.rsc    # a P-frame from the reference
+    refscale encode HR.png --ref REF.png -m inter-h264 -q 60 -o scene.rsc    # a P-frame from the reference, or intra
+                                                   # where that is cheaper (--inter-mode auto|inter|intra)
     refscale decode scene.rsc --ref REF.png -o rebuilt.png [--temperature T] [--seed 0]
     refscale info scene.rsc
     refscale models
@@ -71,6 +72,15 @@ def _error(message: str) -> None:
     print(f"refscale: error: {' '.join(str(message).split())}", file=sys.stderr)
 
 
+def _add_inter_mode_option(parser: argparse.ArgumentParser) -> None:
+    """``--inter-mode`` of the commands that write inter-frame LR sections (encode, evaluate)."""
+    from refscale.inter import MODES
+
+    parser.add_argument("--inter-mode", choices=MODES, default="auto",
+                        help="*-inter codecs: code the P-frame (inter), the image alone (intra), or whichever needs fewer "
+                             "bits at equal quality (auto, the default; recorded in the file)")
+
+
 def _add_precision_option(parser: argparse.ArgumentParser) -> None:
     """``--precision`` of the commands that choose the model arithmetic (encode, evaluate)."""
     parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None,
@@ -130,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-verify", dest="verify", action="store_false",
                    help="do not decode the result here to check it block by block against bicubic (default: check, and "
                         "code the blocks where the model is worse with the bicubic fallback; recorded for the decoder)")
+    _add_inter_mode_option(e)
     _add_precision_option(e)
     e.add_argument("--force", action="store_true", help="overwrite existing outputs")
     e.set_defaults(func=cmd_encode)
@@ -181,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--no-verify", dest="verify", action="store_false",
                    help="encode without the verifying encoder's bicubic fallback (default: as refscale encode, verified)")
     v.add_argument("--save-lr", default=None, metavar="DIR", help="also save each stored LR image as DIR/<name>.png")
+    _add_inter_mode_option(v)
     _add_precision_option(v)
     v.add_argument("--force", action="store_true", help="overwrite existing outputs")
     v.set_defaults(func=cmd_evaluate)
@@ -348,6 +360,7 @@ def _codec_and_quality(args, model) -> tuple[str, int | None]:
 
 def cmd_encode(args) -> int:
     from refscale import files
+    from refscale.inter import default_mode
 
     _check_quality_options(args)
     from refscale.raster import parse_bands, parse_range
@@ -381,12 +394,16 @@ def cmd_encode(args) -> int:
             from refscale import archive
 
             archive.write_reference_record(job.output, selections[job.name], force=True)
-        r = files.encode_file(job, job_models.get(job.name, model), codec=codec, quality=quality, bpp=args.bpp, max_bytes=args.max_bytes,
-                              tile=args.tile, resample_ref=args.resample_ref, precision=args.precision,
-                              register=args.register, force=args.force, progress=not batch and _tty(),
-                              bands=bands, value_range=args.value_range, verify=args.verify)
+        with default_mode(args.inter_mode):
+            r = files.encode_file(job, job_models.get(job.name, model), codec=codec, quality=quality, bpp=args.bpp,
+                                  max_bytes=args.max_bytes, tile=args.tile, resample_ref=args.resample_ref,
+                                  precision=args.precision, register=args.register, force=args.force,
+                                  progress=not batch and _tty(), bands=bands, value_range=args.value_range,
+                                  verify=args.verify)
         h, w = r["size"]
         q = "" if r["quality"] is None else f" q{r['quality']}"
+        if r["inter_mode"]:
+            q += f", {'P-frame' if r['inter_mode'] == 'inter' else 'intra only'}" + (" (auto)" if args.inter_mode == "auto" else "")
         rec = r["raster"]
         extra = "" if rec is None else f", {rec.dtype} bands {','.join(map(str, rec.bands))}" + \
             (f" mapped {rec.rule}" if rec.rule != "identity" else "") + (", georeferenced" if rec.georeferenced else "")
@@ -441,13 +458,16 @@ def cmd_decode(args) -> int:
 
 # ============================================================================= info, models
 def cmd_info(args) -> int:
-    from refscale import files
-    from refscale.container import inspect
+    from refscale import codecs, files
+    from refscale.container import Packet, inspect
 
     results = []
     for name in args.inputs:
         path = files.existing(name, "container")
-        info = inspect(files.read_bytes(path))
+        data = files.read_bytes(path)
+        info = inspect(data)
+        if codecs.needs_reference(info["codec"]):  # what the inter-frame LR section holds
+            info["inter"] = codecs.inter_payload(info["codec"], Packet.from_bytes(data).lr_data)
         results.append({"file": str(path), **info})
     print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
     return 0
@@ -482,6 +502,7 @@ def cmd_evaluate(args) -> int:
     from refscale import codecs, files
     from refscale.data import discover
     from refscale.evaluate import check_lr_dir, evaluate, to_markdown
+    from refscale.inter import default_mode
 
     _check_quality_options(args)
     if args.draws < 1:
@@ -503,10 +524,13 @@ def cmd_evaluate(args) -> int:
         if missing:
             who = f"model {model.name}" if model.needs_reference else f"codec {codec}"
             raise ModelError(f"{who} needs references; {args.data} has none for {', '.join(missing[:3])}")
-    result = evaluate(model, samples, draws=args.draws, codec=codec, quality=quality, bpp=args.bpp,
-                      max_bytes=args.max_bytes, progress=_tty(),
-                      dataset=Path(args.data).name, split=args.split, lr_dir=args.save_lr, overwrite=args.force,
-                      precision=args.precision, temperature=args.temperature, verify=args.verify)
+    with default_mode(args.inter_mode):
+        result = evaluate(model, samples, draws=args.draws, codec=codec, quality=quality, bpp=args.bpp,
+                          max_bytes=args.max_bytes, progress=_tty(),
+                          dataset=Path(args.data).name, split=args.split, lr_dir=args.save_lr, overwrite=args.force,
+                          precision=args.precision, temperature=args.temperature, verify=args.verify)
+    if codecs.needs_reference(codec):
+        result["inter_mode"] = args.inter_mode
     text = json.dumps(result, indent=2) + "\n"
     if args.json_out:
         files.write_bytes(Path(args.json_out), text.encode(), args.force)

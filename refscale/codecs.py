@@ -236,6 +236,15 @@ def needs_reference(codec: str) -> bool:
     return CODECS[canonical(codec)].needs_reference
 
 
+def inter_payload(codec: str, section: bytes) -> dict:
+    """What an inter-frame codec's LR section records: ``{"payload_version", "mode", "crf",
+    "encoder"}`` (mode ``inter``: a P-frame, ``intra``: an intra frame; :mod:`refscale.inter`)."""
+    from refscale import inter
+
+    p = inter.parse(canonical(codec), bytes(section))
+    return {"payload_version": p.version, "mode": p.mode, "crf": p.crf, "encoder": p.identity}
+
+
 def effective_quality(codec: str, quality: int | None) -> int | None:
     """The quality ``encode_image`` really uses: ``quality``, else the codec's default for a lossy
     codec (JPEG 95, the inter codecs ``refscale.inter.DEFAULT_QUALITY``), else ``None`` (lossless)."""

@@ -196,9 +196,11 @@ def encode_file(job: Job, model: Rescaler, *, codec: str | None = None, quality:
                 register: bool = True, force: bool = False, progress: bool = False, bands=None,
                 value_range=None, windowed: bool | None = None, verify: bool = True) -> dict:
     """Encode one job: write the container (and the LR as the receiver sees it). Returns
-    ``{"output", "bytes", "bpp", "size", "model", "codec", "quality", "raster", "verify"}`` (``quality``: the
-    one used and recorded, a lossy codec's default when none was given; ``verify``: the verifying
-    encoder's report, ``refscale.pipeline.encode``, or None). ``codec=None``: the model's default.
+    ``{"output", "bytes", "bpp", "size", "model", "codec", "quality", "raster", "verify", "inter_mode"}``
+    (``quality``: the one used and recorded, a lossy codec's default when none was given;
+    ``verify``: the verifying encoder's report, ``refscale.pipeline.encode``, or None;
+    ``inter_mode``: what an inter-frame codec coded, ``inter`` or ``intra``; else None).
+    ``codec=None``: the model's default.
 
     ``bands`` (e.g. ``[4, 3, 2]``, 1-based) and ``value_range`` (``"p2,98"``, ``"0,10000"``):
     how a raster's bands and intensities reach the model (:func:`refscale.raster.read_raster`;
@@ -233,9 +235,10 @@ def encode_file(job: Job, model: Rescaler, *, codec: str | None = None, quality:
             Path(job.output).unlink(missing_ok=True)  # both outputs or neither
             raise
     h, w = packet.size
+    mode = codecs.inter_payload(codec, Packet.from_bytes(data).lr_data)["mode"] if codecs.needs_reference(codec) else None
     return {"output": job.output, "bytes": len(data), "bpp": len(data) * 8 / (h * w), "size": (h, w),
             "model": model.name, "codec": codec, "quality": codecs.effective_quality(codec, quality), "raster": packet.raster,
-            "verify": packet.verify_report}
+            "verify": packet.verify_report, "inter_mode": mode}
 
 
 def write_decoded(hr: torch.Tensor, packet: Packet, path, *, cog: bool = False, force: bool = False) -> Path:

@@ -1,4 +1,5 @@
-"""Inter-frame LR codecs: the LR image coded as a video P-frame predicted from the reference.
+"""Inter-frame LR codecs: the LR image coded as a video P-frame predicted from the reference (or,
+where that costs more, as an intra frame).
 
 Three codecs of the container's LR section, ``h264-inter``, ``hevc-inter`` and ``av1-inter``,
 listed in :data:`refscale.codecs.CODECS` beside the still-image codecs. Unlike those, they need a
@@ -49,7 +50,17 @@ lossless (the colour conversion is not), so :func:`refscale.codecs.is_lossless` 
 
 **The LR section** of an inter codec (docs/format.md, "Inter-frame LR sections")::
 
-    u8 payload version (2; 1 is read) | u8 CRF | str8 encoder identity | 8 bytes frame-0 digest | P-frame bitstream
+    u8 payload version (3; 1 and 2 are read) | u8 CRF | str8 encoder identity
+        | u8 mode (version 3: 1 inter, 0 intra) | inter: 8 bytes frame-0 digest | the P-frame or the intra frame
+
+**The mode** (issue 30). Where the reference predicts badly (much change, another season or
+sensor, haze) a P-frame can cost more than coding the image alone, so payload version 3 may
+hold an intra frame instead, which needs no frame 0 and no reference. ``mode="auto"`` (the
+default, :data:`DEFAULT_MODE`; the CLI's ``--inter-mode``) lets the encoder choose per image
+and quality (:func:`choose`): the cheaper of the two in ``J = D + lambda R`` (:func:`rd_cost`,
+the encoders' own Lagrangian at the frame QP), decided by a fast first pass where the two are
+clearly apart; ``inter`` and ``intra`` force one. Version 3 also gives both modes the same frame
+QP for one quality (``SETTINGS``), so that "the same quality" compares like with like.
 
 The identity (``libx264;av-18.1.0;lavc-62.28.102``) names what wrote the file; the digest is the
 first 8 bytes of the SHA-256 of frame 0's bitstream as the encoder produced it. The decoder
@@ -62,16 +73,26 @@ predicted from the other reference, e.g. a re-encoded copy of the archive image)
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import math
+import re
 import struct
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import NamedTuple
 
 import numpy as np
 
 from refscale.errors import ContainerError, InputError
 
-PAYLOAD_VERSION = 2  # written; every version in SETTINGS is read
+PAYLOAD_VERSION = 3  # written; every version in SETTINGS is read
+#: what an inter payload may hold (payload version 3): ``auto`` chooses per image (:func:`choose`)
+MODES = ("auto", "inter", "intra")
+#: the mode written when none is given (``default_mode`` sets it for a block; the CLI's ``--inter-mode``)
+DEFAULT_MODE = "auto"
+#: the mode byte of payload version 3: 0 intra, 1 inter
+MODE_BYTES = ("intra", "inter")
 DEFAULT_QUALITY = 60
 DIGEST_BYTES = 8
 EXTRA_HINT = "pip install 'refscale[inter]'"
@@ -116,6 +137,28 @@ SETTINGS: dict[int, dict[str, dict[str, str]]] = {
 SETTINGS[2] = {"h264-inter": {"preset": "slow", "tune": "none"},
                "hevc-inter": {"preset": "slow", "tune": "none"},
                "av1-inter": {"preset": "6", "tune": "none"}}
+#: Version 3 (issue 30) adds intra payloads and gives both modes the same frame QP at the same
+#: quality: ``qcomp=0.99`` (x264 / x265: the frame QP is the CRF, not raised by about 7 for a
+#: P-frame whose residual is complex, as with the default 0.6; x265 ignores ``ipratio`` at exactly 1,
+#: so frame 0 would no longer be near-lossless) and, for an intra frame (``intra``, added when
+#: frame 0 is not boosted), no I/P QP ratio (``ipratio=1``; SVT-AV1: the key frame at the CRF's
+#: qindex). x265's cu-tree is off (``cutree=0``): without lookahead it has nothing to propagate,
+#: and with ``qcomp=0.99`` it made the P-frame differ between runs of one process (3 bitstreams in
+#: 8 runs of a 64 px OSCD crop at CRF 38; none in 16 without it).
+SETTINGS[3] = {"h264-inter": {**SETTINGS[2]["h264-inter"], "params": "qcomp=0.99", "intra": "ipratio=1"},
+               "hevc-inter": {**SETTINGS[2]["hevc-inter"], "params": "qcomp=0.99:cutree=0", "intra": "ipratio=1"},
+               "av1-inter": {**SETTINGS[2]["av1-inter"], "intra": "use-fixed-qindex-offsets=1:key-frame-qindex-offset=0"}}
+#: the Lagrange multiplier's constant of :func:`rd_cost` per codec: the H.264 (JM, 0.85) and HEVC
+#: (HM, 0.57) reference encoders' own; on the OSCD train pairs the decision was as good from 0.7 to
+#: 1.2 times these (docs/results.md, "Inter mode decision"). AV1: HEVC's, with the CRF scaled to
+#: H.264's QP range (not calibrated)
+LAMBDA = {"h264-inter": 0.85, "hevc-inter": 0.57, "av1-inter": 0.57}
+#: the fast first pass of ``auto`` (:func:`choose`): the intra frame's encoder preset (None: the
+#: real intra frame is cheap enough, about an eighth of the P-frame's time with x264), and the
+#: log ratio of its cost to the P-frame's beyond which the P-frame is kept without coding the intra
+#: frame with the real settings (x265 ``ultrafast`` against ``slow``: at most 0.146 on the train pairs)
+FAST_PRESET = {"h264-inter": None, "hevc-inter": "ultrafast", "av1-inter": "12"}
+FAST_MARGIN = 0.2
 
 
 def crf_for(name: str, quality: int | None) -> int:
@@ -128,24 +171,26 @@ def crf_for(name: str, quality: int | None) -> int:
 def _options(s: Spec, crf: int, boost_first: bool = True, version: int = PAYLOAD_VERSION,
              settings: dict[str, str] | None = None) -> dict[str, str]:
     """Encoder options: deterministic (one thread), low delay (no B-frames, lookahead, scene cuts),
-    preset and tune of :data:`SETTINGS` for payload ``version`` (``settings`` overrides them: the
-    tuning sweep), frame 0 near-lossless (see module doc); ``boost_first=False``: frame 0 at the
-    CRF like any other (the intra-only baseline, :func:`intra_size`)."""
+    preset, tune and extra encoder parameters (``params``) of :data:`SETTINGS` for payload
+    ``version`` (``settings`` overrides them: the tuning sweeps), frame 0 near-lossless (see module
+    doc); ``boost_first=False``: frame 0 at the CRF like any other, with the version's ``intra``
+    parameters (an intra payload)."""
     st = {**SETTINGS[version][s.name], **(settings or {})}
     tune = {"tune": st["tune"]} if st["tune"] not in ("none", "nopsy") else {}
+    extra = "".join(":" + st[k] for k in ("params",) + (() if boost_first else ("intra",)) if st.get(k))
     if s.encoder == "libx264":
         return {"preset": st["preset"], **tune, "crf": str(crf),
                 "x264-params": ("zones=0,0,q=0:" if boost_first else "") + ("psy=0:" if st["tune"] == "nopsy" else "") +
-                               "keyint=infinite:scenecut=0:bframes=0:rc-lookahead=0:sync-lookahead=0:threads=1:sliced-threads=0"}
+                               "keyint=infinite:scenecut=0:bframes=0:rc-lookahead=0:sync-lookahead=0:threads=1:sliced-threads=0" + extra}
     if s.encoder == "libx265":
         return {"preset": st["preset"], **tune, "crf": str(crf),
                 "x265-params": ("ipratio=1024:" if boost_first else "") + ("info=0:" if version >= 2 else "") +
                                ("psy-rd=0:psy-rdoq=0:" if st["tune"] == "nopsy" else "") +
-                               "keyint=250:scenecut=0:bframes=0:rc-lookahead=0:frame-threads=1:pools=none:wpp=0:log-level=none"}
+                               "keyint=250:scenecut=0:bframes=0:rc-lookahead=0:frame-threads=1:pools=none:wpp=0:log-level=none" + extra}
     return {"preset": st["preset"], "crf": str(crf),
             "svtav1-params": "pred-struct=1:scd=0:lp=1:keyint=250:enable-tf=0:enable-overlays=0" +
                              (f":tune={st['tune']}" if tune else "") +
-                             (":use-fixed-qindex-offsets=1:key-frame-qindex-offset=-64" if boost_first else "")}
+                             (":use-fixed-qindex-offsets=1:key-frame-qindex-offset=-64" if boost_first else "") + extra}
 
 
 # ----------------------------------------------------------------------------- PyAV
@@ -316,12 +361,11 @@ def first_frame(name: str, ref: np.ndarray, quality: int | None = None, crf: int
 
 
 def intra(name: str, arr: np.ndarray, quality: int | None = None) -> tuple[int, np.ndarray]:
-    """``arr`` coded intra-only by the same encoder at the same quality (the same options without
-    the frame-0 boost): ``(bytes, reconstruction uint8 [h, w, 3])``, the baseline the P-frame is
-    compared with."""
+    """``arr`` coded intra-only by the same encoder at the same quality, as an intra payload holds
+    it: ``(bytes, reconstruction uint8 [h, w, 3])``."""
     s = SPECS[name]
     arr = np.ascontiguousarray(arr)
-    packets = _encode_frames(s, crf_for(name, quality), [to_planes(s, arr)], boost_first=False)
+    packets = _code(s, crf_for(name, quality), "intra", to_planes(s, arr), None, PAYLOAD_VERSION)
     frames = _decode_frames(s, packets, _padded_size(s, *arr.shape[:2]))
     return sum(len(p) for p in packets), from_planes(s, frames[0], arr.shape[:2])
 
@@ -331,26 +375,134 @@ def intra_size(name: str, arr: np.ndarray, quality: int | None = None) -> int:
     return intra(name, arr, quality)[0]
 
 
-def encode(name: str, arr: np.ndarray, quality: int | None, ref: np.ndarray, version: int = PAYLOAD_VERSION) -> bytes:
-    """The LR section: payload header + the P-frame coding ``arr`` predicted from ``ref`` (both uint8
-    ``[h, w, 3]``); ``version``: an older payload version's settings (compatibility tests)."""
+# ----------------------------------------------------------------------------- the mode decision
+def check_mode(mode: str) -> str:
+    """``mode`` if it is one of :data:`MODES`, else a one-line :class:`InputError`."""
+    if mode not in MODES:
+        raise InputError(f"inter mode must be one of {', '.join(MODES)}, got {mode!r}")
+    return mode
+
+
+@contextlib.contextmanager
+def default_mode(mode: str):
+    """``with default_mode("intra"): packet.to_bytes(...)``: the mode of every inter payload written
+    inside (:data:`DEFAULT_MODE` otherwise; the CLI's ``--inter-mode``)."""
+    global DEFAULT_MODE
+    old, DEFAULT_MODE = DEFAULT_MODE, check_mode(mode)
+    try:
+        yield
+    finally:
+        DEFAULT_MODE = old
+
+
+def luma_mse(s: Spec, planes: np.ndarray, coded: np.ndarray, size: tuple[int, int]) -> float:
+    """Mean squared error of the full-range Y plane over the image (``size``; padding left out)."""
+    def luma(p):  # 4:4:4 [3, H, W]; 4:2:0 packed [H * 3/2, W], Y in the first H rows
+        return (p[0] if s.chroma == 444 else p)[:size[0], :size[1]].astype(np.float64)
+
+    return float(np.mean((luma(planes) - luma(coded)) ** 2))
+
+
+def rd_cost(name: str, crf: int, mse: float, bpp: float, scale: float = 1.0) -> float:
+    """``J = D + lambda R`` of a coded frame: Y MSE plus :data:`LAMBDA` ``* 2^((qp - 12) / 3)`` (the
+    H.264 / HEVC reference encoders' Lagrangian at that QP) times bits per pixel; ``qp`` is the CRF
+    (the frame QP, payload version 3), for AV1 scaled to H.264's range (``crf * 51 / 63``)."""
     s = SPECS[name]
-    ref = _check_ref(name, ref, arr.shape)
+    qp = crf if s.crf_max == 51 else crf * 51 / 63
+    return mse + scale * LAMBDA[name] * 2.0 ** ((qp - 12) / 3) * bpp
+
+
+def _code(s: Spec, crf: int, mode: str, new: np.ndarray, f0: np.ndarray | None, version: int,
+          settings: dict[str, str] | None = None) -> list[bytes]:
+    """The packets of one candidate: inter ``[frame 0, P-frame]``, intra ``[I-frame]``."""
+    if mode == "inter":
+        packets = _encode_frames(s, crf, [f0, new], version=version, settings=settings)
+        if len(packets) != 2:
+            raise InputError(f"{s.encoder} produced {len(packets)} packets for two frames, expected 2")
+        return packets
+    packets = _encode_frames(s, crf, [new], boost_first=False, version=version, settings=settings)
+    if len(packets) != 1:
+        raise InputError(f"{s.encoder} produced {len(packets)} packets for one frame, expected 1")
+    return [_drop_sei(packets[0])] if s.encoder == "libx264" else packets
+
+
+def _drop_sei(frame: bytes) -> bytes:
+    """An H.264 access unit (Annex B) without its SEI NAL units: x264 writes its version and every
+    option there (about 600 bytes), which no decoder needs."""
+    starts = [m.start() for m in re.finditer(b"\x00\x00\x01", frame)]
+    cuts = [st - 1 if st and frame[st - 1] == 0 else st for st in starts] + [len(frame)]  # a 4-byte start code
+    return frame[:cuts[0]] + b"".join(frame[cuts[i]:cuts[i + 1]] for i, st in enumerate(starts)
+                                      if st + 3 >= len(frame) or frame[st + 3] & 0x1F != 6)
+
+
+def _cost(s: Spec, crf: int, packets: list[bytes], new: np.ndarray, size: tuple[int, int]) -> float:
+    coded = _decode_frames(s, packets, _padded_size(s, *size))[-1]
+    return rd_cost(s.name, crf, luma_mse(s, new, coded, size), len(packets[-1]) * 8 / (size[0] * size[1]))
+
+
+def choose(s: Spec, crf: int, new: np.ndarray, f0: np.ndarray, size: tuple[int, int], version: int = PAYLOAD_VERSION,
+           ) -> tuple[str, list[bytes], str]:
+    """The ``auto`` decision: ``(mode, its packets, how it was decided)``. The P-frame is coded
+    first, then the intra frame with the fast preset of :data:`FAST_PRESET`: where that costs
+    (:func:`rd_cost`) more than the P-frame by a log ratio above :data:`FAST_MARGIN` (more than
+    the real settings ever gained over the fast ones on the train pairs) the P-frame is kept;
+    otherwise the intra frame is coded with the real settings and the cheaper of the two kept."""
+    pframe = _code(s, crf, "inter", new, f0, version)
+    j_inter = _cost(s, crf, pframe, new, size)
+    fast = FAST_PRESET.get(s.name)
+    if fast is not None:
+        j_fast = _cost(s, crf, _code(s, crf, "intra", new, None, version, {"preset": fast}), new, size)
+        if math.log(j_fast / j_inter) > FAST_MARGIN:
+            return "inter", pframe, "fast pass"
+    iframe = _code(s, crf, "intra", new, None, version)
+    return ("inter", pframe, "both coded") if j_inter <= _cost(s, crf, iframe, new, size) else ("intra", iframe, "both coded")
+
+
+# ----------------------------------------------------------------------------- the payload
+class Payload(NamedTuple):
+    """An inter LR section, parsed: ``frame`` is the P-frame (mode ``inter``) or the I-frame
+    (``intra``, payload version 3: no frame 0, ``digest`` empty)."""
+
+    crf: int
+    identity: str
+    digest: bytes
+    frame: bytes
+    version: int
+    mode: str
+
+
+def encode(name: str, arr: np.ndarray, quality: int | None, ref: np.ndarray | None, version: int = PAYLOAD_VERSION,
+           mode: str | None = None) -> bytes:
+    """The LR section coding ``arr`` (uint8 ``[h, w, 3]``): the P-frame predicted from ``ref``, or
+    intra-only; ``mode`` ``auto`` (:func:`choose`), ``inter`` or ``intra`` (``None``:
+    :data:`DEFAULT_MODE`). ``version``: an older payload version's settings (compatibility tests;
+    versions 1 and 2 have no mode: inter only)."""
+    s = SPECS[name]
+    mode = check_mode(DEFAULT_MODE if mode is None else mode)
+    if version < 3:
+        if mode == "intra":
+            raise InputError(f"payload version {version} has no intra mode (the P-frame only)")
+        mode = "inter"
+    arr = np.ascontiguousarray(arr)
     crf = crf_for(name, quality)
-    f0 = to_planes(s, ref)
-    packets = _encode_frames(s, crf, [f0, to_planes(s, arr)], version=version)
-    if len(packets) != 2:
-        raise InputError(f"{s.encoder} produced {len(packets)} packets for two frames, expected 2")
+    new = to_planes(s, arr)
+    f0 = None if mode == "intra" else to_planes(s, _check_ref(name, ref, arr.shape))
+    if mode == "auto":
+        mode, packets, _ = choose(s, crf, new, f0, arr.shape[:2], version)
+    else:
+        packets = _code(s, crf, mode, new, f0, version)
+    ident = identity(name).encode("ascii")[:255]
+    head = struct.pack("<BBB", version, crf, len(ident)) + ident + (bytes([MODE_BYTES.index(mode)]) if version >= 3 else b"")
+    if mode == "intra":
+        return head + packets[0]
     alone = _encode_frames(s, crf, [f0], version=version)
     if alone[:1] != packets[:1]:  # the decoder would not be able to rebuild frame 0
         raise InputError(f"{s.encoder} is not deterministic here: frame 0 alone differs from frame 0 of the stream")
-    ident = identity(name).encode("ascii")[:255]
-    return struct.pack("<BBB", version, crf, len(ident)) + ident + _digest(packets[0]) + packets[1]
+    return head + _digest(packets[0]) + packets[1]
 
 
-def parse(name: str, data: bytes) -> tuple[int, str, bytes, bytes, int]:
-    """``(crf, encoder identity, frame-0 digest, P-frame bitstream, payload version)`` of an LR
-    section; ContainerError if malformed."""
+def parse(name: str, data: bytes) -> Payload:
+    """The fields of an LR section (:class:`Payload`); ContainerError if malformed."""
     s = SPECS[name]
     if len(data) < 3:
         raise ContainerError(f"{name} LR section is too short ({len(data)} bytes)")
@@ -359,31 +511,47 @@ def parse(name: str, data: bytes) -> tuple[int, str, bytes, bytes, int]:
         raise ContainerError(f"{name} LR section has payload version {version}; this refscale reads {', '.join(map(str, SETTINGS))}")
     if not s.crf_min <= crf <= s.crf_max:
         raise ContainerError(f"{name} LR section: CRF {crf} out of range {s.crf_min}..{s.crf_max}")
-    end = 3 + n + DIGEST_BYTES
-    if n < 1 or len(data) <= end:
+    pos = 3 + n
+    if n < 1 or len(data) < pos:
         raise ContainerError(f"{name} LR section is truncated")
-    raw = data[3:3 + n]
+    raw = data[3:pos]
     if not all(0x21 <= c <= 0x7E for c in raw):
         raise ContainerError(f"{name} LR section: encoder identity is not printable ASCII")
-    return crf, raw.decode("ascii"), data[3 + n:end], data[end:], version
+    mode = "inter"
+    if version >= 3:
+        if len(data) <= pos:
+            raise ContainerError(f"{name} LR section is truncated")
+        if data[pos] >= len(MODE_BYTES):
+            raise ContainerError(f"{name} LR section: mode byte {data[pos]} is neither 0 (intra) nor 1 (inter)")
+        mode, pos = MODE_BYTES[data[pos]], pos + 1
+    end = pos + (DIGEST_BYTES if mode == "inter" else 0)
+    if len(data) <= end:
+        raise ContainerError(f"{name} LR section is truncated")
+    return Payload(crf, raw.decode("ascii"), data[pos:end], data[end:], version, mode)
 
 
-def decode(name: str, data: bytes, size: tuple[int, int], ref: np.ndarray, exact: bool = True) -> np.ndarray:
-    """Rebuild the LR image uint8 ``[h, w, 3]`` from its section and the reference at LR size.
-    ``exact``: refuse when frame 0 regenerated here differs from the encoder's (see module doc)."""
+def decode(name: str, data: bytes, size: tuple[int, int], ref: np.ndarray | None, exact: bool = True) -> np.ndarray:
+    """Rebuild the LR image uint8 ``[h, w, 3]`` from its section and the reference at LR size (not
+    used by an intra payload). ``exact``: refuse when frame 0 regenerated here differs from the
+    encoder's (see module doc)."""
     s = SPECS[name]
-    crf, ident, digest, pframe, version = parse(name, bytes(data))
+    p = parse(name, bytes(data))
+    if p.mode == "intra":
+        frames = _decode_frames(s, [p.frame], _padded_size(s, *size))
+        if len(frames) != 1:
+            raise ContainerError(f"{name} intra frame did not decode ({len(frames)} frames from 1 packet)")
+        return from_planes(s, frames[0], size)
     ref = _check_ref(name, ref, (size[0], size[1], 3))
-    f0 = _encode_frames(s, crf, [to_planes(s, ref)], version=version)
+    f0 = _encode_frames(s, p.crf, [to_planes(s, ref)], version=p.version)
     if len(f0) != 1:
         raise ContainerError(f"{s.encoder} produced {len(f0)} packets for frame 0")
-    if exact and _digest(f0[0]) != digest:
+    if exact and _digest(f0[0]) != p.digest:
         mine = identity(name)
         why = ("the same build: the reference at LR size or the encoder's output differs on this machine"
-               if mine == ident else f"this machine has {mine}")
-        raise ContainerError(f"cannot rebuild the encoder's first frame for {name}: the file was written with {ident}, "
+               if mine == p.identity else f"this machine has {mine}")
+        raise ContainerError(f"cannot rebuild the encoder's first frame for {name}: the file was written with {p.identity}, "
                              f"{why}; decode with the same PyAV build")
-    frames = _decode_frames(s, [f0[0], pframe], _padded_size(s, *size))
+    frames = _decode_frames(s, [f0[0], p.frame], _padded_size(s, *size))
     if len(frames) != 2:
         raise ContainerError(f"{name} P-frame did not decode ({len(frames)} frames from 2 packets)")
     return from_planes(s, frames[1], size)

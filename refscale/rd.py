@@ -38,10 +38,13 @@ def _sorted(curve: Curve, what: str) -> tuple[list[float], list[float]]:
 
 def _monotone(rates: list[float], dists: list[float]) -> tuple[list[float], list[float]]:
     """Keep the points where distortion strictly increases with rate (the lower convex
-    envelope is not needed for pchip, but repeated or falling points break the inverse fit)."""
+    envelope is not needed for pchip, but repeated or falling points break the inverse fit); of
+    points with equal rate, the best."""
     out_r, out_d = [], []
     for r, d in zip(rates, dists):
-        if not out_d or d > out_d[-1]:
+        if out_d and r == out_r[-1] and d > out_d[-1]:
+            out_d[-1] = d
+        elif not out_d or d > out_d[-1]:
             out_r.append(r)
             out_d.append(d)
     return out_r, out_d

@@ -4,16 +4,17 @@ Tiny synthetic pairs only. Each codec PyAV provides here is tested; a codec it l
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
+import base64
 import ctypes
 import glob
 import hashlib
+import json
 import os
 import struct
 import sys
 import warnings
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -131,8 +132,8 @@ def test_encoder_and_decoder_rebuild_frame_0_identically(codec):
     assert bitstream == stream[0]
     np.testing.assert_array_equal(inter.from_planes(s, enc_frame0, (40, 56)), dec_frame0)
     # the container's digest is that of frame 0
-    payload = codecs.encode_image(a, codec, 60, ref=r)
-    assert inter.parse(codec, payload)[2] == inter._digest(bitstream)
+    payload = inter.encode(codec, a, 60, r, mode="inter")
+    assert inter.parse(codec, payload).digest == inter._digest(bitstream)
     if s.chroma == 444:  # H.264 / HEVC: frame 0 is near-lossless in YCbCr
         assert np.abs(enc_frame0.astype(int) - inter.to_planes(s, r).astype(int)).max() <= 3
 
@@ -142,9 +143,9 @@ def test_a_frame_0_the_decoder_cannot_reproduce_is_refused():
     codec = INTER[0]
     new, ref = pair(32, 32)
     a, r = u8(new), u8(ref)
-    payload = bytearray(codecs.encode_image(a, codec, 60, ref=r))
+    payload = bytearray(inter.encode(codec, a, 60, r, mode="inter"))
     n = payload[2]
-    payload[3 + n] ^= 0xFF  # first digest byte
+    payload[3 + n + 1] ^= 0xFF  # first digest byte (after the mode byte)
     with pytest.raises(ContainerError, match="cannot rebuild the encoder's first frame.*written with lib") as e:
         codecs.decode_image(bytes(payload), codec, (32, 32), ref=r)
     assert "\n" not in str(e.value)
@@ -195,11 +196,11 @@ def test_golden_hashes_of_a_tiny_pair(codec, version):
     a, r = integer_pair()
     assert (sha16(a.tobytes()), sha16(r.tobytes())) == GOLDEN_INPUT
     payload = inter.encode(codec, a, 60, r, version=version)
-    _, _, digest, pframe, v = inter.parse(codec, payload)
+    got = inter.parse(codec, payload)
     out = inter.decode(codec, payload, a.shape[:2], r)
     frame0, p, d = GOLDEN[(codec, version)]
-    assert v == version
-    assert (digest.hex() if frame0 else None, sha16(pframe), sha16(out.tobytes())) == (frame0, p, d)
+    assert got.version == version and got.mode == "inter"
+    assert (got.digest.hex() if frame0 else None, sha16(got.frame), sha16(out.tobytes())) == (frame0, p, d)
 
 
 def _av_lib(stem: str):
@@ -260,7 +261,7 @@ def test_payload_version_1_still_decodes_and_an_unknown_one_is_refused():
     assert psnr(torch.from_numpy(out) / 255, torch.from_numpy(a) / 255) > 30
     with pytest.raises(ContainerError, match="cannot rebuild the encoder's first frame"):  # read as version 2
         inter.decode(codec, bytes([2]) + old[1:], a.shape[:2], r)
-    with pytest.raises(ContainerError, match="payload version 9; this refscale reads 1, 2"):
+    with pytest.raises(ContainerError, match="payload version 9; this refscale reads 1, 2, 3"):
         inter.decode(codec, b"\x09" + old[1:], a.shape[:2], r)
 
 
@@ -351,13 +352,16 @@ def test_cli_encode_and_decode(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- damaged files
-def test_fuzz_inter_container():
-    """Damaged inter-frame containers (truncations, bit flips, section edits with repaired CRCs):
-    each decodes to a valid image or raises RefScaleError with one line."""
+@pytest.mark.parametrize("mode", ["inter", "intra"])
+def test_fuzz_inter_container(mode):
+    """Damaged inter-frame containers (truncations, bit flips, section edits with repaired CRCs),
+    with a P-frame or an intra frame: each decodes to a valid image or raises RefScaleError with one line."""
     codec = INTER[0]
     model = zoo.load(MODEL[codec])
     new, ref = pair(24, 24)
-    data = model.encode(new, ref).to_bytes()
+    with inter.default_mode(mode):
+        data = model.encode(new, ref).to_bytes()
+    assert inter.parse(codec, Packet.from_bytes(data).lr_data).mode == mode
     h = read_header(data)
     rng = np.random.default_rng(19)
     outcomes = {"decoded": 0, "refused": 0}
@@ -413,3 +417,168 @@ def test_evaluate_uses_the_inter_models_own_codec(tmp_path):
     model = zoo.load(MODEL[INTER[0]])
     result = evaluate(model, discover(tmp_path), progress=False)
     assert result["codec"] == INTER[0] and np.isfinite(result["mean"]["psnr_y"])  # not a lossless PNG
+
+
+# ----------------------------------------------------------------------------- the mode (issue 30)
+def unrelated_pair(h=64, w=96):
+    """A textured image and a reference of uniform noise: the reference predicts nothing."""
+    return synthetic_image(h, w), torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.filterwarnings("ignore:registration:UserWarning", "ignore:the reference looks unrelated:UserWarning")
+@pytest.mark.parametrize("codec", INTER)
+def test_an_unrelated_reference_chooses_intra_and_decodes(codec):
+    """Measured (64x96, q 90, payload version 3): the P-frame's cost D + lambda R is 3-10% above
+    the intra frame's with every codec."""
+    new, ref = unrelated_pair()
+    model = zoo.load(MODEL[codec])
+    data = model.encode(new, ref).to_bytes(codec, 90)
+    assert codecs.inter_payload(codec, Packet.from_bytes(data).lr_data)["mode"] == "intra"
+    out = model.decode(Packet.from_bytes(data), ref)
+    assert psnr(out, new) > (30 if codec == "av1-inter" else 40)
+    with inter.default_mode("inter"):
+        forced = model.encode(new, ref).to_bytes(codec, 90)
+    assert codecs.inter_payload(codec, Packet.from_bytes(forced).lr_data)["mode"] == "inter"
+    # an intra payload needs no reference at all, and no frame-0 digest
+    section = Packet.from_bytes(data).lr_data
+    np.testing.assert_array_equal(inter.decode(codec, section, (64, 96), None), u8(out))
+    assert inter.parse(codec, section).digest == b""
+
+
+@pytest.mark.parametrize("codec", INTER)
+def test_a_near_identical_pair_chooses_inter(codec):
+    new, ref = pair(64, 96)
+    a, r = u8(new), u8(ref)
+    s = inter.SPECS[codec]
+    crf = inter.crf_for(codec, 40)
+    mode, packets, how = inter.choose(s, crf, inter.to_planes(s, a), inter.to_planes(s, r), (64, 96))
+    assert (mode, how, len(packets)) == ("inter", "fast pass" if inter.FAST_PRESET[codec] else "both coded", 2)
+    section = codecs.encode_image(a, codec, 40, ref=r)
+    assert inter.parse(codec, section).mode == "inter"
+    assert section == inter.encode(codec, a, 40, r, mode="inter")  # auto wrote what inter writes
+
+
+@pytest.mark.parametrize("mode", ["inter", "intra"])
+def test_the_mode_round_trips_in_the_container_and_the_cli(mode, tmp_path, capsys):
+    codec = INTER[0]
+    new, ref = _pngs(tmp_path)
+    out = tmp_path / f"{mode}.rsc"
+    assert main(["encode", str(new), "--ref", str(ref), "-m", MODEL[codec], "-q", "60", "--inter-mode", mode, "-o", str(out)]) == 0
+    line = capsys.readouterr().out
+    assert ("P-frame" if mode == "inter" else "intra only") in line and "(auto)" not in line
+    assert main(["info", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["inter"]["mode"] == mode and info["inter"]["payload_version"] == inter.PAYLOAD_VERSION == 3
+    data = out.read_bytes()
+    section = Packet.from_bytes(data).lr_data
+    assert section[3 + section[2]] == (1 if mode == "inter" else 0)  # the mode byte, after the identity
+    assert main(["decode", str(out), "--ref", str(ref), "-o", str(tmp_path / f"{mode}.png")]) == 0
+    from refscale.imageio import read_image
+
+    assert psnr(read_image(tmp_path / f"{mode}.png"), read_image(new)) > 30
+    assert main(["encode", str(new), "--ref", str(ref), "-m", MODEL[codec], "-o", str(tmp_path / "auto.rsc")]) == 0
+    assert "P-frame (auto)" in capsys.readouterr().out  # a near-identical pair
+    assert main(["encode", str(new), "--ref", str(ref), "-m", MODEL[codec], "--inter-mode", "best", "-o", str(tmp_path / "x.rsc")]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:registration:UserWarning", "ignore:the reference looks unrelated:UserWarning")
+def test_a_budget_keeps_auto_within_it_and_evaluate_takes_the_mode(tmp_path, capsys):
+    codec = INTER[0]
+    new, ref = unrelated_pair(48, 64)
+    packet = zoo.load(MODEL[codec]).encode(new, ref)
+    budget = len(packet.to_bytes(codec, 60))
+    data, q = packet.fit(codec, budget)
+    assert len(data) <= budget and q >= 55
+    with inter.default_mode("inter"):
+        data_inter, q_inter = packet.fit(codec, budget)
+    assert inter.parse(codec, Packet.from_bytes(data_inter).lr_data).mode == "inter" and len(data_inter) <= budget
+    from refscale.imageio import write_image
+
+    write_image(new, tmp_path / "p" / "hr.png")
+    write_image(ref, tmp_path / "p" / "ref.png")
+    assert main(["evaluate", "--data", str(tmp_path), "-m", MODEL[codec], "-q", "60", "--inter-mode", "intra",
+                 "--json", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["inter_mode"] == "intra"
+
+
+def test_bad_modes_and_mode_bytes_are_refused():
+    codec = INTER[0]
+    a, r = integer_pair()
+    with pytest.raises(InputError, match="inter mode must be one of auto, inter, intra"):
+        inter.encode(codec, a, 60, r, mode="both")
+    with pytest.raises(InputError, match="payload version 2 has no intra mode"):
+        inter.encode(codec, a, 60, r, version=2, mode="intra")
+    with pytest.raises(InputError, match="one of auto"):
+        with inter.default_mode("sometimes"):
+            pass
+    assert inter.DEFAULT_MODE == "auto"
+    good = inter.encode(codec, a, 60, r, mode="intra")
+    with pytest.raises(ContainerError, match="truncated"):
+        inter.parse(codec, good[:4 + good[2]])  # the mode byte and nothing after it
+    section = bytearray(good)
+    section[3 + section[2]] = 7
+    with pytest.raises(ContainerError, match="mode byte 7 is neither 0"):
+        inter.decode(codec, bytes(section), a.shape[:2], r)
+
+
+#: Containers written by refscale before payload version 3 (main at 3a487e0: integer_pair() at
+#: q 60, no registration), with the SHA-256 (16 hex digits) of the image they decode to.
+OLD_FILES = {
+    "inter-h264": ("06a865e890bdb18d",
+                   "iVJTQw0KGgoCAIgAAAAKaW50ZXItaDI2NB3r6NGrzKx/clmhffR4tgzSBF1HJJ3oGtw6vbXjr1vYAeEgnRIgH4oV26NDto69WPSlicEG0lFP"
+                   "QVxVQOoBJU/5AAAAAAAAAAABADAAAABAAAAAMAAAAEAAAAAAAAAAAAAAAARmcDMyCmgyNjQtaW50ZXI8VAEAANVeZzcACVU5ZQIVIGxpYngy"
+                   "NjQ7YXYtMTguMS4wO2xhdmMtNjIuMjguMTAyCDZr1eZWHg4AAAABQZo7EJfYZiU/xfMnOLVsi1uDBtXOVuw1NGFfvfgULjmjjlTlzSiQJZXO"
+                   "8HNMxZOPeTHlFxeKnKvY3y6ErfsZd3NulyBpr8VI/B0F43PksmLlm04qUwO9DYAP95ziJtjwFLhdaDxl1bFEomZvbeWtO8hRsgaS90RAWzNP"
+                   "wKZSDTwkMIj9RoPb5go2+J+926T0asVLOrHRfO2QW5btXkRJAKG29VJtymgkgrZRLtLJ0vnPfBADTCy+Mky6+0WZSY0qGfzHy11OGO+88d62"
+                   "lX7HzK+kc6AnJjVBLA8ymsqpz1gwd/kqO8SL7OHVphDwjQ66Hf/RNX+zEN11qAc9cT5i/Va9UzvR1CTmXXBI5Dcd3IFvmzH7IC6EYo7zZagn"
+                   "BNsdpyAwe/4="),
+    "inter-hevc": ("af32c08fa8c7b59d",
+                   "iVJTQw0KGgoCAIgAAAAKaW50ZXItaGV2Yx3r6NGrzKx/clmhffR4tgzSBF1HJJ3oGtw6vbXjr1vYAeEgnRIgH4oV26NDto69WPSlicEG0lFP"
+                   "QVxVQOoBJU/5AAAAAAAAAAABADAAAABAAAAAMAAAAEAAAAAAAAAAAAAAAARmcDMyCmhldmMtaW50ZXI8LQEAAEDv6YUAzj6HhgIVIGxpYngy"
+                   "NjU7YXYtMTguMS4wO2xhdmMtNjIuMjguMTAyeRaKsbEN148AAAABAgHQCX4Qxlz4lNndSpr8PirleDll8UEsr96YpdfQUwn5r9cZuhjDSucm"
+                   "VYIMzC9HBvQ3Ver8VhaU8gKsQyNCiBP7+V3ItrxzMujv7GpWjmZxjtXWChqA6EmroAvS0ZlPgmKaZh6efnNVBRj2ANYf9d21VQulBRBD4032"
+                   "VXDywDojdKKsrdqTFIduX9kvGvU/Aa67jiQzfSWksVEauF5eSvsT3lpkgc+22wBpxTTw1rmYuscYNHtzVCs9rBQ4i6T59dshT6Sc8ecvN7WT"
+                   "Fnm4TQIA/iD4spCTh0O4PkmRQT3ZNFpmWxam48AF9fMgfeiW/UehOgkY/FqAt+VFHyw="),
+}
+
+
+@pytest.mark.parametrize("name", list(OLD_FILES))
+def test_a_file_of_payload_version_2_decodes_as_before(name):
+    codec = zoo.load(name).default_codec
+    if codec not in INTER:
+        pytest.skip(f"{codec} is not available")
+    if not inter.identity(codec).endswith(GOLDEN_BUILD):
+        pytest.skip(f"the old files were written with {GOLDEN_BUILD}")
+    digest, b64 = OLD_FILES[name]
+    data = base64.b64decode(b64)
+    packet = Packet.from_bytes(data)
+    assert inter.parse(codec, packet.lr_data)[-2:] == (2, "inter")
+    a, r = integer_pair()
+    out = zoo.load(name).decode(packet, torch.from_numpy(r).permute(2, 0, 1)[None].float() / 255)
+    assert sha16(u8(out).tobytes()) == digest
+
+
+#: payload version 3, integer_pair() at q 60: (codec, mode) -> (frame-0 digest or None, SHA-256 of
+#: the stored frame, of the decoded image), recorded with GOLDEN_BUILD twice, in separate processes
+GOLDEN_V3 = {
+    ("h264-inter", "inter"): ("2edf8b7d9de7529d", "958071214afe760a", "16f3724fc4e073d2"),
+    ("h264-inter", "intra"): (None, "f4ff0fe532b769eb", "686626aeaaafca18"),
+    ("hevc-inter", "inter"): ("79168ab1b10dd78f", "3f384a8df01ace88", "5e300e7aaf4edcc3"),
+    ("hevc-inter", "intra"): (None, "0a46a91db0990717", "92911d7d0ec1147e"),
+    ("av1-inter", "inter"): ("916dd003ade1ead9", "97bd7a0c0ba61378", "534c7c0d7d2596f8"),
+    ("av1-inter", "intra"): (None, "d7d5dfdc743473db", "3c791ac6a5483d55"),
+}
+
+
+@pytest.mark.parametrize("mode", ["inter", "intra"])
+@pytest.mark.parametrize("codec", INTER)
+def test_golden_hashes_of_payload_version_3(codec, mode):
+    if not inter.identity(codec).endswith(GOLDEN_BUILD):
+        pytest.skip(f"the golden hashes are of {GOLDEN_BUILD}")
+    a, r = integer_pair()
+    payload = inter.encode(codec, a, 60, r, mode=mode)
+    got = inter.parse(codec, payload)
+    out = inter.decode(codec, payload, a.shape[:2], r)
+    assert (got.version, got.mode) == (3, mode)
+    assert (got.digest.hex() or None, sha16(got.frame), sha16(out.tobytes())) == GOLDEN_V3[(codec, mode)]

@@ -56,3 +56,10 @@ def test_report_curves_without_full_resolution_or_with_an_unknown_image():
     assert [p["images"] for p in out[("bicubic-x2", "jpeg")]] == [2, 2]
     out = rd_curves.curves(results, images=["a", "nope"])
     assert [p["images"] for p in out[("bicubic-x2", "jpeg")]] == [1, 1]
+
+
+def test_points_of_equal_rate_keep_the_best():
+    """Two qualities that give the same bytes (tiny images, the lowest qualities) must not break the fit."""
+    test = [(0.1, 29.0)] + ANCHOR
+    assert bd(ANCHOR, test)["bd_rate"] == pytest.approx(0.0, abs=1e-9)
+    assert bd(ANCHOR, test)["bd_psnr"] == pytest.approx(0.0, abs=1e-9)
