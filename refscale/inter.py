@@ -150,7 +150,7 @@ SETTINGS[3] = {"h264-inter": {**SETTINGS[2]["h264-inter"], "params": "qcomp=0.99
                "av1-inter": {**SETTINGS[2]["av1-inter"], "intra": "use-fixed-qindex-offsets=1:key-frame-qindex-offset=0"}}
 #: the Lagrange multiplier's constant of :func:`rd_cost` per codec: the H.264 (JM, 0.85) and HEVC
 #: (HM, 0.57) reference encoders' own; on the OSCD train pairs the decision was as good from 0.7 to
-#: 1.2 times these (docs/results.md, "Inter mode decision"). AV1: HEVC's, with the CRF scaled to
+#: 1.2 times these (docs/inter.md, "Inter mode decision"). AV1: HEVC's, with the CRF scaled to
 #: H.264's QP range (not calibrated)
 LAMBDA = {"h264-inter": 0.85, "hevc-inter": 0.57, "av1-inter": 0.57}
 #: the fast first pass of ``auto`` (:func:`choose`): the intra frame's encoder preset (None: the
