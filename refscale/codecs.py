@@ -247,7 +247,7 @@ def inter_payload(codec: str, section: bytes) -> dict:
 
 def effective_quality(codec: str, quality: int | None) -> int | None:
     """The quality ``encode_image`` really uses: ``quality``, else the codec's default for a lossy
-    codec (JPEG 95, the inter codecs ``refscale.inter.DEFAULT_QUALITY``), else ``None`` (lossless)."""
+    codec (JPEG 95, the inter codecs ``refscale.inter.DEFAULT_QUALITY``: 50, 45, 60), else ``None`` (lossless)."""
     name = canonical(codec)
     if quality is not None:
         return int(quality)
@@ -256,7 +256,7 @@ def effective_quality(codec: str, quality: int | None) -> int | None:
     if CODECS[name].needs_reference:
         from refscale.inter import DEFAULT_QUALITY
 
-        return DEFAULT_QUALITY
+        return DEFAULT_QUALITY[name]
     return None
 
 

@@ -45,8 +45,11 @@ frame 0, the P-frame and the decoded image for the PyAV build they were recorded
 
 **Quality.** refscale's ``quality`` 1..100 (``None`` = :data:`DEFAULT_QUALITY`) maps linearly
 to the encoder's CRF: ``crf = round(51 * (100 - q) / 99)`` for x264/x265 (q=100 -> CRF 0, q=60
--> 21, q=1 -> 51), ``crf = 1 + round(62 * (100 - q) / 99)`` for SVT-AV1 (1..63). No setting is
-lossless (the colour conversion is not), so :func:`refscale.codecs.is_lossless` is False.
+-> 21, q=1 -> 51), ``crf = 1 + round(62 * (100 - q) / 99)`` for SVT-AV1 (1..63). From payload
+version 3 on, the CRF is the frame QP of x264 and x265 (version 2's P-frame had a QP about 5-7
+higher, so the same ``q`` now gives 2-4 times the bits; the defaults moved to keep about the old
+operating point). No setting is lossless (the colour conversion is not), so
+:func:`refscale.codecs.is_lossless` is False.
 
 **The LR section** of an inter codec (docs/format.md, "Inter-frame LR sections")::
 
@@ -93,7 +96,10 @@ MODES = ("auto", "inter", "intra")
 DEFAULT_MODE = "auto"
 #: the mode byte of payload version 3: 0 intra, 1 inter
 MODE_BYTES = ("intra", "inter")
-DEFAULT_QUALITY = 60
+#: the quality when none is given, per codec: about the operating point of version 2's default 60,
+#: whose P-frame x265 and x264 coded some 7 and 5 QP above the CRF (version 3 codes it at the CRF;
+#: AV1's P-frame mapping did not change)
+DEFAULT_QUALITY = {"h264-inter": 50, "hevc-inter": 45, "av1-inter": 60}
 DIGEST_BYTES = 8
 EXTRA_HINT = "pip install 'refscale[inter]'"
 
@@ -164,7 +170,7 @@ FAST_MARGIN = 0.2
 def crf_for(name: str, quality: int | None) -> int:
     """The encoder's CRF for refscale ``quality`` 1..100 (``None``: :data:`DEFAULT_QUALITY`)."""
     s = SPECS[name]
-    q = DEFAULT_QUALITY if quality is None else int(quality)
+    q = DEFAULT_QUALITY[name] if quality is None else int(quality)
     return s.crf_min + round((s.crf_max - s.crf_min) * (100 - q) / 99)
 
 

@@ -82,8 +82,9 @@ def test_quality_maps_to_crf_and_bits(codec):
     assert inter.parse(codec, low)[0] == inter.crf_for(codec, 20) and inter.parse(codec, high)[0] == inter.crf_for(codec, 95)
     err = [np.abs(codecs.decode_image(d, codec, a.shape[:2], ref=r).astype(int) - a).mean() for d in (low, high)]
     assert err[1] < err[0]
-    assert inter.crf_for("h264-inter", 100) == 0 and inter.crf_for("h264-inter", 1) == 51 and inter.crf_for("h264-inter", None) == 21
+    assert inter.crf_for("h264-inter", 100) == 0 and inter.crf_for("h264-inter", 1) == 51 and inter.crf_for("h264-inter", None) == 26
     assert inter.crf_for("av1-inter", 100) == 1 and inter.crf_for("av1-inter", 1) == 63
+    assert inter.crf_for("hevc-inter", None) == 28 and inter.crf_for("av1-inter", None) == 26
     assert not codecs.is_lossless(codec, None) and not codecs.is_lossless(codec, 100)
 
 
