@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks folde
 from rd_curves import AUTO, CROP, FULL, INTER, INTRA, MODE, V2, save_results  # noqa: E402
 
 from refscale import inter, metrics  # noqa: E402
+from refscale.container import Packet  # noqa: E402
 from refscale.data import discover, iter_full_images  # noqa: E402
 from refscale.ops import centre_crop  # noqa: E402
 from refscale.rd import bd  # noqa: E402
@@ -324,6 +325,33 @@ def check_report(args) -> None:
         print("wrote", args.json)
 
 
+def timing(args) -> None:
+    """Encode time of ``auto`` against ``inter`` (the whole LR section: for inter the P-frame and
+    frame 0's check; for auto also the decision), the minimum of ``--repeats`` alternating runs."""
+    from refscale import zoo  # noqa: PLC0415
+
+    torch.set_num_threads(1)
+    samples = [s for s in discover(args.data, split=args.split) if not args.images or s.name in args.images]
+    model = zoo.load(f"inter-{args.codec.split('-')[0]}")
+    ratios = []
+    for name, hr, ref in iter_full_images(samples, multiple=CROP):
+        packet = model.encode(hr, ref)
+        for q in args.qualities:
+            best = {"inter": float("inf"), "auto": float("inf")}
+            for _ in range(args.repeats):
+                for mode in best:
+                    t0 = time.perf_counter()
+                    with inter.default_mode(mode):
+                        data = packet.to_bytes(args.codec, q)
+                    best[mode] = min(best[mode], time.perf_counter() - t0)
+            chosen = inter.parse(args.codec, Packet.from_bytes(data).lr_data).mode
+            mpx = hr.shape[-2] * hr.shape[-1] / 1e6
+            ratios.append(best["auto"] / best["inter"])
+            print(f"{name} q{q}: inter {best['inter'] / mpx:.2f} s/Mpx, auto {best['auto'] / mpx:.2f} s/Mpx "
+                  f"({ratios[-1]:.2f}x, chose {chosen})", flush=True)
+    print(f"auto / inter: median {statistics.median(ratios):.2f}, range {min(ratios):.2f} .. {max(ratios):.2f} over {len(ratios)}")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -349,6 +377,14 @@ def main(argv=None) -> None:
     k.add_argument("--results", required=True, nargs="+", help="results JSON of benchmarks/rd_curves.py run with inter codecs")
     k.add_argument("--json", default=None)
     k.set_defaults(func=check_report)
+    m = sub.add_parser("timing", help="encode time of auto against inter")
+    m.add_argument("--data", required=True)
+    m.add_argument("--split", default="test")
+    m.add_argument("--images", nargs="*", default=None)
+    m.add_argument("--codec", default="hevc-inter", choices=list(inter.SPECS))
+    m.add_argument("--qualities", nargs="*", type=int, default=[25, 55, 75])
+    m.add_argument("--repeats", type=int, default=3)
+    m.set_defaults(func=timing)
     args = ap.parse_args(argv)
     args.func(args)
 
