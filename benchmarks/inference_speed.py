@@ -64,7 +64,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def exact_inverse_error(model, hr, ref) -> float:
     with model.speed_context(hr):
         if hasattr(model, "flow_forward"):
-            fc, _ = model._encoder_side(hr, ref, training=False)
+            fc, _ = model.encoder_side(hr, ref, training=False)
             y = model.flow_forward(hr, fc)
             x = model.flow_inverse(y, fc)
         else:

@@ -99,12 +99,12 @@ def code_variant(codec: str, v: dict, new: np.ndarray, ref: np.ndarray, quality:
     start = time.perf_counter()
     if v["kind"] == "pair":
         r = np.full_like(ref, 128) if v.get("grey") else ref
-        packets = inter._encode_frames(s, crf, [inter.to_planes(s, r), inter.to_planes(s, new)], boost_first=v.get("boost", True),
+        packets = inter.encode_frames(s, crf, [inter.to_planes(s, r), inter.to_planes(s, new)], boost_first=v.get("boost", True),
                                        version=v["version"], settings=settings)
     else:
-        packets = inter._code(s, crf, "intra", inter.to_planes(s, new), None, v["version"], settings)  # x264: without its SEI
+        packets = inter.code_candidate(s, crf, "intra", inter.to_planes(s, new), None, v["version"], settings)  # x264: without its SEI
     seconds = time.perf_counter() - start
-    frames = inter._decode_frames(s, packets, inter._padded_size(s, h, w))
+    frames = inter.decode_frames(s, packets, inter.padded_size(s, h, w))
     planes = frames[-1]
     rec = inter.from_planes(s, planes, (h, w))
     hat = torch.from_numpy(rec).permute(2, 0, 1)[None].float() / 255

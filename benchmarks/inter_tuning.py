@@ -54,9 +54,9 @@ def code_pair(codec: str, new: np.ndarray, ref: np.ndarray, quality: int, candid
     s = inter.SPECS[codec]
     crf = inter.crf_for(codec, quality)
     start = time.perf_counter()
-    packets = inter._encode_frames(s, crf, [inter.to_planes(s, ref), inter.to_planes(s, new)], settings=_settings(candidate))
+    packets = inter.encode_frames(s, crf, [inter.to_planes(s, ref), inter.to_planes(s, new)], settings=_settings(candidate))
     seconds = time.perf_counter() - start
-    frames = inter._decode_frames(s, packets, inter._padded_size(s, *new.shape[:2]))
+    frames = inter.decode_frames(s, packets, inter.padded_size(s, *new.shape[:2]))
     return len(packets[1]), inter.from_planes(s, frames[1], new.shape[:2]), seconds
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from scipy.ndimage import shift as nd_shift
 
-from refscale import pipeline, registration
+from refscale import ops, pipeline, registration
 from refscale.demo import real_pair
 from refscale.imageio import as_image_tensor, read_image
 
@@ -54,11 +54,11 @@ def guard_table(data: Path, cities: list[str]) -> None:
             warp = [nd_shift(ch, (v, v), order=3, mode="mirror") if kind == "shift" else
                     rotate(ch, v, reshape=False, order=3, mode="mirror") for ch in a]
             ref = torch.from_numpy(np.stack(warp)).float()[None].clamp(0, 1)
-            x, y = (registration._luma(registration._centre(t, registration.MAX_SIDE)) for t in (new, ref))
+            x, y = (registration.luma(ops.centre_crop(t, registration.MAX_SIDE)) for t in (new, ref))
             peak, _, _ = phase_cross_correlation(x, y, upsample_factor=20, normalization="phase")
-            band = registration._band(x)
-            before = registration._correlation(band, registration._band(y))
-            after = registration._correlation(band, registration._band(nd_shift(y, peak, order=1, mode="mirror")))
+            band = registration.detail_band(x)
+            before = registration.correlation(band, registration.detail_band(y))
+            after = registration.correlation(band, registration.detail_band(nd_shift(y, peak, order=1, mode="mirror")))
             rec = registration.estimate_shift(new, ref)
             cells.append(f"{before:.2f} -> {after:.2f}, peak ({peak[0]:.0f}, {peak[1]:.0f}), kept ({rec[0]:.2f}, {rec[1]:.2f})")
         print(f"| {c} | " + " | ".join(cells) + " |")
@@ -81,8 +81,8 @@ def rotation_table(data: Path, cities: list[str], train: list[str]) -> None:
     errors, times = [], []
     for c in cities:
         new, old = read_image(data / c / "img2.png"), read_image(data / c / "img1.png")
-        band = registration._band(registration._luma(new))[40:-40, 40:-40]
-        agree = lambda x: registration._correlation(band, registration._band(registration._luma(x))[40:-40, 40:-40])  # noqa: E731
+        band = registration.detail_band(registration.luma(new))[40:-40, 40:-40]
+        agree = lambda x: registration.correlation(band, registration.detail_band(registration.luma(x))[40:-40, 40:-40])  # noqa: E731
         cells = []
         for angle, shift in cases:
             a = old.double()[0].numpy()

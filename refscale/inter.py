@@ -244,8 +244,11 @@ def _quiet_svt() -> None:
     os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its banner on stderr otherwise (errors only)
 
 
-def _encode_frames(s: Spec, crf: int, frames: list[np.ndarray], boost_first: bool = True, version: int = PAYLOAD_VERSION,
+def encode_frames(s: Spec, crf: int, frames: list[np.ndarray], boost_first: bool = True, version: int = PAYLOAD_VERSION,
                    settings: dict[str, str] | None = None) -> list[bytes]:
+    """Code ``frames`` (planes of :func:`to_planes`) as one stream with the codec of ``s`` at
+    ``crf`` (the payload ``version``'s settings, ``settings`` overriding them; ``boost_first``:
+    frame 0 at a better quality than the rest): the packets, one per frame, in coding order."""
     av = _av()
     if s.encoder == "libsvtav1":
         _quiet_svt()
@@ -264,7 +267,10 @@ def _encode_frames(s: Spec, crf: int, frames: list[np.ndarray], boost_first: boo
     return packets
 
 
-def _decode_frames(s: Spec, packets: list[bytes], size: tuple[int, int]) -> list[np.ndarray]:
+def decode_frames(s: Spec, packets: list[bytes], size: tuple[int, int]) -> list[np.ndarray]:
+    """Decode the ``packets`` of one stream of the codec of ``s`` to their frames' planes; each must
+    be ``size`` (the padded ``(height, width)`` of :func:`padded_size`) in the codec's pixel
+    format, else :class:`~refscale.errors.ContainerError`."""
     av = _av()
     dc = av.CodecContext.create(s.decoder, "r")
     dc.thread_count = 1
@@ -310,7 +316,9 @@ def ycbcr_to_rgb(ycc: np.ndarray) -> np.ndarray:
     return np.clip(np.stack([r, g, b], axis=-1), 0, 255).astype(np.uint8)
 
 
-def _padded_size(s: Spec, h: int, w: int) -> tuple[int, int]:
+def padded_size(s: Spec, h: int, w: int) -> tuple[int, int]:
+    """The ``(height, width)`` an ``h`` x ``w`` image is coded at by the codec of ``s``: each side
+    rounded up to the codec's multiple and at least its smallest side."""
     def up(n):
         return max(-(-n // s.multiple) * s.multiple, s.min_side)
 
@@ -320,7 +328,7 @@ def _padded_size(s: Spec, h: int, w: int) -> tuple[int, int]:
 def to_planes(s: Spec, rgb: np.ndarray) -> np.ndarray:
     """The frame the encoder is given: padded (edge), YCbCr, 4:4:4 ``[3,H,W]`` or 4:2:0 packed ``[H*3/2, W]``."""
     h, w = rgb.shape[:2]
-    ph, pw = _padded_size(s, h, w)
+    ph, pw = padded_size(s, h, w)
     ycc = rgb_to_ycbcr(np.pad(rgb, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge"))
     if s.chroma == 444:
         return np.ascontiguousarray(ycc)
@@ -359,10 +367,10 @@ def first_frame(name: str, ref: np.ndarray, quality: int | None = None, crf: int
     s = SPECS[name]
     ref = _check_ref(name, ref, np.shape(ref))
     crf = crf_for(name, quality) if crf is None else crf
-    packets = _encode_frames(s, crf, [to_planes(s, ref)])
+    packets = encode_frames(s, crf, [to_planes(s, ref)])
     if len(packets) != 1:
         raise InputError(f"{s.encoder} produced {len(packets)} packets for one frame")
-    frames = _decode_frames(s, packets, _padded_size(s, *ref.shape[:2]))
+    frames = decode_frames(s, packets, padded_size(s, *ref.shape[:2]))
     return packets[0], from_planes(s, frames[0], ref.shape[:2])
 
 
@@ -371,8 +379,8 @@ def intra(name: str, arr: np.ndarray, quality: int | None = None) -> tuple[int, 
     it: ``(bytes, reconstruction uint8 [h, w, 3])``."""
     s = SPECS[name]
     arr = np.ascontiguousarray(arr)
-    packets = _code(s, crf_for(name, quality), "intra", to_planes(s, arr), None, PAYLOAD_VERSION)
-    frames = _decode_frames(s, packets, _padded_size(s, *arr.shape[:2]))
+    packets = code_candidate(s, crf_for(name, quality), "intra", to_planes(s, arr), None, PAYLOAD_VERSION)
+    frames = decode_frames(s, packets, padded_size(s, *arr.shape[:2]))
     return sum(len(p) for p in packets), from_planes(s, frames[0], arr.shape[:2])
 
 
@@ -418,15 +426,17 @@ def rd_cost(name: str, crf: int, mse: float, bpp: float, scale: float = 1.0) -> 
     return mse + scale * LAMBDA[name] * 2.0 ** ((qp - 12) / 3) * bpp
 
 
-def _code(s: Spec, crf: int, mode: str, new: np.ndarray, f0: np.ndarray | None, version: int,
-          settings: dict[str, str] | None = None) -> list[bytes]:
-    """The packets of one candidate: inter ``[frame 0, P-frame]``, intra ``[I-frame]``."""
+def code_candidate(s: Spec, crf: int, mode: str, new: np.ndarray, f0: np.ndarray | None, version: int,
+                   settings: dict[str, str] | None = None) -> list[bytes]:
+    """The packets of one candidate of the mode decision (:func:`choose`): ``mode`` "inter"
+    codes ``[f0, new]`` (frame 0, P-frame), "intra" ``new`` alone as an I-frame (x264's without
+    its SEI, which names the encoder's version)."""
     if mode == "inter":
-        packets = _encode_frames(s, crf, [f0, new], version=version, settings=settings)
+        packets = encode_frames(s, crf, [f0, new], version=version, settings=settings)
         if len(packets) != 2:
             raise InputError(f"{s.encoder} produced {len(packets)} packets for two frames, expected 2")
         return packets
-    packets = _encode_frames(s, crf, [new], boost_first=False, version=version, settings=settings)
+    packets = encode_frames(s, crf, [new], boost_first=False, version=version, settings=settings)
     if len(packets) != 1:
         raise InputError(f"{s.encoder} produced {len(packets)} packets for one frame, expected 1")
     return [_drop_sei(packets[0])] if s.encoder == "libx264" else packets
@@ -442,7 +452,7 @@ def _drop_sei(frame: bytes) -> bytes:
 
 
 def _cost(s: Spec, crf: int, packets: list[bytes], new: np.ndarray, size: tuple[int, int]) -> float:
-    coded = _decode_frames(s, packets, _padded_size(s, *size))[-1]
+    coded = decode_frames(s, packets, padded_size(s, *size))[-1]
     return rd_cost(s.name, crf, luma_mse(s, new, coded, size), len(packets[-1]) * 8 / (size[0] * size[1]))
 
 
@@ -453,14 +463,14 @@ def choose(s: Spec, crf: int, new: np.ndarray, f0: np.ndarray, size: tuple[int, 
     (:func:`rd_cost`) more than the P-frame by a log ratio above :data:`FAST_MARGIN` (more than
     the real settings ever gained over the fast ones on the train pairs) the P-frame is kept;
     otherwise the intra frame is coded with the real settings and the cheaper of the two kept."""
-    pframe = _code(s, crf, "inter", new, f0, version)
+    pframe = code_candidate(s, crf, "inter", new, f0, version)
     j_inter = _cost(s, crf, pframe, new, size)
     fast = FAST_PRESET.get(s.name)
     if fast is not None:
-        j_fast = _cost(s, crf, _code(s, crf, "intra", new, None, version, {"preset": fast}), new, size)
+        j_fast = _cost(s, crf, code_candidate(s, crf, "intra", new, None, version, {"preset": fast}), new, size)
         if math.log(j_fast / j_inter) > FAST_MARGIN:
             return "inter", pframe, "fast pass"
-    iframe = _code(s, crf, "intra", new, None, version)
+    iframe = code_candidate(s, crf, "intra", new, None, version)
     return ("inter", pframe, "both coded") if j_inter <= _cost(s, crf, iframe, new, size) else ("intra", iframe, "both coded")
 
 
@@ -496,12 +506,12 @@ def encode(name: str, arr: np.ndarray, quality: int | None, ref: np.ndarray | No
     if mode == "auto":
         mode, packets, _ = choose(s, crf, new, f0, arr.shape[:2], version)
     else:
-        packets = _code(s, crf, mode, new, f0, version)
+        packets = code_candidate(s, crf, mode, new, f0, version)
     ident = identity(name).encode("ascii")[:255]
     head = struct.pack("<BBB", version, crf, len(ident)) + ident + (bytes([MODE_BYTES.index(mode)]) if version >= 3 else b"")
     if mode == "intra":
         return head + packets[0]
-    alone = _encode_frames(s, crf, [f0], version=version)
+    alone = encode_frames(s, crf, [f0], version=version)
     if alone[:1] != packets[:1]:  # the decoder would not be able to rebuild frame 0
         raise InputError(f"{s.encoder} is not deterministic here: frame 0 alone differs from frame 0 of the stream")
     return head + _digest(packets[0]) + packets[1]
@@ -543,12 +553,12 @@ def decode(name: str, data: bytes, size: tuple[int, int], ref: np.ndarray | None
     s = SPECS[name]
     p = parse(name, bytes(data))
     if p.mode == "intra":
-        frames = _decode_frames(s, [p.frame], _padded_size(s, *size))
+        frames = decode_frames(s, [p.frame], padded_size(s, *size))
         if len(frames) != 1:
             raise ContainerError(f"{name} intra frame did not decode ({len(frames)} frames from 1 packet)")
         return from_planes(s, frames[0], size)
     ref = _check_ref(name, ref, (size[0], size[1], 3))
-    f0 = _encode_frames(s, p.crf, [to_planes(s, ref)], version=p.version)
+    f0 = encode_frames(s, p.crf, [to_planes(s, ref)], version=p.version)
     if len(f0) != 1:
         raise ContainerError(f"{s.encoder} produced {len(f0)} packets for frame 0")
     if exact and _digest(f0[0]) != p.digest:
@@ -557,7 +567,7 @@ def decode(name: str, data: bytes, size: tuple[int, int], ref: np.ndarray | None
                if mine == p.identity else f"this machine has {mine}")
         raise ContainerError(f"cannot rebuild the encoder's first frame for {name}: the file was written with {p.identity}, "
                              f"{why}; decode with the same PyAV build")
-    frames = _decode_frames(s, [f0[0], p.frame], _padded_size(s, *size))
+    frames = decode_frames(s, [f0[0], p.frame], padded_size(s, *size))
     if len(frames) != 2:
         raise ContainerError(f"{name} P-frame did not decode ({len(frames)} frames from 2 packets)")
     return from_planes(s, frames[1], size)

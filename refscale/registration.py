@@ -57,7 +57,9 @@ BORDER = "mirror"
 BORDERS = ("mirror", "nearest", "constant")
 
 
-def _luma(x: torch.Tensor) -> np.ndarray:
+def luma(x: torch.Tensor) -> np.ndarray:
+    """The luma (BT.601 weights, float64) of the first image of a batch ``[N, 3, H, W]`` in
+    [0, 1], clamped: what every estimate and check here compares."""
     x = x.detach().double().clamp(0, 1)[0]
     return (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]).numpy()
 
@@ -84,7 +86,7 @@ def estimate_shift(new: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
 
 def _guarded_shift(new: torch.Tensor, ref: torch.Tensor):
     """``(shift, None)``, or ``((0, 0), peak)`` when the correlation peak does not line the detail up."""
-    a, b = _luma(ops.centre_crop(new, MAX_SIDE)), _luma(ops.centre_crop(ref, MAX_SIDE))
+    a, b = luma(ops.centre_crop(new, MAX_SIDE)), luma(ops.centre_crop(ref, MAX_SIDE))
     peak = _peak(a, b)
     if not is_none(peak) and not _improves(a, b, peak):  # rotation, another place, heavy change
         return (0.0, 0.0), peak
@@ -137,13 +139,13 @@ def estimate_transform(new: torch.Tensor, ref: torch.Tensor) -> tuple[tuple[floa
     if _too_small(new):
         return (0.0, 0.0), 0.0
     shift, rejected = _guarded_shift(new, ref)
-    (a, b), origin = (_luma(_square(x)) for x in (new, ref)), _square_origin(new)
+    (a, b), origin = (luma(_square(x)) for x in (new, ref)), _square_origin(new)
     angle = round(estimate_rotation(a, b) / ROTATION_UNIT) * ROTATION_UNIT
     if MIN_ROTATION <= abs(angle) <= MAX_ROTATION:
         turned = _warp(b, (0.0, 0.0), angle, order=1)
         local = _peak(a, turned)
-        band = _band(a)
-        score = lambda sh, an: _correlation(band, _band(_warp(b, sh, an, order=1, mode="mirror")))  # noqa: E731
+        band = detail_band(a)
+        score = lambda sh, an: correlation(band, detail_band(_warp(b, sh, an, order=1, mode="mirror")))  # noqa: E731
         if score(local, angle) > score(shift, 0.0) and _improves(a, b, local, angle):
             # the window turned about its own centre; the same turn about the image centre moves by (I - M)(cw - c)
             cw = np.add(origin, (np.array(a.shape) - 1) / 2) - (np.array(new.shape[-2:]) - 1) / 2
@@ -188,14 +190,18 @@ def _warp(a: np.ndarray, shift, angle: float, order: int = 3, mode: str | None =
     return affine_transform(a, inv, offset=offset, output=output, order=order, mode=mode)
 
 
-def _band(x: np.ndarray) -> np.ndarray:
+def detail_band(x: np.ndarray) -> np.ndarray:
+    """The detail band of a luma (:func:`luma`): a difference of Gaussians (sigma 1 and 4 px,
+    mirrored borders) less its mean; :func:`correlation` of two bands is their agreement."""
     from scipy.ndimage import gaussian_filter
 
     d = gaussian_filter(x, 1.0, mode="mirror") - gaussian_filter(x, 4.0, mode="mirror")
     return d - d.mean()
 
 
-def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """The normalised correlation of two zero-mean arrays of one shape (0.0 where either is
+    flat); of two :func:`detail_band` s, the agreement :data:`MIN_AGREEMENT` is a threshold of."""
     den = float(np.sqrt((a * a).sum() * (b * b).sum()))
     return float((a * b).sum()) / den if den > 0 else 0.0
 
@@ -209,9 +215,9 @@ def _improves(new: np.ndarray, ref: np.ndarray, shift: tuple[float, float], angl
     plausibility check's threshold (``pipeline.MIN_REFERENCE_AGREEMENT``, calibrated on the train
     cities); checked afterwards on the test cities: a true shift of 0.6-2 px reaches 0.54-0.92, a
     reference rotated by 2-10 degrees at most 0.14 whatever shift is tried (docs/reference.md)."""
-    a = _band(new)
-    before = _correlation(a, _band(ref))
-    after = _correlation(a, _band(_warp(ref, shift, angle, order=1, mode="mirror")))
+    a = detail_band(new)
+    before = correlation(a, detail_band(ref))
+    after = correlation(a, detail_band(_warp(ref, shift, angle, order=1, mode="mirror")))
     return after > before and after >= MIN_AGREEMENT
 
 

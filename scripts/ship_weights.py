@@ -35,8 +35,8 @@ def heldout_scores(model, cfg: dict, draws: int) -> dict[str, float]:
     """Mean PSNR-Y, PSNR-RGB (t = 1, over ``draws`` seeds) and PSNR-Y at t = 0 on the whole
     held-out images of a training config."""
     cfg = resolve({**cfg, "val": {**cfg["val"], "crop": 100000, "max_images": 100}})
-    _, val = engine._split_samples(cfg)
-    crops = engine._val_crops(val, cfg, model.alignment, model.needs_reference)
+    _, val = engine.split_samples(cfg)
+    crops = engine.val_crops(val, cfg, model.alignment, model.needs_reference)
     if not crops:
         raise SystemExit("ship_weights: the run's config holds no validation images (data.val_names)")
     runs = [engine.validate(model, crops, seed=1000 * d) for d in range(draws)]

@@ -127,8 +127,8 @@ def test_encoder_and_decoder_rebuild_frame_0_identically(codec):
     new, ref = pair(40, 56, noise=0.03)
     a, r = u8(new), u8(ref)
     crf = inter.crf_for(codec, 60)
-    stream = inter._encode_frames(s, crf, [inter.to_planes(s, r), inter.to_planes(s, a)])
-    enc_frame0 = inter._decode_frames(s, stream[:1], inter._padded_size(s, 40, 56))[0]
+    stream = inter.encode_frames(s, crf, [inter.to_planes(s, r), inter.to_planes(s, a)])
+    enc_frame0 = inter.decode_frames(s, stream[:1], inter.padded_size(s, 40, 56))[0]
     bitstream, dec_frame0 = inter.first_frame(codec, r, 60)
     assert bitstream == stream[0]
     np.testing.assert_array_equal(inter.from_planes(s, enc_frame0, (40, 56)), dec_frame0)

@@ -581,8 +581,8 @@ def test_registration_recovers_a_known_rotation(degrees, shift, monkeypatch):
     encoded = seen["encode"][-1]
 
     def agreement(x):  # the detail band, away from the border the warps filled
-        a, b = (registration._band(registration._luma(t))[40:-40, 40:-40] for t in (new, x))
-        return registration._correlation(a, b)
+        a, b = (registration.detail_band(registration.luma(t))[40:-40, 40:-40] for t in (new, x))
+        return registration.correlation(a, b)
 
     assert agreement(encoded) >= agreement(old) - 0.03 and agreement(ref) < agreement(old) - 0.2
     model.decode(packet, ref, tile=0)

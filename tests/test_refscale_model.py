@@ -44,7 +44,7 @@ def test_conditional_round_trip_float64(scale):
     model.training_losses(hr, ref)  # ActNorm data-dependent init
     perturb(model, std=0.05)
     model.eval()
-    fc, q = model._encoder_side(hr, ref, training=False)
+    fc, q = model.encoder_side(hr, ref, training=False)
     y = model.flow_forward(hr, fc)
     assert y.shape == (1, 3 * scale**2, 16 // scale, 24 // scale)
     assert (model.flow_inverse(y, fc) - hr).abs().max().item() < 1e-10
@@ -61,7 +61,7 @@ def test_condition_identical_at_encoder_and_decoder():
     perturb(model, std=0.05)
     model.eval()
     lr, side = model.downscale(hr, ref)
-    fc_enc, q = model._encoder_side(hr, ref, training=False)
+    fc_enc, q = model.encoder_side(hr, ref, training=False)
     # the receiver gets the map through the container: integer array round trip
     smap = torch.from_numpy(np.ascontiguousarray(side["smap"].numpy()))
     fc_dec = model._decoder_condition(ref, {"smap": smap}, tuple(hr.shape[-2:]), 1)
@@ -190,7 +190,7 @@ def test_lr_guidance_uses_blur_where_similar():
     zeros = torch.zeros(1, 1, 4, 4)
 
     def guide_loss(q):
-        model._encoder_side = lambda h, r, training: (model.condition(model.refnet.encode(r), q), q)
+        model.encoder_side = lambda h, r, training: (model.condition(model.refnet.encode(r), q), q)
         torch.manual_seed(0)
         return model.training_losses(hr, hr)["lr_guide"]
 
@@ -255,7 +255,7 @@ def test_same_condition_at_both_ends_in_fp32_and_bf16(inn_block):
     for bf16 in (False, True):
         model.set_speed(bf16=bf16, channels_last=bf16)
         with torch.no_grad(), model.speed_context(hr):  # as downscale/upscale run them
-            fc, q = model._encoder_side(model.speed_input(hr), model.speed_input(ref), training=False)
+            fc, q = model.encoder_side(model.speed_input(hr), model.speed_input(ref), training=False)
             fc_dec = model._decoder_condition(model.speed_input(ref), {"smap": q}, (16, 16), 1)
         assert fc.dtype == (torch.bfloat16 if bf16 else torch.float32)
         assert torch.equal(fc, fc_dec)
@@ -274,7 +274,7 @@ def test_irn_blocks_start_from_the_haar_low_band(scale):
     for kw, close in (({"inn_block": "irn"}, True), ({}, False)):
         model = tiny(scale, **kw).train()
         with torch.no_grad():
-            fc, _ = model._encoder_side(hr, ref, training=True)
+            fc, _ = model.encoder_side(hr, ref, training=True)
             y = model.flow_forward(hr, fc)
         assert torch.allclose(y[:, :3], block_mean, atol=1e-6) == close, kw
         assert (model.flow_inverse(y, fc) - hr).abs().max() < 1e-5
@@ -306,7 +306,7 @@ def test_irn_block_variant_inverts_and_uses_the_condition():
     hr, ref = hr.double(), ref.double()
     perturb(model, std=0.05)
     model.eval()
-    fc, _ = model._encoder_side(hr, ref, training=False)
+    fc, _ = model.encoder_side(hr, ref, training=False)
     y = model.flow_forward(hr, fc)
     assert (model.flow_inverse(y, fc) - hr).abs().max() < 1e-10
     assert (model.flow_forward(hr, fc * 0.5) - y).abs().max() > 1e-4
@@ -369,7 +369,7 @@ def test_guide_ramp_scales_only_the_eq5_blur_term():
     assert model.guide_strength == 1.0 and g10 == g20
     model.guide_strength = 1.0
     with torch.no_grad():
-        fc, q = model._encoder_side(hr, ref, training=False)
+        fc, q = model.encoder_side(hr, ref, training=False)
         lr = model.flow_forward(hr, fc)[:, :3]
         bicubic_fit = model.lambda_lr * ((ops.bicubic_down(hr, 2) - lr) ** 2).sum().item() / hr.shape[0]
     assert g0 == pytest.approx(bicubic_fit, rel=1e-3)

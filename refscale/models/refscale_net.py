@@ -309,8 +309,11 @@ class RefScaleNet(LatentTraining, FastInference, Rescaler):
             out.append(None if fc is None else resize(fc, (hr_size[0] // f, hr_size[1] // f)))
         return out
 
-    def _encoder_side(self, hr: torch.Tensor, ref: torch.Tensor | None, training: bool):
-        """Ref-Net at the sender: returns ``(F_c, smap levels or None)``."""
+    def encoder_side(self, hr: torch.Tensor, ref: torch.Tensor | None, training: bool):
+        """Ref-Net at the sender: ``(F_c, q)``, the condition of :meth:`flow_forward` and
+        :meth:`flow_inverse` and the quantised similarity map's levels (the side tensor ``smap``;
+        None without one). ``training``: the quantiser of training (:meth:`quantize_smap`).
+        ``(None, None)`` for an unconditioned model."""
         if self.condition_kind == "none":
             return None, None
         self._check_ref(hr, ref)
@@ -371,7 +374,7 @@ class RefScaleNet(LatentTraining, FastInference, Rescaler):
     def downscale(self, hr, ref=None):
         with self.speed_context(hr):
             hr_in = self.speed_input(hr)
-            fc, q = self._encoder_side(hr_in, None if ref is None else self.speed_input(ref), training=False)
+            fc, q = self.encoder_side(hr_in, None if ref is None else self.speed_input(ref), training=False)
             y = self.flow_forward(hr_in, fc)
         side = {} if q is None else {"smap": q}
         return y[:, :3].float().clamp(0, 1).contiguous(), side
@@ -403,7 +406,7 @@ class RefScaleNet(LatentTraining, FastInference, Rescaler):
 
     @torch.no_grad()
     def forward_latent(self, hr, ref=None):
-        fc, q = self._encoder_side(hr, ref, training=False)
+        fc, q = self.encoder_side(hr, ref, training=False)
         y = self.flow_forward(hr, fc)
         return y[:, :3], y[:, 3:], ({} if q is None else {"smap": q})
 
@@ -413,7 +416,7 @@ class RefScaleNet(LatentTraining, FastInference, Rescaler):
         return self.flow_inverse(torch.cat([lr, z], 1), fc)
 
     def training_losses(self, hr, ref=None):
-        fc, q = self._encoder_side(hr, ref, training=True)
+        fc, q = self.encoder_side(hr, ref, training=True)
         y = self.flow_forward(hr, fc)
         lr, z = y[:, :3], y[:, 3:]
         with exact(hr):  # the guides in full precision even under autocast

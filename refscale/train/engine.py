@@ -198,7 +198,11 @@ class _Sampler:
         return flat[self.rank :: self.world]
 
 
-def _split_samples(cfg: dict) -> tuple[list, list]:
+def split_samples(cfg: dict) -> tuple[list, list]:
+    """``(train, val)``: the samples of a config's ``data`` section as the trainer splits them:
+    ``val_names`` held out of ``split``, else all of ``split`` against ``val_split``, else no
+    validation; :class:`~refscale.errors.ConfigError` for a ``val_names`` entry not in the split
+    or no training sample left."""
     from refscale import data as rdata
 
     d = cfg["data"]
@@ -219,7 +223,7 @@ def _split_samples(cfg: dict) -> tuple[list, list]:
     return train, val
 
 
-def _val_crops(samples: list, cfg: dict, multiple: int, needs_ref: bool) -> list[tuple]:
+def val_crops(samples: list, cfg: dict, multiple: int, needs_ref: bool) -> list[tuple]:
     """Centre crops (``val.crop``, a multiple of the model's alignment) of the first
     ``val.max_images`` held-out images, decoded once: ``(name, hr, ref)``, with ``data.coded``
     ``(name, hr, ref, coded)`` (the decoded LR cropped alike; the crop's offsets are then
@@ -516,7 +520,7 @@ class Trainer:
         from refscale import data as rdata
 
         cfg, d, dist, model = self.cfg, self.cfg["data"], self.dist, self.model
-        self.train_samples, self.val_samples = _split_samples(cfg)
+        self.train_samples, self.val_samples = split_samples(cfg)
         self.use_ref = model.needs_reference
         if self.use_ref and any(s.ref is None for s in self.train_samples):
             raise ConfigError(f"model {cfg['model']['arch']} needs reference images but {d['path']} has images without one")
@@ -526,7 +530,7 @@ class Trainer:
                                              seed=self.rank_seed, colour=d["colour_augment"], coded=d["coded"])
         _seed_everything(self.rank_seed)
         self.sampler = _Sampler(len(self.dataset), d["batch_size"], cfg["seed"], dist.rank, dist.world)
-        self.val_crops = _val_crops(self.val_samples, cfg, model.alignment, self.use_ref) if dist.main else []
+        self.val_crops = val_crops(self.val_samples, cfg, model.alignment, self.use_ref) if dist.main else []
 
     def _setup_optimizer(self) -> None:
         cfg, o = self.cfg, self.cfg["optim"]
