@@ -1,8 +1,8 @@
 """Batch encoding on Dask over an archive of OSCD tiles (issue 29): speed-up and stop/restart.
 
-    python benchmarks/batch_archive.py build --data ../shared/data/oscd --out ../eval10/tiles [--scenes 200] [--tile 128]
-    python benchmarks/batch_archive.py speed --tiles ../eval10/tiles --work ../eval10/speed [-m refscale-x2] [--json out.json]
-    python benchmarks/batch_archive.py restart --tiles ../eval10/tiles --work ../eval10/restart [--rounds 3] [--json out.json]
+    python -m benchmarks batch_archive build --data ../shared/data/oscd --out ../eval10/tiles [--scenes 200] [--tile 128]
+    python -m benchmarks batch_archive speed --tiles ../eval10/tiles --work ../eval10/speed [-m refscale-x2] [--json out.json]
+    python -m benchmarks batch_archive restart --tiles ../eval10/tiles --work ../eval10/restart [--rounds 3] [--json out.json]
 
 ``build`` cuts ``--scenes`` tiles from the 24 OSCD cities (round robin over the cities, the newer
 image as the scene and the same tile of the older image as its reference) into pair folders
@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from benchmarks import store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -173,14 +175,14 @@ def main(argv=None) -> int:
     s.add_argument("--work", type=Path, required=True)
     s.add_argument("-m", "--model", default="refscale-x2")
     s.add_argument("--no-verify", dest="verify", action="store_false")
-    s.add_argument("--json", type=Path, default=None)
+    s.add_argument("--json", type=Path, default=store.default_path("batch_archive", "speed"), help="results JSON (default out/bench/batch_archive-speed.json)")
     r = sub.add_parser("restart")
     r.add_argument("--tiles", type=Path, required=True)
     r.add_argument("--work", type=Path, required=True)
     r.add_argument("-m", "--model", default="refscale-x2")
     r.add_argument("--rounds", type=int, default=2)
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--json", type=Path, default=None)
+    r.add_argument("--json", type=Path, default=store.default_path("batch_archive", "restart"), help="results JSON (default out/bench/batch_archive-restart.json)")
     args = ap.parse_args(argv)
     if args.cmd == "build":
         build(args.data, args.out, args.scenes, args.tile)
@@ -188,7 +190,7 @@ def main(argv=None) -> int:
     res = speed(args.tiles, args.work, args.model, args.verify) if args.cmd == "speed" else \
         restart(args.tiles, args.work, args.model, args.rounds, args.seed)
     if args.json:
-        args.json.write_text(json.dumps(res, indent=1))
+        store.save(res, args.json)
     return 0
 
 

@@ -2,8 +2,8 @@
 reconstructions (t = 0 and t = 1, seed 0) of given weights on centre crops of the OSCD test
 cities. Run it with two versions of the code on the same weights files and compare the lines:
 
-    PYTHONPATH=/path/to/old/checkout python benchmarks/behaviour_check.py W1.safetensors W2.safetensors > old.txt
-    python benchmarks/behaviour_check.py W1.safetensors W2.safetensors > new.txt && diff old.txt new.txt
+    PYTHONPATH=/path/to/old/checkout python -m benchmarks behaviour_check W1.safetensors W2.safetensors > old.txt
+    python -m benchmarks behaviour_check W1.safetensors W2.safetensors > new.txt && diff old.txt new.txt
 """
 import argparse
 import hashlib
@@ -16,12 +16,12 @@ import refscale
 from refscale.imageio import read_image
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("weights", nargs="+")
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "oscd")
     ap.add_argument("--crop", type=int, default=256)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(2)
     cities = json.loads((args.data / "split.json").read_text())["test"]
     for w in args.weights:

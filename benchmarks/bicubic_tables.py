@@ -1,6 +1,6 @@
 """Regenerate the bicubic tables of docs/evaluation.md with the real CLI, one run at a time.
 
-    python benchmarks/bicubic_tables.py [--data ../shared/data] [--out runs/bicubic]
+    python -m benchmarks bicubic_tables [--data ../shared/data] [--out runs/bicubic]
 
 Runs ``refscale evaluate`` for bicubic-x2/x4 on Set5, Set14, Urban100 (literature check) and
 on the OSCD test split, writes each JSON/Markdown to ``--out`` and prints two Markdown tables
@@ -30,11 +30,11 @@ def run(data: Path, name: str, scale: int, out: Path, split: str | None = None) 
     return " ".join(cmd), json.loads((out / f"{stem}.json").read_text())
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="../shared/data", type=Path)
     ap.add_argument("--out", default="runs/bicubic", type=Path)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
     lit_rows = ["| dataset | scale | PSNR-Y | literature | diff | SSIM-Y | PSNR-RGB | SSIM-RGB | SI (LR) | bpp | images |",

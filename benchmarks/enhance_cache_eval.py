@@ -1,6 +1,6 @@
 """The learned inter decoder against the plain codec on cached decodes (issue 27).
 
-    python benchmarks/enhance_cache_eval.py --cache CACHE --scale 1 -m WEIGHTS.safetensors [-m MORE ...]
+    python -m benchmarks enhance_cache_eval --cache CACHE --scale 1 -m WEIGHTS.safetensors [-m MORE ...]
         [--data ../shared/data] [--split val] [--json out.json]
 
 For every row of ``CACHE/x<scale>.csv`` in ``--split`` (default the held-out validation pairs),
@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from benchmarks import store
 
 from refscale import metrics, ops, zoo
 from refscale.imageio import read_image
@@ -50,15 +52,15 @@ def change_mask(data: Path, pair: str, manifest: dict) -> np.ndarray | None:
     return m[top:top + ch, left:left + cw]
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=Path, required=True)
     ap.add_argument("--scale", type=int, default=1)
     ap.add_argument("-m", "--model", action="append", required=True, help=".safetensors path or catalogue name")
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
     ap.add_argument("--split", default="val")
-    ap.add_argument("--json", type=Path, default=None)
-    args = ap.parse_args()
+    ap.add_argument("--json", type=Path, default=store.default_path("enhance_cache_eval"), help="results JSON (default out/bench/enhance_cache_eval.json)")
+    args = ap.parse_args(argv)
     torch.set_num_threads(1)
     manifest = json.loads((args.cache / "manifest.json").read_text())
     with open(args.cache / f"x{args.scale}.csv", newline="") as f:
@@ -95,7 +97,7 @@ def main() -> None:
         mean = lambda k: float(np.mean([r[k] for r in sub if k in r and math.isfinite(r[k])]))  # noqa: E731
         print(f"| {q} | {mean('bpp'):.3f} | " + " | ".join(f"{mean(k):.2f}" for k in keys) + " |")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        store.save(results, args.json)
 
 
 if __name__ == "__main__":

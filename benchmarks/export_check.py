@@ -1,6 +1,6 @@
 """ONNX export check (issue 17): every shipped model exported, run with ONNX Runtime, compared with PyTorch.
 
-    python benchmarks/export_check.py --data ../shared/data/oscd [--tiles 4] [--size 256] [--reps 3] \
+    python -m benchmarks export_check --data ../shared/data/oscd [--tiles 4] [--size 256] [--reps 3] \
         [--models irn-x2-oscd ...] [--json out.json] [--md out.md]
 
 For each model (default: every shipped weights file of the catalogue plus bicubic-x2/x4; TADM and
@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from benchmarks import store
 
 from refscale import metrics, pipeline, zoo
 from refscale import onnx as export
@@ -163,7 +165,7 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--speed-size", type=int, default=None, help="side of the speed tile (default --size)")
     p.add_argument("--models", nargs="*", default=None)
-    p.add_argument("--json", default=None)
+    p.add_argument("--json", default=store.default_path("export_check"), help="results JSON (default out/bench/export_check.json)")
     p.add_argument("--md", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -199,11 +201,10 @@ def main(argv=None) -> int:
                                       "seconds": time.perf_counter() - t0}
             print(name, json.dumps(result["models"][name]), flush=True)
             if args.json:  # partial results survive an interrupted run
-                Path(args.json).write_text(json.dumps({**result, "load_after": load_avg()}, indent=2) + "\n")
+                store.save({**result, "load_after": load_avg()}, args.json)
     result["load_after"] = load_avg()
-    text = json.dumps(result, indent=2)
     if args.json:
-        Path(args.json).write_text(text + "\n")
+        store.save(result, args.json)
     md = to_markdown(result)
     if args.md:
         Path(args.md).write_text(md)

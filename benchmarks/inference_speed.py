@@ -1,6 +1,6 @@
 """Inference speed of IRN and RefScale in fp32 / bf16 autocast / channels_last, and what bf16 does to quality.
 
-    python benchmarks/inference_speed.py [--size 128] [--reps 3] [--threads N] [--models irn-x2,refscale-x2]
+    python -m benchmarks inference_speed [--size 128] [--reps 3] [--threads N] [--models irn-x2,refscale-x2]
 
 For each model and setting (``model.set_speed(bf16=..., channels_last=...)``, see
 ``refscale.nn.speed``) it prints HR megapixels per second of ``downscale`` and ``upscale`` on a

@@ -1,10 +1,10 @@
 """The inter-frame mode decision (issue 30): why a P-frame loses to an intra frame, and whether
 ``--inter-mode auto`` keeps the better of the two.
 
-    python benchmarks/inter_mode.py why --data ../shared/data/oscd --split train --crop 320 --codec hevc-inter --out why.json
-    python benchmarks/inter_mode.py why-report --results why.json
-    python benchmarks/rd_curves.py run --data ../shared/data/oscd [--reverse] --codecs hevc-inter --points 5 --inter-v2 --out rd.json
-    python benchmarks/inter_mode.py check-report --results rd.json [rd-reverse.json] --json check-report.json
+    python -m benchmarks inter_mode why --data ../shared/data/oscd --split train --crop 320 --codec hevc-inter --out why.json
+    python -m benchmarks inter_mode why-report --results why.json
+    python -m benchmarks rd_curves run --data ../shared/data/oscd [--reverse] --codecs hevc-inter --points 5 --inter-v2 --out rd.json
+    python -m benchmarks inter_mode check-report --results rd.json [rd-reverse.json] --json check-report.json
 
 ``why`` codes each pair (both directions; ``~other``: the new image against another city's older
 image, a reference that predicts nothing) with the variants of :data:`VARIANTS`: the P-frame as
@@ -27,21 +27,19 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks folder
-from rd_curves import AUTO, CROP, FULL, INTER, INTRA, MODE, V2, save_results  # noqa: E402
+from benchmarks.rd_curves import AUTO, CROP, FULL, INTER, INTRA, MODE, V2, save_results
 
-from refscale import inter, metrics  # noqa: E402
-from refscale.container import Packet  # noqa: E402
-from refscale.data import discover, iter_full_images  # noqa: E402
-from refscale.ops import centre_crop  # noqa: E402
-from refscale.rd import bd  # noqa: E402
+from refscale import inter, metrics
+from refscale.container import Packet
+from refscale.data import discover, iter_full_images
+from refscale.ops import centre_crop
+from refscale.rd import bd
 
 #: qualities of ``why`` by how a variant maps quality to the frame QP, chosen so that each curve
 #: spans about the same frame QPs (51, 47, 40, 33, 25, 17): payload version 2's P-frame (CRF 51,

@@ -1,6 +1,6 @@
 """Encoder settings of the inter-frame codecs, tuned on the OSCD train pairs (issue 19, item 2).
 
-    python benchmarks/inter_tuning.py --data ../shared/data/oscd --split train --out inter_tuning.json
+    python -m benchmarks inter_tuning --data ../shared/data/oscd --split train --out inter_tuning.json
 
 For each train city in both directions (img2 from img1 and img1 from img2), each inter codec and
 each preset / tune of :data:`CANDIDATES`, the new image is coded as a P-frame after the reference
@@ -14,7 +14,6 @@ point in ``--out`` (one writer at a time).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -23,14 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks folder: report_common
-from rd_curves import CROP, save_results, sweep  # noqa: E402
-from report_common import write_section  # noqa: E402
+from benchmarks import store
+from benchmarks.rd_curves import CROP, sweep
+from benchmarks.report_common import write_section
 
-from refscale import inter, metrics  # noqa: E402
-from refscale.data import discover, iter_full_images  # noqa: E402
-from refscale.ops import centre_crop  # noqa: E402
-from refscale.rd import bd  # noqa: E402
+from refscale import inter, metrics
+from refscale.data import discover, iter_full_images
+from refscale.ops import centre_crop
+from refscale.rd import bd
 
 QUALITIES = sweep(5)["h264-inter"]  # rd_curves --points 5 of the inter codecs (10, 40, 55, 70, 90)
 #: payload version 1's ``preset/tune`` per codec (refscale.inter.SETTINGS), the baseline of the sweep
@@ -66,7 +65,7 @@ def _u8(t: torch.Tensor) -> np.ndarray:
 
 def run(args) -> None:
     out = Path(args.out)
-    results = json.loads(out.read_text()) if out.exists() else {"meta": {}, "points": {}}
+    results = store.load(out, {"meta": {}, "points": {}})
     if results["points"] and results["meta"].get("centre_crop") != args.crop:
         raise SystemExit(f"{out} was measured with --crop {results['meta'].get('centre_crop')}; use the same or a new --out")
     results["meta"].update(data=str(args.data), split=args.split, qualities=QUALITIES, crop=CROP, centre_crop=args.crop, identity={c: inter.identity(c) for c in args.codecs})
@@ -89,12 +88,12 @@ def run(args) -> None:
                         "encode_s": seconds, "mpx": h * w / 1e6}
                 if todo:
                     print(f"{image} {codec}: {len(todo)} points, {time.perf_counter() - start:.1f} s", flush=True)
-                    save_results(results, out)
+                    store.save(results, out)
     print("wrote", out)
 
 
 def report(args) -> None:
-    results = json.loads(Path(args.results).read_text())
+    results = store.load(args.results)
     by: dict[tuple[str, str], dict[str, dict[int, dict]]] = {}
     for key, p in results["points"].items():
         image, codec, cand, q = key.split("|")
@@ -152,17 +151,17 @@ def main(argv=None) -> None:
     r.add_argument("--codecs", nargs="*", default=list(CANDIDATES), choices=list(CANDIDATES))
     r.add_argument("--limit", type=int, default=0, help="first N cities only")
     r.add_argument("--crop", type=int, default=0, help="code only the centre N x N of each image (0: whole images)")
-    r.add_argument("--out", required=True)
+    r.add_argument("--out", default=store.default_path("inter_tuning"), help="results JSON (read first: resumes; default out/bench/inter_tuning.json)")
     r.set_defaults(func=run)
     p = sub.add_parser("report", help="BD-rate table of the candidates")
-    p.add_argument("--results", required=True)
+    p.add_argument("--results", default=store.default_path("inter_tuning"), help="results JSON of run (default out/bench/inter_tuning.json)")
     p.add_argument("--common", action="store_true", help="every row of a codec on the pairs all its candidates have")
     p.add_argument("--write", default=None, help="docs/inter.md: replace the <!-- inter-tuning --> block (found in any page beside the file named)")
     p.add_argument("--command", default=None, help="the command line to quote (default: this one)")
     p.set_defaults(func=report)
     args = ap.parse_args(argv)
     if args.cmd == "report" and args.command is None:
-        args.command = " ".join(["python benchmarks/inter_tuning.py", *sys.argv[1:]])
+        args.command = " ".join(["python -m benchmarks inter_tuning", *sys.argv[1:]])
     args.func(args)
 
 

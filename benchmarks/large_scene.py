@@ -1,8 +1,8 @@
 """Large scenes: speed and peak memory of encode + decode, and what tiling and bf16 cost.
 
-    python benchmarks/large_scene.py [--models bicubic-x2,irn-x2,refscale-x2] [--height 3456 --width 6264]
+    python -m benchmarks large_scene [--models bicubic-x2,irn-x2,refscale-x2] [--height 3456 --width 6264]
                                      [--check-size 1024] [--skip-check] [--skip-large] [--threads N]
-    python benchmarks/large_scene.py --geotiff 4000,8000,20000 --models bicubic-x2 [--in-memory-too] [--threads N]
+    python -m benchmarks large_scene --geotiff 4000,8000,20000 --models bicubic-x2 [--in-memory-too] [--threads N]
 
 Two parts, per model (shipped weights when present; otherwise a random model whose ActNorms are
 initialised on the image and whose parameters are perturbed, so no coupling is the identity;
@@ -43,13 +43,15 @@ import json
 import os
 import resource
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+import benchmarks
+from benchmarks import store
 
 GIB = 1 << 30
 
@@ -226,9 +228,9 @@ def full_scene(names: list[str], height: int, width: int, threads: int) -> list[
         print(f"  {'model':<14} {'encode s':>9} {'decode s':>9} {'enc MP/s':>9} {'dec MP/s':>9} {'CPU s':>7} {'peak RSS':>9} "
               f"{'bpp':>7} {'PSNR-Y':>8}  tiles / precision / weights")
         for name in names:
-            cmd = [sys.executable, __file__, "--worker", name, str(Path(tmp) / "hr.png"), str(Path(tmp) / "ref.png"),
-                   "--threads", str(threads)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            cmd = benchmarks.command("large_scene", "--worker", name, Path(tmp) / "hr.png", Path(tmp) / "ref.png",
+                                     "--threads", threads)
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=benchmarks.env())
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode != 0 or not lines:
                 print(f"  {name:<14} FAILED (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}", flush=True)
@@ -336,10 +338,10 @@ def geotiff_runs(sizes: list[int], names: list[str], threads: int, in_memory_too
                 for windowed in (["yes", "no"] if in_memory_too else ["yes"]):
                     r = {"model": name, "size": n, "windowed": windowed == "yes"}
                     for phase in ("encode", "decode"):
-                        cmd = [sys.executable, __file__, "--geo-worker", phase, name, str(tmp / "scene.tif"),
-                               str(tmp / "ref.tif"), str(tmp / "scene.rsc"), str(tmp / "out.tif"), windowed,
-                               "--threads", str(threads)]
-                        proc = subprocess.run(cmd, capture_output=True, text=True)
+                        cmd = benchmarks.command("large_scene", "--geo-worker", phase, name, tmp / "scene.tif",
+                                                 tmp / "ref.tif", tmp / "scene.rsc", tmp / "out.tif", windowed,
+                                                 "--threads", threads)
+                        proc = subprocess.run(cmd, capture_output=True, text=True, env=benchmarks.env())
                         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
                         if proc.returncode != 0 or not lines:
                             r[phase] = {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
@@ -358,7 +360,7 @@ def geotiff_runs(sizes: list[int], names: list[str], threads: int, in_memory_too
     return results
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="bicubic-x2,irn-x2,refscale-x2")
     ap.add_argument("--height", type=int, default=3456)
@@ -367,13 +369,13 @@ def main() -> None:
     ap.add_argument("--skip-check", action="store_true")
     ap.add_argument("--skip-large", action="store_true")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--json", default=None, help="also write all results here")
+    ap.add_argument("--json", default=store.default_path("large_scene"), help="also write all results here (default out/bench/large_scene.json)")
     ap.add_argument("--worker", nargs=3, metavar=("MODEL", "HR", "REF"), help=argparse.SUPPRESS)
     ap.add_argument("--geotiff", default=None, help="part 3 only: comma-separated scene sizes N (N x N GeoTIFFs)")
     ap.add_argument("--in-memory-too", action="store_true", help="part 3: also run each size with the scene in memory")
     ap.add_argument("--tmp", type=Path, default=None, help="part 3: folder for the temporary scenes (default: the system's)")
     ap.add_argument("--geo-worker", nargs=7, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.worker:
         worker(*args.worker, threads=args.threads)
         return
@@ -395,7 +397,7 @@ def main() -> None:
         out["full"] = full_scene(names, args.height, args.width, args.threads)
     print(f"\nload average at the end: {load()}")
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+        store.save(out, args.json)
 
 
 if __name__ == "__main__":

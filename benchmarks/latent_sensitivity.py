@@ -1,8 +1,8 @@
 """Why the invertible models painted wrong colours (issue 26): the latent z and the inverse's sensitivity.
 
-    python benchmarks/latent_sensitivity.py --models irn-x2 refscale-x2 --data ../shared/data/oscd \\
+    python -m benchmarks latent_sensitivity --models irn-x2 refscale-x2 --data ../shared/data/oscd \\
         --split test --max-images 3 --json out.json --md out.md
-    python benchmarks/latent_sensitivity.py --models irn-x2 --images a.png b.png --md out.md
+    python -m benchmarks latent_sensitivity --models irn-x2 --images a.png b.png --md out.md
 
 For each model (IRN, RefScale: the invertible ones) and image (centre ``--crop`` px; a reference
 model takes the sample's reference): the share of LR values the forward pass puts outside [0, 1]
@@ -19,6 +19,8 @@ import json
 from pathlib import Path
 
 import torch
+
+from benchmarks import store
 
 import refscale
 from refscale import metrics, ops
@@ -84,7 +86,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-images", type=int, default=3)
     ap.add_argument("--crop", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", type=Path)
+    ap.add_argument("--json", type=Path, default=store.default_path("latent_sensitivity"), help="results JSON (default out/bench/latent_sensitivity.json)")
     ap.add_argument("--md", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -102,7 +104,7 @@ def main(argv=None) -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+        store.save(rows, args.json)
     text = to_markdown(rows)
     if args.md:
         args.md.write_text(text)

@@ -1,9 +1,9 @@
 """No-reference quality (NIQE, PIQE; refscale.lr_quality) of the LR images a model stores, or of
 saved LR images, as in FGRN Table 2.
 
-    python benchmarks/lr_quality.py --data ../shared/data/natural/Set5 -m fgrn-x4 [-m bicubic-x4 ...]
-    python benchmarks/lr_quality.py --lr LR_DIR [--lr ...]     # images saved by `refscale evaluate --save-lr`
-    python benchmarks/lr_quality.py --check-baboon ../shared/data/natural/Set14/baboon.png
+    python -m benchmarks lr_quality --data ../shared/data/natural/Set5 -m fgrn-x4 [-m bicubic-x4 ...]
+    python -m benchmarks lr_quality --lr LR_DIR [--lr ...]     # images saved by `refscale evaluate --save-lr`
+    python -m benchmarks lr_quality --check-baboon ../shared/data/natural/Set14/baboon.png
 
 Against FGRN Table 2's bicubic rows (``--data ../shared/data/natural/Urban100 -m bicubic-x2``, Y
 channel): docs/natural.md, "LR quality against FGRN Table 2".
@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks import store
 
 from refscale import zoo
 from refscale.container import Packet
@@ -41,7 +43,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", action="append", default=[], metavar="DIR",
                     help="score the images in DIR as they are, e.g. LR images saved by `refscale evaluate --save-lr` (repeatable)")
     ap.add_argument("--channel", default="y", choices=("y", "gray"))
-    ap.add_argument("--json", help="write per-image scores here")
+    ap.add_argument("--json", default=store.default_path("lr_quality"), help="write per-image scores here (default out/bench/lr_quality.json)")
     ap.add_argument("--check-baboon", metavar="PATH", help="print NIQE/PIQE of one image file (validation)")
     args = ap.parse_args(argv)
     if args.check_baboon:
@@ -68,7 +70,7 @@ def main(argv=None) -> int:
         out[label] = {"images": rows, "mean": mean}
         print(f"{label:24s} {set_name:10s} NIQE {mean['niqe']:.3f} ({len(finite)}/{len(rows)} images)  PIQE {mean['piqe']:.3f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        store.save(out, args.json)
     return 0
 
 

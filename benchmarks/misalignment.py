@@ -1,10 +1,10 @@
 """Robustness to a misaligned reference (issue 14, item 4; RefScale supplement Fig. 6, extended).
 
-    python benchmarks/misalignment.py --data ../shared/data/oscd --models refscale-x2 irn-x2 bicubic-x2 \\
+    python -m benchmarks misalignment --data ../shared/data/oscd --models refscale-x2 irn-x2 bicubic-x2 \\
         --out runs/misalignment/x2.json --md runs/misalignment/x2.md
-    python benchmarks/misalignment.py --load runs/misalignment/x2.json runs/misalignment/x4.json \\
+    python -m benchmarks misalignment --load runs/misalignment/x2.json runs/misalignment/x4.json \\
         --md runs/misalignment/all.md --figure docs/figures/misalignment.png
-    python benchmarks/misalignment.py --split train --cities aguasclaras bordeaux --models refscale-x2 \\
+    python -m benchmarks misalignment --split train --cities aguasclaras bordeaux --models refscale-x2 \\
         --shifts 20 --rotations 5 --border-modes mirror nearest constant --out runs/border/val.json
 
 The archive image the ground station holds (img1) is misaligned to the new image (img2) *before*
@@ -29,7 +29,6 @@ the strip and elsewhere (:func:`strip_scores`).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
@@ -44,8 +43,8 @@ from refscale import metrics, pipeline, registration
 from refscale.container import Packet
 from refscale.data import discover, iter_full_images
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks folder: report_common
-from report_common import add_study_options, write_text  # noqa: E402
+from benchmarks import store
+from benchmarks.report_common import add_study_options, write_text
 
 SHIFTS = (0, 2, 5, 20, 40)
 ROTATIONS = (1, 5, 10)
@@ -241,7 +240,7 @@ def figure(rows: list[dict], path: Path) -> None:
     print("wrote", path)
 
 
-def main() -> int:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_study_options(ap, out="JSON of every condition and city")
     ap.add_argument("--split", default="test")
@@ -252,10 +251,10 @@ def main() -> int:
     ap.add_argument("--border-modes", nargs="+", choices=registration.BORDERS, default=None,
                     help="instead: compare these fills of the strip the registration warp uncovers (registered runs only)")
     ap.add_argument("--figure", type=Path, help="PNG figure (needs matplotlib: the report extra)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.load:
-        rows = [r for p in args.load for r in json.loads(p.read_text())["rows"]]
+        rows = [r for p in args.load for r in store.load(p)["rows"]]
     else:
         start = time.perf_counter()
         samples = [s for s in discover(args.data, split=args.split) if not args.cities or s.name in args.cities]
@@ -265,8 +264,9 @@ def main() -> int:
         else:
             rows = [r for name in args.models
                     for r in measure(name, images_for(refscale.load(name).scale), args.shifts, args.rotations)]
-        write_text(args.out, json.dumps({"data": str(args.data), "split": args.split, "rows": rows,
-                                         "seconds": time.perf_counter() - start}, indent=1) + "\n")
+        if args.out:
+            store.save({"data": str(args.data), "split": args.split, "rows": rows, "seconds": time.perf_counter() - start},
+                       args.out)
     text = border_markdown(rows) if rows and "border" in rows[0] else to_markdown(rows)
     print(text)
     write_text(args.md, text)

@@ -1,6 +1,6 @@
 """Parameters and compute of the learned rescalers, next to the papers' numbers.
 
-    python benchmarks/model_complexity.py [--size 128]
+    python -m benchmarks model_complexity [--size 128]
 
 Compute is counted with ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix
 products; element-wise ops are not counted, as in thop) while the model downscales (``down``)

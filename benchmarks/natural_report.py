@@ -1,6 +1,6 @@
 """FGRN vs IRN on natural images (issue 6): FGRN Table 1 and Table 2 in our numbers.
 
-    python benchmarks/natural_report.py all --weights-dir runs --write docs/natural.md
+    python -m benchmarks natural_report all --weights-dir runs --write docs/natural.md
 
 * ``table``: ``refscale evaluate`` (PSNR/SSIM on Y and on RGB, border cropped by the scale) of
   bicubic, IRN and FGRN at 2x and 4x on Set5, Set14 and Urban100, beside the paper's IRN and FGRN
@@ -13,7 +13,7 @@
 * ``curves``: validation PSNR-Y against the training step of every natural model (model cards'
   ``val_history``), ``docs/figures/natural_learning_curves.png``.
 * ``lrq``: PIQE and NIQE of the LR images of bicubic, IRN and FGRN on the same sets, beside FGRN
-  Table 2: ``python benchmarks/lr_quality.py --lr DIR`` on the LR images that ``table`` saved
+  Table 2: ``python -m benchmarks lr_quality --lr DIR`` on the LR images that ``table`` saved
   (``refscale evaluate --save-lr``), so no model runs twice; run ``table`` first.
 
 The models are the shipped ``*-natural`` weights unless ``--weights-dir`` points at run folders
@@ -28,9 +28,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks folder: report_common
-from report_common import (add_precision_option, fmt, learning_curves, ood_cell, training_budget, worst_cell,  # noqa: E402
-                           write_section)
+import benchmarks
+from benchmarks.report_common import (add_precision_option, fmt, learning_curves, ood_cell, training_budget, worst_cell,
+                                      write_section)
 
 from refscale.zoo import card_for
 
@@ -75,15 +75,15 @@ def lr_folder(out: Path, arch: str, scale: int, dataset: str) -> Path:
 def run(cmd: list[str], out: Path, reuse: bool) -> dict:
     if not (reuse and out.exists()):
         print("$", " ".join(cmd), file=sys.stderr, flush=True)
-        subprocess.run(cmd, check=True)
+        subprocess.run(cmd, check=True, env=benchmarks.env())
     return json.loads(out.read_text())
 
 
 def evaluations(args) -> list[dict]:
     """Every (scale, method, set) ``{scale, arch, set, ref, result, command}``: ``refscale evaluate``
     (with ``--reuse``, an existing JSON file is read instead); run once per call of the script."""
-    if getattr(args, "_evaluations", None) is not None:
-        return args._evaluations
+    if getattr(args, "evaluated", None) is not None:
+        return args.evaluated
     rows = []
     for scale in args.scales:
         for arch in ARCHS:
@@ -97,7 +97,7 @@ def evaluations(args) -> list[dict]:
                     cmd += ["--precision", args.precision]
                 rows.append({"scale": scale, "arch": arch, "set": name, "ref": ref, "command": " ".join(cmd),
                              "result": run(cmd, out, args.reuse)})
-    args._evaluations = rows
+    args.evaluated = rows
     return rows
 
 
@@ -182,7 +182,7 @@ def cmd_glance(args) -> str:
             ood = json.loads(args.ood.read_text())
         else:
             print(f"note: {args.ood} does not exist; the out-of-domain column is empty", file=sys.stderr)
-    text = glance_markdown(evaluations(args), args.sets, ood, " ".join(["python benchmarks/natural_report.py", *sys.argv[1:]]))
+    text = glance_markdown(evaluations(args), args.sets, ood, " ".join(["python -m benchmarks natural_report", *sys.argv[1:]]))
     print(text)
     return text
 
@@ -195,11 +195,11 @@ def cmd_lr_quality(args) -> str:
         per_set = []
         for name in args.sets:
             out = args.out / f"lrq_x{scale}_{name.lower()}.json"
-            cmd = [sys.executable, str(Path(__file__).with_name("lr_quality.py")), "--json", str(out)]
+            cmd = benchmarks.command("lr_quality", "--json", out)
             for arch in ARCHS:
                 folder = lr_folder(args.out, arch, scale, name)
                 if not folder.is_dir():
-                    sys.exit(f"no LR images in {folder}; run `natural_report.py table` first")
+                    sys.exit(f"no LR images in {folder}; run `python -m benchmarks natural_report table` first")
                 cmd += ["--lr", str(folder)]
             commands.append("python " + " ".join(cmd[1:]))
             per_set.append(list(run(cmd, out, args.reuse).values()))
@@ -224,7 +224,7 @@ def cmd_curves(args) -> None:
     learning_curves(panels, ROOT / "docs" / "figures" / "natural_learning_curves.png")
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=("table", "glance", "lrq", "curves", "all"))
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "natural")
@@ -237,7 +237,7 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="reuse existing evaluation JSON files")
     ap.add_argument("--ood", type=Path, default=None, help="glance: the results JSON of benchmarks/out_of_domain.py")
     ap.add_argument("--write", type=Path, default=None, help="replace the marked section of this results file")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     parts = []
     if args.what in ("table", "all"):

@@ -1,6 +1,6 @@
 """The OSCD reproduction of RefScale's Table 1 (issue 5): table, figures, change masks, curves.
 
-    python benchmarks/oscd_report.py all --data ../shared/data/oscd --scales 2 4 --write docs/oscd.md
+    python -m benchmarks oscd_report all --data ../shared/data/oscd --scales 2 4 --write docs/oscd.md
 
 * ``table``: ``refscale evaluate --split test --draws 5`` for bicubic, IRN, RefScale and FGRN at each
   scale (the shipped weights unless ``--weights-dir`` points at run folders), written to
@@ -42,9 +42,9 @@ import torch
 
 from refscale import zoo
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks folder: report_common
-from report_common import (add_precision_option, fmt, learning_curves, ood_cell, training_budget, worst_cell,  # noqa: E402
-                           write_section)
+from benchmarks import store
+from benchmarks.report_common import (add_precision_option, fmt, learning_curves, ood_cell, training_budget, worst_cell,
+                                      write_section)
 
 ROOT = Path(__file__).resolve().parents[1]
 FIG_DIR = ROOT / "docs" / "figures"
@@ -83,8 +83,8 @@ def evaluations(args) -> list[dict]:
     """Every Table 1 row ``{scale, arch, ref, result, command}``: ``refscale evaluate`` on the test
     split (with ``--reuse``, an existing JSON file in ``--out`` is read instead); run once per call
     of the script."""
-    if getattr(args, "_evaluations", None) is not None:
-        return args._evaluations
+    if getattr(args, "evaluated", None) is not None:
+        return args.evaluated
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for scale in args.scales:
@@ -101,7 +101,7 @@ def evaluations(args) -> list[dict]:
                 subprocess.run(cmd, check=True)
             rows.append({"scale": scale, "arch": arch, "ref": ref, "command": " ".join(cmd),
                          "result": json.loads((args.out / f"{stem}.json").read_text())})
-    args._evaluations = rows
+    args.evaluated = rows
     return rows
 
 
@@ -178,7 +178,7 @@ def cmd_glance(args) -> str:
             ood = json.loads(args.ood.read_text())
         else:
             print(f"note: {args.ood} does not exist; the out-of-domain column is empty", file=sys.stderr)
-    text = glance_markdown(evaluations(args), ood, " ".join(["python benchmarks/oscd_report.py", *sys.argv[1:]]))
+    text = glance_markdown(evaluations(args), ood, " ".join(["python -m benchmarks oscd_report", *sys.argv[1:]]))
     print(text)
     return text
 
@@ -394,8 +394,7 @@ def cmd_heldout(args) -> str:
             lines.append(f"| x{scale} | {label} | {row['steps'] or '-'} | {row['all']:.2f} | {row['changed']:.2f} | "
                          f"{row['unchanged']:.2f} | {' / '.join(f'{e:+.2f}' for e in err)} | {row['bpp']:.3f} |")
             print(lines[-1], flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "heldout.json").write_text(json.dumps(rows, indent=1) + "\n")
+    store.save(rows, args.out / "heldout.json")
     text = "\n".join(lines)
     print(text)
     return text
@@ -412,7 +411,7 @@ def cmd_curves(args) -> None:
     learning_curves(panels, FIG_DIR / "oscd_learning_curves.png")
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=("table", "glance", "figures", "change", "probe", "curves", "heldout", "all"))
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "oscd")
@@ -426,7 +425,7 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="reuse existing evaluation JSON files")
     ap.add_argument("--ood", type=Path, default=None, help="glance: the results JSON of benchmarks/out_of_domain.py")
     ap.add_argument("--write", type=Path, default=None, help="replace the marked section of this results file")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(2)
     parts = []
     if args.what in ("table", "all"):

@@ -1,6 +1,6 @@
 """Out of domain (issue 26, item 4): every shipped model on the test images of the other domain.
 
-    python benchmarks/out_of_domain.py --data ../shared/data --precision bf16 --no-verify \\
+    python -m benchmarks out_of_domain --data ../shared/data --precision bf16 --no-verify \\
         --out ../eval10/ood.json --md ../eval10/ood.md --write docs/robustness.md
 
 * The OSCD-trained models without a reference (``irn-x2`` / ``irn-x4``, i.e. ``irn-x{2,4}-oscd``,
@@ -27,8 +27,6 @@ each set by name) and ``--sets`` / ``--models`` make a quick check.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -42,8 +40,8 @@ from refscale.evaluate import evaluate, worst_image
 from refscale.imageio import read_image, write_image
 from refscale.ops import centre_crop
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks folder: report_common
-from report_common import write_section  # noqa: E402
+from benchmarks import store
+from benchmarks.report_common import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 NATURAL_SETS = ("Set5", "Set14", "Urban100")
@@ -124,7 +122,7 @@ def settings(set_name: str, args) -> dict:
 
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
-    results = json.loads(args.out.read_text()) if args.out.exists() else {"runs": {}}
+    results = store.load(args.out, {"runs": {}})
     runs = results["runs"]
     for model_name, set_name, trained_on in plan(args.models, args.sets, args.in_domain):
         key = f"{model_name}|{set_name}|verify={args.verify}"
@@ -139,17 +137,9 @@ def run(args) -> dict:
         r = runs[key]
         print(f"  PSNR-Y {r['psnr_y']:.2f}  PSNR-RGB {r['psnr_rgb']:.2f}  worst {r['worst']['name']} "
               f"{r['worst']['psnr_rgb']:.2f}  >40 levels {r['frac_off40']:.2%}", file=sys.stderr, flush=True)
-        save(results, args.out)
-    save(results, args.out)
+        store.save(results, args.out)  # an interrupted run keeps every finished evaluation
+    store.save(results, args.out)
     return results
-
-
-def save(results: dict, path: Path) -> None:
-    """Write the results atomically (an interrupted run keeps every finished evaluation)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def _f(v, spec: str) -> str:
@@ -245,15 +235,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--verify", action=argparse.BooleanOptionalAction, default=False,
                     help="the verifying encoder (encode(verify=True)); default --no-verify")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, required=True, help="results JSON (read first: only missing or stale runs are measured)")
+    ap.add_argument("--out", type=Path, default=store.default_path("out_of_domain"),
+                    help="results JSON (read first: only missing or stale runs are measured; default out/bench/out_of_domain.json)")
     ap.add_argument("--md", type=Path, default=None, help="the Markdown table")
     ap.add_argument("--write", type=Path, default=None, help="docs/robustness.md: replace the <!-- ood:start/end --> block (found in any page beside the file named)")
     ap.add_argument("--table-only", action="store_true", help="tabulate --out without measuring")
     ap.add_argument("--command", default=None, help="the command line to quote in the table (default: this one)")
     args = ap.parse_args(argv)
     args.crop_dir = args.crop_dir or args.out.with_name(args.out.stem + "_crops")
-    results = json.loads(args.out.read_text()) if args.table_only else run(args)
-    md = to_markdown(results, args.command or " ".join(["python benchmarks/out_of_domain.py", *(argv or sys.argv[1:])]))
+    results = store.load(args.out) if args.table_only else run(args)
+    md = to_markdown(results, args.command or " ".join(["python -m benchmarks out_of_domain", *(argv or sys.argv[1:])]))
     print(md)
     if args.md:
         args.md.parent.mkdir(parents=True, exist_ok=True)

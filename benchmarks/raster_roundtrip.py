@@ -1,7 +1,7 @@
 """What the intensity mapping of 12/16-bit rasters costs (issue 16, item 2; refscale/raster.py).
 
-    python benchmarks/raster_roundtrip.py [--data ../shared/data/oscd] [--city dubai] [--models bicubic-x2 refscale-x2]
-    python benchmarks/raster_roundtrip.py --nodata [--city dubai] [--models bicubic-x2 refscale-x2]
+    python -m benchmarks raster_roundtrip [--data ../shared/data/oscd] [--city dubai] [--models bicubic-x2 refscale-x2]
+    python -m benchmarks raster_roundtrip --nodata [--city dubai] [--models bicubic-x2 refscale-x2]
 
 Two rasters, written as GeoTIFFs in a temporary folder and read back through
 ``refscale.raster.read_raster`` exactly as ``refscale encode`` reads them:
@@ -44,6 +44,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from benchmarks import store
 
 from refscale import pipeline, raster, zoo
 from refscale.container import Packet
@@ -223,15 +225,15 @@ def nodata_study(models, tmp: Path, new: np.ndarray, old: np.ndarray, crs, trans
     return rows
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "oscd")
     ap.add_argument("--city", default="dubai")
     ap.add_argument("--models", nargs="*", default=["bicubic-x2", "refscale-x2"])
     ap.add_argument("--synthetic-models", nargs="*", default=["bicubic-x2", "irn-x2"])
-    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=store.default_path("raster_roundtrip"), help="results JSON (default out/bench/raster_roundtrip.json)")
     ap.add_argument("--nodata", action="store_true", help="only the nodata / NaN study (module doc)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(1)
     from rasterio.crs import CRS
     from rasterio.transform import from_origin
@@ -243,7 +245,7 @@ def main() -> None:
             city, new, old, transform = load_city(args.data, args.city)
             out["nodata"] = nodata_study(args.models, tmp, new, old, CRS.from_epsg(4326), transform)
             if args.json:
-                args.json.write_text(json.dumps(out, indent=2, default=float) + "\n")
+                store.save(out, args.json, default=float)
             return
         syn = synthetic_12bit()
         p = write_tif(tmp / "synthetic12.tif", syn, CRS.from_epsg(32631), from_origin(399960, 5000040, 10, 10))
@@ -262,7 +264,7 @@ def main() -> None:
 
         out["chain"] = chain(args.models, pn, pr, new, 10000, "0,10000", args.city)
     if args.json:
-        args.json.write_text(json.dumps(out, indent=2, default=float) + "\n")
+        store.save(out, args.json, default=float)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Rate-distortion curves against still-image codecs, BD table, figures (issue 15, item 1).
 
-    python benchmarks/rd_curves.py run --data ../shared/data/oscd --split test \\
+    python -m benchmarks rd_curves run --data ../shared/data/oscd --split test \\
         --models bicubic-x2 irn-x2 refscale-x2 bicubic-x4 irn-x4 refscale-x4 --precision bf16 --out rd_oscd.json
-    python benchmarks/rd_curves.py report --results rd_oscd.json --name oscd --figures docs/figures --write docs/rate-distortion.md
+    python -m benchmarks rd_curves report --results rd_oscd.json --name oscd --figures docs/figures --write docs/rate-distortion.md
 
 ``run`` measures, per image, PSNR-Y and SSIM-Y, PSNR-RGB and SSIM-RGB and the fraction of pixels
 with an RGB channel off by more than 40 levels (``frac_off40``) against bits per HR pixel for
@@ -39,7 +39,6 @@ import contextlib
 import functools
 import json
 import math
-import os
 import statistics
 import re
 import sys
@@ -49,15 +48,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks folder: report_common
-from report_common import write_section  # noqa: E402
+from benchmarks import store
+from benchmarks.report_common import write_section
 
-from refscale import codecs, inter, metrics, zoo  # noqa: E402
-from refscale.container import Packet  # noqa: E402
-from refscale.data import discover, iter_full_images  # noqa: E402
-from refscale.imageio import is_greyscale_file  # noqa: E402
-from refscale.ops import centre_crop  # noqa: E402
-from refscale.rd import bd  # noqa: E402
+from refscale import codecs, inter, metrics, zoo
+from refscale.container import Packet
+from refscale.data import discover, iter_full_images
+from refscale.imageio import is_greyscale_file
+from refscale.ops import centre_crop
+from refscale.rd import bd
 
 STILL = ("jpeg", "webp", "avif", "jxl", "j2k")
 INTER = ("h264-inter", "hevc-inter", "av1-inter")  # P-frame from the reference (refscale.inter)
@@ -140,9 +139,7 @@ def _payload_version(version: int):
 
 def save_results(results: dict, path: Path) -> None:
     """Write ``results`` to ``path`` as JSON atomically (a stopped run keeps every point it saved)."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    os.replace(tmp, path)
+    store.save(results, path)
 
 
 def run(args) -> None:
@@ -467,7 +464,7 @@ def report(args) -> None:
         results["points"].update(part["points"])
     cs = curves(select(results, args.pipelines, args.curves, args.images), args.images)
     rows = bd_table(cs)
-    command = args.command or " ".join(["python benchmarks/rd_curves.py", *sys.argv[1:]])
+    command = args.command or " ".join(["python -m benchmarks rd_curves", *sys.argv[1:]])
     md = report_markdown(cs, rows, args.name, command)
     spread = spread_markdown(select(results, args.pipelines, args.curves, args.images), set(args.images or []) or None)
     if spread:

@@ -1,6 +1,6 @@
 """Calibrate and test the decoder's plausibility check of the reference (issue 14, item 2).
 
-    python benchmarks/reference_check.py --data ../shared/data/oscd -m refscale-x2 refscale-x4 bicubic-x2 [--json out.json]
+    python -m benchmarks reference_check --data ../shared/data/oscd -m refscale-x2 refscale-x4 bicubic-x2 [--json out.json]
 
 For every city of a split, the new image (img2) is encoded with its true reference (img1) by each
 model; the stored LR is then compared (``refscale.metrics.reference_agreement``) with the true
@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from benchmarks import store
 
 import refscale
 from refscale import metrics, ops, pipeline
@@ -44,13 +46,13 @@ def agreements(model, data: Path, cities: list[str]) -> dict:
     return out
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "oscd")
     ap.add_argument("-m", "--models", nargs="+", default=["refscale-x2", "refscale-x4"])
-    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=store.default_path("reference_check"), help="results JSON (default out/bench/reference_check.json)")
     ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     split = json.loads((args.data / "split.json").read_text())
     results = {}
@@ -76,8 +78,7 @@ def main() -> None:
                     f"{miss} ({100 * miss / len(r['wrong']):.1f}%) |")
     print("\n".join(rows))
     if args.json:
-        args.json.write_text(json.dumps({f"{m}/{p}": r for (m, p), r in results.items()} | {"threshold_train": threshold},
-                                        indent=1) + "\n")
+        store.save({f"{m}/{p}": r for (m, p), r in results.items()} | {"threshold_train": threshold}, args.json)
 
 
 if __name__ == "__main__":

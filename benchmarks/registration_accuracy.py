@@ -1,6 +1,6 @@
 """Accuracy and cost of the reference registration (refscale.registration; issue 14, item 3).
 
-    python benchmarks/registration_accuracy.py [--data ../shared/data/oscd]
+    python -m benchmarks registration_accuracy [--data ../shared/data/oscd]
 
 1. Known shifts: the shipped demo pair (Sentinel-2, Aguas Claras 2017 and its 2015 reference)
    with the 2015 image moved by known sub-pixel amounts (scipy cubic spline): the error of the
@@ -16,7 +16,7 @@
    borders; -3 degrees also moved by (7, -4) px): the angle recorded, and the detail-band
    correlation with img2 before and after the recorded warp (central part, 40 px from the border).
 
-    python benchmarks/registration_accuracy.py --parts 5
+    python -m benchmarks registration_accuracy --parts 5
 """
 from __future__ import annotations
 
@@ -100,12 +100,12 @@ def rotation_table(data: Path, cities: list[str], train: list[str]) -> None:
           f"estimate_transform {np.median(times):.2f} s median, {max(times):.2f} s largest (1 thread)")
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "oscd")
     ap.add_argument("--parts", nargs="+", type=int, default=[1, 2, 3, 4, 5],
                     help="5: the rotation part; any of 1-4: parts 1-4 (default: all)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(1)
     split = json.loads((args.data / "split.json").read_text()) if (args.data / "split.json").is_file() else None
     if 5 in args.parts and split:

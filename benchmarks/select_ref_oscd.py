@@ -1,6 +1,6 @@
 """Reference selection over the OSCD archive (issue 29): is each city's own older image chosen?
 
-    python benchmarks/select_ref_oscd.py --data ../shared/data/oscd --work ../eval10/select [--json out.json]
+    python -m benchmarks select_ref_oscd --data ../shared/data/oscd --work ../eval10/select [--json out.json]
 
 Builds, under ``--work``, three archives of all 48 OSCD images (both dates of the 24 cities) with
 random file names (nothing in a name gives the city or the date away):
@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from benchmarks import store
 
 from refscale import archive
 
@@ -128,7 +130,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, default=Path("../shared/data/oscd"))
     ap.add_argument("--work", type=Path, required=True, help="scratch folder (outside the repository)")
     ap.add_argument("--modes", nargs="+", default=["geo", "stac", "plain"])
-    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=store.default_path("select_ref_oscd"), help="results JSON (default out/bench/select_ref_oscd.json)")
     args = ap.parse_args(argv)
     import torch
 
@@ -147,7 +149,7 @@ def main(argv=None) -> int:
                 if not x["correct"]:
                     print(f"   wrong: {x['city']} -> {x['chosen']} (agreement {x['agreement']}, runner-up {x['runner_up']})")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        store.save(results, args.json)
     return 0 if all(r["correct"] == r["of"] for r in results) else 1
 
 

@@ -6,7 +6,7 @@ to run as the real ones. One synthetic image goes through ``refscale.pipeline.en
 container) and ``refscale.pipeline.decode``; each precision runs in its own process so that the
 peak resident memory (``ru_maxrss``) of one does not hide the other's. Prints one JSON object.
 
-    python benchmarks/tadm_speed.py --size 512 --scale 16 --precision fp32 bf16 --threads 2
+    python -m benchmarks tadm_speed --size 512 --scale 16 --precision fp32 bf16 --threads 2
 
 The quality of the output is meaningless (random weights); only time and memory are measured.
 """
@@ -20,7 +20,8 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+import benchmarks
 
 
 def _rss_mb() -> float:
@@ -102,9 +103,9 @@ def main(argv=None) -> int:
 
     runs = []
     for prec in a.precision:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--one", "--size", str(a.size), "--scale", str(a.scale),
-               "--precision", prec, "--threads", str(a.threads), "--base", a.base]
-        res = subprocess.run(cmd, capture_output=True, text=True)
+        cmd = benchmarks.command("tadm_speed", "--one", "--size", a.size, "--scale", a.scale, "--precision", prec,
+                                 "--threads", a.threads, "--base", a.base)
+        res = subprocess.run(cmd, capture_output=True, text=True, env=benchmarks.env())
         if res.returncode != 0:
             print(res.stderr, file=sys.stderr)
             return res.returncode

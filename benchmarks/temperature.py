@@ -1,8 +1,8 @@
 """PSNR-Y and SSIM-Y against the latent temperature of decoding (issue 14, item 5; RefScale supplement 2.1, Fig. 5).
 
-    python benchmarks/temperature.py --data ../shared/data/oscd --cities aguasclaras bordeaux \\
+    python -m benchmarks temperature --data ../shared/data/oscd --cities aguasclaras bordeaux \\
         --out runs/temperature/val.json --md runs/temperature/val.md
-    python benchmarks/temperature.py --load runs/temperature/val.json runs/temperature/fine.json --md table.md
+    python -m benchmarks temperature --load runs/temperature/val.json runs/temperature/fine.json --md table.md
 
 Every (model, temperature) is one ``refscale.evaluate.evaluate`` run (the real ``.rsc`` path, PNG
 LR): ``z ~ t * N(0, I)``, PSNR/SSIM on Y (BasicSR, border = scale) averaged over ``--draws``
@@ -13,7 +13,6 @@ configs validate on (``val_names``: aguasclaras, bordeaux), never on the test ci
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,8 +23,8 @@ import refscale
 from refscale.data import discover
 from refscale.evaluate import evaluate
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks folder: report_common
-from report_common import add_precision_option, add_study_options, write_text  # noqa: E402
+from benchmarks import store
+from benchmarks.report_common import add_precision_option, add_study_options, write_text
 
 TEMPERATURES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 MODELS = ("refscale-x2", "irn-x2", "refscale-x4", "irn-x4")
@@ -53,11 +52,11 @@ def to_markdown(results: list[dict]) -> str:
 
 
 def _save(out: Path | None, samples: list, results: list[dict], start: float) -> None:
-    write_text(out, json.dumps({"cities": [s.name for s in samples], "results": results,
-                                "seconds": time.perf_counter() - start}, indent=1) + "\n")
+    if out is not None:
+        store.save({"cities": [s.name for s in samples], "results": results, "seconds": time.perf_counter() - start}, out)
 
 
-def main() -> int:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_study_options(ap, out="JSON of every evaluation")
     ap.add_argument("--split", default=None, help="a split of split.json (e.g. test)")
@@ -68,10 +67,10 @@ def main() -> int:
     ap.add_argument("--temperatures", nargs="+", type=float, default=list(TEMPERATURES))
     ap.add_argument("--draws", type=int, default=3, help="decodes averaged at t > 0 (seeds 0..draws-1)")
     add_precision_option(ap)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.load:
-        text = to_markdown([r for p in args.load for r in json.loads(p.read_text())["results"]])
+        text = to_markdown([r for p in args.load for r in store.load(p)["results"]])
         print(text)
         write_text(args.md, text)
         return 0

@@ -1,7 +1,7 @@
 """Training speed per model and precision setting, and the PSNR those settings reach.
 
-    python benchmarks/train_speed.py                       # batch 8 x 128 px, the four models
-    python benchmarks/train_speed.py --models irn-x2 --batch 2 --patch 64 --quality-steps 0
+    python -m benchmarks train_speed                       # batch 8 x 128 px, the four models
+    python -m benchmarks train_speed --models irn-x2 --batch 2 --patch 64 --quality-steps 0
 
 Part 1 (speed): for each model and setting (fp32, channels_last, bf16 autocast,
 bf16 + channels_last at the first ``--threads`` count, the fast setting at the others),
@@ -139,7 +139,7 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="irn-x2,irn-x4,refscale-x2,refscale-x4")
     ap.add_argument("--settings", default=",".join(SETTINGS))
@@ -153,12 +153,12 @@ def main() -> None:
     ap.add_argument("--quality-patch", type=int, default=64)
     ap.add_argument("--quality-threads", type=int, default=None, help="override the configs' precision.threads in part 2")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "oscd", help="OSCD folder for part 2")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
     settings = [s for s in args.settings.split(",") if s]
     threads = [int(t) for t in args.threads.split(",") if t]
 
-    print(f"$ python benchmarks/train_speed.py {' '.join(sys.argv[1:])}")
+    print(f"$ python -m benchmarks train_speed {' '.join(sys.argv[1:])}")
     print(f"CPU: {cpu_name()}, torch {torch.__version__}, batch {args.batch} x {args.patch} px, "
           f"{args.warmup} warm-up + {args.steps} timed steps per row; load average at start "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} (other jobs on this machine slow every row)\n")

@@ -1,6 +1,6 @@
 """What the verifying encoder costs in time (issue 26): encode with and without the check.
 
-    python benchmarks/verify_cost.py --models refscale-x2 irn-x2 fgrn-x2-oscd irn-x4 \\
+    python -m benchmarks verify_cost --models refscale-x2 irn-x2 fgrn-x2-oscd irn-x4 \\
         --data ../shared/data/oscd --names aguasclaras bordeaux --threads 2 --md verify_cost.md
 
 For each model and image (a sample of ``refscale.data.discover``: an OSCD city gives its new image

@@ -22,7 +22,7 @@ mod-crop — and its reference if the model needs one):
    :mod:`refscale.pipeline`); the decoder repeats what the container records. The result
    records the resolved value.
 5. With ``lr_dir``: the stored LR image of each sample is written to ``lr_dir/<name>.png`` (for
-   looking at it, or for no-reference LR quality: ``python benchmarks/lr_quality.py --lr DIR``).
+   looking at it, or for no-reference LR quality: ``python -m benchmarks lr_quality --lr DIR``).
 
 The result is the JSON of docs/design.md ("Evaluation output"): ``model, scale, dataset, split,
 draws, images[], mean{}``, and ``worst{}``: the image with the lowest PSNR-RGB (:func:`worst_image`).

@@ -501,7 +501,7 @@ def to_model(sel: np.ndarray, ranges, name: str, warn_nan: bool = True, warn_gre
 #: how pixels without data are filled in each window before the model sees it: "nearest" (the
 #: value of the nearest valid pixel of the same band in the window, i.e. the valid border
 #: extended outward), "mean" (the window's mean of the band's valid pixels) or "zero". Measured
-#: (benchmarks/raster_roundtrip.py --nodata; docs/rasters.md, "Nodata and NaN"): see there
+#: (python -m benchmarks raster_roundtrip --nodata; docs/rasters.md, "Nodata and NaN"): see there
 FILL = "nearest"
 
 

@@ -53,7 +53,7 @@ MIN_SHIFT = 0.25
 MIN_AGREEMENT = 0.2
 #: how the warp fills the strip it uncovers (``scipy.ndimage`` mode; normative, see :func:`apply_shift`)
 BORDER = "mirror"
-#: the border fills compared (benchmarks/misalignment.py --border-modes; docs/reference.md)
+#: the border fills compared (python -m benchmarks misalignment --border-modes; docs/reference.md)
 BORDERS = ("mirror", "nearest", "constant")
 
 

@@ -104,3 +104,22 @@ def test_protocol_calls_the_pipeline_only_by_name():
     assert text.count("importlib.import_module(") == 1 and 'importlib.import_module("refscale.pipeline")' in text
     assert "bind_pipeline" not in text and "bind_pipeline" not in (ROOT / "pipeline.py").read_text()
 
+
+
+def test_benchmarks_sit_above_the_package():
+    """benchmarks/ (the benchmark tool, a package beside refscale/) imports refscale and itself,
+    never tests/ or scripts/; refscale never imports benchmarks (its results feed docs only)."""
+    def imports(path: Path) -> set[str]:
+        out = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                out |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                out.add(node.module.split(".")[0])
+        return out
+
+    assert all("benchmarks" not in imports(p) for p in ROOT.rglob("*.py"))
+    bench = ROOT.parent / "benchmarks"
+    assert (bench / "__init__.py").is_file() and (bench / "__main__.py").is_file()
+    for p in bench.glob("*.py"):
+        assert not imports(p) & {"tests", "scripts"}, p

@@ -154,14 +154,9 @@ def test_bad_inputs():
 def test_cli_scores_saved_lr_folders_like_the_model(tmp_path, capsys):
     """benchmarks/lr_quality.py: ``--lr DIR`` scores image files as they are; for a model's stored
     LR images it gives the numbers ``-m MODEL`` computes by encoding the dataset itself."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "lr_quality.py"
-    spec = importlib.util.spec_from_file_location("lr_quality_cli", script)
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    from benchmarks import lr_quality as cli
 
     from refscale.imageio import read_image, write_image
     from refscale.metrics import to_uint8

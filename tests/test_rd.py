@@ -43,11 +43,7 @@ def test_report_curves_without_full_resolution_or_with_an_unknown_image():
     """benchmarks/rd_curves.py: a report of rescaler curves alone keeps them (the common images
     come from every curve when no full-resolution curve is selected); an unknown image name in
     ``images`` is noted and ignored instead of emptying every curve."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import rd_curves
+    from benchmarks import rd_curves
 
     points = {f"{im}|bicubic-x2|jpeg|{q}": {"bpp": q / 100, "psnr_y": 30 + q / 10, "ssim_y": 0.9}
               for im in ("a", "b") for q in (10, 50)}

@@ -1,7 +1,6 @@
 """The report scripts of benchmarks/ show colour (issue 26): RGB beside Y, the worst image, >40 levels,
 and old results files without these values render "-" instead of failing; the out-of-domain suite."""
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,11 +10,7 @@ from refscale.imageio import write_image
 from refscale.zoo import card_for
 from tests.conftest import synthetic_image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import natural_report  # noqa: E402
-import oscd_report  # noqa: E402
-import out_of_domain  # noqa: E402
-import rd_curves  # noqa: E402
+from benchmarks import natural_report, oscd_report, out_of_domain, rd_curves
 
 OLD_MEAN = {"psnr_y": 30.0, "ssim_y": 0.9, "psnr_rgb": 28.0, "ssim_rgb": 0.88, "si_lr": 0.3, "bpp": 4.0, "bpp_lr": 3.9,
             "bpp_side": 0.0, "seconds": 1.0}  # written before frac_off40 and worst existed
@@ -53,7 +48,7 @@ def test_oscd_table_and_glance_show_rgb_worst_and_missing_values():
                                          "verify": False, "images": 5, "psnr_y": 33.7, "psnr_rgb": 31.8},
         "irn-x2|Set5|verify=False": {"model": "irn-x2", "weights": "irn-x2-oscd", "set": "Set5", "scale": 2,
                                      "verify": False, "images": 5, "psnr_y": 27.6, "psnr_rgb": 18.9}}}
-    glance = oscd_report.glance_markdown(rows, ood, "python benchmarks/oscd_report.py glance").splitlines()
+    glance = oscd_report.glance_markdown(rows, ood, "python -m benchmarks oscd_report glance").splitlines()
     bic, irn, fgrn = (next(x for x in glance if x.startswith(f"| {m}")) for m in ("bicubic-x2", "irn-x2", "fgrn-x2-oscd"))
     assert "| out of domain: natural sets, RGB / Y vs bicubic |" in glance[2]
     assert irn.startswith("| irn-x2 (`irn-x2-oscd`) | 41.00 | +7.00 | 0.9000 | **36.00** | +4.00 | 0.8800 | b 33.00 | - |")
@@ -144,7 +139,7 @@ def test_out_of_domain_runs_caches_and_tabulates(tiny_data, tmp_path, monkeypatc
 
 
 def test_out_of_domain_cell_of_the_glance_tables():
-    from report_common import ood_cell
+    from benchmarks.report_common import ood_cell
 
     runs = {"a": {"model": "bicubic-x2", "weights": "bicubic-x2", "set": "oscd", "scale": 2, "verify": False, "images": 10,
                   "psnr_y": 33.0, "psnr_rgb": 31.0},

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -121,8 +120,7 @@ def test_docs_pages_cited_anywhere_exist():
 
 
 def test_write_finds_a_block_in_the_page_beside_the_one_named(tmp_path):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from report_common import page_with, write_section
+    from benchmarks.report_common import page_with, write_section
 
     (tmp_path / "oscd.md").write_text("# OSCD\n\n<!-- t:start -->\nold\n<!-- t:end -->\n")
     (tmp_path / "index.md").write_text("# Index\n\n<!-- g:start -->\nold\n<!-- g:end -->\n\nafter\n")

@@ -10,7 +10,6 @@ import json
 import math
 import os
 import signal
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -485,8 +484,7 @@ def test_training_step_status_combines_processes():
 
 
 def test_training_budget_lists_the_stages_of_a_chain():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from report_common import training_budget
+    from benchmarks.report_common import training_budget
 
     data = {"training_config": {"data": {"batch_size": 8, "patch_size": 64}}, "wall_time_s": 7200}
     assert training_budget({"name": "irn-x2", **data, "iterations": 500}) == "500 steps x batch 8 x 64 px, 2.00 h"
