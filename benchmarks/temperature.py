@@ -7,7 +7,7 @@
 Every (model, temperature) is one ``refscale.evaluate.evaluate`` run (the real ``.rsc`` path, PNG
 LR): ``z ~ t * N(0, I)``, PSNR/SSIM on Y (BasicSR, border = scale) averaged over ``--draws``
 seeds (0, 1, ...) for t > 0 and one decode at t = 0 (z = 0). The default temperature
-(``refscale.pipeline.DEFAULT_TEMPERATURE``) is chosen on the held-out train cities the training
+(``refscale.protocol.Rescaler.decode_temperature``, which weights may override) is chosen on the held-out train cities the training
 configs validate on (``val_names``: aguasclaras, bordeaux), never on the test cities.
 """
 from __future__ import annotations

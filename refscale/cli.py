@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", required=True, help="output image (format by suffix; or a folder for several inputs)")
     d.add_argument("--temperature", type=float, default=None,
                    help="latent temperature for stochastic models (default: the one the encoder verified, else "
-                        f"{pipeline.DEFAULT_TEMPERATURE:g})")
+                        "the weights' own, 1 unless they say otherwise)")
     d.add_argument("--seed", type=int, default=None,
                    help="random seed; the same seed gives the same pixels (default: the one the encoder verified, else 0)")
     d.add_argument("--tile", type=int, default=None, help="tile size in HR pixels (default: as recorded by the encoder)")
@@ -183,8 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("-m", "--model", required=True, help="catalogue name or .safetensors path")
     v.add_argument("--split", default=None, help="split from the dataset's split.json (e.g. test)")
     v.add_argument("--draws", type=int, default=1, help="decodes averaged per image for stochastic models (default 1)")
-    v.add_argument("--temperature", type=float, default=pipeline.DEFAULT_TEMPERATURE,
-                   help=f"latent temperature of every decode (stochastic models; default {pipeline.DEFAULT_TEMPERATURE:g})")
+    v.add_argument("--temperature", type=float, default=None,
+                   help="latent temperature of every decode (stochastic models; default the weights' own, 1 unless "
+                        "they say otherwise)")
     v.add_argument("--codec", default=None, help=codec_help)
     _add_quality_options(v, q_help)
     v.add_argument("--json", dest="json_out", default=None, help="write the result JSON here (default: print it)")

@@ -41,7 +41,7 @@ from refscale.data import Sample, iter_full_images
 from refscale.errors import InputError
 from refscale.imageio import is_greyscale_file, write_image
 from refscale.protocol import Rescaler
-from refscale.pipeline import DEFAULT_TEMPERATURE, stored_lr
+from refscale.pipeline import stored_lr
 
 METRIC_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "frac_off40", "si_lr", "bpp", "bpp_lr", "bpp_side", "seconds")
 #: what the ``worst`` summary repeats of the worst image's row
@@ -63,7 +63,7 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
              progress: bool = True, *, bpp: float | None = None, max_bytes: int | None = None,
              dataset: str | None = None, split: str | None = None,
              lr_dir: str | os.PathLike | None = None, overwrite: bool = False,
-             precision: str | None = None, temperature: float = DEFAULT_TEMPERATURE, verify: bool = True) -> dict:
+             precision: str | None = None, temperature: float | None = None, verify: bool = True) -> dict:
     """Evaluate ``model`` on ``samples``; returns the evaluation dict of docs/design.md.
 
     ``draws`` decodes of different seeds are averaged for stochastic models (``model.stochastic``);
@@ -71,7 +71,8 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
     ``draws: 1``. ``dataset`` and ``split`` only label the result (default: the samples' common folder name, and None). ``lr_dir``: also save
     the stored LR images there as ``<name>.png`` (existing files only with ``overwrite``).
     ``precision``: ``fp32``, ``bf16`` or ``auto``/None (the pipeline default). ``temperature``:
-    the latent temperature of every decode (stochastic models; default the pipeline's).
+    the latent temperature of every decode (stochastic models; default the model's
+    ``decode_temperature``).
     ``bpp`` / ``max_bytes``: a budget for each whole ``.rsc`` file instead of ``quality`` (the
     codec quality is chosen per image by :meth:`refscale.Packet.fit`; each row records it).
     ``codec=None``: the model's default codec (PNG, or an ``inter-*`` model's P-frame codec).
@@ -89,6 +90,7 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
         check_lr_dir(samples, lr_dir, overwrite)
     model.eval()
     scale = model.scale
+    temperature = model.decode_temperature if temperature is None else temperature
     draws = max(1, int(draws)) if model.stochastic and temperature > 0 else 1  # t = 0: z = 0, no randomness
     precision = resolve_precision(model, precision)
     images, over_budget = [], []

@@ -91,10 +91,6 @@ DEFAULT_PRECISION = "auto"
 #: Calibrated on the OSCD train cities, error rates on the test cities: benchmarks/reference_check.py
 #: and docs/reference.md, "Plausibility check".
 MIN_REFERENCE_AGREEMENT = 0.2
-#: the latent temperature ``decode`` samples ``z ~ t * N(0, I)`` with by default (stochastic models;
-#: the CLI, ``refscale evaluate`` and :func:`refscale.evaluate.evaluate` use it too). Chosen on
-#: the held-out train cities: benchmarks/temperature.py and docs/evaluation.md, "Temperature".
-DEFAULT_TEMPERATURE = 1.0
 #: the verifying encoder (see the module doc): block side in HR pixels (rounded up to the model's
 #: alignment), the RGB PSNR margin below bicubic a block may have, and the error in 8-bit levels
 #: past which a pixel counts as wrong (a block may have ``VERIFY_OFF_SLACK`` of its pixels more
@@ -272,7 +268,7 @@ def _verify(model: Rescaler, packet: Packet, hr_p: torch.Tensor, ref, resample_r
         for i, j in zip(*np.nonzero(fallback)):
             lr[i * lb:(i + 1) * lb, j * lb:(j + 1) * lb] = bic_lr[i * lb:(i + 1) * lb, j * lb:(j + 1) * lb]
         trial = dataclasses.replace(packet, lr=_as_received(packet, lr), verify_report=None,
-                                    verification=Verification(block, 0, DEFAULT_TEMPERATURE, fallback.copy()))
+                                    verification=Verification(block, 0, model.decode_temperature, fallback.copy()))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the reference's checks speak when the receiver decodes
             out = decode(model, trial, ref, resample_ref=resample_ref, progress=progress)
@@ -299,7 +295,7 @@ def _verify(model: Rescaler, packet: Packet, hr_p: torch.Tensor, ref, resample_r
         "worst_block_psnr_rgb": float(psnr_m.flat[k]), "bicubic_there": float(_psnr_from(sq_b, px).flat[k]),
         "seconds": time.perf_counter() - start,
     }
-    return dataclasses.replace(packet, lr=lr, verification=Verification(block, 0, DEFAULT_TEMPERATURE, fallback),
+    return dataclasses.replace(packet, lr=lr, verification=Verification(block, 0, model.decode_temperature, fallback),
                                verify_report=report)
 
 
@@ -334,7 +330,7 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float | None = Non
 
     ``temperature``: stochastic models draw their latent ``z ~ temperature * N(0, I)`` (seeded by
     ``seed``). ``None`` (default): the seed and temperature the verifying encoder checked, as the
-    file records them, else seed 0 and :data:`DEFAULT_TEMPERATURE` (docs/evaluation.md,
+    file records them, else seed 0 and the model's ``decode_temperature`` (docs/evaluation.md,
     "Temperature"). Blocks the file marks as fallback are rebuilt by bicubic upscaling of their LR
     (:class:`refscale.container.Verification`).
     The tile layout and precision default to what the encoder recorded. ``allow_mismatch``
@@ -355,7 +351,7 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float | None = Non
     _check_model(model, packet, allow_mismatch)
     checked = packet.verification
     if temperature is None:
-        temperature = checked.temperature if checked is not None else DEFAULT_TEMPERATURE
+        temperature = checked.temperature if checked is not None else model.decode_temperature
     if seed is None:
         seed = checked.seed if checked is not None else 0
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):

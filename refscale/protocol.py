@@ -137,6 +137,12 @@ class Rescaler(nn.Module):
     #: True when the model can run in bfloat16 with channels_last: it then has ``set_speed(bf16=,
     #: channels_last=)`` and the attributes ``bf16``, ``channels_last`` (:class:`refscale.nn.speed.FastInference`)
     supports_bf16: bool = False
+    #: the latent temperature ``z ~ t * N(0, I)`` that decoding, the verifying encoder, the CLI and
+    #: :func:`refscale.evaluate.evaluate` use unless the caller or the file names one (stochastic
+    #: models): 1 (IRN's recipe; benchmarks/temperature.py, docs/evaluation.md "Temperature")
+    #: unless the weights' metadata records another (``decode_temperature``, chosen on their
+    #: held-out images by ``scripts/ship_weights.py``)
+    decode_temperature: float = 1.0
 
     def __init__(self, scale: int, **config: Any):
         super().__init__()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,14 @@ def load_weights_file(path: str | os.PathLike, expected_sha256: str | None = Non
     model = build(meta["arch"], **config)
     load_into(model, tensors, path, f"architecture {meta['arch']}")
     model.name = meta.get("name", path.stem)
+    if "decode_temperature" in meta:
+        try:
+            t = float(meta["decode_temperature"])
+        except ValueError:
+            t = -1.0
+        if not (math.isfinite(t) and t >= 0):
+            raise ModelError(f"{path}: decode_temperature in its metadata must be a number >= 0, got {meta['decode_temperature']!r}")
+        model.decode_temperature = t
     return model.eval()
 
 
@@ -149,6 +158,8 @@ def save_weights(model: Rescaler, path: str | os.PathLike, card: dict[str, Any] 
     path.parent.mkdir(parents=True, exist_ok=True)
     name = path.stem
     meta = {"arch": f"{model.arch}-x{model.scale}", "config": json.dumps(model.config, sort_keys=True), "name": name}
+    if model.decode_temperature != Rescaler.decode_temperature:
+        meta["decode_temperature"] = repr(float(model.decode_temperature))
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     if half:
         too_big = [k for k, v in state.items() if v.is_floating_point() and v.abs().max() > 65000]

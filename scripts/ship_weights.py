@@ -5,10 +5,15 @@
 Takes the run's final weights (``RUN_DIR/NAME.safetensors``) or, if the run has not finished,
 its latest checkpoint, and applies the training campaign's shipping rule (issue 13):
 
-* validation: PSNR-Y, PSNR-RGB (t = 1, mean over ``--draws`` seeds) and PSNR-Y at t = 0 on the
-  *whole* held-out images of the run's config (``data.val_names``, e.g. the OSCD cities
-  aguasclaras and bordeaux), for the new weights and for the weights shipped under NAME now;
-  the new ones ship only if they gain at least ``--min-gain`` dB in ``--metric`` (PSNR-Y by
+* validation: PSNR-Y and PSNR-RGB at latent temperature t = 1 (mean over ``--draws`` seeds) and
+  t = 0 on the *whole* held-out images of the run's config (``data.val_names``, e.g. the OSCD
+  cities aguasclaras and bordeaux), for the new weights and for the weights shipped under NAME
+  now, each at its decoding temperature;
+* decoding temperature (stochastic models): ``--decode-temperature auto`` (the default) keeps
+  t = 1 unless t = 0 scores higher in ``--metric`` (weights trained with latent temperatures 0-1,
+  issue 26), and records the choice in the file's metadata
+  (:attr:`refscale.protocol.Rescaler.decode_temperature`); ``0`` / ``1`` force one;
+* the new weights ship only if they gain at least ``--min-gain`` dB in ``--metric`` (PSNR-Y by
   default; PSNR-RGB for the colour-robust runs) (``--force`` ships anyway, e.g. a new architecture);
 * storage: float16 (half the bytes) unless ``--fp32``; refused if that moves the validation
   PSNR-Y by 0.01 dB or more.
@@ -40,7 +45,13 @@ def heldout_scores(model, cfg: dict, draws: int) -> dict[str, float]:
     if not crops:
         raise SystemExit("ship_weights: the run's config holds no validation images (data.val_names)")
     runs = [engine.validate(model, crops, seed=1000 * d) for d in range(draws)]
-    return {k: sum(r[k] for r in runs) / draws for k in ("psnr_y", "psnr_rgb", "psnr_y_t0")}
+    return {k: sum(r[k] for r in runs) / draws for k in ("psnr_y", "psnr_rgb", "psnr_y_t0", "psnr_rgb_t0")}
+
+
+def at_temperature(scores: dict[str, float], t: float) -> dict[str, float]:
+    """PSNR-Y / PSNR-RGB of ``scores`` (:func:`heldout_scores`) as decoded at temperature ``t``."""
+    suffix = "_t0" if t == 0 else ""
+    return {k: scores[k + suffix] for k in ("psnr_y", "psnr_rgb")}
 
 
 def main() -> None:
@@ -55,6 +66,8 @@ def main() -> None:
     ap.add_argument("--force", action="store_true", help="ship even without the gain")
     ap.add_argument("--fp32", action="store_true", help="store float32 instead of float16")
     ap.add_argument("--data", default=None, help="dataset path if not the one in the run's config")
+    ap.add_argument("--decode-temperature", choices=("auto", "0", "1"), default="auto",
+                    help="the weights' decoding temperature (stochastic models; auto: the better of 0 and 1 in --metric)")
     args = ap.parse_args()
     torch.set_num_threads(2)
 
@@ -70,31 +83,45 @@ def main() -> None:
     if args.data:
         cfg = {**cfg, "data": {**cfg["data"], "path": args.data}}
 
-    new = heldout_scores(model, cfg, args.draws)
-    old = None
+    scores = heldout_scores(model, cfg, args.draws)
+    if not model.stochastic:
+        model.decode_temperature = 1.0
+    elif args.decode_temperature == "auto":
+        model.decode_temperature = 0.0 if scores[args.metric + "_t0"] > scores[args.metric] else 1.0
+    else:
+        model.decode_temperature = float(args.decode_temperature)
+    new = at_temperature(scores, model.decode_temperature)
+    old = old_scores = None
     if args.name in zoo.weights_cards():
         shipped = zoo.load(args.name)
         if (shipped.arch, shipped.scale) == (model.arch, model.scale):
-            old = heldout_scores(shipped, cfg, args.draws)
+            old_scores = heldout_scores(shipped, cfg, args.draws)
+            old = at_temperature(old_scores, shipped.decode_temperature)
         elif not args.force:
             sys.exit(f"not shipped: {args.name} now holds {shipped.arch}-x{shipped.scale} weights, these are "
                      f"{model.arch}-x{model.scale}; use --force to replace them")
     gain = None if old is None else new[args.metric] - old[args.metric]
-    for key, what in (("psnr_y", "PSNR-Y"), ("psnr_rgb", "PSNR-RGB"), ("psnr_y_t0", "PSNR-Y at t = 0")):
-        print(f"{args.name}: held-out {what} {new[key]:.3f} dB (shipped now: {'-' if old is None else f'{old[key]:.3f}'})")
+    for key, what in (("psnr_y", "PSNR-Y"), ("psnr_rgb", "PSNR-RGB"), ("psnr_y_t0", "PSNR-Y at t = 0"),
+                      ("psnr_rgb_t0", "PSNR-RGB at t = 0")):
+        before = "-" if old_scores is None else f"{old_scores[key]:.3f}"
+        print(f"{args.name}: held-out {what} {scores[key]:.3f} dB (shipped now: {before})")
+    print(f"decoding temperature {model.decode_temperature:g}: PSNR-Y {new['psnr_y']:.3f}, PSNR-RGB {new['psnr_rgb']:.3f} dB")
     print(f"gain in {args.metric}: {'-' if gain is None else f'{gain:+.3f}'} dB")
     if gain is not None and gain < args.min_gain and not args.force:
         sys.exit(f"not shipped: gain {gain:+.3f} dB < {args.min_gain} dB (use --force to ship anyway)")
 
     check = {"heldout_psnr_y": round(new["psnr_y"], 4), "previous_psnr_y": None if old is None else round(old["psnr_y"], 4),
              "heldout_psnr_rgb": round(new["psnr_rgb"], 4), "previous_psnr_rgb": None if old is None else round(old["psnr_rgb"], 4),
-             "heldout_psnr_y_t0": round(new["psnr_y_t0"], 4), "metric": args.metric,
+             "decode_temperature": model.decode_temperature,
+             "heldout_t1": {k: round(scores[k], 4) for k in ("psnr_y", "psnr_rgb")},
+             "heldout_t0": {k: round(scores[k + "_t0"], 4) for k in ("psnr_y", "psnr_rgb")}, "metric": args.metric,
              "draws": args.draws, "images": list(cfg["data"]["val_names"]), "stored": "float32" if args.fp32 else "float16"}
     if not args.fp32:
         with tempfile.TemporaryDirectory() as tmp:
             half = Path(tmp) / f"{args.name}.safetensors"
             zoo.save_weights(model, half, half=True)
-            half_psnr = heldout_scores(zoo.load_weights_file(half), cfg, args.draws)["psnr_y"]
+            half_model = zoo.load_weights_file(half)
+            half_psnr = at_temperature(heldout_scores(half_model, cfg, args.draws), half_model.decode_temperature)["psnr_y"]
         check["fp16_delta_db"] = round(half_psnr - new["psnr_y"], 5)
         print(f"float16 storage: {half_psnr:.4f} dB ({half_psnr - new['psnr_y']:+.5f} dB)")
         if abs(half_psnr - new["psnr_y"]) >= 0.01:

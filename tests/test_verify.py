@@ -128,11 +128,51 @@ def test_seed_and_temperature_recorded_and_another_seed_still_decodes():
     packet = pipeline.encode(model, hr, precision="fp32")
     data = packet.to_bytes()
     back = Packet.from_bytes(data)
-    assert back.verification.seed == 0 and back.verification.temperature == pipeline.DEFAULT_TEMPERATURE
+    assert back.verification.seed == 0 and back.verification.temperature == model.decode_temperature == 1.0
     default = pipeline.decode(model, back)
     assert torch.equal(default, pipeline.decode(model, Packet.from_bytes(data), seed=0, temperature=1.0))
     other = pipeline.decode(model, Packet.from_bytes(data), seed=5)
     assert other.shape == default.shape
+
+
+def test_weights_decode_temperature_is_what_encoder_checks_and_decoder_uses(tmp_path):
+    """Weights may name their decoding temperature (metadata ``decode_temperature``): it survives
+    save/load, the verifying encoder checks and records it, and a plain decode uses it."""
+    torch.set_num_threads(1)
+    model = tiny("irn-x2")
+    model.decode_temperature = 0.0
+    path = tmp_path / "irn-t0.safetensors"
+    zoo.save_weights(model, path)
+    loaded = zoo.load(path)
+    assert loaded.decode_temperature == 0.0
+    assert zoo.load_weights_file(_saved(tiny("irn-x2"), tmp_path / "plain.safetensors")).decode_temperature == 1.0
+    hr = saturated_scene(64, 64)
+    data = pipeline.encode(loaded, hr, precision="fp32").to_bytes()
+    assert Packet.from_bytes(data).verification.temperature == 0.0
+    out = pipeline.decode(loaded, Packet.from_bytes(data))
+    assert torch.equal(out, pipeline.decode(loaded, Packet.from_bytes(data), temperature=0.0, seed=3))
+    unverified = pipeline.encode(loaded, hr, precision="fp32", verify=False).to_bytes()
+    assert torch.equal(pipeline.decode(loaded, Packet.from_bytes(unverified)),
+                       pipeline.decode(loaded, Packet.from_bytes(unverified), temperature=0.0))
+    assert not torch.equal(pipeline.decode(loaded, Packet.from_bytes(unverified)),
+                           pipeline.decode(loaded, Packet.from_bytes(unverified), temperature=1.0))
+
+
+def _saved(model, path):
+    zoo.save_weights(model, path)
+    return path
+
+
+def test_a_bad_decode_temperature_in_the_metadata_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    path = _saved(tiny("irn-x2"), tmp_path / "w.safetensors")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    save_file(load_file(str(path)), str(path), metadata={**meta, "decode_temperature": "-1"})
+    with pytest.raises(zoo.ModelError, match="decode_temperature"):
+        zoo.load_weights_file(path)
 
 
 def test_without_verification_the_file_is_as_before():

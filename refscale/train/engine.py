@@ -261,8 +261,8 @@ def val_crops(samples: list, cfg: dict, multiple: int, needs_ref: bool) -> list[
 
 @torch.no_grad()
 def validate(model, crops, seed: int = 0, channels_last: bool = False) -> dict[str, float]:
-    """Mean PSNR-Y / PSNR-RGB of ``upscale(round8(downscale(hr)))`` (temperature 1, seeded), PSNR-Y
-    at temperature 0 (``psnr_y_t0``), the PSNR-Y of the LR against the bicubic-downscaled HR and
+    """Mean PSNR-Y / PSNR-RGB of ``upscale(round8(downscale(hr)))`` (temperature 1, seeded), the
+    same at temperature 0 (``psnr_y_t0``, ``psnr_rgb_t0``), the PSNR-Y of the LR against the bicubic-downscaled HR and
     the bicubic baseline; fp32. The global RNG states are left untouched."""
     if not crops:
         return {}
@@ -288,12 +288,13 @@ def _validate(model, crops, seed, channels_last):
             lr_q = coded[0].to(dev)
         g = torch.Generator(device=dev).manual_seed(seed + i)
         hr_hat = model.upscale(lr_q, side, x_ref, temperature=1.0, generator=g).float()
+        hr_t0 = model.upscale(lr_q, side, x_ref, temperature=0.0, generator=g).float()
         s = model.scale
         vals = {
             "psnr_y": metrics.psnr(hr_hat, hr, crop_border=s, y_channel=True).mean().item(),
             "psnr_rgb": metrics.psnr(hr_hat, hr, crop_border=s, y_channel=False).mean().item(),
-            "psnr_y_t0": metrics.psnr(model.upscale(lr_q, side, x_ref, temperature=0.0, generator=g).float(), hr,
-                                      crop_border=s).mean().item(),
+            "psnr_y_t0": metrics.psnr(hr_t0, hr, crop_border=s).mean().item(),
+            "psnr_rgb_t0": metrics.psnr(hr_t0, hr, crop_border=s, y_channel=False).mean().item(),
             "lr_psnr_y": metrics.psnr(lr_q, ops.bicubic_down(hr, s), crop_border=0, y_channel=True).mean().item(),
             "bicubic_psnr_y": metrics.psnr(ops.bicubic_up(ops.bicubic_down(hr, s), s), hr, crop_border=s).mean().item(),
         }
