@@ -28,7 +28,7 @@ from PIL import Image
 from benchmarks import store
 
 from refscale import metrics, ops, zoo
-from refscale.imageio import read_image
+from refscale.io.image import read_image
 
 
 def _builder():

@@ -36,9 +36,9 @@ from benchmarks import store
 
 from refscale import metrics, pipeline, zoo
 from refscale import onnx as export
-from refscale.container import Packet
+from refscale.format.container import Packet
 from refscale.data import discover
-from refscale.imageio import read_image
+from refscale.io.image import read_image
 
 
 def default_models() -> list[str]:

@@ -40,7 +40,7 @@ from scipy import ndimage
 
 import refscale
 from refscale import metrics, pipeline, registration
-from refscale.container import Packet
+from refscale.format.container import Packet
 from refscale.data import discover, iter_full_images
 
 from benchmarks import store

@@ -186,7 +186,7 @@ def cmd_glance(args) -> str:
 @torch.no_grad()
 def _run_models(hr, ref, scale, weights_dir):
     import refscale
-    from refscale.container import Packet
+    from refscale.format.container import Packet
 
     out = {}
     for arch in ("irn", "refscale"):
@@ -205,7 +205,7 @@ def cmd_figures(args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from refscale.imageio import read_image
+    from refscale.io.image import read_image
     from refscale.metrics import psnr, spatial_information
 
     FIG_DIR.mkdir(parents=True, exist_ok=True)
@@ -257,7 +257,7 @@ def cmd_change(args) -> str:
 
     import refscale
     from refscale import ops
-    from refscale.imageio import read_image
+    from refscale.io.image import read_image
 
     split = json.loads((args.data / "split.json").read_text())
     lines = ["| scale | city | changed pixels | mean S in changed | mean S elsewhere |", "|---:|---|---:|---:|---:|"]
@@ -298,7 +298,7 @@ def cmd_probe(args) -> str:
     flat grey image; report PSNR-Y (t = 1) and the mean transmitted similarity. The same maps of
     a randomly initialised model show where the similarity starts."""
     import refscale
-    from refscale.imageio import read_image
+    from refscale.io.image import read_image
     from refscale.metrics import psnr, to_uint8
 
     c = args.crop
@@ -350,8 +350,8 @@ def cmd_heldout(args) -> str:
     """Held-out train cities, whole images: PSNR-Y overall / in changed areas / elsewhere and the
     colour error, averaged over cities (PSNR: mean of per-city values, each the mean over draws)."""
     import refscale
-    from refscale.container import Packet
-    from refscale.imageio import read_image
+    from refscale.format.container import Packet
+    from refscale.io.image import read_image
     from refscale.metrics import psnr, psnr_y_masked
 
     from PIL import Image

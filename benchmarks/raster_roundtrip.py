@@ -4,7 +4,7 @@
     python -m benchmarks raster_roundtrip --nodata [--city dubai] [--models bicubic-x2 refscale-x2]
 
 Two rasters, written as GeoTIFFs in a temporary folder and read back through
-``refscale.raster.read_raster`` exactly as ``refscale encode`` reads them:
+``refscale.io.raster.read_raster`` exactly as ``refscale encode`` reads them:
 
 1. **synthetic 12-bit**: 512 x 512, 3 bands of one scene, values 0..4095 (smooth fields, edges,
    sensor noise, 0.1% saturated pixels at 4095), UTM 31N, 10 m pixels;
@@ -26,7 +26,7 @@ raster, which has none; on the city, refscale-x2 with img1 as the reference).
 ``--nodata`` (item 4): the city with pixels without data, once as uint16 with nodata 0 (a
 diagonal swath edge covering the left ~20% of the scene, as at the edge of a Sentinel-2 orbit,
 plus 6 square holes of 15-31 px) and once as float32 reflectance (value / 10000) with NaN in the
-same places. For each fill rule (``refscale.raster.FILL``: nearest, mean, zero) and without the
+same places. For each fill rule (``refscale.io.raster.FILL``: nearest, mean, zero) and without the
 mask (the behaviour before item 4: nodata mapped like data, NaN as 0): PSNR on the original
 scale over the valid pixels and over the valid pixels within 4 px of a pixel without data (where
 a poor fill leaks in), and whether the pixels without data come back exactly (nodata / NaN) and
@@ -47,8 +47,9 @@ from PIL import Image
 
 from benchmarks import store
 
-from refscale import pipeline, raster, zoo
-from refscale.container import Packet
+from refscale import pipeline, zoo
+from refscale.io import raster
+from refscale.format.container import Packet
 
 RULES = ["j0,100", "p0,100", "p0.1,99.9", "p1,99", "p2,98"]
 CHAIN_RULES = ["j0,100", "p0,100", "p0.1,99.9", "p2,98", "fixed"]  # the last: 0..4095 (12-bit) or 0..10000

@@ -51,15 +51,16 @@ import torch
 from benchmarks import store
 from benchmarks.report_common import write_section
 
-from refscale import codecs, inter, metrics, zoo
-from refscale.container import Packet
+from refscale import metrics, zoo
+from refscale.format import codecs, inter
+from refscale.format.container import Packet
 from refscale.data import discover, iter_full_images
-from refscale.imageio import is_greyscale_file
+from refscale.io.image import is_greyscale_file
 from refscale.ops import centre_crop
 from refscale.rd import bd
 
 STILL = ("jpeg", "webp", "avif", "jxl", "j2k")
-INTER = ("h264-inter", "hevc-inter", "av1-inter")  # P-frame from the reference (refscale.inter)
+INTER = ("h264-inter", "hevc-inter", "av1-inter")  # P-frame from the reference (refscale.format.inter)
 CODECS = STILL + INTER
 #: the intra-only curve and the ``--inter-mode auto`` curve of each inter codec (pipeline ``full``
 #: only; curve labels, not container codecs)

@@ -31,7 +31,7 @@ from scipy.ndimage import shift as nd_shift
 
 from refscale import ops, pipeline, registration
 from refscale.demo import real_pair
-from refscale.imageio import as_image_tensor, read_image
+from refscale.io.image import as_image_tensor, read_image
 
 
 def moved(img: torch.Tensor, shift) -> torch.Tensor:

@@ -74,7 +74,7 @@ def _error(message: str) -> None:
 
 def _add_inter_mode_option(parser: argparse.ArgumentParser) -> None:
     """``--inter-mode`` of the commands that write inter-frame LR sections (encode, evaluate)."""
-    from refscale.inter import MODES
+    from refscale.format.inter import MODES
 
     parser.add_argument("--inter-mode", choices=MODES, default="auto",
                         help="*-inter codecs: code the P-frame (inter), the image alone (intra), or whichever needs fewer "
@@ -89,7 +89,7 @@ def _add_precision_option(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from refscale import __version__
-    from refscale.codecs import CODECS, available_codecs
+    from refscale.format.codecs import CODECS, available_codecs
 
     avail = available_codecs()
     codec_help = "LR codec: " + ", ".join(CODECS) + " (default: the model's, png (lossless) except inter-* models; " \
@@ -339,8 +339,8 @@ def _add_quality_options(parser, q_help: str) -> None:
 
 def _check_quality_options(args) -> None:
     """Refuse a bad --codec / -q / --bpp / --bytes before the model loads."""
-    from refscale import codecs
-    from refscale.container import check_budget
+    from refscale.format import codecs
+    from refscale.format.container import check_budget
 
     if args.codec is not None:
         codecs.require(codecs.canonical(args.codec))
@@ -350,7 +350,7 @@ def _check_quality_options(args) -> None:
 
 def _codec_and_quality(args, model) -> tuple[str, int | None]:
     """The codec (default: the model's, e.g. an inter-* model's P-frame codec) and its checked quality."""
-    from refscale import codecs
+    from refscale.format import codecs
 
     codec = codecs.canonical(args.codec, model.default_codec)
     quality = codecs.check_quality(codec, args.quality)
@@ -360,10 +360,10 @@ def _codec_and_quality(args, model) -> tuple[str, int | None]:
 
 def cmd_encode(args) -> int:
     from refscale import files
-    from refscale.inter import default_mode
+    from refscale.format.inter import default_mode
 
     _check_quality_options(args)
-    from refscale.raster import parse_bands, parse_range
+    from refscale.io.raster import parse_bands, parse_range
 
     bands = parse_bands(args.bands)  # refuse bad --bands / --range before the model loads
     parse_range(args.value_range)
@@ -458,8 +458,9 @@ def cmd_decode(args) -> int:
 
 # ============================================================================= info, models
 def cmd_info(args) -> int:
-    from refscale import codecs, files
-    from refscale.container import Packet, inspect
+    from refscale import files
+    from refscale.format import codecs
+    from refscale.format.container import Packet, inspect
 
     results = []
     for name in args.inputs:
@@ -474,7 +475,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from refscale.codecs import available_codecs
+    from refscale.format.codecs import available_codecs
     from refscale.zoo import catalogue
 
     rows = catalogue()
@@ -499,10 +500,11 @@ def cmd_models(args) -> int:
 
 # ============================================================================= evaluate, train, demo
 def cmd_evaluate(args) -> int:
-    from refscale import codecs, files
+    from refscale import files
+    from refscale.format import codecs
     from refscale.data import discover
     from refscale.evaluate import check_lr_dir, evaluate, to_markdown
-    from refscale.inter import default_mode
+    from refscale.format.inter import default_mode
 
     _check_quality_options(args)
     if args.draws < 1:
@@ -559,7 +561,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from refscale import codecs
+    from refscale.format import codecs
     from refscale.demo import run_demo
 
     if args.output and Path(args.output).exists() and any(Path(args.output).iterdir()):
@@ -668,7 +670,7 @@ def cmd_batch(args) -> int:
     out = Path(args.output)
     opts = {"model": args.model, "threads": args.threads, "force": args.force, "ref_archive": args.ref_archive}
     if kind == "encode":
-        from refscale import codecs
+        from refscale.format import codecs
         from refscale.zoo import load
 
         model = load(args.model)  # validates the name here; each worker loads it once for itself

@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from refscale.errors import InputError
-from refscale.imageio import IMAGE_SUFFIXES, read_image
+from refscale.io.image import IMAGE_SUFFIXES, read_image
 from refscale.ops import mod_crop
 
 

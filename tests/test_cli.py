@@ -16,8 +16,8 @@ import torch
 from conftest import synthetic_image
 from refscale import zoo
 from refscale.cli import main
-from refscale.container import Packet
-from refscale.imageio import write_image
+from refscale.format.container import Packet
+from refscale.io.image import write_image
 from test_pipeline import ToyRef, pair
 
 
@@ -101,7 +101,7 @@ def test_greyscale_input_warns_in_one_line(files, capsys):
 
 def test_jpeg_without_quality_records_the_quality_used(files, capsys):
     """Issue 26, item 5.6: --codec jpeg without -q recorded quality null; it is JPEG's default, 95."""
-    from refscale.codecs import JPEG_DEFAULT_QUALITY
+    from refscale.format.codecs import JPEG_DEFAULT_QUALITY
 
     code, out, err = run(capsys, "encode", files / "hr.png", "-m", "bicubic-x2", "--codec", "jpeg", "-o", files / "j.rsc")
     assert code == 0 and f"jpeg q{JPEG_DEFAULT_QUALITY}" in out, err
@@ -183,7 +183,7 @@ def test_evaluate_writes_json_and_markdown(tmp_path, capsys):
                        "--save-lr", tmp_path / "lr")
     assert code == 0, err
     from refscale import ops
-    from refscale.imageio import read_image
+    from refscale.io.image import read_image
     from refscale.metrics import to_uint8
     lr0 = read_image(tmp_path / "lr" / "p0.png")
     expected = to_uint8(ops.bicubic_down(read_image(data / "p0" / "hr.png"), 2)).float() / 255

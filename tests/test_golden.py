@@ -19,7 +19,7 @@ import torch
 
 from conftest import synthetic_image
 from refscale import pipeline, zoo
-from refscale.container import Packet
+from refscale.format.container import Packet
 
 GOLDEN = Path(__file__).with_name("golden_catalogue.json")
 SHIPPED = {  # shipped weights -> (height, width, codec, quality)
@@ -69,7 +69,7 @@ def shipped_digests() -> dict:
 def raster_digests(tmp: Path) -> dict:
     rasterio = pytest.importorskip("rasterio")
     from rasterio.transform import from_origin
-    from refscale import raster
+    from refscale.io import raster
 
     rgb = synthetic_image(36, 44, seed=5)[0].numpy()
     arr = np.stack([np.rint(200 + 3500 * p ** 1.5) for p in rgb[::-1]]).astype(np.uint16)

@@ -275,7 +275,7 @@ def test_overfit_one_image_beats_bicubic(tmp_path, arch, config, steps, lr):
     by a clear margin (> 3 dB; measured 4.9-5.4 dB for IRN over seeds 0-3, where 200 steps at a
     constant rate gave 3.1-4.8 dB). After 300 steps a flow has not yet learned to make HR
     insensitive to the sampled z, so the reconstruction is decoded at temperature 0."""
-    from refscale.imageio import read_image
+    from refscale.io.image import read_image
 
     root = write_pairs(tmp_path / "one", n=1, size=32)
     cfg = tiny_config(root, steps=steps, model={"arch": arch, "config": config}, optim={"lr": lr},

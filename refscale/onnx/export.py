@@ -116,7 +116,7 @@ def _metadata(model: Rescaler, part: str, sig: Signature, tile: int | None, min_
         "lr_rounding": "uint8 = round_half_to_even(clamp(lr, 0, 1) * 255)",
         "tiling": "refscale.tiling.grid(padded, tile, overlap, alignment); keep each window's core",
         "needs_reference": sig.needs_reference,
-        "reference_fingerprint": "refscale.container.reference_fingerprint of the 8-bit reference as given",
+        "reference_fingerprint": "refscale.format.container.reference_fingerprint of the 8-bit reference as given",
     }
     return {
         "format": FORMAT, "model": model.name, "arch": f"{model.arch}-x{s}", "weights_hash": model.weights_hash(),

@@ -229,7 +229,7 @@ def val_crops(samples: list, cfg: dict, multiple: int, needs_ref: bool) -> list[
     ``(name, hr, ref, coded)`` (the decoded LR cropped alike; the crop's offsets are then
     multiples of the alignment)."""
     from refscale import data as rdata
-    from refscale.imageio import read_image
+    from refscale.io.image import read_image
 
     v, coded = cfg["val"], cfg["data"]["coded"]
     out = []

@@ -9,10 +9,10 @@ The header body names the model and the hash of its weights, the fingerprint of 
 the image was encoded with (version 2; :func:`reference_fingerprint`), the scale, the original and
 padded image size, the tile layout, the LR codec and quality, and describes each section
 (length and CRC32). The sections follow in header order: the LR image bitstream (for an
-inter-frame codec, a P-frame predicted from the reference; :mod:`refscale.inter`), then
+inter-frame codec, a P-frame predicted from the reference; :mod:`refscale.format.inter`), then
 one losslessly compressed side tensor per entry (e.g. RefScale's similarity map), then (format
 version 3 and later) the raster record: georeferencing, source dtype, bands and the intensity
-mapping of a GeoTIFF / 16-bit / float input (:mod:`refscale.raster`). Version 4 adds the rotation
+mapping of a GeoTIFF / 16-bit / float input (:mod:`refscale.format.raster_record`). Version 4 adds the rotation
 of the reference (registration) after its shift. Version 5 adds the verifying encoder's record
 (:class:`Verification`: the decoding seed and temperature it checked, and which blocks decode
 by the bicubic fallback) as the last section. Each file is written in the oldest version that
@@ -45,9 +45,9 @@ from typing import Any
 
 import numpy as np
 
-from refscale import codecs
+from refscale.format import codecs
 from refscale.errors import ContainerError, InputError
-from refscale.raster import RasterRecord
+from refscale.format.raster_record import RasterRecord
 
 MAGIC = b"\x89RSC\r\n\x1a\n"
 VERSION = 5  # the newest version the writer writes: 5 with a verification record, 4 with a reference rotation, 3 with a raster record, else 2
@@ -164,14 +164,14 @@ class Packet:
     ``ref_shift`` is the translation ``(dy, dx)`` the encoder applied to that reference before the
     model saw it (registration), in units of ``refscale.registration.SHIFT_UNIT`` pixels, after
     turning it by ``ref_rotation`` units of ``refscale.registration.ROTATION_UNIT`` degrees (version 4).
-    ``raster`` (:class:`refscale.raster.RasterRecord`) records what the 8-bit image the model saw
+    ``raster`` (:class:`refscale.format.raster_record.RasterRecord`) records what the 8-bit image the model saw
     came from when that was not a plain 8-bit file: source dtype, band indices and descriptions,
     the per-band intensity mapping, nodata, CRS and geotransform (format version 3).
     ``verification`` (:class:`Verification`, format version 5): what the verifying encoder
     checked and where the bicubic fallback decodes; ``verify_report`` is the encoder's summary of
     that check (not stored).
 
-    Inter-frame LR codecs (``h264-inter``, ...; :mod:`refscale.inter`) predict the LR from the
+    Inter-frame LR codecs (``h264-inter``, ...; :mod:`refscale.format.inter`) predict the LR from the
     reference at the LR's size, ``lr_ref`` (uint8 ``[h, w, 3]``, not stored: the encoder sets it,
     ``refscale.pipeline.lr_reference``). A packet read from such a file has ``lr = None`` and the
     section in ``lr_data``; :meth:`with_lr` gives the packet with it decoded from the reference
@@ -198,7 +198,7 @@ class Packet:
     ref_shift: tuple[int, int] = (0, 0)
     ref_rotation: int = 0
     version: int = VERSION  # of the file it was read from
-    raster: RasterRecord | None = None  # file-level metadata and intensity mapping (refscale.raster)
+    raster: RasterRecord | None = None  # file-level metadata and intensity mapping (refscale.format.raster_record)
     lr_ref: np.ndarray | None = field(default=None, repr=False, compare=False)  # inter codecs only
     lr_data: bytes | None = field(default=None, repr=False, compare=False)  # inter codecs: the undecoded section
     verification: Verification | None = field(default=None, compare=False)
