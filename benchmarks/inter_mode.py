@@ -38,6 +38,7 @@ from benchmarks.rd_curves import AUTO, CROP, FULL, INTER, INTRA, MODE, V2, save_
 from refscale import metrics
 from refscale.format import inter
 from refscale.format.container import Packet
+from refscale.format.rounding import to_uint8_hwc
 from refscale.data import discover, iter_full_images
 from refscale.ops import centre_crop
 from refscale.rd import bd
@@ -87,7 +88,7 @@ DECISION = ("P v3", "I v3")
 
 
 def _u8(t: torch.Tensor) -> np.ndarray:
-    return metrics.to_uint8(t)[0].permute(1, 2, 0).numpy().copy()
+    return to_uint8_hwc(t).copy()
 
 
 def code_variant(codec: str, v: dict, new: np.ndarray, ref: np.ndarray, quality: int) -> dict:

@@ -28,6 +28,7 @@ from benchmarks.report_common import write_section
 
 from refscale import metrics
 from refscale.format import inter
+from refscale.format.rounding import to_uint8_hwc
 from refscale.data import discover, iter_full_images
 from refscale.ops import centre_crop
 from refscale.rd import bd
@@ -61,7 +62,7 @@ def code_pair(codec: str, new: np.ndarray, ref: np.ndarray, quality: int, candid
 
 
 def _u8(t: torch.Tensor) -> np.ndarray:
-    return metrics.to_uint8(t)[0].permute(1, 2, 0).numpy().copy()
+    return to_uint8_hwc(t).copy()
 
 
 def run(args) -> None:

@@ -299,7 +299,8 @@ def cmd_probe(args) -> str:
     a randomly initialised model show where the similarity starts."""
     import refscale
     from refscale.io.image import read_image
-    from refscale.metrics import psnr, to_uint8
+    from refscale.format.rounding import levels, to_uint8
+    from refscale.metrics import psnr
 
     c = args.crop
     crops = {}
@@ -379,7 +380,7 @@ def cmd_heldout(args) -> str:
                     per["all"].append(float(psnr(rec, hr, crop_border=scale)[0]))
                     per["changed"].append(psnr_y_masked(rec, hr, mask, scale))
                     per["unchanged"].append(psnr_y_masked(rec, hr, ~mask, scale))
-                    diff = torch.round(rec.clamp(0, 1) * 255) - torch.round(hr * 255)
+                    diff = levels(rec) - levels(hr)
                     per["err"].append(diff[0].mean(dim=(1, 2)).numpy())
                 for k in per:
                     vals[k].append(np.mean(per[k], axis=0))

@@ -407,7 +407,7 @@ def select_reference(new, archive, *, date=None, bounds=None, min_overlap: float
     import time
 
     from refscale import pipeline
-    from refscale.metrics import to_uint8
+    from refscale.format.rounding import to_uint8
 
     t0 = time.perf_counter()
     if min_agreement is None:

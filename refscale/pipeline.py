@@ -68,7 +68,8 @@ from refscale.format.container import (RESTORE_DTYPES, Packet, Verification, ref
                                 smallest_integer_array)
 from refscale.errors import ContainerError, InputError, ModelError
 from refscale.io.image import as_image_tensor
-from refscale.metrics import reference_agreement, to_uint8
+from refscale.format.rounding import round_8bit, to_uint8, to_uint8_hwc
+from refscale.metrics import reference_agreement
 from refscale.protocol import Rescaler, SideSpec
 from refscale.nn.speed import native_bf16
 
@@ -262,7 +263,7 @@ def _verify(model: Rescaler, packet: Packet, hr_p: torch.Tensor, ref, resample_r
     block = verify_block(model)
     rows, cols = Verification.grid(padded, block)
     lr_model = packet.lr
-    bic_lr = to_uint8(ops.bicubic_down(hr_p, s))[0].permute(1, 2, 0).contiguous().numpy()
+    bic_lr = to_uint8_hwc(ops.bicubic_down(hr_p, s))
     bic = ops.bicubic_up(u8_to_float(_as_received(packet, bic_lr)), s).clamp(0, 1)
     sq_b, off_b = _block_errors(bic, hr_p, size, block)
     px = _block_pixels(size, block)
@@ -466,7 +467,7 @@ def fingerprint(ref, progress: bool = False) -> str:
         for rows in ref.rows_u8(progress):
             digest.update(rows.tobytes())
         return digest.hexdigest()
-    return reference_fingerprint(to_uint8(ref)[0].permute(1, 2, 0).contiguous().numpy())
+    return reference_fingerprint(to_uint8_hwc(ref))
 
 
 def lr_reference(ref: torch.Tensor, align: int, scale: int) -> np.ndarray:
@@ -481,7 +482,7 @@ def lr_reference(ref: torch.Tensor, align: int, scale: int) -> np.ndarray:
     ref_p = ops.pad_to_multiple(ref, align)[0]
     if scale > 1:
         ref_p = ops.bicubic_down(ref_p.to(torch.float64), scale)
-    return to_uint8(ref_p)[0].permute(1, 2, 0).contiguous().numpy()
+    return to_uint8_hwc(ref_p)
 
 
 def _check_reference(packet: Packet, got: str, allow_other: bool) -> bool:
@@ -547,7 +548,7 @@ def _to_size(ref: torch.Tensor | None, size: tuple[int, int], resample: bool) ->
             "reference of the same size (or resample it: --resample-ref / resample_ref=True)"
         )
     out = ops.imresize(ref.double(), size=tuple(size)).clamp(0, 1)
-    return (torch.round(out * 255) / 255).float()
+    return round_8bit(out).float()
 
 
 def layout(padded: tuple[int, int], align: int, scale: int, tile, overlap, recorded: bool = False) -> tiling.Tiler:

@@ -107,7 +107,7 @@ def main() -> None:
     torch.set_num_threads(1)
     from refscale import ops, pipeline
     from refscale.format import codecs, inter
-    from refscale.metrics import to_uint8
+    from refscale.format.rounding import to_uint8_hwc
 
     codec = codecs.canonical(args.codec)
     if not codecs.needs_reference(codec):
@@ -151,7 +151,7 @@ def main() -> None:
             hr, ref = read_u8(pdir / "hr.png"), read_u8(pdir / "ref.png")
             hr_t = torch.from_numpy(hr.copy()).permute(2, 0, 1)[None].float() / 255
             ref_t = torch.from_numpy(ref.copy()).permute(2, 0, 1)[None].float() / 255
-            lr = hr if s == 1 else to_uint8(ops.bicubic_down(hr_t, s))[0].permute(1, 2, 0).contiguous().numpy()
+            lr = hr if s == 1 else to_uint8_hwc(ops.bicubic_down(hr_t, s))
             lr_ref = pipeline.lr_reference(ref_t, s, s)
             for q in args.qualities:
                 name = f"{pname}-q{q}"

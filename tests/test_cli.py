@@ -70,7 +70,7 @@ def test_encode_info_decode_round_trip(files, capsys):
     code, out, err = run(capsys, "decode", files / "x.rsc", "--ref", files / "ref.png", "-m", w, "-o", files / "out.png", "--seed", "3")
     assert code == 0, err
     api = ToyRef().decode(packet, files / "ref.png", seed=3)
-    from refscale.metrics import to_uint8
+    from refscale.format.rounding import to_uint8
 
     assert np.array_equal(np.asarray(Image.open(files / "out.png")), to_uint8(api)[0].permute(1, 2, 0).numpy())
     assert {p: digest(p) for p in inputs} == inputs  # inputs never touched
@@ -184,7 +184,7 @@ def test_evaluate_writes_json_and_markdown(tmp_path, capsys):
     assert code == 0, err
     from refscale import ops
     from refscale.io.image import read_image
-    from refscale.metrics import to_uint8
+    from refscale.format.rounding import to_uint8
     lr0 = read_image(tmp_path / "lr" / "p0.png")
     expected = to_uint8(ops.bicubic_down(read_image(data / "p0" / "hr.png"), 2)).float() / 255
     assert sorted(p.name for p in (tmp_path / "lr").iterdir()) == ["p0.png", "p1.png"] and torch.equal(lr0, expected)

@@ -99,13 +99,13 @@ def test_format_below_io_below_the_pipeline():
     fmt = {m for m in graph if m == "refscale.format" or m.startswith("refscale.format.")}
     io = {m for m in graph if m == "refscale.io" or m.startswith("refscale.io.")}
     assert {"refscale.format.container", "refscale.format.raster_record", "refscale.format.codecs",
-            "refscale.format.inter"} <= fmt
+            "refscale.format.inter", "refscale.format.rounding"} <= fmt
     assert {"refscale.io.image", "refscale.io.raster"} <= io
     for name in fmt:
         assert graph[name] <= fmt | {"refscale.errors"}, (name, graph[name] - fmt)
         assert not graph[name] & io, name
     for name in io:
-        assert graph[name] <= io | fmt | {"refscale.errors", "refscale.metrics"}, (name, graph[name] - io - fmt)
+        assert graph[name] <= io | fmt | {"refscale.errors"}, (name, graph[name] - io - fmt)
     assert graph["refscale.format"] == set() and graph["refscale.io"] == set()
     old = {"refscale.container", "refscale.raster", "refscale.codecs", "refscale.inter", "refscale.imageio"}
     assert not old & set(graph), old & set(graph)  # moved, no shims left behind

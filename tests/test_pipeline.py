@@ -27,7 +27,8 @@ from conftest import synthetic_image
 from refscale import ops, pipeline, zoo
 from refscale.format.container import Packet
 from refscale.errors import ContainerError, InputError, ModelError
-from refscale.metrics import psnr, to_uint8
+from refscale.format.rounding import to_uint8
+from refscale.metrics import psnr
 from refscale.protocol import Rescaler, SideSpec, register
 
 TESTS = Path(__file__).resolve().parent
@@ -360,7 +361,7 @@ DECODE_SCRIPT = textwrap.dedent("""
     from refscale import zoo
     from refscale.format.container import Packet
     from refscale.io.image import read_image
-    from refscale.metrics import to_uint8
+    from refscale.format.rounding import to_uint8
     ref = read_image({ref!r})
     out = ToyRef().decode(Packet.from_bytes(open({rsc!r}, "rb").read()), ref, seed=7)
     print(hashlib.sha256(to_uint8(out).numpy().tobytes()).hexdigest())

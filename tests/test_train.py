@@ -21,6 +21,7 @@ from torch import nn
 
 from refscale import zoo
 from refscale.errors import RefScaleError
+from refscale.format import rounding
 from refscale.protocol import Rescaler, register
 from refscale.train import engine
 from refscale.train.config import ConfigError
@@ -256,7 +257,7 @@ def _psnr_vs_bicubic(model, hr, ref):
 
     with torch.no_grad():
         lr, side = model.downscale(hr, ref)
-        lr_q = metrics.to_uint8(lr).float() / 255
+        lr_q = rounding.to_uint8(lr).float() / 255
         rec = model.upscale(lr_q, side, ref, temperature=0.0, generator=torch.Generator().manual_seed(0))
         bic = ops.bicubic_up(lr_q, model.scale)
     return metrics.psnr(rec, hr, crop_border=model.scale).item(), metrics.psnr(bic, hr, crop_border=model.scale).item()

@@ -13,7 +13,8 @@ from refscale import ops, pipeline, zoo
 from refscale.cli import main
 from refscale.format.container import Packet, read_header
 from refscale.io.image import write_image
-from refscale.metrics import psnr, to_uint8
+from refscale.format.rounding import to_uint8
+from refscale.metrics import psnr
 from refscale.protocol import Rescaler
 
 

@@ -26,6 +26,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from refscale.errors import InputError
+from refscale.format.rounding import to_uint8
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".ppm", ".pgm")
 
@@ -268,7 +269,7 @@ def _format_for(path: Path) -> str:
 
 
 def write_image(x, path: str | os.PathLike, overwrite: bool = False, **save_options) -> Path:
-    """Write one image as 8 bits (``round(clamp(x)*255)``), format by suffix, atomically
+    """Write one image as 8 bits (:func:`refscale.format.rounding.to_uint8`), format by suffix, atomically
     (temporary file + ``os.replace``). Refuses an existing file unless ``overwrite``.
     ``save_options`` go to Pillow (e.g. ``quality=95`` for JPEG)."""
     p = Path(path)
@@ -276,7 +277,7 @@ def write_image(x, path: str | os.PathLike, overwrite: bool = False, **save_opti
         raise InputError(f"{p} exists; refusing to overwrite it")
     fmt = _format_for(p)
     t = as_image_tensor(x)
-    arr = torch.round(t[0].clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    arr = to_uint8(t[0]).permute(1, 2, 0).cpu().numpy()
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:

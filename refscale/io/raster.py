@@ -69,6 +69,7 @@ import torch
 
 from refscale.errors import InputError
 from refscale.format.raster_record import DTYPES, Mask, RasterRecord, shared_plane
+from refscale.format.rounding import to_uint8_hwc
 from refscale.io.image import (CODECS_EXTRA_HINT, GEOTIFF_TAGS, TIFF_PLANAR_CONFIG, TIFF_SAMPLES_PER_PIXEL,
                               _array_to_tensor, frame_count, multi_frame_error, publish, read_array, tiff_tags,
                               write_image)
@@ -580,12 +581,11 @@ class RasterScene:
     def rows_u8(self, progress: bool = False):
         """The scene's 8-bit pixels ``[rows, W, 3]``, strip by strip from the top (what
         :func:`refscale.pipeline.fingerprint` hashes for a scene read window by window)."""
-        from refscale.metrics import to_uint8
 
         h, w = self.size
         for y in _strips(h, progress, f"fingerprint {self.path.name}"):
             t, _ = self.window(y, min(y + STRIP_ROWS, h), 0, w)
-            yield to_uint8(t)[0].permute(1, 2, 0).contiguous().numpy()
+            yield to_uint8_hwc(t)
 
     def close(self) -> None:
         if self._src is not None:

@@ -13,7 +13,7 @@ import torch
 from refscale import pipeline
 from refscale.format.container import Packet
 from refscale.errors import InputError
-from refscale.metrics import to_uint8
+from refscale.format.rounding import to_uint8
 from refscale.onnx.graphs import read_metadata
 from refscale.onnx.onboard import OnboardOutput
 
@@ -143,4 +143,4 @@ def _lr_uint8(lr) -> np.ndarray:
     if not np.isfinite(a).all():
         raise InputError("LR contains NaN or infinite values")
     t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-    return to_uint8(t).numpy()  # the pipeline's rounding: round(clamp(x, 0, 1) * 255), half to even
+    return to_uint8(t).numpy()  # the format's 8-bit rounding rule

@@ -61,6 +61,7 @@ from torch import nn
 
 from refscale import zoo
 from refscale.errors import ModelError, RefScaleError
+from refscale.format.rounding import to_uint8
 from refscale.nn.speed import resolve_bf16
 from refscale.train import checkpoint as ckpt
 from refscale.train.config import DEFAULTS, ConfigError, load_file, resolve
@@ -283,7 +284,7 @@ def _validate(model, crops, seed, channels_last):
         x_hr = hr.contiguous(memory_format=torch.channels_last) if channels_last else hr
         x_ref = ref.contiguous(memory_format=torch.channels_last) if (channels_last and ref is not None) else ref
         lr, side = model.downscale(x_hr, x_ref)
-        lr_q = metrics.to_uint8(lr.float()).float() / 255.0
+        lr_q = to_uint8(lr.float()).float() / 255.0
         if coded:  # data.coded: the LR as the codec decoded it
             lr_q = coded[0].to(dev)
         g = torch.Generator(device=dev).manual_seed(seed + i)
