@@ -81,11 +81,10 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
     worst block minus bicubic's there, ``worst_block_gap``, and the check's time,
     ``verify_seconds``); the first draw (seed 0) decodes what the encoder checked.
     """
-    from refscale.format.container import Packet, bytes_for_bpp, check_budget, section_sizes
+    from refscale.format.container import Packet, bytes_for_bpp, section_sizes
     from refscale.pipeline import resolve_precision
 
-    codec = codecs.canonical(codec, model.default_codec)
-    check_budget(quality, bpp, max_bytes)
+    codec, quality = codecs.resolve(codec, quality, model.default_codec, bpp=bpp, max_bytes=max_bytes)
     if lr_dir is not None:
         check_lr_dir(samples, lr_dir, overwrite)
     model.eval()

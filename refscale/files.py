@@ -30,7 +30,7 @@ import torch
 from refscale import pipeline
 from refscale.format import codecs
 from refscale.io import raster
-from refscale.format.container import Packet, bytes_for_bpp, check_budget
+from refscale.format.container import Packet, bytes_for_bpp
 from refscale.data import discover, read_manifest
 from refscale.errors import InputError, ModelError, RefScaleError
 from refscale.io.image import publish
@@ -213,9 +213,7 @@ def encode_file(job: Job, model: Rescaler, *, codec: str | None = None, quality:
 
     ``bpp`` or ``max_bytes``: a budget for the whole file instead of a quality (the quality is
     chosen by :meth:`refscale.Packet.fit`); the budget is checked before anything is written."""
-    codec, quality = codecs.resolve(codec, quality, model.default_codec)
-    codecs.require(codec)
-    check_budget(quality, bpp, max_bytes)
+    codec, quality = codecs.resolve(codec, quality, model.default_codec, bpp=bpp, max_bytes=max_bytes, available=True)
     for out in (job.output, job.lr_output):
         if out is not None:
             check_writable(out)

@@ -10,7 +10,8 @@ import torch
 from conftest import synthetic_image
 from refscale import zoo
 from refscale.format import codecs
-from refscale.format.container import Packet, bytes_for_bpp, check_budget, read_header
+from refscale.format.codecs import check_budget
+from refscale.format.container import Packet, bytes_for_bpp, read_header
 from refscale.errors import InputError
 from refscale.io.image import write_image
 from test_cli import assert_refused, run

@@ -31,6 +31,7 @@ bitstream becomes a :class:`~refscale.errors.ContainerError`.
 from __future__ import annotations
 
 import io
+import numbers
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -223,12 +224,40 @@ def check_quality(codec: str, quality: int | None) -> int | None:
     return int(quality)
 
 
-def resolve(codec: str | None, quality: int | None = None, default: str | None = None) -> tuple[str, int | None]:
-    """The codec choice of a caller, resolved once at the boundary: ``(canonical name, checked
-    quality)`` (``codec=None``: ``default``; ``quality=None``: the codec's default), or
-    :class:`InputError`. Idempotent: a resolved pair resolves to itself."""
+def check_budget(quality: int | None = None, bpp: float | None = None, max_bytes: int | None = None) -> None:
+    """Refuse an inconsistent choice of quality / ``bpp`` / ``max_bytes`` (at most one) or a
+    non-positive budget, before any work is done."""
+    given = [n for n, v in (("a quality", quality), ("a bpp budget", bpp), ("a byte budget", max_bytes)) if v is not None]
+    if len(given) > 1:
+        raise InputError(f"give one of a codec quality, a bpp budget or a byte budget, not {' and '.join(given)}")
+    if bpp is not None:
+        check_bpp(bpp)
+    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, numbers.Integral) or max_bytes < 1):
+        raise InputError(f"the byte budget must be a positive integer, got {max_bytes!r}")
+
+
+def check_bpp(bpp) -> float:
+    """``bpp`` as a float, or :class:`InputError` unless it is a positive, finite number of bits per pixel."""
+    bpp = float(bpp)
+    if not bpp > 0 or bpp == float("inf"):
+        raise InputError(f"the bit budget must be a positive number of bits per pixel, got {bpp}")
+    return bpp
+
+
+def resolve(codec: str | None, quality: int | None = None, default: str | None = None, *, bpp: float | None = None,
+            max_bytes: int | None = None, available: bool = False) -> tuple[str, int | None]:
+    """The codec choice of a caller (name, and a quality or a byte budget), resolved once at the
+    boundary: ``(canonical name, checked quality)`` (``codec=None``: ``default``, e.g. the model's
+    ``default_codec``; ``quality=None``: the codec's default), with ``bpp`` / ``max_bytes``
+    checked against it and each other (:func:`check_budget`) and, with ``available``, the codec
+    available on this machine (:func:`require`); else :class:`InputError`. Idempotent: a
+    resolved pair resolves to itself, so an API that a resolving caller calls may resolve again."""
     name = canonical(codec, default)
-    return name, check_quality(name, quality)
+    quality = check_quality(name, quality)
+    check_budget(quality, bpp, max_bytes)
+    if available:
+        require(name)
+    return name, quality
 
 
 def needs_reference(codec: str) -> bool:

@@ -37,7 +37,6 @@ import dataclasses
 import hashlib
 import lzma
 import math
-import numbers
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -217,7 +216,7 @@ class Packet:
         then chosen by :meth:`fit` (the chosen quality is recorded in the header as usual).
         """
         if max_bytes is not None:
-            check_budget(quality, None, max_bytes)
+            codecs.check_budget(quality, None, max_bytes)
             return self.fit(self.codec if codec is None else codec, max_bytes)[0]
         if codec is None:
             codec, quality = self.codec, (self.quality if quality is None else quality)
@@ -236,10 +235,8 @@ class Packet:
         monotone for all five) bisection may stop one or two steps below the best fitting
         quality. Raises :class:`InputError` when even quality 1 does not fit.
         """
-        codec = codecs.canonical(codec)
-        check_budget(None, None, max_bytes)
+        codec, _ = codecs.resolve(codec, max_bytes=max_bytes, available=True)
         max_bytes = int(max_bytes)
-        codecs.require(codec)
         header, side_blobs = self._header_and_side(codec)
         files: dict[int | None, bytes] = {}
 
@@ -782,28 +779,9 @@ def _assemble(header: Header, quality: int | None, lr_bytes: bytes, side_blobs: 
     return header.pack() + lr_bytes + b"".join(side_blobs)
 
 
-def check_budget(quality: int | None = None, bpp: float | None = None, max_bytes: int | None = None) -> None:
-    """Refuse an inconsistent choice of quality / ``bpp`` / ``max_bytes`` (at most one) or a
-    non-positive budget, before any work is done."""
-    given = [n for n, v in (("a quality", quality), ("a bpp budget", bpp), ("a byte budget", max_bytes)) if v is not None]
-    if len(given) > 1:
-        raise InputError(f"give one of a codec quality, a bpp budget or a byte budget, not {' and '.join(given)}")
-    if bpp is not None:
-        _check_bpp(bpp)
-    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, numbers.Integral) or max_bytes < 1):
-        raise InputError(f"the byte budget must be a positive integer, got {max_bytes!r}")
-
-
-def _check_bpp(bpp) -> float:
-    bpp = float(bpp)
-    if not bpp > 0 or bpp == float("inf"):
-        raise InputError(f"the bit budget must be a positive number of bits per pixel, got {bpp}")
-    return bpp
-
-
 def bytes_for_bpp(bpp: float, size: tuple[int, int]) -> int:
     """The whole-file byte budget of ``bpp`` bits per pixel of an ``(H, W)`` image (rounded down)."""
-    bpp = _check_bpp(bpp)
+    bpp = codecs.check_bpp(bpp)
     n = int(bpp * size[0] * size[1] // 8)
     if n < 1:
         raise InputError(f"{bpp} bpp of a {size[1]}x{size[0]} image is less than one byte")
