@@ -1,4 +1,4 @@
-"""What the intensity mapping of 12/16-bit rasters costs (issue 16, item 2; refscale/raster.py).
+"""What the intensity mapping of 12/16-bit rasters costs (issue 16, item 2; refscale/io/raster.py).
 
     python -m benchmarks raster_roundtrip [--data ../shared/data/oscd] [--city dubai] [--models bicubic-x2 refscale-x2]
     python -m benchmarks raster_roundtrip --nodata [--city dubai] [--models bicubic-x2 refscale-x2]
