@@ -107,6 +107,11 @@ def test_format_below_io_below_the_pipeline():
     for name in io:
         assert graph[name] <= io | fmt | {"refscale.errors"}, (name, graph[name] - io - fmt)
     assert graph["refscale.format"] == set() and graph["refscale.io"] == set()
+    # below the pipeline, the models, their blocks and ops take the rounding rule (their quantizers'
+    # forward value) from the format layer, nothing else of it or of the I/O layer
+    for name, edges in graph.items():
+        if name.startswith(("refscale.models", "refscale.nn", "refscale.ops")):
+            assert edges & (fmt | io) <= {"refscale.format.rounding"}, (name, edges & (fmt | io))
     old = {"refscale.container", "refscale.raster", "refscale.codecs", "refscale.inter", "refscale.imageio"}
     assert not old & set(graph), old & set(graph)  # moved, no shims left behind
 
