@@ -114,7 +114,7 @@ def speed(tiles: Path, work: Path, model: str, verify: bool) -> dict:
 
 
 def restart(tiles: Path, work: Path, model: str, rounds: int, seed: int) -> dict:
-    from refscale.container import Packet
+    from refscale.format.container import Packet
 
     rng = random.Random(seed)
     names = sorted(d.name for d in tiles.iterdir() if d.is_dir())

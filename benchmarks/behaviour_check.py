@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 import refscale
-from refscale.imageio import read_image
+from refscale.io.image import read_image
 
 
 def main(argv=None) -> None:

@@ -28,7 +28,8 @@ from PIL import Image
 from benchmarks import store
 
 from refscale import metrics, ops, zoo
-from refscale.imageio import read_image
+from refscale.format.rounding import to_uint8
+from refscale.io.image import read_image
 
 
 def _builder():
@@ -81,7 +82,7 @@ def main(argv=None) -> None:
                 outs[name] = m.upscale(coded, {}, ref)
         rec = {"name": r["name"], "quality": int(r["quality"]), "bpp": float(r["bpp"])}
         for name, out in outs.items():
-            out = metrics.to_uint8(out).float() / 255
+            out = to_uint8(out).float() / 255
             rec[f"{name}/psnr_y"] = metrics.psnr(out, hr, crop_border=s).item()
             rec[f"{name}/psnr_rgb"] = metrics.psnr(out, hr, crop_border=s, y_channel=False).item()
             if mask is not None and mask.shape == tuple(hr.shape[-2:]):

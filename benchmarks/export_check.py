@@ -36,9 +36,10 @@ from benchmarks import store
 
 from refscale import metrics, pipeline, zoo
 from refscale import onnx as export
-from refscale.container import Packet
+from refscale.format.container import Packet
+from refscale.format.rounding import to_uint8
 from refscale.data import discover
-from refscale.imageio import read_image
+from refscale.io.image import read_image
 
 
 def default_models() -> list[str]:
@@ -77,8 +78,8 @@ def accuracy(model, graphs: dict[str, export.Graph], pairs) -> dict:
         ours = export.reference_outputs(model, "encoder", feed)
         theirs = graphs["encoder"].run(**feed)
         lr_max = max(lr_max, float(np.abs(ours["lr"] - theirs["lr"]).max()))
-        a = metrics.to_uint8(torch.from_numpy(ours["lr"])).numpy().astype(int)
-        b = metrics.to_uint8(torch.from_numpy(theirs["lr"])).numpy().astype(int)
+        a = to_uint8(torch.from_numpy(ours["lr"])).numpy().astype(int)
+        b = to_uint8(torch.from_numpy(theirs["lr"])).numpy().astype(int)
         lr8 += int((a != b).sum())
         lr8_n += a.size
         for k in sig.side:
@@ -117,7 +118,7 @@ def speed(model, paths: dict[str, Path], hr, ref, reps: int) -> dict:
     enc = {"hr": hr, **({"ref": r} if r is not None else {})}
     with torch.no_grad():
         lr, side = model.downscale(hr, r)
-    dec = {"lr": metrics.to_uint8(lr).float() / 255, **{k: side[k] for k in sig.side}}
+    dec = {"lr": to_uint8(lr).float() / 255, **{k: side[k] for k in sig.side}}
     if r is not None:
         dec["ref"] = r
     if sig.z_channels:

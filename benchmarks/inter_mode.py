@@ -16,7 +16,7 @@ Y MSE the encoder's decision uses. ``why-report`` gives each variant's BD-rate a
 version-2 P-frame and against intra-only, image by image, and the PSNR gap between I and P at
 the same quality.
 
-``simulate`` replays the decision (:func:`refscale.inter.rd_cost`) on the ``why`` points and
+``simulate`` replays the decision (:func:`refscale.format.inter.rd_cost`) on the ``why`` points and
 checks the fast pass. ``check-report`` reads ``rd_curves.py run`` results (each inter codec
 through the container with ``--inter-mode`` inter, intra and auto) and gives per image the BD-rate
 of auto against the better of inter and intra and against inter, what auto chose and its time.
@@ -35,8 +35,10 @@ import torch
 
 from benchmarks.rd_curves import AUTO, CROP, FULL, INTER, INTRA, MODE, V2, save_results
 
-from refscale import inter, metrics
-from refscale.container import Packet
+from refscale import metrics
+from refscale.format import inter
+from refscale.format.container import Packet
+from refscale.format.rounding import to_uint8_hwc
 from refscale.data import discover, iter_full_images
 from refscale.ops import centre_crop
 from refscale.rd import bd
@@ -86,7 +88,7 @@ DECISION = ("P v3", "I v3")
 
 
 def _u8(t: torch.Tensor) -> np.ndarray:
-    return metrics.to_uint8(t)[0].permute(1, 2, 0).numpy().copy()
+    return to_uint8_hwc(t).copy()
 
 
 def code_variant(codec: str, v: dict, new: np.ndarray, ref: np.ndarray, quality: int) -> dict:
@@ -204,7 +206,7 @@ def why_report(args) -> None:
 
 # ============================================================================= the decision, simulated
 def simulate(args) -> None:
-    """Replay :func:`refscale.inter.choose` on the ``why`` points of version 3 (P v3, I v3 and the
+    """Replay :func:`refscale.format.inter.choose` on the ``why`` points of version 3 (P v3, I v3 and the
     fast pass): per image the BD-rate of the resulting curve against the better of P and I."""
     results = json.loads(Path(args.results).read_text())
     qs = results["meta"]["qualities"]["v3"]

@@ -4,7 +4,7 @@
 
 For each train city in both directions (img2 from img1 and img1 from img2), each inter codec and
 each preset / tune of :data:`CANDIDATES`, the new image is coded as a P-frame after the reference
-(frame 0 near-lossless, exactly as ``refscale.inter.encode`` does, with the candidate's settings)
+(frame 0 near-lossless, exactly as ``refscale.format.inter.encode`` does, with the candidate's settings)
 at each quality of ``rd_curves``' 5-point sweep; the rate is the P-frame's bits per pixel, the
 distortion PSNR-Y (4 px border cropped, as ``rd_curves``). ``report`` gives each candidate's
 BD-rate against the codec's current default (``refscale.rd``: bjontegaard, pchip) on the mean
@@ -26,13 +26,15 @@ from benchmarks import store
 from benchmarks.rd_curves import CROP, sweep
 from benchmarks.report_common import write_section
 
-from refscale import inter, metrics
+from refscale import metrics
+from refscale.format import inter
+from refscale.format.rounding import to_uint8_hwc
 from refscale.data import discover, iter_full_images
 from refscale.ops import centre_crop
 from refscale.rd import bd
 
 QUALITIES = sweep(5)["h264-inter"]  # rd_curves --points 5 of the inter codecs (10, 40, 55, 70, 90)
-#: payload version 1's ``preset/tune`` per codec (refscale.inter.SETTINGS), the baseline of the sweep
+#: payload version 1's ``preset/tune`` per codec (refscale.format.inter.SETTINGS), the baseline of the sweep
 VERSION_1 = {c: f"{v['preset']}/{v['tune']}" for c, v in inter.SETTINGS[1].items()}
 #: candidate ``preset/tune`` per codec (tune "none": the encoder's default, psy optimisations and
 #: adaptive quantisation on; "nopsy": the same with psy off); the first is payload version 1's
@@ -60,7 +62,7 @@ def code_pair(codec: str, new: np.ndarray, ref: np.ndarray, quality: int, candid
 
 
 def _u8(t: torch.Tensor) -> np.ndarray:
-    return metrics.to_uint8(t)[0].permute(1, 2, 0).numpy().copy()
+    return to_uint8_hwc(t).copy()
 
 
 def run(args) -> None:

@@ -139,8 +139,8 @@ def peak_rss() -> int:
 # ----------------------------------------------------------------------------- part 1: settings
 def check_settings(name: str, size: int) -> dict:
     from refscale import pipeline
-    from refscale.container import Packet
-    from refscale.imageio import as_image_tensor
+    from refscale.format.container import Packet
+    from refscale.io.image import as_image_tensor
 
     new, old = synthetic_pair(size, size, strip=size)
     from refscale import zoo
@@ -188,8 +188,8 @@ def check_settings(name: str, size: int) -> dict:
 # ----------------------------------------------------------------------------- part 2: full scene (worker process)
 def worker(name: str, hr_path: str, ref_path: str, threads: int) -> None:
     torch.set_num_threads(threads)
-    from refscale.container import Packet
-    from refscale.imageio import read_image
+    from refscale.format.container import Packet
+    from refscale.io.image import read_image
 
     t_start = time.perf_counter()
     from refscale import zoo
@@ -217,7 +217,7 @@ def worker(name: str, hr_path: str, ref_path: str, threads: int) -> None:
 def full_scene(names: list[str], height: int, width: int, threads: int) -> list[dict]:
     results = []
     with tempfile.TemporaryDirectory(prefix="refscale-large-") as tmp:
-        from refscale.imageio import write_image
+        from refscale.io.image import write_image
 
         t0 = time.perf_counter()
         new, old = synthetic_pair(height, width)

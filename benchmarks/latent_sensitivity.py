@@ -25,6 +25,7 @@ from benchmarks import store
 import refscale
 from refscale import metrics, ops
 from refscale.data import Sample, discover, iter_full_images
+from refscale.format.rounding import to_uint8
 
 
 def centre(x: torch.Tensor | None, crop: int, multiple: int) -> torch.Tensor | None:
@@ -39,7 +40,7 @@ def centre(x: torch.Tensor | None, crop: int, multiple: int) -> torch.Tensor | N
 def measure(model, hr: torch.Tensor, ref: torch.Tensor | None) -> dict:
     s = model.scale
     lr_raw, z, side = model.forward_latent(hr, ref)
-    lr = metrics.to_uint8(lr_raw.clamp(0, 1)).float() / 255
+    lr = to_uint8(lr_raw.clamp(0, 1)).float() / 255
     g = torch.Generator().manual_seed(0)
 
     def rgb(x):
@@ -50,7 +51,7 @@ def measure(model, hr: torch.Tensor, ref: torch.Tensor | None) -> dict:
 
     own = decode(z)
     nudged = decode(z + 1e-3 * torch.randn(z.shape, generator=g))
-    bic = ops.bicubic_up(metrics.to_uint8(ops.bicubic_down(hr, s)).float() / 255, s)
+    bic = ops.bicubic_up(to_uint8(ops.bicubic_down(hr, s)).float() / 255, s)
     return {
         "lr_outside": float(((lr_raw < 0) | (lr_raw > 1)).float().mean()),
         "z_std": float(z.std()),

@@ -21,10 +21,10 @@ import numpy as np
 from benchmarks import store
 
 from refscale import zoo
-from refscale.container import Packet
+from refscale.format.container import Packet
 from refscale.data import discover, iter_full_images
 from refscale.errors import RefScaleError
-from refscale.imageio import read_image
+from refscale.io.image import read_image
 from refscale.lr_quality import niqe, piqe
 from refscale.pipeline import stored_lr
 

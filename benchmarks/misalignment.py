@@ -40,7 +40,8 @@ from scipy import ndimage
 
 import refscale
 from refscale import metrics, pipeline, registration
-from refscale.container import Packet
+from refscale.format.container import Packet
+from refscale.format.rounding import round_8bit
 from refscale.data import discover, iter_full_images
 
 from benchmarks import store
@@ -59,7 +60,7 @@ def misalign(ref: torch.Tensor, kind: str, amount: float) -> torch.Tensor:
         out = [ndimage.shift(c, (amount, amount), order=3, mode="mirror") for c in a]
     else:
         out = [ndimage.rotate(c, amount, reshape=False, order=3, mode="mirror") for c in a]
-    return torch.from_numpy(np.round(np.clip(np.stack(out), 0, 1) * 255) / 255).float()[None]
+    return round_8bit(torch.from_numpy(np.stack(out))).float()[None]
 
 
 def run_one(model, hr, ref, register: bool, strip: bool = False) -> dict:

@@ -186,7 +186,7 @@ def cmd_glance(args) -> str:
 @torch.no_grad()
 def _run_models(hr, ref, scale, weights_dir):
     import refscale
-    from refscale.container import Packet
+    from refscale.format.container import Packet
 
     out = {}
     for arch in ("irn", "refscale"):
@@ -205,7 +205,7 @@ def cmd_figures(args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from refscale.imageio import read_image
+    from refscale.io.image import read_image
     from refscale.metrics import psnr, spatial_information
 
     FIG_DIR.mkdir(parents=True, exist_ok=True)
@@ -257,7 +257,7 @@ def cmd_change(args) -> str:
 
     import refscale
     from refscale import ops
-    from refscale.imageio import read_image
+    from refscale.io.image import read_image
 
     split = json.loads((args.data / "split.json").read_text())
     lines = ["| scale | city | changed pixels | mean S in changed | mean S elsewhere |", "|---:|---|---:|---:|---:|"]
@@ -298,8 +298,9 @@ def cmd_probe(args) -> str:
     flat grey image; report PSNR-Y (t = 1) and the mean transmitted similarity. The same maps of
     a randomly initialised model show where the similarity starts."""
     import refscale
-    from refscale.imageio import read_image
-    from refscale.metrics import psnr, to_uint8
+    from refscale.io.image import read_image
+    from refscale.format.rounding import levels, to_uint8
+    from refscale.metrics import psnr
 
     c = args.crop
     crops = {}
@@ -350,8 +351,8 @@ def cmd_heldout(args) -> str:
     """Held-out train cities, whole images: PSNR-Y overall / in changed areas / elsewhere and the
     colour error, averaged over cities (PSNR: mean of per-city values, each the mean over draws)."""
     import refscale
-    from refscale.container import Packet
-    from refscale.imageio import read_image
+    from refscale.format.container import Packet
+    from refscale.io.image import read_image
     from refscale.metrics import psnr, psnr_y_masked
 
     from PIL import Image
@@ -379,7 +380,7 @@ def cmd_heldout(args) -> str:
                     per["all"].append(float(psnr(rec, hr, crop_border=scale)[0]))
                     per["changed"].append(psnr_y_masked(rec, hr, mask, scale))
                     per["unchanged"].append(psnr_y_masked(rec, hr, ~mask, scale))
-                    diff = torch.round(rec.clamp(0, 1) * 255) - torch.round(hr * 255)
+                    diff = levels(rec) - levels(hr)
                     per["err"].append(diff[0].mean(dim=(1, 2)).numpy())
                 for k in per:
                     vals[k].append(np.mean(per[k], axis=0))

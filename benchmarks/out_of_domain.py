@@ -37,7 +37,7 @@ import refscale
 from refscale import zoo
 from refscale.data import Sample, discover
 from refscale.evaluate import evaluate, worst_image
-from refscale.imageio import read_image, write_image
+from refscale.io.image import read_image, write_image
 from refscale.ops import centre_crop
 
 from benchmarks import store

@@ -1,10 +1,10 @@
-"""What the intensity mapping of 12/16-bit rasters costs (issue 16, item 2; refscale/raster.py).
+"""What the intensity mapping of 12/16-bit rasters costs (issue 16, item 2; refscale/io/raster.py).
 
     python -m benchmarks raster_roundtrip [--data ../shared/data/oscd] [--city dubai] [--models bicubic-x2 refscale-x2]
     python -m benchmarks raster_roundtrip --nodata [--city dubai] [--models bicubic-x2 refscale-x2]
 
 Two rasters, written as GeoTIFFs in a temporary folder and read back through
-``refscale.raster.read_raster`` exactly as ``refscale encode`` reads them:
+``refscale.io.raster.read_raster`` exactly as ``refscale encode`` reads them:
 
 1. **synthetic 12-bit**: 512 x 512, 3 bands of one scene, values 0..4095 (smooth fields, edges,
    sensor noise, 0.1% saturated pixels at 4095), UTM 31N, 10 m pixels;
@@ -17,7 +17,7 @@ Two rasters, written as GeoTIFFs in a temporary folder and read back through
 
 For each mapping rule (``--range``) the table gives what the mapping alone costs: through the
 float model domain (only clipping outside [lo, hi] loses anything) and through 8 bits (the
-domain of the stored LR: ``round(x * 255) / 255``), as RMSE and PSNR on the original scale
+domain of the stored LR: ``refscale.format.rounding.round_8bit``), as RMSE and PSNR on the original scale
 (peak 4095 for 12-bit, 10000 for reflectance) and the fraction of clipped pixels. Then the
 whole chain for each model (encode, PNG LR, decode, inverse mapping): PSNR on the original
 scale over the whole image, seed 0, temperature 1 (models without a reference on the synthetic
@@ -26,7 +26,7 @@ raster, which has none; on the city, refscale-x2 with img1 as the reference).
 ``--nodata`` (item 4): the city with pixels without data, once as uint16 with nodata 0 (a
 diagonal swath edge covering the left ~20% of the scene, as at the edge of a Sentinel-2 orbit,
 plus 6 square holes of 15-31 px) and once as float32 reflectance (value / 10000) with NaN in the
-same places. For each fill rule (``refscale.raster.FILL``: nearest, mean, zero) and without the
+same places. For each fill rule (``refscale.io.raster.FILL``: nearest, mean, zero) and without the
 mask (the behaviour before item 4: nodata mapped like data, NaN as 0): PSNR on the original
 scale over the valid pixels and over the valid pixels within 4 px of a pixel without data (where
 a poor fill leaks in), and whether the pixels without data come back exactly (nodata / NaN) and
@@ -47,8 +47,10 @@ from PIL import Image
 
 from benchmarks import store
 
-from refscale import pipeline, raster, zoo
-from refscale.container import Packet
+from refscale import pipeline, zoo
+from refscale.io import raster
+from refscale.format.container import Packet
+from refscale.format.rounding import round_8bit
 
 RULES = ["j0,100", "p0,100", "p0.1,99.9", "p1,99", "p2,98"]
 CHAIN_RULES = ["j0,100", "p0,100", "p0.1,99.9", "p2,98", "fixed"]  # the last: 0..4095 (12-bit) or 0..10000
@@ -109,7 +111,7 @@ def mapping_rows(path: Path, arr: np.ndarray, peak: float, fixed: str) -> list[d
         rec = img.record
         clipped = np.mean([((arr[c] < lo) | (arr[c] > hi)).mean() for c, (lo, hi) in enumerate(rec.ranges)])
         back_f = raster.from_model(img.tensor, rec)
-        back_8 = raster.from_model(torch.round(img.tensor * 255) / 255, rec)
+        back_8 = raster.from_model(round_8bit(img.tensor), rec)
         rows.append({"rule": rec.rule, "ranges": [[round(v) for v in r] for r in rec.ranges], "clipped": clipped,
                      "rmse_float": rmse(arr, back_f), "psnr_float": psnr(arr, back_f, peak),
                      "rmse_8bit": rmse(arr, back_8), "psnr_8bit": psnr(arr, back_8, peak),
@@ -145,7 +147,7 @@ def chain(models, path, ref, arr, peak, fixed, what="the synthetic 12-bit raster
             hr = pipeline.decode(model, q, ref if model.needs_reference else None, seed=0)
             sec = time.perf_counter() - t0
             back = raster.from_model(hr, q.raster)
-            alone = raster.from_model(torch.round(img.tensor * 255) / 255, img.record)
+            alone = raster.from_model(round_8bit(img.tensor), img.record)
             row = {"model": name, "rule": q.raster.rule, "bytes": len(data), "bpp": len(data) * 8 / (w * h),
                    "psnr": psnr(arr, back, peak), "psnr_mapping": psnr(arr, alone, peak), "seconds": sec}
             rows.append(row)

@@ -51,15 +51,17 @@ import torch
 from benchmarks import store
 from benchmarks.report_common import write_section
 
-from refscale import codecs, inter, metrics, zoo
-from refscale.container import Packet
+from refscale import metrics, zoo
+from refscale.format import codecs, inter
+from refscale.format.container import Packet
+from refscale.format.rounding import to_uint8_hwc
 from refscale.data import discover, iter_full_images
-from refscale.imageio import is_greyscale_file
+from refscale.io.image import is_greyscale_file
 from refscale.ops import centre_crop
 from refscale.rd import bd
 
 STILL = ("jpeg", "webp", "avif", "jxl", "j2k")
-INTER = ("h264-inter", "hevc-inter", "av1-inter")  # P-frame from the reference (refscale.inter)
+INTER = ("h264-inter", "hevc-inter", "av1-inter")  # P-frame from the reference (refscale.format.inter)
 CODECS = STILL + INTER
 #: the intra-only curve and the ``--inter-mode auto`` curve of each inter codec (pipeline ``full``
 #: only; curve labels, not container codecs)
@@ -182,7 +184,7 @@ def run(args) -> None:
         if any(c in MODE for c, _ in todo) and ref is None:
             raise SystemExit(f"the inter codecs need references; {name} has none")
         start = time.perf_counter()
-        hr_u8 = metrics.to_uint8(hr)[0].permute(1, 2, 0).numpy().copy()
+        hr_u8 = to_uint8_hwc(hr).copy()
         inter_packets = {}
         for c, q in todo:
             extra = {}

@@ -24,8 +24,8 @@ from benchmarks import store
 
 import refscale
 from refscale import metrics, ops, pipeline
-from refscale.container import Packet
-from refscale.imageio import read_image
+from refscale.format.container import Packet
+from refscale.io.image import read_image
 
 
 def agreements(model, data: Path, cities: list[str]) -> dict:

@@ -31,7 +31,8 @@ from scipy.ndimage import shift as nd_shift
 
 from refscale import ops, pipeline, registration
 from refscale.demo import real_pair
-from refscale.imageio import as_image_tensor, read_image
+from refscale.format.rounding import round_8bit
+from refscale.io.image import as_image_tensor, read_image
 
 
 def moved(img: torch.Tensor, shift) -> torch.Tensor:
@@ -88,7 +89,7 @@ def rotation_table(data: Path, cities: list[str], train: list[str]) -> None:
             a = old.double()[0].numpy()
             ref = moved(torch.from_numpy(np.stack([rotate(ch, angle, reshape=False, order=3, mode="mirror") for ch in a]))
                         .float()[None].clamp(0, 1), shift)
-            ref = torch.round(ref * 255) / 255
+            ref = round_8bit(ref)
             t = time.perf_counter()
             sh, got = registration.estimate_transform(new, ref)
             times.append(time.perf_counter() - t)

@@ -49,7 +49,7 @@ def run_one(size: int, scale: int, precision: str, threads: int, base: str) -> d
 
     torch.set_num_threads(threads)
     from refscale import pipeline, zoo
-    from refscale.container import Packet
+    from refscale.format.container import Packet
 
     rss0 = _rss_mb()
     t0 = time.perf_counter()

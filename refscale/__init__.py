@@ -7,7 +7,7 @@
 >>> hr_hat = model.decode(refscale.Packet.from_bytes(data))
 """
 from refscale import pipeline  # noqa: F401  (binds Rescaler.encode / decode)
-from refscale.container import Packet
+from refscale.format.container import Packet
 from refscale.errors import ContainerError, InputError, ModelError, RefScaleError
 from refscale.protocol import Rescaler, register
 from refscale.zoo import catalogue, load

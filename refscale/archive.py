@@ -160,7 +160,7 @@ def bbox_of_geojson(obj) -> tuple[float, float, float, float]:
 
 def _tiff_metadata(p: Path) -> tuple[tuple | None, dt.date | None, bool]:
     """``(lon/lat bounds, date, georeferenced)`` of a TIFF from its tags (rasterio, when installed)."""
-    from refscale import raster
+    from refscale.io import raster
 
     if not raster.have_rasterio():
         return None, None, False
@@ -294,7 +294,7 @@ def overlap(new: tuple, cand: tuple) -> float:
 # ============================================================================= pixels
 def _read_pixels(path: Path) -> tuple[torch.Tensor, float]:
     """``(image [1,3,H,W] in [0,1] as the encoder reads it, valid-pixel fraction)``."""
-    from refscale import raster
+    from refscale.io import raster
 
     img = raster.read_raster(path, windowed=False)
     rec = img.record
@@ -407,7 +407,7 @@ def select_reference(new, archive, *, date=None, bounds=None, min_overlap: float
     import time
 
     from refscale import pipeline
-    from refscale.metrics import to_uint8
+    from refscale.format.rounding import to_uint8
 
     t0 = time.perf_counter()
     if min_agreement is None:
@@ -492,8 +492,9 @@ def _same_file(a: Path, b: Path) -> bool:
 def reference_fingerprint(path, record=None) -> str:
     """The fingerprint an encoder records for ``path`` given as the reference of an image read
     with raster ``record`` (None: a plain 8-bit image), as :mod:`refscale.pipeline` computes it."""
-    from refscale import pipeline, raster
-    from refscale.imageio import as_image_tensor
+    from refscale import pipeline
+    from refscale.io import raster
+    from refscale.io.image import as_image_tensor
 
     t = raster.read_reference(path, record) if record is not None else as_image_tensor(Path(path))
     return pipeline.fingerprint(t)
@@ -556,7 +557,7 @@ def reference_for_container(path, archive, cache: dict | None = None) -> Path | 
     """The archive image to decode the container ``path`` with: the one whose fingerprint the
     container records (the ``.ref.json`` beside it, if any, names the file to try first). None
     for a container that records no reference; an :class:`InputError` when no image matches."""
-    from refscale.container import Packet
+    from refscale.format.container import Packet
     from refscale.files import read_bytes
 
     packet = Packet.from_bytes(read_bytes(path))

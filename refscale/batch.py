@@ -72,11 +72,11 @@ def verified(path, kind: str) -> bool:
         return False
     try:
         if kind == "encode":
-            from refscale.container import Packet
+            from refscale.format.container import Packet
 
             Packet.from_bytes(p.read_bytes())
         elif kind == "decode":
-            from refscale import raster
+            from refscale.io import raster
 
             if p.suffix.lower() in raster.TIFF_SUFFIXES and raster.have_rasterio():
                 import rasterio
@@ -84,11 +84,11 @@ def verified(path, kind: str) -> bool:
                 with rasterio.open(p) as src:
                     src.read()
             else:
-                from refscale.imageio import read_array
+                from refscale.io.image import read_array
 
                 read_array(p)
         else:  # an LR image beside a container
-            from refscale.imageio import read_array
+            from refscale.io.image import read_array
 
             read_array(p)
         return True

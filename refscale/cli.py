@@ -74,7 +74,7 @@ def _error(message: str) -> None:
 
 def _add_inter_mode_option(parser: argparse.ArgumentParser) -> None:
     """``--inter-mode`` of the commands that write inter-frame LR sections (encode, evaluate)."""
-    from refscale.inter import MODES
+    from refscale.format.inter import MODES
 
     parser.add_argument("--inter-mode", choices=MODES, default="auto",
                         help="*-inter codecs: code the P-frame (inter), the image alone (intra), or whichever needs fewer "
@@ -89,7 +89,7 @@ def _add_precision_option(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from refscale import __version__
-    from refscale.codecs import CODECS, available_codecs
+    from refscale.format.codecs import CODECS, available_codecs
 
     avail = available_codecs()
     codec_help = "LR codec: " + ", ".join(CODECS) + " (default: the model's, png (lossless) except inter-* models; " \
@@ -338,39 +338,34 @@ def _add_quality_options(parser, q_help: str) -> None:
     g.add_argument("--bytes", dest="max_bytes", type=int, default=None, help="size budget in bytes for the whole .rsc file")
 
 
-def _check_quality_options(args) -> None:
-    """Refuse a bad --codec / -q / --bpp / --bytes before the model loads."""
-    from refscale import codecs
-    from refscale.container import check_budget
+def _codec_choice(args, model=None) -> tuple[str | None, int | None]:
+    """--codec / -q / --bpp / --bytes resolved by :func:`refscale.format.codecs.resolve`, the one
+    place that checks a codec choice: ``(codec, quality)``, the codec defaulting to the model's
+    (e.g. an inter-* model's P-frame codec). Without the model (called before it loads, so that a
+    bad option costs no model load) a codec left to the model is not known yet: only the budget
+    is checked and ``(None, quality)`` returned."""
+    from refscale.format import codecs
 
-    if args.codec is not None:
-        codecs.require(codecs.canonical(args.codec))
-        codecs.check_quality(args.codec, args.quality)
-    check_budget(args.quality, args.bpp, args.max_bytes)
-
-
-def _codec_and_quality(args, model) -> tuple[str, int | None]:
-    """The codec (default: the model's, e.g. an inter-* model's P-frame codec) and its checked quality."""
-    from refscale import codecs
-
-    codec = codecs.canonical(args.codec, model.default_codec)
-    quality = codecs.check_quality(codec, args.quality)
-    codecs.require(codec)
-    return codec, quality
+    quality, bpp, max_bytes = (getattr(args, k, None) for k in ("quality", "bpp", "max_bytes"))
+    if model is None and args.codec is None:
+        codecs.check_budget(quality, bpp, max_bytes)
+        return None, quality
+    return codecs.resolve(args.codec, quality, None if model is None else model.default_codec, bpp=bpp,
+                          max_bytes=max_bytes, available=True)
 
 
 def cmd_encode(args) -> int:
     from refscale import files
-    from refscale.inter import default_mode
+    from refscale.format.inter import default_mode
 
-    _check_quality_options(args)
-    from refscale.raster import parse_bands, parse_range
+    _codec_choice(args)
+    from refscale.io.raster import parse_bands, parse_range
 
     bands = parse_bands(args.bands)  # refuse bad --bands / --range before the model loads
     parse_range(args.value_range)
     batch = files.is_batch(files.existing(args.input, "input"))
     model = _load_model(args.model)
-    codec, quality = _codec_and_quality(args, model)
+    codec, quality = _codec_choice(args, model)
     job_models, selections = {}, {}
     if args.ref_archive:  # the reference of each input chosen from the archive (refscale.archive)
         from refscale import archive
@@ -459,8 +454,9 @@ def cmd_decode(args) -> int:
 
 # ============================================================================= info, models
 def cmd_info(args) -> int:
-    from refscale import codecs, files
-    from refscale.container import Packet, inspect
+    from refscale import files
+    from refscale.format import codecs
+    from refscale.format.container import Packet, inspect
 
     results = []
     for name in args.inputs:
@@ -475,7 +471,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from refscale.codecs import available_codecs
+    from refscale.format.codecs import available_codecs
     from refscale.zoo import catalogue
 
     rows = catalogue()
@@ -500,12 +496,13 @@ def cmd_models(args) -> int:
 
 # ============================================================================= evaluate, train, demo
 def cmd_evaluate(args) -> int:
-    from refscale import codecs, files
+    from refscale import files
+    from refscale.format import codecs
     from refscale.data import discover
     from refscale.evaluate import check_lr_dir, evaluate, to_markdown
-    from refscale.inter import default_mode
+    from refscale.format.inter import default_mode
 
-    _check_quality_options(args)
+    _codec_choice(args)
     if args.draws < 1:
         raise InputError(f"--draws must be >= 1, got {args.draws}")
     outputs = [Path(p) for p in (args.json_out, args.md_out) if p]
@@ -519,7 +516,7 @@ def cmd_evaluate(args) -> int:
         if samples:
             files.check_writable(Path(args.save_lr) / f"{samples[0].name}.png")
     model = _load_model(args.model)
-    codec, quality = _codec_and_quality(args, model)
+    codec, quality = _codec_choice(args, model)
     if model.needs_reference or codecs.needs_reference(codec):
         missing = [s.name for s in samples if s.ref is None]
         if missing:
@@ -560,14 +557,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from refscale import codecs
     from refscale.demo import run_demo
 
     if args.output and Path(args.output).exists() and any(Path(args.output).iterdir()):
         raise InputError(f"{args.output} exists and is not empty; choose another -o")
     if args.size is not None and args.size < 16:
         raise InputError(f"--size must be at least 16, got {args.size}")
-    run_demo(args.model, out_dir=args.output, size=args.size, seed=args.seed, codec=codecs.canonical(args.codec),
+    run_demo(args.model, out_dir=args.output, size=args.size, seed=args.seed, codec=_codec_choice(args)[0],
              synthetic=args.synthetic)
     return 0
 
@@ -669,13 +665,10 @@ def cmd_batch(args) -> int:
     out = Path(args.output)
     opts = {"model": args.model, "threads": args.threads, "force": args.force, "ref_archive": args.ref_archive}
     if kind == "encode":
-        from refscale import codecs
         from refscale.zoo import load
 
         model = load(args.model)  # validates the name here; each worker loads it once for itself
-        codec = codecs.canonical(args.codec, model.default_codec)
-        codecs.require(codec)
-        quality = codecs.check_quality(codec, args.quality)
+        codec, quality = _codec_choice(args, model)
         if args.ref_archive:  # references come from the archive, chosen on the workers
             name = _fallback_name(args, model)
             if name:

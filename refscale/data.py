@@ -34,7 +34,8 @@ import torch
 from torch.utils.data import Dataset
 
 from refscale.errors import InputError
-from refscale.imageio import IMAGE_SUFFIXES, read_image
+from refscale.format.rounding import round_8bit, to_uint8
+from refscale.io.image import IMAGE_SUFFIXES, read_image
 from refscale.ops import mod_crop
 
 
@@ -192,12 +193,8 @@ def colour_augment(images: list[torch.Tensor], rng: np.random.Generator) -> list
             x = x ** gamma
         if draws["gain"]:
             x = x * gain
-        out.append(torch.round(x.clamp(0, 1) * 255) / 255)
+        out.append(round_8bit(x))
     return out
-
-
-def _to_uint8_chw(x: torch.Tensor) -> torch.Tensor:
-    return torch.round(x[0].clamp(0, 1) * 255).to(torch.uint8)
 
 
 class PairCropDataset(Dataset):
@@ -252,8 +249,8 @@ class PairCropDataset(Dataset):
         self.coded_images: list[torch.Tensor] = []
         self.factor = 1  # HR size / coded size
         for s in samples:
-            hr = _to_uint8_chw(read_image(s.hr))
-            ref = _to_uint8_chw(read_image(s.ref)) if s.ref is not None else None
+            hr = to_uint8(read_image(s.hr)[0])
+            ref = to_uint8(read_image(s.ref)[0]) if s.ref is not None else None
             if ref is not None and ref.shape != hr.shape:
                 raise InputError(f"{s.name}: HR {tuple(hr.shape[1:])} and reference {tuple(ref.shape[1:])} differ in size")
             if min(hr.shape[1:]) < patch_size:
@@ -261,7 +258,7 @@ class PairCropDataset(Dataset):
             if self.coded:
                 if getattr(s, "coded", None) is None:
                     raise InputError(f"{s.name}: no coded image (manifest column 5) but the dataset trains on coded images")
-                c = _to_uint8_chw(read_image(s.coded))
+                c = to_uint8(read_image(s.coded)[0])
                 k = hr.shape[1] // c.shape[1]
                 if k < 1 or tuple(c.shape[1:]) != (hr.shape[1] // k, hr.shape[2] // k) or hr.shape[1] % k or hr.shape[2] % k \
                         or (self.coded_images and k != self.factor):

@@ -41,8 +41,8 @@ def run_demo(model_name: str = "refscale-x2", out_dir: str | Path | None = None,
     The shipped real pair (``size``: centre crop), or with ``synthetic`` the procedural one
     (``size`` x ``size``, default 512, from ``seed``)."""
     import refscale
-    from refscale.container import Packet
-    from refscale.imageio import as_image_tensor, write_image
+    from refscale.format.container import Packet
+    from refscale.io.image import as_image_tensor, write_image
     from refscale.metrics import psnr
 
     from refscale.errors import InputError

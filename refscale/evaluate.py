@@ -36,10 +36,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from refscale import codecs, metrics
+from refscale import metrics
+from refscale.format import codecs
 from refscale.data import Sample, iter_full_images
 from refscale.errors import InputError
-from refscale.imageio import is_greyscale_file, write_image
+from refscale.io.image import is_greyscale_file, write_image
 from refscale.protocol import Rescaler
 from refscale.pipeline import stored_lr
 
@@ -81,11 +82,10 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
     worst block minus bicubic's there, ``worst_block_gap``, and the check's time,
     ``verify_seconds``); the first draw (seed 0) decodes what the encoder checked.
     """
-    from refscale.container import Packet, bytes_for_bpp, check_budget, section_sizes
+    from refscale.format.container import Packet, bytes_for_bpp, section_sizes
     from refscale.pipeline import resolve_precision
 
-    codec = codecs.canonical(codec, model.default_codec)
-    check_budget(quality, bpp, max_bytes)
+    codec, quality = codecs.resolve(codec, quality, model.default_codec, bpp=bpp, max_bytes=max_bytes)
     if lr_dir is not None:
         check_lr_dir(samples, lr_dir, overwrite)
     model.eval()

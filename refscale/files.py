@@ -27,11 +27,13 @@ from pathlib import Path
 
 import torch
 
-from refscale import codecs, pipeline, raster
-from refscale.container import Packet, bytes_for_bpp, check_budget
+from refscale import pipeline
+from refscale.format import codecs
+from refscale.io import raster
+from refscale.format.container import Packet, bytes_for_bpp
 from refscale.data import discover, read_manifest
 from refscale.errors import InputError, ModelError, RefScaleError
-from refscale.imageio import publish
+from refscale.io.image import publish
 from refscale.protocol import Rescaler
 from refscale.zoo import load
 
@@ -104,7 +106,7 @@ def decode_jobs(src, output, ref=None) -> list[Job]:
 def _decoded_suffix(path: Path) -> str:
     """``.tif`` for a container whose raster record a PNG cannot hold (georeferencing, or a dtype
     other than 8/16-bit unsigned), else ``.png`` (a 16-bit PNG for uint16)."""
-    from refscale.container import inspect
+    from refscale.format.container import inspect
 
     try:
         rec = inspect(read_bytes(path))["raster"]
@@ -203,17 +205,15 @@ def encode_file(job: Job, model: Rescaler, *, codec: str | None = None, quality:
     ``codec=None``: the model's default.
 
     ``bands`` (e.g. ``[4, 3, 2]``, 1-based) and ``value_range`` (``"p2,98"``, ``"0,10000"``):
-    how a raster's bands and intensities reach the model (:func:`refscale.raster.read_raster`;
+    how a raster's bands and intensities reach the model (:func:`refscale.io.raster.read_raster`;
     ``windowed``: read a TIFF window by window, default: when it is larger than
-    :data:`refscale.raster.WINDOWED_PIXELS`);
+    :data:`refscale.io.raster.WINDOWED_PIXELS`);
     a GeoTIFF, 16-bit or float input is recorded in the container so decoding gives it back.
-    With a raster record, an LR written to a ``.tif`` is a GeoTIFF (:func:`refscale.raster.write_lr`).
+    With a raster record, an LR written to a ``.tif`` is a GeoTIFF (:func:`refscale.io.raster.write_lr`).
 
     ``bpp`` or ``max_bytes``: a budget for the whole file instead of a quality (the quality is
     chosen by :meth:`refscale.Packet.fit`); the budget is checked before anything is written."""
-    codec, quality = codecs.resolve(codec, quality, model.default_codec)
-    codecs.require(codec)
-    check_budget(quality, bpp, max_bytes)
+    codec, quality = codecs.resolve(codec, quality, model.default_codec, bpp=bpp, max_bytes=max_bytes, available=True)
     for out in (job.output, job.lr_output):
         if out is not None:
             check_writable(out)
@@ -271,9 +271,9 @@ def decode_to_file(src, output, ref=None, *, model=None, cache: dict | None = No
                    cog: bool = False, force: bool = False, windowed: bool | None = None,
                    **decode_options) -> tuple[Packet, Rescaler]:
     """Decode a ``.rsc`` file and write the image to ``output`` (:func:`write_decoded`). A raster
-    written to a ``.tif`` goes window by window (:class:`refscale.raster.TiffSink`: memory does not
+    written to a ``.tif`` goes window by window (:class:`refscale.io.raster.TiffSink`: memory does not
     grow with the scene) when ``windowed``, or by default when its padded size exceeds
-    :data:`refscale.raster.WINDOWED_PIXELS` and nothing needs the whole image (no recorded
+    :data:`refscale.io.raster.WINDOWED_PIXELS` and nothing needs the whole image (no recorded
     registration transform, no inter-frame LR codec). Returns ``(packet, model)``."""
     output = Path(output)
     check_writable(output)

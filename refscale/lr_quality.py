@@ -55,6 +55,7 @@ from scipy.special import gamma as gamma_fn
 
 from refscale import ops
 from refscale.errors import InputError
+from refscale.format.rounding import levels
 
 PRISTINE_FILE = Path(__file__).resolve().parent / "niqe_pristine.npz"
 
@@ -71,7 +72,7 @@ def _luma_planes(x: torch.Tensor, channel: str) -> list[np.ndarray]:
         raise InputError(f"expected images [N,3,H,W] or [N,1,H,W], got shape {tuple(x.shape)}")
     if channel not in ("y", "gray"):
         raise InputError(f"channel must be 'y' or 'gray', got {channel!r}")
-    v = torch.round(x.detach().to(torch.float64).clamp(0, 1) * 255)
+    v = levels(x.detach().to(torch.float64))
     if v.shape[1] == 3:
         if channel == "y":
             v = torch.round(ops.rgb_to_ycbcr(v / 255.0, y_only=True) * 255.0)

@@ -34,12 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from refscale.format.rounding import to_uint8
 from refscale.ops import gaussian_kernel1d, rgb_to_ycbcr
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """``round(clamp(x, 0, 1) * 255)`` as uint8 (BasicSR ``tensor2img``)."""
-    return torch.round(x.detach().clamp(0, 1) * 255).to(torch.uint8)
 
 
 def _prepare(x: torch.Tensor, crop_border: int, y_channel: bool) -> torch.Tensor:

@@ -9,7 +9,8 @@ work on batches and are differentiable unless stated otherwise:
 * :func:`rgb_to_ycbcr` / :func:`ycbcr_to_rgb` — BT.601 as MATLAB ``rgb2ycbcr``.
 * :func:`gaussian_kernel1d` / :func:`gaussian_blur` — separable, reflect padding.
 * :func:`haar_forward` / :func:`haar_inverse` — IRN's Haar transform and its exact inverse.
-* :func:`round_ste` / :func:`quantize_8bit` — rounding with a straight-through gradient.
+* :func:`round_ste` / :func:`quantize_8bit` — rounding with a straight-through gradient (the
+  forward value of the latter: :func:`refscale.format.rounding.round_8bit`).
 * :func:`pad_to_multiple` / :func:`crop_to` / :func:`mod_crop` — size handling.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from refscale.errors import ModelError
+from refscale.format.rounding import round_8bit
 
 # --------------------------------------------------------------------------- bicubic resize
 
@@ -221,12 +223,6 @@ def haar_inverse(y: torch.Tensor) -> torch.Tensor:
 def round_ste(x: torch.Tensor) -> torch.Tensor:
     """Round to the nearest integer; the gradient passes straight through (identity)."""
     return x + (torch.round(x) - x).detach()
-
-
-def round_8bit(x: torch.Tensor) -> torch.Tensor:
-    """``round(clamp(x, 0, 1) * 255) / 255``: the forward value of the 8-bit quantizers
-    (:func:`quantize_8bit`, FGRN's ``quantize_representation``), without a gradient trick."""
-    return torch.round(x.clamp(0, 1) * 255) / 255
 
 
 def quantize_8bit(x: torch.Tensor) -> torch.Tensor:

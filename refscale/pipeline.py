@@ -1,4 +1,4 @@
-"""Encoding an image into a :class:`~refscale.container.Packet` and decoding it back, with any rescaler.
+"""Encoding an image into a :class:`~refscale.format.container.Packet` and decoding it back, with any rescaler.
 
 Written once against the :class:`~refscale.protocol.Rescaler` protocol:
 
@@ -14,9 +14,9 @@ Written once against the :class:`~refscale.protocol.Rescaler` protocol:
   :class:`refscale.tiling.Tiler` does the cutting and stitching for the encoder, the decoder and
   the on-board loop (:mod:`refscale.onnx.onboard`), :func:`layout` chooses its layout. The layout
   is recorded in the container; the decoder repeats it by default.
-  A :class:`refscale.raster.RasterScene` (a GeoTIFF larger than memory) is read window by
+  A :class:`refscale.io.raster.RasterScene` (a GeoTIFF larger than memory) is read window by
   window, its reference too, and ``decode(..., sink=TiffSink(...))`` writes the rebuilt scene
-  window by window; pixels without data are filled in each window (:func:`refscale.raster.fill`).
+  window by window; pixels without data are filled in each window (:func:`refscale.io.raster.fill`).
 * **Precision.** Models that declare it (``supports_bf16``, :mod:`refscale.nn.speed`) run their
   convolutions in bfloat16 with channels_last when ``precision="bf16"`` (``"auto"``, the default:
   only on CPUs with native bf16). The container records
@@ -26,7 +26,7 @@ Written once against the :class:`~refscale.protocol.Rescaler` protocol:
   of another size is an :class:`InputError` (``resample_ref=True`` resizes it with MATLAB
   bicubic to 8 bits instead, then registers it like any reference; the decoder resizes the
   recorded reference by itself); a packet made by other weights is refused unless ``allow_mismatch``.
-* **Inter-frame LR codecs** (``h264-inter``, ... :mod:`refscale.inter`) predict the LR from the
+* **Inter-frame LR codecs** (``h264-inter``, ... :mod:`refscale.format.inter`) predict the LR from the
   reference at the LR's size (:func:`lr_reference`), so with them the reference is needed (and
   fingerprinted) even for a model that takes none; the model itself still gets it only if it
   uses one.
@@ -38,7 +38,7 @@ Written once against the :class:`~refscale.protocol.Rescaler` protocol:
   :data:`VERIFY_OFF_LEVELS` levels than bicubic has there, is stored as the bicubic LR and
   decoded by bicubic upscaling (the fallback); the check repeats until no block fails (a fallback
   block changes its neighbours' context), and the packet records the blocks' modes
-  (:class:`refscale.container.Verification`, format version 5) and a summary
+  (:class:`refscale.format.container.Verification`, format version 5) and a summary
   (``packet.verify_report``). It costs one decode (more when blocks fall back). At scale 1 (the
   learned decoders after the inter codec) the bicubic pipeline is the plain codec's decode, so a
   fallback block is decoded without the network. Not done for bicubic and the scale-1 inter modes
@@ -61,12 +61,15 @@ import warnings
 import numpy as np
 import torch
 
-from refscale import codecs, ops, raster, registration, tiling
-from refscale.container import (RESTORE_DTYPES, Packet, Verification, reference_fingerprint, reference_hasher,
+from refscale import ops, registration, tiling
+from refscale.format import codecs
+from refscale.io import raster
+from refscale.format.container import (RESTORE_DTYPES, Packet, Verification, reference_fingerprint, reference_hasher,
                                 smallest_integer_array)
 from refscale.errors import ContainerError, InputError, ModelError
-from refscale.imageio import as_image_tensor
-from refscale.metrics import reference_agreement, to_uint8
+from refscale.io.image import as_image_tensor
+from refscale.format.rounding import round_8bit, to_uint8, to_uint8_hwc
+from refscale.metrics import reference_agreement
 from refscale.protocol import Rescaler, SideSpec
 from refscale.nn.speed import native_bf16
 
@@ -113,11 +116,11 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
     """Downscale one image into a :class:`Packet` (LR rounded to 8 bits, side info as integers).
 
     ``hr`` and ``ref``: tensors ``[1,3,H,W]``/``[3,H,W]`` in [0,1], ``HxWx3`` arrays or paths; ``hr``
-    may also be a :class:`refscale.raster.RasterImage` (``read_raster(path, bands=..., value_range=...)``).
+    may also be a :class:`refscale.io.raster.RasterImage` (``read_raster(path, bands=..., value_range=...)``).
     A path, or a raster image, that is not plain 8-bit RGB (a GeoTIFF, 16-bit, float, chosen bands)
     gives the packet a raster record (``packet.raster``; format version 3) that the decoder's
     writer uses to give back the original dtype, bands and georeferencing
-    (:func:`refscale.raster.write_decoded`); the reference file is then read with the same bands
+    (:func:`refscale.io.raster.write_decoded`); the reference file is then read with the same bands
     and mapping.
     ``tile``: core tile size in HR pixels (rounded up to the alignment); ``None`` tiles only
     images above :data:`AUTO_TILE_PIXELS`, ``0`` never tiles. ``overlap``: context margin in HR
@@ -256,7 +259,7 @@ def _verify(model: Rescaler, packet: Packet, hr_p: torch.Tensor, ref, resample_r
     block = verify_block(model)
     rows, cols = Verification.grid(padded, block)
     lr_model = packet.lr
-    bic_lr = to_uint8(ops.bicubic_down(hr_p, s))[0].permute(1, 2, 0).contiguous().numpy()
+    bic_lr = to_uint8_hwc(ops.bicubic_down(hr_p, s))
     bic = ops.bicubic_up(u8_to_float(_as_received(packet, bic_lr)), s).clamp(0, 1)
     sq_b, off_b = _block_errors(bic, hr_p, size, block)
     px = _block_pixels(size, block)
@@ -321,10 +324,10 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float | None = Non
            allow_other_reference: bool = False, sink=None) -> torch.Tensor | None:
     """Rebuild the HR image ``[1,3,H,W]`` (float32 in [0,1]) from a :class:`Packet` (or its bytes).
 
-    ``sink`` (e.g. :class:`refscale.raster.TiffSink`): instead of assembling the image, hand each
+    ``sink`` (e.g. :class:`refscale.io.raster.TiffSink`): instead of assembling the image, hand each
     decoded core to ``sink.put((y0, y1, x0, x1), core)`` as it is ready (row-major, padded
     coordinates) and return None; a reference path is then read window by window too
-    (:meth:`refscale.raster.RasterScene.open_reference`), so memory does not grow with the scene.
+    (:meth:`refscale.io.raster.RasterScene.open_reference`), so memory does not grow with the scene.
     Such a reference cannot be moved by a recorded registration shift, and its agreement with
     the LR is not checked.
 
@@ -332,7 +335,7 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float | None = Non
     ``seed``). ``None`` (default): the seed and temperature the verifying encoder checked, as the
     file records them, else seed 0 and the model's ``decode_temperature`` (docs/evaluation.md,
     "Temperature"). Blocks the file marks as fallback are rebuilt by bicubic upscaling of their LR
-    (:class:`refscale.container.Verification`).
+    (:class:`refscale.format.container.Verification`).
     The tile layout and precision default to what the encoder recorded. ``allow_mismatch``
     decodes a packet made by other weights of the same scale (for experts; results are
     unlikely to be good). A reference whose :func:`fingerprint` differs from the one the encoder
@@ -451,16 +454,16 @@ def _image(x, what: str) -> torch.Tensor:
 
 
 def fingerprint(ref, progress: bool = False) -> str:
-    """The reference fingerprint (``refscale.container.reference_fingerprint``) of a reference
+    """The reference fingerprint (``refscale.format.container.reference_fingerprint``) of a reference
     tensor as it was given (before resampling and registration), from its 8-bit pixels: exactly
     what the receiver holds, independent of float arithmetic that may differ between machines.
-    A :class:`refscale.raster.RasterScene` is hashed strip by strip (one pass, the same digest)."""
+    A :class:`refscale.io.raster.RasterScene` is hashed strip by strip (one pass, the same digest)."""
     if isinstance(ref, raster.RasterScene):
         digest = reference_hasher((*ref.size, 3))
         for rows in ref.rows_u8(progress):
             digest.update(rows.tobytes())
         return digest.hexdigest()
-    return reference_fingerprint(to_uint8(ref)[0].permute(1, 2, 0).contiguous().numpy())
+    return reference_fingerprint(to_uint8_hwc(ref))
 
 
 def lr_reference(ref: torch.Tensor, align: int, scale: int) -> np.ndarray:
@@ -475,7 +478,7 @@ def lr_reference(ref: torch.Tensor, align: int, scale: int) -> np.ndarray:
     ref_p = ops.pad_to_multiple(ref, align)[0]
     if scale > 1:
         ref_p = ops.bicubic_down(ref_p.to(torch.float64), scale)
-    return to_uint8(ref_p)[0].permute(1, 2, 0).contiguous().numpy()
+    return to_uint8_hwc(ref_p)
 
 
 def _check_reference(packet: Packet, got: str, allow_other: bool) -> bool:
@@ -500,8 +503,8 @@ def _reference(model: Rescaler, ref, size: tuple[int, int], codec: str = "png", 
                progress: bool = False) -> tuple[torch.Tensor | raster.RasterScene | None, str | None]:
     """``(reference as given, its fingerprint)``; ``(None, None)`` for models without one, unless
     the LR ``codec`` predicts from the reference. A reference file of an image with a raster
-    ``record`` is read with its bands and intensity mapping (:func:`refscale.raster.read_reference`);
-    with ``windowed``, a reference path becomes a :class:`refscale.raster.RasterScene` of the
+    ``record`` is read with its bands and intensity mapping (:func:`refscale.io.raster.read_reference`);
+    with ``windowed``, a reference path becomes a :class:`refscale.io.raster.RasterScene` of the
     image's ``size``, read window by window and fingerprinted in one pass."""
     if not model.needs_reference and not codecs.needs_reference(codec):
         if ref is not None:
@@ -541,7 +544,7 @@ def _to_size(ref: torch.Tensor | None, size: tuple[int, int], resample: bool) ->
             "reference of the same size (or resample it: --resample-ref / resample_ref=True)"
         )
     out = ops.imresize(ref.double(), size=tuple(size)).clamp(0, 1)
-    return (torch.round(out * 255) / 255).float()
+    return round_8bit(out).float()
 
 
 def layout(padded: tuple[int, int], align: int, scale: int, tile, overlap, recorded: bool = False) -> tiling.Tiler:

@@ -129,7 +129,7 @@ class Rescaler(nn.Module):
     needs_reference: bool = False
     #: True when ``upscale`` samples randomness (evaluation then averages several draws)
     stochastic: bool = False
-    #: the LR codec a packet is written with unless the caller names one (``refscale.codecs``)
+    #: the LR codec a packet is written with unless the caller names one (``refscale.format.codecs``)
     default_codec: str = "png"
     #: why the architecture cannot be exported to ONNX (the end of one sentence), or None; read
     #: from the class, before a model is built

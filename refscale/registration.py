@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from refscale import ops
+from refscale.format.rounding import round_8bit
 
 #: side of the central window of larger images that is correlated
 MAX_SIDE = 1024
@@ -267,4 +268,4 @@ def apply_shift(ref: torch.Tensor, shift: tuple[float, float], angle: float = 0.
     for c in range(a.shape[0]):  # one channel at a time: a bounded memory peak on large scenes
         _warp(a[c], shift, angle, order=3, output=out[c])
     np.clip(out, 0, 1, out=out)
-    return torch.from_numpy(np.round(out * 255) / 255)[None]
+    return round_8bit(torch.from_numpy(out))[None]

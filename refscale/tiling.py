@@ -41,7 +41,8 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from refscale import ops, raster
+from refscale import ops
+from refscale.io import raster
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,7 @@ def memory_reader(t: torch.Tensor, mask: torch.Tensor | None, align: int):
 
 
 def scene_reader(scene: raster.RasterScene, padded: tuple[int, int]):
-    """Windows of a scene read from its file (:class:`refscale.raster.RasterScene`), padded past the
+    """Windows of a scene read from its file (:class:`refscale.io.raster.RasterScene`), padded past the
     image's bottom/right edge exactly as :func:`refscale.ops.pad_to_multiple` pads the whole image."""
     h, w = scene.size
     mode = ops.padding_mode((h, w), padded)
@@ -190,7 +191,7 @@ def scene_reader(scene: raster.RasterScene, padded: tuple[int, int]):
 
 def read_windows(read: Callable, batch: list[Window], size: tuple[int, int]) -> torch.Tensor:
     """The windows of ``batch`` (each ``size``) from ``read``, stacked, their pixels without data
-    filled (:func:`refscale.raster.fill`)."""
+    filled (:func:`refscale.io.raster.fill`)."""
     wh, ww = size
     parts = [read(w.y, w.x, wh, ww) for w in batch]
     x = torch.cat([t for t, _ in parts])

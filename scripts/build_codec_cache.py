@@ -10,7 +10,7 @@ written once as ``pairs/<pair>/hr.png`` + ``ref.png``. Then, exactly as ``refsca
 does for ``-m enhance-x{s}`` (= ``inter-hevc`` at scale 1, ``bicubic-x2 --codec hevc-inter`` at
 scale 2): the LR (the HR at scale 1; MATLAB bicubic down rounded to 8 bits at scale 2) is coded
 at each quality with the inter codec predicted from the reference at the LR's size
-(``refscale.pipeline.lr_reference``), decoded (``refscale.codecs.decode_image``), and the decoded
+(``refscale.pipeline.lr_reference``), decoded (``refscale.format.codecs.decode_image``), and the decoded
 LR is written as ``x<s>/<pair>-q<q>.png``. No gradient ever goes through the codec: training
 reads these files (``data.coded: true``).
 
@@ -82,7 +82,7 @@ def crop_box(name: str, h: int, w: int, size: int, multiple: int) -> tuple[int, 
 def settings(codec: str) -> dict:
     """What the decoded pixels depend on: rebuild the cache when any of it changes."""
     import refscale
-    from refscale import inter
+    from refscale.format import inter
 
     info = {"refscale": refscale.__version__, "codec": codec, "identity": inter.identity(codec),
             "payload_version": inter.PAYLOAD_VERSION,
@@ -105,8 +105,9 @@ def main() -> None:
     ap.add_argument("--rebuild", action="store_true", help="discard a cache built with other settings")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    from refscale import codecs, inter, ops, pipeline
-    from refscale.metrics import to_uint8
+    from refscale import ops, pipeline
+    from refscale.format import codecs, inter
+    from refscale.format.rounding import to_uint8_hwc
 
     codec = codecs.canonical(args.codec)
     if not codecs.needs_reference(codec):
@@ -150,7 +151,7 @@ def main() -> None:
             hr, ref = read_u8(pdir / "hr.png"), read_u8(pdir / "ref.png")
             hr_t = torch.from_numpy(hr.copy()).permute(2, 0, 1)[None].float() / 255
             ref_t = torch.from_numpy(ref.copy()).permute(2, 0, 1)[None].float() / 255
-            lr = hr if s == 1 else to_uint8(ops.bicubic_down(hr_t, s))[0].permute(1, 2, 0).contiguous().numpy()
+            lr = hr if s == 1 else to_uint8_hwc(ops.bicubic_down(hr_t, s))
             lr_ref = pipeline.lr_reference(ref_t, s, s)
             for q in args.qualities:
                 name = f"{pname}-q{q}"

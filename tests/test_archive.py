@@ -175,7 +175,7 @@ def test_encode_decode_with_ref_archive(scenes, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     rec = json.loads(archive.sidecar_path(out).read_text())
     assert rec["reference"] == "p1.png"
-    from refscale.container import Packet
+    from refscale.format.container import Packet
 
     assert Packet.from_bytes(out.read_bytes()).ref_hash == rec["fingerprint"]
     archive.sidecar_path(out).unlink()

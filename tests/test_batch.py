@@ -17,7 +17,7 @@ from PIL import Image
 
 from refscale import batch
 from refscale.cli import main
-from refscale.container import Packet
+from refscale.format.container import Packet
 from refscale.synthetic import synthetic_revisit_pair
 
 torch.set_num_threads(1)

@@ -107,9 +107,9 @@ def test_benchmarks_and_scripts_use_public_names_only():
 
 def test_the_private_name_check_finds_them(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text("from refscale.inter import _code\nfrom refscale import registration\n"
+    bad.write_text("from refscale.format.inter import _code\nfrom refscale import registration\n"
                    "registration._band(1)\nself._ok = 1\nx.__class__\n")
-    assert [u.split(" ", 1)[1] for u in private_uses(bad)] == ["from refscale.inter import _code", "registration._band"]
+    assert [u.split(" ", 1)[1] for u in private_uses(bad)] == ["from refscale.format.inter import _code", "registration._band"]
 
 
 def test_no_sys_path_inserts_and_no_loading_by_file_path():

@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from conftest import synthetic_image
-from refscale import codecs, zoo
-from refscale.container import Packet, bytes_for_bpp, check_budget, read_header
+from refscale import zoo
+from refscale.format import codecs
+from refscale.format.codecs import check_budget
+from refscale.format.container import Packet, bytes_for_bpp, read_header
 from refscale.errors import InputError
-from refscale.imageio import write_image
+from refscale.io.image import write_image
 from test_cli import assert_refused, run
 
 torch.set_num_threads(1)

@@ -16,8 +16,8 @@ import torch
 from conftest import synthetic_image
 from refscale import zoo
 from refscale.cli import main
-from refscale.container import Packet
-from refscale.imageio import write_image
+from refscale.format.container import Packet
+from refscale.io.image import write_image
 from test_pipeline import ToyRef, pair
 
 
@@ -70,7 +70,7 @@ def test_encode_info_decode_round_trip(files, capsys):
     code, out, err = run(capsys, "decode", files / "x.rsc", "--ref", files / "ref.png", "-m", w, "-o", files / "out.png", "--seed", "3")
     assert code == 0, err
     api = ToyRef().decode(packet, files / "ref.png", seed=3)
-    from refscale.metrics import to_uint8
+    from refscale.format.rounding import to_uint8
 
     assert np.array_equal(np.asarray(Image.open(files / "out.png")), to_uint8(api)[0].permute(1, 2, 0).numpy())
     assert {p: digest(p) for p in inputs} == inputs  # inputs never touched
@@ -101,7 +101,7 @@ def test_greyscale_input_warns_in_one_line(files, capsys):
 
 def test_jpeg_without_quality_records_the_quality_used(files, capsys):
     """Issue 26, item 5.6: --codec jpeg without -q recorded quality null; it is JPEG's default, 95."""
-    from refscale.codecs import JPEG_DEFAULT_QUALITY
+    from refscale.format.codecs import JPEG_DEFAULT_QUALITY
 
     code, out, err = run(capsys, "encode", files / "hr.png", "-m", "bicubic-x2", "--codec", "jpeg", "-o", files / "j.rsc")
     assert code == 0 and f"jpeg q{JPEG_DEFAULT_QUALITY}" in out, err
@@ -183,8 +183,8 @@ def test_evaluate_writes_json_and_markdown(tmp_path, capsys):
                        "--save-lr", tmp_path / "lr")
     assert code == 0, err
     from refscale import ops
-    from refscale.imageio import read_image
-    from refscale.metrics import to_uint8
+    from refscale.io.image import read_image
+    from refscale.format.rounding import to_uint8
     lr0 = read_image(tmp_path / "lr" / "p0.png")
     expected = to_uint8(ops.bicubic_down(read_image(data / "p0" / "hr.png"), 2)).float() / 255
     assert sorted(p.name for p in (tmp_path / "lr").iterdir()) == ["p0.png", "p1.png"] and torch.equal(lr0, expected)

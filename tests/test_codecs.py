@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_image
-from refscale import codecs
+from refscale.format import codecs
 from refscale.errors import ContainerError, InputError
 
 AVAILABLE = [c for c, ok in codecs.available_codecs().items() if ok and not codecs.needs_reference(c)]  # still images (inter: test_inter.py)

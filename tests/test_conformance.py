@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from conftest import perturb, synthetic_image
-from refscale import codecs, pipeline, zoo
-from refscale.container import Packet
+from refscale import pipeline, zoo
+from refscale.format import codecs
+from refscale.format.container import Packet
 
 #: catalogue name -> (tiny constructor config, parameter noise so that no block is the identity)
 TINY = {

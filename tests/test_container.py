@@ -8,8 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from refscale import codecs
-from refscale.container import MAGIC, Packet, inspect, read_header, section_sizes
+from refscale.format import codecs
+from refscale.format.container import MAGIC, Packet, inspect, read_header, section_sizes
 from refscale.errors import ContainerError, InputError, RefScaleError
 
 HASH = "0123456789abcdef" * 4
@@ -405,7 +405,7 @@ def test_reference_fingerprint_field_and_version_1_files():
 
 # ----------------------------------------------------------------------------- format version 3: the raster record
 def raster_packet() -> Packet:
-    from refscale.raster import RasterRecord
+    from refscale.format.raster_record import RasterRecord
 
     p = make_packet()
     p = replace(p, raster=RasterRecord(dtype="uint16", band_count=13, bands=[4, 3, 2], ranges=[(120.0, 3100.0), (90.0, 2800.0), (60.0, 2500.0)],
@@ -432,7 +432,7 @@ def test_raster_record_is_version_3_and_matches_docs():
 
 
 def test_raster_record_with_a_mask_is_record_version_2_and_matches_docs():
-    from refscale.raster import Mask
+    from refscale.format.raster_record import Mask
 
     p = raster_packet()
     h, w = p.size
@@ -483,7 +483,7 @@ def test_raster_record_damage_is_refused():
 def test_reference_fingerprint_is_pinned():
     # docs/format.md: SHA-256 of b"refscale-reference-v1", <III H W C, then the 8-bit pixels in C order;
     # a change here breaks every file written before it. The strip-by-strip hasher gives the same.
-    from refscale.container import reference_fingerprint, reference_hasher
+    from refscale.format.container import reference_fingerprint, reference_hasher
 
     a = (np.arange(5 * 7 * 3, dtype=np.int64) * 37 % 256).astype(np.uint8).reshape(5, 7, 3)
     golden = "4c8189a23377ba44f9af81068a944e8a76ef00d9dc8f81ad32a40a7849f2f4e8"
@@ -496,7 +496,7 @@ def test_reference_fingerprint_is_pinned():
 
 # ----------------------------------------------------------------------------- format version 5: the verification record
 def verified_packet(fallback=None):
-    from refscale.container import Verification
+    from refscale.format.container import Verification
 
     p = make_packet(h=70, w=45)  # padded 70 x 46: 3 x 2 blocks of 32
     rows, cols = Verification.grid(p.padded_size, 32)
@@ -517,7 +517,7 @@ def test_verification_record_round_trips_and_matches_docs():
     assert q.version == 5 and q.verification.block == 32 and q.verification.seed == 7
     assert q.verification.temperature == 0.8 and np.array_equal(q.verification.fallback, fb)
     assert q.info()["verification"]["fallback_blocks"] == 3
-    from refscale.container import inspect
+    from refscale.format.container import inspect
 
     assert inspect(data)["verification"] == {"block": 32, "seed": 7, "temperature": 0.8, "blocks": 6, "fallback_blocks": 3}
     plain = make_packet(h=70, w=45).to_bytes()  # without a record: the older version, byte for byte
@@ -525,7 +525,7 @@ def test_verification_record_round_trips_and_matches_docs():
 
 
 def test_verification_record_refused_when_inconsistent():
-    from refscale.container import Verification
+    from refscale.format.container import Verification
 
     p = verified_packet()
     p = replace(p, verification=Verification(block=32, seed=0, temperature=1.0, fallback=np.zeros((2, 2), bool)))  # 3 rows needed

@@ -5,7 +5,7 @@ import torch
 
 from refscale.data import PairCropDataset, Sample, discover, iter_full_images
 from refscale.errors import InputError
-from refscale.imageio import read_image, write_image
+from refscale.io.image import read_image, write_image
 from tests.conftest import synthetic_image
 
 

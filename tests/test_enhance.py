@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 
 from conftest import perturb, synthetic_image
-from refscale import codecs, pipeline, zoo
+from refscale import pipeline, zoo
+from refscale.format import codecs
 from refscale.cli import main
-from refscale.container import Packet
+from refscale.format.container import Packet
 from refscale.data import PairCropDataset, Sample, discover
 from refscale.errors import InputError, ModelError
 from refscale.train import engine

@@ -8,7 +8,7 @@ from refscale import zoo
 from refscale.data import discover
 from refscale.errors import RefScaleError
 from refscale.evaluate import METRIC_KEYS, evaluate, to_markdown, worst_image
-from refscale.imageio import write_image
+from refscale.io.image import write_image
 from refscale.metrics import fraction_off, psnr, ssim
 from refscale.protocol import Rescaler
 from refscale.ops import bicubic_down, bicubic_up, quantize_8bit
@@ -46,7 +46,7 @@ def test_evaluate_json_schema_and_values(singles):
     json.loads(json.dumps(result))  # plain JSON
 
     # the numbers are the bicubic-down / 8-bit / bicubic-up metrics on the mod-cropped HR
-    from refscale.imageio import read_image
+    from refscale.io.image import read_image
 
     hr = read_image(singles / "b.png")[..., :26, :20]
     rec = bicubic_up(quantize_8bit(bicubic_down(hr, 2)), 2)
@@ -146,8 +146,8 @@ def test_draws_average_stochastic_reference_model(tmp_path):
     model = NoisyRef(scale=2)
     result = evaluate(model, samples, draws=3, progress=False, dataset="pairs", split="test")
     assert result["draws"] == 3 and result["dataset"] == "pairs" and result["split"] == "test"
-    from refscale.container import Packet
-    from refscale.imageio import read_image
+    from refscale.format.container import Packet
+    from refscale.io.image import read_image
 
     hr, ref = read_image(tmp_path / "p" / "hr.png"), read_image(tmp_path / "p" / "ref.png")
     data = model.encode(hr, ref).to_bytes()
@@ -165,8 +165,8 @@ def test_evaluate_temperature_reaches_every_decode(tmp_path):
     write_image(synthetic_image(16, 16, 5), tmp_path / "p" / "ref.png")
     samples = discover(tmp_path)
     model = NoisyRef(scale=2)
-    from refscale.container import Packet
-    from refscale.imageio import read_image
+    from refscale.format.container import Packet
+    from refscale.io.image import read_image
 
     hr, ref = read_image(tmp_path / "p" / "hr.png"), read_image(tmp_path / "p" / "ref.png")
     data = model.encode(hr, ref).to_bytes()

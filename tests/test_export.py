@@ -19,7 +19,7 @@ pytest.importorskip("onnxruntime")
 from conftest import synthetic_image  # noqa: E402
 from test_conformance import CASES, build  # noqa: E402
 from refscale import cli, export, pipeline, zoo  # noqa: E402
-from refscale.container import Packet  # noqa: E402
+from refscale.format.container import Packet  # noqa: E402
 from refscale.errors import ModelError  # noqa: E402
 
 torch.set_num_threads(1)
@@ -120,10 +120,10 @@ def test_wrap_cli_and_decode(exported, tmp_path):
     assert cli.main(["export", "-m", str(weights), "--part", "encoder", "-o", str(enc)]) == 2  # exists, no --force
     hr = synthetic_image(64, 80, seed=1)
     ref = synthetic_image(64, 80, seed=2) * 0.5 + hr * 0.5
-    from refscale.imageio import write_image
+    from refscale.io.image import write_image
 
     write_image(ref, tmp_path / "ref.png")
-    from refscale.imageio import read_image
+    from refscale.io.image import read_image
 
     ref8 = read_image(tmp_path / "ref.png")
     board = export.onboard_encode(enc, hr[..., :62, :78], ref8[..., :62, :78])
@@ -148,7 +148,7 @@ def test_wrap_refuses_a_reference_of_another_size(exported, tmp_path, capsys):
     (its container then decoded with another reference to 24.7 dB with only a warning). Now one
     line, exit 2, nothing written, as encode; the right size still wraps."""
     from refscale.errors import InputError
-    from refscale.imageio import read_image, write_image
+    from refscale.io.image import read_image, write_image
 
     model, paths = exported("refscale-x2/irn-blocks")
     hr = synthetic_image(40, 56, seed=1)

@@ -6,6 +6,7 @@ import torch
 from conftest import perturb, synthetic_image
 from refscale import metrics, ops, pipeline, zoo
 from refscale.errors import ModelError
+from refscale.format import rounding
 from refscale.models.fgrn import FGRN, quantize_representation
 
 TINY = dict(nf=8, down_blocks=1, up_blocks=1, flow_cells=2, gc=4)
@@ -76,7 +77,7 @@ def test_decode_is_gu_of_the_transmitted_representation():
         assert (x - torch.nn.functional.avg_pool2d(hr, 2)).abs().max() > 2 / 255  # Gd does more than the box
         lr, _ = model.downscale(hr)
         assert torch.equal(lr, x)
-        lr8 = metrics.to_uint8(lr).float() / 255
+        lr8 = rounding.to_uint8(lr).float() / 255
         assert torch.equal(model.upscale(lr8), model.up(x).clamp(0, 1))
 
 
@@ -94,7 +95,7 @@ def test_requantization_makes_an_expanding_flow_lossless():
         x = model.represent(hr)
         lr, logdet = model.to_lr(x)
         assert logdet.item() > 0 and lr.max() <= 1 and (lr - x).abs().max() > 0.05
-        lr8 = metrics.to_uint8(lr).float() / 255
+        lr8 = rounding.to_uint8(lr).float() / 255
         assert torch.equal(model.from_lr(lr8), x)
         assert not torch.equal(model.flow.inverse(lr8), x)
     assert torch.equal(model.upscale(lr8), model.up(x).clamp(0, 1))

@@ -5,7 +5,7 @@ import torch
 
 from refscale import files, zoo
 from refscale.errors import InputError, ModelError
-from refscale.imageio import write_image
+from refscale.io.image import write_image
 from test_pipeline import ToyRef, pair
 
 

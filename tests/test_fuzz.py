@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from refscale import codecs
-from refscale.container import Packet, read_header
+from refscale.format import codecs
+from refscale.format.container import Packet, read_header
 from refscale.errors import RefScaleError
-from refscale.raster import Mask, RasterRecord, from_model, restore_nodata
+from refscale.format.raster_record import Mask, RasterRecord
+from refscale.io.raster import from_model, restore_nodata
 from test_pipeline import ToyRef, pair
 
 CASES_PER_BASE = 2000  # four base containers -> 8,000 cases (about 3 s)

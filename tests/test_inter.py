@@ -21,9 +21,10 @@ import pytest
 import torch
 
 from conftest import synthetic_image
-from refscale import codecs, inter, pipeline, zoo
+from refscale import pipeline, zoo
+from refscale.format import codecs, inter
 from refscale.cli import main
-from refscale.container import Packet, read_header
+from refscale.format.container import Packet, read_header
 from refscale.errors import ContainerError, InputError, RefScaleError
 
 torch.set_num_threads(1)
@@ -339,7 +340,7 @@ def test_cli_encode_and_decode(tmp_path, capsys):
     assert main(["info", str(out)]) == 0
     assert f'"codec": "{INTER[0]}"' in capsys.readouterr().out
     assert main(["decode", str(out), "--ref", str(ref), "-o", str(tmp_path / "out.png")]) == 0
-    from refscale.imageio import read_image
+    from refscale.io.image import read_image
 
     rebuilt, original, lr = (read_image(tmp_path / f) for f in ("out.png", "new.png", "lr.png"))
     assert psnr(rebuilt, original) > 30 and torch.equal(rebuilt, lr)  # scale 1: the stored LR is the image
@@ -410,7 +411,7 @@ def test_a_byte_budget_chooses_the_quality_for_inter_codecs_too(codec):
 def test_evaluate_uses_the_inter_models_own_codec(tmp_path):
     from refscale.data import discover
     from refscale.evaluate import evaluate
-    from refscale.imageio import write_image
+    from refscale.io.image import write_image
 
     new, ref = pair(48, 64, noise=0.03)
     write_image(new, tmp_path / "p" / "hr.png")
@@ -474,7 +475,7 @@ def test_the_mode_round_trips_in_the_container_and_the_cli(mode, tmp_path, capsy
     section = Packet.from_bytes(data).lr_data
     assert section[3 + section[2]] == (1 if mode == "inter" else 0)  # the mode byte, after the identity
     assert main(["decode", str(out), "--ref", str(ref), "-o", str(tmp_path / f"{mode}.png")]) == 0
-    from refscale.imageio import read_image
+    from refscale.io.image import read_image
 
     assert psnr(read_image(tmp_path / f"{mode}.png"), read_image(new)) > 30
     assert main(["encode", str(new), "--ref", str(ref), "-m", MODEL[codec], "-o", str(tmp_path / "auto.rsc")]) == 0
@@ -494,7 +495,7 @@ def test_a_budget_keeps_auto_within_it_and_evaluate_takes_the_mode(tmp_path, cap
     with inter.default_mode("inter"):
         data_inter, q_inter = packet.fit(codec, budget)
     assert inter.parse(codec, Packet.from_bytes(data_inter).lr_data).mode == "inter" and len(data_inter) <= budget
-    from refscale.imageio import write_image
+    from refscale.io.image import write_image
 
     write_image(new, tmp_path / "p" / "hr.png")
     write_image(ref, tmp_path / "p" / "ref.png")

@@ -1,5 +1,6 @@
 """The import graph of the package (every import, also those inside functions): no cycle, and
-the layers of refscale.protocol's docstring -- protocol < models < zoo < pipeline < CLI."""
+the layers of refscale.protocol's docstring -- protocol < models < zoo < pipeline < CLI -- and the
+format layer (refscale.format) below the I/O layer (refscale.io) below the pipeline."""
 import ast
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def test_layers():
     onnx = {m for m in graph if m == "refscale.onnx" or m.startswith("refscale.onnx.")}
     assert {"refscale.onnx.graphs", "refscale.onnx.runtime", "refscale.onnx.export", "refscale.onnx.onboard",
             "refscale.onnx.wrap"} <= onnx
-    upper = {"refscale.zoo", "refscale.pipeline", "refscale.evaluate", "refscale.cli", "refscale.container",
+    upper = {"refscale.zoo", "refscale.pipeline", "refscale.evaluate", "refscale.cli", "refscale.format.container",
              "refscale.demo", "refscale.files", "refscale.export", "refscale"} | onnx | \
         {m for m in graph if m.startswith("refscale.train")}
     for name, edges in graph.items():
@@ -89,11 +90,37 @@ def test_layers():
     assert all("refscale.cli" not in edges for name, edges in graph.items() if name != "refscale.__main__")
 
 
+def test_format_below_io_below_the_pipeline():
+    """refscale.format (container, raster record, codecs, inter payloads, the 8-bit rounding rule)
+    imports only itself and refscale.errors: no I/O, model, pipeline or CLI. refscale.io (image
+    files, rasters) imports only itself, the format layer and refscale.errors. Neither package's
+    ``__init__`` imports anything, so one module of a layer comes alone."""
+    graph = import_graph()
+    fmt = {m for m in graph if m == "refscale.format" or m.startswith("refscale.format.")}
+    io = {m for m in graph if m == "refscale.io" or m.startswith("refscale.io.")}
+    assert {"refscale.format.container", "refscale.format.raster_record", "refscale.format.codecs",
+            "refscale.format.inter", "refscale.format.rounding"} <= fmt
+    assert {"refscale.io.image", "refscale.io.raster"} <= io
+    for name in fmt:
+        assert graph[name] <= fmt | {"refscale.errors"}, (name, graph[name] - fmt)
+        assert not graph[name] & io, name
+    for name in io:
+        assert graph[name] <= io | fmt | {"refscale.errors"}, (name, graph[name] - io - fmt)
+    assert graph["refscale.format"] == set() and graph["refscale.io"] == set()
+    # below the pipeline, the models, their blocks and ops take the rounding rule (their quantizers'
+    # forward value) from the format layer, nothing else of it or of the I/O layer
+    for name, edges in graph.items():
+        if name.startswith(("refscale.models", "refscale.nn", "refscale.ops")):
+            assert edges & (fmt | io) <= {"refscale.format.rounding"}, (name, edges & (fmt | io))
+    old = {"refscale.container", "refscale.raster", "refscale.codecs", "refscale.inter", "refscale.imageio"}
+    assert not old & set(graph), old & set(graph)  # moved, no shims left behind
+
+
 def test_one_tile_loop_below_the_pipeline():
     """refscale.tiling (the Tiler of the encoder, decoder and on-board loop) sits below the
     pipeline: it imports no model, container, pipeline or anything above them."""
     graph = import_graph()
-    assert graph["refscale.tiling"] <= {"refscale.ops", "refscale.raster"}
+    assert graph["refscale.tiling"] <= {"refscale.ops", "refscale.io.raster"}
     assert "refscale.tiling" in graph["refscale.pipeline"] and "refscale.tiling" in graph["refscale.onnx.onboard"]
 
 

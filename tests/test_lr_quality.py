@@ -158,8 +158,8 @@ def test_cli_scores_saved_lr_folders_like_the_model(tmp_path, capsys):
 
     from benchmarks import lr_quality as cli
 
-    from refscale.imageio import read_image, write_image
-    from refscale.metrics import to_uint8
+    from refscale.io.image import read_image, write_image
+    from refscale.format.rounding import to_uint8
 
     data, lr_dir = tmp_path / "set", tmp_path / "lr"
     for i in range(2):

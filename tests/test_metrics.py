@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from refscale import metrics
+from refscale.format import rounding
 from refscale.ops import rgb_to_ycbcr
 from tests.conftest import synthetic_image
 
@@ -18,8 +19,8 @@ def noisy_pair(h=48, w=40, seed=0, sigma=0.05):
 
 def test_to_uint8_rounds_and_clamps():
     x = torch.tensor([-0.2, 0.0, 0.5 / 255, 1.4 / 255, 0.5, 1.0, 3.0])
-    assert metrics.to_uint8(x).tolist() == [0, 0, 0, 1, 128, 255, 255]
-    assert metrics.to_uint8(x).dtype == torch.uint8
+    assert rounding.to_uint8(x).tolist() == [0, 0, 0, 1, 128, 255, 255]
+    assert rounding.to_uint8(x).dtype == torch.uint8
 
 
 def test_psnr_known_values():
@@ -35,7 +36,7 @@ def test_psnr_matches_skimage_rgb_and_y_and_crops_border():
     from skimage.metrics import peak_signal_noise_ratio
 
     a, b = noisy_pair()
-    ua, ub = (metrics.to_uint8(t)[0].permute(1, 2, 0).numpy() for t in (a, b))
+    ua, ub = (rounding.to_uint8(t)[0].permute(1, 2, 0).numpy() for t in (a, b))
     ref = peak_signal_noise_ratio(ua[4:-4, 4:-4], ub[4:-4, 4:-4], data_range=255)
     assert float(metrics.psnr(a, b, crop_border=4, y_channel=False)) == pytest.approx(ref, abs=1e-9)
     ya, yb = (rgb_to_ycbcr(torch.from_numpy(u).double().permute(2, 0, 1)[None] / 255, y_only=True)[0, 0].numpy() * 255 for u in (ua, ub))
@@ -57,7 +58,7 @@ def test_ssim_matches_skimage(crop):
     from skimage.metrics import structural_similarity
 
     a, b = noisy_pair(seed=3)
-    ua, ub = (metrics.to_uint8(t)[0].permute(1, 2, 0).numpy().astype(np.float64) for t in (a, b))
+    ua, ub = (rounding.to_uint8(t)[0].permute(1, 2, 0).numpy().astype(np.float64) for t in (a, b))
     if crop:
         ua, ub = ua[crop:-crop, crop:-crop], ub[crop:-crop, crop:-crop]
     kw = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255)

@@ -25,9 +25,10 @@ from torch import nn
 
 from conftest import synthetic_image
 from refscale import ops, pipeline, zoo
-from refscale.container import Packet
+from refscale.format.container import Packet
 from refscale.errors import ContainerError, InputError, ModelError
-from refscale.metrics import psnr, to_uint8
+from refscale.format.rounding import to_uint8
+from refscale.metrics import psnr
 from refscale.protocol import Rescaler, SideSpec, register
 
 TESTS = Path(__file__).resolve().parent
@@ -111,7 +112,7 @@ def test_any_size_round_trip_is_padded_and_cropped_invisibly(size):
 
 
 def test_inputs_may_be_arrays_and_paths(tmp_path):
-    from refscale.imageio import write_image
+    from refscale.io.image import write_image
 
     model = ToyAvg()
     hr = synthetic_image(20, 24)
@@ -358,9 +359,9 @@ DECODE_SCRIPT = textwrap.dedent("""
     torch.set_num_threads(1)
     from test_pipeline import ToyRef
     from refscale import zoo
-    from refscale.container import Packet
-    from refscale.imageio import read_image
-    from refscale.metrics import to_uint8
+    from refscale.format.container import Packet
+    from refscale.io.image import read_image
+    from refscale.format.rounding import to_uint8
     ref = read_image({ref!r})
     out = ToyRef().decode(Packet.from_bytes(open({rsc!r}, "rb").read()), ref, seed=7)
     print(hashlib.sha256(to_uint8(out).numpy().tobytes()).hexdigest())
@@ -374,7 +375,7 @@ DECODE_SCRIPT = textwrap.dedent("""
 def test_two_processes_decode_identical_pixels(tmp_path):
     """Same container + reference + seed -> identical pixels in two fresh processes (a toy
     reference model, tiled; and a randomly initialised IRN in the default precision)."""
-    from refscale.imageio import read_image, write_image
+    from refscale.io.image import read_image, write_image
 
     hr, ref = pair(40, 48)
     write_image(ref, tmp_path / "ref.png")
@@ -456,7 +457,7 @@ def test_bicubic_round_trip_if_available():
 def test_reference_fingerprint_is_of_the_reference_as_given():
     """encode records the fingerprint of the reference it was given (before resampling and
     registration); decoding with the same file passes, a one-level change anywhere is refused."""
-    from refscale.container import reference_fingerprint
+    from refscale.format.container import reference_fingerprint
 
     model = ToyRef()
     hr, ref = pair(24, 32)
@@ -519,7 +520,7 @@ def test_registration_recovers_a_known_shift(shift, monkeypatch):
     the 2015 image moved against the 2017 one), also on the central window of large images."""
     from refscale import registration
     from refscale.demo import real_pair
-    from refscale.imageio import as_image_tensor
+    from refscale.io.image import as_image_tensor
 
     img = synthetic_image(128, 160, seed=2)
     est = registration.estimate_shift(img, _moved(img, shift))
@@ -539,7 +540,7 @@ def test_a_reference_of_another_size_is_resampled_then_registered(monkeypatch):
     file and no option, resamples and warps it identically: bit-identical reference pixels for
     the model at both ends (hence the same F_c)."""
     from refscale.demo import real_pair
-    from refscale.imageio import as_image_tensor
+    from refscale.io.image import as_image_tensor
 
     new, old = (as_image_tensor(a) for a in real_pair())
     hr = new[..., 16:112, 16:144]
@@ -568,7 +569,7 @@ def test_registration_recovers_a_known_rotation(degrees, shift, monkeypatch):
 
     from refscale import registration
     from refscale.demo import real_pair
-    from refscale.imageio import as_image_tensor
+    from refscale.io.image import as_image_tensor
 
     new, old = (as_image_tensor(a) for a in real_pair())
     turned = torch.from_numpy(np.stack([rotate(c, degrees, reshape=False, order=3, mode="mirror")
@@ -597,7 +598,7 @@ def test_a_rotated_reference_gets_no_spurious_shift(degrees):
 
     from refscale import registration
     from refscale.demo import real_pair
-    from refscale.imageio import as_image_tensor
+    from refscale.io.image import as_image_tensor
 
     new, old = (as_image_tensor(a) for a in real_pair())
     a = old.double()[0].numpy()
@@ -610,7 +611,7 @@ def test_encoder_and_decoder_see_the_same_registered_reference(monkeypatch):
     """encode estimates and records the shift; decode moves its copy of the reference by it: the
     model gets bit-identical reference pixels at both ends (hence the same F_c)."""
     from refscale.demo import real_pair
-    from refscale.imageio import as_image_tensor
+    from refscale.io.image import as_image_tensor
 
     new, old = (as_image_tensor(a)[..., :96, :128] for a in real_pair())
     ref = _moved(old, (4.0, -6.5))

@@ -15,12 +15,14 @@ import torch
 from PIL import Image
 
 from conftest import synthetic_image
-from refscale import pipeline, raster, zoo
+from refscale import pipeline, zoo
+from refscale.io import raster
 from refscale.cli import main
-from refscale.container import Packet, read_header
+from refscale.format.container import Packet, read_header
 from refscale.errors import ContainerError, InputError
-from refscale.imageio import read_image, write_image
-from refscale.raster import RasterRecord, from_model, read_raster, to_model
+from refscale.io.image import read_image, write_image
+from refscale.format.raster_record import Mask, RasterRecord
+from refscale.io.raster import from_model, read_raster, to_model
 from test_pipeline import ToyRef
 
 rasterio = pytest.importorskip("rasterio")
@@ -459,7 +461,7 @@ def test_outputs_honour_the_umask(tmp_path, capsys, mask):
 
 
 def test_codec_hint_names_the_extra(monkeypatch):
-    from refscale import codecs
+    from refscale.format import codecs
 
     monkeypatch.setattr(codecs, "_probe", lambda name: False)
     with pytest.raises(InputError, match=r"refscale\[codecs\]"):
@@ -492,7 +494,7 @@ def test_record_round_trip_and_refusals():
             RasterRecord.from_bytes(zlib.compress(text))
     with pytest.raises(ContainerError, match="zlib"):
         RasterRecord.from_bytes(r.to_bytes()[:-3])
-    masked = record(nodata=0.0, mask=raster.Mask.from_bool(np.eye(5, 6, dtype=bool)[None]))
+    masked = record(nodata=0.0, mask=Mask.from_bool(np.eye(5, 6, dtype=bool)[None]))
     blob = masked.to_bytes()
     assert RasterRecord.from_bytes(blob) == masked and json.loads(zlib.decompress(blob))["v"] == 2
     json_end = len(blob) - json.loads(zlib.decompress(blob))["mask"]["length"]

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from refscale.imageio import write_image
+from refscale.io.image import write_image
 from refscale.zoo import card_for
 from tests.conftest import synthetic_image
 

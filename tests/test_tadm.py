@@ -17,7 +17,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
 from refscale import pipeline, zoo  # noqa: E402
-from refscale.container import Packet  # noqa: E402
+from refscale.format.container import Packet  # noqa: E402
 from refscale.errors import ModelError  # noqa: E402
 from refscale.models.tadm import backbone  # noqa: E402
 from conftest import synthetic_image  # noqa: E402

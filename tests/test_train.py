@@ -21,6 +21,7 @@ from torch import nn
 
 from refscale import zoo
 from refscale.errors import RefScaleError
+from refscale.format import rounding
 from refscale.protocol import Rescaler, register
 from refscale.train import engine
 from refscale.train.config import ConfigError
@@ -256,7 +257,7 @@ def _psnr_vs_bicubic(model, hr, ref):
 
     with torch.no_grad():
         lr, side = model.downscale(hr, ref)
-        lr_q = metrics.to_uint8(lr).float() / 255
+        lr_q = rounding.to_uint8(lr).float() / 255
         rec = model.upscale(lr_q, side, ref, temperature=0.0, generator=torch.Generator().manual_seed(0))
         bic = ops.bicubic_up(lr_q, model.scale)
     return metrics.psnr(rec, hr, crop_border=model.scale).item(), metrics.psnr(bic, hr, crop_border=model.scale).item()
@@ -275,7 +276,7 @@ def test_overfit_one_image_beats_bicubic(tmp_path, arch, config, steps, lr):
     by a clear margin (> 3 dB; measured 4.9-5.4 dB for IRN over seeds 0-3, where 200 steps at a
     constant rate gave 3.1-4.8 dB). After 300 steps a flow has not yet learned to make HR
     insensitive to the sampled z, so the reconstruction is decoded at temperature 0."""
-    from refscale.imageio import read_image
+    from refscale.io.image import read_image
 
     root = write_pairs(tmp_path / "one", n=1, size=32)
     cfg = tiny_config(root, steps=steps, model={"arch": arch, "config": config}, optim={"lr": lr},

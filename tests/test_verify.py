@@ -11,9 +11,10 @@ from conftest import synthetic_image
 from test_conformance import CASES, build
 from refscale import ops, pipeline, zoo
 from refscale.cli import main
-from refscale.container import Packet, read_header
-from refscale.imageio import write_image
-from refscale.metrics import psnr, to_uint8
+from refscale.format.container import Packet, read_header
+from refscale.io.image import write_image
+from refscale.format.rounding import to_uint8
+from refscale.metrics import psnr
 from refscale.protocol import Rescaler
 
 

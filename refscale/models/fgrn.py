@@ -57,6 +57,7 @@ from torch import nn
 
 from refscale import ops
 from refscale.errors import ModelError
+from refscale.format.rounding import round_8bit
 from refscale.nn.invertible import AffineCoupling, FlowSequence, dense_subnet, exact
 from refscale.nn.layers import ResidualTrunk, init_convs
 from refscale.nn.speed import FastInference
@@ -170,17 +171,17 @@ class FGRN(FastInference, Rescaler):
 
     # ------------------------------------------------------------------ ONNX export
     def export_graphs(self) -> ExportGraphs:
-        """The two maps with the quantizers' forward value (:func:`refscale.ops.round_8bit`) in
+        """The two maps with the quantizers' forward value (:func:`refscale.format.rounding.round_8bit`) in
         place of their straight-through form, in fp32."""
         self.set_speed()
         return ExportGraphs(self._export_down, self._export_up)
 
     def _export_down(self, hr, ref=None):
-        lr, _ = self.flow(ops.round_8bit(self.down(hr)))  # F(Q(Gd(hr))), as downscale
+        lr, _ = self.flow(round_8bit(self.down(hr)))  # F(Q(Gd(hr))), as downscale
         return lr.clamp(0, 1), {}
 
     def _export_up(self, lr, side=None, ref=None, z=None):
-        return self.up(ops.round_8bit(self.flow.inverse(lr))).clamp(0, 1)  # Gu(Q(F^-1(lr))), as upscale
+        return self.up(round_8bit(self.flow.inverse(lr))).clamp(0, 1)  # Gu(Q(F^-1(lr))), as upscale
 
     def training_losses(self, hr, ref=None):
         x = self.represent(hr)

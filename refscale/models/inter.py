@@ -3,7 +3,7 @@ coded as a video P-frame predicted from the reference (issue 19).
 
 The rescaler itself is the identity (``downscale(hr, ref) = (hr, {})``, ``upscale(lr) = lr``):
 all the work is done by its default LR codec (``h264-inter``, ``hevc-inter``, ``av1-inter``;
-:mod:`refscale.inter`), which the pipeline gives the reference at the LR's size -- at scale 1
+:mod:`refscale.format.inter`), which the pipeline gives the reference at the LR's size -- at scale 1
 the 8-bit reference itself. So ``refscale encode new.png --ref archive.png -m inter-h264 -q 60``
 writes a ``.rsc`` whose LR section is the P-frame, and the same codecs code the LR of any other
 rescaler (``-m bicubic-x2 --codec h264-inter``). ``needs_reference`` is True: the container then

@@ -33,14 +33,14 @@ removed, this package moves to ``dynamo=True`` with ``Dim.AUTO``.
 Metadata (ONNX ``metadata_props``, strings; :func:`read_metadata`): ``refscale.model``,
 ``refscale.weights_hash``, ``refscale.scale``, ``refscale.tile`` (0 = dynamic), ``refscale.opset``
 and the rest of :data:`META_KEYS`, among them the container fields the ground side needs
-(``refscale.container``: scale, alignment, precision, side tensors with their torch dtypes,
+(``refscale.format.container``: scale, alignment, precision, side tensors with their torch dtypes,
 recommended tile layout, the 8-bit rounding rule).
 
 Modules: :mod:`~refscale.onnx.graphs` (what is exported: graphs, signature, refusals, metadata),
 :mod:`~refscale.onnx.runtime` (ONNX Runtime and the check), :mod:`~refscale.onnx.export`
 (:func:`export_onnx`), :mod:`~refscale.onnx.onboard` (:func:`onboard_encode`, a reference
 implementation of the on-board loop), :mod:`~refscale.onnx.wrap` (:func:`wrap`: the
-:class:`~refscale.container.Packet` from the on-board outputs, which ``refscale decode`` decodes).
+:class:`~refscale.format.container.Packet` from the on-board outputs, which ``refscale decode`` decodes).
 
 ONNX and ONNX Runtime come from the ``onnx`` extra (``pip install 'refscale[onnx]'``); without it
 every function here raises one :class:`~refscale.errors.ModelError` line naming the extra.

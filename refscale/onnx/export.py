@@ -14,6 +14,7 @@ import torch
 
 from refscale import pipeline
 from refscale.errors import InputError, ModelError
+from refscale.format import rounding
 from refscale.onnx.graphs import (FORMAT, FlatDecoder, FlatEncoder, Signature, check_part, model_graphs, require_onnx,
                                   round_up, set_metadata, signature, unsupported_reason)
 from refscale.onnx.runtime import TOLERANCE, check_graph, example_inputs, within_tolerance
@@ -113,10 +114,10 @@ def _metadata(model: Rescaler, part: str, sig: Signature, tile: int | None, min_
         "auto_tile_pixels": pipeline.AUTO_TILE_PIXELS,
         "padding": "reflect, bottom/right, to a multiple of the alignment (torch.nn.functional.pad mode='reflect'; "
                    "'replicate' when the padding is not smaller than the side)",
-        "lr_rounding": "uint8 = round_half_to_even(clamp(lr, 0, 1) * 255)",
+        "lr_rounding": rounding.RULE,
         "tiling": "refscale.tiling.grid(padded, tile, overlap, alignment); keep each window's core",
         "needs_reference": sig.needs_reference,
-        "reference_fingerprint": "refscale.container.reference_fingerprint of the 8-bit reference as given",
+        "reference_fingerprint": "refscale.format.container.reference_fingerprint of the 8-bit reference as given",
     }
     return {
         "format": FORMAT, "model": model.name, "arch": f"{model.arch}-x{s}", "weights_hash": model.weights_hash(),

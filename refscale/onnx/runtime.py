@@ -11,7 +11,7 @@ import torch
 
 from refscale import pipeline
 from refscale.errors import InputError, ModelError
-from refscale.metrics import to_uint8
+from refscale.format.rounding import to_uint8
 from refscale.nn.invertible import sample_latent
 from refscale.onnx.graphs import Signature, model_graphs, probe, read_metadata, require_onnx, signature
 from refscale.protocol import Rescaler

@@ -1,5 +1,5 @@
 """The ground side of on-board encoding: :func:`wrap` builds the ``.rsc``
-:class:`~refscale.container.Packet` from what the exported encoder produced (``refscale wrap``),
+:class:`~refscale.format.container.Packet` from what the exported encoder produced (``refscale wrap``),
 which ``refscale decode`` decodes like any other."""
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from refscale import pipeline
-from refscale.container import Packet
+from refscale.format.container import Packet
 from refscale.errors import InputError
-from refscale.metrics import to_uint8
+from refscale.format.rounding import to_uint8
 from refscale.onnx.graphs import read_metadata
 from refscale.onnx.onboard import OnboardOutput
 
@@ -70,7 +70,7 @@ def wrap(lr, side: dict[str, Any] | None, meta: dict[str, Any] | str | os.PathLi
             raise InputError("reference fingerprint must be 64 hex digits")
     else:
         ref_hash = None
-    from refscale import codecs
+    from refscale.format import codecs
 
     codec, quality = codecs.resolve(codec, quality, c.get("codec", "png"))
     if codecs.needs_reference(codec):
@@ -89,7 +89,7 @@ def wrap_files(lr: str | os.PathLike, graph: str | os.PathLike, *, side: dict[st
     (float before rounding, or uint8) or an 8-bit image file; ``side`` maps names to ``.npy``
     files (for a ``.npz`` they override its arrays); ``graph`` is the exported encoder (its metadata
     names the model); arguments given here override what the ``.npz`` holds."""
-    from refscale.imageio import read_image
+    from refscale.io.image import read_image
 
     meta = read_metadata(graph)
     p = Path(lr)
@@ -118,7 +118,7 @@ def _load_npy(p: Path) -> np.ndarray:
 
 
 def _smallest(name: str, a: np.ndarray) -> np.ndarray:
-    from refscale.container import smallest_integer_array
+    from refscale.format.container import smallest_integer_array
 
     return smallest_integer_array(name, a)
 
@@ -143,4 +143,4 @@ def _lr_uint8(lr) -> np.ndarray:
     if not np.isfinite(a).all():
         raise InputError("LR contains NaN or infinite values")
     t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-    return to_uint8(t).numpy()  # the pipeline's rounding: round(clamp(x, 0, 1) * 255), half to even
+    return to_uint8(t).numpy()  # the format's 8-bit rounding rule

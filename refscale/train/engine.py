@@ -61,6 +61,7 @@ from torch import nn
 
 from refscale import zoo
 from refscale.errors import ModelError, RefScaleError
+from refscale.format.rounding import to_uint8
 from refscale.nn.speed import resolve_bf16
 from refscale.train import checkpoint as ckpt
 from refscale.train.config import DEFAULTS, ConfigError, load_file, resolve
@@ -229,7 +230,7 @@ def val_crops(samples: list, cfg: dict, multiple: int, needs_ref: bool) -> list[
     ``(name, hr, ref, coded)`` (the decoded LR cropped alike; the crop's offsets are then
     multiples of the alignment)."""
     from refscale import data as rdata
-    from refscale.imageio import read_image
+    from refscale.io.image import read_image
 
     v, coded = cfg["val"], cfg["data"]["coded"]
     out = []
@@ -283,7 +284,7 @@ def _validate(model, crops, seed, channels_last):
         x_hr = hr.contiguous(memory_format=torch.channels_last) if channels_last else hr
         x_ref = ref.contiguous(memory_format=torch.channels_last) if (channels_last and ref is not None) else ref
         lr, side = model.downscale(x_hr, x_ref)
-        lr_q = metrics.to_uint8(lr.float()).float() / 255.0
+        lr_q = to_uint8(lr.float()).float() / 255.0
         if coded:  # data.coded: the LR as the codec decoded it
             lr_q = coded[0].to(dev)
         g = torch.Generator(device=dev).manual_seed(seed + i)

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from refscale.errors import InputError
-from refscale.imageio import as_image_tensor, is_greyscale_file, read_image, write_image
+from refscale.io.image import as_image_tensor, is_greyscale_file, read_image, write_image
 from tests.conftest import synthetic_image
 
 
@@ -122,7 +122,7 @@ def test_a_file_of_several_images_is_refused(tmp_path, capsys, suffix):
     """Issue 26, item 5.7: an animated GIF (PNG, WebP) or a 2-page TIFF was read as its first
     frame without a word; now one line naming the file and the count, from the API and the CLI
     (as the image and as the reference). One frame of the same format still reads."""
-    from refscale import raster
+    from refscale.io import raster
     from refscale.cli import main
 
     first, *rest = _frames(2)
@@ -148,7 +148,7 @@ def test_a_file_of_several_images_is_refused(tmp_path, capsys, suffix):
 def test_multi_page_tiff_refused_on_every_reader(tmp_path, monkeypatch):
     """The TIFF readers other than Pillow: rasterio in memory and window by window, imagecodecs
     without rasterio; a TIFF with overviews (reduced-resolution pages) is one image."""
-    from refscale import raster
+    from refscale.io import raster
 
     first, *rest = _frames(2)
     p = tmp_path / "pages.tif"
@@ -165,7 +165,7 @@ def test_multi_page_tiff_refused_on_every_reader(tmp_path, monkeypatch):
             dst.build_overviews([2, 4])
         assert raster.read_raster(ov).tensor.shape == (1, 3, 64, 64)
         assert raster.read_raster(ov, windowed=True).size == (64, 64)
-        from refscale.imageio import frame_count
+        from refscale.io.image import frame_count
 
         assert frame_count(ov) == 1
     monkeypatch.setattr(raster, "have_rasterio", lambda: False)

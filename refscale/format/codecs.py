@@ -1,10 +1,10 @@
 """LR image codecs for the ``.rsc`` container: PNG (default), WebP, JPEG, AVIF, JPEG XL, JPEG 2000,
-and the inter-frame codecs ``h264-inter``, ``hevc-inter``, ``av1-inter`` (:mod:`refscale.inter`).
+and the inter-frame codecs ``h264-inter``, ``hevc-inter``, ``av1-inter`` (:mod:`refscale.format.inter`).
 
 Every still-image codec maps an 8-bit RGB array ``[h, w, 3]`` to a standard bitstream and back.
 An inter-frame codec (``Codec.needs_reference``) also needs the reference at the LR's size on
 both sides (``ref=`` of :func:`encode_image` / :func:`decode_image`): it codes the LR as a video
-P-frame predicted from it; quality maps to the encoder's CRF (see :mod:`refscale.inter`).
+P-frame predicted from it; quality maps to the encoder's CRF (see :mod:`refscale.format.inter`).
 
 ``quality`` is an integer 1..100 (higher is better) or ``None``:
 
@@ -31,6 +31,7 @@ bitstream becomes a :class:`~refscale.errors.ContainerError`.
 from __future__ import annotations
 
 import io
+import numbers
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -148,7 +149,7 @@ CODECS: dict[str, Codec] = {
 
 
 def _inter_codec(name: str) -> Codec:
-    from refscale import inter
+    from refscale.format import inter
 
     return Codec(name, "PyAV", False, lambda arr, q, ref: inter.encode(name, arr, q, ref),
                  lambda data, size, ref, exact=True: inter.decode(name, data, size, ref, exact), needs_reference=True)
@@ -174,7 +175,7 @@ def _probe(name: str) -> bool:
     """True when this machine can encode and decode ``name`` (inter codecs: PyAV has the encoder
     and decoder; still codecs: a tiny round trip, cached)."""
     if CODECS[name].needs_reference:
-        from refscale import inter
+        from refscale.format import inter
 
         return inter.available(name)
     return _probe_still(name)
@@ -201,7 +202,7 @@ def require(codec: str) -> Codec:
     name = canonical(codec)
     if not _probe(name):
         if CODECS[name].needs_reference:
-            from refscale import inter
+            from refscale.format import inter
 
             raise InputError(f"codec {name} is not available on this machine: {inter.missing_reason(name)}")
         hint = "imagecodecs, the codecs extra: pip install 'refscale[codecs]'" if CODECS[name].library == "imagecodecs" else "a Pillow build with this format"
@@ -223,12 +224,40 @@ def check_quality(codec: str, quality: int | None) -> int | None:
     return int(quality)
 
 
-def resolve(codec: str | None, quality: int | None = None, default: str | None = None) -> tuple[str, int | None]:
-    """The codec choice of a caller, resolved once at the boundary: ``(canonical name, checked
-    quality)`` (``codec=None``: ``default``; ``quality=None``: the codec's default), or
-    :class:`InputError`. Idempotent: a resolved pair resolves to itself."""
+def check_budget(quality: int | None = None, bpp: float | None = None, max_bytes: int | None = None) -> None:
+    """Refuse an inconsistent choice of quality / ``bpp`` / ``max_bytes`` (at most one) or a
+    non-positive budget, before any work is done."""
+    given = [n for n, v in (("a quality", quality), ("a bpp budget", bpp), ("a byte budget", max_bytes)) if v is not None]
+    if len(given) > 1:
+        raise InputError(f"give one of a codec quality, a bpp budget or a byte budget, not {' and '.join(given)}")
+    if bpp is not None:
+        check_bpp(bpp)
+    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, numbers.Integral) or max_bytes < 1):
+        raise InputError(f"the byte budget must be a positive integer, got {max_bytes!r}")
+
+
+def check_bpp(bpp) -> float:
+    """``bpp`` as a float, or :class:`InputError` unless it is a positive, finite number of bits per pixel."""
+    bpp = float(bpp)
+    if not bpp > 0 or bpp == float("inf"):
+        raise InputError(f"the bit budget must be a positive number of bits per pixel, got {bpp}")
+    return bpp
+
+
+def resolve(codec: str | None, quality: int | None = None, default: str | None = None, *, bpp: float | None = None,
+            max_bytes: int | None = None, available: bool = False) -> tuple[str, int | None]:
+    """The codec choice of a caller (name, and a quality or a byte budget), resolved once at the
+    boundary: ``(canonical name, checked quality)`` (``codec=None``: ``default``, e.g. the model's
+    ``default_codec``; ``quality=None``: the codec's default), with ``bpp`` / ``max_bytes``
+    checked against it and each other (:func:`check_budget`) and, with ``available``, the codec
+    available on this machine (:func:`require`); else :class:`InputError`. Idempotent: a
+    resolved pair resolves to itself, so an API that a resolving caller calls may resolve again."""
     name = canonical(codec, default)
-    return name, check_quality(name, quality)
+    quality = check_quality(name, quality)
+    check_budget(quality, bpp, max_bytes)
+    if available:
+        require(name)
+    return name, quality
 
 
 def needs_reference(codec: str) -> bool:
@@ -238,8 +267,8 @@ def needs_reference(codec: str) -> bool:
 
 def inter_payload(codec: str, section: bytes) -> dict:
     """What an inter-frame codec's LR section records: ``{"payload_version", "mode", "crf",
-    "encoder"}`` (mode ``inter``: a P-frame, ``intra``: an intra frame; :mod:`refscale.inter`)."""
-    from refscale import inter
+    "encoder"}`` (mode ``inter``: a P-frame, ``intra``: an intra frame; :mod:`refscale.format.inter`)."""
+    from refscale.format import inter
 
     p = inter.parse(canonical(codec), bytes(section))
     return {"payload_version": p.version, "mode": p.mode, "crf": p.crf, "encoder": p.identity}
@@ -247,14 +276,14 @@ def inter_payload(codec: str, section: bytes) -> dict:
 
 def effective_quality(codec: str, quality: int | None) -> int | None:
     """The quality ``encode_image`` really uses: ``quality``, else the codec's default for a lossy
-    codec (JPEG 95, the inter codecs ``refscale.inter.DEFAULT_QUALITY``: 50, 45, 60), else ``None`` (lossless)."""
+    codec (JPEG 95, the inter codecs ``refscale.format.inter.DEFAULT_QUALITY``: 50, 45, 60), else ``None`` (lossless)."""
     name = canonical(codec)
     if quality is not None:
         return int(quality)
     if name == "jpeg":
         return JPEG_DEFAULT_QUALITY
     if CODECS[name].needs_reference:
-        from refscale.inter import DEFAULT_QUALITY
+        from refscale.format.inter import DEFAULT_QUALITY
 
         return DEFAULT_QUALITY[name]
     return None

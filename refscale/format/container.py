@@ -9,10 +9,10 @@ The header body names the model and the hash of its weights, the fingerprint of 
 the image was encoded with (version 2; :func:`reference_fingerprint`), the scale, the original and
 padded image size, the tile layout, the LR codec and quality, and describes each section
 (length and CRC32). The sections follow in header order: the LR image bitstream (for an
-inter-frame codec, a P-frame predicted from the reference; :mod:`refscale.inter`), then
+inter-frame codec, a P-frame predicted from the reference; :mod:`refscale.format.inter`), then
 one losslessly compressed side tensor per entry (e.g. RefScale's similarity map), then (format
 version 3 and later) the raster record: georeferencing, source dtype, bands and the intensity
-mapping of a GeoTIFF / 16-bit / float input (:mod:`refscale.raster`). Version 4 adds the rotation
+mapping of a GeoTIFF / 16-bit / float input (:mod:`refscale.format.raster_record`). Version 4 adds the rotation
 of the reference (registration) after its shift. Version 5 adds the verifying encoder's record
 (:class:`Verification`: the decoding seed and temperature it checked, and which blocks decode
 by the bicubic fallback) as the last section. Each file is written in the oldest version that
@@ -37,7 +37,6 @@ import dataclasses
 import hashlib
 import lzma
 import math
-import numbers
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -45,9 +44,9 @@ from typing import Any
 
 import numpy as np
 
-from refscale import codecs
+from refscale.format import codecs
 from refscale.errors import ContainerError, InputError
-from refscale.raster import RasterRecord
+from refscale.format.raster_record import RasterRecord
 
 MAGIC = b"\x89RSC\r\n\x1a\n"
 VERSION = 5  # the newest version the writer writes: 5 with a verification record, 4 with a reference rotation, 3 with a raster record, else 2
@@ -164,14 +163,14 @@ class Packet:
     ``ref_shift`` is the translation ``(dy, dx)`` the encoder applied to that reference before the
     model saw it (registration), in units of ``refscale.registration.SHIFT_UNIT`` pixels, after
     turning it by ``ref_rotation`` units of ``refscale.registration.ROTATION_UNIT`` degrees (version 4).
-    ``raster`` (:class:`refscale.raster.RasterRecord`) records what the 8-bit image the model saw
+    ``raster`` (:class:`refscale.format.raster_record.RasterRecord`) records what the 8-bit image the model saw
     came from when that was not a plain 8-bit file: source dtype, band indices and descriptions,
     the per-band intensity mapping, nodata, CRS and geotransform (format version 3).
     ``verification`` (:class:`Verification`, format version 5): what the verifying encoder
     checked and where the bicubic fallback decodes; ``verify_report`` is the encoder's summary of
     that check (not stored).
 
-    Inter-frame LR codecs (``h264-inter``, ...; :mod:`refscale.inter`) predict the LR from the
+    Inter-frame LR codecs (``h264-inter``, ...; :mod:`refscale.format.inter`) predict the LR from the
     reference at the LR's size, ``lr_ref`` (uint8 ``[h, w, 3]``, not stored: the encoder sets it,
     ``refscale.pipeline.lr_reference``). A packet read from such a file has ``lr = None`` and the
     section in ``lr_data``; :meth:`with_lr` gives the packet with it decoded from the reference
@@ -198,7 +197,7 @@ class Packet:
     ref_shift: tuple[int, int] = (0, 0)
     ref_rotation: int = 0
     version: int = VERSION  # of the file it was read from
-    raster: RasterRecord | None = None  # file-level metadata and intensity mapping (refscale.raster)
+    raster: RasterRecord | None = None  # file-level metadata and intensity mapping (refscale.format.raster_record)
     lr_ref: np.ndarray | None = field(default=None, repr=False, compare=False)  # inter codecs only
     lr_data: bytes | None = field(default=None, repr=False, compare=False)  # inter codecs: the undecoded section
     verification: Verification | None = field(default=None, compare=False)
@@ -217,7 +216,7 @@ class Packet:
         then chosen by :meth:`fit` (the chosen quality is recorded in the header as usual).
         """
         if max_bytes is not None:
-            check_budget(quality, None, max_bytes)
+            codecs.check_budget(quality, None, max_bytes)
             return self.fit(self.codec if codec is None else codec, max_bytes)[0]
         if codec is None:
             codec, quality = self.codec, (self.quality if quality is None else quality)
@@ -236,10 +235,8 @@ class Packet:
         monotone for all five) bisection may stop one or two steps below the best fitting
         quality. Raises :class:`InputError` when even quality 1 does not fit.
         """
-        codec = codecs.canonical(codec)
-        check_budget(None, None, max_bytes)
+        codec, _ = codecs.resolve(codec, max_bytes=max_bytes, available=True)
         max_bytes = int(max_bytes)
-        codecs.require(codec)
         header, side_blobs = self._header_and_side(codec)
         files: dict[int | None, bytes] = {}
 
@@ -782,28 +779,9 @@ def _assemble(header: Header, quality: int | None, lr_bytes: bytes, side_blobs: 
     return header.pack() + lr_bytes + b"".join(side_blobs)
 
 
-def check_budget(quality: int | None = None, bpp: float | None = None, max_bytes: int | None = None) -> None:
-    """Refuse an inconsistent choice of quality / ``bpp`` / ``max_bytes`` (at most one) or a
-    non-positive budget, before any work is done."""
-    given = [n for n, v in (("a quality", quality), ("a bpp budget", bpp), ("a byte budget", max_bytes)) if v is not None]
-    if len(given) > 1:
-        raise InputError(f"give one of a codec quality, a bpp budget or a byte budget, not {' and '.join(given)}")
-    if bpp is not None:
-        _check_bpp(bpp)
-    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, numbers.Integral) or max_bytes < 1):
-        raise InputError(f"the byte budget must be a positive integer, got {max_bytes!r}")
-
-
-def _check_bpp(bpp) -> float:
-    bpp = float(bpp)
-    if not bpp > 0 or bpp == float("inf"):
-        raise InputError(f"the bit budget must be a positive number of bits per pixel, got {bpp}")
-    return bpp
-
-
 def bytes_for_bpp(bpp: float, size: tuple[int, int]) -> int:
     """The whole-file byte budget of ``bpp`` bits per pixel of an ``(H, W)`` image (rounded down)."""
-    bpp = _check_bpp(bpp)
+    bpp = codecs.check_bpp(bpp)
     n = int(bpp * size[0] * size[1] // 8)
     if n < 1:
         raise InputError(f"{bpp} bpp of a {size[1]}x{size[0]} image is less than one byte")

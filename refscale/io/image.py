@@ -12,7 +12,7 @@
   with the mode the umask gives new files (:func:`publish`).
 
 Files with georeferencing, more than three bands or more than 8 bits that must come back in
-their own dtype go through :mod:`refscale.raster` (a recorded, invertible intensity mapping).
+their own dtype go through :mod:`refscale.io.raster` (a recorded, invertible intensity mapping).
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from refscale.errors import InputError
+from refscale.format.rounding import to_uint8
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".ppm", ".pgm")
 
@@ -166,14 +167,14 @@ def read_array(path: str | os.PathLike) -> np.ndarray:
 def read_image(path: str | os.PathLike) -> torch.Tensor:
     """Read an image file as ``[1,3,H,W]`` float32 in [0,1] (16-bit divided by 65535: precision
     kept, no record; files with georeferencing, more than 3 bands or a recorded intensity mapping
-    go through :func:`refscale.raster.read_raster`)."""
+    go through :func:`refscale.io.raster.read_raster`)."""
     p = Path(path)
     if p.suffix.lower() in (".tif", ".tiff") and p.is_file():
         tags = tiff_tags(p)
         bands = tags.get(TIFF_SAMPLES_PER_PIXEL, 1) if tags else 1
         if bands not in (1, 3):  # a 4th band is never taken for alpha in a TIFF (e.g. RGB + NIR)
             raise InputError(f"{p.name} has {bands} bands; choose the three the model sees "
-                             f"(refscale encode --bands, refscale.raster.read_raster(path, bands=...))")
+                             f"(refscale encode --bands, refscale.io.raster.read_raster(path, bands=...))")
     return _array_to_tensor(read_array(p), p.name)
 
 
@@ -268,7 +269,7 @@ def _format_for(path: Path) -> str:
 
 
 def write_image(x, path: str | os.PathLike, overwrite: bool = False, **save_options) -> Path:
-    """Write one image as 8 bits (``round(clamp(x)*255)``), format by suffix, atomically
+    """Write one image as 8 bits (:func:`refscale.format.rounding.to_uint8`), format by suffix, atomically
     (temporary file + ``os.replace``). Refuses an existing file unless ``overwrite``.
     ``save_options`` go to Pillow (e.g. ``quality=95`` for JPEG)."""
     p = Path(path)
@@ -276,7 +277,7 @@ def write_image(x, path: str | os.PathLike, overwrite: bool = False, **save_opti
         raise InputError(f"{p} exists; refusing to overwrite it")
     fmt = _format_for(p)
     t = as_image_tensor(x)
-    arr = torch.round(t[0].clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    arr = to_uint8(t[0]).permute(1, 2, 0).cpu().numpy()
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
