@@ -12,7 +12,9 @@ Conventions (tests/test_benchmarks_cli.py checks them):
   ``python -m benchmarks NAME`` is the documented form;
 - results: JSON through :mod:`benchmarks.store` (one writer, default file ``out/bench/NAME.json``);
   Markdown blocks of the docs pages through :func:`benchmarks.report_common.write_section`
-  (``--write docs/<page>.md`` replaces a ``<!-- name:start -->`` ... ``<!-- name:end -->`` block);
+  (``--write docs/<page>.md`` replaces a ``<!-- name:start -->`` ... ``<!-- name:end -->`` block and
+  keeps it as data in ``docs/results/NAME.json``, from which ``python -m benchmarks render``
+  regenerates every block: :mod:`benchmarks.render`);
 - the package's public API only: no ``from refscale... import _x`` and no ``module._x``.
 """
 from __future__ import annotations

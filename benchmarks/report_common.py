@@ -111,16 +111,41 @@ def page_with(results: Path, start: str) -> Path:
     return holders[0] if holders else results
 
 
-def write_section(results: Path, body: str, start: str, end: str) -> None:
+def command_line() -> str:
+    """This process's command line as a user would type it: ``python -m benchmarks NAME ARGS``
+    (also for ``python -m benchmarks.NAME``; another program: its file name, never its path)."""
+    import shlex
+    import sys
+
+    from benchmarks import names
+
+    prog = sys.argv[0]
+    if prog.endswith(".py"):
+        stem = Path(prog).stem
+        prog = f"python -m benchmarks {stem}" if stem in names() else Path(prog).name
+    return " ".join([prog, *map(shlex.quote, sys.argv[1:])])
+
+
+def write_section(results: Path, body: str, start: str, end: str, source: str | list[str] | None = None) -> None:
     """Replace the text between the ``start`` and ``end`` markers in the page that holds them
-    (:func:`page_with`; append the block to ``results`` if no page does)."""
+    (:func:`page_with`; append the block to ``results`` if no page does), and keep the block as
+    data: ``results/NAME.json`` beside the page (:mod:`benchmarks.render`, whose renderer then
+    writes the page: ``python -m benchmarks render`` gives the same), measured by ``source``
+    (default: this command line)."""
+    from benchmarks import render
+
+    name = re.fullmatch(r"<!-- ([\w:.-]+):start -->", start).group(1)
+    assert end == f"<!-- {name}:end -->", (start, end)
     results = page_with(Path(results), start)
-    text = results.read_text()
-    block = f"{start}\n{body.strip()}\n{end}"
-    if start in text:
-        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    doc = render.document(name, body, source or command_line())
+    render.save(doc, results.parent / "results")
+    text = results.read_text() if results.exists() else ""
+    if name in render.blocks(text):
+        text = render.replace_block(text, name, render.render(doc))
+    elif start in text:
+        raise SystemExit(f"{results}: the markers of {name} are not alone on their lines")
     else:
-        text = text.rstrip() + "\n\n" + block + "\n"
+        text = (text.rstrip() + "\n\n" if text.strip() else "") + f"{start}\n{render.render(doc)}\n{end}\n"
     results.write_text(text)
     print("updated", results)
 

@@ -30,10 +30,15 @@ def plain(value):
 def save(data, path: str | os.PathLike, default=plain) -> Path:
     """Write ``data`` to ``path`` as JSON atomically, its folder created; ``default`` turns the
     values JSON does not know into ones it does (:func:`plain`). Returns the path."""
+    return write_text(json.dumps(data, indent=1, default=default) + "\n", path)
+
+
+def write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write ``text`` to ``path`` atomically (through ``PATH.tmp``), its folder created. Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=default) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
     return path
 

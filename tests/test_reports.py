@@ -131,6 +131,8 @@ def test_out_of_domain_runs_caches_and_tabulates(tiny_data, tmp_path, monkeypatc
     text = md.read_text()
     assert "| Set5 | oscd | fgrn-x2-oscd (" in text and "needs a reference" in text
     assert "placeholder" not in doc.read_text() and doc.read_text().endswith("<!-- ood:end -->\n\nafter\n")
+    kept = json.loads((tmp_path / "results" / "ood.json").read_text())  # the block as data beside the page
+    assert kept["block"] == "ood" and kept["source"][0] and any("rows" in p for p in kept["parts"])
 
     calls = []
     monkeypatch.setattr(out_of_domain, "measure", lambda *a: calls.append(a))
