@@ -18,7 +18,7 @@ MAX_TOTAL_BYTES = 1_500_000
 
 BODY = """Means over 3 images. Regenerate with:
 
-    python -m benchmarks x report --write docs/p.md
+    python -m benchmarks x report --write p.md
 
 | model | PSNR-Y | vs bicubic | note |
 |---|---:|---:|:---:|
@@ -67,7 +67,7 @@ def test_parse_and_render_give_the_block_back():
     table = parts[1]
     assert table["columns"] == ["model", "PSNR-Y", "vs bicubic", "note"] and table["align"] == "lrrc"
     assert table["rows"] == [["bicubic", "30.00", None, "-"], ["**fgrn**", "**35.00**", "+5.00", ""]]
-    assert parts[0]["text"] == ["Means over 3 images. Regenerate with:", "", "    python -m benchmarks x report --write docs/p.md", ""]
+    assert parts[0]["text"] == ["Means over 3 images. Regenerate with:", "", "    python -m benchmarks x report --write p.md", ""]
     assert parts[2]["text"][-2:] == ["| not | a table |", "| because | no separator line |"]  # kept as text
     doc = render.document("rd:x", BODY, "python -m benchmarks x report")
     assert render.filename("rd:x") == "rd_x.json" and doc["source"] == ["python -m benchmarks x report"]
