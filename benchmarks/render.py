@@ -4,7 +4,8 @@
 block of docs/*.md from ``docs/results/NAME.json`` (``:`` in a name is ``_`` in the file name);
 ``--check`` changes nothing and exits 1 where a page would change, a block has no results file or
 a results file no block (``tests/test_docs_results.py`` runs it, so the pages and their data cannot
-drift apart).
+drift apart). ``--adopt`` first keeps a block that has no results file (written by hand, or
+measured before its results were kept) as data, parsed back from its page: the same text.
 
 A results file is one block as data, small JSON::
 
@@ -180,12 +181,60 @@ def regenerate(docs_dir: Path = DOCS, results: Path | None = None) -> tuple[dict
     return pages, problems
 
 
+#: a command line in a page: a benchmark or an evaluation
+COMMAND = re.compile(r"^\s*(?:PYTHONPATH=\S+ )?(?:python -m benchmarks|refscale evaluate)\b")
+
+
+def commands_near(text: str, name: str) -> list[str]:
+    """The commands quoted for block ``name`` of a page's ``text``: those of the fenced code
+    blocks between the previous heading (or block end) and the block, then those inside it."""
+    m = next(m for m in BLOCK.finditer(text) if m.group("name") == name)
+    before = text[:m.start()].splitlines()
+    i = len(before)
+    while i > 0 and not before[i - 1].startswith("#") and not before[i - 1].endswith(":end -->"):
+        i -= 1
+    found, fence = [], False
+    for line in before[i:]:
+        if line.startswith("```"):
+            fence = not fence
+        elif fence and COMMAND.match(line):
+            found.append(line.strip())
+    found += [c.strip() for c in (m.group("body") or "").splitlines() if COMMAND.match(c) and c.strip() not in found]
+    return found
+
+
+def adopt(docs_dir: Path = DOCS, names: list[str] | None = None, results: Path | None = None) -> list[Path]:
+    """Keep blocks written by hand (or measured before their results were kept) as data: parse
+    each block of ``names`` (default: every block without a results file) back from its page
+    into ``results``, the same text; ``source``: the file's earlier one, else the commands quoted
+    with the block (:func:`commands_near`). Returns the files written."""
+    folder = Path(results or Path(docs_dir) / "results")
+    data = load(folder) if folder.is_dir() else {}
+    written = []
+    for page in sorted(Path(docs_dir).glob("*.md")):
+        text = page.read_text()
+        for m in BLOCK.finditer(text):
+            name = m.group("name")
+            if (name in data) if names is None else (name not in names):
+                continue
+            source = data.get(name, {}).get("source") or commands_near(text, name) or ["(written by hand)"]
+            doc = document(name, m.group("body") or "", source, note=f"parsed back from the block in docs/{page.name}")
+            written.append(save(doc, folder))
+    return written
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="change nothing; exit 1 where a page would change")
     ap.add_argument("--docs", type=Path, default=DOCS, help="the docs folder (default: the repository's docs/)")
     ap.add_argument("--results", type=Path, default=None, help="the results folder (default DOCS/results)")
+    ap.add_argument("--adopt", nargs="*", metavar="NAME", default=None,
+                    help="first keep blocks as data, parsed back from their pages: these (re-parsed), or without a "
+                         "NAME every block that has no results file (a block written by hand or before this existed)")
     args = ap.parse_args(argv)
+    if args.adopt is not None:
+        for path in adopt(args.docs, args.adopt or None, args.results):
+            print("kept", path)
     pages, problems = regenerate(args.docs, args.results)
     changed = [p for p, text in pages.items() if text != p.read_text()]
     for page in changed:

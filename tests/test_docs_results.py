@@ -128,3 +128,21 @@ def test_the_source_recorded_is_the_command_a_user_types(monkeypatch):
     assert command_line() == "python -m benchmarks oscd_report table --write docs/oscd.md"
     monkeypatch.setattr("sys.argv", ["somewhere/benchmarks/rd_curves.py", "report", "--name", "a b"])  # python -m benchmarks.rd_curves
     assert command_line() == "python -m benchmarks rd_curves report --name 'a b'"
+
+
+def test_adopt_keeps_a_block_written_by_hand_as_data(tmp_path, capsys):
+    """A block without a results file fails the check; ``--adopt`` parses it back from its page
+    (same text) with the commands quoted above it as its source."""
+    page = tmp_path / "p.md"
+    text = f"# P\n\n## Speed\n\n```\npython -m benchmarks x run --out a.json\n```\n\n<!-- t:start -->\n{BODY}\n<!-- t:end -->\n"
+    page.write_text(text)
+    assert render.main(["--docs", str(tmp_path), "--check"]) == 1
+    assert render.main(["--docs", str(tmp_path), "--adopt", "--check"]) == 0
+    doc = json.loads((tmp_path / "results" / "t.json").read_text())
+    assert doc["source"] == ["python -m benchmarks x run --out a.json", "python -m benchmarks x report --write p.md"]
+    assert page.read_text() == text and render.render(doc) == BODY
+    page.write_text(text.replace("30.00", "31.00"))  # edited by hand: re-adopted by name, its source kept
+    assert render.main(["--docs", str(tmp_path), "--check"]) == 1
+    assert render.main(["--docs", str(tmp_path), "--adopt", "t"]) == 0
+    assert json.loads((tmp_path / "results" / "t.json").read_text())["parts"][1]["rows"][0][1] == "31.00"
+    capsys.readouterr()
