@@ -45,7 +45,7 @@ from refscale.format.rounding import round_8bit
 from refscale.data import discover, iter_full_images
 
 from benchmarks import store
-from benchmarks.report_common import add_study_options, write_text
+from benchmarks.report_common import add_study_options, write_section, write_text
 
 SHIFTS = (0, 2, 5, 20, 40)
 ROTATIONS = (1, 5, 10)
@@ -252,6 +252,7 @@ def main(argv=None) -> int:
     ap.add_argument("--border-modes", nargs="+", choices=registration.BORDERS, default=None,
                     help="instead: compare these fills of the strip the registration warp uncovers (registered runs only)")
     ap.add_argument("--figure", type=Path, help="PNG figure (needs matplotlib: the report extra)")
+    ap.add_argument("--write", type=Path, help="replace the misalignment block of this docs page (and docs/results/misalignment.json)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.load:
@@ -271,6 +272,8 @@ def main(argv=None) -> int:
     text = border_markdown(rows) if rows and "border" in rows[0] else to_markdown(rows)
     print(text)
     write_text(args.md, text)
+    if args.write and not (rows and "border" in rows[0]):  # the border study has no docs block
+        write_section(args.write, text, "<!-- misalignment:start -->", "<!-- misalignment:end -->")
     if args.figure:
         figure(rows, args.figure)
     return 0
