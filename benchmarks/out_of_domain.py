@@ -49,7 +49,7 @@ OSCD = "oscd"  # the ten OSCD test cities (split.json "test")
 #: models trained on OSCD, run on the natural sets; the reference models cannot run there
 OSCD_MODELS = ("irn-x2", "fgrn-x2-oscd", "irn-x4", "fgrn-x4-oscd")
 REFERENCE_MODELS = ("refscale-x2", "refscale-x4")
-NATURAL_MODELS = ("irn-x2-natural", "fgrn-x2-natural", "irn-x4-natural", "fgrn-x4-natural")
+NATURAL_MODELS = ("irn-x2-natural", "fgrn-x2-natural", "fgrn-x4-natural")
 NOT_RUN = "needs a reference: not run (natural images have none)"
 START, END = "<!-- ood:start -->", "<!-- ood:end -->"
 MEAN_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "frac_off40", "bpp", "seconds")
