@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 import benchmarks
-from benchmarks.report_common import (add_precision_option, fmt, learning_curves, ood_cell, training_budget, worst_cell,
+from benchmarks.report_common import (add_precision_option, fmt, learning_curves, load_ood, ood_cell, training_budget, worst_cell,
                                       write_section)
 
 from refscale.zoo import card_for
@@ -176,12 +176,7 @@ def glance_markdown(rows: list[dict], sets: list[str], ood: dict | None, command
 
 
 def cmd_glance(args) -> str:
-    ood = None
-    if args.ood is not None:
-        if args.ood.exists():
-            ood = json.loads(args.ood.read_text())
-        else:
-            print(f"note: {args.ood} does not exist; the out-of-domain column is empty", file=sys.stderr)
+    ood = load_ood(args.ood)
     text = glance_markdown(evaluations(args), args.sets, ood, " ".join(["python -m benchmarks natural_report", *sys.argv[1:]]))
     print(text)
     return text

@@ -43,7 +43,7 @@ import torch
 from refscale import zoo
 
 from benchmarks import store
-from benchmarks.report_common import (add_precision_option, fmt, learning_curves, ood_cell, training_budget, worst_cell,
+from benchmarks.report_common import (add_precision_option, fmt, learning_curves, load_ood, ood_cell, training_budget, worst_cell,
                                       write_section)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,12 +172,7 @@ def glance_markdown(rows: list[dict], ood: dict | None, command: str) -> str:
 
 
 def cmd_glance(args) -> str:
-    ood = None
-    if args.ood is not None:
-        if args.ood.exists():
-            ood = json.loads(args.ood.read_text())
-        else:
-            print(f"note: {args.ood} does not exist; the out-of-domain column is empty", file=sys.stderr)
+    ood = load_ood(args.ood)
     text = glance_markdown(evaluations(args), ood, " ".join(["python -m benchmarks oscd_report", *sys.argv[1:]]))
     print(text)
     return text

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import sys
 from pathlib import Path
 
 #: the shared OSCD folder next to the repository (../shared/data/oscd)
@@ -183,3 +185,14 @@ def ood_cell(ood: dict | None, weights: str, sets: tuple[str, ...] | None = None
         else:
             cells.append(f"{r['set']} RGB {r['psnr_rgb'] - base['psnr_rgb']:+.2f} / Y {r['psnr_y'] - base['psnr_y']:+.2f}")
     return "; ".join(cells) if cells else "-"
+
+
+def load_ood(path: Path | None) -> dict | None:
+    """The results of ``python -m benchmarks out_of_domain --out PATH`` for an at-a-glance table's
+    "out of domain" column; None (an empty column, with a note) where there are none."""
+    if path is None:
+        return None
+    if not path.exists():
+        print(f"note: {path} does not exist; the out-of-domain column is empty", file=sys.stderr)
+        return None
+    return json.loads(path.read_text())
