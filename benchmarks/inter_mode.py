@@ -209,11 +209,11 @@ def simulate(args) -> None:
     """Replay :func:`refscale.inter.choose` on the ``why`` points of version 3 (P v3, I v3 and the
     fast pass): per image the BD-rate of the resulting curve against the better of P and I."""
     results = json.loads(Path(args.results).read_text())
-    qs = results["meta"]["qualities"]["v3"]
+    qs = results["meta"]["qualities"][args.sweep]
     for codec, labels in _by(results).items():
         crf = {q: inter.crf_for(codec, q) for q in qs}
-        P, I = labels["P v3"], labels["I v3"]
-        images = sorted(im for im in P if im in I and len(P[im]) == len(qs) == len(I[im]))
+        P, I = labels[args.pair[0]], labels[args.pair[1]]
+        images = sorted(im for im in P if im in I and all(q in P[im] and q in I[im] for q in qs))
         for c in args.lambdas:
             rows = []
             for im in images:
@@ -325,6 +325,34 @@ def check_report(args) -> None:
         print("wrote", args.json)
 
 
+def dense(args) -> None:
+    """The P-frame of payload versions 2 and 3 at the same dense CRF sweep (51, 46, ..., 6), per
+    image both ways: the BD-rate of version 3's against version 2's (what the new settings cost
+    the P-frame, free of the sampling of a 5-quality sweep)."""
+    torch.set_num_threads(1)
+    s = inter.SPECS[args.codec]
+    crfs = range(s.crf_max, 5, -5)
+    rows = {}
+    samples = [x for x in discover(args.data, split=args.split) if not args.images or x.name in args.images]
+    for name, hr, ref in iter_full_images(samples, multiple=CROP):
+        for image, new, old in ((name, hr, ref), (f"{name}~reverse", ref, hr)):
+            a, r = _u8(new), _u8(old)
+            h, w = a.shape[:2]
+            curves = {}
+            for version in (2, 3):
+                pts = []
+                for crf in crfs:
+                    packets = inter._code(s, crf, "inter", inter.to_planes(s, a), inter.to_planes(s, r), version)
+                    rec = inter.from_planes(s, inter._decode_frames(s, packets, inter._padded_size(s, h, w))[1], (h, w))
+                    hat = torch.from_numpy(rec).permute(2, 0, 1)[None].float() / 255
+                    pts.append((len(packets[1]) * 8 / (h * w), float(metrics.psnr(hat, new, crop_border=CROP)[0])))
+                curves[version] = pts
+            rows[image] = bd(curves[2], curves[3])["bd_rate"]
+            print(f"{image}: version 3's P-frame against version 2's {rows[image]:+.2f} %", flush=True)
+    vals = [v for v in rows.values() if v is not None]
+    print(f"{args.codec}: {len(vals)} images, median {statistics.median(vals):+.2f} %, range {min(vals):+.2f} .. {max(vals):+.2f} %")
+
+
 def timing(args) -> None:
     """Encode time of ``auto`` against ``inter`` (the whole LR section: for inter the P-frame and
     frame 0's check; for auto also the decision), the minimum of ``--repeats`` alternating runs."""
@@ -370,6 +398,8 @@ def main(argv=None) -> None:
     s = sub.add_parser("simulate", help="replay the decision on the why points")
     s.add_argument("--results", required=True)
     s.add_argument("--lambdas", nargs="*", type=float, default=[1.0], help="multiples of the codec's lambda")
+    s.add_argument("--pair", nargs=2, default=["P v3", "I v3"], help="the P-frame and intra variants to decide between")
+    s.add_argument("--sweep", default="v3", help="their common qualities (a key of WHY_QUALITIES)")
     s.add_argument("--margins", nargs="*", type=float, default=[0.1, 0.2, 0.3, 0.4, 0.5], help="fast-pass margins to try")
     s.add_argument("--verbose", action="store_true")
     s.set_defaults(func=simulate)
@@ -377,6 +407,12 @@ def main(argv=None) -> None:
     k.add_argument("--results", required=True, nargs="+", help="results JSON of benchmarks/rd_curves.py run with inter codecs")
     k.add_argument("--json", default=None)
     k.set_defaults(func=check_report)
+    d = sub.add_parser("dense", help="the P-frame of payload versions 2 and 3 at one dense CRF sweep")
+    d.add_argument("--data", required=True)
+    d.add_argument("--split", default=None)
+    d.add_argument("--images", nargs="*", default=None)
+    d.add_argument("--codec", default="hevc-inter", choices=list(inter.SPECS))
+    d.set_defaults(func=dense)
     m = sub.add_parser("timing", help="encode time of auto against inter")
     m.add_argument("--data", required=True)
     m.add_argument("--split", default="test")
