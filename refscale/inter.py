@@ -156,14 +156,15 @@ SETTINGS[3] = {"h264-inter": {**SETTINGS[2]["h264-inter"], "params": "qcomp=0.99
                "av1-inter": {**SETTINGS[2]["av1-inter"], "intra": "use-fixed-qindex-offsets=1:key-frame-qindex-offset=0"}}
 #: the Lagrange multiplier's constant of :func:`rd_cost` per codec: the H.264 (JM, 0.85) and HEVC
 #: (HM, 0.57) reference encoders' own; on the OSCD train pairs the decision was as good from 0.7 to
-#: 1.2 times these (docs/results.md, "Inter mode decision"). AV1: HEVC's, with the CRF scaled to
-#: H.264's QP range (not calibrated)
-LAMBDA = {"h264-inter": 0.85, "hevc-inter": 0.57, "av1-inter": 0.57}
+#: 1.2 times these (docs/results.md, "Inter mode decision"). AV1 (the CRF scaled to H.264's QP
+#: range): the best single constant on the train pairs, 3.5 times HEVC's
+LAMBDA = {"h264-inter": 0.85, "hevc-inter": 0.57, "av1-inter": 2.0}
 #: the fast first pass of ``auto`` (:func:`choose`): the intra frame's encoder preset (None: the
-#: real intra frame is cheap enough, about an eighth of the P-frame's time with x264), and the
-#: log ratio of its cost to the P-frame's beyond which the P-frame is kept without coding the intra
-#: frame with the real settings (x265 ``ultrafast`` against ``slow``: at most 0.146 on the train pairs)
-FAST_PRESET = {"h264-inter": None, "hevc-inter": "ultrafast", "av1-inter": "12"}
+#: real intra frame is cheap enough: an eighth of the P-frame's time with x264, under half with
+#: SVT-AV1, against a quarter with x265), and the log ratio of its cost to the P-frame's beyond
+#: which the P-frame is kept without coding the intra frame with the real settings (x265
+#: ``ultrafast`` against ``slow``: at most 0.146 on the train pairs)
+FAST_PRESET = {"h264-inter": None, "hevc-inter": "ultrafast", "av1-inter": None}
 FAST_MARGIN = 0.2
 
 
