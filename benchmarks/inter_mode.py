@@ -353,6 +353,32 @@ def dense(args) -> None:
     print(f"{args.codec}: {len(vals)} images, median {statistics.median(vals):+.2f} %, range {min(vals):+.2f} .. {max(vals):+.2f} %")
 
 
+def budget(args) -> None:
+    """A size budget (``--bpp``): the PSNR-Y ``auto`` reaches (the quality search on its choice)
+    against the better of the searches with the mode forced to inter and to intra."""
+    from refscale import zoo  # noqa: PLC0415
+    from refscale.container import bytes_for_bpp  # noqa: PLC0415
+
+    torch.set_num_threads(1)
+    samples = [s for s in discover(args.data, split=args.split) if not args.images or s.name in args.images]
+    model = zoo.load(f"inter-{args.codec.split('-')[0]}")
+    gaps = []
+    for name, hr, ref in iter_full_images(samples, multiple=CROP):
+        packet = model.encode(hr, ref)
+        for bpp in args.bpp:
+            got = {}
+            for mode in ("inter", "intra", "auto"):
+                with inter.default_mode(mode):
+                    data, q = packet.fit(args.codec, bytes_for_bpp(bpp, packet.size))
+                hat = model.decode(Packet.from_bytes(data), ref)
+                got[mode] = (float(metrics.psnr(hat, hr, crop_border=CROP)[0]), q, len(data) * 8 / (hr.shape[-2] * hr.shape[-1]),
+                             inter.parse(args.codec, Packet.from_bytes(data).lr_data).mode)
+            gaps.append(got["auto"][0] - max(got["inter"][0], got["intra"][0]))
+            print(f"{name} {bpp} bpp: " + ", ".join(f"{m} q{v[1]} {v[2]:.3f} bpp {v[0]:.2f} dB ({v[3]})" for m, v in got.items()) +
+                  f"; auto - the better {gaps[-1]:+.2f} dB", flush=True)
+    print(f"auto - the better within the budget: median {statistics.median(gaps):+.2f} dB, min {min(gaps):+.2f} dB over {len(gaps)}")
+
+
 def timing(args) -> None:
     """Encode time of ``auto`` against ``inter`` (the whole LR section: for inter the P-frame and
     frame 0's check; for auto also the decision), the minimum of ``--repeats`` alternating runs."""
@@ -413,6 +439,13 @@ def main(argv=None) -> None:
     d.add_argument("--images", nargs="*", default=None)
     d.add_argument("--codec", default="hevc-inter", choices=list(inter.SPECS))
     d.set_defaults(func=dense)
+    b = sub.add_parser("budget", help="a size budget: auto against the better of inter and intra")
+    b.add_argument("--data", required=True)
+    b.add_argument("--split", default="test")
+    b.add_argument("--images", nargs="*", default=None)
+    b.add_argument("--codec", default="hevc-inter", choices=list(inter.SPECS))
+    b.add_argument("--bpp", nargs="*", type=float, default=[0.5, 2.0, 4.0])
+    b.set_defaults(func=budget)
     m = sub.add_parser("timing", help="encode time of auto against inter")
     m.add_argument("--data", required=True)
     m.add_argument("--split", default="test")
