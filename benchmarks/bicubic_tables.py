@@ -1,4 +1,4 @@
-"""Regenerate the bicubic rows of docs/results.md with the real CLI, one run at a time.
+"""Regenerate the bicubic tables of docs/evaluation.md with the real CLI, one run at a time.
 
     python benchmarks/bicubic_tables.py [--data ../shared/data] [--out runs/bicubic]
 

@@ -12,7 +12,7 @@ inter-* are listed as not exportable) both graphs are exported (dynamic H/W, ops
 * ``smap !=``: share of similarity-map levels that differ (RefScale);
 * ``HR max|d|``: max |d| of the decoder given the same 8-bit LR, map, reference and z;
 * ``PSNR-Y``: end to end, (refscale encode -> refscale decode) and (ONNX encoder on board ->
-  ``refscale.export.wrap`` -> ``.rsc`` -> refscale decode), mean over tiles, seed 0, t = 1, with
+  ``refscale.onnx.wrap`` -> ``.rsc`` -> refscale decode), mean over tiles, seed 0, t = 1, with
   ``register=False`` (the on-board loop does not register); ``d dB`` = ONNX - PyTorch;
 * speed: HR Mpx/s of one ``--size`` tile, median of ``--reps`` after a warm-up, encoder and
   decoder, ONNX Runtime (CPU provider, fp32) vs PyTorch fp32 and bf16 autocast + channels_last
@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from refscale import export, metrics, pipeline, zoo
+from refscale import metrics, pipeline, zoo
+from refscale import onnx as export
 from refscale.container import Packet
 from refscale.data import discover
 from refscale.imageio import read_image
@@ -129,9 +130,9 @@ def speed(model, paths: dict[str, Path], hr, ref, reps: int) -> dict:
             np_feed = {k: v.numpy() for k, v in feed.items()}
             out[f"{part}/onnx/{threads}"] = mpx / timed(lambda: g.session.run(None, np_feed), reps)
             for prec in ("fp32", "bf16"):
-                if not hasattr(model, "set_speed") and prec == "bf16":
+                if not model.supports_bf16 and prec == "bf16":
                     continue
-                if hasattr(model, "set_speed"):
+                if model.supports_bf16:
                     model.set_speed(bf16=prec == "bf16", channels_last=prec == "bf16")
                 gen = torch.Generator()
                 with torch.no_grad():
@@ -141,7 +142,7 @@ def speed(model, paths: dict[str, Path], hr, ref, reps: int) -> dict:
                         sd = {k: feed[k] for k in sig.side}
                         fn = lambda: model.upscale(feed["lr"], sd, r, generator=gen.manual_seed(0))  # noqa: E731
                     out[f"{part}/{prec}/{threads}"] = mpx / timed(fn, reps)
-                if hasattr(model, "set_speed"):
+                if model.supports_bf16:
                     model.set_speed(False, False)
     torch.set_num_threads(old)
     return out
@@ -175,7 +176,7 @@ def main(argv=None) -> int:
 
     result["onnxruntime"] = onnxruntime.__version__
     for name, spec in zoo.architectures().items():
-        reason = export.refusal(spec.cls.arch, name)
+        reason = export.refusal(spec.cls, name)
         if reason:
             result["not_exportable"][name] = reason
     with tempfile.TemporaryDirectory() as tmp:

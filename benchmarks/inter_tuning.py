@@ -157,7 +157,7 @@ def main(argv=None) -> None:
     p = sub.add_parser("report", help="BD-rate table of the candidates")
     p.add_argument("--results", required=True)
     p.add_argument("--common", action="store_true", help="every row of a codec on the pairs all its candidates have")
-    p.add_argument("--write", default=None, help="docs/results.md: replace the <!-- inter-tuning --> block")
+    p.add_argument("--write", default=None, help="docs/inter.md: replace the <!-- inter-tuning --> block (found in any page beside the file named)")
     p.add_argument("--command", default=None, help="the command line to quote (default: this one)")
     p.set_defaults(func=report)
     args = ap.parse_args(argv)

@@ -6,7 +6,7 @@ saved LR images, as in FGRN Table 2.
     python benchmarks/lr_quality.py --check-baboon ../shared/data/natural/Set14/baboon.png
 
 Against FGRN Table 2's bicubic rows (``--data ../shared/data/natural/Urban100 -m bicubic-x2``, Y
-channel): docs/results.md, "FGRN vs IRN on natural images".
+channel): docs/natural.md, "LR quality against FGRN Table 2".
 """
 from __future__ import annotations
 

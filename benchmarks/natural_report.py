@@ -1,10 +1,15 @@
 """FGRN vs IRN on natural images (issue 6): FGRN Table 1 and Table 2 in our numbers.
 
-    python benchmarks/natural_report.py all --weights-dir /work/runs2 --write docs/results.md
+    python benchmarks/natural_report.py all --weights-dir runs --write docs/natural.md
 
-* ``table``: ``refscale evaluate`` (PSNR/SSIM on Y, border cropped by the scale) of bicubic,
-  IRN and FGRN at 2x and 4x on Set5, Set14 and Urban100, beside the paper's IRN and FGRN rows
-  (FGRN Table 1) and each model's training budget from its card.
+* ``table``: ``refscale evaluate`` (PSNR/SSIM on Y and on RGB, border cropped by the scale) of
+  bicubic, IRN and FGRN at 2x and 4x on Set5, Set14 and Urban100, beside the paper's IRN and FGRN
+  rows (FGRN Table 1, Y only) and each model's training budget from its card; then the colour
+  table: the worst image (lowest PSNR-RGB) and the fraction of pixels off by more than 40 levels.
+* ``glance``: the natural "Shipped models at a glance" table from the same evaluations (Y / RGB
+  per set, worst image, >40 levels and, with ``--ood``, PSNR-RGB / PSNR-Y against bicubic on the
+  OSCD test cities from ``benchmarks/out_of_domain.py``); ``--write`` replaces its
+  ``natural-glance`` block.
 * ``curves``: validation PSNR-Y against the training step of every natural model (model cards'
   ``val_history``), ``docs/figures/natural_learning_curves.png``.
 * ``lrq``: PIQE and NIQE of the LR images of bicubic, IRN and FGRN on the same sets, beside FGRN
@@ -24,7 +29,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks folder: report_common
-from report_common import add_precision_option, learning_curves, training_budget, write_section  # noqa: E402
+from report_common import (add_precision_option, fmt, learning_curves, ood_cell, training_budget, worst_cell,  # noqa: E402
+                           write_section)
 
 from refscale.zoo import card_for
 
@@ -50,6 +56,7 @@ PAPER_TABLE2 = {
     ("fgrn", 4): ((18.876, 40.627), (17.952, 35.464), (17.132, 36.991)),
 }
 START, END = "<!-- natural-table:start -->", "<!-- natural-table:end -->"
+GLANCE_START, GLANCE_END = "<!-- natural-glance:start -->", "<!-- natural-glance:end -->"
 
 
 def model_ref(arch: str, scale: int, weights_dir: Path | None) -> str:
@@ -72,34 +79,110 @@ def run(cmd: list[str], out: Path, reuse: bool) -> dict:
     return json.loads(out.read_text())
 
 
-def cmd_table(args) -> str:
-    head = " | ".join(f"{s} ours | {s} paper" for s in args.sets)
-    lines = [f"| scale | method | {head} | training budget |",
-             "|---:|---|" + "---:|---:|" * len(args.sets) + "---|"]
-    commands, used = [], set()
+def evaluations(args) -> list[dict]:
+    """Every (scale, method, set) ``{scale, arch, set, ref, result, command}``: ``refscale evaluate``
+    (with ``--reuse``, an existing JSON file is read instead); run once per call of the script."""
+    if getattr(args, "_evaluations", None) is not None:
+        return args._evaluations
+    rows = []
     for scale in args.scales:
         for arch in ARCHS:
             ref = model_ref(arch, scale, args.weights_dir)
-            cells = []
             for name in args.sets:
-                i = SETS.index(name)
                 out = args.out / f"{arch}_x{scale}_{name.lower()}.json"
                 cmd = ["refscale", "evaluate", "--data", str(args.data / name), "-m", ref,
                        "--draws", str(args.draws if arch == "irn" else 1), "--json", str(out),
                        "--save-lr", str(lr_folder(args.out, arch, scale, name)), "--force"]
                 if args.precision:
                     cmd += ["--precision", args.precision]
-                commands.append(" ".join(cmd))
-                result = run(cmd, out, args.reuse)
-                m = result["mean"]
-                if arch != "bicubic":
-                    used.add(result.get("precision", "fp32"))
-                p = PAPER_TABLE1[(arch, scale)][i]
-                cells.append(f"{m['psnr_y']:.2f} / {m['ssim_y']:.4f} | {p[0]:.2f} / {p[1]:.4f}")
-            lines.append(f"| x{scale} | {arch} | {' | '.join(cells)} | {training_budget(card_for(ref))} |")
-    text = ("PSNR-Y / SSIM-Y (border of `scale` pixels cropped); paper = FGRN Table 1 "
-            f"(DIV2K training at full budget); learned models run in {' and '.join(sorted(used))}:\n\n" + "\n".join(lines)
-            + "\n\nCommands:\n\n```\n" + "\n".join(commands) + "\n```\n")
+                rows.append({"scale": scale, "arch": arch, "set": name, "ref": ref, "command": " ".join(cmd),
+                             "result": run(cmd, out, args.reuse)})
+    args._evaluations = rows
+    return rows
+
+
+def table_markdown(rows: list[dict], sets: list[str]) -> str:
+    """FGRN Table 1 in our numbers (Y and RGB beside the paper's Y), then the colour table."""
+    head = " | ".join(f"{s} ours Y | {s} ours RGB | {s} paper Y" for s in sets)
+    lines = [f"| scale | method | {head} | training budget |",
+             "|---:|---|" + "---:|---:|---:|" * len(sets) + "---|"]
+    colour = ["| scale | method | " + " | ".join(f"{s} worst image (PSNR-RGB) | {s} >40 levels" for s in sets) + " |",
+              "|---:|---|" + "---|---:|" * len(sets)]
+    used = set()
+    for (scale, arch) in dict.fromkeys((r["scale"], r["arch"]) for r in rows):
+        cells, ccells = [], []
+        mine = {r["set"]: r for r in rows if (r["scale"], r["arch"]) == (scale, arch)}
+        for name in sets:
+            r = mine[name]
+            m = r["result"]["mean"]
+            if arch != "bicubic":
+                used.add(r["result"].get("precision", "fp32"))
+            p = PAPER_TABLE1[(arch, scale)][SETS.index(name)]
+            cells.append(f"{m['psnr_y']:.2f} / {m['ssim_y']:.4f} | {fmt(m.get('psnr_rgb'), '.2f')} / {fmt(m.get('ssim_rgb'), '.4f')} "
+                         f"| {p[0]:.2f} / {p[1]:.4f}")
+            ccells.append(f"{worst_cell(r['result'])} | {fmt(m.get('frac_off40'), '.2%')}")
+        ref = next(iter(mine.values()))["ref"]
+        lines.append(f"| x{scale} | {arch} | {' | '.join(cells)} | {training_budget(card_for(ref))} |")
+        colour.append(f"| x{scale} | {arch} | {' | '.join(ccells)} |")
+    return ("PSNR / SSIM on Y and on RGB (border of `scale` pixels cropped); paper = FGRN Table 1, Y only "
+            f"(DIV2K training at full budget); learned models run in {' and '.join(sorted(used)) or '-'}:\n\n" + "\n".join(lines)
+            + "\n\nColour: the worst image of each set (lowest PSNR-RGB) and the mean fraction of pixels with an RGB channel "
+            "off by more than 40 levels:\n\n" + "\n".join(colour)
+            + "\n\nCommands:\n\n```\n" + "\n".join(r["command"] for r in rows) + "\n```\n")
+
+
+def cmd_table(args) -> str:
+    text = table_markdown(evaluations(args), args.sets)
+    print(text)
+    return text
+
+
+def glance_markdown(rows: list[dict], sets: list[str], ood: dict | None, command: str) -> str:
+    """The natural at-a-glance table: PSNR-Y / PSNR-RGB per set (best of each scale in bold), the
+    worst image over the sets, >40 levels per set and the out-of-domain cell (OSCD test cities)."""
+    lines = [f"| model | steps | {' | '.join(f'{s} Y / RGB' for s in sets)} | worst image (PSNR-RGB) | >40 levels "
+             f"({' / '.join(sets)}) | out of domain: OSCD test cities, RGB / Y vs bicubic |",
+             "|---|---:|" + "---:|" * len(sets) + "---|---|---|"]
+    for scale in dict.fromkeys(r["scale"] for r in rows):
+        best = {(s, k): max((r["result"]["mean"].get(k) or -1e9) for r in rows if r["scale"] == scale and r["set"] == s)
+                for s in sets for k in ("psnr_y", "psnr_rgb")}
+        for arch in dict.fromkeys(r["arch"] for r in rows if r["scale"] == scale):
+            mine = {r["set"]: r for r in rows if (r["scale"], r["arch"]) == (scale, arch)}
+            ref = next(iter(mine.values()))["ref"]
+            card = card_for(ref)
+            name = card.get("name", ref)
+
+            def val(s, k):
+                m = mine[s]["result"]["mean"]
+                v = fmt(m.get(k), ".2f")
+                return f"**{v}**" if m.get(k) is not None and m[k] == best[(s, k)] and arch != "bicubic" else v
+
+            cells = [f"{val(s, 'psnr_y')} / {val(s, 'psnr_rgb')}" for s in sets]
+            worst = [(s, mine[s]["result"]) for s in sets if worst_cell(mine[s]["result"]) != "-"]
+            worst_text = "-"
+            if worst:
+                from refscale.evaluate import worst_image
+
+                s, result = min(worst, key=lambda t: worst_image(t[1])["psnr_rgb"])
+                worst_text = f"{s} {worst_cell(result)}"
+            frac = " / ".join(fmt(mine[s]["result"]["mean"].get("frac_off40"), ".2%") for s in sets)
+            label = name if arch == "bicubic" else f"`{name}`"
+            lines.append(f"| {label} | {card.get('iterations') or '-'} | {' | '.join(cells)} | {worst_text} | {frac} "
+                         f"| {ood_cell(ood, name, ('oscd',))} |")
+    return (f"Regenerated by `{command}` from the evaluations of the table in \"FGRN vs IRN on natural images\" "
+            "(PSNR-Y / PSNR-RGB, t = 1; worst image = lowest PSNR-RGB over the sets; >40 levels = mean fraction of "
+            "pixels with an RGB channel off by more than 40 levels; out of domain: `benchmarks/out_of_domain.py`, "
+            "\"Out of domain (issue 26)\"):\n\n" + "\n".join(lines) + "\n")
+
+
+def cmd_glance(args) -> str:
+    ood = None
+    if args.ood is not None:
+        if args.ood.exists():
+            ood = json.loads(args.ood.read_text())
+        else:
+            print(f"note: {args.ood} does not exist; the out-of-domain column is empty", file=sys.stderr)
+    text = glance_markdown(evaluations(args), args.sets, ood, " ".join(["python benchmarks/natural_report.py", *sys.argv[1:]]))
     print(text)
     return text
 
@@ -143,7 +226,7 @@ def cmd_curves(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("table", "lrq", "curves", "all"))
+    ap.add_argument("what", choices=("table", "glance", "lrq", "curves", "all"))
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "natural")
     ap.add_argument("--scales", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS, help="test sets (default: all three)")
@@ -152,6 +235,7 @@ def main() -> None:
     ap.add_argument("--weights-dir", type=Path, default=None, help="run folders instead of the shipped weights")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "natural_eval")
     ap.add_argument("--reuse", action="store_true", help="reuse existing evaluation JSON files")
+    ap.add_argument("--ood", type=Path, default=None, help="glance: the results JSON of benchmarks/out_of_domain.py")
     ap.add_argument("--write", type=Path, default=None, help="replace the marked section of this results file")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -164,6 +248,10 @@ def main() -> None:
         cmd_curves(args)
     if args.write and parts:
         write_section(args.write, "\n\n".join(parts), START, END)
+    if args.what in ("glance", "all"):
+        glance = cmd_glance(args)
+        if args.write:
+            write_section(args.write, glance, GLANCE_START, GLANCE_END)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,17 @@
 """The OSCD reproduction of RefScale's Table 1 (issue 5): table, figures, change masks, curves.
 
-    python benchmarks/oscd_report.py all --data ../shared/data/oscd --scales 2 4 --write docs/results.md
+    python benchmarks/oscd_report.py all --data ../shared/data/oscd --scales 2 4 --write docs/oscd.md
 
 * ``table``: ``refscale evaluate --split test --draws 5`` for bicubic, IRN, RefScale and FGRN at each
   scale (the shipped weights unless ``--weights-dir`` points at run folders), written to
   ``--out`` as JSON/Markdown; prints our rows beside the paper's Table 1 (RS dataset) and the
   training budget from each model card, and replaces the marked section of
-  ``docs/results.md`` (``--write docs/results.md``).
+  ``docs/oscd.md`` (``--write docs/oscd.md``).
+* ``glance``: the "Shipped models at a glance" table from the same evaluations (``table``'s JSON
+  files in ``--out``; missing ones are run): PSNR/SSIM on Y and RGB, the gain over bicubic, the
+  worst image, the >40-levels fraction, SI, bpp, size, training and, with ``--ood`` (the JSON of
+  ``benchmarks/out_of_domain.py``), the models' PSNR-RGB / PSNR-Y against bicubic on the natural
+  test sets; ``--write`` replaces its ``oscd-glance`` block.
 * ``figures``: for three test cities, HR / reference / LR of RefScale and IRN / similarity map
   / reconstructions (the paper's Fig. 3 and 5) -> ``docs/figures/oscd_<city>_x<s>.png``.
 * ``change``: mean transmitted similarity inside vs outside the changed areas
@@ -38,7 +43,8 @@ import torch
 from refscale import zoo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks folder: report_common
-from report_common import add_precision_option, learning_curves, training_budget, write_section  # noqa: E402
+from report_common import (add_precision_option, fmt, learning_curves, ood_cell, training_budget, worst_cell,  # noqa: E402
+                           write_section)
 
 ROOT = Path(__file__).resolve().parents[1]
 FIG_DIR = ROOT / "docs" / "figures"
@@ -50,6 +56,8 @@ PAPER = {
 }
 FIGURE_CITIES = ("dubai", "valencia", "lasvegas")
 START, END = "<!-- oscd-table:start -->", "<!-- oscd-table:end -->"
+GLANCE_START, GLANCE_END = "<!-- oscd-glance:start -->", "<!-- oscd-glance:end -->"
+NATURAL_SETS = ("Set5", "Set14", "Urban100")  # the out-of-domain sets of the OSCD models
 
 
 def model_ref(arch: str, scale: int, weights_dir: Path | None) -> str:
@@ -71,13 +79,14 @@ def learned_refs(scale: int, weights_dir: Path | None) -> list[str]:
             for r, arch in zip(refs, LEARNED)]
 
 
-def cmd_table(args) -> str:
+def evaluations(args) -> list[dict]:
+    """Every Table 1 row ``{scale, arch, ref, result, command}``: ``refscale evaluate`` on the test
+    split (with ``--reuse``, an existing JSON file in ``--out`` is read instead); run once per call
+    of the script."""
+    if getattr(args, "_evaluations", None) is not None:
+        return args._evaluations
     args.out.mkdir(parents=True, exist_ok=True)
-    lines = [
-        "| scale | method | PSNR-Y | SSIM-Y | PSNR-RGB | SI (LR) | bpp (.rsc) | bpp side | paper PSNR / SSIM / SI / bpp | training budget |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---|---|",
-    ]
-    commands = []
+    rows = []
     for scale in args.scales:
         for arch in ("bicubic", *LEARNED):
             ref = model_ref(arch, scale, args.weights_dir)
@@ -87,19 +96,89 @@ def cmd_table(args) -> str:
                    "--md", str(args.out / f"{stem}.md"), "--force"]
             if args.precision:
                 cmd += ["--precision", args.precision]
-            commands.append(" ".join(cmd))
             if not args.reuse or not (args.out / f"{stem}.json").exists():
                 print("$", " ".join(cmd), file=sys.stderr, flush=True)
                 subprocess.run(cmd, check=True)
-            r = json.loads((args.out / f"{stem}.json").read_text())
-            m = r["mean"]
-            card = zoo.card_for(ref)
-            budget = training_budget(card)
-            p = PAPER.get((arch, scale))
-            paper = "-" if p is None else f"{p[0]:.2f} / {p[1]:.3f} / {p[2]:.3f} / {p[3]:.2f}"
-            lines.append(f"| x{scale} | {arch} | {m['psnr_y']:.2f} | {m['ssim_y']:.4f} | {m['psnr_rgb']:.2f} | {m['si_lr']:.3f} | "
-                         f"{m['bpp']:.3f} | {m['bpp_side']:.4f} | {paper} | {budget} |")
-    text = "\n".join(lines) + "\n\nCommands:\n\n```\n" + "\n".join(commands) + "\n```\n"
+            rows.append({"scale": scale, "arch": arch, "ref": ref, "command": " ".join(cmd),
+                         "result": json.loads((args.out / f"{stem}.json").read_text())})
+    args._evaluations = rows
+    return rows
+
+
+def table_markdown(rows: list[dict]) -> str:
+    """Table 1 with our rows beside the paper's (RGB columns of older JSON files without them: "-")."""
+    lines = [
+        "| scale | method | PSNR-Y | SSIM-Y | PSNR-RGB | SSIM-RGB | worst image (PSNR-RGB) | >40 levels | SI (LR) | bpp (.rsc) "
+        "| bpp side | paper PSNR / SSIM / SI / bpp | training budget |",
+        "|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---|",
+    ]
+    for row in rows:
+        m, scale = row["result"]["mean"], row["scale"]
+        p = PAPER.get((row["arch"], scale))
+        paper = "-" if p is None else f"{p[0]:.2f} / {p[1]:.3f} / {p[2]:.3f} / {p[3]:.2f}"
+        lines.append(f"| x{scale} | {row['arch']} | {m['psnr_y']:.2f} | {m['ssim_y']:.4f} | {fmt(m.get('psnr_rgb'), '.2f')} | "
+                     f"{fmt(m.get('ssim_rgb'), '.4f')} | {worst_cell(row['result'])} | {fmt(m.get('frac_off40'), '.2%')} | "
+                     f"{m['si_lr']:.3f} | {m['bpp']:.3f} | {m['bpp_side']:.4f} | {paper} | {training_budget(zoo.card_for(row['ref']))} |")
+    return ("\n".join(lines) + "\n\nCommands:\n\n```\n" + "\n".join(r["command"] for r in rows) + "\n```\n")
+
+
+def cmd_table(args) -> str:
+    text = table_markdown(evaluations(args))
+    print(text)
+    return text
+
+
+def _weights_size(ref: str, card: dict) -> str:
+    path = Path(ref) if ref.endswith(".safetensors") else zoo.WEIGHTS_DIR / f"{card.get('name', ref)}.safetensors"
+    return f"{path.stat().st_size / 1e6:.1f} MB" if card and path.is_file() else "-"
+
+
+def glance_markdown(rows: list[dict], ood: dict | None, command: str) -> str:
+    """The at-a-glance table: one row per model, gains over bicubic of the same scale, the best
+    PSNR-Y and PSNR-RGB of each scale in bold, and the out-of-domain cell (natural test sets)."""
+    lines = [
+        "| model | PSNR-Y | vs bicubic | SSIM-Y | PSNR-RGB | vs bicubic | SSIM-RGB | worst image (PSNR-RGB) | >40 levels "
+        "| SI of the LR | bpp | params | stored | training | out of domain: natural sets, RGB / Y vs bicubic |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for scale in sorted({r["scale"] for r in rows}):
+        mine = [r for r in rows if r["scale"] == scale]
+        base = next(r["result"]["mean"] for r in mine if r["arch"] == "bicubic")
+        best = {k: max((r["result"]["mean"].get(k) or -1e9) for r in mine) for k in ("psnr_y", "psnr_rgb")}
+        for r in mine:
+            m, card = r["result"]["mean"], zoo.card_for(r["ref"])
+            name = card.get("name", r["ref"])
+            label = r["ref"] if name == r["ref"] else f"{Path(r['ref']).stem if r['ref'].endswith('.safetensors') else r['ref']} (`{name}`)"
+
+            def val(k, spec=".2f"):
+                v = fmt(m.get(k), spec)
+                return f"**{v}**" if m.get(k) is not None and m[k] == best.get(k) and r["arch"] != "bicubic" else v
+
+            def gain(k):
+                return "" if r["arch"] == "bicubic" or m.get(k) is None or base.get(k) is None else f"{m[k] - base[k]:+.2f}"
+
+            params = f"{card['params'] / 1e6:.2f}M" if card.get("params") else "0"
+            lines.append(f"| {label} | {val('psnr_y')} | {gain('psnr_y')} | {fmt(m.get('ssim_y'), '.4f')} | {val('psnr_rgb')} "
+                         f"| {gain('psnr_rgb')} | {fmt(m.get('ssim_rgb'), '.4f')} | {worst_cell(r['result'])} "
+                         f"| {fmt(m.get('frac_off40'), '.2%')} | {m['si_lr']:.3f} | {m['bpp']:.3f} | {params} "
+                         f"| {_weights_size(r['ref'], card)} | {training_budget(card)} | {ood_cell(ood, name, NATURAL_SETS)} |")
+    draws = max(r["result"].get("draws", 1) for r in rows)
+    precision = " and ".join(sorted({r["result"].get("precision") or "-" for r in rows if r["arch"] != "bicubic"})) or "-"
+    cities = len(rows[0]["result"]["images"])
+    return (f"Regenerated by `{command}` from the Table 1 evaluations ({cities} test cities, PNG LR, t = 1, PSNR/SSIM averaged "
+            f"over {draws} decode(s) of the stochastic models, {precision}; worst image = lowest "
+            "PSNR-RGB; >40 levels = mean fraction of pixels with an RGB channel off by more than 40 levels; "
+            "out of domain: `benchmarks/out_of_domain.py`, \"Out of domain (issue 26)\"):\n\n" + "\n".join(lines) + "\n")
+
+
+def cmd_glance(args) -> str:
+    ood = None
+    if args.ood is not None:
+        if args.ood.exists():
+            ood = json.loads(args.ood.read_text())
+        else:
+            print(f"note: {args.ood} does not exist; the out-of-domain column is empty", file=sys.stderr)
+    text = glance_markdown(evaluations(args), ood, " ".join(["python benchmarks/oscd_report.py", *sys.argv[1:]]))
     print(text)
     return text
 
@@ -335,7 +414,7 @@ def cmd_curves(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("table", "figures", "change", "probe", "curves", "heldout", "all"))
+    ap.add_argument("what", choices=("table", "glance", "figures", "change", "probe", "curves", "heldout", "all"))
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "oscd")
     ap.add_argument("--scales", type=int, nargs="+", default=[2])
     ap.add_argument("--draws", type=int, default=5)
@@ -345,6 +424,7 @@ def main() -> None:
     ap.add_argument("--crop", type=int, default=384, help="crop size (HR pixels) of the figures and of the probe")
     add_precision_option(ap)
     ap.add_argument("--reuse", action="store_true", help="reuse existing evaluation JSON files")
+    ap.add_argument("--ood", type=Path, default=None, help="glance: the results JSON of benchmarks/out_of_domain.py")
     ap.add_argument("--write", type=Path, default=None, help="replace the marked section of this results file")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -366,6 +446,10 @@ def main() -> None:
         cmd_curves(args)
     if args.write and parts:
         write_section(args.write, "\n\n".join(parts), START, END)
+    if args.what in ("glance", "all"):
+        glance = cmd_glance(args)
+        if args.write:
+            write_section(args.write, glance, GLANCE_START, GLANCE_END)
 
 
 if __name__ == "__main__":

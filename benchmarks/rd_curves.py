@@ -2,9 +2,10 @@
 
     python benchmarks/rd_curves.py run --data ../shared/data/oscd --split test \\
         --models bicubic-x2 irn-x2 refscale-x2 bicubic-x4 irn-x4 refscale-x4 --precision bf16 --out rd_oscd.json
-    python benchmarks/rd_curves.py report --results rd_oscd.json --name oscd --figures docs/figures --write docs/results.md
+    python benchmarks/rd_curves.py report --results rd_oscd.json --name oscd --figures docs/figures --write docs/rate-distortion.md
 
-``run`` measures, per image, PSNR-Y and SSIM-Y against bits per HR pixel for
+``run`` measures, per image, PSNR-Y and SSIM-Y, PSNR-RGB and SSIM-RGB and the fraction of pixels
+with an RGB channel off by more than 40 levels (``frac_off40``) against bits per HR pixel for
 
 * ``full``: each still codec alone at full resolution (the bare codec bitstream, no container:
   this favours the codec by the ~100 container bytes a refscale file carries); each inter codec
@@ -26,8 +27,10 @@ metric crops 4 px of border (BasicSR convention, the largest scale). Results are
 
 ``report`` averages rate and PSNR over the images at each quality (a curve per pipeline and
 codec), computes BD-rate / BD-PSNR (``refscale.rd``: ``bjontegaard``, pchip, over the
-overlapping range only) of every curve against every codec alone, draws one figure per codec
-and scale, and tabulates which pipeline is best at a few rates.
+overlapping range only) of every curve against every codec alone, on PSNR-Y and (where the points
+have it: files measured before RGB was recorded show "-") on PSNR-RGB, draws one figure per codec
+and scale, tabulates which pipeline is best at a few rates, and the colour at each curve's
+highest quality (PSNR-RGB, the worst image, >40 levels).
 """
 from __future__ import annotations
 
@@ -102,7 +105,26 @@ def _key(image: str, pipeline: str, codec: str, q: int) -> str:
 
 def _scores(hat: torch.Tensor, hr: torch.Tensor, grey: bool) -> dict:
     a, b = (metrics.grey_luma(hat), metrics.grey_luma(hr)) if grey else (hat, hr)
-    return {"psnr_y": float(metrics.psnr(a, b, crop_border=CROP)[0]), "ssim_y": float(metrics.ssim(a, b, crop_border=CROP)[0])}
+    return {"psnr_y": float(metrics.psnr(a, b, crop_border=CROP)[0]), "ssim_y": float(metrics.ssim(a, b, crop_border=CROP)[0]),
+            "psnr_rgb": float(metrics.psnr(hat, hr, crop_border=CROP, y_channel=False)[0]),
+            "ssim_rgb": float(metrics.ssim(hat, hr, crop_border=CROP, y_channel=False)[0]),
+            "frac_off40": float(metrics.fraction_off(hat, hr, crop_border=CROP)[0])}
+
+
+#: what a mean curve point averages; a key some point lacks (older results files) averages to None
+MEANS = ("bpp", "psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "frac_off40")
+
+
+def _mean_point(q: int, pts_list: list[dict], names: list[str]) -> dict:
+    """The mean over images of one quality, and the image of lowest PSNR-RGB (``worst``) where known."""
+    out = {"q": q, "images": len(pts_list)}
+    for k in MEANS:
+        vals = [pts[q].get(k) for pts in pts_list]
+        out[k] = None if any(v is None for v in vals) else float(np.mean(vals))
+    if out["psnr_rgb"] is not None:
+        i = int(np.argmin([pts[q]["psnr_rgb"] for pts in pts_list]))
+        out["worst"] = {"name": names[i], "psnr_rgb": pts_list[i][q]["psnr_rgb"]}
+    return out
 
 
 @contextlib.contextmanager
@@ -216,7 +238,8 @@ def _points(results: dict):
 
 
 def curves(results: dict, images: list[str] | None = None) -> dict[tuple[str, str], list[dict]]:
-    """``{(pipeline, codec): [{q, images, bpp, psnr_y, ssim_y}, ...]}``: means over one common set
+    """``{(pipeline, codec): [{q, images, bpp, psnr_y, ssim_y, psnr_rgb, ssim_rgb, frac_off40, worst}, ...]}``:
+    means over one common set
     of images (``images``, default every image the full-resolution curves, or without them all
     curves, have complete), so that
     all curves, and so every BD delta, average the same images; a curve not complete on that set
@@ -239,11 +262,9 @@ def curves(results: dict, images: list[str] | None = None) -> dict[tuple[str, st
         if not common or not common <= complete[(pipe, codec)]:
             print(f"note: {pipe} + {codec} is not complete on the {len(common)} images; left out", file=sys.stderr)
             continue
-        pts_list = [per_image[im] for im in sorted(common)]
-        out[(pipe, codec)] = [
-            {"q": q, "images": len(pts_list), **{k: float(np.mean([pts[q][k] for pts in pts_list])) for k in ("bpp", "psnr_y", "ssim_y")}}
-            for q in qs[codec]
-        ]
+        names = sorted(common)
+        pts_list = [per_image[im] for im in names]
+        out[(pipe, codec)] = [_mean_point(q, pts_list, names) for q in qs[codec]]
     return out
 
 
@@ -263,14 +284,24 @@ def _pts(curve: list[dict], metric: str = "psnr_y") -> list[tuple[float, float]]
     return [(p["bpp"], p[metric]) for p in curve]
 
 
+def _has(curve: list[dict], metric: str) -> bool:
+    return all(p.get(metric) is not None for p in curve)
+
+
 def bd_table(cs: dict) -> list[dict]:
+    """BD of every curve against every codec alone on PSNR-Y, and on PSNR-RGB (``bd_rate_rgb``,
+    ``bd_psnr_rgb``; None where a curve has no RGB values)."""
     rows = []
     anchors = {codec: c for (pipe, codec), c in cs.items() if pipe == FULL}
     for (pipe, codec), c in sorted(cs.items(), key=lambda kv: (_scale(kv[0][0]), kv[0][0], ALL.index(kv[0][1]))):
         for anchor_codec, anchor in anchors.items():
             if (pipe, codec) == (FULL, anchor_codec):
                 continue
-            rows.append({"pipeline": pipe, "codec": codec, "anchor": anchor_codec, **bd(_pts(anchor), _pts(c))})
+            rgb = {"bd_rate_rgb": None, "bd_psnr_rgb": None}
+            if _has(anchor, "psnr_rgb") and _has(c, "psnr_rgb"):
+                d = bd(_pts(anchor, "psnr_rgb"), _pts(c, "psnr_rgb"))
+                rgb = {"bd_rate_rgb": d["bd_rate"], "bd_psnr_rgb": d["bd_psnr"]}
+            rows.append({"pipeline": pipe, "codec": codec, "anchor": anchor_codec, **bd(_pts(anchor), _pts(c)), **rgb})
     return rows
 
 
@@ -310,9 +341,12 @@ def spread_markdown(results: dict, images: set[str] | None = None) -> list[str]:
     return lines
 
 
-def psnr_at(curve: list[dict], rate: float) -> float | None:
-    """PSNR of a mean curve at ``rate`` (linear in log-rate between its points; None outside)."""
-    pts = sorted(_pts(curve))
+def psnr_at(curve: list[dict], rate: float, metric: str = "psnr_y") -> float | None:
+    """PSNR of a mean curve at ``rate`` (linear in log-rate between its points; None outside or
+    where the curve has no ``metric``)."""
+    if not _has(curve, metric):
+        return None
+    pts = sorted(_pts(curve, metric))
     for (r0, d0), (r1, d1) in zip(pts, pts[1:]):
         if r0 <= rate <= r1:
             return d0 if r1 == r0 else d0 + (d1 - d0) * (math.log(rate) - math.log(r0)) / (math.log(r1) - math.log(r0))
@@ -325,13 +359,15 @@ def _fmt(v, spec: str) -> str:
 
 def report_markdown(cs: dict, rows: list[dict], name: str, command: str) -> str:
     n_images = max(p["images"] for c in cs.values() for p in c)
-    lines = [f"R-D on {name}: means over {n_images} images per quality (PSNR-Y / SSIM-Y, 4 px border cropped; rate = "
-             "whole .rsc file per HR pixel; the codec alone = its bare bitstream). Regenerate with:", "",
+    lines = [f"R-D on {name}: means over {n_images} images per quality (PSNR-Y / SSIM-Y and PSNR-RGB, 4 px border cropped; "
+             "rate = whole .rsc file per HR pixel; the codec alone = its bare bitstream; `-`: not measured, e.g. RGB in "
+             "results files of before issue 26). Regenerate with:", "",
              f"    {command}", ""]
     lines += ["**BD against the same codec alone at full resolution** (an inter codec at full resolution, and its "
               "`auto` curve: against its encoder intra-only; negative BD-rate = fewer bits for the same PSNR-Y; ranges are the overlap "
               "the deltas integrate over):", "",
-              "| pipeline | codec | against | BD-rate | over PSNR-Y | BD-PSNR | over bpp |", "|---|---|---|---:|---|---:|---|"]
+              "| pipeline | codec | against | BD-rate | over PSNR-Y | BD-PSNR | over bpp | BD-rate RGB | BD-PSNR RGB |",
+              "|---|---|---|---:|---|---:|---|---:|---:|"]
     for r in rows:
         intra_of = INTRA.get(r["codec"]) or next((INTRA[k] for k, v in AUTO.items() if v == r["codec"]), None)
         same = r["codec"] == r["anchor"] or (r["pipeline"] == FULL and intra_of == r["anchor"])
@@ -340,7 +376,9 @@ def report_markdown(cs: dict, rows: list[dict], name: str, command: str) -> str:
         pr = "-" if r["psnr_range"] is None else f"{r['psnr_range'][0]:.1f}-{r['psnr_range'][1]:.1f} dB"
         br = "-" if r["bpp_range"] is None else f"{r['bpp_range'][0]:.3f}-{r['bpp_range'][1]:.3f}"
         lines.append(f"| {r['pipeline']} | {r['codec']} | {r['anchor']} alone | {_fmt(r['bd_rate'], '+.1f')}{'' if r['bd_rate'] is None else ' %'} "
-                     f"| {pr} | {_fmt(r['bd_psnr'], '+.2f')}{'' if r['bd_psnr'] is None else ' dB'} | {br} |")
+                     f"| {pr} | {_fmt(r['bd_psnr'], '+.2f')}{'' if r['bd_psnr'] is None else ' dB'} | {br} "
+                     f"| {_fmt(r.get('bd_rate_rgb'), '+.1f')}{'' if r.get('bd_rate_rgb') is None else ' %'} "
+                     f"| {_fmt(r.get('bd_psnr_rgb'), '+.2f')}{'' if r.get('bd_psnr_rgb') is None else ' dB'} |")
     anchors = [c for c in STILL + tuple(INTRA.values()) if (FULL, c) in cs]
     lines += ["", "**BD-rate (%) against each still codec alone and each video encoder intra-only** "
               "(rows: pipeline + codec; `-`: no overlap):", "",
@@ -354,7 +392,8 @@ def report_markdown(cs: dict, rows: list[dict], name: str, command: str) -> str:
             lines.append(f"| {pipe} + {codec} | " + " | ".join(_fmt(vals.get(a), "+.1f") for a in anchors) + " |")
     lines += ["", "**Best pipeline at a given rate** (highest mean PSNR-Y among all curves that reach that rate; "
               "linear in log-rate between measured points):", "",
-              "| bpp | best | PSNR-Y | best at full resolution | PSNR-Y | best rescaler + codec | PSNR-Y |", "|---:|---|---:|---|---:|---|---:|"]
+              "| bpp | best | PSNR-Y | PSNR-RGB | best at full resolution | PSNR-Y | PSNR-RGB | best rescaler + codec | PSNR-Y "
+              "| PSNR-RGB |", "|---:|---|---:|---:|---|---:|---:|---|---:|---:|"]
     for rate in RATES:
         found = {k: psnr_at(c, rate) for k, c in cs.items()}
         found = {k: v for k, v in found.items() if v is not None}
@@ -365,8 +404,20 @@ def report_markdown(cs: dict, rows: list[dict], name: str, command: str) -> str:
         resc = {k: v for k, v in found.items() if k[0] != FULL}
         ba = max(alone, key=alone.get) if alone else None
         br = max(resc, key=resc.get) if resc else None
-        lines.append(f"| {rate:g} | {' + '.join(best)} | {found[best]:.2f} | {ba[1] if ba else '-'} | {_fmt(alone.get(ba), '.2f')} "
-                     f"| {' + '.join(br) if br else '-'} | {_fmt(resc.get(br), '.2f')} |")
+        rgb = {k: psnr_at(cs[k], rate, "psnr_rgb") for k in (best, ba, br) if k is not None}
+        lines.append(f"| {rate:g} | {' + '.join(best)} | {found[best]:.2f} | {_fmt(rgb.get(best), '.2f')} | {ba[1] if ba else '-'} "
+                     f"| {_fmt(alone.get(ba), '.2f')} | {_fmt(rgb.get(ba), '.2f')} | {' + '.join(br) if br else '-'} "
+                     f"| {_fmt(resc.get(br), '.2f')} | {_fmt(rgb.get(br), '.2f')} |")
+    lines += ["", "**Colour at each curve's highest quality** (means over the images; worst image = lowest PSNR-RGB; "
+              ">40 levels = fraction of pixels with an RGB channel off by more than 40 levels):", "",
+              "| pipeline | codec | q | bpp | PSNR-Y | PSNR-RGB | SSIM-RGB | worst image (PSNR-RGB) | >40 levels |",
+              "|---|---|---:|---:|---:|---:|---:|---|---:|"]
+    for (pipe, codec), curve in sorted(cs.items(), key=lambda kv: (_scale(kv[0][0]), kv[0][0], ALL.index(kv[0][1]))):
+        top = max(curve, key=lambda p: p["q"])
+        worst = top.get("worst")
+        worst = "-" if not worst else f"{worst['name']} {worst['psnr_rgb']:.2f}"
+        lines.append(f"| {pipe} | {codec} | {top['q']} | {top['bpp']:.3f} | {top['psnr_y']:.2f} | {_fmt(top.get('psnr_rgb'), '.2f')} "
+                     f"| {_fmt(top.get('ssim_rgb'), '.4f')} | {worst} | {_fmt(top.get('frac_off40'), '.2%')} |")
     return "\n".join(lines)
 
 
@@ -456,7 +507,7 @@ def main(argv=None) -> None:
     p.add_argument("--images", nargs="*", default=None, help="only these images")
     p.add_argument("--figures", default=None, help="folder for rd_<name>_<codec>_x<s>.png")
     p.add_argument("--json", default=None, help="also write curves and BD rows here")
-    p.add_argument("--write", default=None, help="docs/results.md: replace the <!-- rd:<name>:start/end --> block")
+    p.add_argument("--write", default=None, help="docs/rate-distortion.md or docs/rd-natural.md: replace the <!-- rd:<name>:start/end --> block (found in any page beside the file named)")
     p.add_argument("--command", default=None, help="the command line to quote in the docs (default: this one)")
     p.set_defaults(func=report)
     args = ap.parse_args(argv)

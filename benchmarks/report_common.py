@@ -98,8 +98,23 @@ def training_budget(card: dict) -> str:
     return f"{' + '.join([first, *map(str, stages)])} steps (the last {stages[-1]}: {shape}), {hours}"
 
 
+def page_with(results: Path, start: str) -> Path:
+    """The page that holds the ``start`` marker: ``results`` itself, else the one Markdown file
+    beside it that does (the docs pages keep each regenerated block beside its text, so a block
+    may move between pages: ``--write docs/oscd.md`` finds the ``oscd-glance`` block in
+    ``docs/index.md``), else ``results`` (where the block is then appended)."""
+    if results.is_file() and start in results.read_text():
+        return results
+    holders = [p for p in sorted(results.parent.glob("*.md")) if p != results and start in p.read_text()]
+    if len(holders) > 1:
+        raise SystemExit(f"{start} is in several pages: {', '.join(map(str, holders))}")
+    return holders[0] if holders else results
+
+
 def write_section(results: Path, body: str, start: str, end: str) -> None:
-    """Replace the text between the ``start`` and ``end`` markers (append the block if absent)."""
+    """Replace the text between the ``start`` and ``end`` markers in the page that holds them
+    (:func:`page_with`; append the block to ``results`` if no page does)."""
+    results = page_with(Path(results), start)
     text = results.read_text()
     block = f"{start}\n{body.strip()}\n{end}"
     if start in text:
@@ -108,3 +123,38 @@ def write_section(results: Path, body: str, start: str, end: str) -> None:
         text = text.rstrip() + "\n\n" + block + "\n"
     results.write_text(text)
     print("updated", results)
+
+
+def fmt(value, spec: str) -> str:
+    """``format(value, spec)``, or "-" for a value a result does not have (older JSON files)."""
+    return "-" if value is None else format(value, spec)
+
+
+def worst_cell(result: dict) -> str:
+    """'name PSNR-RGB' of the image of lowest PSNR-RGB in a ``refscale evaluate`` result, or "-"."""
+    from refscale.evaluate import worst_image
+
+    w = worst_image(result)
+    return "-" if w is None else f"{w['name']} {w['psnr_rgb']:.2f}"
+
+
+def ood_cell(ood: dict | None, weights: str, sets: tuple[str, ...] | None = None) -> str:
+    """The "out of domain" cell of an at-a-glance table: PSNR-RGB and PSNR-Y of the weights named
+    ``weights`` against bicubic at the same scale on each set (``sets``: only these) of a
+    ``benchmarks/out_of_domain.py`` results file, without the verifying encoder where both were
+    run; bicubic's own cell gives its values. The reason where the weights were not run; "-"
+    where the file has nothing for them."""
+    runs = [r for r in (ood or {}).get("runs", {}).values() if r["weights"] == weights and (sets is None or r["set"] in sets)]
+    skipped = [r["skipped"] for r in runs if r.get("skipped")]
+    if skipped:
+        return skipped[0]
+    verify = False if any(not r["verify"] for r in runs) else True
+    cells = []
+    for r in (r for r in runs if r["verify"] == verify):
+        base = next((b for b in ood["runs"].values() if b["model"] == f"bicubic-x{r['scale']}" and b["set"] == r["set"]
+                     and b["verify"] == verify and b["images"] == r["images"] and not b.get("skipped")), None)
+        if base is None or base is r:
+            cells.append(f"{r['set']} RGB {r['psnr_rgb']:.2f} / Y {r['psnr_y']:.2f}")
+        else:
+            cells.append(f"{r['set']} RGB {r['psnr_rgb'] - base['psnr_rgb']:+.2f} / Y {r['psnr_y'] - base['psnr_y']:+.2f}")
+    return "; ".join(cells) if cells else "-"

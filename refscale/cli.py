@@ -1,4 +1,4 @@
-"""The ``refscale`` command line: a thin layer over the Python API (DESIGN.md, "Command line").
+"""The ``refscale`` command line: a thin layer over the Python API (docs/design.md, "Command line").
 
 ::
 
@@ -13,6 +13,8 @@
     refscale demo [-m refscale-x2] [-o DIR]
     refscale export -m MODEL --part encoder|decoder -o model.onnx [--tile N] [--opset 17]   # pip install 'refscale[onnx]'
     refscale wrap onboard.npz --onnx encoder.onnx [--ref REF.png] -o scene.rsc                # on-board outputs -> .rsc
+    refscale select-ref NEW.tif --archive DIR|catalog.json [--json]                            # the reference from an archive
+    refscale batch encode|decode IN -o OUT [-m MODEL] [--ref DIR | --ref-archive A] --workers N [--scheduler ADDR]  # on Dask
 
 Behaviour shared by every command:
 
@@ -114,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "then -o is a folder.")
     e.add_argument("input", metavar="HR", help="image, folder or .csv manifest")
     e.add_argument("--ref", help="reference image (for a batch: a folder or manifest whose samples are named like the inputs)")
+    _add_archive_options(e, "encode")
     e.add_argument("-m", "--model", default="refscale-x2", help="catalogue name or .safetensors path (default refscale-x2)")
     e.add_argument("--codec", default=None, help=codec_help)
     _add_quality_options(e, q_help)
@@ -134,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-register", dest="register", action="store_false",
                    help="do not estimate and correct a translation and small rotation of the reference (default: register it; "
                         "recorded for the decoder)")
+    e.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="do not decode the result here to check it block by block against bicubic (default: check, and "
+                        "code the blocks where the model is worse with the bicubic fallback; recorded for the decoder)")
     _add_inter_mode_option(e)
     _add_precision_option(e)
     e.add_argument("--force", action="store_true", help="overwrite existing outputs")
@@ -143,11 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Rebuild HR from a .rsc container (or a folder of them, or a CSV manifest rsc,ref[,name]).")
     d.add_argument("input", metavar="RSC", help=".rsc file, folder of .rsc files or .csv manifest rsc,ref[,name]")
     d.add_argument("--ref", help="reference image (for a batch: a folder or manifest whose samples are named like the containers)")
+    _add_archive_options(d, "decode")
     d.add_argument("-m", "--model", default=None, help="model to decode with (default: the one recorded in the container)")
     d.add_argument("-o", "--output", required=True, help="output image (format by suffix; or a folder for several inputs)")
-    d.add_argument("--temperature", type=float, default=pipeline.DEFAULT_TEMPERATURE,
-                   help=f"latent temperature for stochastic models (default {pipeline.DEFAULT_TEMPERATURE:g})")
-    d.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same pixels (default 0)")
+    d.add_argument("--temperature", type=float, default=None,
+                   help="latent temperature for stochastic models (default: the one the encoder verified, else "
+                        f"{pipeline.DEFAULT_TEMPERATURE:g})")
+    d.add_argument("--seed", type=int, default=None,
+                   help="random seed; the same seed gives the same pixels (default: the one the encoder verified, else 0)")
     d.add_argument("--tile", type=int, default=None, help="tile size in HR pixels (default: as recorded by the encoder)")
     d.add_argument("--resample-ref", action="store_true", default=None,
                    help="resize a reference of another size to the image size (default: only the reference the encoder "
@@ -180,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quality_options(v, q_help)
     v.add_argument("--json", dest="json_out", default=None, help="write the result JSON here (default: print it)")
     v.add_argument("--md", dest="md_out", default=None, help="also write a Markdown table here")
+    v.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="encode without the verifying encoder's bicubic fallback (default: as refscale encode, verified)")
     v.add_argument("--save-lr", default=None, metavar="DIR", help="also save each stored LR image as DIR/<name>.png")
     _add_inter_mode_option(v)
     _add_precision_option(v)
@@ -207,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="export a model's encoder or decoder to ONNX (on-board deployment; the onnx extra)",
                        description="Export one direction of a model to an ONNX graph that takes padded tiles, with a "
                                    "refscale.* metadata block, checked against PyTorch with ONNX Runtime "
-                                   "(pip install 'refscale[onnx]'). See refscale/export.py.")
+                                   "(pip install 'refscale[onnx]'). See refscale/onnx.")
     x.add_argument("-m", "--model", required=True, help="catalogue name or .safetensors path")
     x.add_argument("--part", required=True, choices=("encoder", "decoder"),
                    help="encoder: HR (+ reference) -> LR before rounding + side map; decoder: LR, side, reference, z -> HR")
@@ -223,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("wrap", help="build a .rsc container from the outputs of an exported encoder (on board -> ground)",
                        description="Wrap the LR (before or after 8-bit rounding) and side maps made on board with an "
                                    "exported encoder into a .rsc container that refscale decode decodes.")
-    w.add_argument("lr", metavar="LR", help=".npz from refscale.export.OnboardOutput.save (LR, side maps, sizes, tiles), "
+    w.add_argument("lr", metavar="LR", help=".npz from refscale.onnx.OnboardOutput.save (LR, side maps, sizes, tiles), "
                                             "or the padded LR as .npy (float in [0,1] before rounding, or uint8) or 8-bit image")
     w.add_argument("--onnx", required=True, help="the exported encoder graph (its metadata names model, weights, scale)")
     w.add_argument("--side", action="append", default=[], metavar="[NAME=]FILE.npy",
@@ -238,7 +249,81 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("-o", "--output", required=True, help="output .rsc file")
     w.add_argument("--force", action="store_true", help="overwrite an existing output")
     w.set_defaults(func=cmd_wrap)
+
+    r = sub.add_parser("select-ref", help="choose the reference for a new scene from an archive (ranked, explained)",
+                       description="Rank an archive's images as references for NEW: footprint overlap, date, valid pixels, "
+                                   "image agreement after registration (docs/archive.md). Exit code 1: no suitable reference.")
+    r.add_argument("input", metavar="NEW", help="the new scene (image or GeoTIFF)")
+    r.add_argument("--archive", required=True, help="folder of images / GeoTIFFs, or a static STAC catalog.json")
+    r.add_argument("--date", default=None, help="the new scene's date (YYYY-MM-DD) when its file does not say")
+    r.add_argument("--bbox", default=None, metavar="W,S,E,N", help="the new scene's lon/lat footprint when its file does not say")
+    _add_select_options(r)
+    r.add_argument("--json", action="store_true", help='print {"chosen": PATH or null, "candidates": [...]} (best first)')
+    r.set_defaults(func=cmd_select_ref)
+
+    b = sub.add_parser("batch", help="encode or decode many scenes on Dask (a local cluster or a scheduler)",
+                       description="One Dask task per scene, resumable (done scenes are skipped), failures isolated, "
+                                   "a JSON report (pip install 'refscale[dask]'; docs/archive.md).")
+    bsub = b.add_subparsers(dest="batch_command", required=True, metavar="encode|decode")
+    for kind in ("encode", "decode"):
+        k = bsub.add_parser(kind, help=f"{kind} a folder or manifest on Dask")
+        k.add_argument("input", metavar="IN", help="folder or CSV manifest (as refscale " + kind + " takes)")
+        k.add_argument("-o", "--output", required=True, help="output folder")
+        k.add_argument("-m", "--model", default="refscale-x2" if kind == "encode" else None,
+                       help="model (encode default refscale-x2; decode default: the one each container names)")
+        k.add_argument("--ref", help="references: a folder or manifest whose samples are named like the inputs")
+        _add_archive_options(k, kind)
+        k.add_argument("--workers", type=int, default=2, help="local cluster: worker processes (default 2)")
+        k.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="a running Dask scheduler (e.g. tcp://10.0.0.1:8786) instead of a local cluster")
+        k.add_argument("--threads", type=int, default=None,
+                       help="torch threads per worker (default: the host's cores // its workers)")
+        k.add_argument("--memory-limit", default="4GiB", help="local cluster: memory bound per worker (default 4GiB)")
+        k.add_argument("--retries", type=int, default=2, help="reschedules of a scene whose worker died (default 2)")
+        k.add_argument("--report", default=None, help="JSON report (default OUT/batch-" + kind + "-report.json)")
+        if kind == "encode":
+            k.add_argument("--codec", default=None, help="LR codec (default: the model's)")
+            k.add_argument("-q", "--quality", type=int, default=None, help="codec quality")
+            k.add_argument("--lr-out", default=None, help="also save the LR images in this folder")
+            k.add_argument("--no-verify", dest="verify", action="store_false", help="as refscale encode --no-verify")
+            k.add_argument("--no-register", dest="register", action="store_false", help="as refscale encode --no-register")
+        else:
+            k.add_argument("--seed", type=int, default=None, help="random seed (default: the one the encoder verified)")
+            k.add_argument("--allow-other-reference", action="store_true", help="as refscale decode")
+        k.add_argument("--force", action="store_true", help="replace outputs that exist but do not verify")
+        k.set_defaults(func=cmd_batch, batch_kind=kind)
     return p
+
+
+def _add_select_options(parser) -> None:
+    from refscale import archive
+
+    parser.add_argument("--min-overlap", type=float, default=archive.MIN_OVERLAP,
+                        help=f"share of the new footprint a candidate must cover (default {archive.MIN_OVERLAP:g})")
+    parser.add_argument("--min-agreement", type=float, default=None,
+                        help="image agreement after registration a candidate needs (default: the decoder's check, "
+                             f"{pipeline.MIN_REFERENCE_AGREEMENT:g})")
+    parser.add_argument("--max-pixels", type=int, default=archive.MAX_PIXELS,
+                        help=f"read the pixels of at most this many candidates (default {archive.MAX_PIXELS})")
+
+
+def _add_archive_options(parser, kind: str) -> None:
+    if kind == "encode":
+        parser.add_argument("--ref-archive", default=None, metavar="DIR|catalog.json",
+                            help="choose each input's reference from this archive (refscale select-ref); the choice is "
+                                 "recorded in OUTPUT.ref.json, its fingerprint in the container")
+        parser.add_argument("--fallback-model", default=None, metavar="MODEL",
+                            help="with --ref-archive: code a scene that has no suitable reference with this model (one "
+                                 "that takes none, e.g. fgrn-x2-oscd; default bicubic at the model's scale)")
+        parser.add_argument("--refuse-without-ref", action="store_true",
+                            help="with --ref-archive: refuse a scene that has no suitable reference instead")
+    else:
+        parser.add_argument("--ref-archive", default=None, metavar="DIR|catalog.json",
+                            help="find each container's reference in this archive by the fingerprint it records")
+
+
+def _select_kwargs(args) -> dict:
+    return {"min_overlap": args.min_overlap, "min_agreement": args.min_agreement, "max_pixels": args.max_pixels}
 
 
 # ============================================================================= encode, decode
@@ -285,15 +370,36 @@ def cmd_encode(args) -> int:
     batch = files.is_batch(files.existing(args.input, "input"))
     model = _load_model(args.model)
     codec, quality = _codec_and_quality(args, model)
-    jobs = files.encode_jobs(args.input, args.output, model, ref=args.ref, lr_out=args.lr_out, codec=codec)
+    job_models, selections = {}, {}
+    if args.ref_archive:  # the reference of each input chosen from the archive (refscale.archive)
+        from refscale import archive
+
+        if args.ref:
+            raise InputError("--ref and --ref-archive exclude each other")
+        name = _fallback_name(args, model)
+        fallback = _load_model(name) if name else None
+        if fallback is not None and fallback.needs_reference:
+            raise InputError(f"--fallback-model {args.fallback_model} needs a reference itself; choose one that takes none")
+        chosen = archive.encode_jobs(args.input, args.output, model, args.ref_archive, lr_out=args.lr_out,
+                                     fallback_model=fallback, echo=lambda text: print(text, file=sys.stderr))
+        jobs = [j for j, _, _ in chosen]
+        job_models = {j.name: m for j, m, _ in chosen}
+        selections = {j.name: sel for j, _, sel in chosen}
+    else:
+        jobs = files.encode_jobs(args.input, args.output, model, ref=args.ref, lr_out=args.lr_out, codec=codec)
     files.preflight(jobs, args.force)
 
     def run(job) -> str:
+        if job.name in selections:
+            from refscale import archive
+
+            archive.write_reference_record(job.output, selections[job.name], force=True)
         with default_mode(args.inter_mode):
-            r = files.encode_file(job, model, codec=codec, quality=quality, bpp=args.bpp, max_bytes=args.max_bytes,
-                                  tile=args.tile, resample_ref=args.resample_ref, precision=args.precision,
-                                  register=args.register, force=args.force, progress=not batch and _tty(),
-                                  bands=bands, value_range=args.value_range)
+            r = files.encode_file(job, job_models.get(job.name, model), codec=codec, quality=quality, bpp=args.bpp,
+                                  max_bytes=args.max_bytes, tile=args.tile, resample_ref=args.resample_ref,
+                                  precision=args.precision, register=args.register, force=args.force,
+                                  progress=not batch and _tty(), bands=bands, value_range=args.value_range,
+                                  verify=args.verify)
         h, w = r["size"]
         q = "" if r["quality"] is None else f" q{r['quality']}"
         if r["inter_mode"]:
@@ -301,7 +407,12 @@ def cmd_encode(args) -> int:
         rec = r["raster"]
         extra = "" if rec is None else f", {rec.dtype} bands {','.join(map(str, rec.bands))}" + \
             (f" mapped {rec.rule}" if rec.rule != "identity" else "") + (", georeferenced" if rec.georeferenced else "")
-        return f"{r['output']}: {r['bytes']:,} bytes, {r['bpp']:.4f} bpp ({w}x{h}, {r['model']}, {r['codec']}{q}{extra})"
+        v = r["verify"]
+        checked = "" if v is None else (
+            f"; verified: {v['fallback_blocks']} of {v['blocks']} blocks to bicubic, RGB {v['psnr_rgb']:.2f} dB "
+            f"(bicubic {v['bicubic_psnr_rgb']:.2f}), worst block {v['worst_block_psnr_rgb']:.2f} dB "
+            f"(bicubic there {v['bicubic_there']:.2f}), {v['seconds']:.1f} s")
+        return f"{r['output']}: {r['bytes']:,} bytes, {r['bpp']:.4f} bpp ({w}x{h}, {r['model']}, {r['codec']}{q}{extra}){checked}"
 
     return _run_jobs(jobs, run, "encode")
 
@@ -310,6 +421,8 @@ def cmd_decode(args) -> int:
     from refscale import files
 
     batch = files.is_batch(files.existing(args.input, "input"))
+    if args.ref and args.ref_archive:
+        raise InputError("--ref and --ref-archive exclude each other")
     jobs = files.decode_jobs(args.input, args.output, ref=args.ref)
     if args.cog and any(j.output.suffix.lower() not in (".tif", ".tiff") for j in jobs):
         raise InputError("--cog writes a Cloud Optimized GeoTIFF: the output must be a .tif file")
@@ -319,7 +432,13 @@ def cmd_decode(args) -> int:
         models[args.model] = _load_model(args.model)
     warned = []
 
+    found: dict = {}
+
     def run(job) -> str:
+        if args.ref_archive and job.ref is None:  # the reference the container's fingerprint names
+            from refscale import archive
+
+            job.ref = archive.reference_for_container(job.input, args.ref_archive, cache=found)
         packet, model = files.decode_to_file(
             job.input, job.output, job.ref, model=args.model, cache=models, warn_ref=bool(args.ref) and not warned,
             cog=args.cog, force=args.force,
@@ -331,7 +450,8 @@ def cmd_decode(args) -> int:
         rec = packet.raster
         extra = "" if rec is None else f", {rec.dtype} bands {','.join(map(str, rec.bands))}" + \
             (", georeferenced" if rec.georeferenced else "")
-        return f"{job.output}: {packet.size[1]}x{packet.size[0]} from {job.input.name} ({model.name}, seed {args.seed}{extra})"
+        seed = args.seed if args.seed is not None else packet.verification.seed if packet.verification is not None else 0
+        return f"{job.output}: {packet.size[1]}x{packet.size[0]} from {job.input.name} ({model.name}, seed {seed}{extra})"
 
     return _run_jobs(jobs, run, "decode")
 
@@ -391,9 +511,12 @@ def cmd_evaluate(args) -> int:
     for p in outputs:
         if p.exists() and not args.force:
             raise InputError(f"{p} exists; use --force to overwrite it")
+        files.check_writable(p)
     samples = discover(args.data, split=args.split)
     if args.save_lr:  # before the model loads: a refused folder costs nothing
         check_lr_dir(samples, args.save_lr, args.force)
+        if samples:
+            files.check_writable(Path(args.save_lr) / f"{samples[0].name}.png")
     model = _load_model(args.model)
     codec, quality = _codec_and_quality(args, model)
     if model.needs_reference or codecs.needs_reference(codec):
@@ -405,7 +528,7 @@ def cmd_evaluate(args) -> int:
         result = evaluate(model, samples, draws=args.draws, codec=codec, quality=quality, bpp=args.bpp,
                           max_bytes=args.max_bytes, progress=_tty(),
                           dataset=Path(args.data).name, split=args.split, lr_dir=args.save_lr, overwrite=args.force,
-                          precision=args.precision, temperature=args.temperature)
+                          precision=args.precision, temperature=args.temperature, verify=args.verify)
     if codecs.needs_reference(codec):
         result["inter_mode"] = args.inter_mode
     text = json.dumps(result, indent=2) + "\n"
@@ -417,7 +540,10 @@ def cmd_evaluate(args) -> int:
         files.write_bytes(Path(args.md_out), to_markdown(result).encode(), args.force)
     mean = result.get("mean") or {}
     if args.json_out and mean.get("psnr_y") is not None:
-        print(f"{model.name}: {len(result['images'])} images, PSNR-Y {mean['psnr_y']:.2f} dB, bpp {mean['bpp']:.4f} -> {args.json_out}")
+        worst = result.get("worst") or {}
+        print(f"{model.name}: {len(result['images'])} images, PSNR-Y {mean['psnr_y']:.2f} dB, PSNR-RGB {mean['psnr_rgb']:.2f} dB "
+              f"(worst {worst.get('name')} {worst.get('psnr_rgb', float('nan')):.2f}), >40 levels {mean['frac_off40']:.2%}, "
+              f"bpp {mean['bpp']:.4f} -> {args.json_out}")
     return 0
 
 
@@ -447,20 +573,20 @@ def cmd_demo(args) -> int:
 
 # ============================================================================= export, wrap
 def cmd_export(args) -> int:
-    from refscale import export
-
+    from refscale import files, onnx
     from refscale.zoo import architectures
 
-    export.require_onnx()  # before the model loads
+    onnx.require_onnx()  # before the model loads
     spec = architectures().get(args.model)
-    reason = export.refusal(spec.cls.arch, args.model) if spec is not None else None
+    reason = onnx.refusal(spec.cls, args.model) if spec is not None else None
     if reason:  # refused before building it (TADM would first ask for its backbone)
         raise ModelError(reason)
     out = Path(args.output)
     if out.exists() and not args.force:
         raise InputError(f"{out} exists; use --force to overwrite it")
+    files.check_writable(out)
     model = _load_model(args.model)
-    meta = export.export_onnx(model, args.part, out, tile=args.tile, opset=args.opset, check=args.check, overwrite=True)
+    meta = onnx.export_onnx(model, args.part, out, tile=args.tile, opset=args.opset, check=args.check, overwrite=True)
     shape = f"{meta['tile']}x{meta['tile']} windows" if meta["tile"] else \
         f"dynamic N, H, W (multiples of {meta['alignment']}, >= {meta['min_side']})"
     ins = ", ".join(i["name"] for i in meta["inputs"])
@@ -473,12 +599,13 @@ def cmd_export(args) -> int:
 
 
 def cmd_wrap(args) -> int:
-    from refscale import export, files
+    from refscale import files, onnx
 
     out = Path(args.output)
     if out.exists() and not args.force:
         raise InputError(f"{out} exists; use --force to overwrite it")
-    meta = export.read_metadata(files.existing(args.onnx, "ONNX file"))
+    files.check_writable(out)
+    meta = onnx.read_metadata(files.existing(args.onnx, "ONNX file"))
     side = {}
     for item in args.side:
         name, sep, path = item.partition("=")
@@ -499,13 +626,100 @@ def cmd_wrap(args) -> int:
     if args.tile is not None:
         tiles = {"tile": args.tile, "overlap": args.overlap or 0}
     ref = files.existing(args.ref, "reference") if args.ref else None
-    packet = export.wrap_files(files.existing(args.lr, "LR"), args.onnx, side=side, ref=ref,
+    packet = onnx.wrap_files(files.existing(args.lr, "LR"), args.onnx, side=side, ref=ref,
                                ref_hash=args.ref_fingerprint, size=size, tiles=tiles, codec=args.codec, quality=args.quality)
     data = packet.to_bytes()
     files.write_bytes(out, data, args.force)
     h, w = packet.size
     print(f"{out}: {len(data):,} bytes, {len(data) * 8 / (h * w):.4f} bpp ({w}x{h}, {packet.model}, {packet.codec})")
     return 0
+
+
+# ============================================================================= archive: select-ref, batch
+def cmd_select_ref(args) -> int:
+    from refscale import archive, files
+
+    bounds = None
+    if args.bbox:
+        try:
+            bounds = [float(v) for v in args.bbox.split(",")]
+            assert len(bounds) == 4 and bounds[0] < bounds[2] and bounds[1] < bounds[3]
+        except (ValueError, AssertionError):
+            raise InputError(f"--bbox must be W,S,E,N in degrees (west < east, south < north), got {args.bbox!r}") from None
+    sel = archive.select_reference(files.existing(args.input, "new scene"), args.archive, date=args.date, bounds=bounds,
+                                   **_select_kwargs(args))
+    if args.json:
+        print(json.dumps(sel.as_dict(), indent=1))
+    else:
+        print(sel.explain())
+    return 0 if sel.chosen is not None else 1
+
+
+def cmd_batch(args) -> int:
+    from refscale import batch, files
+
+    batch.require_dask()
+    kind = args.batch_kind
+    src = files.existing(args.input, "input")
+    if not files.is_batch(src):
+        raise InputError(f"refscale batch takes a folder or a CSV manifest, not one file ({src}); use refscale {kind}")
+    if args.ref and args.ref_archive:
+        raise InputError("--ref and --ref-archive exclude each other")
+    out = Path(args.output)
+    opts = {"model": args.model, "threads": args.threads, "force": args.force, "ref_archive": args.ref_archive}
+    if kind == "encode":
+        from refscale import codecs
+        from refscale.zoo import load
+
+        model = load(args.model)  # validates the name here; each worker loads it once for itself
+        codec = codecs.canonical(args.codec, model.default_codec)
+        codecs.require(codec)
+        quality = codecs.check_quality(codec, args.quality)
+        if args.ref_archive:  # references come from the archive, chosen on the workers
+            name = _fallback_name(args, model)
+            if name:
+                if load(name).needs_reference:
+                    raise InputError(f"--fallback-model {name} needs a reference itself")
+                opts["fallback_model"] = name
+            jobs = files.encode_jobs(args.input, out, _NoReference(model), lr_out=args.lr_out, codec=None)
+        else:
+            jobs = files.encode_jobs(args.input, out, model, ref=args.ref, lr_out=args.lr_out, codec=codec)
+        opts["encode"] = {"codec": codec, "quality": quality, "register": args.register, "verify": args.verify}
+    else:
+        jobs = files.decode_jobs(args.input, out, ref=args.ref)
+        opts["decode"] = {"seed": args.seed, "allow_other_reference": args.allow_other_reference}
+    files.preflight(jobs, force=True, image_outputs=kind == "decode")  # collisions, inputs, writable; done ones are skipped
+    report = Path(args.report) if args.report else out / f"batch-{kind}-report.json"
+    result = batch.run_batch(kind, jobs, opts, workers=args.workers, scheduler=args.scheduler,
+                             memory_limit=args.memory_limit, retries=args.retries, report=report)
+    for f in result["failures"]:
+        _error(f"{f['name']}: {f['error']}")
+    print(batch.summary_line(result) + f"; report {report}")
+    return 2 if result["failed"] or result["missing"] else 0
+
+
+def _fallback_name(args, model) -> str | None:
+    """The model for scenes without a suitable reference: --fallback-model, else bicubic at the
+    model's scale where the catalogue has it; None with --refuse-without-ref."""
+    if args.refuse_without_ref:
+        return None
+    if args.fallback_model:
+        return args.fallback_model
+    from refscale.zoo import architectures
+
+    name = f"bicubic-x{model.scale}"
+    return name if name in architectures() else None
+
+
+class _NoReference:
+    """A model stand-in for :func:`refscale.files.encode_jobs` when the references come from an
+    archive later: it asks for none."""
+
+    needs_reference = False
+    default_codec = "png"
+
+    def __init__(self, model):
+        self.name = model.name
 
 
 # ============================================================================= shared helpers

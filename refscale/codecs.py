@@ -223,6 +223,14 @@ def check_quality(codec: str, quality: int | None) -> int | None:
     return int(quality)
 
 
+def resolve(codec: str | None, quality: int | None = None, default: str | None = None) -> tuple[str, int | None]:
+    """The codec choice of a caller, resolved once at the boundary: ``(canonical name, checked
+    quality)`` (``codec=None``: ``default``; ``quality=None``: the codec's default), or
+    :class:`InputError`. Idempotent: a resolved pair resolves to itself."""
+    name = canonical(codec, default)
+    return name, check_quality(name, quality)
+
+
 def needs_reference(codec: str) -> bool:
     """True for an inter-frame codec, which predicts the LR from the reference at the LR's size."""
     return CODECS[canonical(codec)].needs_reference

@@ -13,9 +13,12 @@ inter-frame codec, a P-frame predicted from the reference; :mod:`refscale.inter`
 one losslessly compressed side tensor per entry (e.g. RefScale's similarity map), then (format
 version 3 and later) the raster record: georeferencing, source dtype, bands and the intensity
 mapping of a GeoTIFF / 16-bit / float input (:mod:`refscale.raster`). Version 4 adds the rotation
-of the reference (registration) after its shift. Each file is written in the oldest version that
-holds it: a file without a rotation or a raster record is version 2, byte for byte what earlier
-versions wrote; without a rotation, version 3.
+of the reference (registration) after its shift. Version 5 adds the verifying encoder's record
+(:class:`Verification`: the decoding seed and temperature it checked, and which blocks decode
+by the bicubic fallback) as the last section. Each file is written in the oldest version that
+holds it: a file without a verification record, a rotation or a raster record is version 2,
+byte for byte what earlier versions wrote; without a verification record or rotation, version 3;
+without a verification record, version 4.
 
 The reader (:func:`read_header`, :meth:`Packet.from_bytes`) checks magic, version,
 lengths, every CRC, sizes and their consistency, codec and dtype names and pixel-count
@@ -30,6 +33,7 @@ expand without limit.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import lzma
 import math
@@ -46,8 +50,8 @@ from refscale.errors import ContainerError, InputError
 from refscale.raster import RasterRecord
 
 MAGIC = b"\x89RSC\r\n\x1a\n"
-VERSION = 4  # the newest version the writer writes: 4 with a reference rotation, 3 with a raster record, else 2
-READABLE_VERSIONS = (1, 2, 3, 4)  # version 1: no reference fingerprint; 2: no raster record; 3: no rotation
+VERSION = 5  # the newest version the writer writes: 5 with a verification record, 4 with a reference rotation, 3 with a raster record, else 2
+READABLE_VERSIONS = (1, 2, 3, 4, 5)  # 1: no reference fingerprint; 2: no raster record; 3: no rotation; 4: no verification
 MAX_RASTER_BYTES = 1 << 20  # the raster record's JSON stream; its nodata mask adds max_raster_bytes
 PREAMBLE = 14  # magic (8) + version (2) + header length (4)
 
@@ -62,6 +66,8 @@ MAX_NDIM = 6
 MAX_NAME = 255
 MAX_SHIFT_UNITS = 100 * MAX_SIDE  # reference shift, in 1/100 px
 MAX_ROTATION_UNITS = 18000  # reference rotation, in 1/100 degree
+MAX_TEMPERATURE_UNITS = 1_000_000  # verified decoding temperature, in 1/1000
+VERIFY_FIXED = struct.Struct("<HIIII")  # block, seed, temperature (1/1000), rows, columns
 
 #: storage dtypes of side tensors (always little-endian), smallest first
 SIDE_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "int64")
@@ -74,8 +80,76 @@ _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "d
 _LZMA_DECODE_FILTERS = [{"id": lzma.FILTER_LZMA2, "dict_size": 1 << 24}]
 
 
-# ============================================================================= the packet
+# ============================================================================= the verification record
 @dataclass
+class Verification:
+    """What the verifying encoder checked (``refscale.pipeline.encode(..., verify=True)``; format
+    version 5): the image was decoded with ``seed`` and ``temperature`` (the decoder's defaults
+    for this file) and compared, block by block (``block`` x ``block`` HR pixels on the padded
+    image's grid, the last row and column of blocks cut by its edge), with the bicubic pipeline;
+    ``fallback[i, j]`` is True where block ``(i, j)`` holds the bicubic LR and is rebuilt by
+    bicubic upscaling instead of the model.
+
+    Section bytes: ``u16 block | u32 seed | u32 temperature in 1/1000 | u32 rows | u32 columns |
+    zlib stream of the fallback bits`` (row-major, packed eight to a byte, least significant bit
+    first; ``rows = ceil(PH / block)``, ``columns = ceil(PW / block)``).
+    """
+
+    block: int
+    seed: int
+    temperature: float
+    fallback: np.ndarray  # bool [rows, columns]
+
+    @staticmethod
+    def grid(padded_size: tuple[int, int], block: int) -> tuple[int, int]:
+        """``(rows, columns)`` of blocks covering a padded image."""
+        return -(-int(padded_size[0]) // block), -(-int(padded_size[1]) // block)
+
+    def to_bytes(self) -> bytes:
+        fb = np.asarray(self.fallback, dtype=bool)
+        t = round(float(self.temperature) * 1000)
+        if not (0 <= t <= MAX_TEMPERATURE_UNITS and 0 <= int(self.seed) < 2**32 and 1 <= int(self.block) < 2**16):
+            raise ContainerError(f"verification record out of range (block {self.block}, seed {self.seed}, "
+                                 f"temperature {self.temperature})")
+        bits = np.packbits(fb.reshape(-1), bitorder="little").tobytes()
+        return VERIFY_FIXED.pack(int(self.block), int(self.seed), t, *fb.shape) + zlib.compress(bits, 9)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, padded_size: tuple[int, int], scale: int) -> Verification:
+        if len(data) < VERIFY_FIXED.size:
+            raise ContainerError("verification record too short")
+        block, seed, t, rows, cols = VERIFY_FIXED.unpack_from(data)
+        if block % scale or block < 1:
+            raise ContainerError(f"verification block {block} is not a positive multiple of the scale {scale}")
+        if (rows, cols) != cls.grid(padded_size, block):
+            raise ContainerError(f"verification grid {cols}x{rows} does not cover the padded image in blocks of {block}")
+        if t > MAX_TEMPERATURE_UNITS:
+            raise ContainerError(f"verified temperature {t / 1000} out of range")
+        n = -(-rows * cols // 8)
+        d = zlib.decompressobj()
+        try:
+            bits = d.decompress(data[VERIFY_FIXED.size:], n + 1)
+        except zlib.error as e:
+            raise ContainerError(f"verification record does not decompress: {e}") from None
+        if len(bits) != n or not d.eof or d.unused_data:
+            raise ContainerError("verification record decompresses to the wrong size")
+        fb = np.unpackbits(np.frombuffer(bits, np.uint8), count=rows * cols, bitorder="little").astype(bool)
+        return cls(block=block, seed=seed, temperature=t / 1000, fallback=fb.reshape(rows, cols))
+
+    def summary(self) -> dict[str, Any]:
+        return {"block": int(self.block), "seed": int(self.seed), "temperature": float(self.temperature),
+                "blocks": int(self.fallback.size), "fallback_blocks": int(self.fallback.sum())}
+
+
+def max_verify_bytes(padded_size: tuple[int, int], scale: int) -> int:
+    """The longest verification section of a padded image (blocks no smaller than the scale)."""
+    rows, cols = Verification.grid(padded_size, scale)
+    n = -(-rows * cols // 8)
+    return VERIFY_FIXED.size + n + 5 * (n // 16384 + 1) + 6
+
+
+# ============================================================================= the packet
+@dataclass(frozen=True)
 class Packet:
     """Everything needed to rebuild an image (with the model and, if it needs one, the reference).
 
@@ -93,12 +167,19 @@ class Packet:
     ``raster`` (:class:`refscale.raster.RasterRecord`) records what the 8-bit image the model saw
     came from when that was not a plain 8-bit file: source dtype, band indices and descriptions,
     the per-band intensity mapping, nodata, CRS and geotransform (format version 3).
+    ``verification`` (:class:`Verification`, format version 5): what the verifying encoder
+    checked and where the bicubic fallback decodes; ``verify_report`` is the encoder's summary of
+    that check (not stored).
 
     Inter-frame LR codecs (``h264-inter``, ...; :mod:`refscale.inter`) predict the LR from the
     reference at the LR's size, ``lr_ref`` (uint8 ``[h, w, 3]``, not stored: the encoder sets it,
     ``refscale.pipeline.lr_reference``). A packet read from such a file has ``lr = None`` and the
-    section in ``lr_data`` until :meth:`decode_lr` is given the reference (``refscale.pipeline.decode``
-    does that after checking the reference's fingerprint).
+    section in ``lr_data``; :meth:`with_lr` gives the packet with it decoded from the reference
+    (``refscale.pipeline.decode`` does that after checking the reference's fingerprint).
+
+    A packet is immutable (a frozen dataclass; the encoded image, apart from the bytes of any one
+    file of it: :meth:`to_bytes` writes it with the codec and quality asked for). Make a changed
+    copy with :func:`dataclasses.replace`; the library never writes into its arrays.
     """
 
     model: str
@@ -107,7 +188,7 @@ class Packet:
     size: tuple[int, int]
     padded_size: tuple[int, int]
     tiles: dict | None
-    lr: np.ndarray | None  # None: an inter-frame LR not decoded yet (decode_lr)
+    lr: np.ndarray | None  # None: an inter-frame LR not decoded yet (with_lr)
     side: dict[str, np.ndarray] = field(default_factory=dict)
     codec: str = "png"
     quality: int | None = None
@@ -120,6 +201,8 @@ class Packet:
     raster: RasterRecord | None = None  # file-level metadata and intensity mapping (refscale.raster)
     lr_ref: np.ndarray | None = field(default=None, repr=False, compare=False)  # inter codecs only
     lr_data: bytes | None = field(default=None, repr=False, compare=False)  # inter codecs: the undecoded section
+    verification: Verification | None = field(default=None, compare=False)
+    verify_report: dict | None = field(default=None, repr=False, compare=False)  # the encoder's check (not stored)
 
     @property
     def registered(self) -> bool:
@@ -138,10 +221,10 @@ class Packet:
             return self.fit(self.codec if codec is None else codec, max_bytes)[0]
         if codec is None:
             codec, quality = self.codec, (self.quality if quality is None else quality)
-        codec = codecs.canonical(codec)
-        quality = codecs.check_quality(codec, quality)
+        codec, quality = codecs.resolve(codec, quality)
         header, side_blobs = self._header_and_side(codec)
-        return _assemble(header, quality, self._lr_bitstream(codec, quality), side_blobs)
+        # the header records the quality used (a lossy codec's default, e.g. JPEG 95, when none is given)
+        return _assemble(header, codecs.effective_quality(codec, quality), self._lr_bitstream(codec, quality), side_blobs)
 
     def fit(self, codec: str, max_bytes: int) -> tuple[bytes, int | None]:
         """The file at the highest codec quality whose *whole* file has at most ``max_bytes``
@@ -192,15 +275,17 @@ class Packet:
     def _header_and_side(self, codec: str) -> tuple[Header, list[bytes]]:
         """The header (LR fields still empty) and the compressed side sections."""
         if self.lr is None:
-            raise ContainerError("the packet's LR image is not decoded yet (decode_lr with the reference, or refscale.pipeline.decode)")
+            raise ContainerError("the packet's LR image is not decoded yet (with_lr with the reference, or refscale.pipeline.decode)")
         if codecs.needs_reference(codec) and (self.lr_ref is None or self.ref_hash is None):
             raise ContainerError(f"codec {codec} predicts the LR from the reference: encode with the reference "
                                  f"(refscale.pipeline.encode(..., codec={codec!r}))")
         side_arrays = {name: smallest_integer_array(name, arr) for name, arr in self.side.items()}
         _check_mask(self.raster, _pair(self.size))
         raster = self.raster.to_bytes() if self.raster is not None else None
+        verify = self.verification.to_bytes() if self.verification is not None else None
+        version = 5 if verify is not None else 4 if self.ref_rotation else 3 if raster is not None else 2
         header = Header(
-            version=4 if self.ref_rotation else 3 if raster is not None else 2, model=str(self.model),
+            version=version, model=str(self.model),
             weights_hash=str(self.weights_hash), ref_hash=self.ref_hash,
             ref_shift=tuple(int(v) for v in self.ref_shift), ref_rotation=int(self.ref_rotation), scale=int(self.scale),
             size=_pair(self.size), padded_size=_pair(self.padded_size), tiles=_tiles(self.tiles),
@@ -212,6 +297,8 @@ class Packet:
         )
         if raster is not None:
             header.raster_length, header.raster_crc = len(raster), zlib.crc32(raster)
+        if verify is not None:
+            header.verify_length, header.verify_crc = len(verify), zlib.crc32(verify)
         header.validate()
         lr = np.asarray(self.lr)
         if lr.dtype != np.uint8 or lr.shape != (*header.lr_size, 3):
@@ -224,13 +311,15 @@ class Packet:
             blobs.append(blob)
         if raster is not None:
             blobs.append(raster)  # the raster section follows the side sections
+        if verify is not None:
+            blobs.append(verify)  # the verification record comes last
         return header, blobs
 
     @classmethod
     def from_bytes(cls, data: bytes, lr_ref: np.ndarray | None = None) -> Packet:
         """Parse and validate a ``.rsc`` file (see module doc); :class:`ContainerError` if anything is off.
         An inter-frame LR is decoded only when ``lr_ref`` (the reference at LR size) is given;
-        otherwise ``lr`` is ``None`` until :meth:`decode_lr`."""
+        otherwise ``lr`` is ``None`` (:meth:`with_lr`)."""
         data = _as_bytes(data)
         h = read_header(data)
         pos = h.header_bytes
@@ -245,27 +334,30 @@ class Packet:
             side[e.name] = np.frombuffer(raw, dtype=np.dtype(e.dtype).newbyteorder("<")).astype(e.dtype).reshape(e.shape)
             side_dtypes[e.name] = e.restore
         raster = RasterRecord.from_bytes(data[pos:pos + h.raster_length]) if h.raster_length else None
+        pos += h.raster_length
         _check_mask(raster, h.size)
+        verification = Verification.from_bytes(data[pos:pos + h.verify_length], h.padded_size, h.scale) \
+            if h.verify_length else None
         packet = cls(
             model=h.model, weights_hash=h.weights_hash, scale=h.scale, size=h.size, padded_size=h.padded_size,
             tiles=h.tiles, lr=lr, side=side, codec=h.codec, quality=h.quality, side_dtypes=side_dtypes,
             precision=h.precision, ref_hash=h.ref_hash, ref_shift=h.ref_shift, ref_rotation=h.ref_rotation, version=h.version,
-            lr_data=lr_data if inter else None, raster=raster,
+            lr_data=lr_data if inter else None, raster=raster, verification=verification,
         )
         if inter and lr_ref is not None:
-            packet.decode_lr(lr_ref)
+            packet = packet.with_lr(lr_ref)
         return packet
 
-    def decode_lr(self, lr_ref: np.ndarray, exact: bool = True) -> np.ndarray:
-        """Decode an inter-frame LR section with the reference at LR size (uint8 ``[h, w, 3]``);
-        sets and returns ``lr``. ``exact=False``: the reference is knowingly another one (no check
-        that frame 0 was rebuilt as the encoder built it)."""
+    def with_lr(self, lr_ref: np.ndarray, exact: bool = True) -> Packet:
+        """This packet with its inter-frame LR section decoded with the reference at LR size (uint8
+        ``[h, w, 3]``; it becomes ``lr_ref``); itself when the LR is decoded already.
+        ``exact=False``: the reference is knowingly another one (no check that frame 0 was rebuilt
+        as the encoder built it)."""
         if self.lr is not None:
-            return self.lr
+            return self
         size = (self.padded_size[0] // self.scale, self.padded_size[1] // self.scale)
-        self.lr = codecs.decode_image(self.lr_data, self.codec, size, ref=lr_ref, exact=exact)
-        self.lr_ref = np.asarray(lr_ref)
-        return self.lr
+        lr = codecs.decode_image(self.lr_data, self.codec, size, ref=lr_ref, exact=exact)
+        return dataclasses.replace(self, lr=lr, lr_ref=np.asarray(lr_ref))
 
     def info(self, data: bytes | None = None) -> dict[str, Any]:
         """A JSON-ready summary; with the file's ``data`` also byte counts per section and bpp."""
@@ -278,6 +370,7 @@ class Packet:
             "precision": self.precision, "codec": self.codec, "quality": self.quality,
             "side": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in self.side.items()},
             "raster": self.raster.summary() if self.raster is not None else None,
+            "verification": self.verification.summary() if self.verification is not None else None,
         }
         if data is not None:
             out.update(_sizes_and_bpp(data, _pair(self.size)))
@@ -337,6 +430,8 @@ class Header:
     raster_length: int = 0  # version 3: bytes of the raster section (0: none)
     raster_crc: int = 0
     ref_rotation: int = 0  # version 4: the reference's rotation, 1/100 degree
+    verify_length: int = 0  # version 5: bytes of the verification section (0: none)
+    verify_crc: int = 0
 
     @property
     def lr_size(self) -> tuple[int, int]:
@@ -344,7 +439,7 @@ class Header:
 
     @property
     def total_bytes(self) -> int:
-        return self.header_bytes + self.lr_length + sum(e.length for e in self.side) + self.raster_length
+        return self.header_bytes + self.lr_length + sum(e.length for e in self.side) + self.raster_length + self.verify_length
 
     # ------------------------------------------------------------------ rules shared by writer and reader
     def validate(self) -> None:
@@ -362,6 +457,13 @@ class Header:
         if self.raster_length > limit or (self.raster_length == 0 and self.raster_crc):
             raise ContainerError(f"raster record entry {self.raster_length}/{self.raster_crc} invalid "
                                  f"(length 0..{limit}, CRC 0 when there is none)")
+        if self.version < 5 and (self.verify_length or self.verify_crc):
+            raise ContainerError(f"format version {self.version} has no verification record")
+        vlimit = max_verify_bytes(self.padded_size, self.scale) if self.scale >= 1 else 0
+        if self.verify_length > vlimit or (self.verify_length == 0 and self.verify_crc) or \
+                (0 < self.verify_length < VERIFY_FIXED.size):
+            raise ContainerError(f"verification record entry {self.verify_length}/{self.verify_crc} invalid "
+                                 f"(length 0 or {VERIFY_FIXED.size}..{vlimit}, CRC 0 when there is none)")
         if any(abs(v) > MAX_SHIFT_UNITS for v in self.ref_shift):
             raise ContainerError(f"reference shift {list(self.ref_shift)} out of range (|v| <= {MAX_SHIFT_UNITS})")
         if self.version < 4 and self.ref_rotation:
@@ -445,6 +547,8 @@ class Header:
             body += _str8(e.compression) + struct.pack("<II", e.length, e.crc)
         if self.version >= 3:
             body += struct.pack("<II", self.raster_length, self.raster_crc)
+        if self.version >= 5:
+            body += struct.pack("<II", self.verify_length, self.verify_crc)
         head = MAGIC + struct.pack("<HI", self.version, len(body)) + bytes(body)
         self.header_bytes = len(head) + 4
         return head + struct.pack("<I", zlib.crc32(head))
@@ -503,6 +607,7 @@ def read_header(data: bytes) -> Header:
         length, scrc = r.unpack("<II", "side section entry")
         side.append(SideEntry(name, dtype, restore, tuple(shape), compression, length, scrc))
     raster_length, raster_crc = r.unpack("<II", "raster record entry") if version >= 3 else (0, 0)
+    verify_length, verify_crc = r.unpack("<II", "verification record entry") if version >= 5 else (0, 0)
     if r.pos != len(r.data):
         raise ContainerError(f"header has {len(r.data) - r.pos} unexpected trailing bytes")
     if tile == 0 and overlap != 0:
@@ -511,6 +616,7 @@ def read_header(data: bytes) -> Header:
         version, model, weights_hash, ref_hash, tuple(ref_shift), scale, (h, w), (ph, pw), {"tile": tile, "overlap": overlap} if tile else None,
         precision, codec, quality or None, lr_length, lr_crc, side, header_bytes=end + 4,
         raster_length=raster_length, raster_crc=raster_crc, ref_rotation=ref_rotation,
+        verify_length=verify_length, verify_crc=verify_crc,
     )
     header.validate()
     if header.total_bytes != len(data):
@@ -520,6 +626,8 @@ def read_header(data: bytes) -> Header:
     sections = [("LR image", lr_length, lr_crc)] + [(f"side tensor {e.name!r}", e.length, e.crc) for e in side]
     if raster_length:
         sections.append(("raster record", raster_length, raster_crc))
+    if verify_length:
+        sections.append(("verification record", verify_length, verify_crc))
     for label, length, crc in sections:
         if length < 1:
             raise ContainerError(f"{label} section is empty")
@@ -545,13 +653,17 @@ def section_sizes(data: bytes) -> dict[str, int]:
     out.update({f"side:{e.name}": e.length for e in h.side})
     if h.raster_length:
         out["raster"] = h.raster_length
+    if h.verify_length:
+        out["verification"] = h.verify_length
     return out
 
 
 def inspect(data: bytes) -> dict[str, Any]:
     """What ``refscale info`` prints: the validated header, section sizes and bpp, without decoding pixels."""
     h = read_header(data)
-    raster = RasterRecord.from_bytes(data[h.total_bytes - h.raster_length:]) if h.raster_length else None
+    end = h.total_bytes - h.verify_length
+    raster = RasterRecord.from_bytes(data[end - h.raster_length:end]) if h.raster_length else None
+    verification = Verification.from_bytes(data[end:], h.padded_size, h.scale) if h.verify_length else None
     return {
         "format_version": h.version, "model": h.model, "weights_hash": h.weights_hash,
         "reference_fingerprint": h.ref_hash, "reference_shift": list(h.ref_shift), "reference_rotation": h.ref_rotation,
@@ -561,6 +673,7 @@ def inspect(data: bytes) -> dict[str, Any]:
         "codec": h.codec, "quality": h.quality,
         "side": {e.name: {"dtype": e.dtype, "shape": list(e.shape), "compression": e.compression} for e in h.side},
         "raster": raster.summary() if raster is not None else None,
+        "verification": verification.summary() if verification is not None else None,
         **_sizes_and_bpp(data, h.size),
     }
 

@@ -1,10 +1,11 @@
-"""Datasets: discovering the DESIGN.md layouts, training crops, full-image iteration.
+"""Datasets: discovering the layouts of docs/design.md, training crops, full-image iteration.
 
 * :func:`discover` — a path to a list of :class:`Sample` (name, HR path, reference path or None).
   Layouts, detected in this order:
 
-  1. a CSV manifest file ``hr,ref[,name]`` (paths relative to the manifest; optional header
-     row starting with ``hr``; an empty ``ref`` means no reference);
+  1. a CSV manifest file ``hr,ref[,name[,repeat[,coded]]]`` (paths relative to the manifest;
+     optional header row starting with ``hr``; an empty ``ref`` means no reference; ``coded``:
+     the LR after a codec, for ``PairCropDataset(coded=True)``; further columns are ignored);
   2. a single image file (one sample, no reference);
   3. OSCD: ``<city>/img1.png`` (older, the reference) and ``<city>/img2.png`` (newer, the HR);
   4. pair folders: ``<name>/hr.<ext>`` and ``<name>/ref.<ext>``;
@@ -14,7 +15,8 @@
   sample name, for any folder layout; ``split=None`` means all samples.
 * :class:`PairCropDataset` — random co-located ``patch_size`` crops of HR and reference with the
   *same* flips and 90-degree rotation (RefScale Sec. 4.1); ``both_directions`` adds the swapped
-  pairs (the older image as HR, the newer as reference). Samples without a reference give
+  pairs (the older image as HR, the newer as reference); ``coded`` adds the sample's decoded LR
+  (issue 27: a codec in the training loop, decoded once and cached), cropped at the same place. Samples without a reference give
   ``{"hr": ...}`` items, so the same class is the single-image training dataset.
 * :func:`iter_full_images` — deterministic whole images for validation and evaluation.
 """
@@ -42,6 +44,7 @@ class Sample:
     hr: Path
     ref: Path | None = None
     repeat: int = 1  # how many times one epoch of PairCropDataset visits it (manifest column 4)
+    coded: Path | None = None  # the LR as a codec decoded it (manifest column 5; see PairCropDataset)
 
 
 def _is_image(p: Path) -> bool:
@@ -57,12 +60,13 @@ def _find_image(folder: Path, stem: str) -> Path | None:
 
 
 def read_manifest(path: str | os.PathLike, first: str = "hr", with_repeat: bool = False) -> list[tuple]:
-    """A CSV manifest ``<first>,ref[,name[,repeat]]`` (``first`` = ``hr`` for images, ``rsc`` for
-    containers) as ``(name, path, ref or None)`` rows (``(name, path, ref, repeat)`` with
-    ``with_repeat``): an optional header row starting with ``first``, ``#`` comments and blank
-    lines skipped, paths relative to the manifest, names unique (default: the first file's stem).
-    Every listed file must exist. ``repeat`` (a positive integer, default 1) weights a row in
-    training: one epoch visits it that many times."""
+    """A CSV manifest ``<first>,ref[,name[,repeat[,coded]]]`` (``first`` = ``hr`` for images,
+    ``rsc`` for containers) as ``(name, path, ref or None)`` rows (``(name, path, ref, repeat,
+    coded or None)`` with ``with_repeat``): an optional header row starting with ``first``, ``#``
+    comments and blank lines skipped, paths relative to the manifest, names unique (default: the
+    first file's stem). Every listed file must exist. ``repeat`` (a positive integer, default 1)
+    weights a row in training: one epoch visits it that many times; ``coded`` is the row's LR as a
+    codec decoded it (``PairCropDataset(coded=True)``)."""
     path = Path(path)
     base = path.parent
     items: list[tuple[str, Path, Path | None]] = []
@@ -81,12 +85,13 @@ def read_manifest(path: str | os.PathLike, first: str = "hr", with_repeat: bool 
         ref = base / row[1] if len(row) > 1 and row[1] else None
         name = row[2] if len(row) > 2 and row[2] else Path(row[0]).stem
         repeat = row[3] if len(row) > 3 and row[3] else "1"
+        coded = base / row[4] if len(row) > 4 and row[4] else None
         if not repeat.isdigit() or int(repeat) < 1:
             raise InputError(f"{path.name} line {lineno}: repeat must be a positive integer, got {repeat!r}")
-        for p in (main, ref):
+        for p in (main, ref, coded if with_repeat else None):
             if p is not None and not p.is_file():
                 raise InputError(f"{path.name} line {lineno}: file not found: {p}")
-        items.append((name, main, ref, int(repeat)) if with_repeat else (name, main, ref))
+        items.append((name, main, ref, int(repeat), coded) if with_repeat else (name, main, ref))
     if not items:
         raise InputError(f"no {'containers' if first == 'rsc' else 'images'} listed in {path}")
     if len({item[0] for item in items}) != len(items):
@@ -206,14 +211,22 @@ class PairCropDataset(Dataset):
     :func:`colour_augment`, also identical for both. ``both_directions`` doubles the set with the
     roles swapped. ``repeats`` makes one epoch visit every sample that many times (small datasets
     such as OSCD have 14 training scenes), on top of each sample's own ``repeat`` (a manifest's
-    weight column). Randomness is drawn from ``seed``, the item index, a
+    weight column).
+
+    ``coded=True`` (issue 27: training with the codec in the loop): every sample must name its
+    ``coded`` image (manifest column 5), the LR as the codec decoded it, of the HR's size divided
+    by an integer factor ``k`` (the model's scale); items then carry ``"coded"`` ``[3,P/k,P/k]``,
+    cropped at the same place (crop offsets are multiples of ``k``) with the same flips.
+    Colour augmentation (the codec would have coded other colours) and ``both_directions`` (the
+    swapped pair's decode is another image: list it as its own row) are refused then.
+    Randomness is drawn from ``seed``, the item index, a
     per-copy draw counter and, in DataLoader workers, the worker's seed (which torch draws anew
     each epoch from the main process's seeded generator), so runs are reproducible and
     epochs differ.
     """
 
     def __init__(self, samples: list[Sample], patch_size: int, augment: bool = True, both_directions: bool = False,
-                 scale_multiple: int = 1, seed: int = 0, repeats: int = 1, colour: float = 0.0):
+                 scale_multiple: int = 1, seed: int = 0, repeats: int = 1, colour: float = 0.0, coded: bool = False):
         if not samples:
             raise InputError("PairCropDataset needs at least one sample")
         if patch_size % scale_multiple:
@@ -230,8 +243,14 @@ class PairCropDataset(Dataset):
         self.colour = float(colour)
         if not 0.0 <= self.colour <= 1.0:
             raise InputError(f"colour augmentation probability must be in [0, 1], got {colour}")
+        self.coded = bool(coded)
+        if self.coded and (self.colour or both_directions):
+            raise InputError("training on coded images takes no colour augmentation and no both_directions "
+                             "(list each direction's decode as its own manifest row)")
         self.names: list[str] = []
         self.images: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        self.coded_images: list[torch.Tensor] = []
+        self.factor = 1  # HR size / coded size
         for s in samples:
             hr = _to_uint8_chw(read_image(s.hr))
             ref = _to_uint8_chw(read_image(s.ref)) if s.ref is not None else None
@@ -239,6 +258,19 @@ class PairCropDataset(Dataset):
                 raise InputError(f"{s.name}: HR {tuple(hr.shape[1:])} and reference {tuple(ref.shape[1:])} differ in size")
             if min(hr.shape[1:]) < patch_size:
                 raise InputError(f"{s.name}: image {tuple(hr.shape[1:])} is smaller than the patch size {patch_size}")
+            if self.coded:
+                if getattr(s, "coded", None) is None:
+                    raise InputError(f"{s.name}: no coded image (manifest column 5) but the dataset trains on coded images")
+                c = _to_uint8_chw(read_image(s.coded))
+                k = hr.shape[1] // c.shape[1]
+                if k < 1 or tuple(c.shape[1:]) != (hr.shape[1] // k, hr.shape[2] // k) or hr.shape[1] % k or hr.shape[2] % k \
+                        or (self.coded_images and k != self.factor):
+                    raise InputError(f"{s.name}: coded image {tuple(c.shape[1:])} is not the HR {tuple(hr.shape[1:])} divided "
+                                     "by one integer factor (the same for every sample)")
+                if patch_size % k:
+                    raise InputError(f"patch size {patch_size} is not a multiple of the coded images' factor {k}")
+                self.factor = k
+                self.coded_images.append(c)
             self.names.append(s.name)
             self.images.append((hr, ref))
         #: one entry per visit of an epoch (before directions and ``repeats``): image index, weighted
@@ -257,13 +289,20 @@ class PairCropDataset(Dataset):
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng([self.seed, index, self._draws, info.seed if info else 0])
         self._draws += 1
-        p = self.patch_size
-        top = int(rng.integers(0, hr.shape[1] - p + 1))
-        left = int(rng.integers(0, hr.shape[2] - p + 1))
+        p, f = self.patch_size, self.factor
+        if self.coded:  # offsets on the coded image's grid
+            top = f * int(rng.integers(0, (hr.shape[1] - p) // f + 1))
+            left = f * int(rng.integers(0, (hr.shape[2] - p) // f + 1))
+        else:
+            top = int(rng.integers(0, hr.shape[1] - p + 1))
+            left = int(rng.integers(0, hr.shape[2] - p + 1))
         flips = rng.integers(0, 2, size=3) if self.augment else (0, 0, 0)
         out = {"hr": hr} if ref is None else {"hr": hr, "ref": ref}
+        if self.coded:
+            out["coded"] = self.coded_images[self._visits[k % n]]
         for key, img in out.items():
-            img = img[:, top : top + p, left : left + p]
+            d = f if key == "coded" else 1
+            img = img[:, top // d : (top + p) // d, left // d : (left + p) // d]
             if flips[0]:
                 img = img.flip(-1)
             if flips[1]:

@@ -8,7 +8,9 @@ mod-crop — and its reference if the model needs one):
    sizes (the header counts only in ``bpp``).
 2. ``hr_hat = model.decode(Packet.from_bytes(data), ref, seed=d, temperature=temperature)`` for
    ``d < draws`` (deterministic models and temperature 0: one draw); PSNR/SSIM on Y and RGB
-   with ``crop_border = scale`` (BasicSR, :mod:`refscale.metrics`) averaged over the draws. For
+   with ``crop_border = scale`` (BasicSR, :mod:`refscale.metrics`) averaged over the draws, and
+   ``frac_off40``, the fraction of pixels with any RGB channel off by more than 40 levels
+   (:func:`refscale.metrics.fraction_off`: wrong colours that PSNR-Y does not see). For
    an HR stored as a greyscale file the Y metrics use the grey value itself
    (:func:`refscale.metrics.grey_luma`), the convention of the published bicubic tables (Set14's
    bridge).
@@ -22,7 +24,8 @@ mod-crop — and its reference if the model needs one):
 5. With ``lr_dir``: the stored LR image of each sample is written to ``lr_dir/<name>.png`` (for
    looking at it, or for no-reference LR quality: ``python benchmarks/lr_quality.py --lr DIR``).
 
-The result is the DESIGN.md JSON: ``model, scale, dataset, split, draws, images[], mean{}``.
+The result is the JSON of docs/design.md ("Evaluation output"): ``model, scale, dataset, split,
+draws, images[], mean{}``, and ``worst{}``: the image with the lowest PSNR-RGB (:func:`worst_image`).
 """
 from __future__ import annotations
 
@@ -40,7 +43,9 @@ from refscale.imageio import is_greyscale_file, write_image
 from refscale.protocol import Rescaler
 from refscale.pipeline import DEFAULT_TEMPERATURE, stored_lr
 
-METRIC_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "si_lr", "bpp", "bpp_lr", "bpp_side", "seconds")
+METRIC_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "frac_off40", "si_lr", "bpp", "bpp_lr", "bpp_side", "seconds")
+#: what the ``worst`` summary repeats of the worst image's row
+WORST_KEYS = ("name", "psnr_rgb", "psnr_y", "frac_off40")
 
 
 def _dataset_name(samples: list[Sample]) -> str:
@@ -58,8 +63,8 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
              progress: bool = True, *, bpp: float | None = None, max_bytes: int | None = None,
              dataset: str | None = None, split: str | None = None,
              lr_dir: str | os.PathLike | None = None, overwrite: bool = False,
-             precision: str | None = None, temperature: float = DEFAULT_TEMPERATURE) -> dict:
-    """Evaluate ``model`` on ``samples``; returns the DESIGN.md evaluation dict.
+             precision: str | None = None, temperature: float = DEFAULT_TEMPERATURE, verify: bool = True) -> dict:
+    """Evaluate ``model`` on ``samples``; returns the evaluation dict of docs/design.md.
 
     ``draws`` decodes of different seeds are averaged for stochastic models (``model.stochastic``);
     deterministic models (and any model at temperature 0) are decoded once and report
@@ -70,6 +75,10 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
     ``bpp`` / ``max_bytes``: a budget for each whole ``.rsc`` file instead of ``quality`` (the
     codec quality is chosen per image by :meth:`refscale.Packet.fit`; each row records it).
     ``codec=None``: the model's default codec (PNG, or an ``inter-*`` model's P-frame codec).
+    ``verify``: encode with the verifying encoder (the default, as ``refscale encode``; each row
+    records the fraction of blocks that fell back to bicubic, ``fallback``, the RGB PSNR of the
+    worst block minus bicubic's there, ``worst_block_gap``, and the check's time,
+    ``verify_seconds``); the first draw (seed 0) decodes what the encoder checked.
     """
     from refscale.container import Packet, bytes_for_bpp, check_budget, section_sizes
     from refscale.pipeline import resolve_precision
@@ -90,7 +99,7 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
                 ref = None
             h, w = hr.shape[-2:]
             start = time.perf_counter()
-            packet = model.encode(hr, ref, precision=precision, codec=codec, quality=quality)
+            packet = model.encode(hr, ref, precision=precision, codec=codec, quality=quality, verify=verify)
             t_encode = time.perf_counter() - start
             budget = bytes_for_bpp(bpp, (h, w)) if bpp is not None else max_bytes
             if budget is None:
@@ -107,7 +116,7 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
                     continue
             sizes = section_sizes(data)
             stored = Packet.from_bytes(data, lr_ref=packet.lr_ref)
-            scores = {k: 0.0 for k in ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")}
+            scores = {k: 0.0 for k in ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "frac_off40")}
             t_decode = 0.0
             grey = is_greyscale_file(sample.hr)
             hr_y = metrics.grey_luma(hr) if grey else hr
@@ -120,6 +129,7 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
                 scores["ssim_y"] += float(metrics.ssim(hat_y, hr_y, crop_border=scale, y_channel=True)[0]) / draws
                 scores["psnr_rgb"] += float(metrics.psnr(hr_hat, hr, crop_border=scale, y_channel=False)[0]) / draws
                 scores["ssim_rgb"] += float(metrics.ssim(hr_hat, hr, crop_border=scale, y_channel=False)[0]) / draws
+                scores["frac_off40"] += float(metrics.fraction_off(hr_hat, hr, crop_border=scale)[0]) / draws
             lr = stored_lr(stored)
             if lr_dir is not None:
                 write_image(lr, Path(lr_dir) / f"{name}.png", overwrite=overwrite)
@@ -131,6 +141,11 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
                 "bpp_lr": metrics.bits_per_pixel(sizes["lr"], h, w),
                 "bpp_side": metrics.bits_per_pixel(sizes["side"], h, w),
                 "quality": used_quality,
+                "fallback": (packet.verify_report["fallback_blocks"] / packet.verify_report["blocks"]
+                             if packet.verify_report else None),
+                "worst_block_gap": (packet.verify_report["worst_block_psnr_rgb"] - packet.verify_report["bicubic_there"]
+                                    if packet.verify_report else None),
+                "verify_seconds": packet.verify_report["seconds"] if packet.verify_report else None,
                 "seconds": t_encode + t_decode / draws,
             }
             images.append(row)
@@ -141,13 +156,14 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
     if over_budget and not images:
         raise InputError(f"no image fits the budget ({over_budget[0]['error']})")
     mean = {k: sum(r[k] for r in images) / len(images) for k in METRIC_KEYS} if images else {k: None for k in METRIC_KEYS}
-    return {
+    result = {
         "model": model.name,
         "scale": scale,
         "dataset": dataset if dataset is not None else _dataset_name(samples),
         "split": split,
         "draws": draws,
         "precision": precision,
+        "verify": bool(verify),
         "temperature": float(temperature),
         "codec": codec,
         "budget": {"bpp": bpp} if bpp is not None else ({"bytes": max_bytes} if max_bytes is not None else None),
@@ -155,6 +171,21 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
         "over_budget": over_budget,
         "mean": mean,
     }
+    result["worst"] = worst_image(result)
+    return result
+
+
+def worst_image(result: dict) -> dict | None:
+    """The image of lowest PSNR-RGB in an evaluation result, ``{name, psnr_rgb, psnr_y, frac_off40}``
+    (a key its row lacks is None): ``result["worst"]`` where present, else from ``images`` (results
+    written before it was recorded); None without per-image PSNR-RGB."""
+    if result.get("worst"):
+        return result["worst"]
+    rows = [r for r in result.get("images", []) if r.get("psnr_rgb") is not None]
+    if not rows:
+        return None
+    row = min(rows, key=lambda r: r["psnr_rgb"])
+    return {k: row.get(k) for k in WORST_KEYS}
 
 
 def check_lr_dir(samples: list[Sample], lr_dir: str | os.PathLike, overwrite: bool) -> None:
@@ -172,13 +203,13 @@ def check_lr_dir(samples: list[Sample], lr_dir: str | os.PathLike, overwrite: bo
 
 _COLUMNS = (
     ("psnr_y", "PSNR-Y", ".2f"), ("ssim_y", "SSIM-Y", ".4f"), ("psnr_rgb", "PSNR-RGB", ".2f"),
-    ("ssim_rgb", "SSIM-RGB", ".4f"), ("si_lr", "SI (LR)", ".3f"), ("bpp", "bpp", ".3f"),
+    ("ssim_rgb", "SSIM-RGB", ".4f"), ("frac_off40", ">40 levels", ".2%"), ("si_lr", "SI (LR)", ".3f"), ("bpp", "bpp", ".3f"),
     ("bpp_lr", "bpp LR", ".3f"), ("bpp_side", "bpp side", ".4f"), ("seconds", "s/img", ".2f"),
 )
 
 
 def to_markdown(result: dict) -> str:
-    """A Markdown table: one row per image and a bold mean row."""
+    """A Markdown table: one row per image and a bold mean row, then the worst image (PSNR-RGB)."""
     split = f", split {result['split']}" if result.get("split") else ""
     lines = [
         f"**{result['model']}** (x{result['scale']}) on {result.get('dataset') or 'dataset'}{split}, "
@@ -194,6 +225,9 @@ def to_markdown(result: dict) -> str:
     for row in result["images"]:
         lines.append(f"| {row['name']} | {cells(row)} |")
     lines.append(f"| **mean** | {cells(result['mean'])} |")
+    worst = worst_image(result)
+    if worst:
+        lines += ["", f"Worst image (lowest PSNR-RGB): {worst['name']}, PSNR-RGB {worst['psnr_rgb']:.2f} dB."]
     if result.get("over_budget"):
         names = ", ".join(r["name"] for r in result["over_budget"])
         lines += ["", f"Left out, over the budget even at the lowest quality: {names}."]

@@ -10,7 +10,7 @@ everything they do with files lives here, so a script gets the same behaviour::
         files.encode_file(job, model)
     hr, packet, model = files.decode_file("out/city.rsc", ref="archive/city.png")   # the model the file names
 
-Rules (DESIGN.md, "Command line"): outputs are written atomically (:func:`write_bytes`), never
+Rules (docs/design.md, "Command line"): outputs are written atomically (:func:`write_bytes`), never
 replace an existing file without ``force`` and are never one of the inputs (:func:`preflight`).
 A reference model needs a reference for every input; a model without one ignores it with a
 warning. Batch inputs: a folder (pair folders ``<name>/hr.png + ref.png``, OSCD cities, single
@@ -139,7 +139,8 @@ def reference_lookup(ref, batch: bool):
 
 
 def preflight(jobs: list[Job], force: bool = False, image_outputs: bool = False) -> None:
-    """Refuse, before any work, outputs that exist (without ``force``), collide, or are inputs."""
+    """Refuse, before any work, outputs that exist (without ``force``), collide, are inputs, or
+    cannot be written (:func:`check_writable`)."""
     inputs = {os.path.realpath(j.input) for j in jobs} | {os.path.realpath(j.ref) for j in jobs if j.ref is not None}
     seen = set()
     for j in jobs:
@@ -156,10 +157,30 @@ def preflight(jobs: list[Job], force: bool = False, image_outputs: bool = False)
                 raise InputError(f"output {out} is a folder")
             if out.exists() and not force:
                 raise InputError(f"{out} exists; use --force to overwrite it")
+            check_writable(out)
         if image_outputs:
             _check_image_suffix(j.output)  # unknown suffix -> clear error now, not after decoding
         if j.lr_output is not None:
             _check_image_suffix(j.lr_output)
+
+
+def check_writable(path) -> None:
+    """Refuse, before any work, an output that could not be written: its folder (or, when the
+    folder is still to be created, the nearest existing folder above it) is a file, or no file
+    can be created in it (permissions, a read-only file system). Tested by creating and removing
+    an empty temporary file there, as the atomic write will (so it holds for root and ACLs too)."""
+    path = Path(path)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(f"cannot write {path}: {folder} is not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+    except OSError as e:
+        raise InputError(f"cannot write {path}: {e.strerror or e} (folder {folder})") from None
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def _check_image_suffix(path: Path) -> None:
@@ -173,10 +194,12 @@ def _check_image_suffix(path: Path) -> None:
 def encode_file(job: Job, model: Rescaler, *, codec: str | None = None, quality: int | None = None, bpp: float | None = None,
                 max_bytes: int | None = None, tile=None, resample_ref: bool = False, precision: str | None = None,
                 register: bool = True, force: bool = False, progress: bool = False, bands=None,
-                value_range=None, windowed: bool | None = None) -> dict:
+                value_range=None, windowed: bool | None = None, verify: bool = True) -> dict:
     """Encode one job: write the container (and the LR as the receiver sees it). Returns
-    ``{"output", "bytes", "bpp", "size", "model", "codec", "quality", "raster", "inter_mode"}``
-    (``inter_mode``: what an inter-frame codec coded, ``inter`` or ``intra``; else None).
+    ``{"output", "bytes", "bpp", "size", "model", "codec", "quality", "raster", "verify", "inter_mode"}``
+    (``quality``: the one used and recorded, a lossy codec's default when none was given;
+    ``verify``: the verifying encoder's report, ``refscale.pipeline.encode``, or None;
+    ``inter_mode``: what an inter-frame codec coded, ``inter`` or ``intra``; else None).
     ``codec=None``: the model's default.
 
     ``bands`` (e.g. ``[4, 3, 2]``, 1-based) and ``value_range`` (``"p2,98"``, ``"0,10000"``):
@@ -188,13 +211,15 @@ def encode_file(job: Job, model: Rescaler, *, codec: str | None = None, quality:
 
     ``bpp`` or ``max_bytes``: a budget for the whole file instead of a quality (the quality is
     chosen by :meth:`refscale.Packet.fit`); the budget is checked before anything is written."""
-    codec = codecs.canonical(codec, model.default_codec)
-    quality = codecs.check_quality(codec, quality)
+    codec, quality = codecs.resolve(codec, quality, model.default_codec)
     codecs.require(codec)
     check_budget(quality, bpp, max_bytes)
+    for out in (job.output, job.lr_output):
+        if out is not None:
+            check_writable(out)
     image = raster.read_raster(job.input, bands=bands, value_range=value_range, windowed=windowed, progress=progress)
     packet = pipeline.encode(model, image, job.ref, tile=tile, resample_ref=resample_ref, precision=precision,
-                             register=register, progress=progress, codec=codec, quality=quality)
+                             register=register, progress=progress, codec=codec, quality=quality, verify=verify)
     if bpp is not None:
         max_bytes = bytes_for_bpp(bpp, packet.size)
     if max_bytes is not None:
@@ -212,7 +237,8 @@ def encode_file(job: Job, model: Rescaler, *, codec: str | None = None, quality:
     h, w = packet.size
     mode = codecs.inter_payload(codec, Packet.from_bytes(data).lr_data)["mode"] if codecs.needs_reference(codec) else None
     return {"output": job.output, "bytes": len(data), "bpp": len(data) * 8 / (h * w), "size": (h, w),
-            "model": model.name, "codec": codec, "quality": quality, "raster": packet.raster, "inter_mode": mode}
+            "model": model.name, "codec": codec, "quality": codecs.effective_quality(codec, quality), "raster": packet.raster,
+            "verify": packet.verify_report, "inter_mode": mode}
 
 
 def write_decoded(hr: torch.Tensor, packet: Packet, path, *, cog: bool = False, force: bool = False) -> Path:
@@ -249,8 +275,9 @@ def decode_to_file(src, output, ref=None, *, model=None, cache: dict | None = No
     grow with the scene) when ``windowed``, or by default when its padded size exceeds
     :data:`refscale.raster.WINDOWED_PIXELS` and nothing needs the whole image (no recorded
     registration transform, no inter-frame LR codec). Returns ``(packet, model)``."""
-    packet, m, ref = _open_container(src, ref, model, cache, warn_ref)
     output = Path(output)
+    check_writable(output)
+    packet, m, ref = _open_container(src, ref, model, cache, warn_ref)
     big = packet.padded_size[0] * packet.padded_size[1] > raster.WINDOWED_PIXELS
     if windowed is None:
         windowed = big and not packet.registered and not codecs.needs_reference(packet.codec)

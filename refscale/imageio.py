@@ -4,7 +4,9 @@
   grey+alpha, RGBA, palette, CMYK are converted to RGB with a ``warnings.warn``; 16-bit PNG/TIFF
   keep their precision (divided by 65535; colour through imagecodecs, an error without it); a TIFF
   with other than 1 or 3 bands is an error (a 4th band is never taken for alpha). Missing, unreadable
-  or decompression-bomb files raise :class:`~refscale.errors.InputError`.
+  or decompression-bomb files raise :class:`~refscale.errors.InputError`, and so do files holding
+  more than one image (an animated GIF, PNG or WebP, a multi-page TIFF: :func:`frame_count`)
+  rather than being read as their first frame.
 * :func:`as_image_tensor` — tensors, numpy arrays or paths to ``[1,3,H,W]`` float32.
 * :func:`write_image` — ``[1,3,H,W]`` / ``[3,H,W]`` to an 8-bit file (format by suffix), atomically,
   with the mode the umask gives new files (:func:`publish`).
@@ -93,9 +95,41 @@ def _decode_16bit(data: bytes, fmt: str, name: str) -> np.ndarray | None:
     return None
 
 
+def _frames(im: Image.Image) -> int:
+    """The full images in an open file: the frames of an animation (GIF, APNG, WebP), the pages of
+    a TIFF (not its reduced-resolution overviews or masks, NewSubfileType bits 1 and 4); 1 for
+    an MPO (a camera JPEG: the primary image first, then previews or depth maps)."""
+    n = int(getattr(im, "n_frames", 1) or 1)
+    if n <= 1 or im.format == "MPO":
+        return 1
+    if im.format == "TIFF":
+        full = 0
+        for i in range(n):
+            im.seek(i)
+            full += not int(im.tag_v2.get(254, 0)) & 5
+        im.seek(0)
+        return full
+    return n
+
+
+def frame_count(path: str | os.PathLike) -> int:
+    """:func:`_frames` of a file Pillow opens; 1 for one it cannot (other readers judge it)."""
+    try:
+        with Image.open(path) as im:
+            return _frames(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return 1
+
+
+def multi_frame_error(name: str, n: int) -> InputError:
+    return InputError(f"{name} holds {n} images (an animation or a multi-page file); refscale reads one image per "
+                      "file: save the frame you want on its own")
+
+
 def read_array(path: str | os.PathLike) -> np.ndarray:
     """Read an image file (Pillow, 16-bit through imagecodecs) as an ``HxW`` or ``HxWxC`` array in
-    its own dtype (uint8, uint16, float32; palette, CMYK, ... converted to RGB with a warning)."""
+    its own dtype (uint8, uint16, float32; palette, CMYK, ... converted to RGB with a warning); a
+    file of several images (:func:`_frames`) is refused."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"image not found: {p}")
@@ -103,6 +137,9 @@ def read_array(path: str | os.PathLike) -> np.ndarray:
         data = p.read_bytes()
         with Image.open(p) as im:
             fmt = im.format or ""
+            frames = _frames(im)
+            if frames > 1:
+                raise multi_frame_error(p.name, frames)
             arr16 = _decode_16bit(data, fmt, p.name)
             if arr16 is not None:
                 return arr16

@@ -138,7 +138,7 @@ SETTINGS: dict[int, dict[str, dict[str, str]]] = {
         "hevc-inter": {"preset": "medium", "tune": "psnr"},
         "av1-inter": {"preset": "8", "tune": "none"}},  # SVT-AV1's default tune is 1 (PSNR)
 }
-#: Version 2's presets and tunes won the sweep on the OSCD train pairs (docs/results.md, "Encoder
+#: Version 2's presets and tunes won the sweep on the OSCD train pairs (docs/inter.md, "Encoder
 #: settings"): fewer P-frame bits for the same PSNR-Y, for 2-4x the encoding time.
 SETTINGS[2] = {"h264-inter": {"preset": "slow", "tune": "none"},
                "hevc-inter": {"preset": "slow", "tune": "none"},
@@ -156,7 +156,7 @@ SETTINGS[3] = {"h264-inter": {**SETTINGS[2]["h264-inter"], "params": "qcomp=0.99
                "av1-inter": {**SETTINGS[2]["av1-inter"], "intra": "use-fixed-qindex-offsets=1:key-frame-qindex-offset=0"}}
 #: the Lagrange multiplier's constant of :func:`rd_cost` per codec: the H.264 (JM, 0.85) and HEVC
 #: (HM, 0.57) reference encoders' own; on the OSCD train pairs the decision was as good from 0.7 to
-#: 1.2 times these (docs/results.md, "Inter mode decision"). AV1 (the CRF scaled to H.264's QP
+#: 1.2 times these (docs/inter.md, "Inter mode decision"). AV1 (the CRF scaled to H.264's QP
 #: range): the best single constant on the train pairs, 3.5 times HEVC's
 LAMBDA = {"h264-inter": 0.85, "hevc-inter": 0.57, "av1-inter": 2.0}
 #: the fast first pass of ``auto`` (:func:`choose`): the intra frame's encoder preset (None: the

@@ -32,8 +32,7 @@ what MATLAB's ``piqe`` and the NIQE release do with an RGB input. A grey input i
   re-fitted with its own feature code (which repeats the left scale in place of the right one
   for the diagonal pairs), not the published one.
   Validation: BasicSR documents MATLAB R2021a's NIQE of Set14 ``baboon.png`` (Y channel) as
-  5.72957338; ``python benchmarks/lr_quality.py --check-baboon PATH`` prints ours (the agreement
-  is recorded in docs/results.md).
+  5.72957338; ``python benchmarks/lr_quality.py --check-baboon PATH`` prints ours, to compare.
 
   NIQE needs at least two whole 96x96 blocks (a covariance needs two samples); with fewer it
   is NaN. (MATLAB's release does not fail on one block: ``nanmean``/``nancov`` of a single row

@@ -14,6 +14,9 @@ image (``Tensor[N]``, float64).
   3x3 Sobel kernels, valid region only (the 1-pixel border is excluded), averaged over pixels
   ("mean", the default, which gives RefScale Table 1's 0.17-0.57 range) or its standard
   deviation ("std", the ITU-T P.910 form).
+* :func:`fraction_off` — the colour check PSNR hides: the fraction of pixels (8-bit, border
+  cropped as for PSNR) where any RGB channel is off by more than ``levels`` (default 40) levels;
+  ``refscale.evaluate`` reports it per image as ``frac_off40``.
 * :func:`bits_per_pixel` — real encoded bytes * 8 / (H * W) of the original image.
 * :func:`reference_agreement` — how well a transmitted LR image agrees with a reference brought
   to LR size: the correlation of their band-passed luma (the decoder's plausibility check).
@@ -62,6 +65,14 @@ def psnr(a: torch.Tensor, b: torch.Tensor, crop_border: int = 0, y_channel: bool
     x, y = _prepare(a, crop_border, y_channel), _prepare(b, crop_border, y_channel)
     mse = ((x - y) ** 2).flatten(1).mean(dim=1)
     return 10.0 * torch.log10(255.0**2 / mse)  # mse == 0 -> inf
+
+
+def fraction_off(a: torch.Tensor, b: torch.Tensor, crop_border: int = 0, levels: int = 40) -> torch.Tensor:
+    """Fraction of pixels per image (``Tensor[N]``, float64, 0-1) where any channel of the 8-bit
+    images differs by more than ``levels``, ``crop_border`` pixels on every side left out."""
+    _check_pair(a, b)
+    x, y = _prepare(a, crop_border, False), _prepare(b, crop_border, False)
+    return ((x - y).abs() > levels).any(dim=1).flatten(1).to(torch.float64).mean(dim=1)
 
 
 def psnr_y_masked(a: torch.Tensor, b: torch.Tensor, mask, crop_border: int = 0) -> float:

@@ -223,11 +223,16 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
+def round_8bit(x: torch.Tensor) -> torch.Tensor:
+    """``round(clamp(x, 0, 1) * 255) / 255``: the forward value of the 8-bit quantizers
+    (:func:`quantize_8bit`, FGRN's ``quantize_representation``), without a gradient trick."""
+    return torch.round(x.clamp(0, 1) * 255) / 255
+
+
 def quantize_8bit(x: torch.Tensor) -> torch.Tensor:
     """IRN's ``Quantization``: clamp to [0,1] and round to k/255 in the forward pass; the
     backward pass is the identity (straight-through, also outside [0,1], as IRN)."""
-    q = torch.round(x.clamp(0, 1) * 255) / 255
-    return x + (q - x).detach()
+    return x + (round_8bit(x) - x).detach()
 
 
 # --------------------------------------------------------------------------- sizes

@@ -9,13 +9,15 @@ Written once against the :class:`~refscale.protocol.Rescaler` protocol:
   :mod:`refscale.tiling`: overlap plus cropping of tile borders, no blending) when it has more
   than :data:`AUTO_TILE_PIXELS` pixels, or when ``tile`` is given. Windows have one size and
   are run in batches of up to :data:`BATCH_PIXELS` HR pixels, which bounds memory and is
-  faster on a CPU than one huge convolution. Side maps are cropped and stitched the same way
-  (their stride, HR size / side size, is read from the shapes). The layout is recorded in the
-  container; the decoder repeats it by default.
+  faster on a CPU than one huge convolution. Side maps are cropped and stitched the same way, at
+  the stride the model declares (:meth:`refscale.protocol.Rescaler.side_spec`); one
+  :class:`refscale.tiling.Tiler` does the cutting and stitching for the encoder, the decoder and
+  the on-board loop (:mod:`refscale.onnx.onboard`), :func:`layout` chooses its layout. The layout
+  is recorded in the container; the decoder repeats it by default.
   A :class:`refscale.raster.RasterScene` (a GeoTIFF larger than memory) is read window by
   window, its reference too, and ``decode(..., sink=TiffSink(...))`` writes the rebuilt scene
   window by window; pixels without data are filled in each window (:func:`refscale.raster.fill`).
-* **Precision.** Models that support it (``set_speed``, :mod:`refscale.nn.speed`) run their
+* **Precision.** Models that declare it (``supports_bf16``, :mod:`refscale.nn.speed`) run their
   convolutions in bfloat16 with channels_last when ``precision="bf16"`` (``"auto"``, the default:
   only on CPUs with native bf16). The container records
   the precision the encoder used and the decoder repeats it, so both sides compute the same
@@ -28,6 +30,21 @@ Written once against the :class:`~refscale.protocol.Rescaler` protocol:
   reference at the LR's size (:func:`lr_reference`), so with them the reference is needed (and
   fingerprinted) even for a model that takes none; the model itself still gets it only if it
   uses one.
+* **Verification** (``encode(..., verify=True)``, the default; issue 26). The encoder has the HR
+  image, so it decodes its own packet exactly as the receiver will (the LR after the codec, the
+  seed and temperature it records) and compares it, block by block (:data:`VERIFY_BLOCK` HR
+  pixels), with the plain bicubic pipeline at the same scale. A block whose RGB PSNR falls below
+  bicubic's by more than :data:`VERIFY_MARGIN_DB`, or that has more pixels off by more than
+  :data:`VERIFY_OFF_LEVELS` levels than bicubic has there, is stored as the bicubic LR and
+  decoded by bicubic upscaling (the fallback); the check repeats until no block fails (a fallback
+  block changes its neighbours' context), and the packet records the blocks' modes
+  (:class:`refscale.container.Verification`, format version 5) and a summary
+  (``packet.verify_report``). It costs one decode (more when blocks fall back). At scale 1 (the
+  learned decoders after the inter codec) the bicubic pipeline is the plain codec's decode, so a
+  fallback block is decoded without the network. Not done for bicubic and the scale-1 inter modes
+  (nothing to check), nor for a scene read window by window
+  (it is never whole in memory; a warning says so). With a lossy LR codec the check sees the LR
+  after the codec at the packet's quality (the codec's default when a byte budget will choose it).
 * **Determinism.** Decoding randomness comes only from ``torch.Generator`` objects seeded from
   ``seed`` (untiled: ``seed`` itself; tiled: one generator per batch of windows, seeded with
   ``SeedSequence([seed, batch index])``), so the same container, reference and seed give the
@@ -36,6 +53,7 @@ Written once against the :class:`~refscale.protocol.Rescaler` protocol:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import warnings
@@ -44,11 +62,12 @@ import numpy as np
 import torch
 
 from refscale import codecs, ops, raster, registration, tiling
-from refscale.container import Packet, reference_fingerprint, reference_hasher, smallest_integer_array
+from refscale.container import (RESTORE_DTYPES, Packet, Verification, reference_fingerprint, reference_hasher,
+                                smallest_integer_array)
 from refscale.errors import ContainerError, InputError, ModelError
 from refscale.imageio import as_image_tensor
 from refscale.metrics import reference_agreement, to_uint8
-from refscale.protocol import Rescaler, bind_pipeline
+from refscale.protocol import Rescaler, SideSpec
 from refscale.nn.speed import native_bf16
 
 #: padded images with more pixels than this are tiled automatically (1024 x 1024)
@@ -61,27 +80,40 @@ DEFAULT_TILE = 1024
 DEFAULT_OVERLAP_LR = 16
 #: HR pixels per batch of windows (at least one window per batch)
 BATCH_PIXELS = 1024 * 1024
-#: arithmetic for models with ``set_speed``: "fp32", "bf16" or "auto". bf16 + channels_last is much
+#: arithmetic for models that declare ``supports_bf16``: "fp32", "bf16" or "auto". bf16 + channels_last is much
 #: faster than fp32 on a CPU with native bf16 (AVX512-BF16/AMX) at the same end-to-end PSNR, and
 #: much slower on an AVX2-only CPU, where bf16 is emulated (``benchmarks/large_scene.py`` prints
-#: both; figures in docs/results.md). "auto" (the default) picks bf16 where it is native
+#: both; figures in docs/performance.md). "auto" (the default) picks bf16 where it is native
 #: (:func:`refscale.nn.speed.native_bf16`), else fp32; the container records the choice.
 DEFAULT_PRECISION = "auto"
 #: the decoder warns when the stored LR and the reference agree less than this
 #: (:func:`refscale.metrics.reference_agreement`): the reference then looks like another place.
 #: Calibrated on the OSCD train cities, error rates on the test cities: benchmarks/reference_check.py
-#: and docs/results.md, "The reference, end to end".
+#: and docs/reference.md, "Plausibility check".
 MIN_REFERENCE_AGREEMENT = 0.2
 #: the latent temperature ``decode`` samples ``z ~ t * N(0, I)`` with by default (stochastic models;
 #: the CLI, ``refscale evaluate`` and :func:`refscale.evaluate.evaluate` use it too). Chosen on
-#: the held-out train cities: benchmarks/temperature.py and docs/results.md, "Temperature".
+#: the held-out train cities: benchmarks/temperature.py and docs/evaluation.md, "Temperature".
 DEFAULT_TEMPERATURE = 1.0
+#: the verifying encoder (see the module doc): block side in HR pixels (rounded up to the model's
+#: alignment), the RGB PSNR margin below bicubic a block may have, and the error in 8-bit levels
+#: past which a pixel counts as wrong (a block may have ``VERIFY_OFF_SLACK`` of its pixels more
+#: of those than bicubic, at least one). Our choice: blocks small enough to isolate a wrongly
+#: coloured field, large enough for a stable PSNR; margin 0, so a verified image is never worse
+#: than bicubic in any block the encoder checked.
+VERIFY_BLOCK = 64
+VERIFY_MARGIN_DB = 0.0
+VERIFY_OFF_LEVELS = 40
+VERIFY_OFF_SLACK = 1e-3
+#: the most decodes one verification runs before it gives every still-failing block to bicubic
+VERIFY_MAX_ROUNDS = 4
 
 
 # ============================================================================= encode
 def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: int | None = None,
            progress: bool = False, resample_ref: bool = False, precision: str | None = None,
-           register: bool = True, codec: str | None = None, quality: int | None = None) -> Packet:
+           register: bool = True, codec: str | None = None, quality: int | None = None,
+           verify: bool = True) -> Packet:
     """Downscale one image into a :class:`Packet` (LR rounded to 8 bits, side info as integers).
 
     ``hr`` and ``ref``: tensors ``[1,3,H,W]``/``[3,H,W]`` in [0,1], ``HxWx3`` arrays or paths; ``hr``
@@ -98,6 +130,8 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
     (:mod:`refscale.registration`); the transform is recorded and the decoder repeats it.
     ``codec``, ``quality``: what ``packet.to_bytes()`` writes by default (default: the model's
     ``default_codec``); an inter-frame codec keeps the reference for the LR codec (``lr_ref``).
+    ``verify``: decode the packet here and fall back to bicubic where the model is worse (see the
+    module doc, "Verification"); the summary is ``packet.verify_report``.
     """
     if isinstance(hr, (str, os.PathLike)):
         hr = raster.read_raster(hr)
@@ -106,9 +140,9 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
     if scene is None:
         hr = _image(hr.tensor if isinstance(hr, raster.RasterImage) else hr, "image")
     size = tuple(hr.shape[-2:]) if scene is None else scene.size
-    codec = codecs.canonical(codec, model.default_codec)
-    quality = codecs.check_quality(codec, quality)
+    codec, quality = codecs.resolve(codec, quality, model.default_codec)
     ref, ref_hash = _reference(model, ref, size, codec, record, windowed=scene is not None, progress=progress)
+    ref_given = ref
     if isinstance(ref, torch.Tensor):
         ref = _to_size(ref, size, resample_ref)
     lr_ref = lr_reference(ref, model.alignment, model.scale) if isinstance(ref, torch.Tensor) else None
@@ -128,52 +162,164 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
     padded = (_round_up(size[0], align), _round_up(size[1], align))
     if scene is None:
         mask = record.mask.rows() if record is not None and record.mask is not None else None
-        read_hr = _window_reader(hr, torch.from_numpy(mask)[None] if mask is not None else None, align)
+        read_hr = tiling.memory_reader(hr, torch.from_numpy(mask)[None] if mask is not None else None, align)
     else:
-        read_hr = _scene_reader(scene, padded)
-    read_ref = None if ref is None else _scene_reader(ref, padded) if isinstance(ref, raster.RasterScene) \
-        else _window_reader(ref, None, align)
-    layout = _layout(model, padded, tile, overlap)
+        read_hr = tiling.scene_reader(scene, padded)
+    read_ref = None if ref is None else tiling.scene_reader(ref, padded) if isinstance(ref, raster.RasterScene) \
+        else tiling.memory_reader(ref, None, align)
+    tiler = layout(padded, align, model.scale, tile, overlap)
     precision = resolve_precision(model, precision)
+    spec = side_spec(model)
     s = model.scale
 
     lr_u8 = np.empty((padded[0] // s, padded[1] // s, 3), np.uint8)
-    side: dict[str, torch.Tensor] = {}
-    (wh, ww), windows = tiling.grid(padded, *layout, model.alignment)
+    lr_planes = lr_u8.transpose(2, 0, 1)[None]  # a [1, 3, h, w] view: the cores are written into lr_u8
+    side = {name: torch.zeros(1, sp.channels, *tiler.map_size(sp.stride), dtype=getattr(torch, sp.dtype))
+            for name, sp in spec.items()}
+    wh, ww = tiler.window_size
     with _inference(model, precision):
-        for batch in _progress(tiling.batches(windows, (wh, ww), BATCH_PIXELS), progress, "encode"):
-            x = _batch(read_hr, batch, wh, ww)
-            r = _batch(read_ref, batch, wh, ww) if read_ref is not None else None
+        for batch in _progress(tiler.batches(BATCH_PIXELS), progress, "encode"):
+            x = tiler.read(read_hr, batch)
+            r = tiler.read(read_ref, batch) if read_ref is not None else None
             lr_b, side_b = model.downscale(x, r)
             if tuple(lr_b.shape) != (len(batch), 3, wh // s, ww // s):
                 raise ModelError(f"{model.name}.downscale returned {list(lr_b.shape)}, expected {[len(batch), 3, wh // s, ww // s]}")
-            for i, w in enumerate(batch):
-                y0, y1, x0, x1 = w.core
-                core = lr_b[i:i + 1, :, (y0 - w.y) // s:(y1 - w.y) // s, (x0 - w.x) // s:(x1 - w.x) // s]
-                lr_u8[y0 // s:y1 // s, x0 // s:x1 // s] = to_uint8(core)[0].permute(1, 2, 0).numpy()
+            _check_side(model, spec, side_b, len(batch), (wh, ww))
+            tiler.stitch(lr_planes, lr_b, batch, s, convert=lambda core: to_uint8(core).numpy())
             for name, t in side_b.items():
-                stride = _stride(model, name, t, (wh, ww), align)
-                if name not in side:
-                    side[name] = torch.zeros(1, t.shape[1], padded[0] // stride, padded[1] // stride, dtype=t.dtype)
-                for i, w in enumerate(batch):
-                    y0, y1, x0, x1 = w.core
-                    side[name][..., y0 // stride:y1 // stride, x0 // stride:x1 // stride] = \
-                        t[i:i + 1, :, (y0 - w.y) // stride:(y1 - w.y) // stride, (x0 - w.x) // stride:(x1 - w.x) // stride]
+                tiler.stitch(side[name], t, batch, spec[name].stride)
 
     side_np, side_dtypes = {}, {}
     for name, t in side.items():
         side_np[name] = smallest_integer_array(name, _integer_array(model, name, t))
         side_dtypes[name] = str(t.dtype).replace("torch.", "")
-    return Packet(
+    packet = Packet(
         model=model.name, weights_hash=model.weights_hash(), scale=s, size=size, padded_size=padded,
-        tiles={"tile": layout[0], "overlap": layout[1]} if len(windows) > 1 else None,
+        tiles=tiler.record,
         lr=lr_u8, side=side_np, side_dtypes=side_dtypes, precision=precision, ref_hash=ref_hash,
         ref_shift=shift, ref_rotation=rotation, codec=codec, quality=quality, lr_ref=lr_ref, raster=record,
     )
+    if verify and verifiable(model):
+        if scene is not None:
+            warnings.warn("a scene read window by window is not verified against bicubic (it is never whole in "
+                          "memory)", stacklevel=2)
+        else:
+            hr_p = tiling.read_windows(read_hr, [tiling.Window(0, 0, (0, padded[0], 0, padded[1]))], padded)
+            packet = _verify(model, packet, hr_p, ref_given, resample_ref, progress)
+    return packet
+
+
+# ============================================================================= verification
+def verifiable(model: Rescaler) -> bool:
+    """Models the verifying encoder checks: every model except bicubic itself and the scale-1 inter
+    modes (nothing to check). At scale 1 (the learned decoders after the inter codec, ``enhance-x1``)
+    the "bicubic pipeline" is the plain codec's decode, so a fallback block means "no enhancement"."""
+    return model.arch not in ("bicubic", "inter")
+
+
+def verify_block(model: Rescaler) -> int:
+    """The verification block side of ``model`` in HR pixels (:data:`VERIFY_BLOCK`, at least 8 LR
+    pixels, rounded up to the alignment)."""
+    return _round_up(max(VERIFY_BLOCK, 8 * model.scale), model.alignment)
+
+
+def _as_received(packet: Packet, lr_u8: np.ndarray) -> np.ndarray:
+    """The LR the receiver will decode: ``lr_u8`` through the packet's codec at its quality."""
+    if codecs.is_lossless(packet.codec, packet.quality):
+        return lr_u8
+    ref = packet.lr_ref if codecs.needs_reference(packet.codec) else None
+    data = codecs.encode_image(lr_u8, packet.codec, packet.quality, ref=ref)
+    return codecs.decode_image(data, packet.codec, lr_u8.shape[:2], ref=ref)
+
+
+def _block_errors(x: torch.Tensor, hr: torch.Tensor, size: tuple[int, int], block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per block of ``block`` pixels (inside the original ``size``): the RGB squared error summed
+    over 8-bit values, and the count of pixels with a channel off by more than
+    :data:`VERIFY_OFF_LEVELS` levels."""
+    h, w = size
+    d = to_uint8(x[..., :h, :w]).to(torch.int32) - to_uint8(hr[..., :h, :w]).to(torch.int32)
+    sq = (d * d).sum(1)[0].double()
+    off = (d.abs().amax(1)[0] > VERIFY_OFF_LEVELS).double()
+    rows, cols = Verification.grid((h, w), block)
+    pad = (0, cols * block - w, 0, rows * block - h)
+
+    def per_block(t):
+        t = torch.nn.functional.pad(t, pad)
+        return t.reshape(rows, block, cols, block).sum((1, 3)).numpy()
+
+    return per_block(sq), per_block(off)
+
+
+def _verify(model: Rescaler, packet: Packet, hr_p: torch.Tensor, ref, resample_ref: bool, progress: bool) -> Packet:
+    """The verifying encoder (module doc): decode ``packet`` as the receiver will, fall back to
+    bicubic block by block where the model is worse; the packet with the modes and a report."""
+    import time
+
+    start = time.perf_counter()
+    s, size, padded = model.scale, tuple(packet.size), tuple(packet.padded_size)
+    block = verify_block(model)
+    rows, cols = Verification.grid(padded, block)
+    lr_model = packet.lr
+    bic_lr = to_uint8(ops.bicubic_down(hr_p, s))[0].permute(1, 2, 0).contiguous().numpy()
+    bic = ops.bicubic_up(u8_to_float(_as_received(packet, bic_lr)), s).clamp(0, 1)
+    sq_b, off_b = _block_errors(bic, hr_p, size, block)
+    px = _block_pixels(size, block)
+    lb = block // s
+
+    def attempt(fallback: np.ndarray):
+        """The LR with the fallback blocks' bicubic LR, and its per-block errors as decoded."""
+        lr = lr_model.copy()
+        for i, j in zip(*np.nonzero(fallback)):
+            lr[i * lb:(i + 1) * lb, j * lb:(j + 1) * lb] = bic_lr[i * lb:(i + 1) * lb, j * lb:(j + 1) * lb]
+        trial = dataclasses.replace(packet, lr=_as_received(packet, lr), verify_report=None,
+                                    verification=Verification(block, 0, DEFAULT_TEMPERATURE, fallback.copy()))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the reference's checks speak when the receiver decodes
+            out = decode(model, trial, ref, resample_ref=resample_ref, progress=progress)
+        return lr, _block_errors(out, hr_p, size, block)
+
+    fallback = np.zeros((rows, cols), bool)
+    for rounds in range(1, VERIFY_MAX_ROUNDS + 1):
+        lr, (sq_m, off_m) = attempt(fallback)
+        worse = sq_m > sq_b * 10 ** (VERIFY_MARGIN_DB / 10) + 1e-9
+        wrong = off_m > off_b + np.maximum(1, VERIFY_OFF_SLACK * px)
+        bad = (worse | wrong) & ~fallback
+        if not bad.any():
+            break
+        fallback |= bad
+    else:  # still failing after the last round: the whole image goes to bicubic
+        fallback[:] = True
+        lr, (sq_m, off_m) = attempt(fallback)
+    psnr_m = _psnr_from(sq_m, px)
+    k = int(np.argmin(np.where(px > 0, psnr_m, np.inf)))
+    total = lambda sq: float(10 * np.log10(255.0**2 * 3 * px.sum() / max(sq.sum(), 1e-12)))  # noqa: E731
+    report = {
+        "blocks": int(fallback.size), "fallback_blocks": int(fallback.sum()), "block": block, "rounds": rounds,
+        "psnr_rgb": total(sq_m), "bicubic_psnr_rgb": total(sq_b),
+        "worst_block_psnr_rgb": float(psnr_m.flat[k]), "bicubic_there": float(_psnr_from(sq_b, px).flat[k]),
+        "seconds": time.perf_counter() - start,
+    }
+    return dataclasses.replace(packet, lr=lr, verification=Verification(block, 0, DEFAULT_TEMPERATURE, fallback),
+                               verify_report=report)
+
+
+def _block_pixels(size: tuple[int, int], block: int) -> np.ndarray:
+    """Pixels of each block inside the original ``size``."""
+    h, w = size
+    rows, cols = Verification.grid((h, w), block)
+    hs = np.minimum(block, h - np.arange(rows) * block)
+    ws = np.minimum(block, w - np.arange(cols) * block)
+    return np.outer(hs, ws).astype(np.float64)
+
+
+def _psnr_from(sq: np.ndarray, px: np.ndarray) -> np.ndarray:
+    """RGB PSNR of each block from its summed squared 8-bit error and pixel count."""
+    with np.errstate(divide="ignore"):
+        return 10 * np.log10(255.0**2 * 3 * px / np.maximum(sq, 1e-12))
 
 
 # ============================================================================= decode
-def decode(model: Rescaler, packet, ref=None, *, temperature: float = DEFAULT_TEMPERATURE, seed: int = 0,
+def decode(model: Rescaler, packet, ref=None, *, temperature: float | None = None, seed: int | None = None,
            tile: int | None = None, overlap: int | None = None, allow_mismatch: bool = False, progress: bool = False,
            resample_ref: bool | None = None, precision: str | None = None,
            allow_other_reference: bool = False, sink=None) -> torch.Tensor | None:
@@ -187,9 +333,10 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = DEFAULT_TE
     the LR is not checked.
 
     ``temperature``: stochastic models draw their latent ``z ~ temperature * N(0, I)`` (seeded by
-    ``seed``); the default :data:`DEFAULT_TEMPERATURE` = 1, the distribution the models were
-    trained on, gave the highest PSNR-Y (to 0.01 dB) of every shipped invertible model on the
-    held-out cities (lower temperatures are much worse, 0 included: docs/results.md, "Temperature").
+    ``seed``). ``None`` (default): the seed and temperature the verifying encoder checked, as the
+    file records them, else seed 0 and :data:`DEFAULT_TEMPERATURE` (docs/evaluation.md,
+    "Temperature"). Blocks the file marks as fallback are rebuilt by bicubic upscaling of their LR
+    (:class:`refscale.container.Verification`).
     The tile layout and precision default to what the encoder recorded. ``allow_mismatch``
     decodes a packet made by other weights of the same scale (for experts; results are
     unlikely to be good). A reference whose :func:`fingerprint` differs from the one the encoder
@@ -206,6 +353,11 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = DEFAULT_TE
     if not isinstance(packet, Packet):
         raise InputError(f"decode needs a Packet or the bytes of a .rsc file, got {type(packet).__name__}")
     _check_model(model, packet, allow_mismatch)
+    checked = packet.verification
+    if temperature is None:
+        temperature = checked.temperature if checked is not None else DEFAULT_TEMPERATURE
+    if seed is None:
+        seed = checked.seed if checked is not None else 0
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
         raise InputError(f"temperature must be a finite number >= 0, got {temperature!r}")
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
@@ -222,22 +374,23 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = DEFAULT_TE
         same = _check_reference(packet, ref_hash, allow_other_reference)
         # the recorded reference of another size: the encoder resampled it (it accepts no other)
         ref = _to_size(ref, size, resample_ref if resample_ref is not None else ref_hash == packet.ref_hash)
-        if packet.lr is None:  # an inter-frame LR: decoded from the reference at LR size
+        if packet.lr is None:  # an inter-frame LR: decoded from the reference at LR size, into a copy
             lr_ref = lr_reference(ref, model.alignment, s)
             if lr_ref.shape[:2] != (padded[0] // s, padded[1] // s):
                 raise ContainerError(f"padded size {padded[1]}x{padded[0]} in the container does not match the model's alignment")
-            packet.decode_lr(lr_ref, exact=same)
+            packet = packet.with_lr(lr_ref, exact=same)  # a new packet: the caller's is left as it is
         ref = registration.apply_shift(ref, registration.from_units(packet.ref_shift),
                                        registration.rotation_from_units(packet.ref_rotation)) if model.needs_reference else None
     if _round_up(size[0], model.alignment) != padded[0] or _round_up(size[1], model.alignment) != padded[1]:
         raise ContainerError(f"padded size {padded[1]}x{padded[0]} in the container does not match the model's alignment")
-    read_ref = None if ref is None else _scene_reader(ref, padded) if isinstance(ref, raster.RasterScene) \
-        else _window_reader(ref, None, model.alignment)
-    side = _side_tensors(model, packet)
+    read_ref = None if ref is None else tiling.scene_reader(ref, padded) if isinstance(ref, raster.RasterScene) \
+        else tiling.memory_reader(ref, None, model.alignment)
+    spec = side_spec(model)
+    side = _side_tensors(model, spec, packet)
     if tile is None and packet.tiles is not None and overlap is None:
-        layout = _layout(model, padded, packet.tiles["tile"], packet.tiles["overlap"], recorded=True)
+        tiler = layout(padded, model.alignment, s, packet.tiles["tile"], packet.tiles["overlap"], recorded=True)
     else:
-        layout = _layout(model, padded, tile, overlap)
+        tiler = layout(padded, model.alignment, s, tile, overlap)
     # "auto" on decode means what the encoder chose (the condition must be computed the same way)
     precision = resolve_precision(model, packet.precision if precision in (None, "auto") else precision)
 
@@ -251,73 +404,43 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float = DEFAULT_TE
             warnings.warn(f"the reference looks unrelated to this image (agreement of their detail "
                           f"{agreement:.2f} < {MIN_REFERENCE_AGREEMENT}); is it the right place?", stacklevel=2)
     out = torch.empty(1, 3, *padded) if sink is None else None
-    (wh, ww), windows = tiling.grid(padded, *layout, model.alignment)
-    groups = tiling.batches(windows, (wh, ww), BATCH_PIXELS)
+    wh, ww = tiler.window_size
+    groups = tiler.batches(BATCH_PIXELS)
     with _inference(model, precision):
         for b, batch in enumerate(_progress(groups, progress, "decode")):
             gen = torch.Generator().manual_seed(int(seed) if len(groups) == 1 else _batch_seed(int(seed), b))
-            x = torch.cat([u8_to_float(lr[w.y // s:(w.y + wh) // s, w.x // s:(w.x + ww) // s]) for w in batch])
-            side_b = {}
-            for name, t in side.items():
-                st = padded[0] // t.shape[-2]
-                side_b[name] = torch.cat([t[..., w.y // st:(w.y + wh) // st, w.x // st:(w.x + ww) // st] for w in batch])
-            r = _batch(read_ref, batch, wh, ww) if read_ref is not None else None
+            x = tiler.cut(lambda rows, cols: u8_to_float(lr[rows, cols]), batch, s)
+            side_b = {name: tiler.cut(lambda rows, cols, t=t: t[..., rows, cols], batch, spec[name].stride)
+                      for name, t in side.items()}
+            r = tiler.read(read_ref, batch) if read_ref is not None else None
             y = model.upscale(x, side_b, r, temperature=float(temperature), generator=gen)
             if tuple(y.shape) != (len(batch), 3, wh, ww):
                 raise ModelError(f"{model.name}.upscale returned {list(y.shape)}, expected {[len(batch), 3, wh, ww]}")
-            for i, w in enumerate(batch):
-                y0, y1, x0, x1 = w.core
-                core = y[i:i + 1, :, y0 - w.y:y1 - w.y, x0 - w.x:x1 - w.x]
-                if sink is None:
-                    out[..., y0:y1, x0:x1] = core
-                else:
+            if checked is not None:
+                _bicubic_fallback(y, x, batch, checked, s)
+            if sink is None:
+                tiler.stitch(out, y, batch)
+            else:
+                for w, _, core in tiler.cores(y, batch):
                     sink.put(w.core, core.clamp(0, 1).nan_to_num(0.0))
     return None if sink is not None else ops.crop_to(out, size).clamp_(0, 1).nan_to_num_(0.0)
 
 
-# ============================================================================= windows
-def _window_reader(t: torch.Tensor, mask: torch.Tensor | None, align: int):
-    """Windows of an image held in memory, padded to the alignment as a whole (and of its mask of
-    pixels without data ``[1,C,H,W]`` bool, padded alike)."""
-    t_p = ops.pad_to_multiple(t, align)[0]
-    m_p = None if mask is None else ops.pad_to_multiple(mask.to(torch.uint8), align)[0].bool()
-
-    def read(y: int, x: int, h: int, w: int):
-        m = None if m_p is None else m_p[..., y:y + h, x:x + w].numpy()
-        return t_p[..., y:y + h, x:x + w], m
-
-    return read
-
-
-def _scene_reader(scene: raster.RasterScene, padded: tuple[int, int]):
-    """Windows of a scene read from its file (:class:`refscale.raster.RasterScene`), padded past the
-    image's bottom/right edge exactly as :func:`refscale.ops.pad_to_multiple` pads the whole image."""
-    h, w = scene.size
-    mode = ops.padding_mode((h, w), padded)
-
-    def read(y: int, x: int, wh: int, ww: int):
-        y1, x1 = min(y + wh, h), min(x + ww, w)
-        t, m = scene.window(y, y1, x, x1)
-        pad = (0, x + ww - x1, 0, y + wh - y1)
-        if any(pad):
-            t = torch.nn.functional.pad(t, pad, mode=mode)
-            if m is not None:
-                m = torch.nn.functional.pad(torch.from_numpy(m).to(torch.uint8)[None], pad, mode=mode)[0].bool().numpy()
-        return t, (None if m is None else m[None])
-
-    return read
-
-
-def _batch(read, batch: list, wh: int, ww: int) -> torch.Tensor:
-    """The windows of a batch stacked, their pixels without data filled (:func:`refscale.raster.fill`)."""
-    parts = [read(w.y, w.x, wh, ww) for w in batch]
-    x = torch.cat([t for t, _ in parts])
-    if any(m is not None for _, m in parts):
-        c = max(m.shape[1] for _, m in parts if m is not None)
-        masks = np.stack([np.broadcast_to(m[0], (c, wh, ww)) if m is not None else np.zeros((c, wh, ww), bool)
-                          for _, m in parts])
-        x = raster.fill(x.contiguous(), masks)
-    return x
+def _bicubic_fallback(y: torch.Tensor, x: torch.Tensor, batch: list, checked: Verification, s: int) -> None:
+    """Overwrite, in the decoded windows ``y``, the cores' pixels of the blocks the verifying
+    encoder gave to bicubic with the bicubic upscale of the windows' LR ``x``."""
+    b = checked.block
+    for i, w in enumerate(batch):
+        y0, y1, x0, x1 = w.core
+        rows, cols = slice(y0 // b, (y1 - 1) // b + 1), slice(x0 // b, (x1 - 1) // b + 1)
+        marks = np.argwhere(checked.fallback[rows, cols])
+        if not len(marks):
+            continue
+        up = ops.bicubic_up(x[i:i + 1], s).to(y.dtype)
+        for r, c in marks + (rows.start, cols.start):
+            by0, by1 = max(r * b, y0), min((r + 1) * b, y1)
+            bx0, bx1 = max(c * b, x0), min((c + 1) * b, x1)
+            y[i, :, by0 - w.y:by1 - w.y, bx0 - w.x:bx1 - w.x] = up[0, :, by0 - w.y:by1 - w.y, bx0 - w.x:bx1 - w.x]
 
 
 # ============================================================================= helpers
@@ -425,41 +548,60 @@ def _to_size(ref: torch.Tensor | None, size: tuple[int, int], resample: bool) ->
     return (torch.round(out * 255) / 255).float()
 
 
-def _layout(model: Rescaler, padded: tuple[int, int], tile, overlap, recorded: bool = False) -> tuple[int, int]:
-    """``(tile, overlap)`` in HR pixels, multiples of the alignment; ``(max side, 0)`` means one window."""
-    align, s = model.alignment, model.scale
+def layout(padded: tuple[int, int], align: int, scale: int, tile, overlap, recorded: bool = False) -> tiling.Tiler:
+    """The :class:`refscale.tiling.Tiler` of a padded image for a model of alignment ``align`` and
+    ``scale``: ``tile`` / ``overlap`` in HR pixels (rounded up to the alignment; ``tile=None``:
+    :data:`DEFAULT_TILE` above :data:`AUTO_TILE_PIXELS`, else one window; ``0``: one window;
+    ``overlap=None``: :data:`DEFAULT_OVERLAP_LR` LR pixels). ``recorded``: a container's layout,
+    taken as it is after checking it fits the alignment."""
+    def tiler(t: int, o: int) -> tiling.Tiler:
+        return tiling.Tiler(tuple(padded), t, o, align)
+
     whole = (max(padded), 0)
     if recorded:
         if tile % align or overlap % align:
             raise ContainerError(f"recorded tile layout {tile}/{overlap} is not a multiple of the model's alignment {align}")
-        return tile, overlap
+        return tiler(tile, overlap)
     if tile is None:
         if padded[0] * padded[1] <= AUTO_TILE_PIXELS:
-            return whole
+            return tiler(*whole)
         tile = DEFAULT_TILE
     if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 0:
         raise InputError(f"tile must be a non-negative integer (pixels), got {tile!r}")
     if tile == 0:
-        return whole
+        return tiler(*whole)
     tile = _round_up(int(tile), align)
-    overlap = DEFAULT_OVERLAP_LR * s if overlap is None else overlap
+    overlap = DEFAULT_OVERLAP_LR * scale if overlap is None else overlap
     if isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)) or overlap < 0:
         raise InputError(f"overlap must be a non-negative integer (pixels), got {overlap!r}")
     overlap = min(_round_up(int(overlap), align), tile)
     if tile >= max(padded):
-        return whole
-    return tile, overlap
+        return tiler(*whole)
+    return tiler(tile, overlap)
 
 
-def _stride(model: Rescaler, name: str, t: torch.Tensor, window: tuple[int, int], align: int) -> int:
-    if t.dim() != 4 or t.shape[-2] < 1 or window[0] % t.shape[-2] or window[1] % t.shape[-1] \
-            or window[0] // t.shape[-2] != window[1] // t.shape[-1]:
-        raise ModelError(f"{model.name}: side tensor {name!r} of shape {list(t.shape)} does not divide the "
-                         f"{window[0]}x{window[1]} input by one stride")
-    stride = window[0] // t.shape[-2]
-    if align % stride:
-        raise ModelError(f"{model.name}: side tensor {name!r} has stride {stride}, which must divide the alignment {align}")
-    return stride
+def side_spec(model: Rescaler) -> dict[str, SideSpec]:
+    """The model's declared side tensors (:meth:`refscale.protocol.Rescaler.side_spec`), checked:
+    positive channels, a stride that divides the alignment, a dtype a container can restore."""
+    spec = dict(model.side_spec())
+    for name, sp in spec.items():
+        if not isinstance(sp, SideSpec) or sp.channels < 1 or sp.stride < 1 or model.alignment % sp.stride \
+                or sp.dtype not in RESTORE_DTYPES:
+            raise ModelError(f"{model.name}: side tensor {name!r} is declared as {sp!r}; it needs channels >= 1, a "
+                             f"stride that divides the alignment {model.alignment} and a dtype in {', '.join(RESTORE_DTYPES)}")
+    return spec
+
+
+def _check_side(model: Rescaler, spec: dict[str, SideSpec], side: dict, n: int, window: tuple[int, int]) -> None:
+    """``downscale``'s side tensors for ``n`` windows of ``window`` are exactly the declared ones."""
+    if set(side) != set(spec):
+        raise ModelError(f"{model.name}.downscale returned side tensors {sorted(side)} but side_spec declares {sorted(spec)}")
+    for name, t in side.items():
+        sp = spec[name]
+        want = (n, sp.channels, window[0] // sp.stride, window[1] // sp.stride)
+        if tuple(t.shape) != want or str(t.dtype).replace("torch.", "") != sp.dtype:
+            raise ModelError(f"{model.name}: side tensor {name!r} is {str(t.dtype).replace('torch.', '')} "
+                             f"{list(t.shape)}; side_spec declares {sp.dtype} {list(want)}")
 
 
 def _integer_array(model: Rescaler, name: str, t: torch.Tensor) -> np.ndarray:
@@ -472,29 +614,14 @@ def _integer_array(model: Rescaler, name: str, t: torch.Tensor) -> np.ndarray:
     return t.to(torch.int64).numpy()
 
 
-def _side_schema(model: Rescaler) -> dict[str, tuple[int, int]]:
-    """``{name: (channels, stride)}`` of the side information the model produces (one tiny probe)."""
-    n = _round_up(32, model.alignment)
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, n), torch.linspace(0, 1, n), indexing="ij")
-    x = torch.stack([yy, xx, (yy + xx) / 2]).unsqueeze(0)  # a smooth, non-constant probe image
-    with torch.no_grad():
-        _, side = model.downscale(x, x.flip(-1) if model.needs_reference else None)
-    return {k: (int(v.shape[1]), n // int(v.shape[-1])) for k, v in side.items()}
-
-
-def _side_tensors(model: Rescaler, packet: Packet) -> dict[str, torch.Tensor]:
-    """The packet's side arrays as the tensors the model expects, after checking names, channels and strides."""
-    was = model.training
-    model.eval()
-    try:
-        schema = _side_schema(model)
-    finally:
-        model.train(was)
-    if set(schema) != set(packet.side):
-        raise ContainerError(f"side information {sorted(packet.side)} does not match model {model.name} (expects {sorted(schema)})")
+def _side_tensors(model: Rescaler, spec: dict[str, SideSpec], packet: Packet) -> dict[str, torch.Tensor]:
+    """The packet's side arrays as the tensors the model expects, after checking names, channels
+    and strides against the model's declaration ``spec``."""
+    if set(spec) != set(packet.side):
+        raise ContainerError(f"side information {sorted(packet.side)} does not match model {model.name} (expects {sorted(spec)})")
     out = {}
     for name, arr in packet.side.items():
-        channels, stride = schema[name]
+        channels, stride = spec[name].channels, spec[name].stride
         a = np.asarray(arr)
         if a.ndim != 4 or a.shape[0] != 1 or a.shape[1] != channels or \
                 a.shape[2] * stride != packet.padded_size[0] or a.shape[3] * stride != packet.padded_size[1]:
@@ -535,7 +662,7 @@ def resolve_precision(model: Rescaler, precision: str | None) -> str:
     precision = DEFAULT_PRECISION if precision is None else str(precision)
     if precision not in ("fp32", "bf16", "auto"):
         raise InputError(f"precision must be fp32, bf16 or auto, got {precision!r}")
-    if not hasattr(model, "set_speed"):
+    if not model.supports_bf16:
         return "fp32"
     if precision == "auto":
         device = next((p.device.type for p in model.parameters()), "cpu")
@@ -547,16 +674,16 @@ def resolve_precision(model: Rescaler, precision: str | None) -> str:
 def _inference(model: Rescaler, precision: str):
     """Eval mode, no gradients and the requested precision; restores the model's settings after."""
     was_training = model.training
-    speed = (getattr(model, "bf16", False), getattr(model, "channels_last", False))
+    speed = (model.bf16, model.channels_last) if model.supports_bf16 else None
     model.eval()
-    if hasattr(model, "set_speed"):
+    if speed is not None:
         fast = precision == "bf16"
         model.set_speed(bf16=fast, channels_last=fast)
     try:
         with torch.no_grad():
             yield
     finally:
-        if hasattr(model, "set_speed"):
+        if speed is not None:
             model.set_speed(bf16=speed[0], channels_last=speed[1])
         model.train(was_training)
 
@@ -576,5 +703,3 @@ def _batch_seed(seed: int, index: int) -> int:
 def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
-
-bind_pipeline(encode, decode)  # Rescaler.encode / Rescaler.decode call these

@@ -4,11 +4,10 @@ This module imports nothing of refscale but its errors. Above it, in this order:
 (``refscale.models``, each class registered with :func:`register` next to its definition), the
 catalogue and weights (``refscale.zoo``), the product path (``refscale.pipeline``,
 ``refscale.evaluate``), the CLI on top. Nothing here imports upwards: the convenience methods
-:meth:`Rescaler.encode` / :meth:`Rescaler.decode` call the pipeline that
-``refscale.pipeline`` binds with :func:`bind_pipeline` when it is imported (importing the
-``refscale`` package does that).
+:meth:`Rescaler.encode` / :meth:`Rescaler.decode` look ``refscale.pipeline`` up by name when
+they are called (:func:`importlib.import_module`), a call upwards at run time, not an import.
 
-Every model (bicubic, IRN, RefScale, FGRN, TADM) is a :class:`Rescaler` (DESIGN.md, "Python API"):
+Every model (bicubic, IRN, RefScale, FGRN, TADM) is a :class:`Rescaler` (docs/design.md, "Python API"):
 
 * ``downscale(hr, ref=None) -> (lr, side)``
 * ``upscale(lr, side=None, ref=None, *, temperature=1.0, generator=None) -> hr``
@@ -17,7 +16,7 @@ plus ``scale``, ``needs_reference`` and ``name``. Encoding to a ``.rsc`` contain
 evaluation, tiling and the CLI are written once against this protocol
 (``refscale.pipeline``, ``refscale.evaluate``), never per model.
 
-Conventions (DESIGN.md, "Conventions"):
+Conventions (docs/design.md, "Conventions"):
 
 * images are float32 tensors ``[N,3,H,W]`` in [0,1];
 * ``downscale`` receives ``H, W`` that are multiples of :attr:`Rescaler.alignment`
@@ -25,14 +24,24 @@ Conventions (DESIGN.md, "Conventions"):
   in [0,1]; the pipeline rounds it to 8 bits before storing it;
 * ``side`` maps a name to an integer-valued tensor ``[N,C,h,w]`` whose spatial size
   divides the HR size exactly (e.g. RefScale's quantized similarity map); ``{}`` for
-  models without side information. The container stores it losslessly;
+  models without side information. The container stores it losslessly. A model declares its
+  side tensors with :meth:`Rescaler.side_spec` (name -> :class:`SideSpec`: channels, stride,
+  dtype); ``downscale`` must produce exactly those (the pipeline checks it, and the decoder
+  reads the declaration instead of running the model);
+* :attr:`Rescaler.supports_bf16` declares that the model can run its convolutions in bfloat16
+  (``set_speed``; :class:`refscale.nn.speed.FastInference` declares it);
 * ``upscale`` must accept the 8-bit-rounded LR (and a lossily coded one) and the side
   information exactly as ``downscale`` produced it; randomness only through
   ``generator`` so that equal seeds give equal pixels.
+
+ONNX export (``refscale.onnx``) goes through the protocol too: :meth:`Rescaler.export_graphs`
+gives the two traceable maps (:class:`ExportGraphs`), by default ``downscale`` and ``upscale``
+themselves; :attr:`Rescaler.export_refusal` says why a model cannot be exported.
 """
 from __future__ import annotations
 
 import hashlib
+import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -42,6 +51,17 @@ from torch import nn
 from refscale.errors import ModelError
 
 Side = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SideSpec:
+    """One side tensor a model's ``downscale`` produces: ``[N, channels, H/stride, W/stride]`` of
+    torch ``dtype`` (its name, e.g. ``"uint8"``), integer-valued; ``stride`` divides the
+    model's alignment."""
+
+    channels: int
+    stride: int
+    dtype: str = "int64"
 
 
 # ----------------------------------------------------------------------------- registry
@@ -75,19 +95,29 @@ def register(name: str, *, weights: str | None = None, **defaults: Any) -> Calla
     return add
 
 
-# ----------------------------------------------------------------------------- the product path
-_PIPELINE: dict[str, Callable] = {}
+# ----------------------------------------------------------------------------- export graphs
+@dataclass
+class ExportGraphs:
+    """The two maps of a model that ``refscale.onnx`` traces (:meth:`Rescaler.export_graphs`).
 
+    * ``encoder(hr, ref) -> (lr, side)``: as ``downscale`` (``lr`` before 8-bit rounding);
+    * ``decoder(lr, side, ref, z) -> hr``: as ``upscale``, with its randomness as the input
+      ``z [N, z_channels, H/s, W/s]``, the latent ``upscale`` draws
+      (:func:`refscale.nn.invertible.sample_latent`: ``temperature * N(0, 1)``); ``z`` is None
+      when ``z_channels`` is 0, ``ref`` None for models without a reference.
 
-def bind_pipeline(encode: Callable, decode: Callable) -> None:
-    """Called by ``refscale.pipeline`` on import: the functions behind ``Rescaler.encode/decode``."""
-    _PIPELINE.update(encode=encode, decode=decode)
+    Both must trace to the same graph for every aligned size: no data-dependent Python branches
+    (the checks of the inputs stay in the ground-side pipeline). ``nn.Module`` maps are
+    registered in the exported module, so their buffers become the graph's weights.
+    ``side_levels``: the number of integer levels of a side tensor (metadata); ``min_side``: the
+    smallest HR side the graphs take (None: the model's alignment).
+    """
 
-
-def _pipeline(name: str) -> Callable:
-    if name not in _PIPELINE:  # only when refscale.protocol was imported without the refscale package
-        raise ModelError("the encode/decode pipeline is not loaded; import refscale first")
-    return _PIPELINE[name]
+    encoder: Callable
+    decoder: Callable
+    z_channels: int = 0
+    side_levels: dict[str, int] = field(default_factory=dict)
+    min_side: int | None = None
 
 
 class Rescaler(nn.Module):
@@ -101,6 +131,12 @@ class Rescaler(nn.Module):
     stochastic: bool = False
     #: the LR codec a packet is written with unless the caller names one (``refscale.codecs``)
     default_codec: str = "png"
+    #: why the architecture cannot be exported to ONNX (the end of one sentence), or None; read
+    #: from the class, before a model is built
+    export_refusal: str | None = None
+    #: True when the model can run in bfloat16 with channels_last: it then has ``set_speed(bf16=,
+    #: channels_last=)`` and the attributes ``bf16``, ``channels_last`` (:class:`refscale.nn.speed.FastInference`)
+    supports_bf16: bool = False
 
     def __init__(self, scale: int, **config: Any):
         super().__init__()
@@ -117,6 +153,10 @@ class Rescaler(nn.Module):
         """HR height and width given to ``downscale`` are multiples of this."""
         return self.scale
 
+    def side_spec(self) -> dict[str, SideSpec]:
+        """The side tensors ``downscale`` produces (name -> :class:`SideSpec`); none by default."""
+        return {}
+
     def downscale(self, hr: torch.Tensor, ref: torch.Tensor | None = None) -> tuple[torch.Tensor, Side]:
         raise NotImplementedError
 
@@ -130,6 +170,19 @@ class Rescaler(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         raise NotImplementedError
+
+    def export_graphs(self) -> ExportGraphs:
+        """The maps ``refscale.onnx`` exports (:class:`ExportGraphs`). It calls this on a float32,
+        eval-mode copy of the model made for the export, which an override may change to prepare
+        it (fp32 arithmetic, precomputed weights): call it on such a copy only. Default:
+        ``downscale`` and ``upscale`` themselves, for models that draw no randomness; stochastic
+        models override it to take ``z`` as an input."""
+        if self.export_refusal:
+            raise ModelError(f"{self.name} cannot be exported to ONNX: {self.export_refusal}")
+        if self.stochastic:
+            raise ModelError(f"{self.name} cannot be exported to ONNX: its upscale draws randomness and "
+                             f"{type(self).__name__} gives no export graphs that take it as an input")
+        return ExportGraphs(self.downscale, lambda lr, side, ref, z: self.upscale(lr, side, ref))
 
     def training_losses(self, hr: torch.Tensor, ref: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Loss terms for one training batch; must contain ``"total"`` (what is minimised)."""
@@ -172,11 +225,17 @@ class Rescaler(nn.Module):
     # ------------------------------------------------------------------ product API
     def encode(self, hr, ref=None, **kwargs):
         """Downscale one image into a :class:`refscale.Packet` (see ``refscale.pipeline.encode``)."""
-        return _pipeline("encode")(self, hr, ref, **kwargs)
+        return _pipeline().encode(self, hr, ref, **kwargs)
 
     def decode(self, packet, ref=None, **kwargs):
         """Rebuild the HR image ``[1,3,H,W]`` from a packet (see ``refscale.pipeline.decode``)."""
-        return _pipeline("decode")(self, packet, ref, **kwargs)
+        return _pipeline().decode(self, packet, ref, **kwargs)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, scale={self.scale}, needs_reference={self.needs_reference}"
+
+
+def _pipeline():
+    """``refscale.pipeline``, looked up when a convenience method is called: the pipeline sits
+    above the protocol, so this module does not import it (tests/test_layering.py)."""
+    return importlib.import_module("refscale.pipeline")

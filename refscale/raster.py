@@ -13,7 +13,9 @@ section, docs/format.md) lets the decoder undo them:
 2. **Intensity mapping**, per band, invertible on ``[lo, hi]``:
    ``x = clip((float32(v) - float32(lo)) / float32(hi - lo), 0, 1)`` (float32 arithmetic,
    NaN -> 0 with a warning) and back ``v = lo + x * (hi - lo)`` in float64, rounded half to
-   even and clipped to the dtype's range for integer dtypes. uint8 data use ``lo, hi = 0, 255``
+   even and clipped to the dtype's range for integer dtypes; a valid pixel that comes back equal
+   to the nodata value moves to the nearest other value (1 for integers, 1 ulp for floats, on
+   the side of the unrounded value, upwards on a tie), so it is never taken for a pixel without data. uint8 data use ``lo, hi = 0, 255``
    (the identity of the 8-bit pipeline). Other dtypes use by default (:data:`DEFAULT_RANGE`,
    ``"j0,100"``) the minimum and maximum of the valid pixels (finite, not nodata) of the chosen
    bands together, or ``value_range``: ``"pLO,HI"`` percentiles of each band's valid pixels,
@@ -22,7 +24,7 @@ section, docs/format.md) lets the decoder undo them:
    and ``hi`` up to integers; ``hi <= lo`` (a constant band) becomes ``lo + 1``. Pixels outside
    ``[lo, hi]`` are clipped (none with the default): that, and the model's 8-bit LR, is what the
    mapping costs
-   (``benchmarks/raster_roundtrip.py``; docs/results.md, "Real rasters (issue 16)").
+   (``benchmarks/raster_roundtrip.py``; docs/rasters.md, "The intensity mapping").
 3. **Georeferencing** (rasterio): CRS as WKT, the affine geotransform, nodata, dtype, band
    count and descriptions are recorded; the decoder writes them back (``.tif``, optionally a
    Cloud Optimized GeoTIFF), and the LR written next to a container (``--lr-out lr.tif``) gets
@@ -70,13 +72,14 @@ import torch
 
 from refscale.errors import ContainerError, InputError
 from refscale.imageio import (CODECS_EXTRA_HINT, GEOTIFF_TAGS, TIFF_PLANAR_CONFIG, TIFF_SAMPLES_PER_PIXEL,
-                              _array_to_tensor, publish, read_array, tiff_tags, write_image)
+                              _array_to_tensor, frame_count, multi_frame_error, publish, read_array, tiff_tags,
+                              write_image)
 
 GEO_EXTRA_HINT = "pip install 'refscale[geo]'"
 #: the range that maps to 0 and 1 when none is given: the minimum and maximum of the valid pixels
 #: of the chosen bands together ("j0,100"): nothing is clipped and the bands keep their relative
-#: levels (colour balance). Measured (benchmarks/raster_roundtrip.py, docs/results.md "Real rasters
-#: (issue 16)"): clipping even 0.1% of the pixels per tail costs more on the 16-bit scale than the
+#: levels (colour balance). Measured (benchmarks/raster_roundtrip.py, docs/rasters.md "The intensity
+#: mapping"): clipping even 0.1% of the pixels per tail costs more on the 16-bit scale than the
 #: coarser 8-bit steps of the full range, end to end too; a range per band shifts the colours the
 #: learned models see and costs IRN 1 dB on the synthetic raster
 DEFAULT_RANGE = "j0,100"
@@ -498,7 +501,7 @@ def to_model(sel: np.ndarray, ranges, name: str, warn_nan: bool = True, warn_gre
 #: how pixels without data are filled in each window before the model sees it: "nearest" (the
 #: value of the nearest valid pixel of the same band in the window, i.e. the valid border
 #: extended outward), "mean" (the window's mean of the band's valid pixels) or "zero". Measured
-#: (benchmarks/raster_roundtrip.py --nodata; docs/results.md, "Real rasters (issue 16)"): see there
+#: (benchmarks/raster_roundtrip.py --nodata; docs/rasters.md, "Nodata and NaN"): see there
 FILL = "nearest"
 
 
@@ -554,9 +557,31 @@ def from_model(x, record: RasterRecord) -> np.ndarray:
         v = lo + a[c] * (hi - lo)
         if np.issubdtype(dtype, np.integer):
             info = np.iinfo(dtype)
-            v = np.clip(np.rint(v), info.min, info.max)
-        out[c] = v.astype(dtype)
+            out[c] = np.clip(np.rint(v), info.min, info.max).astype(dtype)
+        else:
+            out[c] = v.astype(dtype)
+        _off_nodata(out[c], v, record.nodata)
     return out
+
+
+def _off_nodata(band: np.ndarray, v: np.ndarray, nodata) -> None:
+    """Move the pixels of ``band`` (in place) that equal ``nodata`` to the nearest other value of
+    the dtype, on the side of their unrounded values ``v`` (upwards on a tie or at the dtype's
+    minimum, downwards at its maximum): the decoder's valid pixels never read as nodata
+    (:func:`restore_nodata` then writes nodata where the mask says)."""
+    if nodata is None or not _representable(nodata, band.dtype):
+        return  # none, NaN (never equal) or outside the dtype (never produced)
+    hit = band == nodata
+    if not hit.any():
+        return
+    up = v[hit] >= nodata
+    if np.issubdtype(band.dtype, np.integer):
+        info = np.iinfo(band.dtype)
+        up = (up | (nodata == info.min)) & (nodata != info.max)
+        band[hit] = np.where(up, int(nodata) + 1, int(nodata) - 1).astype(band.dtype)
+    else:
+        t = band.dtype.type
+        band[hit] = np.where(up, np.nextafter(t(nodata), t(np.inf)), np.nextafter(t(nodata), t(-np.inf)))
 
 
 def _choose_bands(src: _Source, bands: list[int] | None, name: str) -> list[int]:
@@ -638,6 +663,9 @@ def _read_source(p: Path) -> _Source | None:
         raise InputError(f"{p.name} is a GeoTIFF ({', '.join(geo)}); keeping its georeferencing needs rasterio: "
                          f"{GEO_EXTRA_HINT} (or convert it to a plain image first)")
     samples = tags.get(TIFF_SAMPLES_PER_PIXEL, 1)
+    pages = frame_count(p)
+    if pages > 1:
+        raise multi_frame_error(p.name, pages)
     try:
         import imagecodecs
     except ImportError:
@@ -667,6 +695,7 @@ def _read_rasterio(p: Path) -> _Source:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(p) as src:
+                _one_page(src, p)
                 return _rasterio_source(src, src.read())
     except RasterioIOError as e:
         raise InputError(f"cannot read image {p}: {str(e).splitlines()[0]}") from None
@@ -825,9 +854,20 @@ def _open_rasterio(p: Path):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(p)
+            src = rasterio.open(p)
     except RasterioIOError as e:
         raise InputError(f"cannot read image {p}: {str(e).splitlines()[0]}") from None
+    _one_page(src, p)
+    return src
+
+
+def _one_page(src, p: Path) -> None:
+    """Refuse (closing ``src``) a TIFF of several pages, which GDAL lists as subdatasets (its
+    overviews and masks are not): reading would take the first page without a word."""
+    pages = len(src.subdatasets)
+    if pages > 1:
+        src.close()
+        raise multi_frame_error(p.name, pages)
 
 
 # ============================================================================= writing

@@ -14,11 +14,13 @@ of "translation" and "rotation + translation" lines the detail up better. The sh
 container as integers and applied by :func:`apply_shift` identically at both ends (the decoder
 never estimates anything), so encoder and decoder see the same warped reference. The warp is a
 cubic spline (``scipy.ndimage``, order 3); the strip it uncovers is filled by :data:`BORDER`
-(mirror reflection: the measured choice, docs/results.md "Registration: the uncovered border").
+(mirror reflection: the measured choice, docs/reference.md "Registration", the uncovered border).
 On an unrelated reference (or a rotation it cannot find) phase correlation still returns a
 peak, a spurious shift (up to 278 px for 5-10 degree rotations of the OSCD test references:
-benchmarks/misalignment.py, docs/results.md); a transform is therefore kept only when it makes
+benchmarks/misalignment.py, docs/reference.md); a transform is therefore kept only when it makes
 the two images' detail agree better (:func:`_improves`), otherwise none is recorded.
+Images under :data:`MIN_SIDE` pixels on a side are not registered at all (nothing is estimated,
+a warning says so): there is too little detail to estimate from.
 """
 from __future__ import annotations
 
@@ -37,16 +39,21 @@ ROTATION_UNIT = 0.01
 #: rotations are looked for up to this size (degrees) and treated as none below MIN_ROTATION
 MAX_ROTATION = 15.0
 MIN_ROTATION = 0.1
+#: images (their shorter side) below this are not registered (no estimate, a warning): on crops of
+#: the shipped demo pair moved by 1-3 px, below 32 px the estimate misses by 1-2 px or finds
+#: spurious rotations (4.4 degrees at 24 px); at 32-64 px it is within 0.5 px, and under 4 px the
+#: rotation estimate has no Fourier magnitude to resample at all
+MIN_SIDE = 32
 #: angular samples of the polar resampling in estimate_rotation (0.25 degree per row, refined 20x)
 POLAR_ANGLES = 1440
 #: shifts with both components below this (pixels) are treated as none (no warp): the estimate
-#: of a registered pair scatters by up to 0.2 px (the 24 OSCD pairs: docs/results.md)
+#: of a registered pair scatters by up to 0.2 px (the 24 OSCD pairs: docs/reference.md)
 MIN_SHIFT = 0.25
 #: a shift is accepted only if the detail-band correlation it gives reaches this (:func:`_improves`)
 MIN_AGREEMENT = 0.2
 #: how the warp fills the strip it uncovers (``scipy.ndimage`` mode; normative, see :func:`apply_shift`)
 BORDER = "mirror"
-#: the border fills compared (benchmarks/misalignment.py --border-modes; docs/results.md)
+#: the border fills compared (benchmarks/misalignment.py --border-modes; docs/reference.md)
 BORDERS = ("mirror", "nearest", "constant")
 
 
@@ -65,7 +72,10 @@ def _peak(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 def estimate_shift(new: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     """``(dy, dx)`` in pixels of the new image such that ``apply_shift(ref, (dy, dx))`` lies on
-    ``new`` (both ``[1,3,H,W]``, the same size), rounded to :data:`SHIFT_UNIT`."""
+    ``new`` (both ``[1,3,H,W]``, the same size), rounded to :data:`SHIFT_UNIT`; ``(0, 0)`` with a
+    warning for an image under :data:`MIN_SIDE` pixels on a side."""
+    if _too_small(new):
+        return (0.0, 0.0)
     shift, rejected = _guarded_shift(new, ref)
     if rejected is not None:
         _warn_rejected(rejected)
@@ -81,6 +91,16 @@ def _guarded_shift(new: torch.Tensor, ref: torch.Tensor):
     return peak, None
 
 
+def _too_small(new: torch.Tensor) -> bool:
+    """True (and a warning) when ``new`` is too small to register (:data:`MIN_SIDE`)."""
+    h, w = new.shape[-2:]
+    if min(h, w) >= MIN_SIDE:
+        return False
+    warnings.warn(f"registration: the image is {w}x{h}, under {MIN_SIDE} px on a side, too small to estimate a shift "
+                  "or rotation from; the reference is used as given", stacklevel=3)
+    return True
+
+
 def _warn_rejected(peak: tuple[float, float]) -> None:
     warnings.warn(f"registration: the best shift ({peak[0]:.2f}, {peak[1]:.2f}) px does not line the reference up with "
                   "the image (rotated, much changed or another place?); no shift applied", stacklevel=3)
@@ -90,7 +110,10 @@ def estimate_rotation(new: np.ndarray, ref: np.ndarray) -> float:
     """The angle (degrees, as :func:`apply_shift` takes it) that turns luma ``ref`` like luma
     ``new`` (two square arrays of one size), up to a translation: the shift along the angle axis
     between the polar resamplings of their Fourier magnitudes (band-passed 1-8 px, Hann window;
-    scikit-image's log-polar registration recipe without the scale axis). Within +-90 degrees."""
+    scikit-image's log-polar registration recipe without the scale axis). Within +-90 degrees;
+    0 for arrays under :data:`MIN_SIDE` on a side (nothing to resample)."""
+    if min(new.shape) < MIN_SIDE:
+        return 0.0
     from scipy.fft import fft2, fftshift
     from skimage.filters import difference_of_gaussians, window
     from skimage.registration import phase_cross_correlation
@@ -109,7 +132,10 @@ def estimate_transform(new: torch.Tensor, ref: torch.Tensor) -> tuple[tuple[floa
     """``((dy, dx), angle)`` such that ``apply_shift(ref, (dy, dx), angle)`` lies on ``new``: the
     translation alone (:func:`estimate_shift`) or a rotation of :data:`MIN_ROTATION` to
     :data:`MAX_ROTATION` degrees about the image centre followed by a translation, whichever
-    correlates the detail better on the central square window (and passes :func:`_improves`)."""
+    correlates the detail better on the central square window (and passes :func:`_improves`).
+    ``((0, 0), 0)`` with a warning for an image under :data:`MIN_SIDE` pixels on a side."""
+    if _too_small(new):
+        return (0.0, 0.0), 0.0
     shift, rejected = _guarded_shift(new, ref)
     (a, b), origin = (_luma(_square(x)) for x in (new, ref)), _square_origin(new)
     angle = round(estimate_rotation(a, b) / ROTATION_UNIT) * ROTATION_UNIT
@@ -182,7 +208,7 @@ def _improves(new: np.ndarray, ref: np.ndarray, shift: tuple[float, float], angl
     :data:`MIN_AGREEMENT` is the
     plausibility check's threshold (``pipeline.MIN_REFERENCE_AGREEMENT``, calibrated on the train
     cities); checked afterwards on the test cities: a true shift of 0.6-2 px reaches 0.54-0.92, a
-    reference rotated by 2-10 degrees at most 0.14 whatever shift is tried (docs/results.md)."""
+    reference rotated by 2-10 degrees at most 0.14 whatever shift is tried (docs/reference.md)."""
     a = _band(new)
     before = _correlation(a, _band(ref))
     after = _correlation(a, _band(_warp(ref, shift, angle, order=1, mode="mirror")))

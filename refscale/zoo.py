@@ -202,12 +202,15 @@ def load(name: str | os.PathLike, pretrained: bool = True, device: str | torch.d
 
 
 def catalogue() -> list[dict[str, Any]]:
-    """One row per architecture and per shipped weights: name, scale, reference, params, weights."""
+    """One row per architecture and per shipped weights: name, scale, reference, params, weights.
+    A name's row describes what ``load(name)`` gives: its default shipped weights' configuration
+    where there are such weights (their parameter count), else the architecture's defaults."""
     cards = weights_cards()
     rows = []
     for name, spec in architectures().items():
+        card = cards.get(spec.weights) if spec.weights else None
         try:
-            model = build(name)
+            model = build(card["arch"], **card.get("config", {})) if card else build(name)
             params = model.num_parameters()
             needs_ref = model.needs_reference
             scale = model.scale

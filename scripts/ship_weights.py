@@ -5,10 +5,11 @@
 Takes the run's final weights (``RUN_DIR/NAME.safetensors``) or, if the run has not finished,
 its latest checkpoint, and applies the training campaign's shipping rule (issue 13):
 
-* validation: PSNR-Y (t = 1, mean over ``--draws`` seeds) on the *whole* held-out images of the
-  run's config (``data.val_names``, e.g. the OSCD cities aguasclaras and bordeaux), for the new
-  weights and for the weights shipped under NAME now; the new ones ship only if they gain at
-  least ``--min-gain`` dB (``--force`` ships anyway, e.g. a new architecture);
+* validation: PSNR-Y, PSNR-RGB (t = 1, mean over ``--draws`` seeds) and PSNR-Y at t = 0 on the
+  *whole* held-out images of the run's config (``data.val_names``, e.g. the OSCD cities
+  aguasclaras and bordeaux), for the new weights and for the weights shipped under NAME now;
+  the new ones ship only if they gain at least ``--min-gain`` dB in ``--metric`` (PSNR-Y by
+  default; PSNR-RGB for the colour-robust runs) (``--force`` ships anyway, e.g. a new architecture);
 * storage: float16 (half the bytes) unless ``--fp32``; refused if that moves the validation
   PSNR-Y by 0.01 dB or more.
 
@@ -30,14 +31,16 @@ from refscale.train import engine
 from refscale.train.config import resolve
 
 
-def heldout_psnr(model, cfg: dict, draws: int) -> float:
-    """Mean PSNR-Y over ``draws`` seeds on the whole held-out images of a training config."""
+def heldout_scores(model, cfg: dict, draws: int) -> dict[str, float]:
+    """Mean PSNR-Y, PSNR-RGB (t = 1, over ``draws`` seeds) and PSNR-Y at t = 0 on the whole
+    held-out images of a training config."""
     cfg = resolve({**cfg, "val": {**cfg["val"], "crop": 100000, "max_images": 100}})
     _, val = engine._split_samples(cfg)
     crops = engine._val_crops(val, cfg, model.alignment, model.needs_reference)
     if not crops:
         raise SystemExit("ship_weights: the run's config holds no validation images (data.val_names)")
-    return sum(engine.validate(model, crops, seed=1000 * d)["psnr_y"] for d in range(draws)) / draws
+    runs = [engine.validate(model, crops, seed=1000 * d) for d in range(draws)]
+    return {k: sum(r[k] for r in runs) / draws for k in ("psnr_y", "psnr_rgb", "psnr_y_t0")}
 
 
 def main() -> None:
@@ -45,7 +48,9 @@ def main() -> None:
     ap.add_argument("run", type=Path)
     ap.add_argument("name")
     ap.add_argument("--note", default="")
-    ap.add_argument("--min-gain", type=float, default=0.2, help="dB of validation PSNR-Y over the shipped weights")
+    ap.add_argument("--min-gain", type=float, default=0.2, help="dB of validation PSNR (--metric) over the shipped weights")
+    ap.add_argument("--metric", choices=("psnr_y", "psnr_rgb"), default="psnr_y",
+                    help="what the gain is measured in (psnr_rgb for the colour-robust runs of issue 26)")
     ap.add_argument("--draws", type=int, default=5)
     ap.add_argument("--force", action="store_true", help="ship even without the gain")
     ap.add_argument("--fp32", action="store_true", help="store float32 instead of float16")
@@ -65,31 +70,34 @@ def main() -> None:
     if args.data:
         cfg = {**cfg, "data": {**cfg["data"], "path": args.data}}
 
-    new_psnr = heldout_psnr(model, cfg, args.draws)
-    old_psnr = None
+    new = heldout_scores(model, cfg, args.draws)
+    old = None
     if args.name in zoo.weights_cards():
-        old = zoo.load(args.name)
-        if (old.arch, old.scale) == (model.arch, model.scale):
-            old_psnr = heldout_psnr(old, cfg, args.draws)
+        shipped = zoo.load(args.name)
+        if (shipped.arch, shipped.scale) == (model.arch, model.scale):
+            old = heldout_scores(shipped, cfg, args.draws)
         elif not args.force:
-            sys.exit(f"not shipped: {args.name} now holds {old.arch}-x{old.scale} weights, these are "
+            sys.exit(f"not shipped: {args.name} now holds {shipped.arch}-x{shipped.scale} weights, these are "
                      f"{model.arch}-x{model.scale}; use --force to replace them")
-    gain = None if old_psnr is None else new_psnr - old_psnr
-    print(f"{args.name}: held-out PSNR-Y {new_psnr:.3f} dB (shipped now: "
-          f"{'-' if old_psnr is None else f'{old_psnr:.3f}'}; gain {'-' if gain is None else f'{gain:+.3f}'})")
+    gain = None if old is None else new[args.metric] - old[args.metric]
+    for key, what in (("psnr_y", "PSNR-Y"), ("psnr_rgb", "PSNR-RGB"), ("psnr_y_t0", "PSNR-Y at t = 0")):
+        print(f"{args.name}: held-out {what} {new[key]:.3f} dB (shipped now: {'-' if old is None else f'{old[key]:.3f}'})")
+    print(f"gain in {args.metric}: {'-' if gain is None else f'{gain:+.3f}'} dB")
     if gain is not None and gain < args.min_gain and not args.force:
         sys.exit(f"not shipped: gain {gain:+.3f} dB < {args.min_gain} dB (use --force to ship anyway)")
 
-    check = {"heldout_psnr_y": round(new_psnr, 4), "previous_psnr_y": None if old_psnr is None else round(old_psnr, 4),
+    check = {"heldout_psnr_y": round(new["psnr_y"], 4), "previous_psnr_y": None if old is None else round(old["psnr_y"], 4),
+             "heldout_psnr_rgb": round(new["psnr_rgb"], 4), "previous_psnr_rgb": None if old is None else round(old["psnr_rgb"], 4),
+             "heldout_psnr_y_t0": round(new["psnr_y_t0"], 4), "metric": args.metric,
              "draws": args.draws, "images": list(cfg["data"]["val_names"]), "stored": "float32" if args.fp32 else "float16"}
     if not args.fp32:
         with tempfile.TemporaryDirectory() as tmp:
             half = Path(tmp) / f"{args.name}.safetensors"
             zoo.save_weights(model, half, half=True)
-            half_psnr = heldout_psnr(zoo.load_weights_file(half), cfg, args.draws)
-        check["fp16_delta_db"] = round(half_psnr - new_psnr, 5)
-        print(f"float16 storage: {half_psnr:.4f} dB ({half_psnr - new_psnr:+.5f} dB)")
-        if abs(half_psnr - new_psnr) >= 0.01:
+            half_psnr = heldout_scores(zoo.load_weights_file(half), cfg, args.draws)["psnr_y"]
+        check["fp16_delta_db"] = round(half_psnr - new["psnr_y"], 5)
+        print(f"float16 storage: {half_psnr:.4f} dB ({half_psnr - new['psnr_y']:+.5f} dB)")
+        if abs(half_psnr - new["psnr_y"]) >= 0.01:
             sys.exit("not shipped: float16 storage moves PSNR-Y by 0.01 dB or more; use --fp32")
 
     keep = ("data", "needs_reference", "params", "iterations", "wall_time_s", "command", "metrics", "val_history",

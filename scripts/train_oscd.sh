@@ -2,7 +2,7 @@
 # Issue 5: train IRN and RefScale on the OSCD train cities at equal budget, one model at a time
 # (two CPU-heavy jobs at once slow each other 4-5x). Re-running continues an interrupted run
 # (--resume) from its last checkpoint. Usage: bash scripts/train_oscd.sh [x2|x4] [STEPS] [PATCH]
-#   RUNS=/work/runs bash scripts/train_oscd.sh x2 1500 64
+#   RUNS=runs bash scripts/train_oscd.sh x2 1500 64
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scale=${1:-x2}; steps=${2:-1500}; patch=${3:-64}

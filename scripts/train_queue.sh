@@ -2,12 +2,12 @@
 # Train a list of models with WORKERS single-threaded workers pulling from one queue.
 # On this 2-core machine two 1-thread trainings side by side do ~20% more steps per hour than one
 # 2-thread training (irn-x2-oscd, 64 px: 1.55 s/step each vs 0.96 s/step alone; measurement and command in
-# docs/results.md, "Equal-budget training runs, session 2").
+# docs/training.md, "The campaign and the shipping rule").
 # Each line of JOBS is "CONFIG STEPS [run=NAME] [KEY=VALUE ...]"; the run folder is $RUNS/NAME
 # (default: the config name without -cpu); KEY=VALUE are config overrides (--set). The schedule
-# comes from the config (or the line); the queue only sets the steps. Workers run at nice 19.
+# comes from the config (or the line); the queue only sets the steps. Workers run at nice $NICE (default 19).
 # Re-running resumes interrupted runs (--resume) and skips finished ones.
-#   RUNS=/work/runs WORKERS=2 nohup bash scripts/train_queue.sh jobs.txt > /work/runs/queue.log 2>&1 &
+#   RUNS=runs WORKERS=2 nohup bash scripts/train_queue.sh jobs.txt > runs/queue.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs_file=$(realpath "$1"); runs=${RUNS:-runs}; workers=${WORKERS:-2}
@@ -30,7 +30,7 @@ worker() {
     resume=(); [ -f "$out/checkpoints/latest.json" ] && resume=(--resume)
     echo "== $name: $steps steps -> $out (worker $1, $(date -u +%H:%M:%S))"
     mkdir -p "$out"
-    nice -n 19 refscale train "$config" --out "$out" "${resume[@]}" "${sets[@]}" >>"$out/train.log" 2>&1 \
+    nice -n ${NICE:-19} refscale train "$config" --out "$out" "${resume[@]}" "${sets[@]}" >>"$out/train.log" 2>&1 \
       || echo "== $name: FAILED (see $out/train.log)"
     echo "== $name: done ($(date -u +%H:%M:%S))"
   done

@@ -29,6 +29,9 @@ TINY = {
     "inter-h264": ({}, 0.0),
     "inter-hevc": ({}, 0.0),
     "inter-av1": ({}, 0.0),
+    # learned decoders on top of the HEVC inter codec (issue 27)
+    "enhance-x1": ({"nf": 8, "blocks": 1}, 0.02),
+    "enhance-x2": ({"nf": 8, "blocks": 1}, 0.02),
 }
 VARIANTS = {  # more configs of a catalogue architecture that ship or are documented
     "refscale-x2/irn-blocks": ("refscale-x2", {**TINY["refscale-x2"][0], "inn_block": "irn"}, 0.02),
@@ -83,13 +86,13 @@ def test_protocol_container_and_determinism(case):
     model = build(case)
     h, w = odd_size(model)
     hr, ref = inputs(model, h, w)
-    packet = pipeline.encode(model, hr, ref, precision="fp32")
+    packet = pipeline.encode(model, hr, ref, precision="fp32", verify=False)
     s = model.scale
     assert tuple(packet.size) == (h, w)
     assert packet.lr.shape == (packet.padded_size[0] // s, packet.padded_size[1] // s, 3) and packet.lr.dtype == np.uint8
     assert packet.precision == "fp32" and packet.model == model.name
     data = packet.to_bytes()
-    again = pipeline.encode(model, hr, ref, precision="fp32").to_bytes()
+    again = pipeline.encode(model, hr, ref, precision="fp32", verify=False).to_bytes()
     assert again == data  # encoding is deterministic
     back = Packet.from_bytes(data, lr_ref=packet.lr_ref)  # lr_ref: an inter-frame LR codec's reference
     assert back.precision == "fp32"
@@ -152,3 +155,38 @@ def test_precision_is_recorded_and_repeated(case):
     assert pipeline.resolve_precision(model, packet.precision) == "bf16"
     out = pipeline.decode(model, packet, ref, seed=0)
     assert out.shape == hr.shape and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_declared_side_tensors_match_downscale(case):
+    """``side_spec`` (what the decoder reads instead of running the model) is what ``downscale``
+    produces: names, channels, stride and dtype, at two aligned sizes; ``supports_bf16`` is
+    declared exactly by the models that have ``set_speed``."""
+    model = build(case)
+    spec = pipeline.side_spec(model)
+    a = max(model.alignment, model.scale, 16)
+    for h, w in ((2 * a, 3 * a), (3 * a, 2 * a)):
+        hr, ref = inputs(model, h, w)
+        with torch.no_grad():
+            _, side = model.downscale(hr, ref)
+        assert set(side) == set(spec)
+        for name, t in side.items():
+            sp = spec[name]
+            assert tuple(t.shape) == (1, sp.channels, h // sp.stride, w // sp.stride), name
+            assert str(t.dtype) == f"torch.{sp.dtype}" and model.alignment % sp.stride == 0, name
+    assert model.supports_bf16 == hasattr(model, "set_speed")
+    assert case.split("-")[0] != "refscale" or set(spec) == {"smap"}
+
+
+@pytest.mark.parametrize("case", sorted(c for c in CASES if c.startswith("inter")))  # an inter-frame LR codec by default
+def test_decode_leaves_the_callers_packet_unchanged(case):
+    """An inter-frame LR is decoded into a copy: the caller's packet read from bytes keeps ``lr`` None."""
+    model = build(case)
+    hr, _ = inputs(model, *odd_size(model))
+    ref = synthetic_image(*hr.shape[-2:], seed=2) * 0.5 + hr * 0.5  # for the LR codec
+    data = pipeline.encode(model, hr, ref, verify=False).to_bytes()
+    back = Packet.from_bytes(data)
+    assert back.lr is None
+    out = pipeline.decode(model, back, ref, seed=3)
+    assert back.lr is None and back.lr_ref is None
+    assert torch.equal(out, pipeline.decode(model, Packet.from_bytes(data, lr_ref=pipeline.lr_reference(ref, model.alignment, model.scale)), ref, seed=3))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ def spec_read(data: bytes) -> dict:
     """Parse a container following docs/format.md only (no refscale code)."""
     assert data[:8] == bytes([0x89, 0x52, 0x53, 0x43, 0x0D, 0x0A, 0x1A, 0x0A])
     version, n = struct.unpack_from("<HI", data, 8)
-    assert version in (1, 2, 3, 4)
+    assert version in (1, 2, 3, 4, 5)
     assert struct.unpack_from("<I", data, 14 + n)[0] == zlib.crc32(data[:14 + n])
     pos = 14
 
@@ -68,6 +69,7 @@ def spec_read(data: bytes) -> dict:
         length, crc = take("<II")
         side.append((name, dtype, restore, shape, comp, length, crc))
     raster_len, raster_crc = take("<II") if version >= 3 else (0, 0)
+    verify_len, verify_crc = take("<II") if version >= 5 else (0, 0)
     assert pos == 14 + n
     pos += 4
     out["lr_bytes"] = data[pos:pos + lr_len]
@@ -101,13 +103,22 @@ def spec_read(data: bytes) -> dict:
         else:
             assert not d.unused_data
         pos += raster_len
+    out["verification"] = None
+    if verify_len:
+        blob = data[pos:pos + verify_len]
+        assert zlib.crc32(blob) == verify_crc
+        block, seed, t, rows, cols = struct.unpack_from("<HIIII", blob)
+        bits = np.frombuffer(zlib.decompress(blob[18:]), np.uint8)
+        fallback = np.unpackbits(bits, count=rows * cols, bitorder="little").astype(bool).reshape(rows, cols)
+        out["verification"] = {"block": block, "seed": seed, "temperature": t / 1000, "fallback": fallback}
+        pos += verify_len
     assert pos == len(data)
     return out
 
 
 def test_file_matches_docs_format_md():
     p = make_packet(tiles={"tile": 8, "overlap": 4})
-    p.ref_hash, p.ref_shift = "ab" * 32, (-150, 7)
+    p = replace(p, ref_hash="ab" * 32, ref_shift=(-150, 7))
     data = p.to_bytes()
     spec = spec_read(data)
     assert spec["version"] == 2 and spec["ref"] == "ab" * 32 and spec["ref_shift"] == (-150, 7)
@@ -123,17 +134,17 @@ def test_reference_rotation_is_version_4_as_docs_format_md():
     """A rotation makes the file version 4 (the field after the shift); without one it stays
     version 2, byte for byte; out of range, in an older version or without a reference: refused."""
     p = make_packet()
-    p.ref_hash, p.ref_shift = "ab" * 32, (-150, 7)
+    p = replace(p, ref_hash="ab" * 32, ref_shift=(-150, 7))
     before = p.to_bytes()
-    p.ref_rotation = -321
+    p = replace(p, ref_rotation=-321)
     data = p.to_bytes()
     spec = spec_read(data)
     assert spec["version"] == 4 and spec["ref_shift"] == (-150, 7) and spec["ref_rotation"] == -321
     back = Packet.from_bytes(data)
     assert back.version == 4 and back.ref_rotation == -321 and back.info()["reference_rotation"] == -321
-    p.ref_rotation = 0
+    p = replace(p, ref_rotation=0)
     assert p.to_bytes() == before and Packet.from_bytes(before).ref_rotation == 0
-    p.ref_rotation = 18001
+    p = replace(p, ref_rotation=18001)
     with pytest.raises(ContainerError, match="rotation .* out of range"):
         p.to_bytes()
     header = read_header(data)
@@ -141,7 +152,7 @@ def test_reference_rotation_is_version_4_as_docs_format_md():
     with pytest.raises(ContainerError, match="version 3 has no reference rotation"):
         header.validate()
     q = make_packet()
-    q.ref_rotation = 5
+    q = replace(q, ref_rotation=5)
     with pytest.raises(ContainerError, match="without a reference"):
         q.to_bytes()
     for cut in (14 + 7 + 32 + 1 + 32 + 8 + 2, len(data) - 1):  # inside the rotation field; the last byte
@@ -154,9 +165,9 @@ def test_a_rotation_alone_counts_as_registered():
     send it to the in-memory path as a shift does (files.decode_to_file, pipeline.decode)."""
     p = make_packet()
     assert not p.registered
-    p.ref_hash, p.ref_rotation = "ab" * 32, 250
+    p = replace(p, ref_hash="ab" * 32, ref_rotation=250)
     assert p.registered and Packet.from_bytes(p.to_bytes()).registered
-    p.ref_rotation, p.ref_shift = 0, (0, -3)
+    p = replace(p, ref_rotation=0, ref_shift=(0, -3))
     assert p.registered
 
 
@@ -191,17 +202,21 @@ def test_round_trip_every_available_codec(codec):  # the inter-frame codecs: tes
         assert lossy.quality == 60
         err = np.abs(lossy.lr.astype(int) - p.lr.astype(int)).mean()
         assert err < 40  # still the same picture
+    # issue 26, item 5.6: no quality given records the one used (JPEG's default), not "codec default"
+    assert q.quality == codecs.effective_quality(codec, None) and q.info()["quality"] == q.quality
+    if codec == "jpeg":
+        assert q.quality == codecs.JPEG_DEFAULT_QUALITY and data == p.to_bytes(codec, codecs.JPEG_DEFAULT_QUALITY)
 
 
 def test_side_tensors_use_small_dtypes_and_both_compressors():
     rng = np.random.default_rng(1)
     p = make_packet(side=False, h=64, w=64)
-    p.side = {
+    p = replace(p, side={
         "small": rng.integers(0, 4, (1, 1, 32, 32)),  # -> uint8
         "signed": rng.integers(-300, 300, (1, 2, 16, 16)),  # -> int16
         "flat": np.zeros((1, 1, 64, 64), np.int64),
         "noise": rng.integers(0, 256, (1, 1, 8, 8)),  # incompressible, tiny: zlib's smaller header wins
-    }
+    })
     data = p.to_bytes()
     info = inspect(data)
     assert info["side"]["small"]["dtype"] == "uint8" and info["side"]["signed"]["dtype"] == "int16"
@@ -225,7 +240,7 @@ def test_section_sizes_and_bpp():
 
 def test_to_bytes_defaults_to_the_packets_codec():
     p = make_packet()
-    p.codec, p.quality = "webp", 80
+    p = replace(p, codec="webp", quality=80)
     q = Packet.from_bytes(p.to_bytes())
     assert (q.codec, q.quality) == ("webp", 80)
 
@@ -233,19 +248,19 @@ def test_to_bytes_defaults_to_the_packets_codec():
 # ----------------------------------------------------------------------------- writer refusals
 def test_writer_refuses_inconsistent_packets():
     p = make_packet()
-    p.lr = p.lr[:-1]
+    p = replace(p, lr=p.lr[:-1])
     with pytest.raises(ContainerError, match="LR must be"):
         p.to_bytes()
     p = make_packet()
-    p.side["smap"] = p.side["smap"].astype(np.float32)
+    p = replace(p, side={**p.side, "smap": p.side["smap"].astype(np.float32)})
     with pytest.raises(ContainerError, match="integer"):
         p.to_bytes()
     p = make_packet()
-    p.side["smap"] = np.zeros((1, 1, 3, 7), np.uint8)
+    p = replace(p, side={**p.side, "smap": np.zeros((1, 1, 3, 7), np.uint8)})
     with pytest.raises(ContainerError, match="stride"):
         p.to_bytes()
     p = make_packet()
-    p.model = "has space"
+    p = replace(p, model="has space")
     with pytest.raises(ContainerError, match="printable"):
         p.to_bytes()
     with pytest.raises(InputError, match="lossless"):
@@ -306,7 +321,7 @@ def test_reader_refuses_wrong_magic_version_truncation_and_crcs():
     cases = {
         "bad magic": b"GIF89a" + data[6:],
         "PNG image": b"\x89PNG\r\n\x1a\n" + data[8:],
-        "version 5": data[:8] + b"\x05\x00" + data[10:],
+        "version 6": data[:8] + b"\x06\x00" + data[10:],
         "truncated": data[:-3],
         "trailing": data + b"\0",
         "header checksum": data[:20] + bytes([data[20] ^ 1]) + data[21:],
@@ -317,8 +332,8 @@ def test_reader_refuses_wrong_magic_version_truncation_and_crcs():
         with pytest.raises(ContainerError) as err:
             Packet.from_bytes(bad)
         assert "\n" not in str(err.value), label
-    with pytest.raises(ContainerError, match="version 5"):
-        Packet.from_bytes(cases["version 5"])
+    with pytest.raises(ContainerError, match="version 6"):
+        Packet.from_bytes(cases["version 6"])
     with pytest.raises(ContainerError, match="PNG"):
         Packet.from_bytes(cases["PNG image"])
 
@@ -367,7 +382,7 @@ def as_version_1(data: bytes) -> bytes:
 
 def test_reference_fingerprint_field_and_version_1_files():
     p = make_packet()
-    p.ref_hash = "cd" * 32
+    p = replace(p, ref_hash="cd" * 32)
     q = Packet.from_bytes(p.to_bytes())
     assert q.ref_hash == "cd" * 32 and q.version == 2 and q.info()["reference_fingerprint"] == "cd" * 32
     none = Packet.from_bytes(make_packet().to_bytes())
@@ -381,12 +396,11 @@ def test_reference_fingerprint_field_and_version_1_files():
         Packet.from_bytes(rewrite_header(bytes(data), lambda b: b.__setitem__(k - 14, 2)))
     with pytest.raises(ContainerError, match="without a reference"):
         Packet.from_bytes(make_packet().to_bytes()).__class__(**{**make_packet().__dict__, "ref_shift": (1, 0)}).to_bytes()
-    p.ref_shift = (10**9, 0)
+    p = replace(p, ref_shift=(10**9, 0))
     with pytest.raises(ContainerError, match="out of range"):
         p.to_bytes()
     with pytest.raises(ContainerError, match="64 lowercase hex"):
-        p.ref_hash, p.ref_shift = "xyz", (0, 0)
-        p.to_bytes()
+        replace(p, ref_hash="xyz", ref_shift=(0, 0)).to_bytes()
 
 
 # ----------------------------------------------------------------------------- format version 3: the raster record
@@ -394,9 +408,9 @@ def raster_packet() -> Packet:
     from refscale.raster import RasterRecord
 
     p = make_packet()
-    p.raster = RasterRecord(dtype="uint16", band_count=13, bands=[4, 3, 2], ranges=[(120.0, 3100.0), (90.0, 2800.0), (60.0, 2500.0)],
+    p = replace(p, raster=RasterRecord(dtype="uint16", band_count=13, bands=[4, 3, 2], ranges=[(120.0, 3100.0), (90.0, 2800.0), (60.0, 2500.0)],
                             descriptions=["B04", "B03", None], rule="p0.1,99.9", nodata=0.0,
-                            crs='PROJCS["WGS 84 / UTM zone 31N",GEOGCS["WGS 84"]]', transform=(10.0, 0.0, 399960.0, 0.0, -10.0, 5000040.0))
+                            crs='PROJCS["WGS 84 / UTM zone 31N",GEOGCS["WGS 84"]]', transform=(10.0, 0.0, 399960.0, 0.0, -10.0, 5000040.0)))
     return p
 
 
@@ -478,3 +492,60 @@ def test_reference_fingerprint_is_pinned():
     for rows in (a[:2], a[2:]):
         h.update(rows.tobytes())
     assert h.hexdigest() == golden
+
+
+# ----------------------------------------------------------------------------- format version 5: the verification record
+def verified_packet(fallback=None):
+    from refscale.container import Verification
+
+    p = make_packet(h=70, w=45)  # padded 70 x 46: 3 x 2 blocks of 32
+    rows, cols = Verification.grid(p.padded_size, 32)
+    fb = np.zeros((rows, cols), bool) if fallback is None else fallback
+    p = replace(p, verification=Verification(block=32, seed=7, temperature=0.8, fallback=fb))
+    return p
+
+
+def test_verification_record_round_trips_and_matches_docs():
+    fb = np.array([[True, False], [False, False], [True, True]])
+    p = verified_packet(fb)
+    data = p.to_bytes()
+    spec = spec_read(data)
+    assert spec["version"] == 5
+    v = spec["verification"]
+    assert (v["block"], v["seed"], v["temperature"]) == (32, 7, 0.8) and np.array_equal(v["fallback"], fb)
+    q = Packet.from_bytes(data)
+    assert q.version == 5 and q.verification.block == 32 and q.verification.seed == 7
+    assert q.verification.temperature == 0.8 and np.array_equal(q.verification.fallback, fb)
+    assert q.info()["verification"]["fallback_blocks"] == 3
+    from refscale.container import inspect
+
+    assert inspect(data)["verification"] == {"block": 32, "seed": 7, "temperature": 0.8, "blocks": 6, "fallback_blocks": 3}
+    plain = make_packet(h=70, w=45).to_bytes()  # without a record: the older version, byte for byte
+    assert read_header(plain).version == 2 and len(plain) < len(data)
+
+
+def test_verification_record_refused_when_inconsistent():
+    from refscale.container import Verification
+
+    p = verified_packet()
+    p = replace(p, verification=Verification(block=32, seed=0, temperature=1.0, fallback=np.zeros((2, 2), bool)))  # 3 rows needed
+    data = p.to_bytes()
+    with pytest.raises(ContainerError, match="does not cover"):
+        Packet.from_bytes(data)
+    p = replace(p, verification=Verification(block=33, seed=0, temperature=1.0, fallback=np.zeros((3, 2), bool)))
+    with pytest.raises(ContainerError, match="multiple of the scale"):
+        Packet.from_bytes(p.to_bytes())
+    good = bytearray(verified_packet().to_bytes())
+    h = read_header(bytes(good))
+    v4 = bytearray(good)
+    v4[8:10] = b"\x04\x00"  # version 4 has no verification fields: the header no longer parses
+    with pytest.raises(ContainerError):
+        Packet.from_bytes(bytes(v4))
+    start = h.total_bytes - h.verify_length
+    cut = bytes(good[:start + 18]) + zlib.compress(b"\xff" * 9)  # a zlib stream of the wrong size, CRC fixed up
+    body_end = 14 + struct.unpack_from("<I", good, 10)[0]
+    patched = bytearray(cut)
+    struct.pack_into("<II", patched, body_end - 8, len(cut) - start, zlib.crc32(cut[start:]))
+    struct.pack_into("<I", patched, body_end, zlib.crc32(bytes(patched[:body_end])))
+    with pytest.raises(ContainerError, match="wrong size"):
+        Packet.from_bytes(bytes(patched))

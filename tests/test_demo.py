@@ -30,7 +30,9 @@ def test_shipped_real_pair_is_a_registered_revisit():
 def test_demo_runs_with_bicubic(capsys):
     rows = run_demo("bicubic-x2", size=64)
     assert rows["bicubic-x2"]["bpp"] > 0 and rows["bicubic-x2"]["psnr_y"] > 20
+    assert 15 < rows["bicubic-x2"]["psnr_rgb"] != rows["bicubic-x2"]["psnr_y"]
     out = capsys.readouterr().out
+    assert f"PSNR-RGB {rows['bicubic-x2']['psnr_rgb']:.2f} dB" in out
     assert "Sentinel-2" in out and "64x64" in out
     assert out.count("bicubic-x2 ") == 1  # the model is its own baseline: one row
     rows = run_demo("bicubic-x2", size=48, synthetic=True)

@@ -7,15 +7,16 @@ import torch
 from refscale import zoo
 from refscale.data import discover
 from refscale.errors import RefScaleError
-from refscale.evaluate import METRIC_KEYS, evaluate, to_markdown
+from refscale.evaluate import METRIC_KEYS, evaluate, to_markdown, worst_image
 from refscale.imageio import write_image
-from refscale.metrics import psnr, ssim
+from refscale.metrics import fraction_off, psnr, ssim
 from refscale.protocol import Rescaler
 from refscale.ops import bicubic_down, bicubic_up, quantize_8bit
 from tests.conftest import synthetic_image
 
-TOP_KEYS = {"model", "scale", "dataset", "split", "draws", "precision", "temperature", "codec", "budget", "images", "over_budget", "mean"}
-IMAGE_KEYS = {"name", "quality", *METRIC_KEYS}  # DESIGN.md's keys, plus the codec settings used
+TOP_KEYS = {"model", "scale", "dataset", "split", "draws", "precision", "verify", "temperature", "codec", "budget", "images",
+            "over_budget", "mean", "worst"}
+IMAGE_KEYS = {"name", "quality", "fallback", "worst_block_gap", "verify_seconds", *METRIC_KEYS}  # docs/design.md's keys, plus the codec settings used
 
 
 @pytest.fixture
@@ -52,6 +53,11 @@ def test_evaluate_json_schema_and_values(singles):
     row = result["images"][1]
     assert row["psnr_y"] == pytest.approx(float(psnr(rec, hr, crop_border=2)[0]), abs=1e-6)
     assert row["ssim_rgb"] == pytest.approx(float(ssim(rec, hr, crop_border=2, y_channel=False)[0]), abs=1e-6)
+    assert row["frac_off40"] == pytest.approx(float(fraction_off(rec, hr, crop_border=2)[0]), abs=1e-12)
+    assert 0 <= row["frac_off40"] < 1
+    worst = min(result["images"], key=lambda r: r["psnr_rgb"])
+    assert result["worst"] == {"name": worst["name"], "psnr_rgb": worst["psnr_rgb"], "psnr_y": worst["psnr_y"],
+                               "frac_off40": worst["frac_off40"]}
     assert 20 < row["psnr_y"] < 60 and row["psnr_rgb"] != row["psnr_y"]
     # bpp counts every byte of the real container; LR and side are parts of it
     packet = model.encode(hr)
@@ -68,7 +74,32 @@ def test_to_markdown(singles):
     assert "bicubic-x2" in lines[0]
     assert lines[2].startswith("| image | PSNR-Y | SSIM-Y")
     assert lines[4].startswith("| a | ") and lines[5].startswith("| b | ")
-    assert lines[-1].startswith("| **mean** | " + format(result["mean"]["psnr_y"], ".2f"))
+    assert "| >40 levels |" in lines[2]
+    assert lines[-3].startswith("| **mean** | " + format(result["mean"]["psnr_y"], ".2f"))
+    assert lines[-1] == f"Worst image (lowest PSNR-RGB): {result['worst']['name']}, PSNR-RGB {result['worst']['psnr_rgb']:.2f} dB."
+
+
+def test_worst_image_of_results_written_before_it_was_recorded():
+    old = {"images": [{"name": "a", "psnr_y": 30.0, "psnr_rgb": 28.0}, {"name": "b", "psnr_y": 31.0, "psnr_rgb": 25.5}]}
+    assert worst_image(old) == {"name": "b", "psnr_rgb": 25.5, "psnr_y": 31.0, "frac_off40": None}
+    assert worst_image({"images": [{"name": "a", "psnr_y": 30.0}]}) is None
+    assert worst_image({"images": []}) is None
+    old["worst"] = {"name": "a"}
+    assert worst_image(old) == {"name": "a"}  # the recorded one wins
+
+
+def test_evaluate_passes_verify_to_the_encoder(singles):
+    model = zoo.load("bicubic-x2")
+    seen = []
+
+    def encode(hr, ref=None, **kw):
+        seen.append(kw["verify"])
+        return Rescaler.encode(model, hr, ref, **kw)
+
+    model.encode = encode
+    assert evaluate(model, discover(singles), progress=False)["verify"] is True
+    assert evaluate(model, discover(singles), progress=False, verify=False)["verify"] is False
+    assert seen == [True, True, False, False]
 
 
 def test_greyscale_file_uses_grey_value_as_y(tmp_path):
@@ -152,7 +183,7 @@ def test_evaluate_temperature_reaches_every_decode(tmp_path):
 def test_evaluate_runs_and_records_the_requested_precision(singles, precision):
     torch.manual_seed(0)
     model = zoo.build("irn-x2", blocks=[1], gc=4).eval()
-    result = evaluate(model, discover(singles), progress=False, precision=precision)
+    result = evaluate(model, discover(singles), progress=False, precision=precision, verify=False)
     assert result["precision"] == precision
     seen = []
     original = model.set_speed
@@ -162,7 +193,7 @@ def test_evaluate_runs_and_records_the_requested_precision(singles, precision):
         return original(**kw)
 
     model.set_speed = spy
-    evaluate(model, discover(singles), progress=False, precision=precision)
+    evaluate(model, discover(singles), progress=False, precision=precision, verify=False)
     # each encode/decode sets the requested arithmetic, then restores the model's own (fp32)
     assert seen[0::2] == [precision == "bf16"] * (len(seen) // 2) and seen[1::2] == [False] * (len(seen) // 2)
     assert len(seen) == 2 * 2 * 2  # two images, one encode and one decode each

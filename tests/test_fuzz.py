@@ -13,6 +13,7 @@ import signal
 import struct
 import time
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -38,23 +39,26 @@ def _alarm(signum, frame):  # noqa: ARG001
 def bases():
     model = ToyRef()
     hr, ref = pair(32, 32)
-    plain = model.encode(hr, ref).to_bytes()
+    plain = model.encode(hr, ref, verify=False).to_bytes()
     codec = "webp" if codecs.available_codecs()["webp"] else "png"
-    tiled = model.encode(hr, ref, tile=8, overlap=4).to_bytes(codec=codec)
-    geo = model.encode(hr, ref)  # format version 3: with a raster record (GeoTIFF, 16-bit, bands)
-    geo.raster = RasterRecord(dtype="uint16", band_count=4, bands=[4, 3, 2], ranges=[(100.0, 3000.0)] * 3,
+    tiled = model.encode(hr, ref, tile=8, overlap=4, verify=False).to_bytes(codec=codec)
+    geo = model.encode(hr, ref, verify=False)  # format version 3: with a raster record (GeoTIFF, 16-bit, bands)
+    geo = replace(geo, raster=RasterRecord(dtype="uint16", band_count=4, bands=[4, 3, 2], ranges=[(100.0, 3000.0)] * 3,
                               descriptions=["B08", "B04", None], rule="p0.1,99.9", nodata=0.0,
-                              crs='PROJCS["WGS 84 / UTM zone 31N"]', transform=(10.0, 0.0, 399960.0, 0.0, -10.0, 5000040.0))
-    masked = model.encode(hr, ref)  # raster record version 2: with a nodata mask after the JSON
+                              crs='PROJCS["WGS 84 / UTM zone 31N"]', transform=(10.0, 0.0, 399960.0, 0.0, -10.0, 5000040.0)))
+    masked = model.encode(hr, ref, verify=False)  # raster record version 2: with a nodata mask after the JSON
     invalid = np.zeros((3, 32, 32), bool)
     invalid[:, :3] = True
     invalid[2, 10:12, 4:9] = True
-    masked.raster = RasterRecord(dtype="float32", band_count=3, bands=[1, 2, 3], ranges=[(0.0, 1.0)] * 3,
-                                 nodata=float("nan"), mask=Mask.from_bool(invalid))
-    turned = model.encode(hr, ref)  # format version 4: a reference rotation (registration)
-    turned.ref_rotation = -250
+    masked = replace(masked, raster=RasterRecord(dtype="float32", band_count=3, bands=[1, 2, 3], ranges=[(0.0, 1.0)] * 3,
+                                 nodata=float("nan"), mask=Mask.from_bool(invalid)))
+    turned = model.encode(hr, ref, verify=False)  # format version 4: a reference rotation (registration)
+    turned = replace(turned, ref_rotation=-250)
     assert Packet.from_bytes(turned.to_bytes()).version == 4
-    return model, ref, [plain, tiled, geo.to_bytes(), masked.to_bytes(), turned.to_bytes()]
+    checked = model.encode(hr, ref, tile=16, overlap=4)  # format version 5: the verifying encoder's record
+    checked.verification.fallback[0, 0] = True
+    assert Packet.from_bytes(checked.to_bytes()).version == 5
+    return model, ref, [plain, tiled, geo.to_bytes(), masked.to_bytes(), turned.to_bytes(), checked.to_bytes()]
 
 
 def fix_header_crc(data: bytes) -> bytes:
@@ -74,6 +78,9 @@ def section_edit(data: bytes, rng) -> bytes:
         pos += e.length
     if h.raster_length:
         spans.append((pos, h.raster_length, struct.pack("<II", h.raster_length, h.raster_crc)))
+        pos += h.raster_length
+    if h.verify_length:
+        spans.append((pos, h.verify_length, struct.pack("<II", h.verify_length, h.verify_crc)))
     start, length, entry = spans[rng.integers(len(spans))]
     out = bytearray(data)
     for _ in range(rng.integers(1, 4)):

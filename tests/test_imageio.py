@@ -111,3 +111,76 @@ def test_is_greyscale_file(tmp_path):
     assert is_greyscale_file(tmp_path / "g.png")
     assert not is_greyscale_file(tmp_path / "rgb.png")
     assert not is_greyscale_file(tmp_path / "missing.png")
+
+
+def _frames(n, h=24, w=32):
+    return [Image.fromarray((synthetic_image(h, w, seed=i)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)) for i in range(n)]
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".png", ".webp", ".tif"])
+def test_a_file_of_several_images_is_refused(tmp_path, capsys, suffix):
+    """Issue 26, item 5.7: an animated GIF (PNG, WebP) or a 2-page TIFF was read as its first
+    frame without a word; now one line naming the file and the count, from the API and the CLI
+    (as the image and as the reference). One frame of the same format still reads."""
+    from refscale import raster
+    from refscale.cli import main
+
+    first, *rest = _frames(2)
+    p = tmp_path / f"anim{suffix}"
+    first.save(p, save_all=True, append_images=rest)
+    with pytest.raises(InputError, match=f"anim{suffix} holds 2 images"):
+        read_image(p)
+    with pytest.raises(InputError, match="holds 2 images"):
+        raster.read_raster(p)
+    single = tmp_path / f"one{suffix}"
+    first.save(single)
+    assert read_image(single).shape == (1, 3, 24, 32)
+    write_image(synthetic_image(24, 32), tmp_path / "hr.png")
+    capsys.readouterr()
+    for argv in (["encode", p, "-m", "bicubic-x2", "-o", tmp_path / "x.rsc"],
+                 ["encode", tmp_path / "hr.png", "--ref", p, "-m", "refscale-x2", "-o", tmp_path / "x.rsc"]):
+        assert main([str(a) for a in argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("refscale: error: ") and "holds 2 images" in err[0], err
+        assert not (tmp_path / "x.rsc").exists()
+
+
+def test_multi_page_tiff_refused_on_every_reader(tmp_path, monkeypatch):
+    """The TIFF readers other than Pillow: rasterio in memory and window by window, imagecodecs
+    without rasterio; a TIFF with overviews (reduced-resolution pages) is one image."""
+    from refscale import raster
+
+    first, *rest = _frames(2)
+    p = tmp_path / "pages.tif"
+    first.save(p, save_all=True, append_images=rest)
+    if raster.have_rasterio():
+        with pytest.raises(InputError, match="holds 2 images"):
+            raster.read_raster(p, windowed=True)
+        import rasterio
+
+        ov = tmp_path / "ov.tif"
+        with rasterio.open(ov, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8", tiled=True,
+                           blockxsize=16, blockysize=16) as dst:
+            dst.write(np.full((3, 64, 64), 100, np.uint8))
+            dst.build_overviews([2, 4])
+        assert raster.read_raster(ov).tensor.shape == (1, 3, 64, 64)
+        assert raster.read_raster(ov, windowed=True).size == (64, 64)
+        from refscale.imageio import frame_count
+
+        assert frame_count(ov) == 1
+    monkeypatch.setattr(raster, "have_rasterio", lambda: False)
+    with pytest.raises(InputError, match="holds 2 images"):
+        raster.read_raster(p)
+
+
+def test_an_mpo_camera_jpeg_reads_its_primary_image(tmp_path):
+    """A JPEG with previews (MPO, as cameras write them) is one picture, not an animation."""
+    first, *rest = _frames(2)
+    p = tmp_path / "camera.jpg"
+    try:
+        first.save(p, format="MPO", save_all=True, append_images=rest)
+    except (KeyError, ValueError, OSError):
+        pytest.skip("this Pillow cannot write MPO")
+    with Image.open(p) as im:
+        assert im.format == "MPO" and im.n_frames == 2
+    assert read_image(p).shape == (1, 3, 24, 32)

@@ -14,6 +14,7 @@ import struct
 import sys
 import warnings
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -63,7 +64,8 @@ def test_round_trip_through_the_container(codec):
     back = Packet.from_bytes(data)
     assert back.lr is None and back.lr_data is not None  # needs the reference to decode
     out = model.decode(back, ref)
-    assert out.shape == new.shape and back.lr.shape == (37, 50, 3)
+    assert out.shape == new.shape and back.lr is None  # decoded into a copy: the caller's packet is unchanged
+    assert back.with_lr(pipeline.lr_reference(ref, 1, 1)).lr.shape == (37, 50, 3)
     assert psnr(out, new) > (22 if codec == "av1-inter" else 30)  # AV1 here is 4:2:0
     again = model.decode(Packet.from_bytes(data), ref)
     assert torch.equal(out, again)  # decoding is deterministic
@@ -283,7 +285,7 @@ def test_the_container_refuses_an_inter_codec_without_a_reference_fingerprint():
     codec = "h264-inter" if "h264-inter" in INTER else INTER[0]
     new, ref = pair(16, 16)
     p = pipeline.encode(zoo.load(MODEL[codec]), new, ref)
-    p.ref_hash = None
+    p = replace(p, ref_hash=None)
     with pytest.raises(ContainerError, match=f"{codec} predicts.*reference"):
         p.to_bytes()
 

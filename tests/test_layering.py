@@ -66,12 +66,41 @@ def test_find_cycle_finds_one():
 def test_layers():
     graph = import_graph()
     assert graph["refscale.protocol"] <= {"refscale.errors"}
+    onnx = {m for m in graph if m == "refscale.onnx" or m.startswith("refscale.onnx.")}
+    assert {"refscale.onnx.graphs", "refscale.onnx.runtime", "refscale.onnx.export", "refscale.onnx.onboard",
+            "refscale.onnx.wrap"} <= onnx
     upper = {"refscale.zoo", "refscale.pipeline", "refscale.evaluate", "refscale.cli", "refscale.container",
-             "refscale.demo", "refscale.files", "refscale.export", "refscale"} | {m for m in graph if m.startswith("refscale.train")}
+             "refscale.demo", "refscale.files", "refscale.export", "refscale"} | onnx | \
+        {m for m in graph if m.startswith("refscale.train")}
     for name, edges in graph.items():
         if name.startswith(("refscale.models", "refscale.nn", "refscale.ops")):
             assert not edges & upper, (name, edges & upper)
-    assert not graph["refscale.pipeline"] & {"refscale.cli", "refscale.evaluate", "refscale.zoo", "refscale.export"}
+    assert not graph["refscale.pipeline"] & ({"refscale.cli", "refscale.evaluate", "refscale.zoo", "refscale.export"} | onnx)
     # the ONNX export sits above the models and the pipeline, like the CLI: only the CLI imports it
+    # (refscale.export is its old name, re-exporting refscale.onnx) ...
     assert all("refscale.export" not in edges for name, edges in graph.items() if name != "refscale.cli")
+    for name, edges in graph.items():
+        if name not in onnx | {"refscale.cli", "refscale.export"}:
+            assert not edges & onnx, (name, edges & onnx)
+    # ... and goes through the protocol: it imports no model module (no class switch) and nothing above it
+    models = {m for m in graph if m.startswith("refscale.models")}
+    for name in onnx:
+        assert not graph[name] & (models | {"refscale.cli", "refscale.export", "refscale.evaluate", "refscale.zoo"}), name
     assert all("refscale.cli" not in edges for name, edges in graph.items() if name != "refscale.__main__")
+
+
+def test_one_tile_loop_below_the_pipeline():
+    """refscale.tiling (the Tiler of the encoder, decoder and on-board loop) sits below the
+    pipeline: it imports no model, container, pipeline or anything above them."""
+    graph = import_graph()
+    assert graph["refscale.tiling"] <= {"refscale.ops", "refscale.raster"}
+    assert "refscale.tiling" in graph["refscale.pipeline"] and "refscale.tiling" in graph["refscale.onnx.onboard"]
+
+
+def test_protocol_calls_the_pipeline_only_by_name():
+    """Rescaler.encode/decode reach the pipeline at call time (importlib, no import statement and
+    no binding of the pipeline into the protocol at import); nothing else is looked up that way."""
+    text = (ROOT / "protocol.py").read_text()
+    assert text.count("importlib.import_module(") == 1 and 'importlib.import_module("refscale.pipeline")' in text
+    assert "bind_pipeline" not in text and "bind_pipeline" not in (ROOT / "pipeline.py").read_text()
+

@@ -150,3 +150,17 @@ def test_psnr_y_masked_scores_only_the_masked_pixels():
     whole = np.ones((32, 40), bool)  # the whole image with a border left out: as psnr
     assert metrics.psnr_y_masked(rec, hr, whole, 4) == pytest.approx(float(metrics.psnr(rec, hr, 4)))
     assert math.isnan(metrics.psnr_y_masked(rec, hr, np.zeros((32, 40), bool)))
+
+
+def test_fraction_off_counts_pixels_with_any_channel_off_by_more_than_40_levels():
+    a = torch.full((1, 3, 10, 10), 100 / 255)
+    b = a.clone()
+    b[0, 2, 5, 5] = 141 / 255  # blue off by 41 levels: counts
+    b[0, 0, 6, 6] = 140 / 255  # red off by exactly 40: does not
+    b[0, :, 7, 7] = 130 / 255  # every channel off by 30: does not
+    b[0, 1, 0, 0] = 0.0  # off by 100 but in the cropped border
+    assert float(metrics.fraction_off(a, b)[0]) == pytest.approx(2 / 100)
+    assert float(metrics.fraction_off(a, b, crop_border=1)[0]) == pytest.approx(1 / 64)
+    assert float(metrics.fraction_off(a, b, crop_border=1, levels=20)[0]) == pytest.approx(3 / 64)
+    pair = metrics.fraction_off(torch.cat([a, a]), torch.cat([a, b]))
+    assert pair.shape == (2,) and pair.dtype == torch.float64 and float(pair[0]) == 0.0

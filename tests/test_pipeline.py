@@ -9,6 +9,8 @@ The toy models are defined here and imported by test_cli.py and test_fuzz.py:
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import hashlib
 import subprocess
 import sys
@@ -26,7 +28,7 @@ from refscale import ops, pipeline, zoo
 from refscale.container import Packet
 from refscale.errors import ContainerError, InputError, ModelError
 from refscale.metrics import psnr, to_uint8
-from refscale.protocol import Rescaler, register
+from refscale.protocol import Rescaler, SideSpec, register
 
 TESTS = Path(__file__).resolve().parent
 
@@ -58,6 +60,9 @@ class ToyRef(Rescaler):
     @property
     def alignment(self) -> int:
         return 2 * self.scale
+
+    def side_spec(self):
+        return {"smap": SideSpec(1, self.alignment, "float32")}
 
     def downscale(self, hr, ref=None):
         self.check_reference(ref)
@@ -92,7 +97,7 @@ def pair(h, w, seed=0):
 def test_any_size_round_trip_is_padded_and_cropped_invisibly(size):
     model = ToyAvg()
     hr = synthetic_image(*size)
-    packet = model.encode(hr)
+    packet = model.encode(hr, verify=False)
     ph, pw = (size[0] + 1) // 2 * 2, (size[1] + 1) // 2 * 2
     assert packet.size == size and packet.padded_size == (ph, pw)
     assert packet.lr.dtype == np.uint8 and packet.lr.shape == (ph // 2, pw // 2, 3)
@@ -195,15 +200,58 @@ def test_non_integer_side_info_is_refused():
         Bad().encode(hr, ref)
 
 
+@pytest.mark.parametrize("change,match", [
+    (lambda side: {}, "side_spec declares"),                                   # undeclared absence
+    (lambda side: {**side, "extra": side["smap"]}, "side_spec declares"),      # undeclared tensor
+    (lambda side: {"smap": side["smap"].to(torch.int16)}, "float32"),          # another dtype
+    (lambda side: {"smap": side["smap"].repeat(1, 2, 1, 1)}, "smap"),          # another channel count
+    (lambda side: {"smap": F.avg_pool2d(side["smap"], 2).round()}, "smap"),    # another stride
+])
+def test_side_tensors_must_be_the_declared_ones(change, match):
+    class Liar(ToyRef):
+        def downscale(self, hr, ref=None):
+            lr, side = super().downscale(hr, ref)
+            return lr, change(side)
+
+    hr, ref = pair(16, 16)
+    with pytest.raises(ModelError, match=match):
+        Liar().encode(hr, ref, verify=False)
+
+
+def test_bad_side_declarations_are_refused():
+    class Odd(ToyRef):
+        def side_spec(self):
+            return {"smap": SideSpec(1, 3, "float32")}  # 3 does not divide the alignment 4
+
+    with pytest.raises(ModelError, match="divides the alignment"):
+        Odd().encode(*pair(16, 16))
+
+
+def test_decode_does_not_run_downscale():
+    class Counting(ToyRef):
+        calls = 0
+
+        def downscale(self, hr, ref=None):
+            type(self).calls += 1
+            return super().downscale(hr, ref)
+
+    model = Counting()
+    hr, ref = pair(16, 16)
+    packet = model.encode(hr, ref, verify=False)
+    Counting.calls = 0
+    model.decode(packet, ref)
+    assert Counting.calls == 0
+
+
 def test_packet_whose_side_info_does_not_fit_the_model_is_refused():
     model = ToyRef()
     hr, ref = pair(16, 16)
     packet = model.encode(hr, ref)
-    packet.side = {"other": packet.side["smap"]}
+    packet = replace(packet, side={"other": packet.side["smap"]})
     with pytest.raises(ContainerError, match="does not match model"):
         model.decode(packet, ref)
     packet = model.encode(hr, ref)
-    packet.side["smap"] = np.zeros((1, 2, 4, 4), np.uint8)
+    packet = replace(packet, side={"smap": np.zeros((1, 2, 4, 4), np.uint8)})
     with pytest.raises(ContainerError, match="smap"):
         model.decode(packet, ref)
 
@@ -381,14 +429,15 @@ def test_precision_is_recorded_and_repeated_by_the_decoder(monkeypatch):
     assert model.encode(hr, precision="bf16").precision == "bf16"
     assert Packet.from_bytes(packet.to_bytes()).precision == packet.precision
     model.seen.clear()
-    model.decode(packet)  # (decode also probes downscale once to learn the side-info layout)
+    model.decode(packet)
     assert [e for e in model.seen if e[0] == "up"] == [("up", packet.precision == "bf16")]
+    assert model.seen == [("up", packet.precision == "bf16")]  # no probe: the side tensors are declared
     model.seen.clear()
     fp32 = model.encode(hr, precision="fp32")
     model.decode(fp32)
     assert fp32.precision == "fp32" and set(model.seen) == {("down", False), ("up", False)}
     assert model.bf16 is False  # the model's own setting is restored
-    assert ToyAvg().encode(hr, precision="bf16").precision == "fp32"  # models without set_speed run fp32
+    assert ToyAvg().encode(hr, precision="bf16").precision == "fp32"  # models without supports_bf16 run fp32
     with pytest.raises(InputError, match="precision"):
         model.encode(hr, precision="fp8")
 
@@ -499,7 +548,7 @@ def test_a_reference_of_another_size_is_resampled_then_registered(monkeypatch):
     assert ref.shape[-2:] == (144, 192)
     model = ToyRef()
     seen = _record_references(model, monkeypatch)
-    packet = Packet.from_bytes(model.encode(hr, ref, tile=0, resample_ref=True).to_bytes())
+    packet = Packet.from_bytes(model.encode(hr, ref, tile=0, resample_ref=True, verify=False).to_bytes())
     encoded = seen["encode"][-1]
     assert encoded.shape[-2:] == hr.shape[-2:]
     assert np.abs(np.subtract(packet.ref_shift, (500, -700))).max() <= 25  # within 0.25 px
@@ -527,7 +576,7 @@ def test_registration_recovers_a_known_rotation(degrees, shift, monkeypatch):
     ref = torch.round(_moved(turned, shift) * 255) / 255
     model = ToyRef()
     seen = _record_references(model, monkeypatch)
-    packet = Packet.from_bytes(model.encode(new, ref, tile=0).to_bytes())
+    packet = Packet.from_bytes(model.encode(new, ref, tile=0, verify=False).to_bytes())
     assert packet.version == 4 and abs(registration.rotation_from_units(packet.ref_rotation) + degrees) <= 0.15
     encoded = seen["encode"][-1]
 
@@ -567,7 +616,7 @@ def test_encoder_and_decoder_see_the_same_registered_reference(monkeypatch):
     ref = _moved(old, (4.0, -6.5))
     model = ToyRef()
     seen = _record_references(model, monkeypatch)
-    packet = Packet.from_bytes(model.encode(new, ref, tile=0).to_bytes())
+    packet = Packet.from_bytes(model.encode(new, ref, tile=0, verify=False).to_bytes())
     encoded = seen["encode"][-1]  # (the decoder may probe the model with other inputs later)
     assert packet.ref_shift != (0, 0) and np.abs(np.add(packet.ref_shift, (400, -650))).max() <= 25
     model.decode(packet, ref, tile=0)
@@ -575,3 +624,22 @@ def test_encoder_and_decoder_see_the_same_registered_reference(monkeypatch):
     assert not torch.equal(encoded, ref)  # it was moved
     plain = model.encode(new, ref, register=False)
     assert plain.ref_shift == (0, 0)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (3, 7), (8, 40), (31, 64)])
+def test_images_too_small_to_register_are_encoded_unregistered(size):
+    """Issue 26, item 5.1: an image under registration.MIN_SIDE px on a side (under 4 px the
+    rotation estimate had nothing to resample: a traceback) is not registered: a warning, no
+    recorded transform, and a tiny RefScale encodes and decodes it at its own size."""
+    from refscale import registration
+
+    model = zoo.build("refscale-x2", blocks=[1], nf=8, n_rrdb=1, ref_gc=4, gc=8).eval()
+    hr = synthetic_image(*size, seed=1)
+    ref = (hr * 0.9 + 0.05).clamp(0, 1)
+    with pytest.warns(UserWarning, match=f"under {registration.MIN_SIDE} px on a side"):
+        packet = Packet.from_bytes(model.encode(hr, ref).to_bytes())
+    assert packet.ref_shift == (0, 0) and packet.ref_rotation == 0
+    assert model.decode(packet, ref).shape == (1, 3, *size)
+    assert registration.estimate_rotation(np.zeros(size), np.zeros(size)) == 0.0
+    with pytest.warns(UserWarning, match="too small"):
+        assert registration.estimate_shift(hr, ref) == (0.0, 0.0)

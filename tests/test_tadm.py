@@ -6,6 +6,7 @@ with SD 2.1-base) and from the environment variable; TADM weights without the ba
 save/load; tiled = untiled when the latent fits one patch, per-patch time steps otherwise; the
 three training stages' parameter groups; epsilon and v prediction.
 """
+import dataclasses
 import json
 
 import pytest
@@ -84,7 +85,7 @@ def test_encode_decode_odd_sizes_through_the_container(scale, precision):
     assert out.min() >= 0 and out.max() <= 1 and out.std() > 0
     assert torch.equal(out, pipeline.decode(model, Packet.from_bytes(data)))  # deterministic
     other = Packet.from_bytes(data)
-    other.lr = 255 - other.lr
+    other = dataclasses.replace(other, lr=255 - other.lr)
     assert not torch.equal(out, pipeline.decode(model, other))  # the LR carries the image
     with pytest.raises(ModelError, match="weights"):
         pipeline.decode(build(scale, seed=1), Packet.from_bytes(data))

@@ -74,3 +74,23 @@ def test_half_storage_loads_into_float32(tmp_path):
         next(too_big.parameters()).fill_(1e5)
     with pytest.raises(ModelError, match="float16"):
         zoo.save_weights(too_big, tmp_path / "big.safetensors", half=True)
+
+
+def test_catalogue_shows_what_load_gives():
+    """Issue 26, item 5.5: the alias rows (refscale-x2 / -x4) showed the architecture defaults'
+    parameter counts (2,780,704 / 3,538,384), not those of the shipped weights they load
+    (3,630,000 / 6,759,552). Every row with weights now shows what load(name) gives."""
+    rows = {r["name"]: r for r in zoo.catalogue()}
+    checked = 0
+    for name, r in rows.items():
+        if r["weights"] in (None, "none needed", "-"):
+            continue
+        model = zoo.load(name)
+        assert (r["params"], r["scale"], bool(r["needs_reference"])) == \
+            (model.num_parameters(), model.scale, model.needs_reference), name
+        checked += 1
+    cards = zoo.weights_cards()
+    assert checked >= len(cards)
+    for alias in ("refscale-x2", "refscale-x4"):
+        if zoo.default_weights(alias) in cards:
+            assert rows[alias]["params"] == rows[zoo.default_weights(alias)]["params"]

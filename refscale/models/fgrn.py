@@ -61,7 +61,7 @@ from refscale.nn.invertible import AffineCoupling, FlowSequence, dense_subnet, e
 from refscale.nn.layers import ResidualTrunk, init_convs
 from refscale.nn.speed import FastInference
 from refscale.ops import levels_for_scale
-from refscale.protocol import Rescaler, register
+from refscale.protocol import ExportGraphs, Rescaler, register
 
 #: default (down_blocks, up_blocks) per scale: our choice, to land on the paper's 1.33M / 3.35M parameters
 DEFAULT_BLOCKS = {2: (5, 6), 4: (18, 18)}
@@ -167,6 +167,20 @@ class FGRN(FastInference, Rescaler):
         with self.speed_context(lr):
             hr = self.up(self.speed_input(self.from_lr(self.speed_input(lr))))
         return hr.float().clamp(0, 1).contiguous()
+
+    # ------------------------------------------------------------------ ONNX export
+    def export_graphs(self) -> ExportGraphs:
+        """The two maps with the quantizers' forward value (:func:`refscale.ops.round_8bit`) in
+        place of their straight-through form, in fp32."""
+        self.set_speed()
+        return ExportGraphs(self._export_down, self._export_up)
+
+    def _export_down(self, hr, ref=None):
+        lr, _ = self.flow(ops.round_8bit(self.down(hr)))  # F(Q(Gd(hr))), as downscale
+        return lr.clamp(0, 1), {}
+
+    def _export_up(self, lr, side=None, ref=None, z=None):
+        return self.up(ops.round_8bit(self.flow.inverse(lr))).clamp(0, 1)  # Gu(Q(F^-1(lr))), as upscale
 
     def training_losses(self, hr, ref=None):
         x = self.represent(hr)

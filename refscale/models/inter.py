@@ -25,6 +25,8 @@ class InterFrame(Rescaler):
 
     arch = "inter"
     needs_reference = True
+    export_refusal = ("the inter-* modes are video codecs (FFmpeg through PyAV), not networks; "
+                      "export a rescaler and run the codec on board")
 
     def __init__(self, scale: int = 1, codec: str = "h264-inter"):
         if int(scale) != 1:

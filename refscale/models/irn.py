@@ -32,7 +32,7 @@ from refscale.nn.invertible import (AffineCoupling, FlowSequence, HaarSqueeze, L
 from refscale.nn.losses import sum_charbonnier, sum_l2
 from refscale.nn.speed import FastInference
 from refscale.ops import levels_for_scale
-from refscale.protocol import Rescaler, register
+from refscale.protocol import ExportGraphs, Rescaler, register
 
 
 @register("irn-x4", scale=4, weights="irn-x4-oscd")
@@ -81,6 +81,21 @@ class IRN(LatentTraining, FastInference, Rescaler):
         with self.speed_context(lr):
             hr = self.flow.inverse(self.speed_input(y))
         return hr.float().clamp(0, 1).contiguous()
+
+    def export_graphs(self) -> ExportGraphs:
+        """Encoder: ``downscale``; decoder: ``upscale`` with the latent as the input ``z``; fp32."""
+        self.set_speed()
+        return ExportGraphs(self.downscale, lambda lr, side, ref, z: self.inverse_latent(lr, z).clamp(0, 1),
+                            z_channels=3 * self.scale**2 - 3)
+
+    @torch.no_grad()
+    def forward_latent(self, hr, ref=None):
+        y, _ = self.flow(hr)
+        return y[:, :3], y[:, 3:], {}
+
+    @torch.no_grad()
+    def inverse_latent(self, lr, z, side=None, ref=None):
+        return self.flow.inverse(torch.cat([lr, z], 1))
 
     def training_losses(self, hr, ref=None):
         y, _ = self.flow(hr)

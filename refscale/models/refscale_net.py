@@ -51,9 +51,10 @@ zero-initialised conv added to the first conv of each DenseBlock
 (:class:`refscale.nn.layers.DenseBlock`, ``cond_channels``): with IRN's ``blocks`` the INN is
 IRN's exactly until those weights learn, so :meth:`RefScaleNet.warm_start` can start it from a
 trained IRN (step 0 reproduces that IRN's LR and reconstruction). The shipped OSCD weights use
-it; why, and what the Glow blocks measured at our budget: docs/results.md, "Training campaign".
+it; why, and what the Glow blocks measured at our budget: docs/training.md, "RefScale on IRN's
+blocks".
 (Two other switches of ours, a detail-layer Ref-Net input and an identity start of the Glow
-blocks, measured no gain and were removed; the numbers stay in docs/results.md.)
+blocks, measured no gain and were removed; docs/training.md has the numbers.)
 
 Training-only options (``configure_training``, set by the engine from ``model.train_options``):
 ``guide_ramp_steps`` ramps the eq. 5 blur in linearly (``S`` in eq. 5 is multiplied by
@@ -88,13 +89,14 @@ from refscale.nn.invertible import (
     LatentTraining,
     dense_subnet,
     exact,
+    fix_conv1x1,
     sample_latent,
 )
 from refscale.nn.layers import RRDB, init_convs
 from refscale.nn.losses import sum_charbonnier, sum_l2
 from refscale.nn.speed import FastInference
 from refscale.ops import levels_for_scale
-from refscale.protocol import Rescaler, register
+from refscale.protocol import ExportGraphs, Rescaler, SideSpec, register
 
 CONDITIONS = ("none", "reference", "similarity")
 #: constructor keys of removed switches, accepted (and dropped) only at their old default so that
@@ -268,6 +270,14 @@ class RefScaleNet(LatentTraining, FastInference, Rescaler):
         f = self.cond_stride * 2**self.smap_down
         return hr_size[0] // f, hr_size[1] // f
 
+    def side_spec(self) -> dict[str, SideSpec]:
+        """The quantized similarity map ``smap`` (one channel at the map's stride), with the
+        similarity condition only."""
+        if self.condition_kind != "similarity":
+            return {}
+        dtype = "uint8" if self.levels_q <= 256 else "int16"  # as quantize_smap gives it
+        return {"smap": SideSpec(1, self.cond_stride * 2**self.smap_down, dtype)}
+
     # ------------------------------------------------------------------ similarity map
     def quantize_smap(self, s: torch.Tensor, training: bool) -> torch.Tensor:
         """``S`` in [0,1] -> levels ``S * (L-1)``: noisy floats in training, integers otherwise (Sec. 3.3)."""
@@ -326,6 +336,13 @@ class RefScaleNet(LatentTraining, FastInference, Rescaler):
                 raise ModelError(f"similarity map has shape {tuple(smap.shape)}, expected {expected}")
             if smap.is_floating_point() or int(smap.min()) < 0 or int(smap.max()) >= self.levels_q:
                 raise ModelError(f"similarity map must hold integers in 0..{self.levels_q - 1}")
+        return self.receiver_condition(ref, smap)
+
+    def receiver_condition(self, ref: torch.Tensor | None, smap: torch.Tensor | None) -> torch.Tensor | None:
+        """``F_c`` from the reference and the map levels, without the checks of
+        ``_decoder_condition`` (which are data-dependent; the exported decoder's form)."""
+        if self.condition_kind == "none":
+            return None
         return self.condition(self.refnet.encode(ref), smap)
 
     def _check_ref(self, hr, ref, hr_size=None):
@@ -367,6 +384,33 @@ class RefScaleNet(LatentTraining, FastInference, Rescaler):
             fc = self._decoder_condition(None if ref is None else self.speed_input(ref), side, hr_size, n)
             hr = self.flow_inverse(self.speed_input(torch.cat([lr.float(), z], 1)), fc)
         return hr.float().clamp(0, 1).contiguous()
+
+    # ------------------------------------------------------------------ ONNX export
+    def export_graphs(self) -> ExportGraphs:
+        """Encoder: ``downscale``; decoder: ``upscale`` with the latent as the input ``z`` and the
+        condition from :meth:`receiver_condition`; fp32, the 1x1 convolutions precomputed
+        (:func:`refscale.nn.invertible.fix_conv1x1`, which changes this model: the export calls
+        this on its copy). The branches on shapes in the resizing depend
+        only on size ratios, the same for every aligned tile, so one trace fits all sizes."""
+        self.set_speed()
+        fix_conv1x1(self)
+        return ExportGraphs(self.downscale, self._export_up, z_channels=3 * self.scale**2 - 3,
+                            side_levels={"smap": self.levels_q})
+
+    def _export_up(self, lr, side, ref, z):
+        y = torch.cat([lr, z], 1)
+        return self.flow_inverse(y, self.receiver_condition(ref, side.get("smap"))).clamp(0, 1)
+
+    @torch.no_grad()
+    def forward_latent(self, hr, ref=None):
+        fc, q = self._encoder_side(hr, ref, training=False)
+        y = self.flow_forward(hr, fc)
+        return y[:, :3], y[:, 3:], ({} if q is None else {"smap": q})
+
+    @torch.no_grad()
+    def inverse_latent(self, lr, z, side=None, ref=None):
+        fc = self._decoder_condition(ref, side, (lr.shape[-2] * self.scale, lr.shape[-1] * self.scale), lr.shape[0])
+        return self.flow_inverse(torch.cat([lr, z], 1), fc)
 
     def training_losses(self, hr, ref=None):
         fc, q = self._encoder_side(hr, ref, training=True)

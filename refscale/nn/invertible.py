@@ -129,6 +129,37 @@ class InvConv1x1(InvertibleModule):
             return F.conv2d(y, w_inv.view(self.channels, self.channels, 1, 1))
 
 
+class FixedConv1x1(InvertibleModule):
+    """An :class:`InvConv1x1` with its weight and inverse precomputed (constants in an exported
+    graph): ``forward`` uses ``W`` as computed in float32 from the LU parameters, ``inverse`` uses
+    ``inv(W)`` computed in float64 and cast, exactly as ``InvConv1x1`` computes them at run time.
+    The log-determinant is not kept (zeros)."""
+
+    def __init__(self, conv: InvConv1x1):
+        super().__init__()
+        with torch.no_grad():
+            w = conv.weight().float()
+            c = conv.channels
+            self.register_buffer("w", w.view(c, c, 1, 1).clone())
+            self.register_buffer("w_inv", torch.linalg.inv(w.double()).float().view(c, c, 1, 1))
+
+    def forward(self, x, cond=None):
+        return F.conv2d(x, self.w), x.new_zeros(x.shape[0])
+
+    def inverse(self, y, cond=None):
+        return F.conv2d(y, self.w_inv)
+
+
+def fix_conv1x1(module: nn.Module) -> nn.Module:
+    """Replace every :class:`InvConv1x1` inside ``module`` by its :class:`FixedConv1x1`, in place
+    (for tracing: ``torch.linalg.inv`` has no ONNX operator); returns ``module``."""
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, InvConv1x1):
+                setattr(parent, name, FixedConv1x1(child))
+    return module
+
+
 class ActNorm(InvertibleModule):
     """Glow's ActNorm: ``y = (x + b) * exp(log_scale)`` per channel.
 
@@ -303,7 +334,7 @@ class LatentTraining:
 
     * ``latent_temperature: [t_min, t_max]``: the backward pass of training decodes with
       ``z = t * N(0, I)``, ``t ~ U(t_min, t_max)`` drawn per sample (IRN: ``[1, 1]``). Our choice
-      (issue 26, docs/results.md "Why the invertible models painted wrong colours"): the forward
+      (issue 26, docs/robustness.md "Why the invertible models painted wrong colours"): the forward
       pass drives ``z`` to ~0 (std 0.002-0.008 on every image measured) while IRN's recipe trains
       the inverse on unit-variance ``z`` only, so the inverse learns a large gain along ``z``:
       decoding with the image's own ``z`` gives 44-53 dB RGB, with ``z = 0`` 12-21 dB, and out
@@ -333,6 +364,15 @@ class LatentTraining:
             return eps
         t = torch.rand(z.shape[0], 1, 1, 1, device=z.device, dtype=z.dtype) * (hi - lo) + lo
         return eps * t
+
+    # for analysis (benchmarks/latent_sensitivity.py): the flow with the image's own z
+    def forward_latent(self, hr: torch.Tensor, ref: torch.Tensor | None = None):
+        """``(LR before clipping, z, side)`` of the forward pass."""
+        raise NotImplementedError
+
+    def inverse_latent(self, lr: torch.Tensor, z: torch.Tensor, side=None, ref: torch.Tensor | None = None) -> torch.Tensor:
+        """The HR image decoded from ``lr`` with a given ``z`` (not clipped)."""
+        raise NotImplementedError
 
     def lr_range_loss(self, lr: torch.Tensor) -> torch.Tensor:
         """``lr_range_weight * sum(relu(-LR)^2 + relu(LR - 1)^2)`` (summed over C,H,W, batch mean)."""

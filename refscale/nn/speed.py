@@ -2,7 +2,7 @@
 
 On a CPU with native bfloat16 (AVX512-BF16 / AMX, where oneDNN runs bf16 kernels) 3x3
 convolutions run several times faster in bf16 with channels_last than in fp32; on an AVX2-only
-CPU bf16 is emulated and several times *slower* (measurements: docs/results.md, "Precision").
+CPU bf16 is emulated and several times *slower* (measurements: docs/performance.md, "Precision").
 :func:`native_bf16` tells which, and ``"auto"`` settings (the pipeline's default precision,
 ``precision.bf16: auto`` in training configs) use bf16 only where it is native.
 :class:`FastInference` is mixed into the learned rescalers (IRN, RefScale)::
@@ -32,8 +32,8 @@ def native_bf16(device_type: str = "cpu") -> bool:
 
     CUDA: ``torch.cuda.is_bf16_supported()``. CPU: AVX512-BF16 or AMX instructions
     (``torch.cpu._is_avx512_bf16_supported`` / ``_is_amx_tile_supported``); False on AVX2-only
-    CPUs (and on AVX512 ones without BF16), where bf16 is emulated (docs/results.md, "Precision
-    on an AVX2 CPU").
+    CPUs (and on AVX512 ones without BF16), where bf16 is emulated (docs/performance.md, "Precision:
+    bf16 only where the CPU has it").
     """
     if device_type == "cuda":
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
@@ -62,6 +62,8 @@ def autocast(enabled: bool, device_type: str = "cpu"):
 class FastInference:
     """Mixin for ``nn.Module`` rescalers: a runtime speed setting (not part of the weights or config)."""
 
+    #: declares the capability to the pipeline (``refscale.protocol.Rescaler.supports_bf16``)
+    supports_bf16: bool = True
     bf16: bool = False
     channels_last: bool = False
 

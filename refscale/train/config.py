@@ -8,7 +8,8 @@ A config has these sections (every key optional except ``model.arch``, ``data.pa
     model:     {arch: refscale-x2, config: {...constructor overrides...}, module: null, init_weights: null,
                 train_options: {...}}
     optim:     {name: adam, lr, betas, eps, weight_decay, grad_clip, lr_mult: {group: factor}}
-    data:      {path, split, val_names, val_split, patch_size, both_directions, augment, colour_augment, batch_size}
+    data:      {path, split, val_names, val_split, patch_size, both_directions, augment, colour_augment, batch_size,
+                coded}                              # coded: items carry the codec's decode (see below)
     schedule:  {steps, warmup_steps, decay, decay_start, min_lr, milestones, gamma}   # see below
     precision: {bf16, channels_last, threads}       # bf16: true | false | auto (bf16 autocast only where native)
     checkpoint:{every_minutes, every_steps, keep}
@@ -24,7 +25,7 @@ Learning-rate schedule (``schedule``), one function of the step (``engine.lr_at`
 * ``decay: step`` (default; IRN's MultiStepLR): ``lr * gamma ** (#milestones <= step)``;
 * ``decay: cosine | linear``: ``optim.lr`` held until ``decay_start * steps`` (a fraction, default
   0.75), then a cosine or linear fall to ``min_lr`` (default 0) at ``steps``; ``milestones`` must
-  then be empty. The short-budget recipe (docs/results.md, "Short-budget recipe") is warm-up,
+  then be empty. The short-budget recipe (docs/training.md, "The short-budget recipe") is warm-up,
   constant peak, cosine over the last quarter.
 
 ``data.batch_size`` is the *total* batch over all processes (``torchrun``), so one config means
@@ -38,6 +39,12 @@ final model card then counts the earlier steps and wall time too and keeps the e
 validation history. ``model.train_options`` go to ``model.configure_training(step, **options)``
 before every step (e.g. RefScale's ``guide_ramp_steps``). ``optim.lr_mult`` maps the names of
 ``model.parameter_groups()`` to learning-rate multipliers (e.g. ``{refnet: 2.0, cond: 2.0}``).
+
+``data.coded: true`` (issue 27, a codec in the training loop): ``data.path`` is a manifest whose
+5th column names each row's LR as the codec decoded it (``scripts/build_codec_cache.py``); the
+crops then carry it (:class:`refscale.data.PairCropDataset` ``coded``), the engine calls
+``model.training_losses(hr, ref, coded=...)``, and validation rebuilds the held-out rows from
+their decoded LR instead of the model's own 8-bit LR.
 
 A config file may start from another: ``base: irn-x2-oscd-cpu.yaml`` (see :func:`read_yaml`).
 
@@ -74,6 +81,7 @@ DEFAULTS: dict[str, Any] = {
         "augment": True,
         "colour_augment": 0.0,
         "batch_size": 8,
+        "coded": False,
     },
     "optim": {"name": "adam", "lr": 2e-4, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "grad_clip": None,
               "lr_mult": {}},

@@ -17,7 +17,7 @@ One training step (the same on 1 or N processes):
    Spike guard (``guard.max_grad_ratio``, off by default): a gradient norm above that many times
    the median of the last 100 skips the update too (counted in ``spikes``): with norms clipped
    to ``grad_clip`` every step looks alike to Adam, and one outlier batch has thrown IRN-type
-   flows back by hundreds of steps (docs/results.md, "Training campaign");
+   flows back by hundreds of steps (docs/training.md, "The short-budget recipe");
 5. learning rate of the step from :func:`lr_at` (warm-up, then step halving or a constant peak with
    a cosine/linear tail; see :mod:`refscale.train.config`).
 
@@ -173,8 +173,10 @@ class _LossForward(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, hr: torch.Tensor, ref: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        return self.model.training_losses(hr, ref)
+    def forward(self, hr: torch.Tensor, ref: torch.Tensor | None, coded: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if coded is None:
+            return self.model.training_losses(hr, ref)
+        return self.model.training_losses(hr, ref, coded=coded)
 
 
 class _Sampler:
@@ -217,24 +219,39 @@ def _split_samples(cfg: dict) -> tuple[list, list]:
     return train, val
 
 
-def _val_crops(samples: list, cfg: dict, multiple: int, needs_ref: bool) -> list[tuple[str, torch.Tensor, torch.Tensor | None]]:
+def _val_crops(samples: list, cfg: dict, multiple: int, needs_ref: bool) -> list[tuple]:
     """Centre crops (``val.crop``, a multiple of the model's alignment) of the first
-    ``val.max_images`` held-out images, decoded once."""
+    ``val.max_images`` held-out images, decoded once: ``(name, hr, ref)``, with ``data.coded``
+    ``(name, hr, ref, coded)`` (the decoded LR cropped alike; the crop's offsets are then
+    multiples of the alignment)."""
     from refscale import data as rdata
+    from refscale.imageio import read_image
 
-    v = cfg["val"]
+    v, coded = cfg["val"], cfg["data"]["coded"]
     out = []
-    for name, hr, ref in rdata.iter_full_images(samples[: v["max_images"]], multiple=multiple):
+    for s, (name, hr, ref) in zip(samples, rdata.iter_full_images(samples[: v["max_images"]], multiple=multiple)):
         h, w = hr.shape[-2:]
         ch = min(v["crop"], h) // multiple * multiple
         cw = min(v["crop"], w) // multiple * multiple
         if ch == 0 or cw == 0:
             continue
         top, left = (h - ch) // 2, (w - cw) // 2
+        if coded:
+            top, left = top // multiple * multiple, left // multiple * multiple
         crop = (slice(None), slice(None), slice(top, top + ch), slice(left, left + cw))
         if needs_ref and ref is None:
             raise ConfigError(f"validation image {name} has no reference but the model needs one")
-        out.append((name, hr[crop].contiguous(), ref[crop].contiguous() if ref is not None else None))
+        item = (name, hr[crop].contiguous(), ref[crop].contiguous() if ref is not None else None)
+        if coded:
+            if s.coded is None:
+                raise ConfigError(f"validation image {name} has no coded image (manifest column 5) but data.coded is set")
+            c = read_image(s.coded)
+            k = max(1, round(h / c.shape[-2]))  # the model's scale (the HR was mod-cropped, the LR may be padded)
+            if not (0 <= c.shape[-2] - h // k <= 1 and 0 <= c.shape[-1] - w // k <= 1) or multiple % k:
+                raise ConfigError(f"validation image {name}: coded image {tuple(c.shape[-2:])} is not the HR {(h, w)} "
+                                  f"divided by the model's scale")
+            item += (c[..., top // k:(top + ch) // k, left // k:(left + cw) // k].contiguous(),)
+        out.append(item)
     return out
 
 
@@ -256,13 +273,15 @@ def _validate(model, crops, seed, channels_last):
     model.eval()
     dev = next((p.device for p in model.parameters()), torch.device("cpu"))
     sums: dict[str, float] = {}
-    for i, (_, hr, ref) in enumerate(crops):
+    for i, (_, hr, ref, *coded) in enumerate(crops):
         hr = hr.to(dev)
         ref = ref.to(dev) if (ref is not None and model.needs_reference) else None
         x_hr = hr.contiguous(memory_format=torch.channels_last) if channels_last else hr
         x_ref = ref.contiguous(memory_format=torch.channels_last) if (channels_last and ref is not None) else ref
         lr, side = model.downscale(x_hr, x_ref)
         lr_q = metrics.to_uint8(lr.float()).float() / 255.0
+        if coded:  # data.coded: the LR as the codec decoded it
+            lr_q = coded[0].to(dev)
         g = torch.Generator(device=dev).manual_seed(seed + i)
         hr_hat = model.upscale(lr_q, side, x_ref, temperature=1.0, generator=g).float()
         s = model.scale
@@ -274,18 +293,25 @@ def _validate(model, crops, seed, channels_last):
             "lr_psnr_y": metrics.psnr(lr_q, ops.bicubic_down(hr, s), crop_border=0, y_channel=True).mean().item(),
             "bicubic_psnr_y": metrics.psnr(ops.bicubic_up(ops.bicubic_down(hr, s), s), hr, crop_border=s).mean().item(),
         }
+        if coded:  # the plain codec's decode (bicubic-upscaled): the baseline a learned decoder must beat
+            plain = lr_q if s == 1 else ops.bicubic_up(lr_q, s)
+            vals["coded_psnr_y"] = metrics.psnr(plain.clamp(0, 1), hr, crop_border=s).mean().item()
+            vals["coded_psnr_rgb"] = metrics.psnr(plain.clamp(0, 1), hr, crop_border=s, y_channel=False).mean().item()
         for k, v in vals.items():
             sums[k] = sums.get(k, 0.0) + v
     model.train(was_training)
     return {k: v / len(crops) for k, v in sums.items()}
 
 
-def _collate(items: list[dict], device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _collate(items: list[dict], device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``(hr, ref or None, coded or None)`` batches of the dataset's items."""
     def stack(key):
+        if key not in items[0]:
+            return None
         t = torch.stack([it[key] for it in items]).to(device, non_blocking=True)
         return t.contiguous(memory_format=torch.channels_last) if channels_last else t
 
-    return stack("hr"), (stack("ref") if "ref" in items[0] else None)
+    return stack("hr"), stack("ref"), stack("coded")
 
 
 class _JsonLog:
@@ -374,16 +400,17 @@ def _any_local(*flags: bool):
 
 
 def training_step(loss_fn, optimizer, params, hr, ref, *, bf16=False, grad_clip=None, any_bad=_any_local,
-                  skip_above: float | None = None):
+                  skip_above: float | None = None, coded: torch.Tensor | None = None):
     """One optimisation step: loss (bf16 autocast if asked), backward, gradient norm (clipped to
     ``grad_clip``), NaN/inf guard, optimizer update. ``loss_fn(hr, ref)`` returns the loss dict
     (``model.training_losses`` or its DDP wrapper). ``any_bad(*flags)`` combines flags over
     processes (``_Dist.any``). ``skip_above``: a finite gradient norm above it also skips the
     update (a spike). Returns ``(losses, grad_norm, status)``, ``status`` one of ``"ok"``,
     ``"nonfinite"`` (on any process) and ``"spike"``; only ``"ok"`` updated the weights.
+    ``coded`` (``data.coded``): the batch's decoded LR, passed on as ``loss_fn(hr, ref, coded)``.
     """
     with torch.autocast(hr.device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
-        losses = loss_fn(hr, ref)
+        losses = loss_fn(hr, ref) if coded is None else loss_fn(hr, ref, coded)
     total = losses["total"]
     optimizer.zero_grad(set_to_none=True)
     total.float().backward()  # always, even when non-finite: DDP's all-reduce must run on every process
@@ -457,7 +484,8 @@ class Trainer:
             self._resume()
         elif dist.world > 1:  # data-dependent init (ActNorm) on rank 0's batch wins via DDP's broadcast
             with torch.no_grad():
-                self.model.training_losses(*self._batch(0))
+                hr, ref, coded = self._batch(0)
+                self.model.training_losses(hr, ref, **({"coded": coded} if coded is not None else {}))
         self.loss_fn: nn.Module = _LossForward(self.model)
         if dist.world > 1:
             self.loss_fn = nn.parallel.DistributedDataParallel(
@@ -495,7 +523,7 @@ class Trainer:
         self.rank_seed = cfg["seed"] + 7919 * dist.rank  # per-process randomness from here on
         self.dataset = rdata.PairCropDataset(self.train_samples, d["patch_size"], augment=d["augment"],
                                              both_directions=d["both_directions"], scale_multiple=model.alignment,
-                                             seed=self.rank_seed, colour=d["colour_augment"])
+                                             seed=self.rank_seed, colour=d["colour_augment"], coded=d["coded"])
         _seed_everything(self.rank_seed)
         self.sampler = _Sampler(len(self.dataset), d["batch_size"], cfg["seed"], dist.rank, dist.world)
         self.val_crops = _val_crops(self.val_samples, cfg, model.alignment, self.use_ref) if dist.main else []
@@ -579,12 +607,12 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_mult"]
         self.model.configure_training(self.step_no, **self.cfg["model"]["train_options"])
-        hr, ref = self._batch(self.step_no)
+        hr, ref, coded = self._batch(self.step_no)
         ratio, history = self.cfg["guard"]["max_grad_ratio"], self.gnorm_history
         skip_above = ratio * float(np.median(history)) if ratio and len(history) >= SPIKE_MIN_HISTORY else None
         losses, gnorm, status = training_step(self.loss_fn, self.optimizer, self.params, hr, ref if self.use_ref else None,
                                               bf16=self.use_bf16, grad_clip=self.cfg["optim"]["grad_clip"],
-                                              any_bad=self.dist.any, skip_above=skip_above)
+                                              any_bad=self.dist.any, skip_above=skip_above, coded=coded)
         ok = status == "ok"
         if status != "nonfinite":  # skipped spikes count too, so a lasting change of scale is followed
             self.gnorm_history = (history + [float(gnorm)])[-SPIKE_WINDOW:]
@@ -711,7 +739,7 @@ def train_from_file(path, out_dir=None, resume: bool = False, overrides: list[st
     """``refscale train CONFIG.yaml [--resume] [--out RUN_DIR] [--set key=value ...]``.
 
     ``out_dir`` defaults to ``runs/<config name>``; ``overrides`` are ``section.key=value``
-    strings (values parsed as YAML), e.g. ``["schedule.steps=100", "data.path=/data/oscd"]``.
+    strings (values parsed as YAML), e.g. ``["schedule.steps=100", "data.path=../shared/data/oscd"]``.
     """
     path = Path(path)
     cfg = load_file(path, overrides)

@@ -92,6 +92,8 @@ class TADM(FastInference, Rescaler):
     """
 
     arch = "tadm"
+    export_refusal = ("TADM runs a Stable Diffusion backbone the user supplies, with stochastic per-patch time "
+                      "steps; run it on the ground")
     needs_reference = False
     stochastic = False
 
