@@ -5,6 +5,7 @@
     python -m benchmarks inter_mode why-report --results why.json
     python -m benchmarks rd_curves run --data ../shared/data/oscd [--reverse] --codecs hevc-inter --points 5 --inter-v2 --out rd.json
     python -m benchmarks inter_mode check-report --results rd.json [rd-reverse.json] --json check-report.json
+    python -m benchmarks inter_mode dense --data ../shared/data/oscd --codec h264-inter [--params qcomp=0.99]
 
 ``why`` codes each pair (both directions; ``~other``: the new image against another city's older
 image, a reference that predicts nothing) with the variants of :data:`VARIANTS`: the P-frame as
@@ -46,7 +47,8 @@ from refscale.rd import bd
 #: qualities of ``why`` by how a variant maps quality to the frame QP, chosen so that each curve
 #: spans about the same frame QPs (51, 47, 40, 33, 25, 17): payload version 2's P-frame (CRF 51,
 #: 41, 33, 26, 18, 10 with x264/x265; its QP is the CRF plus about 7 here), version 3 (QP = CRF)
-#: and version 2's intra frame (QP = CRF - 3, the I/P ratio 1.4; also at the P-frame's qualities)
+#: and version 2's intra frame (x265: QP = CRF - 3, the I/P ratio 1.4; also at the P-frame's
+#: qualities; x264 codes both of version 2's frames at about CRF + 5.4, and its version 3 is version 2)
 WHY_QUALITIES = {"P v2": (1, 20, 35, 50, 65, 80), "v3": (1, 9, 23, 36, 52, 67), "I v2": (1, 3, 17, 20, 30, 35, 46, 50, 61, 65, 80)}
 
 
@@ -61,20 +63,23 @@ def variants(codec: str) -> dict[str, dict]:
     def join(*p):
         return ":".join(x for x in p if x)
 
+    v3 = V3_SWEEP.get(codec, "v3")
     out = {
         "P v2": {"kind": "pair", "version": 2, "sweep": "P v2"},
-        "P v3": {"kind": "pair", "version": 3, "sweep": "v3"},
+        "P v3": {"kind": "pair", "version": 3, "sweep": v3},
         "P v2 psy off": {"kind": "pair", "version": 2, "sweep": "P v2", "settings": {"params": _psy_off(codec)}},
         "P v2 frame 0 at the CRF": {"kind": "pair", "version": 2, "sweep": "P v2", "boost": False},
         "P v2 grey frame 0": {"kind": "pair", "version": 2, "sweep": "P v2", "grey": True},
         "P v2 slower": {"kind": "pair", "version": 2, "sweep": "P v2", "settings": {"preset": "slower" if "av1" not in codec else "4"}},
         "I v2": {"kind": "intra", "version": 2, "sweep": "I v2"},
-        "I v3": {"kind": "intra", "version": 3, "sweep": "v3"},
-        "I v3 psy off": {"kind": "intra", "version": 3, "sweep": "v3", "settings": {"params": join(v3p, _psy_off(codec))}},
+        "I v3": {"kind": "intra", "version": 3, "sweep": v3},
+        "I v3 psy off": {"kind": "intra", "version": 3, "sweep": v3, "settings": {"params": join(v3p, _psy_off(codec))}},
     }
+    if codec == "h264-inter":  # what version 3 first tried for x264 and gave up (docs/inter.md)
+        out["P v2 qcomp=0.99"] = {"kind": "pair", "version": 2, "sweep": "v3", "settings": {"params": "qcomp=0.99"}}
     for fast in FAST[codec]:
-        out[f"P v3 {fast}"] = {"kind": "pair", "version": 3, "sweep": "v3", "settings": {"preset": fast}}
-        out[f"I v3 {fast}"] = {"kind": "intra", "version": 3, "sweep": "v3", "settings": {"preset": fast}}
+        out[f"P v3 {fast}"] = {"kind": "pair", "version": 3, "sweep": v3, "settings": {"preset": fast}}
+        out[f"I v3 {fast}"] = {"kind": "intra", "version": 3, "sweep": v3, "settings": {"preset": fast}}
     if "av1" in codec:
         out.pop("P v2 psy off")
         out.pop("I v3 psy off")
@@ -84,7 +89,9 @@ def variants(codec: str) -> dict[str, dict]:
 #: candidate presets of the fast first pass of ``auto``
 FAST = {"h264-inter": ("ultrafast",), "hevc-inter": ("ultrafast",), "av1-inter": ("12",)}
 #: the variants measured on the ``~other`` pairs too (the decision's calibration)
-DECISION = ("P v3", "I v3")
+DECISION = ("P v2", "I v2", "P v3", "I v3")
+#: the sweep of version 3's variants where it is not ``v3``: x264's version 3 is version 2
+V3_SWEEP = {"h264-inter": "P v2"}
 
 
 def _u8(t: torch.Tensor) -> np.ndarray:
@@ -209,11 +216,11 @@ def simulate(args) -> None:
     """Replay :func:`refscale.format.inter.choose` on the ``why`` points of version 3 (P v3, I v3 and the
     fast pass): per image the BD-rate of the resulting curve against the better of P and I."""
     results = json.loads(Path(args.results).read_text())
-    qs = results["meta"]["qualities"]["v3"]
     for codec, labels in _by(results).items():
+        qs = results["meta"]["qualities"][args.sweep or variants(codec)[args.pair[0]]["sweep"]]
         crf = {q: inter.crf_for(codec, q) for q in qs}
-        P, I = labels["P v3"], labels["I v3"]
-        images = sorted(im for im in P if im in I and len(P[im]) == len(qs) == len(I[im]))
+        P, I = labels[args.pair[0]], labels[args.pair[1]]
+        images = sorted(im for im in P if im in I and all(q in P[im] and q in I[im] for q in qs))
         for c in args.lambdas:
             rows = []
             for im in images:
@@ -325,6 +332,65 @@ def check_report(args) -> None:
         print("wrote", args.json)
 
 
+def dense(args) -> None:
+    """The P-frame of payload versions 2 and 3 at the same dense CRF sweep (51, 46, ..., 6), per
+    image both ways: the BD-rate of version 3's against version 2's (what the new settings cost
+    the P-frame, free of the sampling of a 5-quality sweep); with ``--params``, version 2 plus
+    those encoder parameters instead of version 3 (e.g. x264 ``qcomp=0.99``, which version 3
+    does not use)."""
+    torch.set_num_threads(1)
+    s = inter.SPECS[args.codec]
+    crfs = range(s.crf_max, 5, -5)
+    rows = {}
+    samples = [x for x in discover(args.data, split=args.split) if not args.images or x.name in args.images]
+    for name, hr, ref in iter_full_images(samples, multiple=CROP):
+        for image, new, old in ((name, hr, ref), (f"{name}~reverse", ref, hr)):
+            a, r = _u8(new), _u8(old)
+            h, w = a.shape[:2]
+            curves = {}
+            for version in (2, 3):
+                pts = []
+                settings = {"params": args.params} if version == 3 and args.params else None
+                for crf in crfs:
+                    packets = inter.code_candidate(s, crf, "inter", inter.to_planes(s, a), inter.to_planes(s, r),
+                                               2 if settings else version, settings)
+                    rec = inter.from_planes(s, inter.decode_frames(s, packets, inter.padded_size(s, h, w))[1], (h, w))
+                    hat = torch.from_numpy(rec).permute(2, 0, 1)[None].float() / 255
+                    pts.append((len(packets[1]) * 8 / (h * w), float(metrics.psnr(hat, new, crop_border=CROP)[0])))
+                curves[version] = pts
+            rows[image] = bd(curves[2], curves[3])["bd_rate"]
+            print(f"{image}: {'version 2 + ' + args.params if args.params else 'version 3'}'s P-frame against version 2's "
+                  f"{rows[image]:+.2f} %", flush=True)
+    vals = [v for v in rows.values() if v is not None]
+    print(f"{args.codec}: {len(vals)} images, median {statistics.median(vals):+.2f} %, range {min(vals):+.2f} .. {max(vals):+.2f} %")
+
+
+def budget(args) -> None:
+    """A size budget (``--bpp``): the PSNR-Y ``auto`` reaches (the quality search on its choice)
+    against the better of the searches with the mode forced to inter and to intra."""
+    from refscale import zoo  # noqa: PLC0415
+    from refscale.container import bytes_for_bpp  # noqa: PLC0415
+
+    torch.set_num_threads(1)
+    samples = [s for s in discover(args.data, split=args.split) if not args.images or s.name in args.images]
+    model = zoo.load(f"inter-{args.codec.split('-')[0]}")
+    gaps = []
+    for name, hr, ref in iter_full_images(samples, multiple=CROP):
+        packet = model.encode(hr, ref)
+        for bpp in args.bpp:
+            got = {}
+            for mode in ("inter", "intra", "auto"):
+                with inter.default_mode(mode):
+                    data, q = packet.fit(args.codec, bytes_for_bpp(bpp, packet.size))
+                hat = model.decode(Packet.from_bytes(data), ref)
+                got[mode] = (float(metrics.psnr(hat, hr, crop_border=CROP)[0]), q, len(data) * 8 / (hr.shape[-2] * hr.shape[-1]),
+                             inter.parse(args.codec, Packet.from_bytes(data).lr_data).mode)
+            gaps.append(got["auto"][0] - max(got["inter"][0], got["intra"][0]))
+            print(f"{name} {bpp} bpp: " + ", ".join(f"{m} q{v[1]} {v[2]:.3f} bpp {v[0]:.2f} dB ({v[3]})" for m, v in got.items()) +
+                  f"; auto - the better {gaps[-1]:+.2f} dB", flush=True)
+    print(f"auto - the better within the budget: median {statistics.median(gaps):+.2f} dB, min {min(gaps):+.2f} dB over {len(gaps)}")
+
+
 def timing(args) -> None:
     """Encode time of ``auto`` against ``inter`` (the whole LR section: for inter the P-frame and
     frame 0's check; for auto also the decision), the minimum of ``--repeats`` alternating runs."""
@@ -370,6 +436,8 @@ def main(argv=None) -> None:
     s = sub.add_parser("simulate", help="replay the decision on the why points")
     s.add_argument("--results", required=True)
     s.add_argument("--lambdas", nargs="*", type=float, default=[1.0], help="multiples of the codec's lambda")
+    s.add_argument("--pair", nargs=2, default=["P v3", "I v3"], help="the P-frame and intra variants to decide between")
+    s.add_argument("--sweep", default=None, help="their common qualities (a key of WHY_QUALITIES; default: the P-frame variant's)")
     s.add_argument("--margins", nargs="*", type=float, default=[0.1, 0.2, 0.3, 0.4, 0.5], help="fast-pass margins to try")
     s.add_argument("--verbose", action="store_true")
     s.set_defaults(func=simulate)
@@ -377,6 +445,20 @@ def main(argv=None) -> None:
     k.add_argument("--results", required=True, nargs="+", help="results JSON of benchmarks/rd_curves.py run with inter codecs")
     k.add_argument("--json", default=None)
     k.set_defaults(func=check_report)
+    d = sub.add_parser("dense", help="the P-frame of payload versions 2 and 3 at one dense CRF sweep")
+    d.add_argument("--data", required=True)
+    d.add_argument("--split", default=None)
+    d.add_argument("--images", nargs="*", default=None)
+    d.add_argument("--codec", default="hevc-inter", choices=list(inter.SPECS))
+    d.add_argument("--params", default=None, help="compare version 2 plus these encoder parameters instead of version 3")
+    d.set_defaults(func=dense)
+    b = sub.add_parser("budget", help="a size budget: auto against the better of inter and intra")
+    b.add_argument("--data", required=True)
+    b.add_argument("--split", default="test")
+    b.add_argument("--images", nargs="*", default=None)
+    b.add_argument("--codec", default="hevc-inter", choices=list(inter.SPECS))
+    b.add_argument("--bpp", nargs="*", type=float, default=[0.5, 2.0, 4.0])
+    b.set_defaults(func=budget)
     m = sub.add_parser("timing", help="encode time of auto against inter")
     m.add_argument("--data", required=True)
     m.add_argument("--split", default="test")

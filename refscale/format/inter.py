@@ -2,7 +2,7 @@
 where that costs more, as an intra frame).
 
 Three codecs of the container's LR section, ``h264-inter``, ``hevc-inter`` and ``av1-inter``,
-listed in :data:`refscale.codecs.CODECS` beside the still-image codecs. Unlike those, they need a
+listed in :data:`refscale.format.codecs.CODECS` beside the still-image codecs. Unlike those, they need a
 *reference at the LR's size* on both sides: the encoder codes a two-frame video, the reference
 as frame 0 and the LR image as frame 1 (a P-frame), and the container keeps only what frame 1
 adds. The receiver, which has the reference, re-encodes frame 0 exactly as the encoder did
@@ -45,11 +45,12 @@ frame 0, the P-frame and the decoded image for the PyAV build they were recorded
 
 **Quality.** refscale's ``quality`` 1..100 (``None`` = :data:`DEFAULT_QUALITY`) maps linearly
 to the encoder's CRF: ``crf = round(51 * (100 - q) / 99)`` for x264/x265 (q=100 -> CRF 0, q=60
--> 21, q=1 -> 51), ``crf = 1 + round(62 * (100 - q) / 99)`` for SVT-AV1 (1..63). From payload
-version 3 on, the CRF is the frame QP of x264 and x265 (version 2's P-frame had a QP about 5-7
-higher, so the same ``q`` now gives 2-4 times the bits; the defaults moved to keep about the old
-operating point). No setting is lossless (the colour conversion is not), so
-:func:`refscale.codecs.is_lossless` is False.
+-> 21, q=1 -> 51), ``crf = 1 + round(62 * (100 - q) / 99)`` for SVT-AV1 (1..63). x264 codes the
+P-frame and an intra frame alike about 5 QP above the CRF. From payload version 3 on, the CRF is
+x265's frame QP for both (version 2's P-frame had a QP about 7 higher, so the same ``q`` now gives
+2-4 times the bits with HEVC; its default moved to keep about the old operating point,
+:data:`DEFAULT_QUALITY`). No setting is lossless (the colour conversion is not), so
+:func:`refscale.format.codecs.is_lossless` is False.
 
 **The LR section** of an inter codec (docs/format.md, "Inter-frame LR sections")::
 
@@ -57,13 +58,19 @@ operating point). No setting is lossless (the colour conversion is not), so
         | u8 mode (version 3: 1 inter, 0 intra) | inter: 8 bytes frame-0 digest | the P-frame or the intra frame
 
 **The mode** (issue 30). Where the reference predicts badly (much change, another season or
-sensor, haze) a P-frame can cost more than coding the image alone, so payload version 3 may
-hold an intra frame instead, which needs no frame 0 and no reference. ``mode="auto"`` (the
-default, :data:`DEFAULT_MODE`; the CLI's ``--inter-mode``) lets the encoder choose per image
-and quality (:func:`choose`): the cheaper of the two in ``J = D + lambda R`` (:func:`rd_cost`,
-the encoders' own Lagrangian at the frame QP), decided by a fast first pass where the two are
-clearly apart; ``inter`` and ``intra`` force one. Version 3 also gives both modes the same frame
-QP for one quality (``SETTINGS``), so that "the same quality" compares like with like.
+sensor, haze) a P-frame can cost more than coding the image alone, so a payload of version 3
+records a mode byte: 1, the P-frame as before (frame 0's digest, then the P-frame); 0, an intra
+frame: the image coded alone by the same encoder at the same CRF, one key frame (x264's SEI with
+its version and options dropped), which needs no frame 0, no digest and no reference to decode.
+Versions 1 and 2 have no mode byte and are P-frames. ``mode="auto"`` (the default,
+:data:`DEFAULT_MODE`; the CLI's ``--inter-mode``) lets the encoder choose per image and quality
+(:func:`choose`): the P-frame is coded first, then the intra frame (x265: first at a fast preset,
+and kept out where even the slow one could not win, :data:`FAST_PRESET`), and the one with the
+lower ``J = D + lambda R`` is written (:func:`rd_cost`: ``D`` the Y plane's MSE, ``R`` bits per
+pixel, ``lambda`` the reference encoders' Lagrangian at the CRF times a constant per codec,
+:data:`LAMBDA`, calibrated on the OSCD train pairs); ``inter`` and ``intra`` force one. With a
+size budget the quality search runs on the choice. Version 3's settings (:data:`SETTINGS`) make
+"the same quality" mean about the same frame QP in both modes.
 
 The identity (``libx264;av-18.1.0;lavc-62.28.102``) names what wrote the file; the digest is the
 first 8 bytes of the SHA-256 of frame 0's bitstream as the encoder produced it. The decoder
@@ -97,9 +104,9 @@ DEFAULT_MODE = "auto"
 #: the mode byte of payload version 3: 0 intra, 1 inter
 MODE_BYTES = ("intra", "inter")
 #: the quality when none is given, per codec: about the operating point of version 2's default 60,
-#: whose P-frame x265 and x264 coded some 7 and 5 QP above the CRF (version 3 codes it at the CRF;
-#: AV1's P-frame mapping did not change)
-DEFAULT_QUALITY = {"h264-inter": 50, "hevc-inter": 45, "av1-inter": 60}
+#: whose P-frame x265 coded some 7 QP above the CRF (version 3 codes HEVC's at the CRF; x264's
+#: P-frame and AV1's mapping did not change)
+DEFAULT_QUALITY = {"h264-inter": 60, "hevc-inter": 45, "av1-inter": 60}
 DIGEST_BYTES = 8
 EXTRA_HINT = "pip install 'refscale[inter]'"
 
@@ -143,27 +150,34 @@ SETTINGS: dict[int, dict[str, dict[str, str]]] = {
 SETTINGS[2] = {"h264-inter": {"preset": "slow", "tune": "none"},
                "hevc-inter": {"preset": "slow", "tune": "none"},
                "av1-inter": {"preset": "6", "tune": "none"}}
-#: Version 3 (issue 30) adds intra payloads and gives both modes the same frame QP at the same
-#: quality: ``qcomp=0.99`` (x264 / x265: the frame QP is the CRF, not raised by about 7 for a
-#: P-frame whose residual is complex, as with the default 0.6; x265 ignores ``ipratio`` at exactly 1,
-#: so frame 0 would no longer be near-lossless) and, for an intra frame (``intra``, added when
-#: frame 0 is not boosted), no I/P QP ratio (``ipratio=1``; SVT-AV1: the key frame at the CRF's
-#: qindex). x265's cu-tree is off (``cutree=0``): without lookahead it has nothing to propagate,
-#: and with ``qcomp=0.99`` it made the P-frame differ between runs of one process (3 bitstreams in
-#: 8 runs of a 64 px OSCD crop at CRF 38; none in 16 without it).
-SETTINGS[3] = {"h264-inter": {**SETTINGS[2]["h264-inter"], "params": "qcomp=0.99", "intra": "ipratio=1"},
+#: Version 3 (issue 30) adds intra payloads. HEVC gives both modes the same frame QP at the same
+#: quality: ``qcomp=0.99`` (the frame QP is the CRF, not raised by about 7 for a P-frame whose
+#: residual is complex, as with the default 0.6; at exactly 1 x265 ignores ``ipratio``, so frame 0
+#: would no longer be near-lossless) and, for an intra frame (``intra``, added when frame 0 is not
+#: boosted), no I/P QP ratio (``ipratio=1``; SVT-AV1: the key frame at the CRF's qindex). x265's
+#: cu-tree is off (``cutree=0``): without lookahead it has nothing to propagate, and with
+#: ``qcomp=0.99`` it made the P-frame differ between runs of one process (3 bitstreams in 8 runs of
+#: a 64 px OSCD crop at CRF 38; none in 16 without it). H.264 keeps version 2's settings for both
+#: frames (the P-frame, and frame 0, bit for bit): x264 already codes the P-frame and an intra
+#: frame at the same QP (about 5.4 above the CRF), and with ``qcomp=0.99`` its P-frame needed 0.6 %
+#: more bits (median, up to 1.9 %) at one dense CRF sweep on the 24 OSCD pairs both ways.
+SETTINGS[3] = {"h264-inter": dict(SETTINGS[2]["h264-inter"]),
                "hevc-inter": {**SETTINGS[2]["hevc-inter"], "params": "qcomp=0.99:cutree=0", "intra": "ipratio=1"},
                "av1-inter": {**SETTINGS[2]["av1-inter"], "intra": "use-fixed-qindex-offsets=1:key-frame-qindex-offset=0"}}
-#: the Lagrange multiplier's constant of :func:`rd_cost` per codec: the H.264 (JM, 0.85) and HEVC
-#: (HM, 0.57) reference encoders' own; on the OSCD train pairs the decision was as good from 0.7 to
-#: 1.2 times these (docs/inter.md, "Inter mode decision"). AV1: HEVC's, with the CRF scaled to
-#: H.264's QP range (not calibrated)
-LAMBDA = {"h264-inter": 0.85, "hevc-inter": 0.57, "av1-inter": 0.57}
+#: the Lagrange multiplier's constant of :func:`rd_cost` per codec, calibrated on the OSCD train
+#: pairs (docs/inter.md, "Inter mode decision"). HEVC: HM's own (0.57), as good from 0.7 to 1.2
+#: times it. H.264: with version 2's settings x264 codes the P-frame and the intra frame at the
+#: same QP, about 5.4 above the CRF (its first-pass statistics), so the Lagrangian at the CRF is
+#: scaled: 2.0 (2.4 times JM's 0.85; 1.6 to 3 times gave the same decisions' quality; JM's at the
+#: frame QP would be 3.5 times). AV1 (the CRF scaled to H.264's QP range): the best single
+#: constant on the train pairs, 3.5 times HEVC's
+LAMBDA = {"h264-inter": 2.0, "hevc-inter": 0.57, "av1-inter": 2.0}
 #: the fast first pass of ``auto`` (:func:`choose`): the intra frame's encoder preset (None: the
-#: real intra frame is cheap enough, about an eighth of the P-frame's time with x264), and the
-#: log ratio of its cost to the P-frame's beyond which the P-frame is kept without coding the intra
-#: frame with the real settings (x265 ``ultrafast`` against ``slow``: at most 0.146 on the train pairs)
-FAST_PRESET = {"h264-inter": None, "hevc-inter": "ultrafast", "av1-inter": "12"}
+#: real intra frame is cheap enough: an eighth of the P-frame's time with x264, under half with
+#: SVT-AV1, against a quarter with x265), and the log ratio of its cost to the P-frame's beyond
+#: which the P-frame is kept without coding the intra frame with the real settings (x265
+#: ``ultrafast`` against ``slow``: at most 0.146 on the train pairs)
+FAST_PRESET = {"h264-inter": None, "hevc-inter": "ultrafast", "av1-inter": None}
 FAST_MARGIN = 0.2
 
 
@@ -420,7 +434,8 @@ def luma_mse(s: Spec, planes: np.ndarray, coded: np.ndarray, size: tuple[int, in
 def rd_cost(name: str, crf: int, mse: float, bpp: float, scale: float = 1.0) -> float:
     """``J = D + lambda R`` of a coded frame: Y MSE plus :data:`LAMBDA` ``* 2^((qp - 12) / 3)`` (the
     H.264 / HEVC reference encoders' Lagrangian at that QP) times bits per pixel; ``qp`` is the CRF
-    (the frame QP, payload version 3), for AV1 scaled to H.264's range (``crf * 51 / 63``)."""
+    (x265's frame QP in payload version 3; x264's is about 5.4 above it, which the constant
+    absorbs), for AV1 scaled to H.264's range (``crf * 51 / 63``)."""
     s = SPECS[name]
     qp = crf if s.crf_max == 51 else crf * 51 / 63
     return mse + scale * LAMBDA[name] * 2.0 ** ((qp - 12) / 3) * bpp
