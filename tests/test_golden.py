@@ -22,11 +22,16 @@ from refscale import pipeline, zoo
 from refscale.format.container import Packet
 
 GOLDEN = Path(__file__).with_name("golden_catalogue.json")
-SHIPPED = {  # shipped weights -> (height, width, codec, quality)
+SHIPPED = {  # shipped weights -> (height, width, codec, quality); every shipped model (a test checks)
+    "irn-x2-oscd": (40, 52, None, None),
     "irn-x2-natural": (40, 52, None, None),
     "irn-x4-oscd": (48, 56, None, None),
+    "fgrn-x2-oscd": (40, 52, None, None),
     "fgrn-x2-natural": (40, 52, None, None),
+    "fgrn-x4-oscd": (48, 56, None, None),
+    "fgrn-x4-natural": (48, 56, None, None),
     "refscale-x2-oscd": (48, 56, None, None),
+    "refscale-x4-oscd": (48, 56, None, None),
     "enhance-x1-hevc-oscd": (24, 28, None, None),
     "irn-x2-natural/jpeg": (40, 52, "jpeg", 80),
     "irn-x2-natural/webp": (40, 52, "webp", 70),
@@ -114,3 +119,7 @@ if __name__ == "__main__":
     GOLDEN.write_text(json.dumps({"cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
                                   "digests": digests}, indent=1, sort_keys=True) + "\n")
     print(f"{len(digests)} digests -> {GOLDEN.name}")
+
+
+def test_every_shipped_model_is_pinned():
+    assert {case.split("/")[0] for case in SHIPPED} == set(zoo.weights_cards())
