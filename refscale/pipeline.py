@@ -166,7 +166,7 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
         read_hr = tiling.scene_reader(scene, padded)
     read_ref = None if ref is None else tiling.scene_reader(ref, padded) if isinstance(ref, raster.RasterScene) \
         else tiling.memory_reader(ref, None, align)
-    tiler = layout(padded, align, model.scale, tile, overlap)
+    tiler = layout(padded, align, model.scale, tile, overlap, context=model.context)
     precision = resolve_precision(model, precision)
     spec = side_spec(model)
     s = model.scale
@@ -389,7 +389,7 @@ def decode(model: Rescaler, packet, ref=None, *, temperature: float | None = Non
     if tile is None and packet.tiles is not None and overlap is None:
         tiler = layout(padded, model.alignment, s, packet.tiles["tile"], packet.tiles["overlap"], recorded=True)
     else:
-        tiler = layout(padded, model.alignment, s, tile, overlap)
+        tiler = layout(padded, model.alignment, s, tile, overlap, context=model.context)
     # "auto" on decode means what the encoder chose (the condition must be computed the same way)
     precision = resolve_precision(model, packet.precision if precision in (None, "auto") else precision)
 
@@ -547,11 +547,13 @@ def _to_size(ref: torch.Tensor | None, size: tuple[int, int], resample: bool) ->
     return round_8bit(out).float()
 
 
-def layout(padded: tuple[int, int], align: int, scale: int, tile, overlap, recorded: bool = False) -> tiling.Tiler:
+def layout(padded: tuple[int, int], align: int, scale: int, tile, overlap, recorded: bool = False,
+           context: int = 0) -> tiling.Tiler:
     """The :class:`refscale.tiling.Tiler` of a padded image for a model of alignment ``align`` and
     ``scale``: ``tile`` / ``overlap`` in HR pixels (rounded up to the alignment; ``tile=None``:
     :data:`DEFAULT_TILE` above :data:`AUTO_TILE_PIXELS`, else one window; ``0``: one window;
-    ``overlap=None``: :data:`DEFAULT_OVERLAP_LR` LR pixels). ``recorded``: a container's layout,
+    ``overlap=None``: :data:`DEFAULT_OVERLAP_LR` LR pixels, or the model's ``context`` where that
+    is larger). ``recorded``: a container's layout,
     taken as it is after checking it fits the alignment."""
     def tiler(t: int, o: int) -> tiling.Tiler:
         return tiling.Tiler(tuple(padded), t, o, align)
@@ -570,7 +572,7 @@ def layout(padded: tuple[int, int], align: int, scale: int, tile, overlap, recor
     if tile == 0:
         return tiler(*whole)
     tile = _round_up(int(tile), align)
-    overlap = DEFAULT_OVERLAP_LR * scale if overlap is None else overlap
+    overlap = max(DEFAULT_OVERLAP_LR * scale, int(context)) if overlap is None else overlap
     if isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)) or overlap < 0:
         raise InputError(f"overlap must be a non-negative integer (pixels), got {overlap!r}")
     overlap = min(_round_up(int(overlap), align), tile)

@@ -155,6 +155,13 @@ class Rescaler(nn.Module):
 
     # ------------------------------------------------------------------ protocol
     @property
+    def context(self) -> int:
+        """HR pixels on each side that one output pixel of ``downscale`` / ``upscale`` depends on
+        (the receptive radius), where the model knows it (0: not declared). The default tile overlap
+        is at least this, so that tiled and untiled results are the same."""
+        return 0
+
+    @property
     def alignment(self) -> int:
         """HR height and width given to ``downscale`` are multiples of this."""
         return self.scale

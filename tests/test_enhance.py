@@ -80,6 +80,52 @@ def test_untrained_container_equals_the_plain_codec(name, plain):
     assert torch.equal(pipeline.decode(m, a, ref), pipeline.decode(p, b, ref))
 
 
+def test_context_is_the_receptive_radius():
+    """A changed pixel of the decoded LR or of the reference moves the output up to ``context``
+    pixels away and no further (and ``context`` is not much more than that)."""
+    torch.manual_seed(0)
+    for name, cfg in (("enhance-x1", {}), ("enhance-x1", TINY), ("enhance-x2", TINY)):
+        m = zoo.build(name, **cfg).eval()
+        for p in m.parameters():  # untrained models are the identity: give every layer a say
+            torch.nn.init.normal_(p, std=0.05)
+        s, n, c = m.scale, 96, 48
+        lr, ref = torch.rand(1, 3, n // s, n // s), torch.rand(1, 3, n, n)
+        reach = 0
+        for moved_lr in (True, False):
+            a, b = lr.clone(), ref.clone()
+            if moved_lr:
+                a[..., c // s, c // s] += 0.5
+            else:
+                b[..., c, c] += 0.5
+            with torch.no_grad():
+                d = (m.rebuild(lr, ref) - m.rebuild(a, b)).abs().amax(1)[0]
+            rows, cols = torch.nonzero(d > 0, as_tuple=True)
+            reach = max(reach, c - rows.min().item(), rows.max().item() - c, c - cols.min().item(), cols.max().item() - c)
+        assert m.context - 4 <= reach <= m.context, (name, cfg, reach, m.context)
+
+
+@needs_hevc
+def test_tiled_decode_equals_the_whole_image():
+    """The default overlap covers the receptive field (34 px, more than the 16 px of the rescalers'
+    default): tiles change nothing (to float rounding); a 16 px overlap would."""
+    hr, ref = pair(120, 112)
+    torch.manual_seed(0)
+    m = zoo.build("enhance-x1").eval()
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+
+    def decoded(**tiles):
+        packet = pipeline.encode(m, hr, ref, quality=50, register=False, verify=False, precision="fp32", **tiles)
+        return packet, pipeline.decode(m, Packet.from_bytes(packet.to_bytes()), ref)
+
+    _, whole = decoded()
+    packet, tiled = decoded(tile=48)
+    assert packet.tiles["overlap"] >= m.context > 16
+    assert (tiled - whole).abs().max() < 1e-5
+    _, short = decoded(tile=48, overlap=16)
+    assert (short - whole).abs().max() > 1e-4
+
+
 def write_png(t: torch.Tensor, path):
     Image.fromarray(torch.round(t[0].clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).numpy()).save(path)
 

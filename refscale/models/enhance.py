@@ -87,6 +87,15 @@ class InterEnhance(FastInference, Rescaler):
 
     # ------------------------------------------------------------------ protocol
     @property
+    def context(self) -> int:
+        """The receptive radius in HR pixels (:attr:`refscale.protocol.Rescaler.context`): the
+        network's 3x3 convolutions (``2 + 2 * blocks`` cells of ``grid`` pixels) after the 9-cell
+        error map (4 cells), one more cell for the pixel (un)shuffle, and at x2 the bicubic
+        resamplings before it (the reference's predictable part, down then up: 8 HR pixels)."""
+        n_blocks = len(self.body)
+        return self.grid * (2 + 2 * n_blocks + 4 + 1) + (8 if self.scale > 1 else 0)
+
+    @property
     def alignment(self) -> int:
         """HR sides are multiples of the grid (2), so that tiles keep the pixel-unshuffle's phase
         (at scale 1 an odd side is reflect-padded by one pixel before coding, as for any model)."""
