@@ -1,6 +1,6 @@
 """Copy a training run's weights into the package as shipped weights with a model card.
 
-    python scripts/ship_weights.py RUN_DIR NAME [--note TEXT] [--min-gain 0.2] [--force] [--fp32]
+    python scripts/ship_weights.py RUN_DIR NAME [--note TEXT] [--min-gain 0.2] [--force] [--fp32] [--check-only]
 
 Takes the run's final weights (``RUN_DIR/NAME.safetensors``) or, if the run has not finished,
 its latest checkpoint, and applies the training campaign's shipping rule (issue 13):
@@ -64,6 +64,7 @@ def main() -> None:
                     help="what the gain is measured in (psnr_rgb for the colour-robust runs of issue 26)")
     ap.add_argument("--draws", type=int, default=5)
     ap.add_argument("--force", action="store_true", help="ship even without the gain")
+    ap.add_argument("--check-only", action="store_true", help="print the held-out comparison and ship nothing")
     ap.add_argument("--fp32", action="store_true", help="store float32 instead of float16")
     ap.add_argument("--data", default=None, help="dataset path if not the one in the run's config")
     ap.add_argument("--decode-temperature", choices=("auto", "0", "1"), default="auto",
@@ -107,6 +108,8 @@ def main() -> None:
         print(f"{args.name}: held-out {what} {scores[key]:.3f} dB (shipped now: {before})")
     print(f"decoding temperature {model.decode_temperature:g}: PSNR-Y {new['psnr_y']:.3f}, PSNR-RGB {new['psnr_rgb']:.3f} dB")
     print(f"gain in {args.metric}: {'-' if gain is None else f'{gain:+.3f}'} dB")
+    if args.check_only:
+        sys.exit(0)
     if gain is not None and gain < args.min_gain and not args.force:
         sys.exit(f"not shipped: gain {gain:+.3f} dB < {args.min_gain} dB (use --force to ship anyway)")
 
