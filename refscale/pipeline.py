@@ -37,7 +37,9 @@ Written once against the :class:`~refscale.protocol.Rescaler` protocol:
   bicubic's by more than :data:`VERIFY_MARGIN_DB`, or that has more pixels off by more than
   :data:`VERIFY_OFF_LEVELS` levels than bicubic has there, is stored as the bicubic LR and
   decoded by bicubic upscaling (the fallback); the check repeats until no block fails (a fallback
-  block changes its neighbours' context), and the packet records the blocks' modes
+  block changes its neighbours' context: from the second round on a block that fails takes its
+  eight neighbours along, since such failures spread one block a round, e.g. along an image
+  border; after :data:`VERIFY_MAX_ROUNDS` decodes the whole image falls back), and the packet records the blocks' modes
   (:class:`refscale.format.container.Verification`, format version 5) and a summary
   (``packet.verify_report``). It costs one decode (more when blocks fall back). At scale 1 (the
   learned decoders after the inter codec) the bicubic pipeline is the plain codec's decode, so a
@@ -249,6 +251,17 @@ def _block_errors(x: torch.Tensor, hr: torch.Tensor, size: tuple[int, int], bloc
     return per_block(sq), per_block(off)
 
 
+def _with_neighbours(blocks: np.ndarray) -> np.ndarray:
+    """``blocks`` (a boolean block grid) grown by one block in every direction (3 x 3)."""
+    grown = blocks.copy()
+    grown[1:] |= blocks[:-1]
+    grown[:-1] |= blocks[1:]
+    rows = grown.copy()
+    grown[:, 1:] |= rows[:, :-1]
+    grown[:, :-1] |= rows[:, 1:]
+    return grown
+
+
 def _verify(model: Rescaler, packet: Packet, hr_p: torch.Tensor, ref, resample_ref: bool, progress: bool) -> Packet:
     """The verifying encoder (module doc): decode ``packet`` as the receiver will, fall back to
     bicubic block by block where the model is worse; the packet with the modes and a report."""
@@ -285,7 +298,7 @@ def _verify(model: Rescaler, packet: Packet, hr_p: torch.Tensor, ref, resample_r
         bad = (worse | wrong) & ~fallback
         if not bad.any():
             break
-        fallback |= bad
+        fallback |= bad if rounds == 1 else _with_neighbours(bad)
     else:  # still failing after the last round: the whole image goes to bicubic
         fallback[:] = True
         lr, (sq_m, off_m) = attempt(fallback)
