@@ -84,7 +84,7 @@ def test_every_regenerated_block_is_in_one_page_and_its_command_writes_there():
             seen[name] = page.name
             block = re.search(rf"<!-- {re.escape(name)}:start -->(.*?)<!-- {re.escape(name)}:end -->", text, re.S)
             assert block, f"{page.name}: block {name} has no end marker after its start"
-            for target in re.findall(r"--write (\S+)", block.group(1)):
+            for target in re.findall(r"--write ([^\s`]+)", block.group(1)):
                 assert target == f"docs/{page.name}", f"{page.name}: block {name} says --write {target}"
         ends = [m.group(1) for m in MARKER.finditer(text) if m.group(2) == "end"]
         assert sorted(starts) == sorted(ends), f"{page.name}: unpaired markers"
