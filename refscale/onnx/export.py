@@ -110,7 +110,8 @@ def _metadata(model: Rescaler, part: str, sig: Signature, tile: int | None, min_
         "model": model.name, "weights_hash": model.weights_hash(), "scale": s, "alignment": align,
         "precision": "fp32", "codec": model.default_codec,
         "side_dtypes": {k: v["dtype"] for k, v in sig.side.items()}, "side": sig.side,
-        "tile": pipeline.DEFAULT_TILE, "overlap": pipeline.DEFAULT_OVERLAP_LR * s,
+        "tile": pipeline.DEFAULT_TILE, "overlap": max(pipeline.DEFAULT_OVERLAP_LR * s, model.context),
+        "decode_temperature": model.decode_temperature,  # the decoder's z: this temperature * N(0, 1)
         "auto_tile_pixels": pipeline.AUTO_TILE_PIXELS,
         "padding": "reflect, bottom/right, to a multiple of the alignment (torch.nn.functional.pad mode='reflect'; "
                    "'replicate' when the padding is not smaller than the side)",
