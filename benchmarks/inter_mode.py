@@ -365,18 +365,25 @@ def dense(args) -> None:
     print(f"{args.codec}: {len(vals)} images, median {statistics.median(vals):+.2f} %, range {min(vals):+.2f} .. {max(vals):+.2f} %")
 
 
-def budget(args) -> None:
-    """A size budget (``--bpp``): the PSNR-Y ``auto`` reaches (the quality search on its choice)
-    against the better of the searches with the mode forced to inter and to intra."""
+def encoded_images(args):
+    """``(name, hr, ref, model, packet)`` of each image of ``args.data`` / ``args.split`` (only
+    ``args.images`` if given) encoded by the scale-1 inter model of ``args.codec``; one thread."""
     from refscale import zoo  # noqa: PLC0415
-    from refscale.container import bytes_for_bpp  # noqa: PLC0415
 
     torch.set_num_threads(1)
     samples = [s for s in discover(args.data, split=args.split) if not args.images or s.name in args.images]
     model = zoo.load(f"inter-{args.codec.split('-')[0]}")
-    gaps = []
     for name, hr, ref in iter_full_images(samples, multiple=CROP):
-        packet = model.encode(hr, ref)
+        yield name, hr, ref, model, model.encode(hr, ref)
+
+
+def budget(args) -> None:
+    """A size budget (``--bpp``): the PSNR-Y ``auto`` reaches (the quality search on its choice)
+    against the better of the searches with the mode forced to inter and to intra."""
+    from refscale.format.container import bytes_for_bpp  # noqa: PLC0415
+
+    gaps = []
+    for name, hr, ref, model, packet in encoded_images(args):
         for bpp in args.bpp:
             got = {}
             for mode in ("inter", "intra", "auto"):
@@ -394,14 +401,8 @@ def budget(args) -> None:
 def timing(args) -> None:
     """Encode time of ``auto`` against ``inter`` (the whole LR section: for inter the P-frame and
     frame 0's check; for auto also the decision), the minimum of ``--repeats`` alternating runs."""
-    from refscale import zoo  # noqa: PLC0415
-
-    torch.set_num_threads(1)
-    samples = [s for s in discover(args.data, split=args.split) if not args.images or s.name in args.images]
-    model = zoo.load(f"inter-{args.codec.split('-')[0]}")
     ratios = []
-    for name, hr, ref in iter_full_images(samples, multiple=CROP):
-        packet = model.encode(hr, ref)
+    for name, hr, ref, model, packet in encoded_images(args):
         for q in args.qualities:
             best = {"inter": float("inf"), "auto": float("inf")}
             for _ in range(args.repeats):
