@@ -134,3 +134,18 @@ def test_documented_commands_name_existing_benchmarks():
         bad += [f"{f.name}: python benchmarks/{m}" for m in re.findall(r"python3? benchmarks/([a-z_]+)\.py", text)]
         bad += [f"{f.name}: {m}" for m in re.findall(r"python -m benchmarks ([a-z_]+)", text) if m not in names]
     assert not bad, bad
+
+
+def test_every_refscale_module_named_in_benchmarks_and_scripts_exists():
+    """Imports inside functions run only when that command does: a module that moved
+    (``refscale.container`` -> ``refscale.format.container``) must not linger there."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    missing = []
+    for folder in ("benchmarks", "scripts"):
+        for f in sorted((root / folder).glob("*.py")):
+            for name in re.findall(r"^\s*(?:from|import)\s+(refscale(?:\.\w+)*)", f.read_text(), re.M):
+                if importlib.util.find_spec(name) is None:
+                    missing.append(f"{folder}/{f.name}: {name}")
+    assert not missing, missing
