@@ -402,7 +402,7 @@ def timing(args) -> None:
     """Encode time of ``auto`` against ``inter`` (the whole LR section: for inter the P-frame and
     frame 0's check; for auto also the decision), the minimum of ``--repeats`` alternating runs."""
     ratios = []
-    for name, hr, ref, model, packet in encoded_images(args):
+    for name, hr, _ref, _model, packet in encoded_images(args):
         for q in args.qualities:
             best = {"inter": float("inf"), "auto": float("inf")}
             for _ in range(args.repeats):
