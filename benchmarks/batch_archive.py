@@ -8,8 +8,8 @@
 image as the scene and the same tile of the older image as its reference) into pair folders
 ``<city>-<row>-<col>/hr.png + ref.png``.
 
-``speed`` encodes the archive three ways, each into a fresh folder, and prints scenes/s:
-one process (``refscale encode TILES/ -o OUT``, torch on all cores), ``refscale batch encode
+``speed`` encodes the archive four ways, each into a fresh folder, and prints scenes/s:
+one process (``refscale encode TILES/ -o OUT``, torch on all cores, then on one thread), ``refscale batch encode
 --workers 1`` and ``--workers 2`` (one torch thread per core each). The batch figures are over
 the tasks (submit to last result; the cluster's start is printed beside them).
 
@@ -84,13 +84,17 @@ def speed(tiles: Path, work: Path, model: str, verify: bool) -> dict:
     work.mkdir(parents=True)
     extra = [] if verify else ["--no-verify"]
     res = {"scenes": n, "model": model, "verify": verify, "cores": os.cpu_count()}
-    t0 = time.perf_counter()
-    r = subprocess.run(_cli("encode", tiles, "-o", work / "one", "-m", model, *extra), env=_env(), capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if r.returncode != 0:
-        raise SystemExit(r.stderr[-2000:])
-    res["one_process"] = {"wall_s": round(wall, 2), "scenes_per_s": round(n / wall, 3)}
-    print(f"one process (refscale encode): {n} scenes in {wall:.1f} s = {n / wall:.3f} scenes/s (including model load)")
+    for key, threads in (("one_process", None), ("one_process_1thread", 1)):
+        env = _env() if threads is None else {**_env(), "OMP_NUM_THREADS": str(threads)}
+        t0 = time.perf_counter()
+        r = subprocess.run(_cli("encode", tiles, "-o", work / key, "-m", model, *extra), env=env, capture_output=True,
+                           text=True)
+        wall = time.perf_counter() - t0
+        if r.returncode != 0:
+            raise SystemExit(r.stderr[-2000:])
+        res[key] = {"wall_s": round(wall, 2), "scenes_per_s": round(n / wall, 3), "threads": threads or os.cpu_count()}
+        print(f"one process (refscale encode, {threads or 'default'} torch threads): {n} scenes in {wall:.1f} s = "
+              f"{n / wall:.3f} scenes/s (including model load)")
     for w in (1, 2):
         out = work / f"batch{w}"
         t0 = time.perf_counter()
@@ -107,8 +111,11 @@ def speed(tiles: Path, work: Path, model: str, verify: bool) -> dict:
               f"{n / wall:.3f} scenes/s over {wall:.1f} s wall with the cluster's start; {rep['mpx_per_s']:.3f} Mpx/s")
     one = res["one_process"]["scenes_per_s"]
     res["speedup_2_vs_one_process"] = round(res["batch_2"]["wall_scenes_per_s"] / one, 3)
+    res["speedup_2_vs_one_process_1thread"] = round(res["batch_2"]["wall_scenes_per_s"]
+                                                    / res["one_process_1thread"]["scenes_per_s"], 3)
     res["speedup_2_vs_1_worker"] = round(res["batch_2"]["scenes_per_s"] / res["batch_1"]["scenes_per_s"], 3)
-    print(f"two workers vs one process (wall): {res['speedup_2_vs_one_process']:.2f}x; "
+    print(f"two workers vs one process (wall): {res['speedup_2_vs_one_process']:.2f}x "
+          f"({res['speedup_2_vs_one_process_1thread']:.2f}x vs one process on one thread); "
           f"vs one worker (tasks): {res['speedup_2_vs_1_worker']:.2f}x")
     return res
 

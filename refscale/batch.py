@@ -56,6 +56,13 @@ _THREADS: list = []  # per worker process: the torch thread count set once
 _ARCHIVES: dict = {}  # per worker process: archive path -> candidates, pixel cache
 
 
+# Dask starts its worker processes with MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's
+# adaptive mmap threshold: every tensor above 64 KiB is then mapped and unmapped afresh and its
+# pages faulted in again. A worker encoded 128-px OSCD tiles 1.47x slower than with glibc's
+# default (docs/archive.md, "Speed"), so a local cluster's workers keep glibc's default.
+WORKER_ENVIRON = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+
+
 def require_dask():
     try:
         import distributed  # noqa: F401
@@ -296,7 +303,7 @@ def run_batch(kind: str, jobs, opts: dict, *, workers: int = 2, scheduler: str |
             if scheduler:
                 client = Client(scheduler, timeout="20s")
             else:
-                with dask.config.set({"distributed.scheduler.allowed-failures": retries}):
+                with dask.config.set({"distributed.scheduler.allowed-failures": retries, **WORKER_ENVIRON}):
                     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                            memory_limit=memory_limit, dashboard_address=None)
                 client = Client(cluster)
