@@ -16,7 +16,7 @@ such a model is fine for timing and for *differences* in PSNR, not for absolute 
    "tiled" uses cores of half the image (the product's 1024-px default would not tile it).
 2. **The full scene** (default 6264 x 3456, the largest RefScale test scene): a synthetic pair
    written to PNG files, then in a *fresh process* per model: read, encode (default settings:
-   automatic tiling, default precision), serialise, parse, decode; wall time, megapixels/s,
+   automatic tiling, default precision or ``--precision``), serialise, parse, decode; wall time, megapixels/s,
    container bytes and bpp, PSNR-Y, and the process's peak RSS (``getrusage``), which must
    be <= 3 GiB.
 
@@ -186,7 +186,7 @@ def check_settings(name: str, size: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- part 2: full scene (worker process)
-def worker(name: str, hr_path: str, ref_path: str, threads: int) -> None:
+def worker(name: str, hr_path: str, ref_path: str, threads: int, precision: str | None = None) -> None:
     torch.set_num_threads(threads)
     from refscale.format.container import Packet
     from refscale.io.image import read_image
@@ -200,10 +200,10 @@ def worker(name: str, hr_path: str, ref_path: str, threads: int) -> None:
     t_read = time.perf_counter() - t_start
     h, w = hr.shape[-2:]
     with Clock() as enc:
-        packet = model.encode(hr, ref)
+        packet = model.encode(hr, ref, precision=precision)
         data = packet.to_bytes()
     with Clock() as dec:
-        out = model.decode(Packet.from_bytes(data), ref, seed=0)
+        out = model.decode(Packet.from_bytes(data), ref, seed=0, precision=precision)
     rss = peak_rss()
     result = {
         "model": name, "origin": origin, "size": [h, w], "read_s": t_read, "encode_s": enc.wall, "decode_s": dec.wall,
@@ -214,7 +214,7 @@ def worker(name: str, hr_path: str, ref_path: str, threads: int) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def full_scene(names: list[str], height: int, width: int, threads: int) -> list[dict]:
+def full_scene(names: list[str], height: int, width: int, threads: int, precision: str | None = None) -> list[dict]:
     results = []
     with tempfile.TemporaryDirectory(prefix="refscale-large-") as tmp:
         from refscale.io.image import write_image
@@ -229,7 +229,7 @@ def full_scene(names: list[str], height: int, width: int, threads: int) -> list[
               f"{'bpp':>7} {'PSNR-Y':>8}  tiles / precision / weights")
         for name in names:
             cmd = benchmarks.command("large_scene", "--worker", name, Path(tmp) / "hr.png", Path(tmp) / "ref.png",
-                                     "--threads", threads)
+                                     "--threads", threads, *(["--precision", precision] if precision else []))
             proc = subprocess.run(cmd, capture_output=True, text=True, env=benchmarks.env())
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode != 0 or not lines:
@@ -340,7 +340,7 @@ def geotiff_runs(sizes: list[int], names: list[str], threads: int, in_memory_too
                     for phase in ("encode", "decode"):
                         cmd = benchmarks.command("large_scene", "--geo-worker", phase, name, tmp / "scene.tif",
                                                  tmp / "ref.tif", tmp / "scene.rsc", tmp / "out.tif", windowed,
-                                                 "--threads", threads)
+                                                 "--threads", threads, *(["--precision", precision] if precision else []))
                         proc = subprocess.run(cmd, capture_output=True, text=True, env=benchmarks.env())
                         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
                         if proc.returncode != 0 or not lines:
@@ -369,6 +369,9 @@ def main(argv=None) -> None:
     ap.add_argument("--skip-check", action="store_true")
     ap.add_argument("--skip-large", action="store_true")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                    help="part 2: the model arithmetic of encode and decode (default: the product's, auto). To time an "
+                         "AVX2-only CPU on a newer one: ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 ... --precision fp32")
     ap.add_argument("--json", default=store.default_path("large_scene"), help="also write all results here (default out/bench/large_scene.json)")
     ap.add_argument("--worker", nargs=3, metavar=("MODEL", "HR", "REF"), help=argparse.SUPPRESS)
     ap.add_argument("--geotiff", default=None, help="part 3 only: comma-separated scene sizes N (N x N GeoTIFFs)")
@@ -377,7 +380,7 @@ def main(argv=None) -> None:
     ap.add_argument("--geo-worker", nargs=7, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        worker(*args.worker, threads=args.threads)
+        worker(*args.worker, threads=args.threads, precision=args.precision)
         return
     if args.geo_worker:
         geo_worker(*args.geo_worker, threads=args.threads)
@@ -394,7 +397,7 @@ def main(argv=None) -> None:
     if not args.skip_check:
         out["check"] = [check_settings(n, args.check_size) for n in names]
     if not args.skip_large:
-        out["full"] = full_scene(names, args.height, args.width, args.threads)
+        out["full"] = full_scene(names, args.height, args.width, args.threads, args.precision)
     print(f"\nload average at the end: {load()}")
     if args.json:
         store.save(out, args.json)
