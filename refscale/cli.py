@@ -405,9 +405,9 @@ def cmd_encode(args) -> int:
             (f" mapped {rec.rule}" if rec.rule != "identity" else "") + (", georeferenced" if rec.georeferenced else "")
         v = r["verify"]
         checked = "" if v is None else (
-            f"; verified: {v['fallback_blocks']} of {v['blocks']} blocks to bicubic, RGB {v['psnr_rgb']:.2f} dB "
-            f"(bicubic {v['bicubic_psnr_rgb']:.2f}), worst block {v['worst_block_psnr_rgb']:.2f} dB "
-            f"(bicubic there {v['bicubic_there']:.2f}), {v['seconds']:.1f} s")
+            f"; verified: {v['fallback_blocks']} of {v['blocks']} blocks to {v['fallback']}, RGB {v['psnr_rgb']:.2f} dB "
+            f"({v['fallback']} {v['bicubic_psnr_rgb']:.2f}), worst block {v['worst_block_psnr_rgb']:.2f} dB "
+            f"({v['fallback']} there {v['bicubic_there']:.2f}), {v['seconds']:.1f} s")
         return f"{r['output']}: {r['bytes']:,} bytes, {r['bpp']:.4f} bpp ({w}x{h}, {r['model']}, {r['codec']}{q}{extra}){checked}"
 
     return _run_jobs(jobs, run, "encode")

@@ -78,7 +78,7 @@ def run_demo(model_name: str = "refscale-x2", out_dir: str | Path | None = None,
                       "psnr_y": float(psnr(hr_hat, hr_t, crop_border=scale)[0]),
                       "psnr_rgb": float(psnr(hr_hat, hr_t, crop_border=scale, y_channel=False)[0]), "seconds": secs}
         v = packet.verify_report
-        checked = "" if v is None else f"  {v['fallback_blocks']}/{v['blocks']} blocks to bicubic"
+        checked = "" if v is None else f"  {v['fallback_blocks']}/{v['blocks']} blocks to {v['fallback']}"
         print(f"  {name:<22} container {len(data):>8,} bytes  {rows[name]['bpp']:.3f} bpp  "
               f"PSNR-Y {rows[name]['psnr_y']:.2f} dB  PSNR-RGB {rows[name]['psnr_rgb']:.2f} dB  ({secs:.1f} s){checked}")
         if out_dir is not None:

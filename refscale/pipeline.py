@@ -310,6 +310,7 @@ def _verify(model: Rescaler, packet: Packet, hr_p: torch.Tensor, ref, resample_r
         "psnr_rgb": total(sq_m), "bicubic_psnr_rgb": total(sq_b),
         "worst_block_psnr_rgb": float(psnr_m.flat[k]), "bicubic_there": float(_psnr_from(sq_b, px).flat[k]),
         "seconds": time.perf_counter() - start,
+        "fallback": "bicubic" if model.scale > 1 else "the plain decode",  # at scale 1 bicubic is the LR itself
     }
     return dataclasses.replace(packet, lr=lr, verification=Verification(block, 0, model.decode_temperature, fallback),
                                verify_report=report)

@@ -87,6 +87,7 @@ def test_a_saturated_scene_is_never_worse_than_bicubic_with_verification(name):
     assert rgb_psnr(out, hr, s) >= base - 0.05
     report = packet.verify_report
     assert report["blocks"] == packet.verification.fallback.size
+    assert report["fallback"] == ("bicubic" if s > 1 else "the plain decode")  # what the summary line names
     unchecked = pipeline.decode(model, Packet.from_bytes(pipeline.encode(model, hr, ref, precision="fp32", verify=False).to_bytes()), ref)
     if rgb_psnr(unchecked, hr, s) < base - 0.5:  # what the check protects from
         assert report["fallback_blocks"] >= 1
