@@ -117,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("input", metavar="HR", help="image, folder or .csv manifest")
     e.add_argument("--ref", help="reference image (for a batch: a folder or manifest whose samples are named like the inputs)")
     _add_archive_options(e, "encode")
-    e.add_argument("-m", "--model", default="refscale-x2", help="catalogue name or .safetensors path (default refscale-x2)")
+    e.add_argument("-m", "--model", default="refscale-x2",
+                   help="catalogue name or .safetensors path (default refscale-x2); a scale picker (enhance-hevc) with "
+                        "--bpp / --bytes also picks the scale, per image, by the decoded PSNR-Y within the budget")
     e.add_argument("--codec", default=None, help=codec_help)
     _add_quality_options(e, q_help)
     e.add_argument("-o", "--output", required=True, help="output .rsc file (or folder for several inputs)")
@@ -343,10 +345,14 @@ def _codec_choice(args, model=None) -> tuple[str | None, int | None]:
     place that checks a codec choice: ``(codec, quality)``, the codec defaulting to the model's
     (e.g. an inter-* model's P-frame codec). Without the model (called before it loads, so that a
     bad option costs no model load) a codec left to the model is not known yet: only the budget
-    is checked and ``(None, quality)`` returned."""
+    is checked and ``(None, quality)`` returned. A scale picker (``-m enhance-hevc``) needs a
+    budget and no quality (:meth:`refscale.zoo.ScalePicker.check_budget`)."""
     from refscale.format import codecs
+    from refscale.zoo import ScalePicker
 
     quality, bpp, max_bytes = (getattr(args, k, None) for k in ("quality", "bpp", "max_bytes"))
+    if isinstance(model, ScalePicker):
+        model.check_budget(quality, bpp, max_bytes)
     if model is None and args.codec is None:
         codecs.check_budget(quality, bpp, max_bytes)
         return None, quality
@@ -408,9 +414,21 @@ def cmd_encode(args) -> int:
             f"; verified: {v['fallback_blocks']} of {v['blocks']} blocks to {v['fallback']}, RGB {v['psnr_rgb']:.2f} dB "
             f"({v['fallback']} {v['bicubic_psnr_rgb']:.2f}), worst block {v['worst_block_psnr_rgb']:.2f} dB "
             f"({v['fallback']} there {v['bicubic_there']:.2f}), {v['seconds']:.1f} s")
-        return f"{r['output']}: {r['bytes']:,} bytes, {r['bpp']:.4f} bpp ({w}x{h}, {r['model']}, {r['codec']}{q}{extra}){checked}"
+        return f"{r['output']}: {r['bytes']:,} bytes, {r['bpp']:.4f} bpp ({w}x{h}, {r['model']}, {r['codec']}{q}{extra}){checked}" \
+            + _picked(r)
 
     return _run_jobs(jobs, run, "encode")
+
+
+def _picked(r: dict) -> str:
+    """The encode summary's account of a scale picker's choice (empty for a single model)."""
+    if not r.get("candidates"):
+        return ""
+    rows = [f"x{c['scale']} over the budget" if "error" in c else
+            f"{'*' if c['chosen'] else ''}x{c['scale']} q{c['quality']} Y {c['psnr_y']:.2f} dB RGB {c['psnr_rgb']:.2f} dB"
+            for c in r["candidates"]]
+    rows += [f"{name} left out (no weights)" for name in r.get("left_out") or []]
+    return f"; scale picked by PSNR-Y (*): {', '.join(rows)}"
 
 
 def cmd_decode(args) -> int:
@@ -699,9 +717,10 @@ def _fallback_name(args, model) -> str | None:
         return None
     if args.fallback_model:
         return args.fallback_model
-    from refscale.zoo import architectures
+    from refscale.zoo import ScalePicker, architectures
 
-    name = f"bicubic-x{model.scale}"
+    scale = model.members[0].scale if isinstance(model, ScalePicker) else model.scale  # a picker: its smallest scale
+    name = f"bicubic-x{scale}"
     return name if name in architectures() else None
 
 

@@ -35,7 +35,7 @@ from refscale.data import discover, read_manifest
 from refscale.errors import InputError, ModelError, RefScaleError
 from refscale.io.image import publish
 from refscale.protocol import Rescaler
-from refscale.zoo import load
+from refscale.zoo import ScalePicker, load
 
 CONTAINER_SUFFIX = ".rsc"
 
@@ -198,7 +198,8 @@ def encode_file(job: Job, model: Rescaler, *, codec: str | None = None, quality:
                 register: bool = True, force: bool = False, progress: bool = False, bands=None,
                 value_range=None, windowed: bool | None = None, verify: bool = True) -> dict:
     """Encode one job: write the container (and the LR as the receiver sees it). Returns
-    ``{"output", "bytes", "bpp", "size", "model", "codec", "quality", "raster", "verify", "inter_mode"}``
+    ``{"output", "bytes", "bpp", "size", "model", "codec", "quality", "raster", "verify", "inter_mode",
+    "candidates", "left_out"}``
     (``quality``: the one used and recorded, a lossy codec's default when none was given;
     ``verify``: the verifying encoder's report, ``refscale.pipeline.encode``, or None;
     ``inter_mode``: what an inter-frame codec coded, ``inter`` or ``intra``; else None).
@@ -212,20 +213,40 @@ def encode_file(job: Job, model: Rescaler, *, codec: str | None = None, quality:
     With a raster record, an LR written to a ``.tif`` is a GeoTIFF (:func:`refscale.io.raster.write_lr`).
 
     ``bpp`` or ``max_bytes``: a budget for the whole file instead of a quality (the quality is
-    chosen by :meth:`refscale.Packet.fit`); the budget is checked before anything is written."""
+    chosen by :meth:`refscale.Packet.fit`); the budget is checked before anything is written.
+
+    ``model`` may be a scale picker (:class:`refscale.zoo.ScalePicker`, ``load("enhance-hevc")``): it
+    needs a budget and no quality; each member is encoded, fitted and decoded, and the file of the
+    one with the best decoded PSNR-Y is written (:func:`refscale.pipeline.encode_best`). Then
+    ``model`` in the result is the chosen member (the container names it) and ``candidates`` the
+    rows of every member (model, scale, quality, bytes, psnr_y, psnr_rgb, chosen; or error);
+    ``candidates`` is None for a single model. ``left_out``: the picker's members without weights."""
+    picker = model if isinstance(model, ScalePicker) else None
+    if picker is not None:
+        picker.check_budget(quality, bpp, max_bytes)
+        if windowed:
+            raise InputError(f"{picker.name} decodes each candidate whole: it cannot read {job.input} window by window")
+        windowed = False
     codec, quality = codecs.resolve(codec, quality, model.default_codec, bpp=bpp, max_bytes=max_bytes, available=True)
     for out in (job.output, job.lr_output):
         if out is not None:
             check_writable(out)
     image = raster.read_raster(job.input, bands=bands, value_range=value_range, windowed=windowed, progress=progress)
-    packet = pipeline.encode(model, image, job.ref, tile=tile, resample_ref=resample_ref, precision=precision,
-                             register=register, progress=progress, codec=codec, quality=quality, verify=verify)
-    if bpp is not None:
-        max_bytes = bytes_for_bpp(bpp, packet.size)
-    if max_bytes is not None:
-        data, quality = packet.fit(codec, max_bytes)
+    options = {"tile": tile, "resample_ref": resample_ref, "precision": precision, "register": register,
+               "progress": progress, "codec": codec, "verify": verify}
+    candidates = None
+    if picker is not None:
+        data, packet, candidates = pipeline.encode_best(picker.members, image, job.ref, bpp=bpp, max_bytes=max_bytes,
+                                                        **options)
+        quality = next(c["quality"] for c in candidates if c["chosen"])
     else:
-        data = packet.to_bytes(codec=codec, quality=quality)
+        packet = pipeline.encode(model, image, job.ref, quality=quality, **options)
+        if bpp is not None:
+            max_bytes = bytes_for_bpp(bpp, packet.size)
+        if max_bytes is not None:
+            data, quality = packet.fit(codec, max_bytes)
+        else:
+            data = packet.to_bytes(codec=codec, quality=quality)
     write_bytes(job.output, data, force)
     if job.lr_output is not None:
         try:
@@ -237,8 +258,9 @@ def encode_file(job: Job, model: Rescaler, *, codec: str | None = None, quality:
     h, w = packet.size
     mode = codecs.inter_payload(codec, Packet.from_bytes(data).lr_data)["mode"] if codecs.needs_reference(codec) else None
     return {"output": job.output, "bytes": len(data), "bpp": len(data) * 8 / (h * w), "size": (h, w),
-            "model": model.name, "codec": codec, "quality": codecs.effective_quality(codec, quality), "raster": packet.raster,
-            "verify": packet.verify_report, "inter_mode": mode}
+            "model": packet.model, "codec": codec, "quality": codecs.effective_quality(codec, quality), "raster": packet.raster,
+            "verify": packet.verify_report, "inter_mode": mode, "candidates": candidates,
+            "left_out": picker.left_out if picker is not None else None}
 
 
 def write_decoded(hr: torch.Tensor, packet: Packet, path, *, cog: bool = False, force: bool = False) -> Path:
@@ -249,22 +271,24 @@ def write_decoded(hr: torch.Tensor, packet: Packet, path, *, cog: bool = False, 
 
 def model_for(packet: Packet, model=None, cache: dict | None = None) -> Rescaler:
     """The model to decode ``packet`` with: ``model`` (a name, path or model) if given, else the
-    one the container names (loaded once per name when a ``cache`` dict is passed)."""
-    if isinstance(model, Rescaler):
-        return model
-    key = model or packet.model
-    if cache is not None and key in cache:
-        return cache[key]
-    try:
-        found = load(key)
-    except ModelError as e:
-        if model:
-            raise
-        raise ModelError(f"the container was made by model {key!r}, which cannot be loaded here ({e}); "
-                         "pass -m NAME or -m path/to/weights.safetensors") from None
-    if cache is not None:
-        cache[key] = found
-    return found
+    one the container names (loaded once per name when a ``cache`` dict is passed). A scale picker
+    (``-m enhance-hevc``) gives its member that the container names."""
+    if isinstance(model, (Rescaler, ScalePicker)):
+        found = model
+    else:
+        key = model or packet.model
+        found = cache.get(key) if cache is not None else None
+        if found is None:
+            try:
+                found = load(key)
+            except ModelError as e:
+                if model:
+                    raise
+                raise ModelError(f"the container was made by model {key!r}, which cannot be loaded here ({e}); "
+                                 "pass -m NAME or -m path/to/weights.safetensors") from None
+            if cache is not None:
+                cache[key] = found
+    return found.member(packet.model) if isinstance(found, ScalePicker) else found
 
 
 def decode_to_file(src, output, ref=None, *, model=None, cache: dict | None = None, warn_ref: bool = True,

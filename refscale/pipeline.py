@@ -210,6 +210,62 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
     return packet
 
 
+def encode_best(models: list[Rescaler], hr, ref=None, *, bpp: float | None = None, max_bytes: int | None = None,
+                codec: str | None = None, resample_ref: bool = False, progress: bool = False,
+                **options) -> tuple[bytes, Packet, list[dict]]:
+    """Rate control over models (e.g. one learned decoder per scale, :class:`refscale.zoo.ScalePicker`):
+    the file, among one per model, whose decoded image is best within a size budget.
+
+    Each model encodes ``hr`` (:func:`encode` with ``options``: tile, precision, register, verify,
+    ...), its packet is fitted to the budget (:meth:`Packet.fit`: the highest codec quality whose
+    whole file has at most ``max_bytes``, or ``bpp`` bits per pixel of ``hr``), and the fitted file
+    is decoded exactly as the receiver will (from its bytes, with the reference, the recorded
+    seed, tiles and precision). The measure is **PSNR-Y** against ``hr`` over the whole image (no
+    border cropped: every pixel the receiver gets counts); PSNR-RGB is reported too. The highest
+    PSNR-Y wins (a tie: the first model). A model that cannot meet the budget is skipped; when none
+    can, the first one's :class:`InputError`.
+
+    Returns ``(data, packet, candidates)``: the chosen file, its packet, and one row per model,
+    ``{"model", "scale", "quality", "bytes", "psnr_y", "psnr_rgb", "chosen"}``, or ``{"model",
+    "scale", "error", "chosen": False}`` for one over the budget.
+    """
+    from refscale.format.container import bytes_for_bpp
+    from refscale.metrics import psnr
+
+    if not models:
+        raise ModelError("encode_best needs at least one model")
+    if isinstance(hr, (str, os.PathLike)):
+        hr = raster.read_raster(hr, windowed=False)
+    if isinstance(hr, raster.RasterScene):
+        raise InputError("choosing among models decodes each candidate whole: read the image whole (windowed=False)")
+    target = _image(hr.tensor if isinstance(hr, raster.RasterImage) else hr, "image")
+    size = tuple(target.shape[-2:])
+    codecs.check_budget(None, bpp, max_bytes)
+    if bpp is None and max_bytes is None:
+        raise InputError("encode_best needs a size budget (bpp or max_bytes)")
+    budget = bytes_for_bpp(bpp, size) if bpp is not None else int(max_bytes)
+    best, candidates, refused = None, [], []
+    for m in models:
+        packet = encode(m, hr, ref, codec=codec, resample_ref=resample_ref, progress=progress, **options)
+        try:
+            data, quality = packet.fit(packet.codec, budget)
+        except InputError as e:
+            refused.append(e)
+            candidates.append({"model": m.name, "scale": m.scale, "error": str(e), "chosen": False})
+            continue
+        decoded = decode(m, Packet.from_bytes(data), ref, progress=progress)
+        row = {"model": m.name, "scale": m.scale, "quality": codecs.effective_quality(packet.codec, quality),
+               "bytes": len(data), "psnr_y": float(psnr(decoded, target, y_channel=True)[0]),
+               "psnr_rgb": float(psnr(decoded, target, y_channel=False)[0]), "chosen": False}
+        candidates.append(row)
+        if best is None or row["psnr_y"] > best[2]["psnr_y"]:
+            best = (data, packet, row)
+    if best is None:
+        raise refused[0]
+    best[2]["chosen"] = True
+    return best[0], best[1], candidates
+
+
 # ============================================================================= verification
 def verifiable(model: Rescaler) -> bool:
     """Models the verifying encoder checks: every model except bicubic itself and the scale-1 inter

@@ -10,6 +10,10 @@
   the model. Loading checks the card's sha256 and refuses a file that does not match.
 * A short name (``refscale-x2``) means the architecture's default weights (``weights=`` of its
   registration).
+* A *scale picker* (:data:`PICKERS`, ``enhance-hevc``) stands for every registered architecture of
+  one family, one per scale (``enhance-x1``, ``enhance-x2``); ``load`` gives a :class:`ScalePicker`
+  of those with shipped weights, and encoding with a size budget keeps, per image, the member whose
+  decoded image is best (:func:`refscale.pipeline.encode_best`). The container names that member.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from typing import Any
 import torch
 
 import refscale.models  # noqa: F401  (importing it registers the built-in architectures)
-from refscale.errors import ModelError
+from refscale.errors import InputError, ModelError
 from refscale.protocol import REGISTRY, ArchSpec, Rescaler
 from refscale.weights_io import load_into, read_safetensors
 
@@ -179,15 +183,87 @@ def save_weights(model: Rescaler, path: str | os.PathLike, card: dict[str, Any] 
     return digest
 
 
-def load(name: str | os.PathLike, pretrained: bool = True, device: str | torch.device = "cpu") -> Rescaler:
+#: scale pickers: catalogue name -> the architecture family (``Rescaler.arch``) whose registered
+#: names are its members, one per scale; a new scale of the family is a member by its registration alone
+PICKERS: dict[str, str] = {"enhance-hevc": "enhance"}
+
+
+def picker_members(name: str) -> list[str]:
+    """The catalogue names a scale picker stands for, by scale (``["enhance-x1", "enhance-x2"]``)."""
+    specs = [spec for spec in architectures().values() if spec.cls.arch == PICKERS[name]]
+    return [spec.name for spec in sorted(specs, key=lambda spec: spec.defaults.get("scale", 0))]
+
+
+class ScalePicker:
+    """A catalogue name standing for several models, one per scale (:data:`PICKERS`): encoding with
+    a size budget (``refscale encode NEW --ref REF -m enhance-hevc --bpp X``,
+    :func:`refscale.files.encode_file`) codes the image with each member, fits each to the budget and
+    writes the one whose decoded image is best (:func:`refscale.pipeline.encode_best`); the container
+    names that member, so decoding needs nothing else. ``members``: the loaded models, by scale;
+    ``left_out``: member names without shipped weights. Not a model itself: anything else asked of
+    it is a one-line :class:`ModelError`."""
+
+    export_refusal = "it stands for several models, one per scale: export one of them"
+
+    def __init__(self, name: str, members: list[Rescaler], left_out: list[str] | tuple = ()):
+        codecs_ = {m.default_codec for m in members}
+        if not members or len(codecs_) != 1:
+            raise ModelError(f"scale picker {name}: needs members with one default codec, got {sorted(codecs_)}")
+        self.name, self.members, self.left_out = name, list(members), list(left_out)
+        self.needs_reference = any(m.needs_reference for m in members)
+        self.default_codec = codecs_.pop()
+
+    def check_budget(self, quality: int | None, bpp: float | None, max_bytes: int | None) -> None:
+        """Refuse a fixed quality, or no budget: the picker chooses the scale and quality within a budget."""
+        if quality is not None or (bpp is None and max_bytes is None):
+            given = f"a quality (-q {quality})" if quality is not None else "no size budget"
+            raise InputError(f"{self.name} picks the scale and quality within a size budget and was given {given}: "
+                             f"give --bpp X or --bytes N, or use a single-scale model "
+                             f"({', '.join(picker_members(self.name))}) with -q")
+
+    def member(self, name: str) -> Rescaler:
+        """The member named ``name`` (as a container records it)."""
+        for m in self.members:
+            if m.name == name:
+                return m
+        raise ModelError(f"{self.name} has no member {name!r} (members: {', '.join(m.name for m in self.members)})")
+
+    def __getattr__(self, attr: str):
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        members = ", ".join(m.name for m in self.__dict__.get("members", []))
+        raise ModelError(f"{self.__dict__.get('name')} stands for {members} and picks one per image only when "
+                         f"encoding with a size budget (refscale encode --bpp/--bytes); here give one of them "
+                         f"(a picker has no {attr!r})")
+
+    def __repr__(self) -> str:
+        return f"ScalePicker({self.name!r}, members={[m.name for m in self.members]})"
+
+
+def load_picker(name: str, pretrained: bool = True, device: str | torch.device = "cpu") -> ScalePicker:
+    """The :class:`ScalePicker` ``name``: its members with shipped weights (``pretrained=False``:
+    every member, randomly initialised); a :class:`ModelError` when none has them."""
+    names = picker_members(name)
+    cards = weights_cards()
+    usable = [n for n in names if not pretrained or default_weights(n) in cards]
+    if not usable:
+        raise ModelError(f"{name} picks among {', '.join(names)}, none of which has shipped weights here; "
+                         "use one of them with a .safetensors path")
+    return ScalePicker(name, [load(n, pretrained, device) for n in usable], [n for n in names if n not in usable])
+
+
+def load(name: str | os.PathLike, pretrained: bool = True, device: str | torch.device = "cpu") -> Rescaler | ScalePicker:
     """A model by catalogue name, weights name or ``.safetensors`` path, in eval mode.
 
     ``load("refscale-x2")`` gives the default shipped weights; ``pretrained=False`` gives the
-    same architecture randomly initialised.
+    same architecture randomly initialised. A scale picker's name (:data:`PICKERS`) gives a
+    :class:`ScalePicker`.
     """
     text = os.fspath(name)
     if text.endswith(".safetensors"):
         return load_weights_file(text).to(device)
+    if text in PICKERS:
+        return load_picker(text, pretrained, device)
     cards = weights_cards()
     archs = architectures()
     if text in cards:
@@ -209,11 +285,11 @@ def load(name: str | os.PathLike, pretrained: bool = True, device: str | torch.d
                 "or give a .safetensors path"
             )
         return model.to(device).eval()
-    raise ModelError(f"unknown model {text!r}; known: {', '.join(sorted(set(archs) | set(cards)))}")
+    raise ModelError(f"unknown model {text!r}; known: {', '.join(sorted(set(archs) | set(cards) | set(PICKERS)))}")
 
 
 def catalogue() -> list[dict[str, Any]]:
-    """One row per architecture and per shipped weights: name, scale, reference, params, weights.
+    """One row per architecture, per scale picker and per shipped weights: name, scale, reference, params, weights.
     A name's row describes what ``load(name)`` gives: its default shipped weights' configuration
     where there are such weights (their parameter count), else the architecture's defaults."""
     cards = weights_cards()
@@ -233,6 +309,15 @@ def catalogue() -> list[dict[str, Any]]:
             "name": name, "scale": scale, "needs_reference": needs_ref, "params": params,
             "weights": default if default in cards else ("none needed" if params == 0 else None),
             "note": note,
+        })
+    for name in PICKERS:
+        members = picker_members(name)
+        missing = [n for n in members if default_weights(n) not in cards]
+        rows.append({
+            "name": name, "scale": None, "needs_reference": any(architectures()[n].cls.needs_reference for n in members),
+            "params": None, "weights": None,
+            "note": f"picks {' / '.join(members)} per image within --bpp / --bytes"
+                    + (f" ({', '.join(missing)}: no shipped weights, left out)" if missing else ""),
         })
     for wname, card in cards.items():
         rows.append({

@@ -1,0 +1,174 @@
+"""The scale picker ``enhance-hevc`` (issue 27, item 2): with a size budget the encoder codes the
+image with each member (``enhance-x1``, ``enhance-x2``), fits each to the budget, decodes it as
+the receiver will and writes the one with the best PSNR-Y; the container names that member.
+
+The catalogue is patched: the members are tiny random models (nf 8, one block) with "shipped"
+weights in a temporary weights folder, so nothing here needs the real weights.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import perturb
+from refscale import files, metrics, pipeline, zoo
+from refscale.cli import main
+from refscale.errors import InputError, ModelError
+from refscale.format import codecs
+from refscale.format.container import Packet, bytes_for_bpp
+from refscale.io.image import as_image_tensor
+from refscale.protocol import REGISTRY, ArchSpec
+from refscale.synthetic import synthetic_revisit_pair
+
+torch.set_num_threads(1)
+HEVC = codecs.available_codecs().get("hevc-inter", False)
+needs_hevc = pytest.mark.skipif(not HEVC, reason="PyAV with libx265 is not installed")
+TINY = {"nf": 8, "blocks": 1}
+SIZE = 128  # at 128 px the x2 file at quality 1 is ~30 bytes smaller than the x1 file (~270 of ~300)
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    """enhance-x1 / enhance-x2 as tiny perturbed models whose default weights are "shipped" in a
+    temporary weights folder; returns the weights names by scale."""
+    wdir = tmp_path / "weights"
+    monkeypatch.setattr(zoo, "WEIGHTS_DIR", wdir)
+    names = {}
+    for s in (1, 2):
+        arch, names[s] = f"enhance-x{s}", f"tiny-enhance-x{s}"
+        spec = zoo.architectures()[arch]
+        monkeypatch.setitem(REGISTRY, arch, ArchSpec(arch, spec.cls, {**spec.defaults, **TINY}, names[s]))
+        m = zoo.build(arch)
+        perturb(m, 0.01, seed=s)  # the network's output matters (the zero-initialised tail too)
+        zoo.save_weights(m, wdir / f"{names[s]}.safetensors", card={"data": "test"})
+    return names
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """A procedural revisit pair as PNG files: ``(hr path, ref path, hr tensor)``."""
+    new, old = synthetic_revisit_pair(SIZE, SIZE, seed=3)
+    Image.fromarray(new).save(tmp_path / "new.png")
+    Image.fromarray(old).save(tmp_path / "old.png")
+    return tmp_path / "new.png", tmp_path / "old.png", as_image_tensor(new)
+
+
+def fitted(name: str, hr_path, ref_path, budget: int):
+    """What one member gives within ``budget`` bytes, computed here step by step: ``(data, PSNR-Y
+    of the receiver's decode)``, or None when even quality 1 is over the budget."""
+    model = zoo.load(name)
+    packet = pipeline.encode(model, hr_path, ref_path)
+    try:
+        data, _ = packet.fit("hevc-inter", budget)
+    except InputError:
+        return None
+    hr_hat, _, _ = files.decode_file(data, ref_path)
+    return data, float(metrics.psnr(hr_hat, as_image_tensor(np.asarray(Image.open(hr_path))))[0])
+
+
+def test_members_come_from_the_catalogue(tiny, monkeypatch):
+    assert zoo.picker_members("enhance-hevc") == ["enhance-x1", "enhance-x2"]
+    picker = zoo.load("enhance-hevc")
+    assert [m.name for m in picker.members] == [tiny[1], tiny[2]] and [m.scale for m in picker.members] == [1, 2]
+    assert picker.needs_reference and picker.default_codec == "hevc-inter" and picker.left_out == []
+    with pytest.raises(ModelError, match="picks one per image"):  # not a model itself: a clear error, no AttributeError
+        picker.encode(None)
+    row = {r["name"]: r for r in zoo.catalogue()}["enhance-hevc"]
+    assert "enhance-x1 / enhance-x2" in row["note"] and row["needs_reference"]
+    # a member without shipped weights is left out; none left is an error
+    spec = REGISTRY["enhance-x2"]
+    monkeypatch.setitem(REGISTRY, "enhance-x2", ArchSpec("enhance-x2", spec.cls, spec.defaults, None))
+    picker = zoo.load("enhance-hevc")
+    assert [m.name for m in picker.members] == [tiny[1]] and picker.left_out == ["enhance-x2"]
+    assert len(zoo.load("enhance-hevc", pretrained=False).members) == 2
+    spec = REGISTRY["enhance-x1"]
+    monkeypatch.setitem(REGISTRY, "enhance-x1", ArchSpec("enhance-x1", spec.cls, spec.defaults, None))
+    with pytest.raises(ModelError, match="none of which has shipped weights"):
+        zoo.load("enhance-hevc")
+    # a scale-4 member is one more registration
+    monkeypatch.setitem(REGISTRY, "enhance-x4", ArchSpec("enhance-x4", spec.cls, {**spec.defaults, "scale": 4}))
+    assert zoo.picker_members("enhance-hevc") == ["enhance-x1", "enhance-x2", "enhance-x4"]
+
+
+def test_picker_needs_a_budget(tiny, pair):
+    hr, ref, _ = pair
+    picker = zoo.load("enhance-hevc")
+    job = files.Job("new", hr, ref, hr.parent / "out.rsc")
+    for kwargs in ({"quality": 40}, {}):
+        with pytest.raises(InputError, match="--bpp X or --bytes N.*enhance-x1, enhance-x2\\) with -q"):
+            files.encode_file(job, picker, **kwargs)
+    assert not job.output.exists()
+
+
+@needs_hevc
+def test_picks_the_best_decoded_member(tiny, pair):
+    hr, ref, target = pair
+    budget = bytes_for_bpp(1.0, (SIZE, SIZE))
+    want = {name: fitted(name, hr, ref, budget) for name in tiny.values()}
+    assert all(w is not None for w in want.values())  # both fit: the choice is by PSNR-Y
+    best = max(want, key=lambda n: want[n][1])
+    other = min(want, key=lambda n: want[n][1])
+    assert want[best][1] > want[other][1] + 1.0  # a clear margin: no numerics can flip it
+    job = files.Job("new", hr, ref, hr.parent / "out.rsc")
+    r = files.encode_file(job, zoo.load("enhance-hevc"), bpp=1.0)
+    assert r["model"] == best and r["bytes"] <= budget
+    rows = {c["model"]: c for c in r["candidates"]}
+    assert [rows[n]["chosen"] for n in tiny.values()] == [n == best for n in tiny.values()]
+    for name, (data, psnr_y) in want.items():  # x265's P-frame bits vary a little with what the process
+        assert rows[name]["psnr_y"] == pytest.approx(psnr_y, abs=0.3)  # coded before, hence not exact
+    assert Packet.from_bytes(job.output.read_bytes()).model == best
+    hr_hat, _, model = files.decode_file(job.output, ref)  # the model the file names, nothing else
+    assert model.name == best and r["quality"] == rows[best]["quality"]
+    assert float(metrics.psnr(hr_hat, target)[0]) == pytest.approx(rows[best]["psnr_y"], abs=1e-9)
+
+
+@needs_hevc
+def test_a_budget_only_one_member_meets(tiny, pair):
+    hr, ref, _ = pair
+    smallest = {s: len(pipeline.encode(zoo.load(n), hr, ref).to_bytes(quality=1)) for s, n in tiny.items()}
+    assert smallest[2] < smallest[1] - 20  # the x2 file is smaller at the lowest quality
+    picker = zoo.load("enhance-hevc")
+    job = files.Job("new", hr, ref, hr.parent / "tight.rsc")
+    budget = (smallest[1] + smallest[2]) // 2  # ~15 bytes from either
+    r = files.encode_file(job, picker, max_bytes=budget)
+    assert r["model"] == tiny[2] and r["bytes"] <= budget
+    assert [("error" in c, c["chosen"]) for c in r["candidates"]] == [(True, False), (False, True)]
+    job = files.Job("new", hr, ref, hr.parent / "none.rsc")
+    with pytest.raises(InputError, match="> the budget"):
+        files.encode_file(job, picker, max_bytes=smallest[2] - 1)
+    assert not job.output.exists()
+
+
+def test_cli_refuses_a_quality_or_no_budget(tiny, pair, capsys):
+    hr, ref, _ = pair
+    out = hr.parent / "q.rsc"
+    for extra in (["-q", "40"], []):
+        code = main(["encode", str(hr), "--ref", str(ref), "-m", "enhance-hevc", *extra, "-o", str(out)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and not out.exists()
+        assert err.startswith("refscale: error: enhance-hevc picks the scale") and "--bpp" in err
+        assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+@needs_hevc
+def test_cli_encode_names_the_choice_and_decode_needs_nothing_new(tiny, pair, capsys):
+    hr, ref, _ = pair
+    out = hr.parent / "s.rsc"
+    lr = hr.parent / "lr.png"
+    assert main(["encode", str(hr), "--ref", str(ref), "-m", "enhance-hevc", "--bpp", "1", "-o", str(out),
+                 "--lr-out", str(lr)]) == 0
+    line = capsys.readouterr().out.strip()
+    chosen = Packet.from_bytes(out.read_bytes()).model
+    assert chosen in tiny.values() and f", {chosen}, hevc-inter" in line
+    scale = 1 if chosen == tiny[1] else 2
+    assert Image.open(lr).size == (SIZE // scale, SIZE // scale)  # the chosen member's LR
+    assert "scale picked by PSNR-Y (*):" in line and f"*x{scale} q" in line
+    for extra in ([], ["-m", "enhance-hevc"]):  # the model the file names; the picker's member of that name
+        png = hr.parent / f"out{len(extra)}.png"
+        assert main(["decode", str(out), "--ref", str(ref), *extra, "-o", str(png)]) == 0
+        assert f"({chosen}, seed 0)" in capsys.readouterr().out
+        want, _, _ = files.decode_file(out, ref)
+        got = np.asarray(Image.open(png).convert("RGB"))
+        assert np.array_equal(got, torch.round(want[0] * 255).to(torch.uint8).permute(1, 2, 0).numpy())
