@@ -59,7 +59,7 @@ class _ResBlock(nn.Module):
         return x + self.conv2(F.relu(self.conv1(x)))
 
 
-@register("enhance-x2", scale=2)
+@register("enhance-x2", scale=2, weights="enhance-x2-hevc-oscd")  # not shipped yet: load() says so
 @register("enhance-x1", scale=1, weights="enhance-x1-hevc-oscd")
 class InterEnhance(FastInference, Rescaler):
     """Codec-decoded LR + reference -> HR (module doc); identity / bicubic down on board."""
