@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
         k.add_argument("--report", default=None, help="JSON report (default OUT/batch-" + kind + "-report.json)")
         if kind == "encode":
             k.add_argument("--codec", default=None, help="LR codec (default: the model's)")
-            k.add_argument("-q", "--quality", type=int, default=None, help="codec quality")
+            _add_quality_options(k, "codec quality")
             k.add_argument("--lr-out", default=None, help="also save the LR images in this folder")
             k.add_argument("--no-verify", dest="verify", action="store_false", help="as refscale encode --no-verify")
             k.add_argument("--no-register", dest="register", action="store_false", help="as refscale encode --no-register")
@@ -427,7 +427,7 @@ def _picked(r: dict) -> str:
     rows = [f"x{c['scale']} over the budget" if "error" in c else
             f"{'*' if c['chosen'] else ''}x{c['scale']} q{c['quality']} Y {c['psnr_y']:.2f} dB RGB {c['psnr_rgb']:.2f} dB"
             for c in r["candidates"]]
-    rows += [f"{name} left out (no weights)" for name in r.get("left_out") or []]
+    rows += [f"{name} left out (no shipped weights)" for name in r.get("left_out") or []]
     return f"; scale picked by PSNR-Y (*): {', '.join(rows)}"
 
 
@@ -521,6 +521,7 @@ def cmd_evaluate(args) -> int:
     from refscale.format.inter import default_mode
 
     _codec_choice(args)
+    _single_model(args.model, "refscale evaluate")
     if args.draws < 1:
         raise InputError(f"--draws must be >= 1, got {args.draws}")
     outputs = [Path(p) for p in (args.json_out, args.md_out) if p]
@@ -577,6 +578,7 @@ def cmd_train(args) -> int:
 def cmd_demo(args) -> int:
     from refscale.demo import run_demo
 
+    _single_model(args.model, "refscale demo")
     if args.output and Path(args.output).exists() and any(Path(args.output).iterdir()):
         raise InputError(f"{args.output} exists and is not empty; choose another -o")
     if args.size is not None and args.size < 16:
@@ -696,7 +698,8 @@ def cmd_batch(args) -> int:
             jobs = files.encode_jobs(args.input, out, _NoReference(model), lr_out=args.lr_out, codec=None)
         else:
             jobs = files.encode_jobs(args.input, out, model, ref=args.ref, lr_out=args.lr_out, codec=codec)
-        opts["encode"] = {"codec": codec, "quality": quality, "register": args.register, "verify": args.verify}
+        opts["encode"] = {"codec": codec, "quality": quality, "bpp": args.bpp, "max_bytes": args.max_bytes,
+                          "register": args.register, "verify": args.verify}
     else:
         jobs = files.decode_jobs(args.input, out, ref=args.ref)
         opts["decode"] = {"seed": args.seed, "allow_other_reference": args.allow_other_reference}
@@ -736,6 +739,15 @@ class _NoReference:
 
 
 # ============================================================================= shared helpers
+def _single_model(name: str, command: str) -> None:
+    """Refuse a scale picker's name where one model is needed (only encode picks among them)."""
+    from refscale.zoo import PICKERS, picker_members
+
+    if name in PICKERS:
+        raise InputError(f"{name} picks a scale per image in refscale encode with --bpp / --bytes; {command} takes "
+                         f"one model: one of {', '.join(picker_members(name))}")
+
+
 def _load_model(spec: str):
     from refscale.zoo import load
 

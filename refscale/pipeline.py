@@ -223,7 +223,7 @@ def encode_best(models: list[Rescaler], hr, ref=None, *, bpp: float | None = Non
     seed, tiles and precision). The measure is **PSNR-Y** against ``hr`` over the whole image (no
     border cropped: every pixel the receiver gets counts); PSNR-RGB is reported too. The highest
     PSNR-Y wins (a tie: the first model). A model that cannot meet the budget is skipped; when none
-    can, the first one's :class:`InputError`.
+    can, an :class:`InputError` names what each needs.
 
     Returns ``(data, packet, candidates)``: the chosen file, its packet, and one row per model,
     ``{"model", "scale", "quality", "bytes", "psnr_y", "psnr_rgb", "chosen"}``, or ``{"model",
@@ -244,13 +244,12 @@ def encode_best(models: list[Rescaler], hr, ref=None, *, bpp: float | None = Non
     if bpp is None and max_bytes is None:
         raise InputError("encode_best needs a size budget (bpp or max_bytes)")
     budget = bytes_for_bpp(bpp, size) if bpp is not None else int(max_bytes)
-    best, candidates, refused = None, [], []
+    best, candidates = None, []
     for m in models:
         packet = encode(m, hr, ref, codec=codec, resample_ref=resample_ref, progress=progress, **options)
         try:
             data, quality = packet.fit(packet.codec, budget)
         except InputError as e:
-            refused.append(e)
             candidates.append({"model": m.name, "scale": m.scale, "error": str(e), "chosen": False})
             continue
         decoded = decode(m, Packet.from_bytes(data), ref, progress=progress)
@@ -261,7 +260,8 @@ def encode_best(models: list[Rescaler], hr, ref=None, *, bpp: float | None = Non
         if best is None or row["psnr_y"] > best[2]["psnr_y"]:
             best = (data, packet, row)
     if best is None:
-        raise refused[0]
+        raise InputError("no model fits the budget at any quality: "
+                         + "; ".join(f"{c['model']} (x{c['scale']}): {c['error']}" for c in candidates))
     best[2]["chosen"] = True
     return best[0], best[1], candidates
 
