@@ -85,7 +85,7 @@ def test_quality_maps_to_crf_and_bits(codec):
     assert err[1] < err[0]
     assert inter.crf_for("h264-inter", 100) == 0 and inter.crf_for("h264-inter", 1) == 51 and inter.crf_for("h264-inter", None) == 21
     assert inter.crf_for("av1-inter", 100) == 1 and inter.crf_for("av1-inter", 1) == 63
-    assert inter.crf_for("hevc-inter", None) == 28 and inter.crf_for("av1-inter", None) == 26
+    assert inter.crf_for("hevc-inter", None) == 21 and inter.crf_for("av1-inter", None) == 26
     assert not codecs.is_lossless(codec, None) and not codecs.is_lossless(codec, 100)
 
 
