@@ -46,31 +46,36 @@ frame 0, the P-frame and the decoded image for the PyAV build they were recorded
 **Quality.** refscale's ``quality`` 1..100 (``None`` = :data:`DEFAULT_QUALITY`) maps linearly
 to the encoder's CRF: ``crf = round(51 * (100 - q) / 99)`` for x264/x265 (q=100 -> CRF 0, q=60
 -> 21, q=1 -> 51), ``crf = 1 + round(62 * (100 - q) / 99)`` for SVT-AV1 (1..63). x264 codes the
-P-frame and an intra frame alike about 5 QP above the CRF. From payload version 3 on, the CRF is
-x265's frame QP for both (version 2's P-frame had a QP about 7 higher, so the same ``q`` now gives
-2-4 times the bits with HEVC; its default moved to keep about the old operating point,
-:data:`DEFAULT_QUALITY`). No setting is lossless (the colour conversion is not), so
+P-frame and an intra frame alike about 5 QP above the CRF. x265 codes version 2's and 4's
+P-frame about 7 QP above it and, from version 3 on, an intra frame at the CRF (version 3's
+P-frame at the CRF too, so its HEVC default was 45, :data:`DEFAULT_QUALITY`). No setting is lossless (the colour conversion is not), so
 :func:`refscale.format.codecs.is_lossless` is False.
 
 **The LR section** of an inter codec (docs/format.md, "Inter-frame LR sections")::
 
-    u8 payload version (3; 1 and 2 are read) | u8 CRF | str8 encoder identity
-        | u8 mode (version 3: 1 inter, 0 intra) | inter: 8 bytes frame-0 digest | the P-frame or the intra frame
+    u8 payload version (4; 1, 2 and 3 are read) | u8 CRF | str8 encoder identity
+        | u8 mode (versions 3 and 4: 1 inter, 0 intra) | inter: 8 bytes frame-0 digest | the P-frame or the intra frame
 
 **The mode** (issue 30). Where the reference predicts badly (much change, another season or
 sensor, haze) a P-frame can cost more than coding the image alone, so a payload of version 3
 records a mode byte: 1, the P-frame as before (frame 0's digest, then the P-frame); 0, an intra
-frame: the image coded alone by the same encoder at the same CRF, one key frame (x264's SEI with
+frame: the image coded alone by the same encoder (at the same CRF, or at the CRF ``auto`` found
+for HEVC from version 4 on, which the CRF byte then records), one key frame (x264's SEI with
 its version and options dropped), which needs no frame 0, no digest and no reference to decode.
 Versions 1 and 2 have no mode byte and are P-frames. ``mode="auto"`` (the default,
 :data:`DEFAULT_MODE`; the CLI's ``--inter-mode``) lets the encoder choose per image and quality
-(:func:`choose`): the P-frame is coded first, then the intra frame (x265: first at a fast preset,
-and kept out where even the slow one could not win, :data:`FAST_PRESET`), and the one with the
-lower ``J = D + lambda R`` is written (:func:`rd_cost`: ``D`` the Y plane's MSE, ``R`` bits per
+(:func:`choose`): the P-frame is coded first. HEVC from payload version 4 on decides at equal
+quality (:func:`choose_equal_quality`; docs/inter.md, "Inter mode decision"): the intra frame at
+the highest CRF whose Y MSE is not above the P-frame's is written where it is not larger, else
+the P-frame (what ``inter`` writes), so an intra choice is better or equal in quality and size;
+version 4's P-frame is version 2's. Otherwise the intra frame at the same CRF (x265: first at a
+fast preset, and kept out where even the slow one could not win, :data:`FAST_PRESET`), and the
+one with the lower ``J = D + lambda R`` is written (:func:`rd_cost`: ``D`` the Y plane's MSE, ``R`` bits per
 pixel, ``lambda`` the reference encoders' Lagrangian at the CRF times a constant per codec,
 :data:`LAMBDA`, calibrated on the OSCD train pairs); ``inter`` and ``intra`` force one. With a
 size budget the quality search runs on the choice. Version 3's settings (:data:`SETTINGS`) make
-"the same quality" mean about the same frame QP in both modes.
+"the same quality" mean about the same frame QP in both modes; they cost x265's P-frame bits,
+which is why version 4 went back to version 2's P-frame and decides at measured equal quality.
 
 The identity (``libx264;av-18.1.0;lavc-62.28.102``) names what wrote the file; the digest is the
 first 8 bytes of the SHA-256 of frame 0's bitstream as the encoder produced it. The decoder
