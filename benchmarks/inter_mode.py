@@ -402,8 +402,8 @@ def margin(args) -> None:
         for crf in args.crfs:
             pframe = inter.code_candidate(s, crf, "inter", a, r, version)
             target = inter.luma_mse(s, a, inter.decode_frames(s, pframe, inter.padded_size(s, *size))[-1], size)
-            cu, pu = inter._intra_at_quality(s, a, size, target, crf + inter.INTRA_OFFSET, version, float("inf"), fast)
-            cs, ps = inter._intra_at_quality(s, a, size, target, cu, version, float("inf"))
+            cu, pu = inter.intra_at_quality(s, a, size, target, crf + inter.INTRA_OFFSET, version, float("inf"), fast)
+            cs, ps = inter.intra_at_quality(s, a, size, target, cu, version, float("inf"))
             rows.append({"image": name, "crf": crf, "p_bytes": len(pframe[1]), "fast_crf": cu, "fast_bytes": len(pu[0]),
                          "crf_": cs, "bytes": len(ps[0])})
             x = rows[-1]

@@ -545,17 +545,17 @@ def choose_equal_quality(s: Spec, crf: int, pframe: list[bytes], new: np.ndarray
     fast = FAST_PRESET.get(s.name)
     start = crf + INTRA_OFFSET
     if fast is not None:
-        found = _intra_at_quality(s, new, size, target, start, version, limit * math.exp(FAST_RATE_MARGIN), fast)
+        found = intra_at_quality(s, new, size, target, start, version, limit * math.exp(FAST_RATE_MARGIN), fast)
         if found is None or math.log(len(found[1][0]) / limit) > FAST_RATE_MARGIN:
             return Choice("inter", pframe, crf, "fast pass")
         start = found[0]
-    found = _intra_at_quality(s, new, size, target, start, version, limit)
+    found = intra_at_quality(s, new, size, target, start, version, limit)
     if found is None or len(found[1][0]) > limit:
         return Choice("inter", pframe, crf, "equal quality")
     return Choice("intra", found[1], found[0], "equal quality")
 
 
-def _intra_at_quality(s: Spec, new: np.ndarray, size: tuple[int, int], target: float, start: int, version: int,
+def intra_at_quality(s: Spec, new: np.ndarray, size: tuple[int, int], target: float, start: int, version: int,
                       give_up: float, preset: str | None = None) -> tuple[int, list[bytes]] | None:
     """``(crf, packets)`` of the intra frame at the highest CRF whose Y MSE is at most ``target``,
     searched from ``start``: one step by the MSE's slope (it doubles about every 3 QP), then by
