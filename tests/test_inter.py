@@ -473,7 +473,7 @@ def test_the_mode_round_trips_in_the_container_and_the_cli(mode, tmp_path, capsy
     assert info["inter"]["mode"] == mode and info["inter"]["payload_version"] == inter.PAYLOAD_VERSION == 4
     data = out.read_bytes()
     section = Packet.from_bytes(data).lr_data
-    assert section[3 + section[2]] == (1 if mode == "inter" else 0)  # the mode byte, after the identity
+    assert section[1] & inter.INTRA_BIT == (0 if mode == "inter" else inter.INTRA_BIT)  # version 4: bit 7 of the CRF byte
     assert main(["decode", str(out), "--ref", str(ref), "-o", str(tmp_path / f"{mode}.png")]) == 0
     from refscale.io.image import read_image
 
@@ -515,13 +515,21 @@ def test_bad_modes_and_mode_bytes_are_refused():
         with inter.default_mode("sometimes"):
             pass
     assert inter.DEFAULT_MODE == "auto"
-    good = inter.encode(codec, a, 60, r, mode="intra")
+    good = inter.encode(codec, a, 60, r, version=3, mode="intra")
     with pytest.raises(ContainerError, match="truncated"):
-        inter.parse(codec, good[:4 + good[2]])  # the mode byte and nothing after it
+        inter.parse(codec, good[:4 + good[2]])  # version 3: the mode byte and nothing after it
     section = bytearray(good)
     section[3 + section[2]] = 7
     with pytest.raises(ContainerError, match="mode byte 7 is neither 0"):
         inter.decode(codec, bytes(section), a.shape[:2], r)
+    # version 4: no mode byte; the CRF byte's bit 7 marks intra, which older versions refuse as a CRF
+    v4 = inter.encode(codec, a, 60, r, mode="intra")
+    assert len(v4) == len(good) - 1 and inter.parse(codec, v4)[-2:] == (4, "intra")
+    assert inter.parse(codec, v4).crf == inter.crf_for(codec, 60) == v4[1] - inter.INTRA_BIT
+    with pytest.raises(ContainerError, match="out of range"):
+        inter.parse(codec, bytes([3]) + v4[1:])
+    with pytest.raises(ContainerError, match="truncated"):
+        inter.parse(codec, v4[:3 + v4[2]])
 
 
 #: Containers written by refscale before payload version 3 (main at 3a487e0: integer_pair() at
@@ -682,6 +690,7 @@ def test_hevc_version_4_codes_the_p_frame_as_version_2_and_the_intra_frame_as_ve
         v2 = inter.parse("hevc-inter", inter.encode("hevc-inter", a, q, r, version=2))
         v4 = inter.parse("hevc-inter", inter.encode("hevc-inter", a, q, r, mode="inter"))
         assert (v4.version, v4.mode, v4.crf) == (4, "inter", v2.crf) and (v4.digest, v4.frame) == (v2.digest, v2.frame)
+        assert len(inter.encode("hevc-inter", a, q, r, mode="inter")) == len(inter.encode("hevc-inter", a, q, r, version=2))
     v3 = inter.parse("hevc-inter", inter.encode("hevc-inter", a, 60, r, version=3, mode="intra"))
     v4 = inter.parse("hevc-inter", inter.encode("hevc-inter", a, 60, r, mode="intra"))
     assert (v4.version, v4.crf, v4.frame) == (4, v3.crf, v3.frame)

@@ -53,8 +53,8 @@ P-frame at the CRF too, so its HEVC default was 45, :data:`DEFAULT_QUALITY`). No
 
 **The LR section** of an inter codec (docs/format.md, "Inter-frame LR sections")::
 
-    u8 payload version (4; 1, 2 and 3 are read) | u8 CRF | str8 encoder identity
-        | u8 mode (versions 3 and 4: 1 inter, 0 intra) | inter: 8 bytes frame-0 digest | the P-frame or the intra frame
+    u8 payload version (4; 1, 2 and 3 are read) | u8 CRF (version 4: + 128 for intra) | str8 encoder identity
+        | u8 mode (version 3: 1 inter, 0 intra) | inter: 8 bytes frame-0 digest | the P-frame or the intra frame
 
 **The mode** (issue 30). Where the reference predicts badly (much change, another season or
 sensor, haze) a P-frame can cost more than coding the image alone, so a payload of version 3
@@ -62,7 +62,8 @@ records a mode byte: 1, the P-frame as before (frame 0's digest, then the P-fram
 frame: the image coded alone by the same encoder (at the same CRF, or at the CRF ``auto`` found
 for HEVC from version 4 on, which the CRF byte then records), one key frame (x264's SEI with
 its version and options dropped), which needs no frame 0, no digest and no reference to decode.
-Versions 1 and 2 have no mode byte and are P-frames. ``mode="auto"`` (the default,
+Versions 1 and 2 have no mode byte and are P-frames; version 4 has none either: bit 7 of its
+CRF byte marks an intra frame, so its P-frame payload is exactly as long as version 2's. ``mode="auto"`` (the default,
 :data:`DEFAULT_MODE`; the CLI's ``--inter-mode``) lets the encoder choose per image and quality
 (:func:`choose`): the P-frame is coded first. HEVC from payload version 4 on decides at equal
 quality (:func:`choose_equal_quality`; docs/inter.md, "Inter mode decision"): the intra frame at
@@ -106,8 +107,11 @@ PAYLOAD_VERSION = 4  # written; every version in SETTINGS is read
 MODES = ("auto", "inter", "intra")
 #: the mode written when none is given (``default_mode`` sets it for a block; the CLI's ``--inter-mode``)
 DEFAULT_MODE = "auto"
-#: the mode byte of payload versions 3 and 4: 0 intra, 1 inter
+#: the mode byte of payload version 3: 0 intra, 1 inter
 MODE_BYTES = ("intra", "inter")
+#: payload version 4 has no mode byte: bit 7 of its CRF byte set marks an intra frame (so its
+#: P-frame payload is exactly as long as version 2's)
+INTRA_BIT = 0x80
 #: the quality when none is given, per codec: 60, version 2's operating point (payload version 3
 #: coded HEVC's P-frame at the CRF, some 7 QP below version 2's, and wrote 45 for about the same
 #: QP; version 4's P-frame is version 2's again, and so is its default)
@@ -621,7 +625,8 @@ def encode(name: str, arr: np.ndarray, quality: int | None, ref: np.ndarray | No
     else:
         packets = code_candidate(s, crf, mode, new, f0, version)
     ident = identity(name).encode("ascii")[:255]
-    head = struct.pack("<BBB", version, crf, len(ident)) + ident + (bytes([MODE_BYTES.index(mode)]) if version >= 3 else b"")
+    flag = INTRA_BIT if version >= 4 and mode == "intra" else 0
+    head = struct.pack("<BBB", version, crf | flag, len(ident)) + ident + (bytes([MODE_BYTES.index(mode)]) if version == 3 else b"")
     if mode == "intra":
         return head + packets[0]
     alone = encode_frames(s, crf, [f0], version=version)
@@ -638,6 +643,9 @@ def parse(name: str, data: bytes) -> Payload:
     version, crf, n = struct.unpack_from("<BBB", data, 0)
     if version not in SETTINGS:
         raise ContainerError(f"{name} LR section has payload version {version}; this refscale reads {', '.join(map(str, SETTINGS))}")
+    mode = "inter"
+    if version >= 4 and crf & INTRA_BIT:
+        mode, crf = "intra", crf & ~INTRA_BIT
     if not s.crf_min <= crf <= s.crf_max:
         raise ContainerError(f"{name} LR section: CRF {crf} out of range {s.crf_min}..{s.crf_max}")
     pos = 3 + n
@@ -646,8 +654,7 @@ def parse(name: str, data: bytes) -> Payload:
     raw = data[3:pos]
     if not all(0x21 <= c <= 0x7E for c in raw):
         raise ContainerError(f"{name} LR section: encoder identity is not printable ASCII")
-    mode = "inter"
-    if version >= 3:
+    if version == 3:
         if len(data) <= pos:
             raise ContainerError(f"{name} LR section is truncated")
         if data[pos] >= len(MODE_BYTES):
