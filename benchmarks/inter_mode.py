@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -273,24 +274,32 @@ def check_rows(results: dict) -> dict[str, list[dict]]:
             by.setdefault(label, {}).setdefault(image, {})[int(q)] = p
     out = {}
     for codec in INTER:
-        labels = {"inter": by.get(codec, {}), "intra": by.get(INTRA[codec], {}), "auto": by.get(AUTO[codec], {})}
-        qs = results["meta"]["qualities"][codec]
+        names = {"inter": codec, "intra": INTRA[codec], "auto": AUTO[codec]}
+        labels = {m: by.get(n, {}) for m, n in names.items()}
+        qs = {m: results["meta"]["qualities"].get(n, results["meta"]["qualities"][codec]) for m, n in names.items()}
         v2, q2 = by.get(V2[codec], {}), results["meta"]["qualities"].get(V2[codec], [])
         rows = []
         for im in sorted(labels["auto"]):
-            if not all(all(q in labels[m].get(im, {}) for q in qs) for m in labels):
+            if not all(all(q in labels[m].get(im, {}) for q in qs[m]) for m in labels):
                 continue
-            c = {m: [(labels[m][im][q]["bpp"], labels[m][im][q]["psnr_y"]) for q in qs] for m in labels}
+            c = {m: [(labels[m][im][q]["bpp"], labels[m][im][q]["psnr_y"]) for q in qs[m]] for m in labels}
             intra_vs_inter = bd(c["inter"], c["intra"])["bd_rate"]
             vs_inter, vs_intra = bd(c["inter"], c["auto"])["bd_rate"], bd(c["intra"], c["auto"])["bd_rate"]
             better = "intra" if intra_vs_inter is not None and intra_vs_inter < 0 else "inter"
-            t = {m: sum(labels[m][im][q]["encode_s"] for q in qs) for m in ("inter", "auto")}
-            vs_v2 = bd([(v2[im][q]["bpp"], v2[im][q]["psnr_y"]) for q in q2], c["auto"])["bd_rate"] \
-                if q2 and all(q in v2.get(im, {}) for q in q2) else None
+            t = {m: sum(labels[m][im][q]["encode_s"] for q in qs[m]) for m in ("inter", "auto")}
+            has_v2 = q2 and all(q in v2.get(im, {}) for q in q2)
+            vs_v2 = bd([(v2[im][q]["bpp"], v2[im][q]["psnr_y"]) for q in q2], c["auto"])["bd_rate"] if has_v2 else None
+            # where auto shares a quality with version 2's P-frame (else with inter's: version 4's
+            # HEVC P-frame is version 2's): auto's point against it (fewer or equal bits and better
+            # or equal PSNR-Y: it dominates), the largest rate and PSNR-Y excess
+            base, qb = (v2, q2) if has_v2 else (labels["inter"], qs["inter"])
+            pts = [(labels["auto"][im][q], base[im][q]) for q in qb if q in labels["auto"][im]]
             rows.append({"image": im, "intra_vs_inter": intra_vs_inter, "better": better,
                          "auto_vs_better": vs_intra if better == "intra" else vs_inter, "auto_vs_inter": vs_inter,
                          "auto_vs_intra": vs_intra, "auto_vs_v2": vs_v2,
-                         "chosen": "".join("P" if labels["auto"][im][q]["mode"] == "inter" else "I" for q in qs),
+                         "rate_over_v2": max((a["bpp"] / b["bpp"] - 1) * 100 for a, b in pts) if pts else None,
+                         "psnr_below_v2": max(b["psnr_y"] - a["psnr_y"] for a, b in pts) if pts else None,
+                         "chosen": "".join("P" if labels["auto"][im][q]["mode"] == "inter" else "I" for q in qs["auto"]),
                          "time_auto_over_inter": t["auto"] / t["inter"]})
         if rows:
             out[codec] = rows
@@ -310,12 +319,13 @@ def check_report(args) -> None:
 
     lines = []
     for codec, rows in table.items():
-        lines += [f"{codec}: {len(rows)} images, qualities {results['meta']['qualities'][codec]} (chosen: P = inter, I = intra, per quality)", "",
-                  "| image | intra vs inter | better | auto vs the better | auto vs inter | auto vs version 2's inter | chosen | auto time / inter |",
-                  "|---|---:|---|---:|---:|---:|---|---:|"]
+        lines += [f"{codec}: {len(rows)} images, qualities {results['meta']['qualities'][codec]} (chosen: P = inter, I = intra, per quality; "
+                  f"at version 2's (or inter's) qualities auto's rate over that P-frame's, its PSNR-Y below it: the largest)", "",
+                  "| image | intra vs inter | better | auto vs the better | auto vs inter | auto vs version 2's inter | rate over v2 | PSNR-Y below v2 | chosen | auto time / inter |",
+                  "|---|---:|---|---:|---:|---:|---:|---:|---|---:|"]
         for r in rows:
             lines.append(f"| {r['image']} | {f(r['intra_vs_inter'])} | {r['better']} | {f(r['auto_vs_better'])} | {f(r['auto_vs_inter'])} "
-                         f"| {f(r['auto_vs_v2'])} | {r['chosen']} | {r['time_auto_over_inter']:.2f} |")
+                         f"| {f(r['auto_vs_v2'])} | {f(r['rate_over_v2'])} | {'-' if r['psnr_below_v2'] is None else format(r['psnr_below_v2'], '+.3f') + ' dB'} | {r['chosen']} | {r['time_auto_over_inter']:.2f} |")
         vals = [r["auto_vs_better"] for r in rows if r["auto_vs_better"] is not None]
         inter_wins = [r["auto_vs_inter"] for r in rows if r["better"] == "inter" and r["auto_vs_inter"] is not None]
         old = [r["auto_vs_v2"] for r in rows if r["better"] == "inter" and r["auto_vs_v2"] is not None]
@@ -325,7 +335,16 @@ def check_report(args) -> None:
                       f"{sum(v > 1 for v in vals)} of {len(vals)}; where inter is better ({len(inter_wins)} images) auto vs inter: "
                       f"max {max(inter_wins, default=float('nan')):+.2f} %, auto vs version 2's inter: max {max(old, default=float('nan')):+.2f} %, "
                       f"median {statistics.median(old) if old else float('nan'):+.2f} %; intra better on {sum(r['better'] == 'intra' for r in rows)}; "
-                      f"auto's encode time / inter's: median {statistics.median(times):.2f}, max {max(times):.2f}", ""]
+                      f"auto's encode time / inter's: median {statistics.median(times):.2f}, max {max(times):.2f}"]
+            every = [r["auto_vs_v2"] for r in rows if r["auto_vs_v2"] is not None]
+            over = [r["rate_over_v2"] for r in rows if r["rate_over_v2"] is not None]
+            below = [r["psnr_below_v2"] for r in rows if r["psnr_below_v2"] is not None]
+            intra_pts = sum(r["chosen"].count("I") for r in rows)
+            lines += [f"auto coded intra at {intra_pts} of {sum(len(r['chosen']) for r in rows)} points on "
+                      f"{sum('I' in r['chosen'] for r in rows)} images" +
+                      (f"; every image: auto vs version 2's inter max {max(every):+.2f} %, median {statistics.median(every):+.2f} %" if every else "") +
+                      (f"; at version 2's (or inter's) qualities, auto's rate over that P-frame's at most {max(over):+.3f} %, its PSNR-Y below at most "
+                       f"{max(below):+.4f} dB" if over else ""), ""]
     print("\n".join(lines))
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": table}, indent=1))
@@ -363,6 +382,46 @@ def dense(args) -> None:
                   f"{rows[image]:+.2f} %", flush=True)
     vals = [v for v in rows.values() if v is not None]
     print(f"{args.codec}: {len(vals)} images, median {statistics.median(vals):+.2f} %, range {min(vals):+.2f} .. {max(vals):+.2f} %")
+
+
+def margin(args) -> None:
+    """Calibrate the equal-quality fast pass (:func:`refscale.format.inter.choose_equal_quality`):
+    per pair both ways (centre ``--crop`` px) and P-frame CRF, the intra frame at equal quality
+    searched with the fast preset and with the real one (no early stop), and the log ratio of
+    their sizes: the fast pass is safe with a margin above its maximum. Also where the search
+    starts and ends (:data:`~refscale.format.inter.INTRA_OFFSET`) and how often each margin would
+    keep the P-frame at once."""
+    torch.set_num_threads(1)
+    s = inter.SPECS[args.codec]
+    fast = inter.FAST_PRESET[args.codec]
+    version = inter.PAYLOAD_VERSION
+    rows = []
+    for name, new, ref, _ in _pairs(args):
+        a, r = inter.to_planes(s, new), inter.to_planes(s, ref)
+        size = new.shape[:2]
+        for crf in args.crfs:
+            pframe = inter.code_candidate(s, crf, "inter", a, r, version)
+            target = inter.luma_mse(s, a, inter.decode_frames(s, pframe, inter.padded_size(s, *size))[-1], size)
+            cu, pu = inter.intra_at_quality(s, a, size, target, crf + inter.INTRA_OFFSET, version, float("inf"), fast)
+            cs, ps = inter.intra_at_quality(s, a, size, target, cu, version, float("inf"))
+            rows.append({"image": name, "crf": crf, "p_bytes": len(pframe[1]), "fast_crf": cu, "fast_bytes": len(pu[0]),
+                         "crf_": cs, "bytes": len(ps[0])})
+            x = rows[-1]
+            print(f"{name} CRF {crf}: P {x['p_bytes']} B; intra {fast} CRF {cu} {x['fast_bytes']} B, real CRF {cs} {x['bytes']} B; "
+                  f"log(fast / real) {math.log(x['fast_bytes'] / x['bytes']):+.3f}", flush=True)
+    gain = [math.log(x["fast_bytes"] / x["bytes"]) for x in rows]
+    print(f"{args.codec}: {len(rows)} points; log(fast intra bytes / real intra bytes) at equal quality: median "
+          f"{statistics.median(gain):+.3f}, range {min(gain):+.3f} .. {max(gain):+.3f}; fast CRF - P CRF: median "
+          f"{statistics.median(x['fast_crf'] - x['crf'] for x in rows)}, range {min(x['fast_crf'] - x['crf'] for x in rows)} .. "
+          f"{max(x['fast_crf'] - x['crf'] for x in rows)}; real CRF - fast CRF: range {min(x['crf_'] - x['fast_crf'] for x in rows)} .. "
+          f"{max(x['crf_'] - x['fast_crf'] for x in rows)}; intra not larger than the P-frame at {sum(x['bytes'] <= x['p_bytes'] for x in rows)}")
+    for m in args.margins:
+        kept = [x for x in rows if math.log(x["fast_bytes"] / x["p_bytes"]) > m]
+        wrong = [x for x in kept if x["bytes"] <= x["p_bytes"]]
+        print(f"   margin {m:.2f}: the P-frame kept at once at {len(kept)} of {len(rows)} points, wrongly at {len(wrong)}")
+    if args.out:
+        save_results({"meta": {"codec": args.codec, "crop": args.crop, "crfs": args.crfs, "identity": inter.identity(args.codec)},
+                      "rows": rows}, Path(args.out))
 
 
 def encoded_images(args):
@@ -453,6 +512,16 @@ def main(argv=None) -> None:
     d.add_argument("--codec", default="hevc-inter", choices=list(inter.SPECS))
     d.add_argument("--params", default=None, help="compare version 2 plus these encoder parameters instead of version 3")
     d.set_defaults(func=dense)
+    g = sub.add_parser("margin", help="calibrate the equal-quality fast pass (fast against real intra presets)")
+    g.add_argument("--data", required=True)
+    g.add_argument("--split", default="train")
+    g.add_argument("--codec", default="hevc-inter", choices=list(inter.SPECS))
+    g.add_argument("--limit", type=int, default=0, help="first N cities only")
+    g.add_argument("--crop", type=int, default=320, help="centre N x N of each image (0: whole images)")
+    g.add_argument("--crfs", nargs="*", type=int, default=[46, 38, 30, 22, 14, 6])
+    g.add_argument("--margins", nargs="*", type=float, default=[0.1, 0.15, 0.2, 0.3])
+    g.add_argument("--out", default=None)
+    g.set_defaults(other=False, func=margin)
     b = sub.add_parser("budget", help="a size budget: auto against the better of inter and intra")
     b.add_argument("--data", required=True)
     b.add_argument("--split", default="test")

@@ -74,14 +74,14 @@ MODE = {**{c: "inter" for c in INTER}, **{v: "intra" for v in INTRA.values()}, *
 ALL = CODECS + tuple(INTRA.values()) + tuple(AUTO.values()) + tuple(V2.values())  # every curve label, in report order
 #: quality sweeps: 7 points each, spanning ~0.02-2 bpp at full resolution and at x2 / x4 on OSCD
 #: (j2k's quality is a target PSNR 20 + 0.3 q dB, so its useful range is lower; inter codecs:
-#: CRF = 51 (100 - q) / 99, i.e. CRF 51 .. 13 for x265, which with payload version 3 is the
-#: frame QP; version 2's sweep 10 .. 90 put x265's P-frame at about the same QPs, 51 .. 12, its
-#: --points 5 (10, 40, 55, 70, 90) at QP 51, 38, 30, 22, 12 and version 3's (1, 25, 40, 55, 75)
-#: at 51, 38, 31, 23, 13; x264 codes version 3 with version 2's settings, QP about CRF + 5, so
-#: its curves keep version 2's sweep)
+#: CRF = 51 (100 - q) / 99, i.e. CRF 51 .. 13 for x265's intra frame, whose frame QP is the CRF
+#: from payload version 3 on; x265's P-frame of versions 2 and 4 (QP about CRF + 7) takes the sweep
+#: 10 .. 90 for about the same QPs, 51 .. 12: --points 5 (10, 40, 55, 70, 90) at QP 51, 38, 30, 22,
+#: 12, the intra frame's (1, 25, 40, 55, 75) at 51, 38, 31, 23, 13; x264 codes both at QP about
+#: CRF + 5, so all its curves take version 2's sweep; SVT-AV1 ``av1-v2`` too)
 QUALITIES = {
     **{c: (1, 10, 25, 40, 55, 65, 75) for c in INTER + tuple(INTRA.values()) + tuple(AUTO.values())},
-    **{c: (10, 25, 40, 55, 70, 80, 90) for c in tuple(V2.values()) + ("h264-inter", "h264-intra", "h264-auto")},
+    **{c: (10, 25, 40, 55, 70, 80, 90) for c in tuple(V2.values()) + ("h264-inter", "h264-intra", "h264-auto", "hevc-inter", "hevc-auto")},
     "jpeg": (5, 15, 30, 50, 70, 85, 95),
     "webp": (5, 15, 30, 50, 70, 85, 95),
     "avif": (5, 15, 30, 45, 60, 75, 90),

@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     if missing:
         codec_help += "; missing: " + ", ".join(missing)
     q_help = ("codec quality 1..100 (omit or 100 = lossless for webp, avif, jxl, j2k; jpeg defaults to 95; "
-              "*-inter: CRF = round(51 (100 - q) / 99) for h264/hevc, default q 60 h264, 45 hevc, 60 av1)")
+              "*-inter: CRF = round(51 (100 - q) / 99) for h264/hevc, default q 60)")
 
     p = argparse.ArgumentParser(
         prog="refscale",

@@ -85,7 +85,7 @@ def test_quality_maps_to_crf_and_bits(codec):
     assert err[1] < err[0]
     assert inter.crf_for("h264-inter", 100) == 0 and inter.crf_for("h264-inter", 1) == 51 and inter.crf_for("h264-inter", None) == 21
     assert inter.crf_for("av1-inter", 100) == 1 and inter.crf_for("av1-inter", 1) == 63
-    assert inter.crf_for("hevc-inter", None) == 28 and inter.crf_for("av1-inter", None) == 26
+    assert inter.crf_for("hevc-inter", None) == 21 and inter.crf_for("av1-inter", None) == 26
     assert not codecs.is_lossless(codec, None) and not codecs.is_lossless(codec, 100)
 
 
@@ -263,7 +263,7 @@ def test_payload_version_1_still_decodes_and_an_unknown_one_is_refused():
     assert psnr(torch.from_numpy(out) / 255, torch.from_numpy(a) / 255) > 30
     with pytest.raises(ContainerError, match="cannot rebuild the encoder's first frame"):  # read as version 2
         inter.decode(codec, bytes([2]) + old[1:], a.shape[:2], r)
-    with pytest.raises(ContainerError, match="payload version 9; this refscale reads 1, 2, 3"):
+    with pytest.raises(ContainerError, match="payload version 9; this refscale reads 1, 2, 3, 4"):
         inter.decode(codec, b"\x09" + old[1:], a.shape[:2], r)
 
 
@@ -453,8 +453,8 @@ def test_a_near_identical_pair_chooses_inter(codec):
     a, r = u8(new), u8(ref)
     s = inter.SPECS[codec]
     crf = inter.crf_for(codec, 40)
-    mode, packets, how = inter.choose(s, crf, inter.to_planes(s, a), inter.to_planes(s, r), (64, 96))
-    assert (mode, how, len(packets)) == ("inter", "fast pass" if inter.FAST_PRESET[codec] else "both coded", 2)
+    mode, packets, got_crf, how = inter.choose(s, crf, inter.to_planes(s, a), inter.to_planes(s, r), (64, 96))
+    assert (mode, how, len(packets), got_crf) == ("inter", "fast pass" if inter.FAST_PRESET[codec] else "both coded", 2, crf)
     section = codecs.encode_image(a, codec, 40, ref=r)
     assert inter.parse(codec, section).mode == "inter"
     assert section == inter.encode(codec, a, 40, r, mode="inter")  # auto wrote what inter writes
@@ -470,10 +470,10 @@ def test_the_mode_round_trips_in_the_container_and_the_cli(mode, tmp_path, capsy
     assert ("P-frame" if mode == "inter" else "intra only") in line and "(auto)" not in line
     assert main(["info", str(out)]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["inter"]["mode"] == mode and info["inter"]["payload_version"] == inter.PAYLOAD_VERSION == 3
+    assert info["inter"]["mode"] == mode and info["inter"]["payload_version"] == inter.PAYLOAD_VERSION == 4
     data = out.read_bytes()
     section = Packet.from_bytes(data).lr_data
-    assert section[3 + section[2]] == (1 if mode == "inter" else 0)  # the mode byte, after the identity
+    assert section[1] & inter.INTRA_BIT == (0 if mode == "inter" else inter.INTRA_BIT)  # version 4: bit 7 of the CRF byte
     assert main(["decode", str(out), "--ref", str(ref), "-o", str(tmp_path / f"{mode}.png")]) == 0
     from refscale.io.image import read_image
 
@@ -515,13 +515,21 @@ def test_bad_modes_and_mode_bytes_are_refused():
         with inter.default_mode("sometimes"):
             pass
     assert inter.DEFAULT_MODE == "auto"
-    good = inter.encode(codec, a, 60, r, mode="intra")
+    good = inter.encode(codec, a, 60, r, version=3, mode="intra")
     with pytest.raises(ContainerError, match="truncated"):
-        inter.parse(codec, good[:4 + good[2]])  # the mode byte and nothing after it
+        inter.parse(codec, good[:4 + good[2]])  # version 3: the mode byte and nothing after it
     section = bytearray(good)
     section[3 + section[2]] = 7
     with pytest.raises(ContainerError, match="mode byte 7 is neither 0"):
         inter.decode(codec, bytes(section), a.shape[:2], r)
+    # version 4: no mode byte; the CRF byte's bit 7 marks intra, which older versions refuse as a CRF
+    v4 = inter.encode(codec, a, 60, r, mode="intra")
+    assert len(v4) == len(good) - 1 and inter.parse(codec, v4)[-2:] == (4, "intra")
+    assert inter.parse(codec, v4).crf == inter.crf_for(codec, 60) == v4[1] - inter.INTRA_BIT
+    with pytest.raises(ContainerError, match="out of range"):
+        inter.parse(codec, bytes([3]) + v4[1:])
+    with pytest.raises(ContainerError, match="truncated"):
+        inter.parse(codec, v4[:3 + v4[2]])
 
 
 #: Containers written by refscale before payload version 3 (main at 3a487e0: integer_pair() at
@@ -580,7 +588,7 @@ def test_golden_hashes_of_payload_version_3(codec, mode):
     if not inter.identity(codec).endswith(GOLDEN_BUILD):
         pytest.skip(f"the golden hashes are of {GOLDEN_BUILD}")
     a, r = integer_pair()
-    payload = inter.encode(codec, a, 60, r, mode=mode)
+    payload = inter.encode(codec, a, 60, r, version=3, mode=mode)
     got = inter.parse(codec, payload)
     out = inter.decode(codec, payload, a.shape[:2], r)
     assert (got.version, got.mode) == (3, mode)
@@ -602,5 +610,118 @@ def test_h264_version_3_codes_the_p_frame_as_version_2():
         return
     a, r = integer_pair()
     v2, v3 = inter.parse("h264-inter", inter.encode("h264-inter", a, 40, r, version=2)), \
-        inter.parse("h264-inter", inter.encode("h264-inter", a, 40, r, mode="inter"))
+        inter.parse("h264-inter", inter.encode("h264-inter", a, 40, r, version=3, mode="inter"))
     assert (v3.version, v3.mode) == (3, "inter") and (v3.digest, v3.frame) == (v2.digest, v2.frame)
+
+
+#: Containers of payload version 3 (main at 0d18569: integer_pair() at q 60 through ``inter-hevc``,
+#: a P-frame and an intra frame), with the SHA-256 (16 hex digits) of the image they decode to.
+OLD_FILES_V3 = {
+    "inter": ("5e300e7aaf4edcc3",
+"iVJTQw0KGgoCAIgAAAAKaW50ZXItaGV2Yx3r6NGrzKx/clmhffR4tgzSBF1HJJ3oGtw6vbXjr1vYAeEgnRIgH4oV26NDto69WPSlicEG0lFPQV"
+                   "xVQOoBJU/5AAAAAGQAAAABADAAAABAAAAAMAAAAEAAAAAAAAAAAAAAAARmcDMyCmhldmMtaW50ZXI8ZQEAACix+p0ARouyhwMVIGxpYngyNjU7"
+                   "YXYtMTguMS4wO2xhdmMtNjIuMjguMTAyAXkWirGxDdePAAAAAQIB0Al+EMYv9x9aGICXWGxCXsVQOgOyjxWwgAm3Ru/3Rs508/6YFQzddyA3XD"
+                   "OcvB35tiORPqi0dI7sWgS6IXjvgqmQeU+vqGO5827Zl4rXPYoAwWZocWEqFSCbuzRadVkyY4l6bHXjUrPvKv3Q11GkgdX1YiW8+5q8Wvxyfa5i"
+                   "UvNX8DMr2AZ2QNu4noN7FBD0hO22afUJfvG2wKRP5N+QpgHnl85V/ModfXqff/IORyWF/IjubWGl2Nc+QXnvbt1VLGMSVDLJmjtrEngbcqBCsM"
+                   "vrw97en4OM3LE6av/cqeU65jf/wJeG9jrHSeU5ppjkPk2XiZFZ0TU+18lKE8IhLErkOqriVBl4A2P6flu10ByV0HRVf82k4N3CBHonQZAt5AXk"
+                   "JsV/Pozt2ICjSSUJ0TOY6g=="),
+    "intra": ("92911d7d0ec1147e",
+"iVJTQw0KGgoCAIgAAAAKaW50ZXItaGV2Yx3r6NGrzKx/clmhffR4tgzSBF1HJJ3oGtw6vbXjr1vYAeEgnRIgH4oV26NDto69WPSlicEG0lFPQV"
+                   "xVQOoBJU/5AAAAAGQAAAABADAAAABAAAAAMAAAAEAAAAAAAAAAAAAAAARmcDMyCmhldmMtaW50ZXI8qQgAAK1xZlAAQlkYQwMVIGxpYngyNjU7"
+                   "YXYtMTguMS4wO2xhdmMtNjIuMjguMTAyAAAAAAFAAQwB//8ECAAAAwCeCAAAAwAAHpaAkAAAAAFCAQEECAAAAwCeCAAAAwAAHpAEEGLLLVyZXN"
+                   "AQAAADABAAAAMBkIAAAAABRAHBcxgxCJAAAAEoAa8XgH/VvLhme4ioLjoV2y6DSf81gQCa80Vp1Q3+iHOGdAKpXosQmlt3PoXKYeIZe9jAuBuh"
+                   "E3lNiayChLBoeuJgpAANc4YwcEE+Hsq+F2F3nX/9xTLqU16V7/7ajCQOcgfSEYn5bDV0CoKVFUHl5WHrcOYj8idbQFq+VL5kozqi80zoHSnYf/"
+                   "FDpdH7w9QKf/gPpYujuQHywHoisTDEvPyAa8yLqDfw4o9oIB0YGEhaHGHsELbwaJ/i7j+fxIebXuRwxD+cwNOqhyDyR92QXBc1hlSqnwlrAEUz"
+                   "z1Qwwb9EueySvhPXQQmQsxROlnH7ZKmtE0wxwwHUBjlPNUta+vZHCb7R51OwpoLE+q7M5QLg4DrrgwKSFFM+KLKXOVp/nRet/QAJPOZK7FmdWV"
+                   "Yir0Njn906CUMqio9v45QAe/XOmFWuyy1gGGgRTXBJK31RaLuvoKX8tkoybvjH3zLnawZvREfdL2sRALuhg2zJWVre7Qxmv937g9wKrJcN7PQj"
+                   "Wr90URy8E9Vx8f+epF5ctZP+uDgGl40KFhzLd6wzP+uULvjNFYoKfpE+7T56r4OwLKFKS3tUTzkBKIcYiMt5wAGkqzUa+dmc1uzyp+dQXN+39m"
+                   "yWa6pGJeQkDSv3elknBgZfKmu2AX+fAhnG9i0c4OyChntWDOlP4B1JgTqg3pixSw9hKM0NdcmYB7Q/8GHnycWa5pEyiFFTtGmlW+kZgyigEBOE"
+                   "5yQQfUEO0xkY+CQQwWhfaFldgY4BvnGMaOnmRgtmf6v1dg2EBv/EStzd6aCRfYyTDAE+9xmf25U7ABFu8D6I/JuHonyz6Of2SVXDeqtuo48Y0l"
+                   "esp1KD+2hN+NW3sluJY+aF3aj8yugFM063VGW7wRTU5C2zC0wQqFp5Or8GxeGOa/QZtJxm2l8THFXROkw9Bmd7bUTaX12+WWnMej/SbDaylRKn"
+                   "8sxsKwCNQq9tH61RovViXTs8PEFWSwmzxqo4mp/1csB9WssloZAjaZenwdjAKjADpUIqXFpP0uszAVIU82GasNDi4WOfT8QvY8Ar5L5F/80mEE"
+                   "71h+t5mdcZQZXFblTMJnqfnnzR2/Li8LGNzlLtbh8aaGXrouFvz2Idmk40h3W/a7aL1MmRu3WmVwVZPpzQTZELyW0/o6QYERggMrYXHSUK4vmK"
+                   "ad1UY9OZoWSr7ve6noJEGxHHQpjWIddAqW2jJ05HE19r/dz/WeA3yt2sjIgCc8MyITvfeFAxcSbz/FvBknR9hzJi79+8NL2BMOPiXyTwnry7PJ"
+                   "f8KD42JWFLVUj1tsEQG6Sc4zFdGd8Rdz/+k2wQEXDXshC4RlaCSKXcED8MBbLkHsRWyvgV8cX1nd+d8Dd1SmocR32w36v38StLpbIuWRig4lSr"
+                   "Hv/6Eptj2tDohJA/lWZ3qnlVG/UgQR7SaYayRlFDwA57DGE4hf1oD1fqwsihJO77XtZ7d/Lj7n4S4YpV+dTPxsNFS6LPyIxZfUXwd6s/HriPx3"
+                   "tQDsKYiS+jywmkeY+z9T3RR0nzfrGJLGq1FHt5Z2o/Zup8QYccYT3sg9Peqvc1wZRfpAHPYWvn4lYfiQzMdMonpJs9z72yGRbA47BD7gCcewo/"
+                   "crqLvudiUL7aQRhQ5AjiUvEM4l4vKz1opk5JbxdqVW2wzGmJhtjhwsnuUk1RLYkFDuhamWIotyFrFNOuP0kl0zt5PEOX2kjP7oon8N64G6zYBa"
+                   "ZrYSxZrs4ssoPtbBZAnouLqSus49DYUB/3EGweU/a2XXY70WAEoycSjO/dzfK8HPipqgwoOgMK9HzEp312A4gqm1e679Jfjal8GTM/5IPu/oU4"
+                   "yuUHrY6pygyow+tdbs5Mauimv7E+qWThV2VCfMN9PehM4y3jUIJ7LetpeGFLdtj5C0xa5c4XKoa/adYmADwvI1Hkd4zn/q0pO3LT351Lhxr/EF"
+                   "GJPZosAUBmfGP7kLsNr/5mlqoIQdjDYJwKL0HQGcCUsfDR5roIfK28eulvNHH/HS9Xh4jhO3+e9xdDLk4ILRHW7WGEElnERtUn56n7Ka09MZ/r"
+                   "h6zYzzzN8u9GC0xtsYwlLcAIR0pyUlk8gDMmAxqn5FigGl6bDSwCKLAclPeGXql1HfTcqeH2Eu8HdvT3upMJ6eVCBDcVW/MTI81jAM4DZCRM0l"
+                   "CAWVbyXDxE3Qdj/A6cajZZyam4BkKA+mC3WzLkrP8xwfkg2ZVIdegXTcloM2cR1keaZs4cUBBX6krDLR3ZrRXa731hcoq9kjAOgiaWk9zFb1QZ"
+                   "i0OOUQZPeSrfOW/p8RdTGH2hzX/ezARQ1VAzS08eptdarYHzDxgxv4W1LFnO9g/uC1Rzwmk/rA6PjIe5Wx/+A/j2vHia60QQWpuVu3bYF4fYFG"
+                   "daTuDjpY18WeX4zZwqFSEhzMEP6tJHDv3/P4Zz0fBr8g8TdR26tM/la01RawbAYxM4vMt84e1FkoiP0lDeJdGbWR6QDzBqo7Jj/ocrnJquNDNI"
+                   "yf4heHezhQCDIX9BQrdZbVlVAZEKHLu4Fz+LaTVikVuzxJzJYXwE++JY0gsTN62qkY5nIpUzI4Q+Us6QF+JcuazWZBB8vZrXnUCwzYRWzHyF/0"
+                   "zgbpeu5/FjsOhojVGQq/euWOKguH47KyWxR93FcSLFN5P2iOPo9WTUzxhu4sC3WhmEPvlW7XKZjDlDIcWS7r3f/i+I4LuP2pIjWr1nNWCI3lJx"
+                   "HNX1GnUJjbORemFc/eo0Gz/li7gxwl6Yh65pWlgtHX397fyqJ57YwkkWMkTj+mzwts2uxN8IEbIumdHY2A=="),
+}
+
+
+@pytest.mark.parametrize("mode", list(OLD_FILES_V3))
+def test_a_file_of_payload_version_3_decodes_as_before(mode):
+    if "hevc-inter" not in INTER:
+        pytest.skip("hevc-inter is not available")
+    if not inter.identity("hevc-inter").endswith(GOLDEN_BUILD):
+        pytest.skip(f"the old files were written with {GOLDEN_BUILD}")
+    digest, b64 = OLD_FILES_V3[mode]
+    packet = Packet.from_bytes(base64.b64decode(b64))
+    assert inter.parse("hevc-inter", packet.lr_data)[-2:] == (3, mode)
+    a, r = integer_pair()
+    out = zoo.load("inter-hevc").decode(packet, torch.from_numpy(r).permute(2, 0, 1)[None].float() / 255)
+    assert sha16(u8(out).tobytes()) == digest
+
+
+# ----------------------------------------------------------------------------- payload version 4
+def test_hevc_version_4_codes_the_p_frame_as_version_2_and_the_intra_frame_as_version_3():
+    """Version 3's ``qcomp=0.99:cutree=0`` cost x265's P-frame bits (docs/inter.md): version 4's
+    frame 0 and P-frame have version 2's options and bits, its intra frame version 3's. The bytes
+    are compared within this run (x265's output may differ on another CPU)."""
+    s = inter.SPECS["hevc-inter"]
+    for crf in (0, 13, 21, 38, 51):
+        assert inter._options(s, crf, True, 4) == inter._options(s, crf, True, 2)
+        assert inter._options(s, crf, False, 4) == inter._options(s, crf, False, 3)
+    for codec in ("h264-inter", "av1-inter"):  # unchanged from version 3
+        assert inter.SETTINGS[4][codec] == inter.SETTINGS[3][codec]
+    if "hevc-inter" not in INTER:
+        return
+    a, r = integer_pair()
+    for q in (40, 60):
+        v2 = inter.parse("hevc-inter", inter.encode("hevc-inter", a, q, r, version=2))
+        v4 = inter.parse("hevc-inter", inter.encode("hevc-inter", a, q, r, mode="inter"))
+        assert (v4.version, v4.mode, v4.crf) == (4, "inter", v2.crf) and (v4.digest, v4.frame) == (v2.digest, v2.frame)
+        assert len(inter.encode("hevc-inter", a, q, r, mode="inter")) == len(inter.encode("hevc-inter", a, q, r, version=2))
+    v3 = inter.parse("hevc-inter", inter.encode("hevc-inter", a, 60, r, version=3, mode="intra"))
+    v4 = inter.parse("hevc-inter", inter.encode("hevc-inter", a, 60, r, mode="intra"))
+    assert (v4.version, v4.crf, v4.frame) == (4, v3.crf, v3.frame)
+
+
+@pytest.mark.filterwarnings("ignore:registration:UserWarning", "ignore:the reference looks unrelated:UserWarning")
+def test_hevc_auto_writes_intra_only_where_it_dominates_the_p_frame():
+    """Version 4's equal-quality decision: an intra frame is written only at a Y MSE not above the
+    P-frame's and in no more bytes; its header records the intra frame's own CRF (the decoder
+    needs no CRF for it); a P-frame choice is byte for byte what ``inter`` writes."""
+    if "hevc-inter" not in INTER:
+        pytest.skip("hevc-inter is not available")
+    s = inter.SPECS["hevc-inter"]
+    size = (64, 96)
+    new, ref = unrelated_pair(*size)
+    a, r = u8(new), u8(ref)
+    planes = inter.to_planes(s, a)
+    seen = set()
+    for q in (20, 60, 90):
+        crf = inter.crf_for("hevc-inter", q)
+        pframe = inter.code_candidate(s, crf, "inter", planes, inter.to_planes(s, r), inter.PAYLOAD_VERSION)
+        p_mse = inter.luma_mse(s, planes, inter.decode_frames(s, pframe, inter.padded_size(s, *size))[1], size)
+        section = inter.encode("hevc-inter", a, q, r)
+        got = inter.parse("hevc-inter", section)
+        seen.add(got.mode)
+        if got.mode == "inter":
+            assert section == inter.encode("hevc-inter", a, q, r, mode="inter")
+            continue
+        assert inter.decode("hevc-inter", section, size, None).shape == (*size, 3)  # no reference needed
+        i_mse = inter.luma_mse(s, planes, inter.decode_frames(s, [got.frame], inter.padded_size(s, *size))[0], size)
+        assert len(got.frame) <= len(pframe[1]) and i_mse <= p_mse + 1e-9, (q, len(got.frame), len(pframe[1]), i_mse, p_mse)
+        recoded = inter.code_candidate(s, got.crf, "intra", planes, None, inter.PAYLOAD_VERSION)
+        assert recoded == [got.frame]  # the CRF byte is the intra frame's
+    assert "intra" in seen

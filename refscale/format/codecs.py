@@ -276,7 +276,7 @@ def inter_payload(codec: str, section: bytes) -> dict:
 
 def effective_quality(codec: str, quality: int | None) -> int | None:
     """The quality ``encode_image`` really uses: ``quality``, else the codec's default for a lossy
-    codec (JPEG 95, the inter codecs ``refscale.format.inter.DEFAULT_QUALITY``: 60, 45, 60), else ``None`` (lossless)."""
+    codec (JPEG 95, the inter codecs ``refscale.format.inter.DEFAULT_QUALITY``: 60), else ``None`` (lossless)."""
     name = canonical(codec)
     if quality is not None:
         return int(quality)

@@ -46,31 +46,37 @@ frame 0, the P-frame and the decoded image for the PyAV build they were recorded
 **Quality.** refscale's ``quality`` 1..100 (``None`` = :data:`DEFAULT_QUALITY`) maps linearly
 to the encoder's CRF: ``crf = round(51 * (100 - q) / 99)`` for x264/x265 (q=100 -> CRF 0, q=60
 -> 21, q=1 -> 51), ``crf = 1 + round(62 * (100 - q) / 99)`` for SVT-AV1 (1..63). x264 codes the
-P-frame and an intra frame alike about 5 QP above the CRF. From payload version 3 on, the CRF is
-x265's frame QP for both (version 2's P-frame had a QP about 7 higher, so the same ``q`` now gives
-2-4 times the bits with HEVC; its default moved to keep about the old operating point,
-:data:`DEFAULT_QUALITY`). No setting is lossless (the colour conversion is not), so
+P-frame and an intra frame alike about 5 QP above the CRF. x265 codes version 2's and 4's
+P-frame about 7 QP above it and, from version 3 on, an intra frame at the CRF (version 3's
+P-frame at the CRF too, so its HEVC default was 45, :data:`DEFAULT_QUALITY`). No setting is lossless (the colour conversion is not), so
 :func:`refscale.format.codecs.is_lossless` is False.
 
 **The LR section** of an inter codec (docs/format.md, "Inter-frame LR sections")::
 
-    u8 payload version (3; 1 and 2 are read) | u8 CRF | str8 encoder identity
+    u8 payload version (4; 1, 2 and 3 are read) | u8 CRF (version 4: + 128 for intra) | str8 encoder identity
         | u8 mode (version 3: 1 inter, 0 intra) | inter: 8 bytes frame-0 digest | the P-frame or the intra frame
 
 **The mode** (issue 30). Where the reference predicts badly (much change, another season or
 sensor, haze) a P-frame can cost more than coding the image alone, so a payload of version 3
 records a mode byte: 1, the P-frame as before (frame 0's digest, then the P-frame); 0, an intra
-frame: the image coded alone by the same encoder at the same CRF, one key frame (x264's SEI with
+frame: the image coded alone by the same encoder (at the same CRF, or at the CRF ``auto`` found
+for HEVC from version 4 on, which the CRF byte then records), one key frame (x264's SEI with
 its version and options dropped), which needs no frame 0, no digest and no reference to decode.
-Versions 1 and 2 have no mode byte and are P-frames. ``mode="auto"`` (the default,
+Versions 1 and 2 have no mode byte and are P-frames; version 4 has none either: bit 7 of its
+CRF byte marks an intra frame, so its P-frame payload is exactly as long as version 2's. ``mode="auto"`` (the default,
 :data:`DEFAULT_MODE`; the CLI's ``--inter-mode``) lets the encoder choose per image and quality
-(:func:`choose`): the P-frame is coded first, then the intra frame (x265: first at a fast preset,
-and kept out where even the slow one could not win, :data:`FAST_PRESET`), and the one with the
-lower ``J = D + lambda R`` is written (:func:`rd_cost`: ``D`` the Y plane's MSE, ``R`` bits per
+(:func:`choose`): the P-frame is coded first. HEVC from payload version 4 on decides at equal
+quality (:func:`choose_equal_quality`; docs/inter.md, "Inter mode decision"): the intra frame at
+the highest CRF whose Y MSE is not above the P-frame's is written where it is not larger, else
+the P-frame (what ``inter`` writes), so an intra choice is better or equal in quality and size;
+version 4's P-frame is version 2's. Otherwise the intra frame at the same CRF (x265: first at a
+fast preset, and kept out where even the slow one could not win, :data:`FAST_PRESET`), and the
+one with the lower ``J = D + lambda R`` is written (:func:`rd_cost`: ``D`` the Y plane's MSE, ``R`` bits per
 pixel, ``lambda`` the reference encoders' Lagrangian at the CRF times a constant per codec,
 :data:`LAMBDA`, calibrated on the OSCD train pairs); ``inter`` and ``intra`` force one. With a
 size budget the quality search runs on the choice. Version 3's settings (:data:`SETTINGS`) make
-"the same quality" mean about the same frame QP in both modes.
+"the same quality" mean about the same frame QP in both modes; they cost x265's P-frame bits,
+which is why version 4 went back to version 2's P-frame and decides at measured equal quality.
 
 The identity (``libx264;av-18.1.0;lavc-62.28.102``) names what wrote the file; the digest is the
 first 8 bytes of the SHA-256 of frame 0's bitstream as the encoder produced it. The decoder
@@ -96,17 +102,20 @@ import numpy as np
 
 from refscale.errors import ContainerError, InputError
 
-PAYLOAD_VERSION = 3  # written; every version in SETTINGS is read
-#: what an inter payload may hold (payload version 3): ``auto`` chooses per image (:func:`choose`)
+PAYLOAD_VERSION = 4  # written; every version in SETTINGS is read
+#: what an inter payload may hold (payload version 3 on): ``auto`` chooses per image (:func:`choose`)
 MODES = ("auto", "inter", "intra")
 #: the mode written when none is given (``default_mode`` sets it for a block; the CLI's ``--inter-mode``)
 DEFAULT_MODE = "auto"
 #: the mode byte of payload version 3: 0 intra, 1 inter
 MODE_BYTES = ("intra", "inter")
-#: the quality when none is given, per codec: about the operating point of version 2's default 60,
-#: whose P-frame x265 coded some 7 QP above the CRF (version 3 codes HEVC's at the CRF; x264's
-#: P-frame and AV1's mapping did not change)
-DEFAULT_QUALITY = {"h264-inter": 60, "hevc-inter": 45, "av1-inter": 60}
+#: payload version 4 has no mode byte: bit 7 of its CRF byte set marks an intra frame (so its
+#: P-frame payload is exactly as long as version 2's)
+INTRA_BIT = 0x80
+#: the quality when none is given, per codec: 60, version 2's operating point (payload version 3
+#: coded HEVC's P-frame at the CRF, some 7 QP below version 2's, and wrote 45 for about the same
+#: QP; version 4's P-frame is version 2's again, and so is its default)
+DEFAULT_QUALITY = {"h264-inter": 60, "hevc-inter": 60, "av1-inter": 60}
 DIGEST_BYTES = 8
 EXTRA_HINT = "pip install 'refscale[inter]'"
 
@@ -164,6 +173,14 @@ SETTINGS[2] = {"h264-inter": {"preset": "slow", "tune": "none"},
 SETTINGS[3] = {"h264-inter": dict(SETTINGS[2]["h264-inter"]),
                "hevc-inter": {**SETTINGS[2]["hevc-inter"], "params": "qcomp=0.99:cutree=0", "intra": "ipratio=1"},
                "av1-inter": {**SETTINGS[2]["av1-inter"], "intra": "use-fixed-qindex-offsets=1:key-frame-qindex-offset=0"}}
+#: Version 4 (HEVC): the P-frame and frame 0 are version 2's again (``qcomp=0.99`` cost the P-frame
+#: bits: median +0.11 %, up to +1.52 %, at a dense CRF sweep on the 48 OSCD images), the intra frame
+#: keeps version 3's settings (its frame QP is the CRF), and ``auto`` decides at equal quality
+#: (:func:`choose`, :data:`EQUAL_QUALITY`), so one CRF need not mean one QP in both modes. H.264
+#: and AV1 are version 3.
+SETTINGS[4] = {"h264-inter": dict(SETTINGS[3]["h264-inter"]),
+               "hevc-inter": {**SETTINGS[2]["hevc-inter"], "intra": "qcomp=0.99:cutree=0:ipratio=1"},
+               "av1-inter": dict(SETTINGS[3]["av1-inter"])}
 #: the Lagrange multiplier's constant of :func:`rd_cost` per codec, calibrated on the OSCD train
 #: pairs (docs/inter.md, "Inter mode decision"). HEVC: HM's own (0.57), as good from 0.7 to 1.2
 #: times it. H.264: with version 2's settings x264 codes the P-frame and the intra frame at the
@@ -179,6 +196,21 @@ LAMBDA = {"h264-inter": 2.0, "hevc-inter": 0.57, "av1-inter": 2.0}
 #: ``ultrafast`` against ``slow``: at most 0.146 on the train pairs)
 FAST_PRESET = {"h264-inter": None, "hevc-inter": "ultrafast", "av1-inter": None}
 FAST_MARGIN = 0.2
+#: codec -> the payload version from which ``auto`` decides at equal quality (:func:`choose`): the
+#: P-frame at the CRF, then the intra frame at the highest CRF whose Y MSE is not above the
+#: P-frame's, kept only where it is not larger. Elsewhere ``auto`` compares ``J = D + lambda R`` at
+#: the same CRF (:func:`rd_cost`).
+EQUAL_QUALITY = {"hevc-inter": 4}
+#: the equal-quality search's first intra CRF: the P-frame's CRF plus this (x265's P-frame QP is
+#: about 7 above the CRF with version 2's settings, its intra frame's the CRF; on the OSCD train
+#: pairs the ``ultrafast`` intra frame's equal-quality CRF was the P-frame's plus 5, median, -9 to +9)
+INTRA_OFFSET = 5
+#: the equal-quality fast pass: where the ``ultrafast`` intra frame at equal quality is larger than
+#: the P-frame by a log ratio above this, the P-frame is kept without a ``slow`` intra frame. On the
+#: OSCD train pairs (centre 320 px, both ways, P-frame CRF 46 to 6, 168 points) the ``slow`` intra
+#: frame at equal quality was at most 0.306 smaller (log ratio, median 0.137; the integer CRF steps
+#: included): with 0.4 the P-frame was kept at once at 114 points, never wrongly (docs/inter.md)
+FAST_RATE_MARGIN = 0.4
 
 
 def crf_for(name: str, quality: int | None) -> int:
@@ -471,22 +503,92 @@ def _cost(s: Spec, crf: int, packets: list[bytes], new: np.ndarray, size: tuple[
     return rd_cost(s.name, crf, luma_mse(s, new, coded, size), len(packets[-1]) * 8 / (size[0] * size[1]))
 
 
-def choose(s: Spec, crf: int, new: np.ndarray, f0: np.ndarray, size: tuple[int, int], version: int = PAYLOAD_VERSION,
-           ) -> tuple[str, list[bytes], str]:
-    """The ``auto`` decision: ``(mode, its packets, how it was decided)``. The P-frame is coded
-    first, then the intra frame with the fast preset of :data:`FAST_PRESET`: where that costs
-    (:func:`rd_cost`) more than the P-frame by a log ratio above :data:`FAST_MARGIN` (more than
-    the real settings ever gained over the fast ones on the train pairs) the P-frame is kept;
+class Choice(NamedTuple):
+    """What :func:`choose` decided: the mode, its packets, the CRF they were coded at (an intra
+    frame's own with the equal-quality decision), and how it was decided."""
+
+    mode: str
+    packets: list[bytes]
+    crf: int
+    how: str
+
+
+def choose(s: Spec, crf: int, new: np.ndarray, f0: np.ndarray, size: tuple[int, int], version: int = PAYLOAD_VERSION) -> Choice:
+    """The ``auto`` decision. The P-frame is coded first. From the payload version of
+    :data:`EQUAL_QUALITY` on: :func:`choose_equal_quality`. Before (and for the other codecs): the
+    intra frame at the same CRF, first with the fast preset of :data:`FAST_PRESET`: where that
+    costs (:func:`rd_cost`) more than the P-frame by a log ratio above :data:`FAST_MARGIN` (more
+    than the real settings ever gained over the fast ones on the train pairs) the P-frame is kept;
     otherwise the intra frame is coded with the real settings and the cheaper of the two kept."""
     pframe = code_candidate(s, crf, "inter", new, f0, version)
+    if version >= EQUAL_QUALITY.get(s.name, PAYLOAD_VERSION + 1):
+        return choose_equal_quality(s, crf, pframe, new, size, version)
     j_inter = _cost(s, crf, pframe, new, size)
     fast = FAST_PRESET.get(s.name)
     if fast is not None:
         j_fast = _cost(s, crf, code_candidate(s, crf, "intra", new, None, version, {"preset": fast}), new, size)
         if math.log(j_fast / j_inter) > FAST_MARGIN:
-            return "inter", pframe, "fast pass"
+            return Choice("inter", pframe, crf, "fast pass")
     iframe = code_candidate(s, crf, "intra", new, None, version)
-    return ("inter", pframe, "both coded") if j_inter <= _cost(s, crf, iframe, new, size) else ("intra", iframe, "both coded")
+    if j_inter <= _cost(s, crf, iframe, new, size):
+        return Choice("inter", pframe, crf, "both coded")
+    return Choice("intra", iframe, crf, "both coded")
+
+
+def choose_equal_quality(s: Spec, crf: int, pframe: list[bytes], new: np.ndarray, size: tuple[int, int], version: int) -> Choice:
+    """``auto`` at equal quality (docs/inter.md, "Inter mode decision"): the intra frame at the
+    highest CRF whose Y MSE (:func:`luma_mse`) is not above the P-frame's is written where it is
+    not larger than the P-frame (it has the better or equal quality for fewer or equal bits), else
+    the P-frame, which is then exactly what ``inter`` writes. The CRF is searched first with the
+    fast preset (:data:`FAST_PRESET`, from the P-frame's CRF plus :data:`INTRA_OFFSET`); where its
+    intra frame is larger than the P-frame by a log ratio above :data:`FAST_RATE_MARGIN` the
+    P-frame is kept at once ("fast pass"), otherwise the search goes on with the real preset from
+    the fast one's CRF (usually 1 to 3 encodes)."""
+    limit = len(pframe[1])
+    target = luma_mse(s, new, decode_frames(s, pframe, padded_size(s, *size))[-1], size)
+    fast = FAST_PRESET.get(s.name)
+    start = crf + INTRA_OFFSET
+    if fast is not None:
+        found = intra_at_quality(s, new, size, target, start, version, limit * math.exp(FAST_RATE_MARGIN), fast)
+        if found is None or math.log(len(found[1][0]) / limit) > FAST_RATE_MARGIN:
+            return Choice("inter", pframe, crf, "fast pass")
+        start = found[0]
+    found = intra_at_quality(s, new, size, target, start, version, limit)
+    if found is None or len(found[1][0]) > limit:
+        return Choice("inter", pframe, crf, "equal quality")
+    return Choice("intra", found[1], found[0], "equal quality")
+
+
+def intra_at_quality(s: Spec, new: np.ndarray, size: tuple[int, int], target: float, start: int, version: int,
+                      give_up: float, preset: str | None = None) -> tuple[int, list[bytes]] | None:
+    """``(crf, packets)`` of the intra frame at the highest CRF whose Y MSE is at most ``target``,
+    searched from ``start``: one step by the MSE's slope (it doubles about every 3 QP), then by
+    one CRF up while the quality holds, or down until it does. None where no CRF reaches it, or
+    where a CRF that does not already gives more than ``give_up`` bytes (a lower CRF would give
+    more). ``preset``: another encoder preset than the version's."""
+    coded: dict[int, tuple[float, list[bytes]]] = {}
+
+    def at(c: int) -> tuple[float, list[bytes]]:
+        if c not in coded:
+            packets = code_candidate(s, c, "intra", new, None, version, {"preset": preset} if preset else None)
+            coded[c] = (luma_mse(s, new, decode_frames(s, packets, padded_size(s, *size))[0], size), packets)
+        return coded[c]
+
+    def clip(c: int) -> int:
+        return min(max(c, s.crf_min), s.crf_max)
+
+    c = clip(start)
+    if at(c)[0] > 0 and target > 0:
+        c = clip(c + round(3 * math.log2(target / at(c)[0])))
+    if at(c)[0] <= target:
+        while c < s.crf_max and at(c + 1)[0] <= target:
+            c += 1
+        return c, at(c)[1]
+    while c > s.crf_min and len(at(c)[1][0]) <= give_up:
+        c -= 1
+        if at(c)[0] <= target:
+            return c, at(c)[1]
+    return None
 
 
 # ----------------------------------------------------------------------------- the payload
@@ -519,11 +621,12 @@ def encode(name: str, arr: np.ndarray, quality: int | None, ref: np.ndarray | No
     new = to_planes(s, arr)
     f0 = None if mode == "intra" else to_planes(s, _check_ref(name, ref, arr.shape))
     if mode == "auto":
-        mode, packets, _ = choose(s, crf, new, f0, arr.shape[:2], version)
+        mode, packets, crf, _ = choose(s, crf, new, f0, arr.shape[:2], version)
     else:
         packets = code_candidate(s, crf, mode, new, f0, version)
     ident = identity(name).encode("ascii")[:255]
-    head = struct.pack("<BBB", version, crf, len(ident)) + ident + (bytes([MODE_BYTES.index(mode)]) if version >= 3 else b"")
+    flag = INTRA_BIT if version >= 4 and mode == "intra" else 0
+    head = struct.pack("<BBB", version, crf | flag, len(ident)) + ident + (bytes([MODE_BYTES.index(mode)]) if version == 3 else b"")
     if mode == "intra":
         return head + packets[0]
     alone = encode_frames(s, crf, [f0], version=version)
@@ -540,6 +643,9 @@ def parse(name: str, data: bytes) -> Payload:
     version, crf, n = struct.unpack_from("<BBB", data, 0)
     if version not in SETTINGS:
         raise ContainerError(f"{name} LR section has payload version {version}; this refscale reads {', '.join(map(str, SETTINGS))}")
+    mode = "inter"
+    if version >= 4 and crf & INTRA_BIT:
+        mode, crf = "intra", crf & ~INTRA_BIT
     if not s.crf_min <= crf <= s.crf_max:
         raise ContainerError(f"{name} LR section: CRF {crf} out of range {s.crf_min}..{s.crf_max}")
     pos = 3 + n
@@ -548,8 +654,7 @@ def parse(name: str, data: bytes) -> Payload:
     raw = data[3:pos]
     if not all(0x21 <= c <= 0x7E for c in raw):
         raise ContainerError(f"{name} LR section: encoder identity is not printable ASCII")
-    mode = "inter"
-    if version >= 3:
+    if version == 3:
         if len(data) <= pos:
             raise ContainerError(f"{name} LR section is truncated")
         if data[pos] >= len(MODE_BYTES):
