@@ -721,7 +721,24 @@ def test_hevc_auto_writes_intra_only_where_it_dominates_the_p_frame():
             continue
         assert inter.decode("hevc-inter", section, size, None).shape == (*size, 3)  # no reference needed
         i_mse = inter.luma_mse(s, planes, inter.decode_frames(s, [got.frame], inter.padded_size(s, *size))[0], size)
-        assert len(got.frame) <= len(pframe[1]) and i_mse <= p_mse + 1e-9, (q, len(got.frame), len(pframe[1]), i_mse, p_mse)
         recoded = inter.code_candidate(s, got.crf, "intra", planes, None, inter.PAYLOAD_VERSION)
         assert recoded == [got.frame]  # the CRF byte is the intra frame's
+        if len(got.frame) <= len(pframe[1]) and i_mse <= p_mse + 1e-9:
+            continue  # dominates the P-frame
+        # else within one CRF step of the P-frame's quality, and the P-frame below the intra curve's chord there
+        other = got.crf - 1 if i_mse > p_mse else got.crf + 1
+        o = inter.code_candidate(s, other, "intra", planes, None, inter.PAYLOAD_VERSION)
+        o_mse = inter.luma_mse(s, planes, inter.decode_frames(s, o, inter.padded_size(s, *size))[0], size)
+        points = sorted([(len(got.frame), i_mse), (len(o[0]), o_mse)])
+        assert inter.intra_beats_chord(points[1], points[0], (len(pframe[1]), p_mse)), (q, points, len(pframe[1]), p_mse)
     assert "intra" in seen
+
+
+def test_intra_beats_chord():
+    """The chord test: the P-frame's point against the line between two intra frames in log bytes
+    and log MSE; only between them."""
+    hi, lo = (2000, 10.0), (1000, 20.0)  # at 1414 bytes the chord's MSE is 14.14
+    assert inter.intra_beats_chord(hi, lo, (1414, 15.0))
+    assert not inter.intra_beats_chord(hi, lo, (1414, 14.0))
+    assert not inter.intra_beats_chord(hi, lo, (2500, 30.0))  # not between them
+    assert not inter.intra_beats_chord(hi, lo, (900, 30.0))

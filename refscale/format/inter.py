@@ -538,8 +538,11 @@ def choose(s: Spec, crf: int, new: np.ndarray, f0: np.ndarray, size: tuple[int, 
 def choose_equal_quality(s: Spec, crf: int, pframe: list[bytes], new: np.ndarray, size: tuple[int, int], version: int) -> Choice:
     """``auto`` at equal quality (docs/inter.md, "Inter mode decision"): the intra frame at the
     highest CRF whose Y MSE (:func:`luma_mse`) is not above the P-frame's is written where it is
-    not larger than the P-frame (it has the better or equal quality for fewer or equal bits), else
-    the P-frame, which is then exactly what ``inter`` writes. The CRF is searched first with the
+    not larger than the P-frame (it has the better or equal quality for fewer or equal bits); where
+    it is larger, but the P-frame lies below the intra curve's chord to the next CRF
+    (:func:`intra_beats_chord`: intra wins by less than one CRF step of bits), the nearer of the
+    two intra frames in bytes; else the P-frame, which is then exactly what ``inter`` writes. The
+    CRF is searched first with the
     fast preset (:data:`FAST_PRESET`, from the P-frame's CRF plus :data:`INTRA_OFFSET`); where its
     intra frame is larger than the P-frame by a log ratio above :data:`FAST_RATE_MARGIN` the
     P-frame is kept at once ("fast pass"), otherwise the search goes on with the real preset from
@@ -554,9 +557,32 @@ def choose_equal_quality(s: Spec, crf: int, pframe: list[bytes], new: np.ndarray
             return Choice("inter", pframe, crf, "fast pass")
         start = found[0]
     found = intra_at_quality(s, new, size, target, start, version, limit)
-    if found is None or len(found[1][0]) > limit:
+    if found is None:
         return Choice("inter", pframe, crf, "equal quality")
-    return Choice("intra", found[1], found[0], "equal quality")
+    if len(found[1][0]) <= limit:
+        return Choice("intra", found[1], found[0], "equal quality")
+    if found[0] < s.crf_max:  # between two CRFs: the P-frame against the intra curve's chord there
+        c = found[0] + 1
+        above = code_candidate(s, c, "intra", new, None, version)
+        mse = luma_mse(s, new, decode_frames(s, above, padded_size(s, *size))[0], size)
+        if intra_beats_chord((len(found[1][0]), luma_mse(s, new, decode_frames(s, found[1], padded_size(s, *size))[0], size)),
+                             (len(above[0]), mse), (limit, target)):
+            nearer = found if math.log(len(found[1][0]) / limit) < math.log(limit / len(above[0])) else (c, above)
+            return Choice("intra", nearer[1], nearer[0], "intra curve")
+    return Choice("inter", pframe, crf, "equal quality")
+
+
+def intra_beats_chord(hi: tuple[int, float], lo: tuple[int, float], pframe: tuple[int, float]) -> bool:
+    """Whether the intra curve beats the P-frame ``(bytes, Y MSE)`` where a whole CRF step leaves
+    it between two intra frames, ``hi`` (more bytes than the P-frame, MSE at most its) and ``lo``
+    (fewer bytes): the chord from ``lo`` to ``hi`` in log bytes and log MSE gives a lower MSE than
+    the P-frame's at the P-frame's bytes. (x265 ignores a fractional CRF for an intra frame, so
+    the step cannot be split.)"""
+    (b_hi, m_hi), (b_lo, m_lo), (b, m) = hi, lo, pframe
+    if not b_lo < b < b_hi or min(m_hi, m_lo, m) <= 0:
+        return False
+    f = math.log(b / b_lo) / math.log(b_hi / b_lo)
+    return math.log(m_lo) + f * (math.log(m_hi) - math.log(m_lo)) < math.log(m)
 
 
 def intra_at_quality(s: Spec, new: np.ndarray, size: tuple[int, int], target: float, start: int, version: int,
