@@ -17,6 +17,11 @@ its latest checkpoint, and applies the training campaign's shipping rule (issue 
   default; PSNR-RGB for the colour-robust runs) (``--force`` ships anyway, e.g. a new architecture);
 * storage: float16 (half the bytes) unless ``--fp32``; refused if that moves the validation
   PSNR-Y by 0.01 dB or more.
+* through the verifying encoder (models it checks, ``refscale.pipeline.verifiable``): PSNR-RGB of
+  the whole held-out images encoded with verification and decoded, new against shipped; refused
+  when the new weights lose more than ``--min-gain`` there (a colour-robust ``irn-x4`` passed the
+  rule above, but its inverse broke around the bicubic fallback blocks, so the verification sent
+  whole images to bicubic: docs/robustness.md).
 
 The card (``refscale/weights/NAME.json``) keeps the run's card (config, data, steps, wall time,
 command, validation history, init_from) and adds ``note``, ``source`` and ``ship_check`` (the
@@ -32,6 +37,7 @@ from pathlib import Path
 import torch
 
 from refscale import zoo
+from refscale.pipeline import verifiable as pipeline_verifiable
 from refscale.train import engine
 from refscale.train.config import resolve
 
@@ -46,6 +52,26 @@ def heldout_scores(model, cfg: dict, draws: int) -> dict[str, float]:
         raise SystemExit("ship_weights: the run's config holds no validation images (data.val_names)")
     runs = [engine.validate(model, crops, seed=1000 * d) for d in range(draws)]
     return {k: sum(r[k] for r in runs) / draws for k in ("psnr_y", "psnr_rgb", "psnr_y_t0", "psnr_rgb_t0")}
+
+
+def verified_psnr_rgb(model, cfg: dict) -> tuple[float, float]:
+    """``(PSNR-RGB, fraction of blocks to the fallback)`` on the whole held-out images of a
+    training config, each encoded with the verifying encoder (lossless LR) and decoded as the
+    receiver will (the recorded seed and temperature)."""
+    from refscale import pipeline
+    from refscale.metrics import psnr
+
+    cfg = resolve({**cfg, "val": {**cfg["val"], "crop": 100000, "max_images": 100}})
+    _, val = engine.split_samples(cfg)
+    crops = engine.val_crops(val, cfg, model.alignment, model.needs_reference)
+    scores, fallback, blocks = [], 0, 0
+    for name, hr, ref, *_ in crops:
+        packet = pipeline.encode(model, hr, ref if model.needs_reference else None, verify=True)
+        out = pipeline.decode(model, packet, ref if model.needs_reference else None)
+        scores.append(float(psnr(out, hr, y_channel=False)[0]))
+        report = packet.verify_report or {}
+        fallback, blocks = fallback + report.get("fallback_blocks", 0), blocks + report.get("blocks", 0)
+    return sum(scores) / len(scores), fallback / max(blocks, 1)
 
 
 def at_temperature(scores: dict[str, float], t: float) -> dict[str, float]:
@@ -108,10 +134,22 @@ def main() -> None:
         print(f"{args.name}: held-out {what} {scores[key]:.3f} dB (shipped now: {before})")
     print(f"decoding temperature {model.decode_temperature:g}: PSNR-Y {new['psnr_y']:.3f}, PSNR-RGB {new['psnr_rgb']:.3f} dB")
     print(f"gain in {args.metric}: {'-' if gain is None else f'{gain:+.3f}'} dB")
+    verified = None
+    if pipeline_verifiable(model):
+        verified = {"psnr_rgb": None, "previous_psnr_rgb": None}
+        verified["psnr_rgb"], verified["fallback"] = verified_psnr_rgb(model, cfg)
+        if old is not None:
+            verified["previous_psnr_rgb"], verified["previous_fallback"] = verified_psnr_rgb(shipped, cfg)
+        print(f"verifying encoder: PSNR-RGB {verified['psnr_rgb']:.3f} dB, {verified['fallback']:.1%} of the blocks to the fallback"
+              + ("" if old is None else f" (shipped now: {verified['previous_psnr_rgb']:.3f} dB, {verified['previous_fallback']:.1%})"))
     if args.check_only:
         sys.exit(0)
     if gain is not None and gain < args.min_gain and not args.force:
         sys.exit(f"not shipped: gain {gain:+.3f} dB < {args.min_gain} dB (use --force to ship anyway)")
+    if verified is not None and verified["previous_psnr_rgb"] is not None and \
+            verified["psnr_rgb"] < verified["previous_psnr_rgb"] - args.min_gain and not args.force:
+        sys.exit("not shipped: through the verifying encoder the new weights lose "
+                 f"{verified['previous_psnr_rgb'] - verified['psnr_rgb']:.3f} dB RGB (use --force to ship anyway)")
 
     check = {"heldout_psnr_y": round(new["psnr_y"], 4), "previous_psnr_y": None if old is None else round(old["psnr_y"], 4),
              "heldout_psnr_rgb": round(new["psnr_rgb"], 4), "previous_psnr_rgb": None if old is None else round(old["psnr_rgb"], 4),
@@ -119,6 +157,8 @@ def main() -> None:
              "heldout_t1": {k: round(scores[k], 4) for k in ("psnr_y", "psnr_rgb")},
              "heldout_t0": {k: round(scores[k + "_t0"], 4) for k in ("psnr_y", "psnr_rgb")}, "metric": args.metric,
              "draws": args.draws, "images": list(cfg["data"]["val_names"]), "stored": "float32" if args.fp32 else "float16"}
+    if verified is not None:
+        check["verified"] = {k: v if v is None else round(v, 4) for k, v in verified.items()}
     if not args.fp32:
         with tempfile.TemporaryDirectory() as tmp:
             half = Path(tmp) / f"{args.name}.safetensors"
