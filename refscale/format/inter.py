@@ -67,8 +67,9 @@ CRF byte marks an intra frame, so its P-frame payload is exactly as long as vers
 :data:`DEFAULT_MODE`; the CLI's ``--inter-mode``) lets the encoder choose per image and quality
 (:func:`choose`): the P-frame is coded first. HEVC from payload version 4 on decides at equal
 quality (:func:`choose_equal_quality`; docs/inter.md, "Inter mode decision"): the intra frame at
-the highest CRF whose Y MSE is not above the P-frame's is written where it is not larger, else
-the P-frame (what ``inter`` writes), so an intra choice is better or equal in quality and size;
+the highest CRF whose Y MSE is not above the P-frame's is written where it is not larger (or,
+one CRF step away, where the P-frame lies below the intra curve's chord: :func:`intra_beats_chord`),
+else the P-frame (what ``inter`` writes), so every point is on the inter or the intra curve;
 version 4's P-frame is version 2's. Otherwise the intra frame at the same CRF (x265: first at a
 fast preset, and kept out where even the slow one could not win, :data:`FAST_PRESET`), and the
 one with the lower ``J = D + lambda R`` is written (:func:`rd_cost`: ``D`` the Y plane's MSE, ``R`` bits per
