@@ -36,8 +36,7 @@ from pathlib import Path
 
 import torch
 
-from refscale import zoo
-from refscale.pipeline import verifiable as pipeline_verifiable
+from refscale import pipeline, zoo
 from refscale.train import engine
 from refscale.train.config import resolve
 
@@ -56,9 +55,8 @@ def heldout_scores(model, cfg: dict, draws: int) -> dict[str, float]:
 
 def verified_psnr_rgb(model, cfg: dict) -> tuple[float, float]:
     """``(PSNR-RGB, fraction of blocks to the fallback)`` on the whole held-out images of a
-    training config, each encoded with the verifying encoder (lossless LR) and decoded as the
-    receiver will (the recorded seed and temperature)."""
-    from refscale import pipeline
+    training config, each encoded with the verifying encoder (the model's default codec and
+    quality) and decoded as the receiver will (the recorded seed and temperature)."""
     from refscale.metrics import psnr
 
     cfg = resolve({**cfg, "val": {**cfg["val"], "crop": 100000, "max_images": 100}})
@@ -135,7 +133,7 @@ def main() -> None:
     print(f"decoding temperature {model.decode_temperature:g}: PSNR-Y {new['psnr_y']:.3f}, PSNR-RGB {new['psnr_rgb']:.3f} dB")
     print(f"gain in {args.metric}: {'-' if gain is None else f'{gain:+.3f}'} dB")
     verified = None
-    if pipeline_verifiable(model):
+    if pipeline.verifiable(model):
         verified = {"psnr_rgb": None, "previous_psnr_rgb": None}
         verified["psnr_rgb"], verified["fallback"] = verified_psnr_rgb(model, cfg)
         if old is not None:
