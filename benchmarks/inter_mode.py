@@ -478,15 +478,20 @@ def timing(args) -> None:
     print(f"auto / inter: median {statistics.median(ratios):.2f}, range {min(ratios):.2f} .. {max(ratios):.2f} over {len(ratios)}")
 
 
+def _add_pair_options(p: argparse.ArgumentParser) -> None:
+    """The options of the subcommands that read train pairs (``why``, ``margin``)."""
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="train")
+    p.add_argument("--codec", default="hevc-inter", choices=list(inter.SPECS))
+    p.add_argument("--limit", type=int, default=0, help="first N cities only")
+    p.add_argument("--crop", type=int, default=320, help="centre N x N of each image (0: whole images)")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     w = sub.add_parser("why", help="variants of the P-frame and of intra-only (resumable)")
-    w.add_argument("--data", required=True)
-    w.add_argument("--split", default="train")
-    w.add_argument("--codec", default="hevc-inter", choices=list(inter.SPECS))
-    w.add_argument("--limit", type=int, default=0, help="first N cities only")
-    w.add_argument("--crop", type=int, default=320, help="centre N x N of each image (0: whole images)")
+    _add_pair_options(w)
     w.add_argument("--no-other", dest="other", action="store_false", help="skip the pairs with another city's reference")
     w.add_argument("--out", required=True)
     w.set_defaults(func=why)
@@ -513,11 +518,7 @@ def main(argv=None) -> None:
     d.add_argument("--params", default=None, help="compare version 2 plus these encoder parameters instead of version 3")
     d.set_defaults(func=dense)
     g = sub.add_parser("margin", help="calibrate the equal-quality fast pass (fast against real intra presets)")
-    g.add_argument("--data", required=True)
-    g.add_argument("--split", default="train")
-    g.add_argument("--codec", default="hevc-inter", choices=list(inter.SPECS))
-    g.add_argument("--limit", type=int, default=0, help="first N cities only")
-    g.add_argument("--crop", type=int, default=320, help="centre N x N of each image (0: whole images)")
+    _add_pair_options(g)
     g.add_argument("--crfs", nargs="*", type=int, default=[46, 38, 30, 22, 14, 6])
     g.add_argument("--margins", nargs="*", type=float, default=[0.1, 0.15, 0.2, 0.3])
     g.add_argument("--out", default=None)

@@ -557,19 +557,20 @@ def choose_equal_quality(s: Spec, crf: int, pframe: list[bytes], new: np.ndarray
         if found is None or math.log(len(found[1][0]) / limit) > FAST_RATE_MARGIN:
             return Choice("inter", pframe, crf, "fast pass")
         start = found[0]
-    found = intra_at_quality(s, new, size, target, start, version, limit)
+    tried: dict[int, tuple[float, list[bytes]]] = {}  # the real preset's intra frames: CRF -> (Y MSE, packets)
+    found = intra_at_quality(s, new, size, target, start, version, limit, tried=tried)
     if found is None:
         return Choice("inter", pframe, crf, "equal quality")
-    if len(found[1][0]) <= limit:
-        return Choice("intra", found[1], found[0], "equal quality")
-    if found[0] < s.crf_max:  # between two CRFs: the P-frame against the intra curve's chord there
-        c = found[0] + 1
-        above = code_candidate(s, c, "intra", new, None, version)
-        mse = luma_mse(s, new, decode_frames(s, above, padded_size(s, *size))[0], size)
-        if intra_beats_chord((len(found[1][0]), luma_mse(s, new, decode_frames(s, found[1], padded_size(s, *size))[0], size)),
-                             (len(above[0]), mse), (limit, target)):
-            nearer = found if math.log(len(found[1][0]) / limit) < math.log(limit / len(above[0])) else (c, above)
-            return Choice("intra", nearer[1], nearer[0], "intra curve")
+    c, packets = found
+    if len(packets[0]) <= limit:
+        return Choice("intra", packets, c, "equal quality")
+    if c < s.crf_max:  # between two CRFs: the P-frame against the intra curve's chord there
+        m_hi = tried[c][0]
+        m_lo, lo = intra_point(s, c + 1, new, size, version, tried=tried)
+        if intra_beats_chord((len(packets[0]), m_hi), (len(lo[0]), m_lo), (limit, target)):
+            if math.log(len(packets[0]) / limit) < math.log(limit / len(lo[0])):
+                return Choice("intra", packets, c, "intra curve")
+            return Choice("intra", lo, c + 1, "intra curve")
     return Choice("inter", pframe, crf, "equal quality")
 
 
@@ -586,20 +587,31 @@ def intra_beats_chord(hi: tuple[int, float], lo: tuple[int, float], pframe: tupl
     return math.log(m_lo) + f * (math.log(m_hi) - math.log(m_lo)) < math.log(m)
 
 
+def intra_point(s: Spec, crf: int, new: np.ndarray, size: tuple[int, int], version: int, preset: str | None = None,
+                tried: dict | None = None) -> tuple[float, list[bytes]]:
+    """``(Y MSE, packets)`` of the intra frame at ``crf`` (``preset``: another encoder preset than
+    the version's), taken from or stored in ``tried`` (CRF -> the same) when given."""
+    if tried is not None and crf in tried:
+        return tried[crf]
+    packets = code_candidate(s, crf, "intra", new, None, version, {"preset": preset} if preset else None)
+    point = (luma_mse(s, new, decode_frames(s, packets, padded_size(s, *size))[0], size), packets)
+    if tried is not None:
+        tried[crf] = point
+    return point
+
+
 def intra_at_quality(s: Spec, new: np.ndarray, size: tuple[int, int], target: float, start: int, version: int,
-                      give_up: float, preset: str | None = None) -> tuple[int, list[bytes]] | None:
+                     give_up: float, preset: str | None = None, tried: dict | None = None) -> tuple[int, list[bytes]] | None:
     """``(crf, packets)`` of the intra frame at the highest CRF whose Y MSE is at most ``target``,
     searched from ``start``: one step by the MSE's slope (it doubles about every 3 QP), then by
     one CRF up while the quality holds, or down until it does. None where no CRF reaches it, or
     where a CRF that does not already gives more than ``give_up`` bytes (a lower CRF would give
-    more). ``preset``: another encoder preset than the version's."""
-    coded: dict[int, tuple[float, list[bytes]]] = {}
+    more). ``preset``: another encoder preset than the version's; ``tried`` (CRF -> ``(Y MSE,
+    packets)``, :func:`intra_point`) keeps every frame coded on the way for the caller."""
+    tried = {} if tried is None else tried
 
     def at(c: int) -> tuple[float, list[bytes]]:
-        if c not in coded:
-            packets = code_candidate(s, c, "intra", new, None, version, {"preset": preset} if preset else None)
-            coded[c] = (luma_mse(s, new, decode_frames(s, packets, padded_size(s, *size))[0], size), packets)
-        return coded[c]
+        return intra_point(s, c, new, size, version, preset, tried)
 
     def clip(c: int) -> int:
         return min(max(c, s.crf_min), s.crf_max)
