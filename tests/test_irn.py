@@ -151,3 +151,34 @@ def test_training_losses_under_bf16_autocast():
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in low.values())
     assert abs(low["lr_fit"].item() - ref["lr_fit"].item()) < 0.05 * ref["lr_fit"].item() + 1e-3
     low["total"].backward()
+
+
+def test_foreign_lr_boxes_of_bicubic_lr_in_the_training_backward_pass():
+    """``foreign_lr`` (issue 26): with probability 1 every sample decodes an LR with one box of the
+    8-bit bicubic LR (a quarter to three quarters of each side) and its own 8-bit LR elsewhere; 0
+    is IRN's recipe; values outside [0, 1] are refused; the losses still reach every parameter."""
+    torch.manual_seed(0)
+    model = IRN(2, **TINY)
+    lr, bic = torch.rand(6, 3, 16, 20), torch.rand(6, 3, 16, 20)
+    own, theirs = ops.quantize_8bit(lr), ops.quantize_8bit(bic)
+    assert torch.equal(model.training_lr(lr, bic), own)
+    model.configure_training(0, foreign_lr=1.0)
+    mixed = model.training_lr(lr, bic)
+    for i in range(6):
+        box = (mixed[i] == theirs[i]).all(0) & (mixed[i] != own[i]).any(0)
+        rows, cols = box.any(1).nonzero().flatten(), box.any(0).nonzero().flatten()
+        assert 0 < len(rows) and 0 < len(cols)
+        h, w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        assert 4 <= h <= 12 and 5 <= w <= 15  # a quarter to three quarters of 16 x 20
+        inside = torch.zeros(16, 20, dtype=torch.bool)
+        inside[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True
+        assert torch.equal(mixed[i][:, inside], theirs[i][:, inside])
+        assert torch.equal(mixed[i][:, ~inside], own[i][:, ~inside])
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="foreign_lr"):
+            model.configure_training(0, foreign_lr=bad)
+    hr = synthetic_image(16, 16, seed=2)
+    losses = model.training_losses(hr.expand(2, -1, -1, -1).contiguous())
+    losses["total"].backward()
+    assert torch.isfinite(losses["total"])
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

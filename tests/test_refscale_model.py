@@ -376,3 +376,19 @@ def test_guide_ramp_scales_only_the_eq5_blur_term():
     assert len({round(g, 6) for g in (g0, g5, g10)}) == 3
     with pytest.raises(TypeError):
         model.configure_training(0, no_such_option=1)
+
+
+def test_foreign_lr_changes_only_the_reconstruction_term():
+    """``foreign_lr`` (IRN's, issue 26) in RefScale's training: boxes of bicubic LR in the decoded
+    LR change ``hr_rec`` only (the forward pass and its guide terms are the same)."""
+    model = tiny(2).train()
+    hr, ref = pair(16, 16, seed=2)
+
+    def losses(p):
+        model.configure_training(0, foreign_lr=p)
+        torch.manual_seed(0)
+        return {k: v.item() for k, v in model.training_losses(hr, ref).items()}
+
+    plain, foreign = losses(0.0), losses(1.0)
+    assert plain["lr_guide"] == foreign["lr_guide"] and plain["z_l2"] == foreign["z_l2"]
+    assert plain["hr_rec"] != foreign["hr_rec"]

@@ -14,8 +14,8 @@ averaged over the batch:
   Q is the 8-bit quantizer with a straight-through gradient.
 
 Training options of ours (``model.train_options``, :class:`refscale.nn.invertible.LatentTraining`):
-the temperature range of the sampled ``z`` and a penalty on LR values outside [0, 1]; the
-defaults are IRN's recipe.
+the temperature range of the sampled ``z``, a penalty on LR values outside [0, 1] and boxes of
+bicubic LR in the decoded LR (``foreign_lr``); the defaults are IRN's recipe.
 
 The optimiser settings of the reference (Adam 2e-4, betas 0.9/0.999, weight decay 1e-5,
 learning-rate halving every 100k steps, gradient-norm clipping 10, batch 16 x 144 px) belong
@@ -105,7 +105,7 @@ class IRN(LatentTraining, FastInference, Rescaler):
         lr_fit = self.lambda_fit * sum_l2(lr - guide)
         z_l2 = self.lambda_ce * sum_l2(z)
         z_sample = self.gaussian_scale * self.training_latent(z)
-        hr_hat = self.flow.inverse(torch.cat([ops.quantize_8bit(lr), z_sample], 1))
+        hr_hat = self.flow.inverse(torch.cat([self.training_lr(lr, guide), z_sample], 1))
         hr_rec = self.lambda_rec * sum_charbonnier(hr_hat - hr)
         terms = {"lr_fit": lr_fit, "z_l2": z_l2, "hr_rec": hr_rec}
         if self.lr_range_weight:

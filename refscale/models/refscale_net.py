@@ -59,8 +59,8 @@ blocks, measured no gain and were removed; docs/training.md has the numbers.)
 Training-only options (``configure_training``, set by the engine from ``model.train_options``):
 ``guide_ramp_steps`` ramps the eq. 5 blur in linearly (``S`` in eq. 5 is multiplied by
 ``min(1, step / guide_ramp_steps)``; ``F_c`` always uses ``S``), so that a saturated ``S`` of a
-fresh Ref-Net does not strip a warm-started LR of its detail at once; ``latent_temperature`` and
-``lr_range_weight`` as IRN's (:class:`refscale.nn.invertible.LatentTraining`). Parameter groups
+fresh Ref-Net does not strip a warm-started LR of its detail at once; ``latent_temperature``,
+``lr_range_weight`` and ``foreign_lr`` as IRN's (:class:`refscale.nn.invertible.LatentTraining`). Parameter groups
 (:meth:`parameter_groups`, learning-rate multipliers ``optim.lr_mult``): ``refnet``, ``cond``
 (the condition weights of the INN) and ``flow`` (the rest).
 
@@ -429,7 +429,7 @@ class RefScaleNet(LatentTraining, FastInference, Rescaler):
             lr_guide = sum_l2((bic - lr) * (1 - s)) + sum_l2((blur - lr) * s)  # eq. 5
         z_l2 = sum_l2(z)  # eq. 13
         z_sample = self.training_latent(z)
-        hr_hat = self.flow_inverse(torch.cat([ops.quantize_8bit(lr), z_sample], 1), fc)
+        hr_hat = self.flow_inverse(torch.cat([self.training_lr(lr, bic), z_sample], 1), fc)
         hr_rec = sum_charbonnier(hr_hat - hr)  # eq. 12
         terms = {"hr_rec": self.lambda_hr * hr_rec, "lr_guide": self.lambda_lr * lr_guide,
                  "z_l2": self.lambda_distr * z_l2}
