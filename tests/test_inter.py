@@ -353,6 +353,20 @@ def test_cli_encode_and_decode(tmp_path, capsys):
     assert main(["decode", str(tmp_path / "y.rsc"), "--ref", str(ref), "-o", str(tmp_path / "y.png")]) == 0
 
 
+def test_cli_decode_keeps_frame_0_in_a_folder(tmp_path, capsys, monkeypatch):
+    """``decode --frame0-cache DIR``: frame 0 is kept there, and a later run (a fresh cache in
+    memory) decodes the same pixels without regenerating it."""
+    monkeypatch.setenv(inter.FRAME0_CACHE_ENV, "")  # restored after the test (the CLI sets it)
+    new, ref = _pngs(tmp_path)
+    out, kept = tmp_path / "x.rsc", tmp_path / "kept"
+    assert main(["encode", str(new), "--ref", str(ref), "-m", MODEL[INTER[0]], "-o", str(out)]) == 0
+    for run, png in enumerate(("a.png", "b.png")):
+        monkeypatch.setattr(inter, "FIRST_FRAMES", cache := inter.FirstFrames())
+        assert main(["decode", str(out), "--ref", str(ref), "-o", str(tmp_path / png), "--frame0-cache", str(kept)]) == 0
+        assert cache.regenerated == (1 - run) and len(list(kept.glob("*.frame0"))) == 1
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
 # ----------------------------------------------------------------------------- damaged files
 @pytest.mark.parametrize("mode", ["inter", "intra"])
 def test_fuzz_inter_container(mode):
@@ -742,3 +756,49 @@ def test_intra_beats_chord():
     assert not inter.intra_beats_chord(hi, lo, (1414, 14.0))
     assert not inter.intra_beats_chord(hi, lo, (2500, 30.0))  # not between them
     assert not inter.intra_beats_chord(hi, lo, (900, 30.0))
+
+
+# ----------------------------------------------------------------------------- frame 0 kept per reference
+def test_hevc_frame_0_does_not_depend_on_the_crf():
+    """Why one kept frame 0 serves every quality of ``hevc-inter`` (FRAME0_CRF_FREE)."""
+    if "hevc-inter" not in INTER:
+        pytest.skip("no HEVC encoder here")
+    s = inter.SPECS["hevc-inter"]
+    _, ref = pair(32, 48)
+    planes = inter.to_planes(s, u8(ref))
+    frames = {inter.encode_frames(s, crf, [planes])[0] for crf in (0, 17, 34, 51)}
+    assert len(frames) == 1 and "hevc-inter" in inter.FRAME0_CRF_FREE
+
+
+@pytest.mark.parametrize("codec", INTER)
+def test_frame_0_is_regenerated_once_per_reference(codec, tmp_path, monkeypatch):
+    """In memory the second decode against the same reference reuses frame 0; with a folder a new
+    process (a new :class:`FirstFrames`) does too, at another quality where the codec allows; a
+    kept file that is not the encoder's frame 0 is caught by the digest and replaced; a folder that
+    cannot be written costs a warning, not the image."""
+    monkeypatch.setenv(inter.FRAME0_CACHE_ENV, "")  # restored after the test (the CLI sets it)
+    new, ref = pair(32, 48, noise=0.03)
+    a, r = u8(new), u8(ref)
+    p60, p40 = (inter.encode(codec, a, q, r, mode="inter") for q in (60, 40))
+    plain = inter.decode(codec, p60, a.shape[:2], r)
+    for folder in (None, tmp_path / "kept"):
+        cache = inter.FirstFrames(folder)
+        monkeypatch.setattr(inter, "FIRST_FRAMES", cache)
+        assert np.array_equal(inter.decode(codec, p60, a.shape[:2], r), plain) and cache.regenerated == 1
+        inter.decode(codec, p60, a.shape[:2], r)
+        assert cache.regenerated == 1
+        inter.decode(codec, p40, a.shape[:2], r)
+        assert cache.regenerated == (1 if codec in inter.FRAME0_CRF_FREE else 2)
+    later = inter.FirstFrames(tmp_path / "kept")  # another run
+    monkeypatch.setattr(inter, "FIRST_FRAMES", later)
+    assert np.array_equal(inter.decode(codec, p60, a.shape[:2], r), plain) and later.regenerated == 0
+    for f in (tmp_path / "kept").iterdir():
+        f.write_bytes(b"\x00\x00\x01" + bytes(40))
+    spoilt = inter.FirstFrames(tmp_path / "kept")
+    monkeypatch.setattr(inter, "FIRST_FRAMES", spoilt)
+    assert np.array_equal(inter.decode(codec, p60, a.shape[:2], r), plain) and spoilt.regenerated == 1
+    blocked = tmp_path / "file"
+    blocked.write_bytes(b"")
+    monkeypatch.setattr(inter, "FIRST_FRAMES", inter.FirstFrames(blocked / "sub"))
+    with pytest.warns(UserWarning, match="frame 0 not kept"):
+        assert np.array_equal(inter.decode(codec, p60, a.shape[:2], r), plain)

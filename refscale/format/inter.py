@@ -87,14 +87,25 @@ both builds, instead of decoding garbage. The encoder checks the same on its own
 writing (frame 0 re-encoded alone must equal frame 0 of the two-frame stream). With
 ``allow_other_reference`` the digest cannot match and is not checked (the P-frame is then
 predicted from the other reference, e.g. a re-encoded copy of the archive image).
+
+Regenerating frame 0 is most of the decoder's time (x265 ``slow`` near-lossless, single-threaded:
+4.2 s of a 1.26 Mpx Sentinel-2 city, about as long as everything else together), and it depends
+only on the reference, the codec build and the payload version (HEVC: not on the CRF), so one
+archive image serves every revisit: :data:`FIRST_FRAMES` keeps frame 0 per reference in memory
+(bounded; the encoder's determinism check and a rate search reuse it too) and, where a folder is
+set (:func:`use_first_frame_folder`, the environment variable ``REFSCALE_FRAME0_CACHE``, the CLI's
+``decode --frame0-cache``), on disk across runs. A kept frame 0 is used only when its digest is the
+one the payload records; otherwise it is regenerated.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import math
+import os
 import re
 import struct
+import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import NamedTuple
@@ -337,6 +348,91 @@ def decode_frames(s: Spec, packets: list[bytes], size: tuple[int, int]) -> list[
 
 def _frame_size(s: Spec, planes: np.ndarray) -> tuple[int, int]:
     return (planes.shape[1], planes.shape[2]) if s.chroma == 444 else (planes.shape[0] * 2 // 3, planes.shape[1])
+
+
+#: the codecs whose frame 0 does not depend on the CRF (x265 with ``ipratio=1024`` codes it at QP 0
+#: whatever the CRF; x264's and SVT-AV1's differ by CRF): one kept frame 0 serves every quality
+FRAME0_CRF_FREE = frozenset({"hevc-inter"})
+#: the environment variable naming the folder that keeps frame 0 across runs (:class:`FirstFrames`)
+FRAME0_CACHE_ENV = "REFSCALE_FRAME0_CACHE"
+
+
+class FirstFrames:
+    """Frame 0's packet per (codec build, payload version, settings, reference planes): kept in
+    memory (least recently used first out beyond ``max_bytes``) and, with a ``folder``, in one file
+    per key there (written atomically; a file that does not hold what its key promises is caught by
+    the payload's digest and replaced)."""
+
+    def __init__(self, folder: str | os.PathLike | None = None, max_bytes: int = 256 << 20):
+        self.folder, self.max_bytes = folder, int(max_bytes)
+        self._memory: dict[str, bytes] = {}
+        self.regenerated = 0  # frames 0 coded here (tests, and the speed benchmark's cold / warm runs)
+
+    def key(self, s: Spec, crf: int, planes: np.ndarray, version: int) -> str:
+        opts = _options(s, 0 if s.name in FRAME0_CRF_FREE else crf, True, version)
+        h = hashlib.sha256(f"{identity(s.name)}|{version}|{sorted(opts.items())}|{planes.shape}|{planes.dtype}".encode())
+        h.update(np.ascontiguousarray(planes).data)
+        return h.hexdigest()
+
+    def packet(self, s: Spec, crf: int, planes: np.ndarray, version: int, digest: bytes | None = None) -> bytes:
+        """Frame 0 coded alone (as :func:`encode_frames` would); with ``digest``, a kept packet
+        whose digest differs is not used."""
+        key = self.key(s, crf, planes, version)
+        kept = self._memory.pop(key, None)
+        if kept is None:
+            kept = self._read(key)
+        if kept is None or (digest is not None and _digest(kept) != digest):
+            f0 = encode_frames(s, crf, [planes], version=version)
+            if len(f0) != 1:
+                raise ContainerError(f"{s.encoder} produced {len(f0)} packets for frame 0")
+            kept = f0[0]
+            self.regenerated += 1
+            self._write(key, kept)
+        self._memory[key] = kept
+        while sum(map(len, self._memory.values())) > self.max_bytes and len(self._memory) > 1:
+            self._memory.pop(next(iter(self._memory)))
+        return kept
+
+    def clear(self) -> None:
+        """Forget what is kept in memory (the folder stays)."""
+        self._memory.clear()
+
+    def _folder(self) -> str | None:
+        return os.fspath(self.folder) if self.folder is not None else os.environ.get(FRAME0_CACHE_ENV) or None
+
+    def _read(self, key: str) -> bytes | None:
+        folder = self._folder()
+        if folder is None:
+            return None
+        try:
+            with open(os.path.join(folder, key + ".frame0"), "rb") as f:
+                return f.read()
+        except OSError:
+            return None
+
+    def _write(self, key: str, data: bytes) -> None:
+        folder = self._folder()
+        if folder is None:
+            return
+        path = os.path.join(folder, key + ".frame0")
+        try:
+            os.makedirs(folder, exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError as e:  # a cache that cannot be written costs time, not the result
+            warnings.warn(f"frame 0 not kept in {folder}: {e.strerror or e}")
+
+
+#: the process's frame-0 cache (module doc)
+FIRST_FRAMES = FirstFrames()
+
+
+def use_first_frame_folder(folder: str | os.PathLike | None) -> None:
+    """Keep frame 0 in ``folder`` across runs (None: only in memory, or the folder of
+    ``REFSCALE_FRAME0_CACHE``)."""
+    FIRST_FRAMES.folder = folder
 
 
 def _digest(data: bytes) -> bytes:
@@ -668,8 +764,8 @@ def encode(name: str, arr: np.ndarray, quality: int | None, ref: np.ndarray | No
     head = struct.pack("<BBB", version, crf | flag, len(ident)) + ident + (bytes([MODE_BYTES.index(mode)]) if version == 3 else b"")
     if mode == "intra":
         return head + packets[0]
-    alone = encode_frames(s, crf, [f0], version=version)
-    if alone[:1] != packets[:1]:  # the decoder would not be able to rebuild frame 0
+    alone = FIRST_FRAMES.packet(s, crf, f0, version, _digest(packets[0]))
+    if alone != packets[0]:  # the decoder would not be able to rebuild frame 0
         raise InputError(f"{s.encoder} is not deterministic here: frame 0 alone differs from frame 0 of the stream")
     return head + _digest(packets[0]) + packets[1]
 
@@ -717,9 +813,7 @@ def decode(name: str, data: bytes, size: tuple[int, int], ref: np.ndarray | None
             raise ContainerError(f"{name} intra frame did not decode ({len(frames)} frames from 1 packet)")
         return from_planes(s, frames[0], size)
     ref = _check_ref(name, ref, (size[0], size[1], 3))
-    f0 = encode_frames(s, p.crf, [to_planes(s, ref)], version=p.version)
-    if len(f0) != 1:
-        raise ContainerError(f"{s.encoder} produced {len(f0)} packets for frame 0")
+    f0 = [FIRST_FRAMES.packet(s, p.crf, to_planes(s, ref), p.version, p.digest)]
     if exact and _digest(f0[0]) != p.digest:
         mine = identity(name)
         why = ("the same build: the reference at LR size or the encoder's output differs on this machine"
