@@ -1,7 +1,12 @@
-"""Build the codec-in-the-loop training cache of the learned inter decoders (issue 27, ``enhance-x1/x2``).
+"""Build the codec-in-the-loop training cache of the learned decoders (issue 27, ``enhance-*``).
 
     python scripts/build_codec_cache.py --data ../shared/data --out CACHE [--scales 1 2]
         [--qualities 30 42 54 66 78] [--crop 512] [--codec hevc-inter]
+    python scripts/build_codec_cache.py --data ../shared/data --out CACHE_AVIF --codec avif --scales 1 \
+        --qualities 1 10 25 40 55
+
+A still codec (``--codec avif``, the decoders after a still codec, issue 27 item 3) codes the LR
+alone (no reference at the LR's size); everything else is the same.
 
 For each training pair (the OSCD train cities in both directions, older -> newer pairs of the NAIP
 training dates) and the validation pairs (the held-out cities aguasclaras and bordeaux, older ->
@@ -81,9 +86,15 @@ def crop_box(name: str, h: int, w: int, size: int, multiple: int) -> tuple[int, 
 
 def settings(codec: str) -> dict:
     """What the decoded pixels depend on: rebuild the cache when any of it changes."""
-    import refscale
-    from refscale.format import inter
+    from importlib.metadata import version
 
+    import refscale
+    from refscale.format import codecs, inter
+
+    if not codecs.needs_reference(codec):  # a still codec: its library's version and our settings
+        library = codecs.CODECS[codec].library
+        return {"refscale": refscale.__version__, "codec": codec, "identity": f"{library}-{version(library)}",
+                "encoder_settings": {"avif_speed": codecs.AVIF_SPEED} if codec == "avif" else {}}
     info = {"refscale": refscale.__version__, "codec": codec, "identity": inter.identity(codec),
             "payload_version": inter.PAYLOAD_VERSION,
             "encoder_settings": inter.SETTINGS[inter.PAYLOAD_VERSION].get(codec)}
@@ -110,10 +121,11 @@ def main() -> None:
     from refscale.format.rounding import to_uint8_hwc
 
     codec = codecs.canonical(args.codec)
-    if not codecs.needs_reference(codec):
-        sys.exit(f"error: {codec} is not an inter-frame codec")
+    predicted = codecs.needs_reference(codec)  # an inter codec: the LR predicted from the reference at its size
+    if codecs.is_lossless(codec, args.qualities[0]):
+        sys.exit(f"error: {codec} is lossless: nothing for a learned decoder to restore")
     out = args.out
-    info = {**settings(codec), "crf": {str(q): inter.crf_for(codec, q) for q in args.qualities}}
+    info = {**settings(codec), **({"crf": {str(q): inter.crf_for(codec, q) for q in args.qualities}} if predicted else {})}
     man = out / "manifest.json"
     if man.is_file():
         old = json.loads(man.read_text())
@@ -152,7 +164,7 @@ def main() -> None:
             hr_t = torch.from_numpy(hr.copy()).permute(2, 0, 1)[None].float() / 255
             ref_t = torch.from_numpy(ref.copy()).permute(2, 0, 1)[None].float() / 255
             lr = hr if s == 1 else to_uint8_hwc(ops.bicubic_down(hr_t, s))
-            lr_ref = pipeline.lr_reference(ref_t, s, s)
+            lr_ref = pipeline.lr_reference(ref_t, s, s) if predicted else None
             for q in args.qualities:
                 name = f"{pname}-q{q}"
                 if name in done:
@@ -168,7 +180,7 @@ def main() -> None:
                 rows.append({"hr": f"pairs/{pname}/hr.png", "ref": f"pairs/{pname}/ref.png", "name": name, "repeat": 1,
                              "coded": rel.as_posix(), "quality": q, "scale": s,
                              "bpp": f"{8 * len(data) / (hr.shape[0] * hr.shape[1]):.5f}", "bytes": len(data),
-                             "payload": data[0], "split": split})
+                             "payload": data[0] if predicted else "", "split": split})
                 print(f"x{s} {name}: {len(data)} bytes, {float(rows[-1]['bpp']):.3f} bpp, LR PSNR {psnr:.2f} dB, "
                       f"{time.perf_counter() - t0:.1f} s", flush=True)
                 with open(csv_path, "w", newline="") as f:  # after every row, so an interrupted build resumes

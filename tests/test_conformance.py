@@ -33,6 +33,9 @@ TINY = {
     # learned decoders on top of the HEVC inter codec (issue 27)
     "enhance-x1": ({"nf": 8, "blocks": 1}, 0.02),
     "enhance-x2": ({"nf": 8, "blocks": 1}, 0.02),
+    # the same after a still codec (AVIF)
+    "enhance-x1-avif": ({"nf": 8, "blocks": 1}, 0.02),
+    "enhance-x2-avif": ({"nf": 8, "blocks": 1}, 0.02),
 }
 VARIANTS = {  # more configs of a catalogue architecture that ship or are documented
     "refscale-x2/irn-blocks": ("refscale-x2", {**TINY["refscale-x2"][0], "inn_block": "irn"}, 0.02),

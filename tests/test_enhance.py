@@ -238,3 +238,17 @@ def test_configs_hold_out_every_cached_validation_row():
         assert cfg["data"]["coded"] and cfg["data"]["patch_size"] % model.alignment == 0
         want = [f"{c}-fwd-q{q}" for c in cache.VAL_CITIES for q in cache.DEFAULT_QUALITIES]
         assert cfg["data"]["val_names"] == want and cfg["val"]["max_images"] == len(want)
+
+
+def test_avif_decoders_start_from_the_inter_decoders_weights():
+    """``enhance-x1-avif`` is ``enhance-x1``'s network after AVIF (issue 27, item 3): it warm-starts
+    from the HEVC decoder's weights (the same network; only the codec differs) and refuses others."""
+    src = zoo.build("enhance-x1", **TINY)
+    torch.nn.init.normal_(src.tail.weight, std=0.01)
+    dst = zoo.build("enhance-x1-avif", **TINY)
+    assert dst.default_codec == "avif" and dst.needs_reference and dst.scale == 1
+    dst.warm_start(src)
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
+    for other in (zoo.build("enhance-x2", **TINY), zoo.build("enhance-x1", nf=8, blocks=2), zoo.build("bicubic-x2")):
+        with pytest.raises(ModelError, match="starts only from"):
+            dst.warm_start(other)

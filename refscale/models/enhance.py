@@ -1,4 +1,7 @@
-"""Learned decoders on top of the inter-frame codec: ``enhance-x1`` and ``enhance-x2`` (issue 27).
+"""Learned decoders on top of the inter-frame codec: ``enhance-x1`` and ``enhance-x2`` (issue 27);
+the same network after a still codec: ``enhance-x1-avif`` and ``enhance-x2-avif`` (issue 27, item 3:
+on board AVIF at full resolution, or bicubic x2 + AVIF, where there is no inter codec; the
+reference is still at the ground, so the network has the same inputs).
 
 On board nothing is learned: ``downscale`` is the identity at scale 1 (the image is coded as a
 P-frame predicted from the reference, exactly the ``inter-hevc`` model) and MATLAB bicubic down
@@ -59,7 +62,9 @@ class _ResBlock(nn.Module):
         return x + self.conv2(F.relu(self.conv1(x)))
 
 
-@register("enhance-x2", scale=2, weights="enhance-x2-hevc-oscd")  # not shipped yet: load() says so
+@register("enhance-x2-avif", scale=2, codec="avif", weights="enhance-x2-avif-oscd")
+@register("enhance-x1-avif", scale=1, codec="avif", weights="enhance-x1-avif-oscd")
+@register("enhance-x2", scale=2, weights="enhance-x2-hevc-oscd")
 @register("enhance-x1", scale=1, weights="enhance-x1-hevc-oscd")
 class InterEnhance(FastInference, Rescaler):
     """Codec-decoded LR + reference -> HR (module doc); identity / bicubic down on board."""
@@ -111,6 +116,15 @@ class InterEnhance(FastInference, Rescaler):
         if tuple(ref.shape[-2:]) != size:
             raise ModelError(f"{self.name}: reference is {ref.shape[-1]}x{ref.shape[-2]}, expected {size[1]}x{size[0]} (the HR size)")
         return self.rebuild(lr, ref)
+
+    def warm_start(self, other: Rescaler) -> None:
+        """Copy the network of the same decoder trained after another codec (``model.init_weights``:
+        ``enhance-x1-avif`` from ``enhance-x1-hevc-oscd``); anything else is refused."""
+        same = {k: v for k, v in getattr(other, "config", {}).items() if k != "codec"}
+        if getattr(other, "arch", None) != self.arch or same != {k: v for k, v in self.config.items() if k != "codec"}:
+            raise ModelError(f"{self.name} starts only from an enhance model of the same scale and size, "
+                             f"not {getattr(other, 'name', type(other).__name__)}")
+        self.load_state_dict(other.state_dict(), strict=True)
 
     # ------------------------------------------------------------------ the network
     def rebuild(self, coded: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
