@@ -185,12 +185,14 @@ def save_weights(model: Rescaler, path: str | os.PathLike, card: dict[str, Any] 
 
 #: scale pickers: catalogue name -> the architecture family (``Rescaler.arch``) whose registered
 #: names are its members, one per scale; a new scale of the family is a member by its registration alone
-PICKERS: dict[str, str] = {"enhance-hevc": "enhance"}
+PICKERS: dict[str, tuple[str, str]] = {"enhance-hevc": ("enhance", "hevc-inter")}
 
 
 def picker_members(name: str) -> list[str]:
-    """The catalogue names a scale picker stands for, by scale (``["enhance-x1", "enhance-x2"]``)."""
-    specs = [spec for spec in architectures().values() if spec.cls.arch == PICKERS[name]]
+    """The catalogue names a scale picker stands for (its family, after its codec), by scale
+    (``["enhance-x1", "enhance-x2"]``)."""
+    arch, codec = PICKERS[name]
+    specs = [spec for spec in architectures().values() if spec.cls.arch == arch and spec.defaults.get("codec") == codec]
     return [spec.name for spec in sorted(specs, key=lambda spec: spec.defaults.get("scale", 0))]
 
 

@@ -256,3 +256,8 @@ def test_folders_and_batch_workers(tiny, tmp_path, capsys, monkeypatch):
     assert row["status"] == "failed" and "give --bpp X or --bytes N" in row["error"]
     args = build_parser().parse_args(["batch", "encode", str(src), "-o", str(out), "-m", "enhance-hevc", "--bytes", "900"])
     assert (args.max_bytes, args.bpp, args.quality) == (900, None, None)
+
+
+def test_the_picker_stands_for_its_codecs_decoders_only():
+    """``enhance-hevc`` picks among the decoders after the inter codec, not those after AVIF."""
+    assert zoo.picker_members("enhance-hevc") == ["enhance-x1", "enhance-x2"]

@@ -64,8 +64,8 @@ class _ResBlock(nn.Module):
 
 @register("enhance-x2-avif", scale=2, codec="avif", weights="enhance-x2-avif-oscd")
 @register("enhance-x1-avif", scale=1, codec="avif", weights="enhance-x1-avif-oscd")
-@register("enhance-x2", scale=2, weights="enhance-x2-hevc-oscd")
-@register("enhance-x1", scale=1, weights="enhance-x1-hevc-oscd")
+@register("enhance-x2", scale=2, codec="hevc-inter", weights="enhance-x2-hevc-oscd")
+@register("enhance-x1", scale=1, codec="hevc-inter", weights="enhance-x1-hevc-oscd")
 class InterEnhance(FastInference, Rescaler):
     """Codec-decoded LR + reference -> HR (module doc); identity / bicubic down on board."""
 
