@@ -55,7 +55,8 @@ def made_up_revisit(img: np.ndarray, seed: int) -> np.ndarray:
 
 
 def make_pairs(data: Path, work: Path, set_name: str, urban_images: int, urban_crop: int) -> dict[str, Path]:
-    """Write the references of one set once; the manifest (``hr,ref,name``) of each kind."""
+    """Write the references of one set once; the manifest (``hr,ref,name``) of each kind, named
+    by the set and its number of images."""
     from PIL import Image
 
     from benchmarks.out_of_domain import samples_of
@@ -79,10 +80,15 @@ def make_pairs(data: Path, work: Path, set_name: str, urban_images: int, urban_c
                 Image.fromarray(img).save(hr)
                 Image.fromarray(other).save(ref)
             rows.append((hr.name, ref.name, s.name))
-        manifests[kind] = folder / "pairs.csv"
+        manifests[kind] = folder / f"pairs{len(rows)}.csv"
         with open(manifests[kind], "w", newline="") as f:
             csv.writer(f).writerows([("hr", "ref", "name"), *rows])
     return manifests
+
+
+def set_label(set_name: str, args) -> str:
+    """The set as the results name it: Urban100 with its number of images and crop."""
+    return f"Urban100[{args.urban_images or 'all'} x {args.urban_crop}px]" if set_name == "Urban100" else set_name
 
 
 def measure(model_name: str, codec: str, manifest: Path, quality: int, precision: str | None) -> dict:
@@ -145,14 +151,14 @@ def main(argv=None) -> None:
             for model_name in (plain, dec):
                 for kind in REFERENCES:
                     for q in args.qualities:
-                        key = f"{model_name}|{codec}|{set_name}|{kind}|{q}"
+                        key = f"{model_name}|{codec}|{set_label(set_name, args)}|{kind}|{q}"
                         if key in results:
                             continue
                         results[key] = measure(model_name, codec, manifests[kind], q, args.precision)
                         m = results[key]["mean"]
                         print(f"{key}: {m['bpp']:.3f} bpp, Y {m['psnr_y']:.2f}, RGB {m['psnr_rgb']:.2f}", flush=True)
                         store.save(results, args.out)
-    body = table(results, args.models, args.sets, args.qualities)
+    body = table(results, args.models, [set_label(s, args) for s in args.sets], args.qualities)
     print(body)
     if args.write:
         write_section(args.write, body, START, END)
