@@ -149,3 +149,28 @@ def test_every_refscale_module_named_in_benchmarks_and_scripts_exists():
                 if importlib.util.find_spec(name) is None:
                     missing.append(f"{folder}/{f.name}: {name}")
     assert not missing, missing
+
+
+def test_evaluate_bd_from_evaluate_results(tmp_path, capsys):
+    """``evaluate_bd``: a pipeline 0.5 dB above another at the same rates saves bits on the mean
+    curve and on each image; files whose images differ are refused."""
+    from benchmarks import evaluate_bd
+
+    def result(model, q, gain, names=("a", "b")):
+        bpp = 0.05 * 2 ** (q / 15)
+        images = [{"name": n, "quality": q, "bpp": bpp * (1 + i / 10), "psnr_y": 30 + q / 5 + gain + i,
+                   "psnr_rgb": 28 + q / 5 + gain + i, "fallback": 0.1} for i, n in enumerate(names)]
+        mean = {k: sum(x[k] for x in images) / len(images) for k in ("bpp", "psnr_y", "psnr_rgb")}
+        return {"model": model, "images": images, "mean": mean}
+
+    for q in (10, 25, 40, 55):
+        (tmp_path / f"base_q{q}.json").write_text(json.dumps(result("plain", q, 0.0)))
+        (tmp_path / f"new_{q}.json").write_text(json.dumps(result("learned", q, 0.5)))
+    evaluate_bd.main(["--base", *sorted(map(str, tmp_path.glob("base_*"))), "--new", *sorted(map(str, tmp_path.glob("new_*")))])
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| PSNR")}
+    assert set(rows) == {"PSNR-Y", "PSNR-RGB"} and "(+0.50 dB)" in rows["PSNR-Y"]
+    assert all(float(c.strip().strip("*%").split("%")[0]) < 0 for c in rows["PSNR-Y"].split("|")[2:5])
+    (tmp_path / "new_55.json").write_text(json.dumps(result("learned", 55, 0.5, names=("a", "c"))))
+    with pytest.raises(SystemExit, match="same images"):
+        evaluate_bd.main(["--base", *map(str, tmp_path.glob("base_*")), "--new", *map(str, tmp_path.glob("new_*"))])

@@ -1,0 +1,102 @@
+"""BD-rate between two pipelines from their ``refscale evaluate`` results, one file per quality.
+
+    for q in 25 40 55 65; do
+      refscale evaluate --data ../shared/data/oscd --split test -m inter-hevc --codec hevc-inter -q $q --json base_q$q.json
+      refscale evaluate --data ../shared/data/oscd --split test -m enhance-x1 --codec hevc-inter -q $q --json new_q$q.json
+    done
+    python -m benchmarks evaluate_bd --base base_q*.json --new new_q*.json [--write docs/learned-decoder.md --block NAME]
+
+Each file is one quality (its images' ``quality``; the file name's ``_q<N>`` where they have none);
+the two pipelines must have scored the same images. Prints the mean points (bpp, PSNR-Y,
+PSNR-RGB, and the fraction of blocks the verifying encoder gave to the plain decode), the BD-rate
+and BD-PSNR of ``--new`` against ``--base`` on the mean curves (:func:`refscale.rd.bd`: pchip over
+the overlapping range) on PSNR-Y and PSNR-RGB, and per image. ``--write`` replaces the block
+``--block`` of that docs page (kept as data in docs/results/, :mod:`benchmarks.render`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from benchmarks.report_common import write_section
+
+
+def load(paths: list[Path]) -> tuple[str, dict[int, dict]]:
+    """``(model name, {quality: result})`` of one pipeline's files."""
+    out, names = {}, set()
+    for p in paths:
+        r = json.loads(Path(p).read_text())
+        qs = {x.get("quality") for x in r["images"]}
+        q = qs.pop() if len(qs) == 1 else None
+        if q is None:
+            m = re.search(r"_q(\d+)", Path(p).stem)
+            if not m:
+                raise SystemExit(f"{p}: no quality in the result or the file name")
+            q = int(m.group(1))
+        if q in out:
+            raise SystemExit(f"two files of quality {q} for one pipeline ({p})")
+        out[int(q)] = r
+        names.add(r.get("model", Path(p).stem))
+    return " / ".join(sorted(names)), out
+
+
+def points(results: dict[int, dict], key: str, image: str | None = None) -> list[tuple[float, float]]:
+    rows = []
+    for q in sorted(results):
+        r = results[q]
+        src = r["mean"] if image is None else next(x for x in r["images"] if x["name"] == image)
+        rows.append((src["bpp"], src[key]))
+    return sorted(rows)
+
+
+def report(base: dict[int, dict], new: dict[int, dict], base_name: str, new_name: str) -> str:
+    from refscale.rd import bd
+
+    images = sorted(x["name"] for x in next(iter(base.values()))["images"])
+    for results in (base, new):
+        for q, r in results.items():
+            if sorted(x["name"] for x in r["images"]) != images:
+                raise SystemExit(f"quality {q}: the two pipelines did not score the same images")
+    lines = [f"| {base_name} q | bpp | Y | RGB | {new_name} q | bpp | Y | RGB | blocks to the plain decode |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for qa, qb in zip(sorted(base), sorted(new)):
+        a, b = base[qa]["mean"], new[qb]["mean"]
+        fb = [x.get("fallback") for x in new[qb]["images"] if x.get("fallback") is not None]
+        lines.append(f"| {qa} | {a['bpp']:.4f} | {a['psnr_y']:.2f} | {a['psnr_rgb']:.2f} | {qb} | {b['bpp']:.4f} | "
+                     f"{b['psnr_y']:.2f} | {b['psnr_rgb']:.2f} | {sum(fb) / len(fb):.1%} |" if fb else
+                     f"| {qa} | {a['bpp']:.4f} | {a['psnr_y']:.2f} | {a['psnr_rgb']:.2f} | {qb} | {b['bpp']:.4f} | "
+                     f"{b['psnr_y']:.2f} | {b['psnr_rgb']:.2f} | - |")
+    lines += ["", f"| BD-rate against {base_name} | mean curve | " + " | ".join(images) + " |",
+              "|---|---:|" + "---:|" * len(images)]
+    for key, label in (("psnr_y", "PSNR-Y"), ("psnr_rgb", "PSNR-RGB")):
+        m = bd(points(base, key), points(new, key))
+        per = [bd(points(base, key, n), points(new, key, n)).get("bd_rate") for n in images]
+        cells = " | ".join("-" if r is None else f"{r:+.1f}%" for r in per)
+        mean = "-" if m.get("bd_rate") is None else f"**{m['bd_rate']:+.1f}%** ({m['bd_psnr']:+.2f} dB)"
+        lines.append(f"| {label} | {mean} | {cells} |")
+    lo, hi = bd(points(base, "psnr_y"), points(new, "psnr_y")).get("bpp_range", (None, None)) or (None, None)
+    if lo is not None:
+        lines += ["", f"Mean curves over their overlap, {lo:.3f}-{hi:.3f} bpp."]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base", type=Path, nargs="+", required=True, help="the reference pipeline's files, one per quality")
+    ap.add_argument("--new", type=Path, nargs="+", required=True, help="the compared pipeline's files, one per quality")
+    ap.add_argument("--write", type=Path, default=None, help="docs page whose --block is replaced")
+    ap.add_argument("--block", default=None, help="the block's name (<!-- NAME:start -->)")
+    args = ap.parse_args(argv)
+    if bool(args.write) != bool(args.block):
+        ap.error("--write and --block go together")
+    (bn, base), (nn, new) = load(args.base), load(args.new)
+    body = report(base, new, bn, nn)
+    print(body)
+    if args.write:
+        write_section(args.write, body, f"<!-- {args.block}:start -->", f"<!-- {args.block}:end -->")
+
+
+if __name__ == "__main__":
+    main()
