@@ -84,10 +84,15 @@ def evaluations(args) -> list[dict]:
     (with ``--reuse``, an existing JSON file is read instead); run once per call of the script."""
     if getattr(args, "evaluated", None) is not None:
         return args.evaluated
-    rows = []
+    from refscale.zoo import weights_cards
+
+    rows, shipped = [], weights_cards()
     for scale in args.scales:
         for arch in ARCHS:
             ref = model_ref(arch, scale, args.weights_dir)
+            if arch != "bicubic" and args.weights_dir is None and ref not in shipped:
+                print(f"{ref}: no shipped weights, left out", file=sys.stderr)
+                continue
             for name in args.sets:
                 out = args.out / f"{arch}_x{scale}_{name.lower()}.json"
                 cmd = ["refscale", "evaluate", "--data", str(args.data / name), "-m", ref,
@@ -124,6 +129,10 @@ def table_markdown(rows: list[dict], sets: list[str]) -> str:
         ref = next(iter(mine.values()))["ref"]
         lines.append(f"| x{scale} | {arch} | {' | '.join(cells)} | {training_budget(card_for(ref))} |")
         colour.append(f"| x{scale} | {arch} | {' | '.join(ccells)} |")
+    present = {(r["scale"], r["arch"]) for r in rows}
+    missing = [f"{a}-x{sc}-natural" for sc in sorted({r["scale"] for r in rows}) for a in ARCHS if (sc, a) not in present]
+    if missing:
+        lines.append(f"\nNo shipped weights, left out: {', '.join(missing)}.")
     return ("PSNR / SSIM on Y and on RGB (border of `scale` pixels cropped); paper = FGRN Table 1, Y only "
             f"(DIV2K training at full budget); learned models run in {' and '.join(sorted(used)) or '-'}:\n\n" + "\n".join(lines)
             + "\n\nColour: the worst image of each set (lowest PSNR-RGB) and the mean fraction of pixels with an RGB channel "

@@ -64,6 +64,7 @@ def test_natural_table_and_glance_show_rgb_per_set():
     assert "| Set5 ours Y | Set5 ours RGB | Set5 paper Y |" in table
     assert "| x2 | fgrn | 35.00 / 0.9000 | 33.00 / 0.8800 | 44.15 / 0.9902 | 35.00 / 0.9000 | 33.00 / 0.8800 | 42.28 / 0.9840 |" in table
     assert "| x2 | bicubic | b 25.00 | 0.10% | b 25.00 | 0.10% |" in table and "| x2 | fgrn | b 30.00 | - | b 30.00 | - |" in table
+    assert "No shipped weights, left out: irn-x2-natural." in table  # a method without rows is named
     glance = natural_report.glance_markdown(rows, ["Set5", "Set14"], None, "cmd")
     steps = card_for("fgrn-x2-natural").get("iterations") or "-"
     assert f"| `fgrn-x2-natural` | {steps} | **35.00** / **33.00** | **35.00** / **33.00** | Set5 b 30.00 | - / - | - |" in glance
