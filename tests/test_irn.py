@@ -155,15 +155,16 @@ def test_training_losses_under_bf16_autocast():
 
 def test_foreign_lr_boxes_of_bicubic_lr_in_the_training_backward_pass():
     """``foreign_lr`` (issue 26): with probability 1 every sample decodes an LR with one box of the
-    8-bit bicubic LR (a quarter to three quarters of each side) and its own 8-bit LR elsewhere; 0
-    is IRN's recipe; values outside [0, 1] are refused; the losses still reach every parameter."""
+    8-bit bicubic LR (a quarter to three quarters of each side) and its own 8-bit LR elsewhere, and
+    the reconstruction loss skips the boxes; 0 is IRN's recipe; values outside [0, 1] are refused;
+    the losses still reach every parameter."""
     torch.manual_seed(0)
     model = IRN(2, **TINY)
     lr, bic = torch.rand(6, 3, 16, 20), torch.rand(6, 3, 16, 20)
     own, theirs = ops.quantize_8bit(lr), ops.quantize_8bit(bic)
-    assert torch.equal(model.training_lr(lr, bic), own)
+    assert torch.equal(model.training_lr(lr, bic)[0], own) and model.training_lr(lr, bic)[1] is None
     model.configure_training(0, foreign_lr=1.0)
-    mixed = model.training_lr(lr, bic)
+    mixed, foreign = model.training_lr(lr, bic)
     for i in range(6):
         box = (mixed[i] == theirs[i]).all(0) & (mixed[i] != own[i]).any(0)
         rows, cols = box.any(1).nonzero().flatten(), box.any(0).nonzero().flatten()
@@ -174,6 +175,10 @@ def test_foreign_lr_boxes_of_bicubic_lr_in_the_training_backward_pass():
         inside[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True
         assert torch.equal(mixed[i][:, inside], theirs[i][:, inside])
         assert torch.equal(mixed[i][:, ~inside], own[i][:, ~inside])
+        assert torch.equal(foreign[i, 0], inside)
+    diff = torch.ones(6, 3, 32, 40)  # the loss is taken outside the boxes only (HR = 2 x LR here)
+    kept = model.outside_foreign(diff, foreign)
+    assert torch.equal(kept[:, :, ::2, ::2] == 0, foreign.expand(-1, 3, -1, -1))
     for bad in (-0.1, 1.5):
         with pytest.raises(ValueError, match="foreign_lr"):
             model.configure_training(0, foreign_lr=bad)

@@ -105,8 +105,9 @@ class IRN(LatentTraining, FastInference, Rescaler):
         lr_fit = self.lambda_fit * sum_l2(lr - guide)
         z_l2 = self.lambda_ce * sum_l2(z)
         z_sample = self.gaussian_scale * self.training_latent(z)
-        hr_hat = self.flow.inverse(torch.cat([self.training_lr(lr, guide), z_sample], 1))
-        hr_rec = self.lambda_rec * sum_charbonnier(hr_hat - hr)
+        lr_in, foreign = self.training_lr(lr, guide)
+        hr_hat = self.flow.inverse(torch.cat([lr_in, z_sample], 1))
+        hr_rec = self.lambda_rec * sum_charbonnier(self.outside_foreign(hr_hat - hr, foreign))
         terms = {"lr_fit": lr_fit, "z_l2": z_l2, "hr_rec": hr_rec}
         if self.lr_range_weight:
             terms["lr_range"] = self.lr_range_loss(lr)

@@ -429,8 +429,9 @@ class RefScaleNet(LatentTraining, FastInference, Rescaler):
             lr_guide = sum_l2((bic - lr) * (1 - s)) + sum_l2((blur - lr) * s)  # eq. 5
         z_l2 = sum_l2(z)  # eq. 13
         z_sample = self.training_latent(z)
-        hr_hat = self.flow_inverse(torch.cat([self.training_lr(lr, bic), z_sample], 1), fc)
-        hr_rec = sum_charbonnier(hr_hat - hr)  # eq. 12
+        lr_in, foreign = self.training_lr(lr, bic)
+        hr_hat = self.flow_inverse(torch.cat([lr_in, z_sample], 1), fc)
+        hr_rec = sum_charbonnier(self.outside_foreign(hr_hat - hr, foreign))  # eq. 12 (outside foreign LR boxes)
         terms = {"hr_rec": self.lambda_hr * hr_rec, "lr_guide": self.lambda_lr * lr_guide,
                  "z_l2": self.lambda_distr * z_l2}
         if self.lr_range_weight:

@@ -348,8 +348,11 @@ class LatentTraining:
       instead of the model's own (default 0). Our choice (issue 26, docs/robustness.md): the
       verifying encoder replaces the LR of the tiles it does not trust by bicubic LR, and an
       inverse trained only on its own LR broke around them (a continued irn-x4: 14.2 dB RGB on
-      aguasclaras with 11 of 72 blocks replaced, 25.5 without); the reconstruction loss over the
-      box teaches the inverse to upscale LR it did not make sensibly.
+      aguasclaras with 11 of 72 blocks replaced, 25.5 without). The reconstruction loss is taken
+      outside the box only (:meth:`outside_foreign`): inside it the decoder shows bicubic anyway,
+      and no inverse can rebuild the detail a bicubic LR lacks (with the box in the loss it
+      dominated it, 300x the usual); what is learned is that foreign LR nearby must not disturb
+      the model's own blocks.
     """
 
     latent_temperature: tuple[float, float] = (1.0, 1.0)
@@ -368,20 +371,29 @@ class LatentTraining:
         self.latent_temperature, self.lr_range_weight = (lo, hi), float(lr_range_weight)
         self.foreign_lr = float(foreign_lr)
 
-    def training_lr(self, lr: torch.Tensor, bicubic: torch.Tensor) -> torch.Tensor:
-        """The LR of the training backward pass: ``quantize_8bit(lr)``, where a sample is drawn
-        with probability ``foreign_lr`` a random box of it replaced by ``quantize_8bit(bicubic)``
-        (the bicubic LR, no gradient)."""
+    def training_lr(self, lr: torch.Tensor, bicubic: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The LR of the training backward pass and where it is foreign: ``quantize_8bit(lr)``, where
+        a sample is drawn with probability ``foreign_lr`` a random box of it replaced by
+        ``quantize_8bit(bicubic)`` (the bicubic LR, no gradient); the boxes as a bool mask
+        ``[N, 1, h, w]`` (None without ``foreign_lr``)."""
         lr_q = ops.quantize_8bit(lr)
         if not self.foreign_lr:
-            return lr_q
+            return lr_q, None
         n, _, h, w = lr.shape
         mask = torch.zeros(n, 1, h, w, device=lr.device, dtype=torch.bool)
         for i in torch.nonzero(torch.rand(n) < self.foreign_lr).flatten().tolist():
             bh, bw = (max(1, round(side * (0.25 + 0.5 * float(torch.rand(()))))) for side in (h, w))
             top, left = int(torch.randint(0, h - bh + 1, ())), int(torch.randint(0, w - bw + 1, ()))
             mask[i, :, top:top + bh, left:left + bw] = True
-        return torch.where(mask, ops.quantize_8bit(bicubic.detach()).to(lr_q.dtype), lr_q)
+        return torch.where(mask, ops.quantize_8bit(bicubic.detach()).to(lr_q.dtype), lr_q), mask
+
+    @staticmethod
+    def outside_foreign(diff: torch.Tensor, foreign: torch.Tensor | None) -> torch.Tensor:
+        """``diff`` (HR size) with the pixels of the foreign boxes (:meth:`training_lr`, LR size) zeroed."""
+        if foreign is None:
+            return diff
+        keep = ~F.interpolate(foreign.float(), size=diff.shape[-2:], mode="nearest").bool()
+        return diff * keep
 
     def training_latent(self, z: torch.Tensor) -> torch.Tensor:
         """The ``z`` of the training backward pass: ``t * N(0, I)``, ``t`` per sample."""
