@@ -362,7 +362,7 @@ def _codec_choice(args, model=None) -> tuple[str | None, int | None]:
         codecs.check_budget(quality, bpp, max_bytes)
         return None, quality
     return codecs.resolve(args.codec, quality, None if model is None else model.default_codec, bpp=bpp,
-                          max_bytes=max_bytes, available=True)
+                          max_bytes=max_bytes, available=True, default_quality=getattr(model, "default_quality", None))
 
 
 def cmd_encode(args) -> int:

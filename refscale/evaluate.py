@@ -85,7 +85,8 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
     from refscale.format.container import Packet, bytes_for_bpp, section_sizes
     from refscale.pipeline import resolve_precision
 
-    codec, quality = codecs.resolve(codec, quality, model.default_codec, bpp=bpp, max_bytes=max_bytes)
+    codec, quality = codecs.resolve(codec, quality, model.default_codec, bpp=bpp, max_bytes=max_bytes,
+                                    default_quality=model.default_quality)
     if lr_dir is not None:
         check_lr_dir(samples, lr_dir, overwrite)
     model.eval()

@@ -227,7 +227,8 @@ def encode_file(job: Job, model: Rescaler, *, codec: str | None = None, quality:
         if windowed:
             raise InputError(f"{picker.name} decodes each candidate whole: it cannot read {job.input} window by window")
         windowed = False
-    codec, quality = codecs.resolve(codec, quality, model.default_codec, bpp=bpp, max_bytes=max_bytes, available=True)
+    codec, quality = codecs.resolve(codec, quality, model.default_codec, bpp=bpp, max_bytes=max_bytes, available=True,
+                                    default_quality=model.default_quality)
     for out in (job.output, job.lr_output):
         if out is not None:
             check_writable(out)

@@ -141,7 +141,7 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
     if scene is None:
         hr = _image(hr.tensor if isinstance(hr, raster.RasterImage) else hr, "image")
     size = tuple(hr.shape[-2:]) if scene is None else scene.size
-    codec, quality = codecs.resolve(codec, quality, model.default_codec)
+    codec, quality = codecs.resolve(codec, quality, model.default_codec, default_quality=model.default_quality)
     ref, ref_hash = _reference(model, ref, size, codec, record, windowed=scene is not None, progress=progress)
     ref_given = ref
     if isinstance(ref, torch.Tensor):

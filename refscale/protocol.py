@@ -131,6 +131,9 @@ class Rescaler(nn.Module):
     stochastic: bool = False
     #: the LR codec a packet is written with unless the caller names one (``refscale.format.codecs``)
     default_codec: str = "png"
+    #: the quality of ``default_codec`` when the caller names neither a codec nor a quality nor a
+    #: budget (None: the codec's own default, lossless for the still codecs)
+    default_quality: int | None = None
     #: why the architecture cannot be exported to ONNX (the end of one sentence), or None; read
     #: from the class, before a model is built
     export_refusal: str | None = None

@@ -214,6 +214,7 @@ class ScalePicker:
         self.name, self.members, self.left_out = name, list(members), list(left_out)
         self.needs_reference = any(m.needs_reference for m in members)
         self.default_codec = codecs_.pop()
+        self.default_quality = None  # a picker takes a budget, never a quality
 
     def check_budget(self, quality: int | None, bpp: float | None, max_bytes: int | None) -> None:
         """Refuse a fixed quality, or no budget: the picker chooses the scale and quality within a budget."""

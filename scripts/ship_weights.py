@@ -56,7 +56,9 @@ def heldout_scores(model, cfg: dict, draws: int) -> dict[str, float]:
 def verified_psnr_rgb(model, cfg: dict) -> tuple[float, float]:
     """``(PSNR-RGB, fraction of blocks to the fallback)`` on the whole held-out images of a
     training config, each encoded with the verifying encoder (the model's default codec and
-    quality) and decoded as the receiver will (the recorded seed and temperature)."""
+    quality), written and decoded from the file's bytes as the receiver will (the recorded seed
+    and temperature)."""
+    from refscale.format.container import Packet
     from refscale.metrics import psnr
 
     cfg = resolve({**cfg, "val": {**cfg["val"], "crop": 100000, "max_images": 100}})
@@ -65,7 +67,8 @@ def verified_psnr_rgb(model, cfg: dict) -> tuple[float, float]:
     scores, fallback, blocks = [], 0, 0
     for name, hr, ref, *_ in crops:
         packet = pipeline.encode(model, hr, ref if model.needs_reference else None, verify=True)
-        out = pipeline.decode(model, packet, ref if model.needs_reference else None)
+        sent = Packet.from_bytes(packet.to_bytes(), lr_ref=packet.lr_ref)  # the file: a lossy codec's LR as decoded
+        out = pipeline.decode(model, sent, ref if model.needs_reference else None)
         scores.append(float(psnr(out, hr, y_channel=False)[0]))
         report = packet.verify_report or {}
         fallback, blocks = fallback + report.get("fallback_blocks", 0), blocks + report.get("blocks", 0)

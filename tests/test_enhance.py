@@ -268,3 +268,21 @@ def test_a_deeper_decoder_starts_as_the_shallower_one():
     assert deep.body[2].conv2.weight.abs().sum() == 0 and deep.body[2].conv1.weight.abs().sum() > 0
     with pytest.raises(ModelError, match="at most 1 blocks"):
         small.warm_start(deep)
+
+
+def test_the_avif_decoders_default_to_a_lossy_avif(tmp_path):
+    """Without -q / --codec / a budget an AVIF decoder codes lossy AVIF at its ``default_quality``
+    (AVIF's own default is lossless: nothing to restore); a named codec or quality overrides it."""
+    from refscale.format import codecs
+
+    m = zoo.build("enhance-x1-avif", **TINY)
+    assert m.default_quality == 25 and zoo.build("enhance-x1", **TINY).default_quality is None
+    assert codecs.resolve(None, None, m.default_codec, default_quality=m.default_quality) == ("avif", 25)
+    assert codecs.resolve(None, 60, m.default_codec, default_quality=m.default_quality) == ("avif", 60)
+    assert codecs.resolve("png", None, m.default_codec, default_quality=m.default_quality) == ("png", None)
+    assert codecs.resolve(None, None, m.default_codec, bpp=0.5, default_quality=m.default_quality) == ("avif", None)
+    if not codecs.available_codecs()["avif"]:
+        pytest.skip("no AVIF codec here")
+    hr, ref = synthetic_image(32, 32, seed=1), synthetic_image(32, 32, seed=2)
+    packet = pipeline.encode(m, hr, ref, verify=False)
+    assert (packet.codec, packet.quality) == ("avif", 25)

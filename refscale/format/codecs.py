@@ -245,13 +245,17 @@ def check_bpp(bpp) -> float:
 
 
 def resolve(codec: str | None, quality: int | None = None, default: str | None = None, *, bpp: float | None = None,
-            max_bytes: int | None = None, available: bool = False) -> tuple[str, int | None]:
+            max_bytes: int | None = None, available: bool = False, default_quality: int | None = None) -> tuple[str, int | None]:
     """The codec choice of a caller (name, and a quality or a byte budget), resolved once at the
     boundary: ``(canonical name, checked quality)`` (``codec=None``: ``default``, e.g. the model's
     ``default_codec``; ``quality=None``: the codec's default), with ``bpp`` / ``max_bytes``
     checked against it and each other (:func:`check_budget`) and, with ``available``, the codec
     available on this machine (:func:`require`); else :class:`InputError`. Idempotent: a
-    resolved pair resolves to itself, so an API that a resolving caller calls may resolve again."""
+    resolved pair resolves to itself, so an API that a resolving caller calls may resolve again.
+    ``default_quality``: the quality of ``default`` when neither a codec, a quality nor a budget is
+    given (a model's :attr:`~refscale.protocol.Rescaler.default_quality`)."""
+    if codec is None and quality is None and bpp is None and max_bytes is None:
+        quality = default_quality
     name = canonical(codec, default)
     quality = check_quality(name, quality)
     check_budget(quality, bpp, max_bytes)
