@@ -86,12 +86,15 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", type=Path, nargs="+", required=True, help="the reference pipeline's files, one per quality")
     ap.add_argument("--new", type=Path, nargs="+", required=True, help="the compared pipeline's files, one per quality")
+    ap.add_argument("--names", nargs=2, default=None, metavar=("BASE", "NEW"),
+                    help="what the table calls the two pipelines (default: the models' names)")
     ap.add_argument("--write", type=Path, default=None, help="docs page whose --block is replaced")
     ap.add_argument("--block", default=None, help="the block's name (<!-- NAME:start -->)")
     args = ap.parse_args(argv)
     if bool(args.write) != bool(args.block):
         ap.error("--write and --block go together")
     (bn, base), (nn, new) = load(args.base), load(args.new)
+    bn, nn = args.names or (bn, nn)
     body = report(base, new, bn, nn)
     print(body)
     if args.write:
