@@ -42,7 +42,7 @@ from refscale.data import Sample, iter_full_images
 from refscale.errors import InputError
 from refscale.io.image import is_greyscale_file, write_image
 from refscale.protocol import Rescaler
-from refscale.pipeline import stored_lr
+from refscale.pipeline import fit_verified, stored_lr
 
 METRIC_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "frac_off40", "si_lr", "bpp", "bpp_lr", "bpp_side", "seconds")
 #: what the ``worst`` summary repeats of the worst image's row
@@ -111,7 +111,8 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
                 t_encode += time.perf_counter() - start
             else:  # the search for the quality (several serialisations) is not timed
                 try:
-                    data, used_quality = packet.fit(codec, budget)
+                    data, packet, used_quality = fit_verified(model, packet, hr, ref, max_bytes=budget, precision=precision,
+                                                              codec=codec, verify=verify)
                 except InputError as e:
                     over_budget.append({"name": name, "error": str(e)})
                     warnings.warn(f"{name}: {e}; left out of the means")

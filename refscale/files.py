@@ -245,7 +245,8 @@ def encode_file(job: Job, model: Rescaler, *, codec: str | None = None, quality:
         if bpp is not None:
             max_bytes = bytes_for_bpp(bpp, packet.size)
         if max_bytes is not None:
-            data, quality = packet.fit(codec, max_bytes)
+            data, packet, quality = pipeline.fit_verified(model, packet, image, job.ref, max_bytes=max_bytes,
+                                                          quality=quality, **options)
         else:
             data = packet.to_bytes(codec=codec, quality=quality)
     write_bytes(job.output, data, force)

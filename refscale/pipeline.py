@@ -210,6 +210,22 @@ def encode(model: Rescaler, hr, ref=None, *, tile: int | None = None, overlap: i
     return packet
 
 
+def fit_verified(model: Rescaler, packet: Packet, hr, ref=None, *, max_bytes: int, **options) -> tuple[bytes, Packet, int | None]:
+    """The file of ``packet`` at the highest quality whose whole file fits ``max_bytes`` bytes
+    (:meth:`Packet.fit`), ``(data, packet, quality)``. When the packet was checked by the verifying
+    encoder at another quality than the one that fits (with a budget it is encoded before the
+    quality is known), the image is encoded again at the fitted quality, so that the check is of
+    what the receiver will decode, and fitted again (at most three rounds; the fallback blocks'
+    LR changes the size a little). ``options``: those of :func:`encode` used for ``packet``."""
+    data, quality = packet.fit(packet.codec, max_bytes)
+    for _ in range(3):
+        if packet.verification is None or quality == packet.quality:
+            break
+        packet = encode(model, hr, ref, **{**options, "codec": packet.codec, "quality": quality})
+        data, quality = packet.fit(packet.codec, max_bytes)
+    return data, packet, quality
+
+
 def encode_best(models: list[Rescaler], hr, ref=None, *, bpp: float | None = None, max_bytes: int | None = None,
                 codec: str | None = None, resample_ref: bool = False, progress: bool = False,
                 **options) -> tuple[bytes, Packet, list[dict]]:
@@ -248,7 +264,8 @@ def encode_best(models: list[Rescaler], hr, ref=None, *, bpp: float | None = Non
     for m in models:
         packet = encode(m, hr, ref, codec=codec, resample_ref=resample_ref, progress=progress, **options)
         try:
-            data, quality = packet.fit(packet.codec, budget)
+            data, packet, quality = fit_verified(m, packet, hr, ref, max_bytes=budget, resample_ref=resample_ref,
+                                                 progress=progress, **options)
         except InputError as e:
             candidates.append({"model": m.name, "scale": m.scale, "error": str(e), "chosen": False})
             continue

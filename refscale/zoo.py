@@ -185,7 +185,7 @@ def save_weights(model: Rescaler, path: str | os.PathLike, card: dict[str, Any] 
 
 #: scale pickers: catalogue name -> the architecture family (``Rescaler.arch``) whose registered
 #: names are its members, one per scale; a new scale of the family is a member by its registration alone
-PICKERS: dict[str, tuple[str, str]] = {"enhance-hevc": ("enhance", "hevc-inter")}
+PICKERS: dict[str, tuple[str, str]] = {"enhance-hevc": ("enhance", "hevc-inter"), "enhance-avif": ("enhance", "avif")}
 
 
 def picker_members(name: str) -> list[str]:

@@ -35,6 +35,7 @@ SHIPPED = {  # shipped weights -> (height, width, codec, quality); every shipped
     "enhance-x1-hevc-oscd": (24, 28, None, None),
     "enhance-x2-hevc-oscd": (48, 56, None, None),
     "enhance-x1-avif-oscd": (24, 28, None, None),
+    "enhance-x2-avif-oscd": (48, 56, None, None),
     "irn-x2-natural/jpeg": (40, 52, "jpeg", 80),
     "irn-x2-natural/webp": (40, 52, "webp", 70),
 }

@@ -76,6 +76,7 @@ def fitted(name: str, hr_path, ref_path, budget: int, verify: bool = True):
 
 def test_members_come_from_the_catalogue(tiny, monkeypatch):
     assert zoo.picker_members("enhance-hevc") == ["enhance-x1", "enhance-x2"]
+    assert zoo.picker_members("enhance-avif") == ["enhance-x1-avif", "enhance-x2-avif"]
     picker = zoo.load("enhance-hevc")
     assert [m.name for m in picker.members] == [tiny[1], tiny[2]] and [m.scale for m in picker.members] == [1, 2]
     assert picker.needs_reference and picker.default_codec == "hevc-inter" and picker.left_out == []
@@ -259,5 +260,7 @@ def test_folders_and_batch_workers(tiny, tmp_path, capsys, monkeypatch):
 
 
 def test_the_picker_stands_for_its_codecs_decoders_only():
-    """``enhance-hevc`` picks among the decoders after the inter codec, not those after AVIF."""
+    """``enhance-hevc`` picks among the decoders after the inter codec, ``enhance-avif`` among
+    those after AVIF."""
     assert zoo.picker_members("enhance-hevc") == ["enhance-x1", "enhance-x2"]
+    assert zoo.picker_members("enhance-avif") == ["enhance-x1-avif", "enhance-x2-avif"]

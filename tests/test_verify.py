@@ -110,6 +110,35 @@ def test_only_the_wrong_blocks_fall_back_and_the_decoder_rebuilds_what_was_check
     assert report["worst_block_psnr_rgb"] >= report["bicubic_there"] - 1e-9
 
 
+def test_with_a_budget_the_check_is_of_the_quality_that_fits(tmp_path):
+    """With a size budget the quality is known only after encoding: the verifying encoder checks
+    again at the quality that fits (pipeline.fit_verified), so the report and the fallback map
+    are of the file the receiver decodes (before, a lossless check of a lossy file); the same
+    through files.encode_file and refscale.evaluate."""
+    from refscale import files
+    from refscale.data import Sample
+    from refscale.evaluate import evaluate
+
+    torch.set_num_threads(1)
+    model = HalfWrong()
+    hr = synthetic_image(80, 200, seed=4)
+    packet = pipeline.encode(model, hr, codec="webp")
+    budget = len(packet.to_bytes(quality=40))
+    data, checked, quality = pipeline.fit_verified(model, packet, hr, max_bytes=budget, codec="webp")
+    assert len(data) <= budget and quality == checked.quality and quality < 100
+    out = pipeline.decode(model, Packet.from_bytes(data))
+    assert checked.verify_report["psnr_rgb"] == pytest.approx(rgb_psnr(out, hr, 0), abs=1e-6)
+    write_image(hr, tmp_path / "hr.png")
+    job = files.Job("hr", tmp_path / "hr.png", None, tmp_path / "x.rsc")
+    info = files.encode_file(job, model, codec="webp", max_bytes=budget)
+    written = Packet.from_bytes((tmp_path / "x.rsc").read_bytes())
+    assert len((tmp_path / "x.rsc").read_bytes()) <= budget and written.quality == info["quality"] < 100
+    out = pipeline.decode(model, written)
+    assert info["verify"]["psnr_rgb"] == pytest.approx(rgb_psnr(out, to_uint8(hr).float() / 255, 0), abs=1e-6)
+    result = evaluate(model, [Sample("hr", tmp_path / "hr.png", None)], codec="webp", max_bytes=budget, progress=False)
+    assert result["images"][0]["quality"] == info["quality"]
+
+
 @pytest.mark.parametrize("tile", [0, 64])
 def test_tiled_and_lossy_verification_matches_the_decoder(tile):
     """The report is computed from the very pixels the receiver decodes: tiled, and through a
