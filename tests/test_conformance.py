@@ -102,8 +102,9 @@ def test_protocol_container_and_determinism(case):
     assert back.precision == "fp32"
     if codecs.is_lossless(packet.codec, packet.quality):
         assert np.array_equal(back.lr, packet.lr)
-    else:  # inter-* models: the default codec is lossy
-        assert np.abs(back.lr.astype(int) - packet.lr.astype(int)).mean() < 20  # AV1 here is 4:2:0 on a noisy 13x17 image
+    else:  # inter-* models and the AVIF decoders: the default codec is lossy
+        bound = 40 if packet.codec == "avif" else 20  # AVIF q 25 / AV1 4:2:0 on a noisy 13x17 image
+        assert np.abs(back.lr.astype(int) - packet.lr.astype(int)).mean() < bound
     assert back.side.keys() == packet.side.keys() and all(np.array_equal(back.side[k], packet.side[k]) for k in back.side)
     out = pipeline.decode(model, back, ref, seed=3)
     assert out.shape == (1, 3, h, w) and out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 1
