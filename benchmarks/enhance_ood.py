@@ -64,14 +64,14 @@ def make_pairs(data: Path, work: Path, set_name: str, urban_images: int, urban_c
     samples = samples_of(data, set_name, urban_images if set_name == "Urban100" else 0, urban_crop, work)
     manifests = {}
     for kind in REFERENCES:
-        folder = work / f"{set_name}-{kind}"
+        folder = work / f"{set_name}-{len(samples)}x{urban_crop if set_name == 'Urban100' else 0}-{kind}"
         folder.mkdir(parents=True, exist_ok=True)
         rows = []
         for i, s in enumerate(samples):
             img = np.asarray(Image.open(s.hr).convert("RGB"))
             img = img[: img.shape[0] // 2 * 2, : img.shape[1] // 2 * 2]  # even sides: x1 and x2 see the same pixels
             hr, ref = folder / f"{s.name}.png", folder / f"{s.name}_ref.png"
-            if not ref.exists():
+            if not (ref.exists() and hr.exists()):
                 if kind == "revisit":
                     other = made_up_revisit(img, seed=i)
                 else:

@@ -61,6 +61,8 @@ def report(base: dict[int, dict], new: dict[int, dict], base_name: str, new_name
                 raise SystemExit(f"quality {q}: the two pipelines did not score the same images")
     lines = [f"| {base_name} q | bpp | Y | RGB | {new_name} q | bpp | Y | RGB | blocks to the plain decode |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    if len(base) != len(new):
+        raise SystemExit(f"{len(base)} qualities of {base_name} but {len(new)} of {new_name}: give as many of each")
     for qa, qb in zip(sorted(base), sorted(new)):
         a, b = base[qa]["mean"], new[qb]["mean"]
         fb = [x.get("fallback") for x in new[qb]["images"] if x.get("fallback") is not None]
@@ -74,11 +76,14 @@ def report(base: dict[int, dict], new: dict[int, dict], base_name: str, new_name
         m = bd(points(base, key), points(new, key))
         per = [bd(points(base, key, n), points(new, key, n)).get("bd_rate") for n in images]
         cells = " | ".join("-" if r is None else f"{r:+.1f}%" for r in per)
-        mean = "-" if m.get("bd_rate") is None else f"**{m['bd_rate']:+.1f}%** ({m['bd_psnr']:+.2f} dB)"
+        rate = "-" if m.get("bd_rate") is None else f"**{m['bd_rate']:+.1f}%**"
+        mean = rate + ("" if m.get("bd_psnr") is None else f" ({m['bd_psnr']:+.2f} dB)")
         lines.append(f"| {label} | {mean} | {cells} |")
-    lo, hi = bd(points(base, "psnr_y"), points(new, "psnr_y")).get("bpp_range", (None, None)) or (None, None)
-    if lo is not None:
-        lines += ["", f"Mean curves over their overlap, {lo:.3f}-{hi:.3f} bpp."]
+    y = bd(points(base, "psnr_y"), points(new, "psnr_y"))
+    spans = [f"BD-rate over PSNR-Y {y['psnr_range'][0]:.2f}-{y['psnr_range'][1]:.2f} dB" if y.get("psnr_range") else "",
+             f"BD-PSNR over {y['bpp_range'][0]:.3f}-{y['bpp_range'][1]:.3f} bpp" if y.get("bpp_range") else ""]
+    if any(spans):
+        lines += ["", "Mean curves over their overlap: " + "; ".join(filter(None, spans)) + "."]
     return "\n".join(lines)
 
 

@@ -223,6 +223,10 @@ def fit_verified(model: Rescaler, packet: Packet, hr, ref=None, *, max_bytes: in
             break
         packet = encode(model, hr, ref, **{**options, "codec": packet.codec, "quality": quality})
         data, quality = packet.fit(packet.codec, max_bytes)
+    if packet.verification is not None and quality != packet.quality:  # still moving: the checked quality, if it fits
+        checked = packet.to_bytes(packet.codec, packet.quality)
+        if len(checked) <= max_bytes:
+            data, quality = checked, packet.quality
     return data, packet, quality
 
 

@@ -369,7 +369,8 @@ class FirstFrames:
         self.regenerated = 0  # frames 0 coded here (tests, and the speed benchmark's cold / warm runs)
 
     def key(self, s: Spec, crf: int, planes: np.ndarray, version: int) -> str:
-        opts = _options(s, 0 if s.name in FRAME0_CRF_FREE else crf, True, version)
+        free = s.name in FRAME0_CRF_FREE and version >= 2  # version 1's info SEI records the CRF
+        opts = _options(s, 0 if free else crf, True, version)
         h = hashlib.sha256(f"{identity(s.name)}|{version}|{sorted(opts.items())}|{planes.shape}|{planes.dtype}".encode())
         h.update(np.ascontiguousarray(planes).data)
         return h.hexdigest()

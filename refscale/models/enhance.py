@@ -83,7 +83,7 @@ class InterEnhance(FastInference, Rescaler):
         self.default_codec = codec
         #: after a still codec a lossy default (its own default is lossless, which leaves nothing to
         #: restore): AVIF q 25, the middle of the training cache's qualities (~0.26 bpp on OSCD)
-        self.default_quality = None if codec.endswith("-inter") else 25
+        self.default_quality = 25 if codec == "avif" else None
         self.grid = int(grid)
         g2 = self.grid ** 2
         images = 2 if self.scale == 1 else 3  # base, ref (, the reference's predictable part)
