@@ -10,8 +10,8 @@
   the model. Loading checks the card's sha256 and refuses a file that does not match.
 * A short name (``refscale-x2``) means the architecture's default weights (``weights=`` of its
   registration).
-* A *scale picker* (:data:`PICKERS`, ``enhance-hevc``) stands for every registered architecture of
-  one family, one per scale (``enhance-x1``, ``enhance-x2``); ``load`` gives a :class:`ScalePicker`
+* A *scale picker* (:data:`PICKERS`, ``enhance-hevc``, ``enhance-avif``) stands for every registered
+  architecture of one family after one codec, one per scale (``enhance-x1``, ``enhance-x2``); ``load`` gives a :class:`ScalePicker`
   of those with shipped weights, and encoding with a size budget keeps, per image, the member whose
   decoded image is best (:func:`refscale.pipeline.encode_best`). The container names that member.
 """
@@ -183,8 +183,9 @@ def save_weights(model: Rescaler, path: str | os.PathLike, card: dict[str, Any] 
     return digest
 
 
-#: scale pickers: catalogue name -> the architecture family (``Rescaler.arch``) whose registered
-#: names are its members, one per scale; a new scale of the family is a member by its registration alone
+#: scale pickers: catalogue name -> ``(family, codec)``: the registered names of that architecture
+#: family (``Rescaler.arch``) whose default codec is that codec are its members, one per scale; a new
+#: scale of the family is a member by its registration alone
 PICKERS: dict[str, tuple[str, str]] = {"enhance-hevc": ("enhance", "hevc-inter"), "enhance-avif": ("enhance", "avif")}
 
 

@@ -249,25 +249,9 @@ def test_avif_decoders_start_from_the_inter_decoders_weights():
     assert dst.default_codec == "avif" and dst.needs_reference and dst.scale == 1
     dst.warm_start(src)
     assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
-    for other in (zoo.build("enhance-x2", **TINY), zoo.build("enhance-x1", nf=16, blocks=1), zoo.build("bicubic-x2")):
+    for other in (zoo.build("enhance-x2", **TINY), zoo.build("enhance-x1", nf=8, blocks=2), zoo.build("bicubic-x2")):
         with pytest.raises(ModelError, match="starts only from"):
             dst.warm_start(other)
-
-
-def test_a_deeper_decoder_starts_as_the_shallower_one():
-    """Warm start into more blocks: the extra blocks start as the identity, so the deeper decoder
-    rebuilds exactly what the shallower one did; fewer blocks are refused."""
-    torch.manual_seed(0)
-    small = zoo.build("enhance-x1", nf=8, blocks=1)
-    perturb(small, std=0.05)
-    deep = zoo.build("enhance-x1", nf=8, blocks=3)
-    deep.warm_start(small)
-    coded, ref = synthetic_image(16, 20, seed=1), synthetic_image(16, 20, seed=2)
-    with torch.no_grad():
-        torch.testing.assert_close(deep.rebuild(coded, ref), small.rebuild(coded, ref), rtol=0, atol=1e-6)
-    assert deep.body[2].conv2.weight.abs().sum() == 0 and deep.body[2].conv1.weight.abs().sum() > 0
-    with pytest.raises(ModelError, match="at most 1 blocks"):
-        small.warm_start(deep)
 
 
 def test_the_avif_decoders_default_to_a_lossy_avif(tmp_path):

@@ -789,6 +789,11 @@ def test_frame_0_is_regenerated_once_per_reference(codec, tmp_path, monkeypatch)
         assert cache.regenerated == 1
         inter.decode(codec, p40, a.shape[:2], r)
         assert cache.regenerated == (1 if codec in inter.FRAME0_CRF_FREE else 2)
+    other = u8(pair(32, 48, seed=7)[1])  # unchecked (another reference): its own frame 0 is kept too
+    before = cache.regenerated
+    for _ in range(2):
+        inter.decode(codec, p60, a.shape[:2], other, exact=False)
+    assert cache.regenerated == before + 1
     later = inter.FirstFrames(tmp_path / "kept")  # another run
     monkeypatch.setattr(inter, "FIRST_FRAMES", later)
     assert np.array_equal(inter.decode(codec, p60, a.shape[:2], r), plain) and later.regenerated == 0

@@ -121,23 +121,13 @@ class InterEnhance(FastInference, Rescaler):
         return self.rebuild(lr, ref)
 
     def warm_start(self, other: Rescaler) -> None:
-        """Start from another enhance decoder of the same scale, width and grid (``model.init_weights``):
-        the same decoder trained after another codec (``enhance-x1-avif`` from
-        ``enhance-x1-hevc-oscd``), or a shallower one: its head, tail and blocks are copied and each
-        extra block starts as the identity (its second convolution zero), so training starts from
-        exactly the shallower decoder's output. Anything else is refused."""
-        mine = {k: v for k, v in self.config.items() if k not in ("codec", "blocks")}
-        theirs = {k: v for k, v in getattr(other, "config", {}).items() if k not in ("codec", "blocks")}
-        if getattr(other, "arch", None) != self.arch or mine != theirs or len(other.body) > len(self.body):
-            raise ModelError(f"{self.name} starts only from an enhance model of the same scale and width with at most "
-                             f"{len(self.body)} blocks, not {getattr(other, 'name', type(other).__name__)}")
-        state = dict(other.state_dict())
-        for i in range(len(other.body), len(self.body)):
-            block = self.body[i]
-            state |= {f"body.{i}.{k}": v for k, v in block.state_dict().items()}
-            state[f"body.{i}.conv2.weight"] = torch.zeros_like(block.conv2.weight)
-            state[f"body.{i}.conv2.bias"] = torch.zeros_like(block.conv2.bias)
-        self.load_state_dict(state, strict=True)
+        """Copy the network of the same decoder trained after another codec (``model.init_weights``:
+        ``enhance-x1-avif`` from ``enhance-x1-hevc-oscd``); anything else is refused."""
+        same = {k: v for k, v in getattr(other, "config", {}).items() if k != "codec"}
+        if getattr(other, "arch", None) != self.arch or same != {k: v for k, v in self.config.items() if k != "codec"}:
+            raise ModelError(f"{self.name} starts only from an enhance model of the same scale and size, "
+                             f"not {getattr(other, 'name', type(other).__name__)}")
+        self.load_state_dict(other.state_dict(), strict=True)
 
     # ------------------------------------------------------------------ the network
     def rebuild(self, coded: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
