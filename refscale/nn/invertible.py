@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from refscale import ops
+from refscale.nn.jpeg import simulate_jpeg
 from refscale.nn.layers import DenseBlock
 
 Subnet = Callable[..., nn.Module]  # (cin, cout[, cond_channels]) -> module(x[, cond])
@@ -353,14 +354,21 @@ class LatentTraining:
       and no inverse can rebuild the detail a bicubic LR lacks (with the box in the loss it
       dominated it, 300x the usual); what is learned is that foreign LR nearby must not disturb
       the model's own blocks.
+    * ``jpeg_quality: [q_min, q_max]``: the LR of the training backward pass is JPEG-coded at a
+      quality drawn per sample from ``U(q_min, q_max)`` by the differentiable JPEG
+      (:func:`refscale.nn.jpeg.simulate_jpeg`) instead of rounded to 8 bits (default None: no
+      codec). The codec in the loop as SAIN trains it (issue 27, item 4): the inverse learns to
+      rebuild the HR image from what the JPEG decoder gives it, and the forward pass, through the
+      straight-through gradient, an LR that survives the codec.
     """
 
     latent_temperature: tuple[float, float] = (1.0, 1.0)
     lr_range_weight: float = 0.0
     foreign_lr: float = 0.0
+    jpeg_quality: tuple[float, float] | None = None
 
     def set_latent_training(self, latent_temperature=(1.0, 1.0), lr_range_weight: float = 0.0,
-                            foreign_lr: float = 0.0) -> None:
+                            foreign_lr: float = 0.0, jpeg_quality=None) -> None:
         lo, hi = (float(t) for t in latent_temperature)
         if not 0.0 <= lo <= hi:
             raise ValueError(f"latent_temperature must be [t_min, t_max] with 0 <= t_min <= t_max, got {latent_temperature}")
@@ -370,22 +378,33 @@ class LatentTraining:
             raise ValueError(f"foreign_lr must be a probability in [0, 1], got {foreign_lr}")
         self.latent_temperature, self.lr_range_weight = (lo, hi), float(lr_range_weight)
         self.foreign_lr = float(foreign_lr)
+        if jpeg_quality is not None:
+            q_lo, q_hi = (float(q) for q in jpeg_quality)
+            if not 1 <= q_lo <= q_hi <= 100:
+                raise ValueError(f"jpeg_quality must be [q_min, q_max] with 1 <= q_min <= q_max <= 100, got {jpeg_quality}")
+            jpeg_quality = (q_lo, q_hi)
+        self.jpeg_quality = jpeg_quality
 
     def training_lr(self, lr: torch.Tensor, bicubic: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The LR of the training backward pass and where it is foreign: ``quantize_8bit(lr)``, where
         a sample is drawn with probability ``foreign_lr`` a random box of it replaced by
         ``quantize_8bit(bicubic)`` (the bicubic LR, no gradient); the boxes as a bool mask
-        ``[N, 1, h, w]`` (None without ``foreign_lr``)."""
-        lr_q = ops.quantize_8bit(lr)
-        if not self.foreign_lr:
-            return lr_q, None
-        n, _, h, w = lr.shape
-        mask = torch.zeros(n, 1, h, w, device=lr.device, dtype=torch.bool)
-        for i in torch.nonzero(torch.rand(n) < self.foreign_lr).flatten().tolist():
-            bh, bw = (max(1, round(side * (0.25 + 0.5 * float(torch.rand(()))))) for side in (h, w))
-            top, left = int(torch.randint(0, h - bh + 1, ())), int(torch.randint(0, w - bw + 1, ()))
-            mask[i, :, top:top + bh, left:left + bw] = True
-        return torch.where(mask, ops.quantize_8bit(bicubic.detach()).to(lr_q.dtype), lr_q), mask
+        ``[N, 1, h, w]`` (None without ``foreign_lr``). With ``jpeg_quality`` the LR (foreign
+        boxes included, as the verifying encoder codes it) is JPEG-coded instead of rounded."""
+        mask = None
+        if self.foreign_lr:
+            n, _, h, w = lr.shape
+            mask = torch.zeros(n, 1, h, w, device=lr.device, dtype=torch.bool)
+            for i in torch.nonzero(torch.rand(n) < self.foreign_lr).flatten().tolist():
+                bh, bw = (max(1, round(side * (0.25 + 0.5 * float(torch.rand(()))))) for side in (h, w))
+                top, left = int(torch.randint(0, h - bh + 1, ())), int(torch.randint(0, w - bw + 1, ()))
+                mask[i, :, top:top + bh, left:left + bw] = True
+            lr = torch.where(mask, bicubic.detach().to(lr.dtype), lr)
+        if self.jpeg_quality is None:
+            return ops.quantize_8bit(lr), mask
+        lo, hi = self.jpeg_quality
+        quality = torch.round(torch.rand(lr.shape[0]) * (hi - lo) + lo)
+        return simulate_jpeg(lr, quality), mask
 
     @staticmethod
     def outside_foreign(diff: torch.Tensor, foreign: torch.Tensor | None) -> torch.Tensor:

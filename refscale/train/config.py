@@ -89,7 +89,7 @@ DEFAULTS: dict[str, Any] = {
                  "milestones": [], "gamma": 0.5},
     "precision": {"bf16": False, "channels_last": False, "threads": None},
     "checkpoint": {"every_minutes": 10.0, "every_steps": None, "keep": 2},
-    "val": {"every_steps": 1000, "max_images": 2, "crop": 256, "seed": 0},
+    "val": {"every_steps": 1000, "max_images": 2, "crop": 256, "seed": 0, "codec": None, "quality": None},
     "log": {"every_steps": 20, "tensorboard": True, "progress": True},
     "guard": {"max_bad_steps": 20, "max_grad_ratio": None},
     "ddp": {"backend": "auto", "find_unused_parameters": False},

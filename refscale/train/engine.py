@@ -261,17 +261,33 @@ def val_crops(samples: list, cfg: dict, multiple: int, needs_ref: bool) -> list[
 
 
 @torch.no_grad()
-def validate(model, crops, seed: int = 0, channels_last: bool = False) -> dict[str, float]:
+def validate(model, crops, seed: int = 0, channels_last: bool = False, codec: str | None = None,
+             quality: int | None = None) -> dict[str, float]:
     """Mean PSNR-Y / PSNR-RGB of ``upscale(round8(downscale(hr)))`` (temperature 1, seeded), the
     same at temperature 0 (``psnr_y_t0``, ``psnr_rgb_t0``), the PSNR-Y of the LR against the bicubic-downscaled HR and
-    the bicubic baseline; fp32. The global RNG states are left untouched."""
+    the bicubic baseline; fp32. With ``codec`` (a still codec, ``val.codec`` / ``val.quality``)
+    the LR goes through the real codec at ``quality`` instead of 8-bit rounding, and
+    ``coded_psnr_y`` / ``coded_psnr_rgb`` are the bicubic pipeline through the same codec
+    (``lr_bytes`` / ``coded_bytes``: the two codes' sizes, the similarity map not counted). The
+    global RNG states are left untouched."""
     if not crops:
         return {}
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
-        return _validate(model, crops, seed, channels_last)
+        return _validate(model, crops, seed, channels_last, codec, quality)
 
 
-def _validate(model, crops, seed, channels_last):
+def _through_codec(lr: torch.Tensor, codec: str, quality: int | None) -> tuple[torch.Tensor, int]:
+    """``lr [1, 3, h, w]`` coded and decoded by a still codec (``refscale.format.codecs``), and
+    the size of the code in bytes."""
+    from refscale.format import codecs
+
+    arr = to_uint8(lr.float())[0].permute(1, 2, 0).cpu().numpy()
+    data = codecs.encode_image(arr, codec, quality)
+    dec = codecs.decode_image(data, codec)
+    return torch.from_numpy(dec).permute(2, 0, 1)[None].float().div(255.0).to(lr.device), len(data)
+
+
+def _validate(model, crops, seed, channels_last, codec=None, quality=None):
     from refscale import metrics, ops
 
     was_training = model.training
@@ -287,6 +303,11 @@ def _validate(model, crops, seed, channels_last):
         lr_q = to_uint8(lr.float()).float() / 255.0
         if coded:  # data.coded: the LR as the codec decoded it
             lr_q = coded[0].to(dev)
+        code_bytes = {}
+        if not coded and codec is not None:
+            lr_q, code_bytes["lr_bytes"] = _through_codec(lr, codec, quality)
+            plain, code_bytes["coded_bytes"] = _through_codec(ops.bicubic_down(hr, model.scale), codec, quality)
+            coded = [plain]
         g = torch.Generator(device=dev).manual_seed(seed + i)
         hr_hat = model.upscale(lr_q, side, x_ref, temperature=1.0, generator=g).float()
         hr_t0 = model.upscale(lr_q, side, x_ref, temperature=0.0, generator=g).float()
@@ -298,9 +319,11 @@ def _validate(model, crops, seed, channels_last):
             "psnr_rgb_t0": metrics.psnr(hr_t0, hr, crop_border=s, y_channel=False).mean().item(),
             "lr_psnr_y": metrics.psnr(lr_q, ops.bicubic_down(hr, s), crop_border=0, y_channel=True).mean().item(),
             "bicubic_psnr_y": metrics.psnr(ops.bicubic_up(ops.bicubic_down(hr, s), s), hr, crop_border=s).mean().item(),
+            **code_bytes,
         }
         if coded:  # the plain codec's decode (bicubic-upscaled): the baseline a learned decoder must beat
-            plain = lr_q if s == 1 else ops.bicubic_up(lr_q, s)
+            plain = coded[0].to(dev)
+            plain = plain if s == 1 else ops.bicubic_up(plain, s)
             vals["coded_psnr_y"] = metrics.psnr(plain.clamp(0, 1), hr, crop_border=s).mean().item()
             vals["coded_psnr_rgb"] = metrics.psnr(plain.clamp(0, 1), hr, crop_border=s, y_channel=False).mean().item()
         for k, v in vals.items():
@@ -640,7 +663,9 @@ class Trainer:
 
     def validate(self) -> None:
         if self.dist.main and self.val_crops:
-            self.last_val = validate(self.model, self.val_crops, self.cfg["val"]["seed"], self.cfg["precision"]["channels_last"])
+            v = self.cfg["val"]
+            self.last_val = validate(self.model, self.val_crops, v["seed"], self.cfg["precision"]["channels_last"],
+                                     v["codec"], v["quality"])
             self.log({"step": self.step_no, **{f"val/{k}": v for k, v in self.last_val.items()}})
 
     def card(self) -> dict:
