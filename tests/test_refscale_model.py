@@ -392,3 +392,31 @@ def test_foreign_lr_changes_only_the_reconstruction_term():
     plain, foreign = losses(0.0), losses(1.0)
     assert plain["lr_guide"] == foreign["lr_guide"] and plain["z_l2"] == foreign["z_l2"]
     assert plain["hr_rec"] != foreign["hr_rec"]
+
+
+def test_pooled_similarity_map(tmp_path):
+    """``smap_pool``: the transmitted map is the full map averaged over ``k x k`` cells (then
+    quantized), its stride and the alignment grow by ``k``, decoding follows it, and weights of the
+    unpooled model load into the pooled one (the same tensors) through ``model.init_weights``."""
+    from refscale.train.engine import _load_init_weights
+
+    hr, ref = pair(32, 32)
+    torch.manual_seed(0)
+    full = zoo.build("refscale-x2", **{"blocks": [2], **TINY})
+    pooled = zoo.build("refscale-x2", **{"blocks": [2], **TINY, "smap_pool": 2, "smap_levels": 8})
+    assert pooled.alignment == 8 and pooled.smap_size((32, 32)) == (4, 4)
+    with torch.no_grad():
+        s = full.refnet.similarity(full.refnet.encode(hr), full.refnet.encode(ref))
+    pooled.load_state_dict(full.state_dict())
+    lr, side = pooled.eval().downscale(hr, ref)
+    expected = torch.round(torch.nn.functional.avg_pool2d(s, 2) * 7).to(torch.uint8)
+    assert torch.equal(side["smap"], expected) and int(side["smap"].max()) <= 7
+    assert pooled.upscale(lr, side, ref, temperature=0.0).shape == hr.shape
+    with pytest.raises(ModelError, match="smap_pool"):
+        tiny(2, smap_pool=3)
+    path = tmp_path / "full.safetensors"
+    zoo.save_weights(full, path)
+    fresh = zoo.build("refscale-x2", **{"blocks": [2], **TINY, "smap_pool": 2, "smap_levels": 8})
+    torch.nn.init.zeros_(next(fresh.parameters()))
+    _load_init_weights(fresh, str(path))
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), full.state_dict().values()))
