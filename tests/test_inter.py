@@ -807,3 +807,31 @@ def test_frame_0_is_regenerated_once_per_reference(codec, tmp_path, monkeypatch)
     monkeypatch.setattr(inter, "FIRST_FRAMES", inter.FirstFrames(blocked / "sub"))
     with pytest.warns(UserWarning, match="frame 0 not kept"):
         assert np.array_equal(inter.decode(codec, p60, a.shape[:2], r), plain)
+
+
+def test_frame_0_folder_is_pruned_least_recently_used_first(tmp_path):
+    """Beyond ``folder_max_bytes`` the least recently used frames 0 leave the folder (a read counts
+    as a use); the one just written stays even when it alone is over the limit."""
+    import os
+    import time
+
+    def age(key, seconds):
+        t = time.time() - seconds
+        os.utime(tmp_path / f"{key}.frame0", (t, t))
+
+    def kept():
+        return sorted(p.stem for p in tmp_path.iterdir())
+
+    cache = inter.FirstFrames(tmp_path, folder_max_bytes=250)
+    cache._write("a", bytes(100))
+    age("a", 30)
+    cache._write("b", bytes(100))
+    age("b", 20)
+    cache._write("c", bytes(100))  # 300 bytes: a, the oldest, goes
+    assert kept() == ["b", "c"]
+    age("c", 10)
+    assert cache._read("b") == bytes(100)  # b used now: c is the least recently used
+    cache._write("d", bytes(100))
+    assert kept() == ["b", "d"]
+    cache._write("e", bytes(400))  # alone over the limit: the others go, it stays
+    assert kept() == ["e"]

@@ -361,10 +361,13 @@ class FirstFrames:
     """Frame 0's packet per (codec build, payload version, settings, reference planes): kept in
     memory (least recently used first out beyond ``max_bytes``) and, with a ``folder``, in one file
     per key there (written atomically; a file that does not hold what its key promises is caught by
-    the payload's digest and replaced)."""
+    the payload's digest and replaced). The folder is kept under ``folder_max_bytes``: a file
+    used is touched, and after a write the least recently used files go first (at about 1.5
+    bytes per LR pixel, the default 1 GiB keeps some 600 Sentinel-2 tiles' frames 0)."""
 
-    def __init__(self, folder: str | os.PathLike | None = None, max_bytes: int = 256 << 20):
-        self.folder, self.max_bytes = folder, int(max_bytes)
+    def __init__(self, folder: str | os.PathLike | None = None, max_bytes: int = 256 << 20,
+                 folder_max_bytes: int = 1 << 30):
+        self.folder, self.max_bytes, self.folder_max_bytes = folder, int(max_bytes), int(folder_max_bytes)
         self._memory: dict[str, bytes] = {}
         self.regenerated = 0  # frames 0 coded here (the tests count them)
 
@@ -401,11 +404,15 @@ class FirstFrames:
         folder = self._folder()
         if folder is None:
             return None
+        path = os.path.join(folder, key + ".frame0")
         try:
-            with open(os.path.join(folder, key + ".frame0"), "rb") as f:
-                return f.read()
+            with open(path, "rb") as f:
+                data = f.read()
         except OSError:
             return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # recently used: pruned last
+        return data
 
     def _write(self, key: str, data: bytes) -> None:
         folder = self._folder()
@@ -422,6 +429,26 @@ class FirstFrames:
             with contextlib.suppress(OSError):
                 os.remove(tmp)
             warnings.warn(f"frame 0 not kept in {folder}: {e.strerror or e}")
+            return
+        self._prune(folder, keep=path)
+
+    def _prune(self, folder: str, keep: str) -> None:
+        """Remove the least recently used ``*.frame0`` files until the folder holds at most
+        ``folder_max_bytes`` of them (``keep``, the file just written, stays)."""
+        files = []
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(folder):
+                if entry.name.endswith(".frame0") and entry.is_file():
+                    st = entry.stat()
+                    files.append((st.st_mtime, st.st_size, entry.path))
+        total = sum(size for _, size, _ in files)
+        for _, size, path in sorted(files):
+            if total <= self.folder_max_bytes:
+                break
+            if path != keep:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+                    total -= size
 
 
 #: the process's frame-0 cache (module doc)
