@@ -218,3 +218,21 @@ def test_cli_evaluate_temperature(singles, tmp_path):
     out = tmp_path / "r.json"
     assert main(["evaluate", "--data", str(singles), "-m", "bicubic-x2", "--temperature", "0.5", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["temperature"] == 0.5
+
+
+def test_seconds_include_the_search_for_the_quality(singles, monkeypatch):
+    """With a budget, ``seconds`` counts the quality search and its checks (what ``refscale
+    encode --bpp`` costs), not only the first encode and the decode."""
+    import time
+
+    import refscale.evaluate as ev
+
+    real = ev.fit_verified
+
+    def slow_fit(*args, **kw):
+        time.sleep(0.3)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(ev, "fit_verified", slow_fit)
+    result = evaluate(zoo.load("bicubic-x2"), discover(singles), codec="jpeg", bpp=24.0, progress=False)
+    assert all(img["seconds"] >= 0.3 for img in result["images"])
