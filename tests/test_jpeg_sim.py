@@ -82,6 +82,14 @@ def test_jpeg_quality_training_option():
     for bad in ([0, 50], [60, 50], [50, 101]):
         with pytest.raises(ValueError, match="jpeg_quality"):
             model.configure_training(0, jpeg_quality=bad)
+    with pytest.raises(ValueError, match="jpeg_prob"):
+        model.configure_training(0, jpeg_quality=[20, 20], jpeg_prob=1.5)
+    lr8 = torch.rand(64, 3, 8, 8)  # jpeg_prob: each sample either JPEG-coded or 8-bit, about half each
+    model.configure_training(0, jpeg_quality=[20, 20], jpeg_prob=0.5)
+    mixed = model.training_lr(lr8, lr8)[0]
+    is_jpeg = [torch.equal(mixed[i], simulate_jpeg(lr8[i:i + 1], 20)[0]) for i in range(64)]
+    is_8bit = [torch.equal(mixed[i], ops.quantize_8bit(lr8[i])) for i in range(64)]
+    assert all(a != b for a, b in zip(is_jpeg, is_8bit)) and 16 <= sum(is_jpeg) <= 48
     model.configure_training(0, jpeg_quality=[5, 95], foreign_lr=0.5)
     losses = model.training_losses(synthetic_image(32, 32, seed=4).expand(2, -1, -1, -1).contiguous())
     losses["total"].backward()

@@ -359,16 +359,19 @@ class LatentTraining:
       (:func:`refscale.nn.jpeg.simulate_jpeg`) instead of rounded to 8 bits (default None: no
       codec). The codec in the loop as SAIN trains it (issue 27, item 4): the inverse learns to
       rebuild the HR image from what the JPEG decoder gives it, and the forward pass, through the
-      straight-through gradient, an LR that survives the codec.
+      straight-through gradient, an LR that survives the codec. ``jpeg_prob`` (default 1): the
+      probability per sample of the codec; the other samples take the 8-bit LR, so one model
+      serves lossless and JPEG LRs.
     """
 
     latent_temperature: tuple[float, float] = (1.0, 1.0)
     lr_range_weight: float = 0.0
     foreign_lr: float = 0.0
     jpeg_quality: tuple[float, float] | None = None
+    jpeg_prob: float = 1.0
 
     def set_latent_training(self, latent_temperature=(1.0, 1.0), lr_range_weight: float = 0.0,
-                            foreign_lr: float = 0.0, jpeg_quality=None) -> None:
+                            foreign_lr: float = 0.0, jpeg_quality=None, jpeg_prob: float = 1.0) -> None:
         lo, hi = (float(t) for t in latent_temperature)
         if not 0.0 <= lo <= hi:
             raise ValueError(f"latent_temperature must be [t_min, t_max] with 0 <= t_min <= t_max, got {latent_temperature}")
@@ -383,7 +386,9 @@ class LatentTraining:
             if not 1 <= q_lo <= q_hi <= 100:
                 raise ValueError(f"jpeg_quality must be [q_min, q_max] with 1 <= q_min <= q_max <= 100, got {jpeg_quality}")
             jpeg_quality = (q_lo, q_hi)
-        self.jpeg_quality = jpeg_quality
+        if not 0.0 <= float(jpeg_prob) <= 1.0:
+            raise ValueError(f"jpeg_prob must be a probability in [0, 1], got {jpeg_prob}")
+        self.jpeg_quality, self.jpeg_prob = jpeg_quality, float(jpeg_prob)
 
     def training_lr(self, lr: torch.Tensor, bicubic: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The LR of the training backward pass and where it is foreign: ``quantize_8bit(lr)``, where
@@ -404,7 +409,11 @@ class LatentTraining:
             return ops.quantize_8bit(lr), mask
         lo, hi = self.jpeg_quality
         quality = torch.round(torch.rand(lr.shape[0]) * (hi - lo) + lo)
-        return simulate_jpeg(lr, quality), mask
+        coded = simulate_jpeg(lr, quality)
+        if self.jpeg_prob >= 1.0:
+            return coded, mask
+        pick = (torch.rand(lr.shape[0]) < self.jpeg_prob).view(-1, 1, 1, 1).to(lr.device)
+        return torch.where(pick, coded, ops.quantize_8bit(lr).to(coded.dtype)), mask
 
     @staticmethod
     def outside_foreign(diff: torch.Tensor, foreign: torch.Tensor | None) -> torch.Tensor:

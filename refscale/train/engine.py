@@ -266,10 +266,11 @@ def validate(model, crops, seed: int = 0, channels_last: bool = False, codec: st
     """Mean PSNR-Y / PSNR-RGB of ``upscale(round8(downscale(hr)))`` (temperature 1, seeded), the
     same at temperature 0 (``psnr_y_t0``, ``psnr_rgb_t0``), the PSNR-Y of the LR against the bicubic-downscaled HR and
     the bicubic baseline; fp32. With ``codec`` (a still codec, ``val.codec`` / ``val.quality``)
-    the LR goes through the real codec at ``quality`` instead of 8-bit rounding, and
-    ``coded_psnr_y`` / ``coded_psnr_rgb`` are the bicubic pipeline through the same codec
-    (``lr_bytes`` / ``coded_bytes``: the two codes' sizes, the similarity map not counted). The
-    global RNG states are left untouched."""
+    also the model with its LR through the real codec at ``quality`` (``codec_psnr_y`` /
+    ``codec_psnr_rgb``, decoded at the model's decoding temperature), the bicubic pipeline
+    through it (``coded_psnr_y`` / ``coded_psnr_rgb``) and the two codes' sizes
+    (``codec_lr_bytes`` / ``coded_bytes``, side information not counted). The global RNG states
+    are left untouched."""
     if not crops:
         return {}
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
@@ -303,11 +304,6 @@ def _validate(model, crops, seed, channels_last, codec=None, quality=None):
         lr_q = to_uint8(lr.float()).float() / 255.0
         if coded:  # data.coded: the LR as the codec decoded it
             lr_q = coded[0].to(dev)
-        code_bytes = {}
-        if not coded and codec is not None:
-            lr_q, code_bytes["lr_bytes"] = _through_codec(lr, codec, quality)
-            plain, code_bytes["coded_bytes"] = _through_codec(ops.bicubic_down(hr, model.scale), codec, quality)
-            coded = [plain]
         g = torch.Generator(device=dev).manual_seed(seed + i)
         hr_hat = model.upscale(lr_q, side, x_ref, temperature=1.0, generator=g).float()
         hr_t0 = model.upscale(lr_q, side, x_ref, temperature=0.0, generator=g).float()
@@ -319,8 +315,16 @@ def _validate(model, crops, seed, channels_last, codec=None, quality=None):
             "psnr_rgb_t0": metrics.psnr(hr_t0, hr, crop_border=s, y_channel=False).mean().item(),
             "lr_psnr_y": metrics.psnr(lr_q, ops.bicubic_down(hr, s), crop_border=0, y_channel=True).mean().item(),
             "bicubic_psnr_y": metrics.psnr(ops.bicubic_up(ops.bicubic_down(hr, s), s), hr, crop_border=s).mean().item(),
-            **code_bytes,
         }
+        if not coded and codec is not None:  # val.codec: the model and bicubic through a real codec too
+            lr_c, vals["codec_lr_bytes"] = _through_codec(lr, codec, quality)
+            plain, vals["coded_bytes"] = _through_codec(ops.bicubic_down(hr, s), codec, quality)
+            coded = [plain]
+            temperature = getattr(model, "decode_temperature", 1.0)
+            g = torch.Generator(device=dev).manual_seed(seed + i)
+            hat_c = model.upscale(lr_c, side, x_ref, temperature=temperature, generator=g).float()
+            vals["codec_psnr_y"] = metrics.psnr(hat_c, hr, crop_border=s).mean().item()
+            vals["codec_psnr_rgb"] = metrics.psnr(hat_c, hr, crop_border=s, y_channel=False).mean().item()
         if coded:  # the plain codec's decode (bicubic-upscaled): the baseline a learned decoder must beat
             plain = coded[0].to(dev)
             plain = plain if s == 1 else ops.bicubic_up(plain, s)
