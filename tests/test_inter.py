@@ -835,3 +835,9 @@ def test_frame_0_folder_is_pruned_least_recently_used_first(tmp_path):
     assert kept() == ["b", "d"]
     cache._write("e", bytes(400))  # alone over the limit: the others go, it stays
     assert kept() == ["e"]
+    for name, seconds in (("old.1.tmp", 7200), ("new.2.tmp", 10)):  # a killed writer's temporaries
+        (tmp_path / name).write_bytes(b"x")
+        t = time.time() - seconds
+        os.utime(tmp_path / name, (t, t))
+    cache._write("f", bytes(10))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.frame0", "new.2.tmp"]

@@ -398,6 +398,7 @@ def test_pooled_similarity_map(tmp_path):
     """``smap_pool``: the transmitted map is the full map averaged over ``k x k`` cells (then
     quantized), its stride and the alignment grow by ``k``, decoding follows it, and weights of the
     unpooled model load into the pooled one (the same tensors) through ``model.init_weights``."""
+    from refscale.train.config import ConfigError
     from refscale.train.engine import _load_init_weights
 
     hr, ref = pair(32, 32)
@@ -420,3 +421,6 @@ def test_pooled_similarity_map(tmp_path):
     torch.nn.init.zeros_(next(fresh.parameters()))
     _load_init_weights(fresh, str(path))
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), full.state_dict().values()))
+    other = zoo.build("refscale-x2", **{"blocks": [2], **TINY, "clamp": 2.0})  # same tensors, other function
+    with pytest.raises(ConfigError, match="init_weights"):
+        _load_init_weights(other, str(path))

@@ -501,3 +501,23 @@ def test_training_budget_lists_the_stages_of_a_chain():
     assert training_budget(chain) == "irn-x2-oscd (5200 steps) + 400 + 800 steps (the last 800: batch 8 x 64 px), 2.00 h"
     warm = {"name": "irn-x4-natural", **data, "iterations": 2566, "init_from": {"weights": "irn-x4-oscd", "iterations": 2396}}
     assert training_budget(warm) == "irn-x4-oscd (2396 steps) + 170 steps x batch 8 x 64 px, 2.00 h"
+
+
+def test_validation_through_a_real_codec(tmp_path, pairs):
+    """``val.codec``: the model's LR and the bicubic LR through the real codec (``codec_psnr_*``,
+    ``coded_psnr_*``, their sizes) beside the lossless metrics, which stay as without it; the
+    bicubic pipeline through JPEG q 30 is below bicubic on the lossless LR; bad settings refused."""
+    def first_validation(out):
+        lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        return next(x for x in lines if "val/psnr_y" in x)
+
+    engine.train(tiny_config(pairs, steps=1, val={"every_steps": 1, "codec": "jpeg", "quality": 30}), tmp_path / "run")
+    engine.train(tiny_config(pairs, steps=1, val={"every_steps": 1}), tmp_path / "plain")
+    val, plain_val = first_validation(tmp_path / "run"), first_validation(tmp_path / "plain")
+    assert val["val/psnr_y"] == plain_val["val/psnr_y"] and "val/codec_psnr_y" not in plain_val
+    assert val["val/coded_psnr_y"] < val["val/bicubic_psnr_y"]
+    assert val["val/codec_lr_bytes"] > 0 and val["val/coded_bytes"] > 0
+    for bad, match in (({"codec": "hevc-inter", "quality": 30}, "still codec"), ({"codec": "nope"}, "val.codec"),
+                       ({"quality": 30}, "val.quality needs val.codec"), ({"codec": "jpeg", "quality": 300}, "val.codec")):
+        with pytest.raises(ConfigError, match=match):
+            engine.train(tiny_config(pairs, val=bad), tmp_path / "bad")

@@ -105,6 +105,7 @@ import math
 import os
 import re
 import struct
+import time
 import warnings
 from dataclasses import dataclass
 from fractions import Fraction
@@ -383,7 +384,9 @@ class FirstFrames:
         whose digest differs is not used."""
         key = self.key(s, crf, planes, version)
         kept = self._memory.pop(key, None)
-        if kept is None:
+        if kept is not None:
+            self._touch(key)  # used: its file (with a folder) is pruned last
+        else:
             kept = self._read(key)
         if kept is None or (digest is not None and _digest(kept) != digest):
             f0 = encode_frames(s, crf, [planes], version=version)
@@ -404,15 +407,19 @@ class FirstFrames:
         folder = self._folder()
         if folder is None:
             return None
-        path = os.path.join(folder, key + ".frame0")
         try:
-            with open(path, "rb") as f:
+            with open(os.path.join(folder, key + ".frame0"), "rb") as f:
                 data = f.read()
         except OSError:
             return None
-        with contextlib.suppress(OSError):
-            os.utime(path)  # recently used: pruned last
+        self._touch(key)
         return data
+
+    def _touch(self, key: str) -> None:
+        folder = self._folder()
+        if folder is not None:
+            with contextlib.suppress(OSError):
+                os.utime(os.path.join(folder, key + ".frame0"))
 
     def _write(self, key: str, data: bytes) -> None:
         folder = self._folder()
@@ -434,13 +441,20 @@ class FirstFrames:
 
     def _prune(self, folder: str, keep: str) -> None:
         """Remove the least recently used ``*.frame0`` files until the folder holds at most
-        ``folder_max_bytes`` of them (``keep``, the file just written, stays)."""
+        ``folder_max_bytes`` of them (``keep``, the file just written, stays), and temporaries
+        older than an hour (a writer that was killed)."""
         files = []
-        with contextlib.suppress(OSError):
-            for entry in os.scandir(folder):
-                if entry.name.endswith(".frame0") and entry.is_file():
+        with contextlib.suppress(OSError), os.scandir(folder) as entries:
+            for entry in entries:
+                try:
                     st = entry.stat()
+                except OSError:  # removed meanwhile by another process
+                    continue
+                if entry.name.endswith(".frame0"):
                     files.append((st.st_mtime, st.st_size, entry.path))
+                elif entry.name.endswith(".tmp") and st.st_mtime < time.time() - 3600:
+                    with contextlib.suppress(OSError):
+                        os.remove(entry.path)
         total = sum(size for _, size, _ in files)
         for _, size, path in sorted(files):
             if total <= self.folder_max_bytes:

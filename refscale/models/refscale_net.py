@@ -48,8 +48,9 @@ bicubic image (``S = 0`` in eq. 5).
 ``smap_pool x smap_pool`` cells before quantization, and the condition upsamples the coarser map
 as it does the full one. The paper's map (``smap_res`` 1/2, 16 levels) costs 0.19-0.20 bpp in
 the container (zlib), which at JPEG's rates is most of the file; with ``smap_pool=4`` and 8
-levels 0.008 bpp, and the shipped x2 weights lose 0.0-0.3 dB PSNR-Y under JPEG q 10-50 before
-any fine-tuning (OSCD aguasclaras, bordeaux; ``refscale-x2-jpeg-oscd`` is trained with it).
+levels 0.008 bpp, and the x2 weights shipped before lost 0.0-0.5 dB PSNR-Y under JPEG q 10-50
+before any fine-tuning (OSCD aguasclaras, bordeaux); ``configs/refscale-x2-jpeg-cpu.yaml`` trains
+with it.
 
 **The INN block** (``inn_block``; ours, not in the paper): ``"glow"`` (default) = the paper's
 conditional flow block above. ``"irn"`` = IRN's two-sided block
@@ -160,6 +161,9 @@ class RefScaleNet(LatentTraining, FastInference, Rescaler):
     arch = "refscale"
     needs_reference = True
     stochastic = True
+    #: config keys that change no tensor: weights trained with other values load as a training
+    #: start (``model.init_weights``), e.g. the shipped map's 16 levels into a pooled 8-level one
+    config_without_weights = ("smap_pool", "smap_levels", "blur_sigma", "lambda_hr", "lambda_lr", "lambda_distr")
 
     def __init__(self, scale: int = 2, blocks: list[int] | None = None, nf: int = 64, n_rrdb: int = 2,
                  gc: int = 32, ref_gc: int = 32, clamp: float = 1.0, cond_stride: int = 2,

@@ -355,7 +355,7 @@ class LatentTraining:
       dominated it, 300x the usual); what is learned is that foreign LR nearby must not disturb
       the model's own blocks.
     * ``jpeg_quality: [q_min, q_max]``: the LR of the training backward pass is JPEG-coded at a
-      quality drawn per sample from ``U(q_min, q_max)`` by the differentiable JPEG
+      quality drawn per sample uniformly from the integers ``q_min..q_max`` by the differentiable JPEG
       (:func:`refscale.nn.jpeg.simulate_jpeg`) instead of rounded to 8 bits (default None: no
       codec). The codec in the loop as SAIN trains it (issue 27, item 4): the inverse learns to
       rebuild the HR image from what the JPEG decoder gives it, and the forward pass, through the
@@ -408,7 +408,7 @@ class LatentTraining:
         if self.jpeg_quality is None:
             return ops.quantize_8bit(lr), mask
         lo, hi = self.jpeg_quality
-        quality = torch.round(torch.rand(lr.shape[0]) * (hi - lo) + lo)
+        quality = torch.randint(round(lo), round(hi) + 1, (lr.shape[0],)).float()  # every quality equally
         coded = simulate_jpeg(lr, quality)
         if self.jpeg_prob >= 1.0:
             return coded, mask

@@ -160,6 +160,18 @@ def _check(cfg: dict) -> dict:
          f"optim.lr_mult must map parameter-group names to non-negative numbers, got {mult!r}")
     init = cfg["model"]["init_weights"]
     need(init is None or (isinstance(init, str) and init.strip()), f"model.init_weights must be a weights name or path, got {init!r}")
+    val_codec = cfg["val"]["codec"]
+    if val_codec is not None:
+        from refscale.format import codecs
+
+        try:
+            canonical = codecs.canonical(val_codec)
+            codecs.check_quality(canonical, cfg["val"]["quality"])
+        except RefScaleError as e:
+            raise ConfigError(f"val.codec / val.quality: {e}") from None
+        need(not codecs.needs_reference(canonical), f"val.codec must be a still codec (jpeg, webp, avif, jxl, j2k), got {val_codec!r}")
+        need(not cfg["data"]["coded"], "val.codec does not apply with data.coded (the cache's codec decodes are validated)")
+    need(val_codec is not None or cfg["val"]["quality"] is None, "val.quality needs val.codec")
     name = cfg["name"]
     need(name is None or (isinstance(name, str) and name.strip() and "/" not in name and "\\" not in name),
          f"name must be a file name without a folder (e.g. refscale-x2-oscd), got {name!r}")

@@ -377,11 +377,13 @@ def _load_init_weights(model: nn.Module, spec: str) -> dict:
     card's own ``init_from`` (so a card names every stage of a chain of warm starts).
     """
     src = zoo.load(spec)
-    theirs, mine = src.state_dict(), model.state_dict()
-    same_tensors = theirs.keys() == mine.keys() and all(theirs[k].shape == mine[k].shape for k in mine)
-    if (src.arch, src.scale) == (model.arch, model.scale) and (src.config == model.config or same_tensors):
-        # another config with the same tensors differs only in what has no weights (e.g. RefScale's smap_pool)
-        model.load_state_dict(theirs, strict=True)
+    free = set(getattr(model, "config_without_weights", ()))  # keys that change no tensor (RefScale's smap_pool)
+
+    def weighted(config: dict) -> dict:
+        return {k: v for k, v in config.items() if k not in free}
+
+    if (src.arch, src.scale) == (model.arch, model.scale) and weighted(src.config) == weighted(model.config):
+        model.load_state_dict(src.state_dict(), strict=True)
     elif hasattr(model, "warm_start"):  # e.g. RefScale's INN from an IRN
         try:
             model.warm_start(src)
