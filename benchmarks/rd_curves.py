@@ -153,7 +153,10 @@ def run(args) -> None:
     old_q = {c: list(q) for c, q in results["meta"].get("qualities", qualities).items()}
     if results["points"] and old_q != {c: list(q) for c, q in qualities.items()}:
         raise SystemExit(f"{out} was measured with another quality sweep; use the same --points or a new --out")
-    weights = {name: zoo.card_for(name).get("sha256") for name in args.models}
+    labels = args.labels or list(args.models)
+    if len(labels) != len(args.models):
+        raise SystemExit(f"--labels needs one label per model ({len(args.models)}), got {len(labels)}")
+    weights = {label: zoo.card_for(name).get("sha256") for name, label in zip(args.models, labels)}
     for name, sha in weights.items():  # points of other weights must not be mixed in silently
         old = results["meta"].get("weights", {}).get(name, sha)
         if old != sha:
@@ -168,7 +171,7 @@ def run(args) -> None:
     samples = discover(args.data, split=args.split)
     if args.limit:
         samples = samples[: args.limit]
-    models = {name: zoo.load(name) for name in args.models}
+    models = {label: zoo.load(name) for name, label in zip(args.models, labels)}
     for m in models.values():
         m.eval()
     for sample, (name, hr, ref) in zip(samples, iter_full_images(samples, multiple=CROP)):
@@ -489,6 +492,9 @@ def main(argv=None) -> None:
     r.add_argument("--data", required=True)
     r.add_argument("--split", default=None)
     r.add_argument("--models", nargs="*", default=[], help="catalogue or weights names (the codec alone is always measured)")
+    r.add_argument("--labels", nargs="*", default=None,
+                   help="the pipeline names of --models in the results, one per model (default: the names given), "
+                        "e.g. to measure weights not shipped yet beside the shipped ones")
     r.add_argument("--codecs", nargs="*", default=list(CODECS), choices=CODECS)
     r.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None)
     r.add_argument("--threads", type=int, default=1)

@@ -171,3 +171,18 @@ def test_verification_checks_per_image_and_block():
     assert [m for m, s, _ in out_of_domain.plan(None, ["oscd"], in_domain=True)][:2] == ["bicubic-x2", "bicubic-x4"]
     assert "refscale-x2" in [m for m, _, _ in out_of_domain.plan(None, ["oscd"], in_domain=True)]
     assert "irn-x2-natural" in [m for m, _, _ in out_of_domain.plan(None, ["Set5"], in_domain=True)]
+
+
+def test_rd_run_labels_models(tmp_path):
+    """``--labels``: a model's points go under its label (weights not shipped yet beside shipped
+    ones); one label per model."""
+    torch.set_num_threads(1)
+    tiny_images(tmp_path / "set", n=1)
+    out = tmp_path / "rd.json"
+    rd_curves.main(["run", "--data", str(tmp_path / "set"), "--codecs", "jpeg", "--models", "bicubic-x2",
+                    "--labels", "bicubic-x2-candidate", "--points", "2", "--out", str(out)])
+    pipes = {k.split("|")[1] for k in json.loads(out.read_text())["points"]}
+    assert pipes == {"full", "bicubic-x2-candidate"}
+    with pytest.raises(SystemExit, match="one label per model"):
+        rd_curves.main(["run", "--data", str(tmp_path / "set"), "--codecs", "jpeg", "--models", "bicubic-x2",
+                        "--labels", "a", "b", "--points", "2", "--out", str(tmp_path / "rd2.json")])
