@@ -18,12 +18,13 @@ from PIL import Image
 
 from refscale import metrics, ops
 from refscale.data import discover, iter_full_images
+from refscale.format.rounding import to_uint8_hwc
 from refscale.nn.jpeg import simulate_jpeg
 
 
 def pillow_jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
     """``x [1, 3, h, w]`` (8-bit values) through Pillow's JPEG at ``quality``."""
-    arr = (x[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    arr = to_uint8_hwc(x)
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, "JPEG", quality=quality)
     dec = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
