@@ -15,7 +15,8 @@ averaged over the batch:
 
 Training options of ours (``model.train_options``, :class:`refscale.nn.invertible.LatentTraining`):
 the temperature range of the sampled ``z``, a penalty on LR values outside [0, 1] and boxes of
-bicubic LR in the decoded LR (``foreign_lr``); the defaults are IRN's recipe.
+bicubic LR in the decoded LR (``foreign_lr``), the decoded LR through a differentiable JPEG
+(``jpeg_quality``, ``jpeg_prob``); the defaults are IRN's recipe.
 
 The optimiser settings of the reference (Adam 2e-4, betas 0.9/0.999, weight decay 1e-5,
 learning-rate halving every 100k steps, gradient-norm clipping 10, batch 16 x 144 px) belong

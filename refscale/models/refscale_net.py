@@ -48,7 +48,7 @@ bicubic image (``S = 0`` in eq. 5).
 ``smap_pool x smap_pool`` cells before quantization, and the condition upsamples the coarser map
 as it does the full one. The paper's map (``smap_res`` 1/2, 16 levels) costs 0.19-0.20 bpp in
 the container (zlib), which at JPEG's rates is most of the file; with ``smap_pool=4`` and 8
-levels 0.008 bpp, and the x2 weights shipped before lost 0.0-0.5 dB PSNR-Y under JPEG q 10-50
+levels 0.008 bpp, and the x2 weights shipped before lost 0.0-0.4 dB PSNR-Y under JPEG q 10-50
 before any fine-tuning (OSCD aguasclaras, bordeaux); ``configs/refscale-x2-jpeg-cpu.yaml`` trains
 with it.
 
@@ -68,7 +68,7 @@ Training-only options (``configure_training``, set by the engine from ``model.tr
 ``guide_ramp_steps`` ramps the eq. 5 blur in linearly (``S`` in eq. 5 is multiplied by
 ``min(1, step / guide_ramp_steps)``; ``F_c`` always uses ``S``), so that a saturated ``S`` of a
 fresh Ref-Net does not strip a warm-started LR of its detail at once; ``latent_temperature``,
-``lr_range_weight`` and ``foreign_lr`` as IRN's (:class:`refscale.nn.invertible.LatentTraining`). Parameter groups
+``lr_range_weight``, ``foreign_lr``, ``jpeg_quality`` and ``jpeg_prob`` as IRN's (:class:`refscale.nn.invertible.LatentTraining`). Parameter groups
 (:meth:`parameter_groups`, learning-rate multipliers ``optim.lr_mult``): ``refnet``, ``cond``
 (the condition weights of the INN) and ``flow`` (the rest).
 
