@@ -10,25 +10,21 @@ the PSNR between the two decodes. Means over the images; one table in Markdown.
 from __future__ import annotations
 
 import argparse
-import io
 
 import numpy as np
 import torch
-from PIL import Image
 
 from refscale import metrics, ops
 from refscale.data import discover, iter_full_images
+from refscale.format import codecs
 from refscale.format.rounding import to_uint8_hwc
 from refscale.nn.jpeg import simulate_jpeg
 
 
 def pillow_jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
-    """``x [1, 3, h, w]`` (8-bit values) through Pillow's JPEG at ``quality``."""
-    arr = to_uint8_hwc(x)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "JPEG", quality=quality)
-    dec = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
-    return torch.from_numpy(dec.copy()).permute(2, 0, 1)[None].float() / 255.0
+    """``x [1, 3, h, w]`` through the container's JPEG codec (Pillow) at ``quality``."""
+    dec = codecs.decode_image(codecs.encode_image(to_uint8_hwc(x), "jpeg", quality), "jpeg")
+    return torch.from_numpy(np.ascontiguousarray(dec)).permute(2, 0, 1)[None].float() / 255.0
 
 
 def main(argv=None) -> int:

@@ -61,7 +61,7 @@ from torch import nn
 
 from refscale import zoo
 from refscale.errors import ModelError, RefScaleError
-from refscale.format.rounding import to_uint8
+from refscale.format.rounding import to_uint8, to_uint8_hwc
 from refscale.nn.speed import resolve_bf16
 from refscale.train import checkpoint as ckpt
 from refscale.train.config import DEFAULTS, ConfigError, load_file, resolve
@@ -282,8 +282,7 @@ def _through_codec(lr: torch.Tensor, codec: str, quality: int | None) -> tuple[t
     the size of the code in bytes."""
     from refscale.format import codecs
 
-    arr = to_uint8(lr.float())[0].permute(1, 2, 0).cpu().numpy()
-    data = codecs.encode_image(arr, codec, quality)
+    data = codecs.encode_image(to_uint8_hwc(lr.float().cpu()), codec, quality)
     dec = codecs.decode_image(data, codec)
     return torch.from_numpy(dec).permute(2, 0, 1)[None].float().div(255.0).to(lr.device), len(data)
 
@@ -672,9 +671,9 @@ class Trainer:
 
     def validate(self) -> None:
         if self.dist.main and self.val_crops:
-            v = self.cfg["val"]
-            self.last_val = validate(self.model, self.val_crops, v["seed"], self.cfg["precision"]["channels_last"],
-                                     v["codec"], v["quality"])
+            val_cfg = self.cfg["val"]
+            self.last_val = validate(self.model, self.val_crops, val_cfg["seed"], self.cfg["precision"]["channels_last"],
+                                     val_cfg["codec"], val_cfg["quality"])
             self.log({"step": self.step_no, **{f"val/{k}": v for k, v in self.last_val.items()}})
 
     def card(self) -> dict:
