@@ -2,13 +2,11 @@
 option that puts it in the loop (``jpeg_quality``, issue 27 item 4)."""
 from __future__ import annotations
 
-import io
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from benchmarks.jpeg_sim import pillow_jpeg
 from refscale import metrics, ops
 from refscale.models.irn import IRN
 from refscale.nn.jpeg import quant_tables, simulate_jpeg
@@ -16,14 +14,6 @@ from conftest import synthetic_image
 
 torch.set_num_threads(1)
 TINY = {"blocks": [1], "gc": 4}
-
-
-def _pillow_jpeg(x: torch.Tensor, quality: int) -> tuple[torch.Tensor, int]:
-    arr = (x[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "JPEG", quality=quality)
-    dec = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
-    return torch.from_numpy(dec.copy()).permute(2, 0, 1)[None].float() / 255.0, len(buf.getvalue())
 
 
 def _psnr(a, b):
@@ -38,7 +28,7 @@ def test_simulated_jpeg_decodes_as_pillow_does(quality):
     smooth = ops.quantize_8bit(synthetic_image(72, 90, seed=3))
     saturated = (torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(0)) > 0.5).float()
     for x, agree in ((smooth, 35), (saturated, 30)):
-        real, _ = _pillow_jpeg(x, quality)
+        real = pillow_jpeg(x, quality)
         sim = simulate_jpeg(x, quality)
         assert sim.shape == x.shape
         assert torch.equal(sim, torch.round(sim * 255) / 255)  # on the 8-bit grid
