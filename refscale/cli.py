@@ -187,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("evaluate", help="evaluate a model on a dataset through real containers")
     v.add_argument("--data", required=True, help="dataset folder or CSV manifest")
-    v.add_argument("-m", "--model", required=True, help="catalogue name or .safetensors path")
+    v.add_argument("-m", "--model", required=True,
+                   help="catalogue name or .safetensors path; a scale picker (enhance-hevc) with --bpp / --bytes, "
+                        "each image coded as refscale encode codes it")
     v.add_argument("--split", default=None, help="split from the dataset's split.json (e.g. test)")
     v.add_argument("--draws", type=int, default=1, help="decodes averaged per image for stochastic models (default 1)")
     v.add_argument("--temperature", type=float, default=None,
@@ -529,7 +531,7 @@ def cmd_evaluate(args) -> int:
     from refscale.format.inter import default_mode
 
     _codec_choice(args)
-    _single_model(args.model, "refscale evaluate")
+    _picker_budget(args)
     if args.draws < 1:
         raise InputError(f"--draws must be >= 1, got {args.draws}")
     outputs = [Path(p) for p in (args.json_out, args.md_out) if p]
@@ -754,6 +756,14 @@ def _single_model(name: str, command: str) -> None:
     if name in PICKERS:
         raise InputError(f"{name} picks a scale per image in refscale encode with --bpp / --bytes; {command} takes "
                          f"one model: one of {', '.join(picker_members(name))}")
+
+
+def _picker_budget(args) -> None:
+    """Refuse a scale picker's name without a budget, or with -q, before anything loads."""
+    from refscale.zoo import PICKERS, check_picker_budget
+
+    if args.model in PICKERS:
+        check_picker_budget(args.model, args.quality, args.bpp, args.max_bytes)
 
 
 def _load_model(spec: str):

@@ -6,7 +6,7 @@ mod-crop — and its reference if the model needs one):
 1. ``packet = model.encode(hr, ref)``; ``data = packet.to_bytes(codec, quality)``: the real
    ``.rsc`` bytes; ``bpp`` = all bytes * 8 / (H*W), ``bpp_lr`` / ``bpp_side`` from the section
    sizes (the header counts only in ``bpp``).
-2. ``hr_hat = model.decode(Packet.from_bytes(data), ref, seed=d, temperature=temperature)`` for
+2. ``hr_hat = member.decode(Packet.from_bytes(data), ref, seed=d, temperature=temperature)`` for
    ``d < draws`` (deterministic models and temperature 0: one draw); PSNR/SSIM on Y and RGB
    with ``crop_border = scale`` (BasicSR, :mod:`refscale.metrics`) averaged over the draws, and
    ``frac_off40``, the fraction of pixels with any RGB channel off by more than 40 levels
@@ -23,6 +23,13 @@ mod-crop — and its reference if the model needs one):
    records the resolved value.
 5. With ``lr_dir``: the stored LR image of each sample is written to ``lr_dir/<name>.png`` (for
    looking at it, or for no-reference LR quality: ``python -m benchmarks lr_quality --lr DIR``).
+6. A scale picker (:class:`refscale.zoo.ScalePicker`, ``-m enhance-hevc``) with a budget: each
+   image is coded as ``refscale encode --bpp`` codes it (:func:`refscale.pipeline.encode_best`:
+   every member fitted to the budget and decoded, the best PSNR-Y written), then decoded from its
+   bytes by the member it names. Our choice: the image is not mod-cropped and the metrics crop
+   one pixel, as for a scale-1 model, so that the picker is scored on the same pixels as
+   ``inter-hevc`` whatever scale it picks; each row records the member (``member``, ``scale``)
+   and every candidate's row (``candidates``), and ``seconds`` includes every member's encode.
 
 The result is the JSON of docs/design.md ("Evaluation output"): ``model, scale, dataset, split,
 draws, images[], mean{}``, and ``worst{}``: the image with the lowest PSNR-RGB (:func:`worst_image`).
@@ -42,7 +49,8 @@ from refscale.data import Sample, iter_full_images
 from refscale.errors import InputError
 from refscale.io.image import is_greyscale_file, write_image
 from refscale.protocol import Rescaler
-from refscale.pipeline import fit_verified, stored_lr
+from refscale.pipeline import encode_best, fit_verified, stored_lr
+from refscale.zoo import ScalePicker
 
 METRIC_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "frac_off40", "si_lr", "bpp", "bpp_lr", "bpp_side", "seconds")
 #: what the ``worst`` summary repeats of the worst image's row
@@ -60,7 +68,7 @@ def _dataset_name(samples: list[Sample]) -> str:
         return ""
 
 
-def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str | None = None, quality: int | None = None,
+def evaluate(model: Rescaler | ScalePicker, samples: list[Sample], draws: int = 1, codec: str | None = None, quality: int | None = None,
              progress: bool = True, *, bpp: float | None = None, max_bytes: int | None = None,
              dataset: str | None = None, split: str | None = None,
              lr_dir: str | os.PathLike | None = None, overwrite: bool = False,
@@ -85,15 +93,20 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
     from refscale.format.container import Packet, bytes_for_bpp, section_sizes
     from refscale.pipeline import resolve_precision
 
+    picker = model if isinstance(model, ScalePicker) else None
+    if picker is not None:
+        picker.check_budget(quality, bpp, max_bytes)
     codec, quality = codecs.resolve(codec, quality, model.default_codec, bpp=bpp, max_bytes=max_bytes,
                                     default_quality=model.default_quality)
     if lr_dir is not None:
         check_lr_dir(samples, lr_dir, overwrite)
-    model.eval()
-    scale = model.scale
-    temperature = model.decode_temperature if temperature is None else temperature
-    draws = max(1, int(draws)) if model.stochastic and temperature > 0 else 1  # t = 0: z = 0, no randomness
-    precision = resolve_precision(model, precision)
+    members = picker.members if picker is not None else [model]
+    for m in members:
+        m.eval()
+    scale = 1 if picker is not None else model.scale  # a picker: scored on every pixel, as a scale-1 model
+    temperature = members[0].decode_temperature if temperature is None else temperature
+    draws = max(1, int(draws)) if any(m.stochastic for m in members) and temperature > 0 else 1  # t = 0: z = 0, no randomness
+    precision = resolve_precision(members[0], precision)
     images, over_budget = [], []
     bar = tqdm(total=len(samples), desc=f"evaluate {model.name}", unit="img", disable=not progress, dynamic_ncols=True)
     try:
@@ -101,25 +114,19 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
             if not model.needs_reference and not codecs.needs_reference(codec):
                 ref = None
             h, w = hr.shape[-2:]
-            start = time.perf_counter()
-            packet = model.encode(hr, ref, precision=precision, codec=codec, quality=quality, verify=verify)
-            t_encode = time.perf_counter() - start
             budget = bytes_for_bpp(bpp, (h, w)) if bpp is not None else max_bytes
-            if budget is None:
-                start = time.perf_counter()
-                data, used_quality = packet.to_bytes(codec, quality), codecs.effective_quality(codec, quality)
-                t_encode += time.perf_counter() - start
-            else:  # the search for the quality and the checks at it, timed as part of the encode
-                try:
-                    start = time.perf_counter()
-                    data, packet, used_quality = fit_verified(model, packet, hr, ref, max_bytes=budget, precision=precision,
-                                                              codec=codec, verify=verify)
-                    t_encode += time.perf_counter() - start
-                except InputError as e:
-                    over_budget.append({"name": name, "error": str(e)})
-                    warnings.warn(f"{name}: {e}; left out of the means")
-                    bar.update(1)
-                    continue
+            start = time.perf_counter()
+            try:
+                data, packet, used_quality, member, candidates = _encode_one(
+                    model, hr, ref, codec=codec, quality=quality, max_bytes=budget, precision=precision, verify=verify)
+            except InputError as e:
+                if budget is None:
+                    raise
+                over_budget.append({"name": name, "error": str(e)})
+                warnings.warn(f"{name}: {e}; left out of the means")
+                bar.update(1)
+                continue
+            t_encode = time.perf_counter() - start
             sizes = section_sizes(data)
             stored = Packet.from_bytes(data, lr_ref=packet.lr_ref)
             scores = {k: 0.0 for k in ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "frac_off40")}
@@ -128,7 +135,7 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
             hr_y = metrics.grey_luma(hr) if grey else hr
             for d in range(draws):
                 start = time.perf_counter()
-                hr_hat = model.decode(Packet.from_bytes(data), ref, seed=d, temperature=temperature)
+                hr_hat = member.decode(Packet.from_bytes(data), ref, seed=d, temperature=temperature)
                 t_decode += time.perf_counter() - start
                 hat_y = metrics.grey_luma(hr_hat) if grey else hr_hat
                 scores["psnr_y"] += float(metrics.psnr(hat_y, hr_y, crop_border=scale, y_channel=True)[0]) / draws
@@ -154,6 +161,8 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
                 "verify_seconds": packet.verify_report["seconds"] if packet.verify_report else None,
                 "seconds": t_encode + t_decode / draws,
             }
+            if picker is not None:
+                row.update(member=member.name, scale=member.scale, candidates=candidates)
             images.append(row)
             bar.update(1)
             bar.set_postfix(psnr_y=f"{row['psnr_y']:.2f}")
@@ -179,6 +188,26 @@ def evaluate(model: Rescaler, samples: list[Sample], draws: int = 1, codec: str 
     }
     result["worst"] = worst_image(result)
     return result
+
+
+def _encode_one(model: Rescaler | ScalePicker, hr, ref, *, codec: str, quality: int | None, max_bytes: int | None,
+                precision: str, verify: bool) -> tuple[bytes, "Packet", int | None, Rescaler, list[dict] | None]:
+    """One image's ``.rsc`` bytes as ``refscale encode`` writes them: ``(data, packet, quality,
+    member, candidates)``; with a budget the quality search and the checks at the quality found
+    (:func:`fit_verified`), and for a scale picker the choice among its members
+    (:func:`encode_best`: ``member`` is the one written, ``candidates`` every member's row). An
+    :class:`InputError` when nothing fits the budget."""
+    if isinstance(model, ScalePicker):
+        data, packet, candidates = encode_best(model.members, hr, ref, max_bytes=max_bytes, codec=codec,
+                                               precision=precision, verify=verify)
+        chosen = next(c for c in candidates if c["chosen"])
+        return data, packet, chosen["quality"], model.member(chosen["model"]), candidates
+    packet = model.encode(hr, ref, precision=precision, codec=codec, quality=quality, verify=verify)
+    if max_bytes is None:
+        return packet.to_bytes(codec, quality), packet, codecs.effective_quality(codec, quality), model, None
+    data, packet, used = fit_verified(model, packet, hr, ref, max_bytes=max_bytes, precision=precision, codec=codec,
+                                      verify=verify)
+    return data, packet, used, model, None
 
 
 def worst_image(result: dict) -> dict | None:

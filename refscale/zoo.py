@@ -197,6 +197,16 @@ def picker_members(name: str) -> list[str]:
     return [spec.name for spec in sorted(specs, key=lambda spec: spec.defaults.get("scale", 0))]
 
 
+def check_picker_budget(name: str, quality: int | None, bpp: float | None, max_bytes: int | None) -> None:
+    """The scale picker ``name`` takes a size budget and no quality: else a one-line :class:`InputError`
+    (before anything loads)."""
+    if quality is not None or (bpp is None and max_bytes is None):
+        given = f"a quality (-q {quality})" if quality is not None else "no size budget"
+        raise InputError(f"{name} picks the scale and quality within a size budget and was given {given}: "
+                         f"give --bpp X or --bytes N, or use a single-scale model "
+                         f"({', '.join(picker_members(name))}) with -q")
+
+
 class ScalePicker:
     """A catalogue name standing for several models, one per scale (:data:`PICKERS`): encoding with
     a size budget (``refscale encode NEW --ref REF -m enhance-hevc --bpp X``,
@@ -219,11 +229,7 @@ class ScalePicker:
 
     def check_budget(self, quality: int | None, bpp: float | None, max_bytes: int | None) -> None:
         """Refuse a fixed quality, or no budget: the picker chooses the scale and quality within a budget."""
-        if quality is not None or (bpp is None and max_bytes is None):
-            given = f"a quality (-q {quality})" if quality is not None else "no size budget"
-            raise InputError(f"{self.name} picks the scale and quality within a size budget and was given {given}: "
-                             f"give --bpp X or --bytes N, or use a single-scale model "
-                             f"({', '.join(picker_members(self.name))}) with -q")
+        check_picker_budget(self.name, quality, bpp, max_bytes)
 
     def member(self, name: str) -> Rescaler:
         """The member named ``name`` (as a container records it)."""

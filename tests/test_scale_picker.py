@@ -7,6 +7,8 @@ weights in a temporary weights folder, so nothing here needs the real weights.
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -219,13 +221,42 @@ def test_shipped_catalogue():
     assert ("no shipped weights, left out" in note) == bool(picker.left_out)
 
 
-@pytest.mark.parametrize("command", [["evaluate", "--data", "DATA"], ["demo"]])
-def test_commands_of_one_model_refuse_the_picker(tmp_path, command, capsys):
-    argv = [c.replace("DATA", str(tmp_path)) for c in command] + ["-m", "enhance-hevc"]
-    assert main(argv) == 2
+def test_demo_refuses_the_picker(tmp_path, capsys):
+    assert main(["demo", "-m", "enhance-hevc"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("refscale: error: enhance-hevc picks a scale per image in refscale encode")
     assert "one of enhance-x1, enhance-x2" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("extra", [[], ["-q", "40"]])
+def test_evaluate_refuses_the_picker_without_a_budget(tmp_path, extra, capsys):
+    assert main(["evaluate", "--data", str(tmp_path), "-m", "enhance-hevc", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--bpp X or --bytes N" in err and len(err.splitlines()) == 1
+
+
+@needs_hevc
+def test_evaluate_scores_what_encode_writes(tiny, pair, tmp_path, capsys):
+    """refscale evaluate -m enhance-hevc --bpp X codes each image as refscale encode does (the same
+    member, quality and bytes) and scores the receiver's decode of it on every pixel."""
+    hr, ref, target = pair
+    data_dir = tmp_path / "set" / "scene"
+    data_dir.mkdir(parents=True)
+    (data_dir / "hr.png").write_bytes(hr.read_bytes())
+    (data_dir / "ref.png").write_bytes(ref.read_bytes())
+    job = files.Job("new", hr, ref, tmp_path / "enc.rsc")
+    r = files.encode_file(job, zoo.load("enhance-hevc"), bpp=1.0)
+    assert main(["evaluate", "--data", str(tmp_path / "set"), "-m", "enhance-hevc", "--bpp", "1.0",
+                 "--json", str(tmp_path / "e.json")]) == 0
+    result = json.loads((tmp_path / "e.json").read_text())
+    row = result["images"][0]
+    assert result["model"] == "enhance-hevc" and result["scale"] == 1 and result["budget"] == {"bpp": 1.0}
+    assert row["member"] == r["model"] and row["quality"] == r["quality"]
+    assert row["bpp"] == pytest.approx(r["bytes"] * 8 / SIZE**2)
+    assert [c["model"] for c in row["candidates"]] == [c["model"] for c in r["candidates"]]
+    decoded, _, _ = files.decode_file(job.output.read_bytes(), ref)
+    want = float(metrics.psnr(decoded, target, crop_border=1, y_channel=True)[0])
+    assert row["psnr_y"] == pytest.approx(want, abs=0.05)  # x265's bits may differ a little between two encodes
 
 
 @needs_hevc
