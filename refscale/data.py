@@ -46,6 +46,7 @@ class Sample:
     ref: Path | None = None
     repeat: int = 1  # how many times one epoch of PairCropDataset visits it (manifest column 4)
     coded: Path | None = None  # the LR as a codec decoded it (manifest column 5; see PairCropDataset)
+    change_mask: Path | None = None  # OSCD: the city's change_mask.png where it has one (train cities)
 
 
 def _is_image(p: Path) -> bool:
@@ -138,7 +139,9 @@ def discover(path: str | os.PathLike, split: str | None = None) -> list[Sample]:
         return samples
 
     subdirs = sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
-    oscd = [Sample(d.name, d / "img2.png", d / "img1.png") for d in subdirs if (d / "img1.png").is_file() and (d / "img2.png").is_file()]
+    oscd = [Sample(d.name, d / "img2.png", d / "img1.png",
+                   change_mask=(d / "change_mask.png") if (d / "change_mask.png").is_file() else None)
+            for d in subdirs if (d / "img1.png").is_file() and (d / "img2.png").is_file()]
     pairs = []
     for d in subdirs:
         hr, ref = _find_image(d, "hr"), _find_image(d, "ref")

@@ -23,7 +23,11 @@ mod-crop — and its reference if the model needs one):
    records the resolved value.
 5. With ``lr_dir``: the stored LR image of each sample is written to ``lr_dir/<name>.png`` (for
    looking at it, or for no-reference LR quality: ``python -m benchmarks lr_quality --lr DIR``).
-6. A scale picker (:class:`refscale.zoo.ScalePicker`, ``-m enhance-hevc``) with a budget: each
+6. Where a sample has a change mask (an OSCD train city's ``change_mask.png``): ``psnr_y_changed``
+   and ``psnr_y_unchanged``, PSNR-Y over the changed / unchanged pixels (the border cropped as
+   above): whether the reference leaks into what changed (issue 27). Their means are over the
+   images that have a mask, averaged over draws as the other metrics.
+7. A scale picker (:class:`refscale.zoo.ScalePicker`, ``-m enhance-hevc``) with a budget: each
    image is coded as ``refscale encode --bpp`` codes it (:func:`refscale.pipeline.encode_best`:
    every member fitted to the budget and decoded, the best PSNR-Y written), then decoded from its
    bytes by the member it names. Our choice: the image is not mod-cropped and the metrics crop
@@ -53,6 +57,8 @@ from refscale.pipeline import encode_best, fit_verified, stored_lr
 from refscale.zoo import ScalePicker
 
 METRIC_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "frac_off40", "si_lr", "bpp", "bpp_lr", "bpp_side", "seconds")
+#: metrics of the images that have a change mask only (their mean is over those)
+CHANGE_KEYS = ("psnr_y_changed", "psnr_y_unchanged")
 #: what the ``worst`` summary repeats of the worst image's row
 WORST_KEYS = ("name", "psnr_rgb", "psnr_y", "frac_off40")
 
@@ -133,6 +139,8 @@ def evaluate(model: Rescaler | ScalePicker, samples: list[Sample], draws: int = 
             t_decode = 0.0
             grey = is_greyscale_file(sample.hr)
             hr_y = metrics.grey_luma(hr) if grey else hr
+            mask = _change_mask(sample.change_mask, hr) if sample.change_mask is not None else None
+            changed = {k: 0.0 for k in CHANGE_KEYS} if mask is not None else {}
             for d in range(draws):
                 start = time.perf_counter()
                 hr_hat = member.decode(Packet.from_bytes(data), ref, seed=d, temperature=temperature)
@@ -143,6 +151,9 @@ def evaluate(model: Rescaler | ScalePicker, samples: list[Sample], draws: int = 
                 scores["psnr_rgb"] += float(metrics.psnr(hr_hat, hr, crop_border=scale, y_channel=False)[0]) / draws
                 scores["ssim_rgb"] += float(metrics.ssim(hr_hat, hr, crop_border=scale, y_channel=False)[0]) / draws
                 scores["frac_off40"] += float(metrics.fraction_off(hr_hat, hr, crop_border=scale)[0]) / draws
+                if mask is not None:
+                    changed["psnr_y_changed"] += metrics.psnr_y_masked(hat_y, hr_y, mask, crop_border=scale) / draws
+                    changed["psnr_y_unchanged"] += metrics.psnr_y_masked(hat_y, hr_y, ~mask, crop_border=scale) / draws
             lr = stored_lr(stored)
             if lr_dir is not None:
                 write_image(lr, Path(lr_dir) / f"{name}.png", overwrite=overwrite)
@@ -161,6 +172,7 @@ def evaluate(model: Rescaler | ScalePicker, samples: list[Sample], draws: int = 
                 "verify_seconds": packet.verify_report["seconds"] if packet.verify_report else None,
                 "seconds": t_encode + t_decode / draws,
             }
+            row.update(changed)
             if picker is not None:
                 row.update(member=member.name, scale=member.scale, candidates=candidates)
             images.append(row)
@@ -171,6 +183,10 @@ def evaluate(model: Rescaler | ScalePicker, samples: list[Sample], draws: int = 
     if over_budget and not images:
         raise InputError(f"no image fits the budget ({over_budget[0]['error']})")
     mean = {k: sum(r[k] for r in images) / len(images) for k in METRIC_KEYS} if images else {k: None for k in METRIC_KEYS}
+    for k in CHANGE_KEYS:
+        values = [r[k] for r in images if k in r]
+        if values:
+            mean[k] = sum(values) / len(values)
     result = {
         "model": model.name,
         "scale": scale,
@@ -188,6 +204,19 @@ def evaluate(model: Rescaler | ScalePicker, samples: list[Sample], draws: int = 
     }
     result["worst"] = worst_image(result)
     return result
+
+
+def _change_mask(path, hr):
+    """A change mask (white = changed) as a bool array cropped to ``hr`` as ``hr`` was mod-cropped."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        mask = np.asarray(im.convert("L")) > 127
+    h, w = hr.shape[-2:]
+    if mask.shape[0] < h or mask.shape[1] < w:
+        raise InputError(f"{path}: change mask {mask.shape[1]}x{mask.shape[0]} is smaller than the image {w}x{h}")
+    return mask[:h, :w]
 
 
 def _encode_one(model: Rescaler | ScalePicker, hr, ref, *, codec: str, quality: int | None, max_bytes: int | None,

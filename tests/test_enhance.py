@@ -199,29 +199,6 @@ def test_engine_trains_on_coded_images(tmp_path):
         engine.train({**cfg, "data": {**cfg["data"], "path": str(plain)}}, tmp_path / "run2")
 
 
-def test_training_loss_option():
-    """``loss: mse`` (the fine-tune's training option) minimises the squared error; the default is
-    Charbonnier; anything else is refused when the engine configures the model."""
-    m = zoo.build("enhance-x1", **TINY)
-    perturb(m, 0.05)
-    hr, ref = pair(16, 16)
-    coded = (hr + 0.05 * torch.randn(hr.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
-    out = m.rebuild(coded, ref)
-    charbonnier = m.training_losses(hr, ref, coded=coded)["total"]
-    assert torch.allclose(charbonnier, torch.sqrt((out - hr).pow(2) + 1e-6).mean())
-    m.configure_training(0, loss="mse")
-    assert torch.allclose(m.training_losses(hr, ref, coded=coded)["total"], (out - hr).pow(2).mean())
-    with pytest.raises(ModelError, match="loss must be one of charbonnier, mse"):
-        m.configure_training(0, loss="l2")
-    with pytest.raises(ModelError, match="takes no training options"):
-        m.configure_training(0, jpeg_quality=[5, 95])
-    from pathlib import Path
-
-    from refscale.train.config import load_file
-    cfg = load_file(Path(__file__).resolve().parent.parent / "configs" / "enhance-x1-hevc-mse-cpu.yaml")
-    assert cfg["model"]["train_options"] == {"loss": "mse"} and cfg["data"]["coded"]
-
-
 @needs_hevc
 def test_cli_round_trip(tmp_path, capsys):
     hr, ref = pair(40, 36)

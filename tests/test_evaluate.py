@@ -236,3 +236,32 @@ def test_seconds_include_the_search_for_the_quality(singles, monkeypatch):
     monkeypatch.setattr(ev, "fit_verified", slow_fit)
     result = evaluate(zoo.load("bicubic-x2"), discover(singles), codec="jpeg", bpp=24.0, progress=False)
     assert all(img["seconds"] >= 0.3 for img in result["images"])
+
+
+def test_change_mask_scores_changed_and_unchanged_pixels(tmp_path):
+    """An OSCD city with a change_mask.png: PSNR-Y over its changed and unchanged pixels; a city
+    without one has neither, and the mean is over the cities that have one."""
+    from PIL import Image
+
+    from refscale.metrics import psnr_y_masked
+
+    for city, seed in (("masked", 5), ("plain", 6)):
+        d = tmp_path / "oscd" / city
+        d.mkdir(parents=True)
+        write_image(synthetic_image(27, 33, seed), d / "img2.png")  # odd: mod-cropped to 26 x 32
+        write_image(synthetic_image(27, 33, seed + 10), d / "img1.png")
+    mask = torch.zeros(27, 33, dtype=torch.bool)
+    mask[3:15, 4:20] = True
+    Image.fromarray(mask.numpy().astype("uint8") * 255).save(tmp_path / "oscd" / "masked" / "change_mask.png")
+    samples = discover(tmp_path / "oscd")
+    assert [s.change_mask is not None for s in samples] == [True, False]
+    result = evaluate(zoo.load("bicubic-x2"), samples, progress=False)
+    masked, plain = result["images"]
+    assert "psnr_y_changed" not in plain
+    hr = quantize_8bit(synthetic_image(27, 33, 5)[..., :26, :32])  # as the PNG holds it
+    rec = bicubic_up(quantize_8bit(bicubic_down(hr, 2)), 2)
+    m = mask[:26, :32]
+    assert masked["psnr_y_changed"] == pytest.approx(psnr_y_masked(rec, hr, m, crop_border=2), abs=1e-4)
+    assert masked["psnr_y_unchanged"] == pytest.approx(psnr_y_masked(rec, hr, ~m, crop_border=2), abs=1e-4)
+    assert masked["psnr_y_changed"] != pytest.approx(masked["psnr_y_unchanged"], abs=0.01)
+    assert result["mean"]["psnr_y_changed"] == masked["psnr_y_changed"]

@@ -34,9 +34,7 @@ The network is **blind to the codec quality**: ``upscale`` is given no quality
 (the protocol passes none), so one model serves every rate and is trained on decodes at a
 spread of qualities (``scripts/build_codec_cache.py``). Training needs those decodes:
 ``training_losses(hr, ref, coded=d)`` (``data.coded: true`` in the training config); the loss is
-Charbonnier (L1) on RGB, or with the training option ``loss: mse`` the squared error on RGB
-(our choice for a fine-tune after the L1 run, as is usual in super-resolution: what is reported
-is PSNR, which is MSE). The codec is never differentiated through.
+Charbonnier (L1) on RGB. The codec is never differentiated through.
 """
 from __future__ import annotations
 
@@ -52,7 +50,6 @@ from refscale.ops import bicubic_down, bicubic_up
 from refscale.protocol import Rescaler, Side, register
 
 CHARBONNIER_EPS = 1e-3
-LOSSES = ("charbonnier", "mse")
 
 
 class _ResBlock(nn.Module):
@@ -88,7 +85,6 @@ class InterEnhance(FastInference, Rescaler):
         #: restore): AVIF q 25, the middle of the training cache's qualities (~0.26 bpp on OSCD)
         self.default_quality = 25 if codec == "avif" else None
         self.grid = int(grid)
-        self.loss = "charbonnier"  # training option (configure_training)
         g2 = self.grid ** 2
         images = 2 if self.scale == 1 else 3  # base, ref (, the reference's predictable part)
         self.head = nn.Conv2d(3 * images * g2 + 2, nf, 3, padding=1)
@@ -153,28 +149,17 @@ class InterEnhance(FastInference, Rescaler):
         res = F.pixel_shuffle(res, g) if g > 1 else res
         return base + res[..., :h, :w]
 
-    def configure_training(self, step: int, loss: str = "charbonnier", **options) -> None:
-        """Training option ``loss``: ``charbonnier`` (L1, the default) or ``mse`` on RGB."""
-        super().configure_training(step, **options)
-        if loss not in LOSSES:
-            raise ModelError(f"{self.name}: training option loss must be one of {', '.join(LOSSES)}, got {loss!r}")
-        self.loss = loss
-
     def training_losses(self, hr: torch.Tensor, ref: torch.Tensor | None = None,
                         coded: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Charbonnier (L1) on RGB between ``rebuild(coded, ref)`` and ``hr`` (or the squared error,
-        ``loss: mse``); ``coded`` is the codec's decode of ``downscale(hr)`` (cached, no gradient
-        through the codec). ``codec_l1`` (logged, not minimised): the Charbonnier loss of the plain
-        decode."""
+        """Charbonnier (L1) on RGB between ``rebuild(coded, ref)`` and ``hr``; ``coded`` is the codec's
+        decode of ``downscale(hr)`` (cached, no gradient through the codec). ``codec_l1`` (logged,
+        not minimised): the same loss of the plain decode."""
         self.check_reference(ref)
         if coded is None:
             raise ModelError(f"{self.name} trains on the codec's decoded images: build them with "
                              "scripts/build_codec_cache.py and set data.coded: true")
         out = self.rebuild(coded, ref)
-        if self.loss == "mse":
-            total = (out - hr).pow(2).mean()
-        else:
-            total = torch.sqrt((out - hr).pow(2) + CHARBONNIER_EPS**2).mean()
+        total = torch.sqrt((out - hr).pow(2) + CHARBONNIER_EPS**2).mean()
         with torch.no_grad():
             base = coded if self.scale == 1 else bicubic_up(coded, self.scale)
             plain = torch.sqrt((base - hr).pow(2) + CHARBONNIER_EPS**2).mean()
