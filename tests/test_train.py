@@ -334,6 +334,19 @@ def test_overrides_and_default_out(tmp_path, pairs, monkeypatch):
     assert (tmp_path / result["weights"]).is_file()
 
 
+def test_exponent_numbers_are_numbers(tmp_path):
+    """``optim.lr=3e-4`` (PyYAML alone reads a float without a dot as a string) is a number, on the
+    command line and in a file; a word stays a word."""
+    from refscale.train.config import load_file, parse_overrides
+
+    assert parse_overrides(["optim.lr=3e-4", "a=1E+2", "b=-2.5e-3", "c=1e", "d=x1e5"]) == \
+        {"optim": {"lr": 3e-4}, "a": 100.0, "b": -2.5e-3, "c": "1e", "d": "x1e5"}
+    f = tmp_path / "cfg.yaml"
+    f.write_text("base: " + str(CONFIG_DIR / "irn-x2-oscd-cpu.yaml") + "\noptim:\n  lr: 2e-4\n")
+    optim = load_file(f, ["schedule.steps=10", "optim.eps=1e-7"])["optim"]
+    assert (optim["lr"], optim["eps"]) == (2e-4, 1e-7)
+
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 OSCD_CONFIGS = [CONFIG_DIR / f"{m}{v}.yaml" for m in ("irn-x2", "irn-x4", "refscale-x2", "refscale-x4") for v in ("", "-oscd-cpu")]

@@ -54,6 +54,7 @@ file, then in the config file's parent directory (the repository root for ``conf
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,23 @@ def resolve(config: dict | None) -> dict:
     return _check(_merge(DEFAULTS, config))
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as :func:`yaml.safe_load` reads it, except that ``1e-4`` and ``3E+2`` are numbers (YAML 1.1,
+    PyYAML's dialect, reads a float without a dot as a string; YAML 1.2 and Python read it as a
+    number, and so does every learning rate written that way)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def load_yaml(text: str):
+    """YAML text as a config reads it (:class:`_Loader`)."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def parse_overrides(items: list[str] | None) -> dict:
     """``["optim.lr=1e-4", "data.path=/x"]`` -> nested dict; values are parsed as YAML."""
     out: dict = {}
@@ -193,7 +211,7 @@ def parse_overrides(items: list[str] | None) -> dict:
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} is not key=value (e.g. optim.lr=1e-4)")
         try:
-            value = yaml.safe_load(text)
+            value = load_yaml(text)
         except yaml.YAMLError:
             raise ConfigError(f"override {item!r}: value is not valid YAML") from None
         node = out
@@ -225,7 +243,7 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

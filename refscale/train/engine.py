@@ -64,7 +64,7 @@ from refscale.errors import ModelError, RefScaleError
 from refscale.format.rounding import to_uint8, to_uint8_hwc
 from refscale.nn.speed import resolve_bf16
 from refscale.train import checkpoint as ckpt
-from refscale.train.config import DEFAULTS, ConfigError, load_file, resolve
+from refscale.train.config import DEFAULTS, ConfigError, load_file, load_yaml, resolve
 
 
 #: spike guard (``guard.max_grad_ratio``): the median of this many recent gradient norms is the
@@ -483,7 +483,7 @@ def train(config: dict, out_dir, resume: bool = False) -> dict:
     if resume and ckpt.latest(ckpt_dir) is None:
         raise ConfigError(f"nothing to resume: no checkpoint in {ckpt_dir}")
     if resume and (out / "config.yaml").is_file():
-        old = yaml.safe_load((out / "config.yaml").read_text())
+        old = load_yaml((out / "config.yaml").read_text())
         old_model = {**DEFAULTS["model"], **(old.get("model") or {})}  # runs written before a model key existed
         if old_model != cfg["model"]:
             raise ConfigError(f"the model section differs from the run in {out}; resume needs the same model")
