@@ -45,7 +45,7 @@ from refscale.format.rounding import round_8bit
 from refscale.data import discover, iter_full_images
 
 from benchmarks import store
-from benchmarks.report_common import add_study_options, write_section, write_text
+from benchmarks.report_common import add_study_options, to_palette, write_section, write_text
 
 SHIFTS = (0, 2, 5, 20, 40)
 ROTATIONS = (1, 5, 10)
@@ -238,6 +238,8 @@ def figure(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    to_palette(path)
     print("wrote", path)
 
 

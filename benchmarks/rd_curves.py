@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from benchmarks import store
-from benchmarks.report_common import write_section
+from benchmarks.report_common import to_palette, write_section
 
 from refscale import metrics, zoo
 from refscale.format import codecs, inter
@@ -456,18 +456,9 @@ def figures(cs: dict, name: str, folder: Path) -> list[Path]:
             fig.tight_layout()
             fig.savefig(path, dpi=110)
             plt.close(fig)
-            _to_palette(path)
+            to_palette(path)
             written.append(path)
     return written
-
-
-def _to_palette(path: Path, colours: int = 32) -> None:
-    """Rewrite a line plot as a 32-colour palette PNG (a quarter of the size; the repository's size budget)."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        small = im.convert("RGB").quantize(colors=colours, method=Image.Quantize.MEDIANCUT)
-    small.save(path, optimize=True)
 
 
 def report(args) -> None:

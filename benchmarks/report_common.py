@@ -47,7 +47,18 @@ def learning_curves(panels: list[tuple[str, list[str], dict[str, str]]], path: P
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)
+    to_palette(path)
     print("wrote", path)
+
+
+def to_palette(path: Path, colours: int = 32) -> None:
+    """Rewrite a line plot as a 32-colour palette PNG (a quarter of the size; the repository's size
+    budget): every figure under docs/figures is written through this."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        small = im.convert("RGB").quantize(colors=colours, method=Image.Quantize.MEDIANCUT)
+    small.save(path, optimize=True)
 
 
 def add_precision_option(ap: argparse.ArgumentParser) -> None:

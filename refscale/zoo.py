@@ -147,6 +147,18 @@ def load_weights_file(path: str | os.PathLike, expected_sha256: str | None = Non
     return model.eval()
 
 
+def card_text(card: dict[str, Any]) -> str:
+    """A model card as JSON text: indented, except that each ``val_history`` entry (one per
+    validation of the run, dozens in a long one) is kept on one line."""
+    history = card.get("val_history")
+    if not isinstance(history, list) or not history:
+        return json.dumps(card, indent=2) + "\n"
+    marker = "\u0000val_history\u0000"
+    text = json.dumps({**card, "val_history": marker}, indent=2)
+    rows = ",\n".join("    " + json.dumps(row) for row in history)
+    return text.replace(json.dumps(marker), "[\n" + rows + "\n  ]") + "\n"
+
+
 def save_weights(model: Rescaler, path: str | os.PathLike, card: dict[str, Any] | None = None,
                  half: bool = False) -> str:
     """Write ``model`` to ``path`` (.safetensors, atomically) and, if ``card`` is given, a JSON
@@ -178,7 +190,7 @@ def save_weights(model: Rescaler, path: str | os.PathLike, card: dict[str, Any] 
     if card is not None:
         full = {"name": name, "arch": meta["arch"], "config": model.config, **card, "sha256": digest}
         tmpc = path.with_suffix(".json.tmp")
-        tmpc.write_text(json.dumps(full, indent=2, sort_keys=False) + "\n")
+        tmpc.write_text(card_text(full))
         os.replace(tmpc, path.with_suffix(".json"))
     return digest
 
