@@ -6,8 +6,10 @@
     done
     python -m benchmarks evaluate_bd --base base_q*.json --new new_q*.json [--write docs/learned-decoder.md --block NAME]
 
-Each file is one quality (its images' ``quality``; the file name's ``_q<N>`` where they have none);
-the two pipelines must have scored the same images. Prints the mean points (bpp, PSNR-Y,
+Each file is one quality (its images' ``quality``; the file name's ``_q<N>`` where they have none)
+or one size budget (``refscale evaluate --bpp X``: every image fitted to X bits per pixel, its
+quality chosen per image; a scale picker's files also count the images each member coded); the
+two pipelines must have scored the same images. Prints the mean points (bpp, PSNR-Y,
 PSNR-RGB, and the fraction of blocks the verifying encoder gave to the plain decode), the BD-rate
 and BD-PSNR of ``--new`` against ``--base`` on the mean curves (:func:`refscale.rd.bd`: pchip over
 the overlapping range) on PSNR-Y and PSNR-RGB, and per image. ``--write`` replaces the block
@@ -23,11 +25,18 @@ from pathlib import Path
 from benchmarks.report_common import write_section
 
 
-def load(paths: list[Path]) -> tuple[str, dict[int, dict]]:
-    """``(model name, {quality: result})`` of one pipeline's files."""
+def load(paths: list[Path]) -> tuple[str, dict[float, dict]]:
+    """``(model name, {quality or bpp budget: result})`` of one pipeline's files."""
     out, names = {}, set()
     for p in paths:
         r = json.loads(Path(p).read_text())
+        budget = (r.get("budget") or {}).get("bpp")
+        if budget is not None:
+            if budget in out:
+                raise SystemExit(f"two files of budget {budget} bpp for one pipeline ({p})")
+            out[float(budget)] = r
+            names.add(r.get("model", Path(p).stem))
+            continue
         qs = {x.get("quality") for x in r["images"]}
         q = qs.pop() if len(qs) == 1 else None
         if q is None:
@@ -51,34 +60,46 @@ def points(results: dict[int, dict], key: str, image: str | None = None) -> list
     return sorted(rows)
 
 
-def report(base: dict[int, dict], new: dict[int, dict], base_name: str, new_name: str) -> str:
+def label(key: float, result: dict) -> str:
+    """A table's first cell of a point: the quality, or the size budget."""
+    return f"<= {key:g} bpp" if (result.get("budget") or {}).get("bpp") is not None else f"{key:g}"
+
+
+def members(result: dict) -> str:
+    """A scale picker's choice over the images: ``x1 7, x2 3``; ``-`` for a single model."""
+    scales = [x["scale"] for x in result["images"] if "member" in x]
+    return ", ".join(f"x{s} {scales.count(s)}" for s in sorted(set(scales))) if scales else "-"
+
+
+def report(base: dict[float, dict], new: dict[float, dict], base_name: str, new_name: str) -> str:
     from refscale.rd import bd
 
     images = sorted(x["name"] for x in next(iter(base.values()))["images"])
     for results in (base, new):
         for q, r in results.items():
             if sorted(x["name"] for x in r["images"]) != images:
-                raise SystemExit(f"quality {q}: the two pipelines did not score the same images")
-    lines = [f"| {base_name} q | bpp | Y | RGB | {new_name} q | bpp | Y | RGB | blocks to the plain decode |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                raise SystemExit(f"{label(q, r)}: the two pipelines did not score the same images")
+    picker = any("member" in x for r in new.values() for x in r["images"])
+    lines = [f"| {base_name} q | bpp | Y | RGB | {new_name} q | bpp | Y | RGB | blocks to the plain decode |"
+             + (" scales chosen |" if picker else ""),
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---|" if picker else "")]
     if len(base) != len(new):
-        raise SystemExit(f"{len(base)} qualities of {base_name} but {len(new)} of {new_name}: give as many of each")
+        raise SystemExit(f"{len(base)} points of {base_name} but {len(new)} of {new_name}: give as many of each")
     for qa, qb in zip(sorted(base), sorted(new)):
         a, b = base[qa]["mean"], new[qb]["mean"]
         fb = [x.get("fallback") for x in new[qb]["images"] if x.get("fallback") is not None]
-        lines.append(f"| {qa} | {a['bpp']:.4f} | {a['psnr_y']:.2f} | {a['psnr_rgb']:.2f} | {qb} | {b['bpp']:.4f} | "
-                     f"{b['psnr_y']:.2f} | {b['psnr_rgb']:.2f} | {sum(fb) / len(fb):.1%} |" if fb else
-                     f"| {qa} | {a['bpp']:.4f} | {a['psnr_y']:.2f} | {a['psnr_rgb']:.2f} | {qb} | {b['bpp']:.4f} | "
-                     f"{b['psnr_y']:.2f} | {b['psnr_rgb']:.2f} | - |")
+        lines.append(f"| {label(qa, base[qa])} | {a['bpp']:.4f} | {a['psnr_y']:.2f} | {a['psnr_rgb']:.2f} | "
+                     f"{label(qb, new[qb])} | {b['bpp']:.4f} | {b['psnr_y']:.2f} | {b['psnr_rgb']:.2f} | "
+                     f"{f'{sum(fb) / len(fb):.1%}' if fb else '-'} |" + (f" {members(new[qb])} |" if picker else ""))
     lines += ["", f"| BD-rate against {base_name} | mean curve | " + " | ".join(images) + " |",
               "|---|---:|" + "---:|" * len(images)]
-    for key, label in (("psnr_y", "PSNR-Y"), ("psnr_rgb", "PSNR-RGB")):
+    for key, title in (("psnr_y", "PSNR-Y"), ("psnr_rgb", "PSNR-RGB")):
         m = bd(points(base, key), points(new, key))
         per = [bd(points(base, key, n), points(new, key, n)).get("bd_rate") for n in images]
         cells = " | ".join("-" if r is None else f"{r:+.1f}%" for r in per)
         rate = "-" if m.get("bd_rate") is None else f"**{m['bd_rate']:+.1f}%**"
         mean = rate + ("" if m.get("bd_psnr") is None else f" ({m['bd_psnr']:+.2f} dB)")
-        lines.append(f"| {label} | {mean} | {cells} |")
+        lines.append(f"| {title} | {mean} | {cells} |")
     y = bd(points(base, "psnr_y"), points(new, "psnr_y"))
     spans = [f"BD-rate over PSNR-Y {y['psnr_range'][0]:.2f}-{y['psnr_range'][1]:.2f} dB" if y.get("psnr_range") else "",
              f"BD-PSNR over {y['bpp_range'][0]:.3f}-{y['bpp_range'][1]:.3f} bpp" if y.get("bpp_range") else ""]

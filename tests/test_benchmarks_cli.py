@@ -174,3 +174,26 @@ def test_evaluate_bd_from_evaluate_results(tmp_path, capsys):
     (tmp_path / "new_55.json").write_text(json.dumps(result("learned", 55, 0.5, names=("a", "c"))))
     with pytest.raises(SystemExit, match="same images"):
         evaluate_bd.main(["--base", *map(str, tmp_path.glob("base_*")), "--new", *map(str, tmp_path.glob("new_*"))])
+
+
+def test_evaluate_bd_of_budget_files(tmp_path, capsys):
+    """``evaluate_bd`` on ``refscale evaluate --bpp`` results: one point per budget (the qualities
+    differ per image), a scale picker's choice counted per point."""
+    from benchmarks import evaluate_bd
+
+    def result(model, budget, gain, picker):
+        images = [{"name": n, "quality": 20 + i + int(budget * 100), "bpp": budget * (0.95 - i / 20),
+                   "psnr_y": 30 + 3 * budget + gain + i, "psnr_rgb": 28 + 3 * budget + gain + i, "fallback": 0.0,
+                   **({"member": f"m{1 + i}", "scale": 1 + i} if picker else {})} for i, n in enumerate(("a", "b"))]
+        mean = {k: sum(x[k] for x in images) / len(images) for k in ("bpp", "psnr_y", "psnr_rgb")}
+        return {"model": model, "budget": {"bpp": budget}, "images": images, "mean": mean}
+
+    for b in (0.05, 0.1, 0.2, 0.4):
+        (tmp_path / f"base_b{b}.json").write_text(json.dumps(result("plain", b, 0.0, False)))
+        (tmp_path / f"new_b{b}.json").write_text(json.dumps(result("picker", b, 0.3, True)))
+    evaluate_bd.main(["--base", *map(str, tmp_path.glob("base_*")), "--new", *map(str, tmp_path.glob("new_*"))])
+    out = capsys.readouterr().out
+    assert "| <= 0.05 bpp |" in out and "| x1 1, x2 1 |" in out and "(+0.30 dB)" in out
+    (tmp_path / "new_b0.4.json").write_text(json.dumps(result("picker", 0.1, 0.3, True)))
+    with pytest.raises(SystemExit, match="two files of budget 0.1"):
+        evaluate_bd.main(["--base", *map(str, tmp_path.glob("base_*")), "--new", *map(str, tmp_path.glob("new_*"))])
