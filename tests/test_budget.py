@@ -42,6 +42,22 @@ def test_fit_hits_the_budget_for_every_codec_with_a_quality(packet, codec):
     assert packet.fit(codec, best + 10) == (packet.to_bytes(codec, 100), 100)
 
 
+def test_fit_codes_the_best_quality_only_when_the_one_below_fits(packet, monkeypatch):
+    """Quality 100 is the slowest code (near-lossless): a budget it cannot meet never codes it."""
+    coded = []
+    real = Packet._lr_bitstream
+
+    def spy(self, codec, quality):
+        coded.append(quality)
+        return real(self, codec, quality)
+
+    monkeypatch.setattr(Packet, "_lr_bitstream", spy)
+    budget = (len(packet.to_bytes("webp", 1)) + len(packet.to_bytes("webp", 80))) // 2
+    coded.clear()
+    _, q = packet.fit("webp", budget)
+    assert q < 99 and 100 not in coded and len(coded) <= 9
+
+
 @pytest.mark.parametrize("codec", KNOB_CODECS + ["png"])
 def test_an_impossible_budget_is_a_clear_error(packet, codec):
     with pytest.raises(InputError, match=r"needs [\d,]+ bytes .* > the budget of 50 bytes"):

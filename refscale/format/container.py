@@ -229,8 +229,8 @@ class Packet:
         """The file at the highest codec quality whose *whole* file has at most ``max_bytes``
         bytes, and that quality (``None`` for PNG, which has no quality knob).
 
-        Bisection over qualities 1..100 (100 = the codec's best, lossless where it has one),
-        assuming the size grows with quality; sizes are measured, never predicted, so the
+        Bisection over qualities 1..100 (100 = the codec's best, lossless where it has one, and the
+        slowest to code: it is tried only when 99 fits), assuming the size grows with quality; sizes are measured, never predicted, so the
         result always fits. Where a codec's size is not monotone in quality (it is close to
         monotone for all five) bisection may stop one or two steps below the best fitting
         quality. Raises :class:`InputError` when even quality 1 does not fit.
@@ -257,10 +257,8 @@ class Packet:
             return files[None], None
         if size(1) > max_bytes:
             raise too_big(1, size(1))
-        lo, hi = 1, 100  # size(lo) fits; find the highest fitting quality
-        if size(hi) <= max_bytes:
-            return files[hi], hi
-        while hi - lo > 1:
+        lo, hi = 1, 101  # size(lo) fits, hi does not (101: past the best quality, never coded, so the
+        while hi - lo > 1:  # slowest code, quality 100, is made only when 99 fits)
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if size(mid) <= max_bytes else (lo, mid)
         return files[lo], lo
