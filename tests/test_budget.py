@@ -52,9 +52,9 @@ def test_fit_codes_the_best_quality_only_when_the_one_below_fits(packet, monkeyp
         return real(self, codec, quality)
 
     monkeypatch.setattr(Packet, "_lr_bitstream", spy)
-    budget = (len(packet.to_bytes("webp", 1)) + len(packet.to_bytes("webp", 80))) // 2
+    budget = (len(packet.to_bytes("jpeg", 1)) + len(packet.to_bytes("jpeg", 80))) // 2
     coded.clear()
-    _, q = packet.fit("webp", budget)
+    _, q = packet.fit("jpeg", budget)
     assert q < 99 and 100 not in coded and len(coded) <= 9
 
 
