@@ -6,7 +6,7 @@ mod-crop — and its reference if the model needs one):
 1. ``packet = model.encode(hr, ref)``; ``data = packet.to_bytes(codec, quality)``: the real
    ``.rsc`` bytes; ``bpp`` = all bytes * 8 / (H*W), ``bpp_lr`` / ``bpp_side`` from the section
    sizes (the header counts only in ``bpp``).
-2. ``hr_hat = member.decode(Packet.from_bytes(data), ref, seed=d, temperature=temperature)`` for
+2. ``hr_hat = model.decode(Packet.from_bytes(data), ref, seed=d, temperature=temperature)`` for
    ``d < draws`` (deterministic models and temperature 0: one draw); PSNR/SSIM on Y and RGB
    with ``crop_border = scale`` (BasicSR, :mod:`refscale.metrics`) averaged over the draws, and
    ``frac_off40``, the fraction of pixels with any RGB channel off by more than 40 levels
