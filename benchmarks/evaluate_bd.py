@@ -18,6 +18,7 @@ the overlapping range) on PSNR-Y and PSNR-RGB, and per image. ``--write`` replac
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 from pathlib import Path
@@ -83,14 +84,16 @@ def report(base: dict[float, dict], new: dict[float, dict], base_name: str, new_
     lines = [f"| {base_name} q | bpp | Y | RGB | {new_name} q | bpp | Y | RGB | blocks to the plain decode |"
              + (" scales chosen |" if picker else ""),
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---|" if picker else "")]
-    if len(base) != len(new):
-        raise SystemExit(f"{len(base)} points of {base_name} but {len(new)} of {new_name}: give as many of each")
-    for qa, qb in zip(sorted(base), sorted(new)):
-        a, b = base[qa]["mean"], new[qb]["mean"]
-        fb = [x.get("fallback") for x in new[qb]["images"] if x.get("fallback") is not None]
-        lines.append(f"| {label(qa, base[qa])} | {a['bpp']:.4f} | {a['psnr_y']:.2f} | {a['psnr_rgb']:.2f} | "
-                     f"{label(qb, new[qb])} | {b['bpp']:.4f} | {b['psnr_y']:.2f} | {b['psnr_rgb']:.2f} | "
-                     f"{f'{sum(fb) / len(fb):.1%}' if fb else '-'} |" + (f" {members(new[qb])} |" if picker else ""))
+    def cells(key, results) -> str:  # one pipeline's four cells of a row (blank past its last point)
+        if key is None:
+            return " | | | |"
+        m = results[key]["mean"]
+        return f" {label(key, results[key])} | {m['bpp']:.4f} | {m['psnr_y']:.2f} | {m['psnr_rgb']:.2f} |"
+
+    for qa, qb in itertools.zip_longest(sorted(base), sorted(new)):
+        fb = [] if qb is None else [x.get("fallback") for x in new[qb]["images"] if x.get("fallback") is not None]
+        lines.append("|" + cells(qa, base) + cells(qb, new) + f" {f'{sum(fb) / len(fb):.1%}' if fb else '-'} |"
+                     + (f" {members(new[qb]) if qb is not None else ''} |" if picker else ""))
     lines += ["", f"| BD-rate against {base_name} | mean curve | " + " | ".join(images) + " |",
               "|---|---:|" + "---:|" * len(images)]
     for key, title in (("psnr_y", "PSNR-Y"), ("psnr_rgb", "PSNR-RGB")):
