@@ -12,7 +12,8 @@ quality chosen per image; a scale picker's files also count the images each memb
 two pipelines must have scored the same images. Prints the mean points (bpp, PSNR-Y,
 PSNR-RGB, and the fraction of blocks the verifying encoder gave to the plain decode), the BD-rate
 and BD-PSNR of ``--new`` against ``--base`` on the mean curves (:func:`refscale.rd.bd`: pchip over
-the overlapping range) on PSNR-Y and PSNR-RGB, and per image. ``--write`` replaces the block
+the overlapping range) on PSNR-Y and PSNR-RGB, and per image; where every result has them (OSCD
+cities with a change mask), on the PSNR-Y of the changed pixels too. ``--write`` replaces the block
 ``--block`` of that docs page (kept as data in docs/results/, :mod:`benchmarks.render`).
 """
 from __future__ import annotations
@@ -50,6 +51,11 @@ def load(paths: list[Path]) -> tuple[str, dict[float, dict]]:
         out[int(q)] = r
         names.add(r.get("model", Path(p).stem))
     return " / ".join(sorted(names)), out
+
+
+def has(results: dict[float, dict], key: str, image: str) -> bool:
+    """Whether every result scored ``key`` on ``image`` (a change mask's metrics: its cities only)."""
+    return all(key in next(x for x in r["images"] if x["name"] == image) for r in results.values())
 
 
 def points(results: dict[int, dict], key: str, image: str | None = None) -> list[tuple[float, float]]:
@@ -96,9 +102,12 @@ def report(base: dict[float, dict], new: dict[float, dict], base_name: str, new_
                      + (f" {members(new[qb]) if qb is not None else ''} |" if picker else ""))
     lines += ["", f"| BD-rate against {base_name} | mean curve | " + " | ".join(images) + " |",
               "|---|---:|" + "---:|" * len(images)]
-    for key, title in (("psnr_y", "PSNR-Y"), ("psnr_rgb", "PSNR-RGB")):
+    keys = [("psnr_y", "PSNR-Y"), ("psnr_rgb", "PSNR-RGB")]
+    if all("psnr_y_changed" in r["mean"] for results in (base, new) for r in results.values()):
+        keys.append(("psnr_y_changed", "PSNR-Y, changed pixels"))  # cities with a change mask (refscale evaluate)
+    for key, title in keys:
         m = bd(points(base, key), points(new, key))
-        per = [bd(points(base, key, n), points(new, key, n)).get("bd_rate") for n in images]
+        per = [bd(points(base, key, n), points(new, key, n)).get("bd_rate") if has(base, key, n) else None for n in images]
         cells = " | ".join("-" if r is None else f"{r:+.1f}%" for r in per)
         rate = "-" if m.get("bd_rate") is None else f"**{m['bd_rate']:+.1f}%**"
         mean = rate + ("" if m.get("bd_psnr") is None else f" ({m['bd_psnr']:+.2f} dB)")

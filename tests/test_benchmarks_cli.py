@@ -194,6 +194,14 @@ def test_evaluate_bd_of_budget_files(tmp_path, capsys):
     evaluate_bd.main(["--base", *map(str, tmp_path.glob("base_*")), "--new", *map(str, tmp_path.glob("new_*"))])
     out = capsys.readouterr().out
     assert "| <= 0.05 bpp |" in out and "| x1 1, x2 1 |" in out and "(+0.30 dB)" in out
+    assert "changed pixels" not in out  # no change masks in these results
+    for f in tmp_path.glob("*_b*.json"):  # a change mask on image "a" only: its changed pixels are scored too
+        r = json.loads(f.read_text())
+        r["images"][0]["psnr_y_changed"] = r["mean"]["psnr_y_changed"] = r["images"][0]["psnr_y"] - 3
+        f.write_text(json.dumps(r))
+    evaluate_bd.main(["--base", *map(str, tmp_path.glob("base_*")), "--new", *map(str, tmp_path.glob("new_*"))])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| PSNR-Y, changed pixels"))
+    assert "(+0.30 dB)" in row and row.rstrip(" |").endswith("| -")  # image "b" has no mask
     (tmp_path / "new_b0.4.json").write_text(json.dumps(result("picker", 0.1, 0.3, True)))
     with pytest.raises(SystemExit, match="two files of budget 0.1"):
         evaluate_bd.main(["--base", *map(str, tmp_path.glob("base_*")), "--new", *map(str, tmp_path.glob("new_*"))])
