@@ -230,8 +230,8 @@ class Packet:
         bytes, and that quality (``None`` for PNG, which has no quality knob).
 
         Bisection over qualities 1..100 (100 = the codec's best, lossless where it has one, and the
-        slowest to code: it is tried only when 99 fits), assuming the size grows with quality; sizes are measured, never predicted, so the
-        result always fits. Where a codec's size is not monotone in quality (it is close to
+        slowest to code: it is tried only when 99 fits), assuming the size grows with quality;
+        sizes are measured, never predicted, so the result always fits. Where a codec's size is not monotone in quality (it is close to
         monotone for all five) bisection may stop one or two steps below the best fitting
         quality. Raises :class:`InputError` when even quality 1 does not fit.
         """
@@ -257,8 +257,10 @@ class Packet:
             return files[None], None
         if size(1) > max_bytes:
             raise too_big(1, size(1))
-        lo, hi = 1, 101  # size(lo) fits, hi does not (101: past the best quality, never coded, so the
-        while hi - lo > 1:  # slowest code, quality 100, is made only when 99 fits)
+        # size(lo) fits and hi does not; 101 is past the best quality and never coded, so quality
+        # 100, the slowest code, is made only when 99 fits
+        lo, hi = 1, 101
+        while hi - lo > 1:
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if size(mid) <= max_bytes else (lo, mid)
         return files[lo], lo
