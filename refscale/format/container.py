@@ -231,9 +231,10 @@ class Packet:
 
         Bisection over qualities 1..100 (100 = the codec's best, lossless where it has one, and the
         slowest to code: it is tried only when 99 fits), assuming the size grows with quality;
-        sizes are measured, never predicted, so the result always fits. Where a codec's size is not monotone in quality (it is close to
-        monotone for all five) bisection may stop one or two steps below the best fitting
-        quality. Raises :class:`InputError` when even quality 1 does not fit.
+        sizes are measured, never predicted, so the result always fits. Where a codec's size is not
+        monotone in quality (it is close to monotone for all five) bisection may stop one or two
+        steps below the best fitting quality. Raises :class:`InputError` when even quality 1 does
+        not fit.
         """
         codec, _ = codecs.resolve(codec, max_bytes=max_bytes, available=True)
         max_bytes = int(max_bytes)
