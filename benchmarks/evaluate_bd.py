@@ -90,7 +90,8 @@ def report(base: dict[float, dict], new: dict[float, dict], base_name: str, new_
     lines = [f"| {base_name} q | bpp | Y | RGB | {new_name} q | bpp | Y | RGB | blocks to the plain decode |"
              + (" scales chosen |" if picker else ""),
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---|" if picker else "")]
-    def cells(key, results) -> str:  # one pipeline's four cells of a row (blank past its last point)
+
+    def point_cells(key, results) -> str:  # one pipeline's four cells of a row (blank past its last point)
         if key is None:
             return " | | | |"
         m = results[key]["mean"]
@@ -98,7 +99,7 @@ def report(base: dict[float, dict], new: dict[float, dict], base_name: str, new_
 
     for qa, qb in itertools.zip_longest(sorted(base), sorted(new)):
         fb = [] if qb is None else [x.get("fallback") for x in new[qb]["images"] if x.get("fallback") is not None]
-        lines.append("|" + cells(qa, base) + cells(qb, new) + f" {f'{sum(fb) / len(fb):.1%}' if fb else '-'} |"
+        lines.append("|" + point_cells(qa, base) + point_cells(qb, new) + f" {f'{sum(fb) / len(fb):.1%}' if fb else '-'} |"
                      + (f" {members(new[qb]) if qb is not None else ''} |" if picker else ""))
     lines += ["", f"| BD-rate against {base_name} | mean curve | " + " | ".join(images) + " |",
               "|---|---:|" + "---:|" * len(images)]
