@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from benchmarks import store
 
 from refscale import metrics, ops, zoo
+from refscale.data import read_change_mask
 from refscale.format.rounding import to_uint8
 from refscale.io.image import read_image
 
@@ -46,7 +46,7 @@ def change_mask(data: Path, pair: str, manifest: dict) -> np.ndarray | None:
     path = data / "oscd" / city / "change_mask.png"
     if not path.is_file():
         return None
-    m = np.asarray(Image.open(path).convert("L")) > 127
+    m = read_change_mask(path)
     crop, multiple = manifest["crop"], int(np.lcm.reduce(manifest["scales"]))
     top, left, ch, cw = (0, 0, *m.shape) if not crop else _builder().crop_box(pair, *m.shape, crop, multiple)
     ch, cw = ch // multiple * multiple, cw // multiple * multiple

@@ -254,6 +254,7 @@ def cmd_change(args) -> str:
 
     import refscale
     from refscale import ops
+    from refscale.data import read_change_mask
     from refscale.io.image import read_image
 
     split = json.loads((args.data / "split.json").read_text())
@@ -272,7 +273,7 @@ def cmd_change(args) -> str:
             _, side = model.downscale(hr_p, ref_p)
             s = side["smap"].float() / (model.levels_q - 1)
             s = F.interpolate(s, size=hr_p.shape[-2:], mode="nearest")[..., :hr.shape[-2], :hr.shape[-1]][0, 0]
-            mask = read_image(mask_p)[0, 0] > 0.5
+            mask = torch.from_numpy(read_change_mask(mask_p))
             if mask.sum() == 0:
                 continue
             si, so = float(s[mask].mean()), float(s[~mask].mean())
@@ -348,14 +349,13 @@ def cmd_heldout(args) -> str:
     """Held-out train cities, whole images: PSNR-Y overall / in changed areas / elsewhere and the
     colour error, averaged over cities (PSNR: mean of per-city values, each the mean over draws)."""
     import refscale
+    from refscale.data import read_change_mask
     from refscale.format.container import Packet
     from refscale.io.image import read_image
     from refscale.metrics import psnr, psnr_y_masked
 
-    from PIL import Image
-
     images = {c: (read_image(args.data / c / "img2.png"), read_image(args.data / c / "img1.png"),
-                  torch.from_numpy(np.asarray(Image.open(args.data / c / "change_mask.png").convert("L")) > 127))
+                  torch.from_numpy(read_change_mask(args.data / c / "change_mask.png")))
               for c in VAL_CITIES}
     lines = ["| scale | model | steps | PSNR-Y | PSNR-Y changed | PSNR-Y unchanged | colour error R / G / B | bpp (.rsc) |",
              "|---:|---|---:|---:|---:|---:|---|---:|"]

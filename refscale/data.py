@@ -49,6 +49,14 @@ class Sample:
     change_mask: Path | None = None  # OSCD: the city's change_mask.png where it has one (train cities)
 
 
+def read_change_mask(path: str | os.PathLike) -> np.ndarray:
+    """A change mask image (OSCD's ``change_mask.png``: white = changed) as a bool ``[H, W]`` array."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("L")) > 127
+
+
 def _is_image(p: Path) -> bool:
     return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
 

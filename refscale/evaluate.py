@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 from refscale import metrics
 from refscale.format import codecs
-from refscale.data import Sample, iter_full_images
+from refscale.data import Sample, iter_full_images, read_change_mask
 from refscale.errors import InputError
 from refscale.io.image import is_greyscale_file, write_image
 from refscale.protocol import Rescaler
@@ -208,11 +208,7 @@ def evaluate(model: Rescaler | ScalePicker, samples: list[Sample], draws: int = 
 
 def _change_mask(path, hr):
     """A change mask (white = changed) as a bool array cropped to ``hr`` as ``hr`` was mod-cropped."""
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(path) as im:
-        mask = np.asarray(im.convert("L")) > 127
+    mask = read_change_mask(path)
     h, w = hr.shape[-2:]
     if mask.shape[0] < h or mask.shape[1] < w:
         raise InputError(f"{path}: change mask {mask.shape[1]}x{mask.shape[0]} is smaller than the image {w}x{h}")
