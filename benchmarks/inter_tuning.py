@@ -46,8 +46,10 @@ CANDIDATES = {
 
 
 def _settings(candidate: str) -> dict[str, str]:
-    preset, tune = candidate.split("/")
-    return {"preset": preset, "tune": tune}
+    """``preset/tune`` or ``preset/tune/params`` (encoder parameters appended to the version's,
+    e.g. ``slow/none/wpp=1:pools=2``) -> the ``settings`` of ``refscale.format.inter.encode_frames``."""
+    preset, tune, *params = candidate.split("/", 2)
+    return {"preset": preset, "tune": tune, **({"params": params[0]} if params else {})}
 
 
 def code_pair(codec: str, new: np.ndarray, ref: np.ndarray, quality: int, candidate: str) -> tuple[int, np.ndarray, float]:
@@ -63,6 +65,12 @@ def code_pair(codec: str, new: np.ndarray, ref: np.ndarray, quality: int, candid
 
 def _u8(t: torch.Tensor) -> np.ndarray:
     return to_uint8_hwc(t).copy()
+
+
+def candidates(args, codec: str) -> tuple[str, ...]:
+    """The candidates of ``codec``: ``--candidates`` where given (its first is the baseline), else
+    :data:`CANDIDATES` (payload version 1's first)."""
+    return tuple(args.candidates) if getattr(args, "candidates", None) else CANDIDATES[codec]
 
 
 def run(args) -> None:
@@ -81,7 +89,7 @@ def run(args) -> None:
             h, w = a.shape[:2]
             for codec in args.codecs:
                 start = time.perf_counter()
-                todo = [(c, q) for c in CANDIDATES[codec] for q in QUALITIES if f"{image}|{codec}|{c}|{q}" not in points]
+                todo = [(c, q) for c in candidates(args, codec) for q in QUALITIES if f"{image}|{codec}|{c}|{q}" not in points]
                 for cand, q in todo:
                     nbytes, rec, seconds = code_pair(codec, a, r, q, cand)
                     hat = torch.from_numpy(rec).permute(2, 0, 1)[None].float() / 255
@@ -107,12 +115,13 @@ def report(args) -> None:
             complete.update({k: common for k in complete if k[0] == codec})
     where = f"centre {results['meta']['centre_crop']} px crops of the" if results["meta"].get("centre_crop") else "the whole"
     lines = [f"Inter-codec settings on {where} OSCD {results['meta']['split']} pairs, both directions (P-frame bits "
-             "per pixel, PSNR-Y, 4 px border cropped; 5 qualities). BD-rate against payload version 1's settings (the first row of each codec) on the "
+             "per pixel, PSNR-Y, 4 px border cropped; 5 qualities). BD-rate against the baseline (the first row of each codec: payload version 1's settings unless `--candidates` names others) on the "
              "pairs both have measured (bjontegaard, pchip, over the overlapping range; negative = fewer bits for the "
-             "same PSNR-Y); encode time of both frames, one thread, median. Regenerate with:", "", f"    {args.command}", "",
+             "same PSNR-Y); encode time of both frames, one thread (two with `pools=2`), median, under whatever load the run had. Regenerate with:", "", f"    {args.command}", "",
              "| codec | preset / tune | pairs | BD-rate (mean curve) | over PSNR-Y | median per pair | pairs with fewer bits | BD-PSNR | encode s per Mpx |",
              "|---|---|---:|---:|---|---:|---:|---:|---:|"]
-    for codec, cands in CANDIDATES.items():
+    for codec in CANDIDATES:
+        cands = candidates(args, codec)
         if (codec, cands[0]) not in by:
             continue
         base = by[(codec, cands[0])]
@@ -130,7 +139,7 @@ def report(args) -> None:
             images = complete[(codec, cand)] & complete[(codec, cands[0])]
             speed = statistics.median(per[im][q]["encode_s"] / per[im][q]["mpx"] for im in images for q in QUALITIES)
             if cand == cands[0]:
-                lines.append(f"| {codec} | {cand} (version 1) | {len(images)} | - | - | - | - | - | {speed:.2f} |")
+                lines.append(f"| {codec} | {cand} (baseline) | {len(images)} | - | - | - | - | - | {speed:.2f} |")
                 continue
             m = bd(mean_curve(base, images), mean_curve(per, images))
             each = [bd(curve(base, im), curve(per, im))["bd_rate"] for im in sorted(images)]
@@ -141,7 +150,7 @@ def report(args) -> None:
     md = "\n".join(lines)
     print(md)
     if args.write:
-        write_section(Path(args.write), md, "<!-- inter-tuning:start -->", "<!-- inter-tuning:end -->")
+        write_section(Path(args.write), md, f"<!-- {args.block}:start -->", f"<!-- {args.block}:end -->")
 
 
 def main(argv=None) -> None:
@@ -152,14 +161,18 @@ def main(argv=None) -> None:
     r.add_argument("--split", default="train")
     r.add_argument("--codecs", nargs="*", default=list(CANDIDATES), choices=list(CANDIDATES))
     r.add_argument("--limit", type=int, default=0, help="first N cities only")
+    r.add_argument("--candidates", nargs="+", default=None, metavar="PRESET/TUNE[/PARAMS]",
+                   help="settings to compare for one codec (the first is the baseline; default: CANDIDATES)")
     r.add_argument("--crop", type=int, default=0, help="code only the centre N x N of each image (0: whole images)")
     r.add_argument("--out", default=store.default_path("inter_tuning"), help="results JSON (read first: resumes; default out/bench/inter_tuning.json)")
     r.set_defaults(func=run)
     p = sub.add_parser("report", help="BD-rate table of the candidates")
     p.add_argument("--results", default=store.default_path("inter_tuning"), help="results JSON of run (default out/bench/inter_tuning.json)")
+    p.add_argument("--candidates", nargs="+", default=None, metavar="PRESET/TUNE[/PARAMS]", help="as given to run")
     p.add_argument("--common", action="store_true", help="every row of a codec on the pairs all its candidates have")
     p.add_argument("--write", default=None, help="docs/inter.md: replace the <!-- inter-tuning --> block (found in any page beside the file named)")
     p.add_argument("--command", default=None, help="the command line to quote (default: this one)")
+    p.add_argument("--block", default="inter-tuning", help="the docs block --write replaces (default inter-tuning)")
     p.set_defaults(func=report)
     args = ap.parse_args(argv)
     if args.cmd == "report" and args.command is None:

@@ -770,7 +770,7 @@ def _inference(model: Rescaler, precision: str):
     model.eval()
     if speed is not None:
         fast = precision == "bf16"
-        model.set_speed(bf16=fast, channels_last=fast)
+        model.set_speed(bf16=fast, channels_last=fast or getattr(model, "fp32_channels_last", False))
     try:
         with torch.no_grad():
             yield

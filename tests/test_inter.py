@@ -136,8 +136,9 @@ def test_encoder_and_decoder_rebuild_frame_0_identically(codec):
     # the container's digest is that of frame 0
     payload = inter.encode(codec, a, 60, r, mode="inter")
     assert inter.parse(codec, payload).digest == inter._digest(bitstream)
-    if s.chroma == 444:  # H.264 / HEVC: frame 0 is near-lossless in YCbCr
-        assert np.abs(enc_frame0.astype(int) - inter.to_planes(s, r).astype(int)).max() <= 3
+    if s.chroma == 444:  # H.264 / HEVC: frame 0 is near-lossless in YCbCr (HEVC version 5: at QP 12)
+        err = np.abs(enc_frame0.astype(int) - inter.to_planes(s, r).astype(int))
+        assert err.max() <= (3 if codec == "h264-inter" else 16) and err.mean() < 1.5
 
 
 def test_a_frame_0_the_decoder_cannot_reproduce_is_refused():
@@ -451,7 +452,7 @@ def test_an_unrelated_reference_chooses_intra_and_decodes(codec):
     data = model.encode(new, ref).to_bytes(codec, 90)
     assert codecs.inter_payload(codec, Packet.from_bytes(data).lr_data)["mode"] == "intra"
     out = model.decode(Packet.from_bytes(data), ref)
-    assert psnr(out, new) > (30 if codec == "av1-inter" else 40)
+    assert psnr(out, new) > {"av1-inter": 30, "hevc-inter": 38}.get(codec, 40)  # HEVC version 5: QP 12 at best
     with inter.default_mode("inter"):
         forced = model.encode(new, ref).to_bytes(codec, 90)
     assert codecs.inter_payload(codec, Packet.from_bytes(forced).lr_data)["mode"] == "inter"
@@ -484,10 +485,10 @@ def test_the_mode_round_trips_in_the_container_and_the_cli(mode, tmp_path, capsy
     assert ("P-frame" if mode == "inter" else "intra only") in line and "(auto)" not in line
     assert main(["info", str(out)]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["inter"]["mode"] == mode and info["inter"]["payload_version"] == inter.PAYLOAD_VERSION == 4
+    assert info["inter"]["mode"] == mode and info["inter"]["payload_version"] == inter.PAYLOAD_VERSION == 5
     data = out.read_bytes()
     section = Packet.from_bytes(data).lr_data
-    assert section[1] & inter.INTRA_BIT == (0 if mode == "inter" else inter.INTRA_BIT)  # version 4: bit 7 of the CRF byte
+    assert section[1] & inter.INTRA_BIT == (0 if mode == "inter" else inter.INTRA_BIT)  # version 4 on: bit 7 of the CRF byte
     assert main(["decode", str(out), "--ref", str(ref), "-o", str(tmp_path / f"{mode}.png")]) == 0
     from refscale.io.image import read_image
 
@@ -537,7 +538,7 @@ def test_bad_modes_and_mode_bytes_are_refused():
     with pytest.raises(ContainerError, match="mode byte 7 is neither 0"):
         inter.decode(codec, bytes(section), a.shape[:2], r)
     # version 4: no mode byte; the CRF byte's bit 7 marks intra, which older versions refuse as a CRF
-    v4 = inter.encode(codec, a, 60, r, mode="intra")
+    v4 = inter.encode(codec, a, 60, r, version=4, mode="intra")
     assert len(v4) == len(good) - 1 and inter.parse(codec, v4)[-2:] == (4, "intra")
     assert inter.parse(codec, v4).crf == inter.crf_for(codec, 60) == v4[1] - inter.INTRA_BIT
     with pytest.raises(ContainerError, match="out of range"):
@@ -702,12 +703,85 @@ def test_hevc_version_4_codes_the_p_frame_as_version_2_and_the_intra_frame_as_ve
     a, r = integer_pair()
     for q in (40, 60):
         v2 = inter.parse("hevc-inter", inter.encode("hevc-inter", a, q, r, version=2))
-        v4 = inter.parse("hevc-inter", inter.encode("hevc-inter", a, q, r, mode="inter"))
+        v4 = inter.parse("hevc-inter", inter.encode("hevc-inter", a, q, r, version=4, mode="inter"))
         assert (v4.version, v4.mode, v4.crf) == (4, "inter", v2.crf) and (v4.digest, v4.frame) == (v2.digest, v2.frame)
-        assert len(inter.encode("hevc-inter", a, q, r, mode="inter")) == len(inter.encode("hevc-inter", a, q, r, version=2))
+        assert len(inter.encode("hevc-inter", a, q, r, version=4, mode="inter")) == len(inter.encode("hevc-inter", a, q, r, version=2))
     v3 = inter.parse("hevc-inter", inter.encode("hevc-inter", a, 60, r, version=3, mode="intra"))
-    v4 = inter.parse("hevc-inter", inter.encode("hevc-inter", a, 60, r, mode="intra"))
+    v4 = inter.parse("hevc-inter", inter.encode("hevc-inter", a, 60, r, version=4, mode="intra"))
     assert (v4.version, v4.crf, v4.frame) == (4, v3.crf, v3.frame)
+
+
+# ----------------------------------------------------------------------------- payload version 5
+def test_hevc_version_5_bitstream_does_not_depend_on_the_number_of_threads(monkeypatch):
+    """Version 5 codes with x265's wavefront parallel processing on a pool of ``WPP_THREADS``
+    threads: the decoder's frame 0 must be the encoder's bit for bit on any machine, so the
+    bitstream may not depend on the pool's size (nor on the scheduling: two runs of each)."""
+    if "hevc-inter" not in INTER:
+        pytest.skip("hevc-inter is not available")
+    assert inter.PAYLOAD_VERSION == 5 and inter.SETTINGS[5]["hevc-inter"]["wpp"] == "yes"
+    s = inter.SPECS["hevc-inter"]
+    new, ref = pair(96, 128, noise=0.05)
+    frames = [inter.to_planes(s, u8(ref)), inter.to_planes(s, u8(new))]
+    streams = set()
+    for threads in (1, 2, 4, 1, 2, 4):
+        monkeypatch.setattr(inter, "WPP_THREADS", threads)
+        assert f"pools={threads}:wpp=1" in inter._options(s, 30)["x265-params"]
+        streams.add(b"|".join(inter.encode_frames(s, 30, frames)))
+    assert len(streams) == 1
+    monkeypatch.setattr(inter, "WPP_THREADS", 2)
+    assert inter.encode_frames(s, 30, frames, version=4) != inter.encode_frames(s, 30, frames)  # WPP is in the stream
+
+
+#: payload version 5, integer_pair() at q 60 through x265: mode -> (frame-0 digest or None, SHA-256
+#: of the stored frame, of the decoded image), recorded twice in separate processes with this build
+#: (the pair is one CTU row high, so WPP changes nothing in it and the intra frame is version 3's)
+GOLDEN_V5_BUILD = "av-18.1.1;lavc-62.28.103"
+GOLDEN_V5 = {"inter": ("bbddf8ed32dfd8ee", "b8368263e9cb348f", "c2ed87758e0686ee"),
+             "intra": (None, "0a46a91db0990717", "92911d7d0ec1147e")}
+
+
+@pytest.mark.parametrize("mode", list(GOLDEN_V5))
+def test_golden_hashes_of_payload_version_5(mode):
+    if "hevc-inter" not in INTER:
+        pytest.skip("hevc-inter is not available")
+    if not inter.identity("hevc-inter").endswith(GOLDEN_V5_BUILD):
+        pytest.skip(f"the golden hashes are of {GOLDEN_V5_BUILD}")
+    a, r = integer_pair()
+    payload = inter.encode("hevc-inter", a, 60, r, mode=mode)
+    got = inter.parse("hevc-inter", payload)
+    out = inter.decode("hevc-inter", payload, a.shape[:2], r)
+    assert (got.version, got.mode) == (5, mode)
+    assert (got.digest.hex() or None, sha16(got.frame), sha16(out.tobytes())) == GOLDEN_V5[mode]
+    assert GOLDEN_V5["intra"][1:] == GOLDEN_V3[("hevc-inter", "intra")][1:]
+
+
+def test_hevc_version_5_frame_0_is_at_the_qp_floor_for_every_quality():
+    """Version 5's frame 0 is coded at QP ``FRAME0_QP`` (``qpmin``) whatever the CRF, so one kept
+    frame 0 still serves every quality; it is coarser than version 4's QP 0 (fewer bytes, a few
+    levels of error) and the P-frame decodes from it."""
+    if "hevc-inter" not in INTER:
+        pytest.skip("hevc-inter is not available")
+    s = inter.SPECS["hevc-inter"]
+    new, ref = pair(96, 128, noise=0.05)
+    r = u8(ref)
+    f0 = inter.to_planes(s, r)
+    first = {crf: inter.encode_frames(s, crf, [f0])[0] for crf in (5, 30, 51)}
+    assert len(set(first.values())) == 1 and "hevc-inter" in inter.FRAME0_CRF_FREE
+    v4 = inter.encode_frames(s, 30, [f0], version=4)[0]
+    assert len(first[30]) < len(v4)
+    size = inter.padded_size(s, *r.shape[:2])
+    err5 = np.abs(inter.decode_frames(s, [first[30]], size)[0].astype(int) - f0).max()
+    err4 = np.abs(inter.decode_frames(s, [v4], size)[0].astype(int) - f0).max()
+    assert err4 <= 1 < err5
+    section = inter.encode("hevc-inter", u8(new), 60, r, mode="inter")
+    assert inter.parse("hevc-inter", section).version == 5
+    old = inter.encode("hevc-inter", u8(new), 60, r, version=4, mode="inter")
+
+    def db(section):
+        out = inter.decode("hevc-inter", section, r.shape[:2], r)
+        return 10 * np.log10(255**2 / np.mean((out.astype(float) - u8(new)) ** 2))
+
+    assert abs(db(section) - db(old)) < 0.5 and abs(len(section) - len(old)) < 0.1 * len(old)
 
 
 @pytest.mark.filterwarnings("ignore:registration:UserWarning", "ignore:the reference looks unrelated:UserWarning")

@@ -160,10 +160,10 @@ def test_encode_best_on_tensors(tiny, pair):
 def test_a_budget_only_one_member_meets(tiny, pair):
     hr, ref, _ = pair
     smallest = {s: len(pipeline.encode(zoo.load(n), hr, ref).to_bytes(quality=1)) for s, n in tiny.items()}
-    assert smallest[2] < smallest[1] - 20  # the x2 file is smaller at the lowest quality
+    assert smallest[2] < smallest[1] - 8  # the x2 file is smaller at the lowest quality
     picker = zoo.load("enhance-hevc")
     job = files.Job("new", hr, ref, hr.parent / "tight.rsc")
-    budget = (smallest[1] + smallest[2]) // 2  # ~15 bytes from either
+    budget = (smallest[1] + smallest[2]) // 2  # at least 4 bytes from either
     r = files.encode_file(job, picker, max_bytes=budget)
     assert r["model"] == tiny[2] and r["bytes"] <= budget
     assert [("error" in c, c["chosen"]) for c in r["candidates"]] == [(True, False), (False, True)]

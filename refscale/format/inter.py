@@ -31,13 +31,17 @@ Frames are padded bottom/right by repeating the edge to a multiple of 2 (H.264) 
 least 16 px (HEVC, AV1) and cropped back.
 
 **Frame 0** is coded near-losslessly, deterministically: H.264 with ``zones=0,0,q=0`` (frame 0 at
-QP 0), HEVC with ``ipratio=1024`` (the I-frame QP falls to 0; x265 ignores zones with CRF here),
-both reconstructing the reference within one level of the YCbCr planes; SVT-AV1 can lower its
+QP 0), HEVC with ``ipratio=1024`` (the I-frame QP falls to 0, from payload version 5 to the QP
+floor :data:`FRAME0_QP`; x265 ignores zones with CRF here), both reconstructing the reference
+within one level of the YCbCr planes at QP 0 (a few at QP 12); SVT-AV1 can lower its
 key frame only by ``key-frame-qindex-offset=-64`` (its limit), so AV1's frame 0 stays lossy and
-AV1 saves fewer bits. All encoders run single-threaded, without B-frames, lookahead, scene cuts
+AV1 saves fewer bits. All encoders run single-threaded (x265 from version 5: see below), without B-frames, lookahead, scene cuts
 or temporal filtering; preset and tune per payload version (:data:`SETTINGS`: version 2, chosen
 on the OSCD train pairs, uses x264/x265 ``slow`` with their default psy optimisations, which
-saved bits there even for PSNR-Y, and SVT-AV1 preset 6).
+saved bits there even for PSNR-Y, and SVT-AV1 preset 6). From payload version 5 x265 codes
+frame 0 at QP :data:`FRAME0_QP` (a QP floor, ``qpmin``) and with wavefront parallel processing
+on :data:`WPP_THREADS` threads (the bitstream is the same with any number): a quarter of the
+time to regenerate it, for the P-frame's bits docs/inter.md gives.
 Across machines (tests/test_inter.py): x265's info SEI is off from payload version 2 on (it
 records the CPU feature mask); with every library's assembly switched off (a CPU without SIMD)
 the file is byte-identical and decodes to the same pixels, and golden hashes of a tiny pair pin
@@ -88,8 +92,9 @@ writing (frame 0 re-encoded alone must equal frame 0 of the two-frame stream). W
 ``allow_other_reference`` the digest cannot match and is not checked (the P-frame is then
 predicted from the other reference, e.g. a re-encoded copy of the archive image).
 
-Regenerating frame 0 is most of the decoder's time (x265 ``slow`` near-lossless, single-threaded:
-4.2 s of a 1.26 Mpx Sentinel-2 city, about as long as everything else together), and it depends
+Regenerating frame 0 is much of the decoder's time (x265 ``slow`` at QP 0 on one thread, payload
+versions 2-4: 7.8-8.7 s of a 1.26 Mpx Sentinel-2 city on an AVX2 EPYC, half the decode; version
+5, QP 12 on two threads with WPP: 3.0-3.7 s), and it depends
 only on the reference, the codec build and the payload version (HEVC: not on the CRF), so one
 archive image serves every revisit: :data:`FIRST_FRAMES` keeps frame 0 per reference in memory
 (bounded; the encoder's determinism check and a rate search reuse it too) and, where a folder is
@@ -115,7 +120,7 @@ import numpy as np
 
 from refscale.errors import ContainerError, InputError
 
-PAYLOAD_VERSION = 4  # written; every version in SETTINGS is read
+PAYLOAD_VERSION = 5  # written; every version in SETTINGS is read
 #: what an inter payload may hold (payload version 3 on): ``auto`` chooses per image (:func:`choose`)
 MODES = ("auto", "inter", "intra")
 #: the mode written when none is given (``default_mode`` sets it for a block; the CLI's ``--inter-mode``)
@@ -161,7 +166,8 @@ SPECS: dict[str, Spec] = {
 #: carries the encoder's CPU feature mask (``cpuid=``), so frame 0's bitstream, and with it the
 #: digest, depended on the CPU (a version-1 HEVC file decodes only where x265 reports the same
 #: mask). ``tune`` "none": the encoder's default (psy optimisations and adaptive quantisation on);
-#: "nopsy": the default with the psy optimisations off (AQ on).
+#: "nopsy": the default with the psy optimisations off (AQ on). ``wpp`` "yes" (version 5, x265):
+#: wavefront parallel processing on :data:`WPP_THREADS` threads instead of none.
 SETTINGS: dict[int, dict[str, dict[str, str]]] = {
     1: {"h264-inter": {"preset": "medium", "tune": "psnr"},
         "hevc-inter": {"preset": "medium", "tune": "psnr"},
@@ -194,6 +200,22 @@ SETTINGS[3] = {"h264-inter": dict(SETTINGS[2]["h264-inter"]),
 SETTINGS[4] = {"h264-inter": dict(SETTINGS[3]["h264-inter"]),
                "hevc-inter": {**SETTINGS[2]["hevc-inter"], "intra": "qcomp=0.99:cutree=0:ipratio=1"},
                "av1-inter": dict(SETTINGS[3]["av1-inter"])}
+#: Version 5 (HEVC; issue 27's decoding speed): regenerating frame 0 was most of the decoder's
+#: time (x265 ``slow`` at QP 0, one thread: 8.7 s of a 17 s decode of a 1.26 Mpx city on an AVX2
+#: EPYC). Two changes, both to frame 0 and the P-frame alike (one x265 session codes both):
+#: wavefront parallel processing on a pool of :data:`WPP_THREADS` threads (``wpp``), whose
+#: bitstream does not depend on the pool's size or the scheduling (tests/test_inter.py codes one
+#: pair with 1, 2 and 4 threads, under load, and gets one bitstream), and a QP floor
+#: (``qpmin`` :data:`FRAME0_QP`), which puts frame 0 at that QP instead of 0 (still whatever the
+#: CRF, so one frame 0 serves every quality) and floors the P-frame's QP there too (only qualities
+#: above about 85 code finer than that). On the OSCD train pairs the P-frame's bits at equal PSNR-Y
+#: moved by the amount docs/inter.md ("Payload version 5") gives, and frame 0 took a quarter of
+#: the time. H.264 and AV1 are version 4 (3).
+FRAME0_QP = 12
+WPP_THREADS = 2
+SETTINGS[5] = {"h264-inter": dict(SETTINGS[4]["h264-inter"]),
+               "hevc-inter": {**SETTINGS[4]["hevc-inter"], "wpp": "yes", "params": f"qpmin={FRAME0_QP}"},
+               "av1-inter": dict(SETTINGS[4]["av1-inter"])}
 #: the Lagrange multiplier's constant of :func:`rd_cost` per codec, calibrated on the OSCD train
 #: pairs (docs/inter.md, "Inter mode decision"). HEVC: HM's own (0.57), as good from 0.7 to 1.2
 #: times it. H.264: with version 2's settings x264 codes the P-frame and the intra frame at the
@@ -251,7 +273,8 @@ def _options(s: Spec, crf: int, boost_first: bool = True, version: int = PAYLOAD
         return {"preset": st["preset"], **tune, "crf": str(crf),
                 "x265-params": ("ipratio=1024:" if boost_first else "") + ("info=0:" if version >= 2 else "") +
                                ("psy-rd=0:psy-rdoq=0:" if st["tune"] == "nopsy" else "") +
-                               "keyint=250:scenecut=0:bframes=0:rc-lookahead=0:frame-threads=1:pools=none:wpp=0:log-level=none" + extra}
+                               "keyint=250:scenecut=0:bframes=0:rc-lookahead=0:frame-threads=1:" +
+                               (f"pools={WPP_THREADS}:wpp=1" if st.get("wpp") == "yes" else "pools=none:wpp=0") + ":log-level=none" + extra}
     return {"preset": st["preset"], "crf": str(crf),
             "svtav1-params": "pred-struct=1:scd=0:lp=1:keyint=250:enable-tf=0:enable-overlays=0" +
                              (f":tune={st['tune']}" if tune else "") +
