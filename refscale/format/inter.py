@@ -40,7 +40,7 @@ or temporal filtering; preset and tune per payload version (:data:`SETTINGS`: ve
 on the OSCD train pairs, uses x264/x265 ``slow`` with their default psy optimisations, which
 saved bits there even for PSNR-Y, and SVT-AV1 preset 6). From payload version 5 x265 codes
 frame 0 at QP :data:`FRAME0_QP` (a QP floor, ``qpmin``) and with wavefront parallel processing
-on :data:`WPP_THREADS` threads (the bitstream is the same with any number): a quarter of the
+on :data:`WPP_THREADS` threads (the bitstream is the same with any number): less than half the
 time to regenerate it, for the P-frame's bits docs/inter.md gives.
 Across machines (tests/test_inter.py): x265's info SEI is off from payload version 2 on (it
 records the CPU feature mask); with every library's assembly switched off (a CPU without SIMD)
@@ -93,8 +93,8 @@ writing (frame 0 re-encoded alone must equal frame 0 of the two-frame stream). W
 predicted from the other reference, e.g. a re-encoded copy of the archive image).
 
 Regenerating frame 0 is much of the decoder's time (x265 ``slow`` at QP 0 on one thread, payload
-versions 2-4: 7.8-8.7 s of a 1.26 Mpx Sentinel-2 city on an AVX2 EPYC, half the decode; version
-5, QP 12 on two threads with WPP: 3.0-3.7 s), and it depends
+versions 2-4: 7.0-8.7 s of a 1.26 Mpx Sentinel-2 city on an AVX2 EPYC, half the decode; version
+5, QP 12 on two threads with WPP: 3.0-3.6 s), and it depends
 only on the reference, the codec build and the payload version (HEVC: not on the CRF), so one
 archive image serves every revisit: :data:`FIRST_FRAMES` keeps frame 0 per reference in memory
 (bounded; the encoder's determinism check and a rate search reuse it too) and, where a folder is
@@ -200,17 +200,17 @@ SETTINGS[3] = {"h264-inter": dict(SETTINGS[2]["h264-inter"]),
 SETTINGS[4] = {"h264-inter": dict(SETTINGS[3]["h264-inter"]),
                "hevc-inter": {**SETTINGS[2]["hevc-inter"], "intra": "qcomp=0.99:cutree=0:ipratio=1"},
                "av1-inter": dict(SETTINGS[3]["av1-inter"])}
-#: Version 5 (HEVC; issue 27's decoding speed): regenerating frame 0 was most of the decoder's
-#: time (x265 ``slow`` at QP 0, one thread: 8.7 s of a 17 s decode of a 1.26 Mpx city on an AVX2
-#: EPYC). Two changes, both to frame 0 and the P-frame alike (one x265 session codes both):
-#: wavefront parallel processing on a pool of :data:`WPP_THREADS` threads (``wpp``), whose
-#: bitstream does not depend on the pool's size or the scheduling (tests/test_inter.py codes one
-#: pair with 1, 2 and 4 threads, under load, and gets one bitstream), and a QP floor
-#: (``qpmin`` :data:`FRAME0_QP`), which puts frame 0 at that QP instead of 0 (still whatever the
-#: CRF, so one frame 0 serves every quality) and floors the P-frame's QP there too (only qualities
-#: above about 85 code finer than that). On the OSCD train pairs the P-frame's bits at equal PSNR-Y
-#: moved by the amount docs/inter.md ("Payload version 5") gives, and frame 0 took a quarter of
-#: the time. H.264 and AV1 are version 4 (3).
+#: Version 5 (HEVC; issue 27's decoding speed): regenerating frame 0 was half the decoder's time
+#: (x265 ``slow`` at QP 0, one thread: 7.0-8.7 s of a 17 s decode of a 1.26 Mpx city on an AVX2
+#: EPYC). Two changes, to frame 0 and the P-frame alike (one x265 session codes both): wavefront
+#: parallel processing on a pool of :data:`WPP_THREADS` threads (``wpp``), whose bitstream does not
+#: depend on the pool's size or the scheduling (one bitstream with 1, 2 and 4 threads, under load
+#: and pinned to one core; tests/test_inter.py repeats 1, 2, 4 twice), and a QP floor (``qpmin``
+#: :data:`FRAME0_QP`), which puts frame 0 at that QP instead of 0 (still whatever the CRF, so one
+#: frame 0 serves every quality) and floors the P-frame's and the intra frame's QP there too
+#: (qualities above about 80 are capped: about 50 dB PSNR-Y on OSCD crops). Frame 0 then takes
+#: 3.0-3.6 s; the P-frame needs 1.4% more bits at equal PSNR-Y (mean curve of the 28 OSCD train
+#: crops, docs/inter.md, "Payload version 5"; WPP alone 1.1%). H.264 and AV1 are version 4 (3).
 FRAME0_QP = 12
 WPP_THREADS = 2
 SETTINGS[5] = {"h264-inter": dict(SETTINGS[4]["h264-inter"]),
