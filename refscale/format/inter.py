@@ -33,7 +33,7 @@ least 16 px (HEVC, AV1) and cropped back.
 **Frame 0** is coded near-losslessly, deterministically: H.264 with ``zones=0,0,q=0`` (frame 0 at
 QP 0), HEVC with ``ipratio=1024`` (the I-frame QP falls to 0, from payload version 5 to the QP
 floor :data:`FRAME0_QP`; x265 ignores zones with CRF here), both reconstructing the reference
-within one level of the YCbCr planes at QP 0 (a few at QP 12); SVT-AV1 can lower its
+within one level of the YCbCr planes at QP 0 (at QP 12 about one on average, up to 10 on noise); SVT-AV1 can lower its
 key frame only by ``key-frame-qindex-offset=-64`` (its limit), so AV1's frame 0 stays lossy and
 AV1 saves fewer bits. All encoders run single-threaded (x265 from version 5: see below), without B-frames, lookahead, scene cuts
 or temporal filtering; preset and tune per payload version (:data:`SETTINGS`: version 2, chosen
