@@ -57,7 +57,7 @@ P-frame at the CRF too, so its HEVC default was 45, :data:`DEFAULT_QUALITY`). No
 
 **The LR section** of an inter codec (docs/format.md, "Inter-frame LR sections")::
 
-    u8 payload version (4; 1, 2 and 3 are read) | u8 CRF (version 4: + 128 for intra) | str8 encoder identity
+    u8 payload version (5; 1 to 4 are read) | u8 CRF (version 4 on: + 128 for intra) | str8 encoder identity
         | u8 mode (version 3: 1 inter, 0 intra) | inter: 8 bytes frame-0 digest | the P-frame or the intra frame
 
 **The mode** (issue 30). Where the reference predicts badly (much change, another season or
@@ -127,7 +127,7 @@ MODES = ("auto", "inter", "intra")
 DEFAULT_MODE = "auto"
 #: the mode byte of payload version 3: 0 intra, 1 inter
 MODE_BYTES = ("intra", "inter")
-#: payload version 4 has no mode byte: bit 7 of its CRF byte set marks an intra frame (so its
+#: payload versions 4 and 5 have no mode byte: bit 7 of its CRF byte set marks an intra frame (so its
 #: P-frame payload is exactly as long as version 2's)
 INTRA_BIT = 0x80
 #: the quality when none is given, per codec: 60, version 2's operating point (payload version 3
