@@ -74,6 +74,8 @@ def candidates(args, codec: str) -> tuple[str, ...]:
 
 
 def run(args) -> None:
+    if args.candidates and len(args.codecs) != 1:
+        raise SystemExit("--candidates names one codec's settings: give exactly one --codecs")
     out = Path(args.out)
     results = store.load(out, {"meta": {}, "points": {}})
     if results["points"] and results["meta"].get("centre_crop") != args.crop:

@@ -155,18 +155,11 @@ def reference_agreement(lr: torch.Tensor, ref: torch.Tensor, scale: int, sigmas:
     correlates with the LR; another place's does not (about 0). A band rather than the finest
     detail, because a reference-based LR (RefScale eq. 5) is deliberately blurred where the
     reference is similar (finest-detail correlation fell to 0.02 there). ``nan`` for a flat image.
-    The decoder runs this on every image, so the bands are filtered in float32 by SciPy's separable
-    correlation with :func:`refscale.ops.gaussian_blur`'s kernels and edges (1.3 s of a 1.26 Mpx
-    decode in float64 torch on an AVX2 CPU, 0.05 s so, plus 0.3 s to import SciPy's ndimage once;
-    the correlation agrees to about 1e-7)."""
-    from scipy import ndimage
-
-    from refscale.ops import bicubic_down
-
-    def blur(y: np.ndarray, sigma: float) -> np.ndarray:  # = refscale.ops.gaussian_blur, without autograd
-        k = gaussian_kernel1d(sigma, None, dtype=torch.float32).numpy()
-        mode = "mirror" if (k.size - 1) // 2 < min(y.shape) and k.size // 2 < min(y.shape) else "nearest"
-        return ndimage.correlate1d(ndimage.correlate1d(y, k, axis=0, mode=mode), k, axis=1, mode=mode)
+    The decoder runs this on every image, so the bands are filtered in float32 without autograd
+    (:func:`refscale.ops.gaussian_blur_array`: 1.2-1.3 s of a 1.26 Mpx decode in float64 torch on an
+    AVX2 CPU, 0.05 s so, plus 0.3 s to import SciPy's ndimage once; the correlation agrees to about
+    1e-7)."""
+    from refscale.ops import bicubic_down, gaussian_blur_array as blur
 
     def band(x: torch.Tensor) -> torch.Tensor:
         y = rgb_to_ycbcr(x.float().clamp(0, 1), y_only=True)[0, 0].numpy()

